@@ -1,0 +1,253 @@
+"""Command line: the composition root, and the only place that prints errors and exits.
+
+Every command builds settings and a profile, hands them to the module that owns the work,
+and renders what comes back. Errors from below are SupervisorError subclasses: one line per
+problem on stderr, the class's exit code, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from llm_supervisor import __version__
+from llm_supervisor.errors import EXIT_BAD_INPUT, BadInput, SupervisorError
+from llm_supervisor.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="supervisor",
+    help="Launch, pin, watch and recover vLLM's OpenAI server on bare GPU hosts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+profiles_app = typer.Typer(help="List or show hardware profiles.", invoke_without_command=True)
+app.add_typer(profiles_app, name="profiles")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="shipped profile name or YAML path (default: LLM_SUPERVISOR_PROFILE)")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="model id or folder, overriding the profile's")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a profile key: vllm.max_model_len=10000 (repeatable)")]
+SimulateOpt = Annotated[bool, typer.Option("--simulate", help="run the bundled vLLM simulator on a simulated GPU instead of vLLM")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
+UrlOpt = Annotated[Optional[str], typer.Option("--url", help="daemon URL (default: from LLM_SUPERVISOR_API_HOST/PORT)")]
+TokenOpt = Annotated[Optional[str], typer.Option("--token", help="admin token (default: LLM_SUPERVISOR_API_TOKEN)", show_default=False)]
+IgnoreHwOpt = Annotated[bool, typer.Option("--ignore-hardware-mismatch", help="launch even when the GPUs do not match the profile")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    return load_settings(**overrides)
+
+
+def _profile(settings: Settings, name: str | None, model: str | None, sets: list[str] | None):
+    from llm_supervisor.profiles import load_profile
+
+    name = name or settings.profile
+    if not name:
+        raise BadInput("no profile", ["--profile: required (or set LLM_SUPERVISOR_PROFILE); see `supervisor profiles`"])
+    return load_profile(name, settings.profiles_dir, overrides=sets or [], model=model)
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str), indent=2) if sys.stdout.isatty() else print(json.dumps(data, indent=2, default=str))
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit(0)
+
+
+@app.command()
+def up(
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    set_: SetOpt = None,
+    simulate: SimulateOpt = False,
+    ignore_hardware: IgnoreHwOpt = False,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    settings = _settings()
+    prof = _profile(settings, profile, model, set_)
+    from llm_supervisor.daemon import run_daemon
+
+    raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware))
+
+
+@app.command()
+def plan(
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    set_: SetOpt = None,
+    simulate: SimulateOpt = False,
+    gpu_memory_gib: Annotated[Optional[float], typer.Option("--gpu-memory-gib", help="plan for GPUs of this size instead of the ones found")] = None,
+    gpu_count: Annotated[Optional[int], typer.Option("--gpu-count", help="plan for this many GPUs instead of the ones found")] = None,
+    calibrate_from: Annotated[Optional[Path], typer.Option("--calibrate-from", help="learn this host's overhead from an earlier vLLM log")] = None,
+    ignore_hardware: IgnoreHwOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Everything `up` would do, without launching: argv, env, CPUs, memory policy, hardware, fit."""
+    settings = _settings()
+    prof = _profile(settings, profile, model, set_)
+    from llm_supervisor.plan import build_plan, format_plan
+
+    result = build_plan(
+        settings, prof, simulate=simulate, gpu_memory_gib=gpu_memory_gib, gpu_count=gpu_count,
+        calibrate_from=calibrate_from, ignore_hardware=ignore_hardware,
+    )
+    if as_json:
+        _print_json(result.to_json())
+    else:
+        out.print(format_plan(result))
+
+
+@app.command()
+def diagnose(
+    logfile: Annotated[Path, typer.Argument(help="a saved vLLM log (stdout and stderr)")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Read a vLLM log: startup facts, the failure class and the remedy."""
+    from llm_supervisor.diagnose import diagnose_file, format_diagnosis
+
+    result = diagnose_file(logfile)
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(format_diagnosis(result))
+
+
+@app.command()
+def status(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
+    """Ask a running daemon how the engine is doing."""
+    from llm_supervisor.client import format_status, get_status
+
+    settings = _settings()
+    result = get_status(url or settings.url)
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(format_status(result))
+
+
+def _admin(action: str, url: str | None, token: str | None) -> None:
+    from llm_supervisor.client import post_action
+
+    settings = _settings()
+    secret = token or (settings.api_token.get_secret_value() if settings.api_token else None)
+    result = post_action(url or settings.url, action, secret)
+    out.print(f"{action}: {result.get('detail', 'accepted')}")
+
+
+@app.command()
+def restart(url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Ask the daemon to restart the engine (same arguments)."""
+    _admin("restart", url, token)
+
+
+@app.command()
+def stop(url: UrlOpt = None, token: TokenOpt = None) -> None:
+    """Ask the daemon to stop the engine and exit."""
+    _admin("stop", url, token)
+
+
+@profiles_app.callback()
+def profiles_list(ctx: typer.Context) -> None:
+    """List the shipped profiles."""
+    if ctx.invoked_subcommand:
+        return
+    from llm_supervisor.profiles import list_profile_names, load_profile
+
+    settings = _settings()
+    names = list_profile_names(settings.profiles_dir)
+    if not names:
+        out.print(f"no profiles in {settings.profiles_dir}")
+        return
+    for name in names:
+        try:
+            prof = load_profile(name, settings.profiles_dir)
+            out.print(f"{name:<24} {prof.description}")
+        except SupervisorError as exc:
+            out.print(f"{name:<24} [red]invalid[/red]: {exc.lines()[0]}")
+
+
+@profiles_app.command("show")
+def profiles_show(
+    name: Annotated[str, typer.Argument(help="profile name or YAML path")],
+    set_: SetOpt = None,
+    model: ModelOpt = None,
+) -> None:
+    """Print a profile as the daemon would use it (overrides applied, secrets masked)."""
+    from llm_supervisor.profiles import load_profile, profile_to_yaml
+
+    settings = _settings()
+    print(profile_to_yaml(load_profile(name, settings.profiles_dir, overrides=set_ or [], model=model)), end="")
+
+
+@app.command()
+def doctor(profile: ProfileOpt = None, simulate: SimulateOpt = False) -> None:
+    """Check this host: NVML, GPUs vs profile, NUMA, ports, engine command, directories."""
+    from llm_supervisor.doctor import format_checks, run_doctor
+
+    settings = _settings()
+    name = profile or settings.profile
+    prof = _profile(settings, name, None, None) if name else None
+    checks = run_doctor(settings, prof, simulate=simulate)
+    out.print(format_checks(checks))
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    users: Annotated[int, typer.Option("--users", "-u", min=1, max=10000, help="concurrent streaming clients")] = 8,
+    requests: Annotated[Optional[int], typer.Option("--requests", "-n", min=1, help="requests in all (default: 4 per user)")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="tokens to generate per request")] = 128,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="the user message to send")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", help="OpenAI-compatible base URL (default: the daemon's engine)")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="served model name (default: asked from /v1/models)")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="bearer key for the endpoint", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Concurrency test against the served model: success, tokens/s, TTFT and latency percentiles."""
+    from llm_supervisor.bench import format_bench, run_bench
+
+    settings = _settings()
+    result = run_bench(
+        settings, url=url, users=users, requests=requests, max_tokens=max_tokens,
+        prompt=prompt, model=model, api_key=api_key, progress=not as_json,
+    )
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(format_bench(result))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, render SupervisorError once, exit with its code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SupervisorError as exc:
+        for line in exc.lines():
+            err.print(f"error: {line}", markup=False)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:
+        # Usage errors from the option parser (click, vendored by newer typer) show themselves.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()
+            sys.exit(EXIT_BAD_INPUT if exc.exit_code == 2 else exc.exit_code)
+        raise
+    sys.exit(0)

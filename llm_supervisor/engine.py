@@ -1,0 +1,107 @@
+"""The engine's command line and environment, built from a profile. Pure.
+
+Secrets never go on the engine's argv (anyone can read it with `ps`): the API key travels in
+`VLLM_API_KEY`, which `vllm serve` reads when `--api-key` is absent.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Mapping
+
+from llm_supervisor.profiles import Profile, VllmArgs
+
+SIMULATOR_COMMAND = [sys.executable, "-m", "llm_supervisor.simulator", "serve"]
+REDACTED = "***"
+SECRET_FLAGS = ("--api-key", "--hf-token", "--token")
+SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+# Variables that belong to the daemon's own service manager, never to the engine.
+DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+
+
+def engine_command(command: str, simulate: bool) -> list[str]:
+    return list(SIMULATOR_COMMAND) if simulate else shlex.split(command)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def engine_argv(profile: Profile, args: VllmArgs, command: list[str]) -> list[str]:
+    """`vllm serve MODEL --flag value …` for these arguments (the profile's, or recovery's)."""
+    argv = [*command, profile.model.id]
+    argv += ["--host", args.host, "--port", str(args.port)]
+    argv += ["--served-model-name", profile.served_name]
+    if profile.model.revision:
+        argv += ["--revision", profile.model.revision]
+    if profile.model.trust_remote_code:
+        argv.append("--trust-remote-code")
+    argv += ["--gpu-memory-utilization", f"{args.gpu_memory_utilization:g}"]
+    for name in ("max_model_len", "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
+                 "max_num_seqs", "max_num_batched_tokens", "block_size", "quantization", "load_format"):
+        value = getattr(args, name)
+        default = VllmArgs.model_fields[name].default
+        if value is not None and not (name.endswith("parallel_size") and value == default):
+            argv += [_flag(name), str(value)]
+    if args.dtype != "auto":
+        argv += ["--dtype", args.dtype]
+    if args.kv_cache_dtype != "auto":
+        argv += ["--kv-cache-dtype", args.kv_cache_dtype]
+    if args.enforce_eager:
+        argv.append("--enforce-eager")
+    if args.disable_custom_all_reduce:
+        argv.append("--disable-custom-all-reduce")
+    if args.enable_prefix_caching is True:
+        argv.append("--enable-prefix-caching")
+    elif args.enable_prefix_caching is False:
+        argv.append("--no-enable-prefix-caching")
+    argv += list(args.extra_args)
+    return argv
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Mask the value of any secret flag (`--api-key X` or `--api-key=X`)."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in SECRET_FLAGS:
+            if "=" in arg:
+                out.append(f"{flag}={REDACTED}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(arg)
+    return out
+
+
+def is_secret_env(name: str) -> bool:
+    upper = name.upper()
+    return any(word in upper for word in SECRET_ENV_WORDS)
+
+
+def redact_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: (REDACTED if is_secret_env(k) and v else v) for k, v in env.items()}
+
+
+def engine_env(profile: Profile, args: VllmArgs, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """The engine's full environment: the daemon's, less its service-manager variables, plus
+    the profile's `env`, `extra` (placement, caches), and the API key."""
+    env = {k: v for k, v in base.items() if k not in DAEMON_ONLY_ENV and not k.startswith("LLM_SUPERVISOR_API_")}
+    env.update(profile.env)
+    env.update(extra)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if args.api_key is not None:
+        env["VLLM_API_KEY"] = args.api_key.get_secret_value()
+    return env
+
+
+def changed_env(full: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
+    """What the supervisor adds or changes relative to its own environment (for `plan`)."""
+    return {k: v for k, v in full.items() if base.get(k) != v}

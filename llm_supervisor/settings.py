@@ -1,0 +1,80 @@
+"""Daemon settings from the environment (LLM_SUPERVISOR_*) and an optional env file.
+
+Built by the CLI and passed down; no module-level instance.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llm_supervisor.errors import SettingsError
+
+PACKAGE_PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
+REPO_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def _default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/llm-supervisor")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "llm-supervisor"
+
+
+def _default_profiles_dir() -> Path:
+    """The checkout's profiles/ when run from source, else the copy shipped in the package."""
+    return REPO_PROFILES_DIR if REPO_PROFILES_DIR.is_dir() else PACKAGE_PROFILES_DIR
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_SUPERVISOR_",
+        env_file=os.environ.get("LLM_SUPERVISOR_ENV_FILE") or None,
+        env_ignore_empty=True,
+        extra="ignore",
+    )
+
+    profile: str | None = Field(default=None, description="profile name or YAML path")
+    profiles_dir: Path = Field(default_factory=_default_profiles_dir)
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    log_dir: Path | None = Field(default=None, description="default: <state_dir>/logs")
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8900, ge=0, le=65535)
+    api_token: SecretStr | None = None
+    engine_command: str = Field(default="vllm serve", description="command that starts the engine")
+    stop_timeout_s: float = Field(default=15.0, gt=0, description="SIGTERM to SIGKILL deadline")
+    log_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    log_backups: int = Field(default=5, ge=0)
+
+    @field_validator("engine_command")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.split():
+            raise ValueError("must name a command")
+        return value
+
+    @property
+    def logs(self) -> Path:
+        return self.log_dir or self.state_dir / "logs"
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.api_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning validation errors into one line per bad variable."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = "LLM_SUPERVISOR_" + "_".join(str(p) for p in err["loc"]).upper()
+            problems.append(f"settings: {key}: {err['msg']}")
+        raise SettingsError("invalid settings", problems) from None
