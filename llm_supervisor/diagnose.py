@@ -1,0 +1,263 @@
+"""`supervisor diagnose LOGFILE`: startup facts, the failure class and the remedy from a saved vLLM log.
+
+The remedy is what the recovery policy would do next, computed with a profile rebuilt from the
+log itself: the API server's "non-default args: {…}" (or the old "args: Namespace(…)") line,
+else what vLLM reported using, else vLLM's defaults (utilization 0.9, 0.92 from v0.21). The
+bounds are wide (utilization 0.05–0.95, context ≥ min(2048, the log's)) since a log says nothing
+about the user's limits; the remedy is advice, the daemon applies the profile's own bounds.
+
+Outcome: "failed" when a failure was classified (also a death after ready), "ready" when the
+server came up and nothing failed, "incomplete" otherwise (a log cut off during startup). A file
+that is empty, binary or shows nothing of vLLM is BadInput (exit 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llm_supervisor.errors import BadInput
+from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
+from llm_supervisor.logparse import HEADER_RE, CONTRACT_FACTS, LogParser, StartupFacts, split_line
+from llm_supervisor.profiles import Hardware, Model, Profile, Recovery, VllmArgs
+from llm_supervisor.recovery import GiveUp, Relaunch, decide
+
+_SNIFF_BYTES = 65536
+# Each vLLM start prints one of these first; a second one in the same file starts a new run.
+_RUN_MARKERS = ("vLLM API server version", "vLLM server version")
+_VLLM_HINTS = ("EngineCore", "APIServer", "VllmWorker", "Worker_TP", "vllm/", "vllm serve", "vLLM API server", "vLLM server")
+_ARG_KEYS = (
+    "host", "port", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "pipeline_parallel_size",
+    "data_parallel_size", "max_num_seqs", "max_num_batched_tokens", "block_size", "enforce_eager",
+    "enable_prefix_caching", "dtype", "kv_cache_dtype", "quantization", "load_format", "disable_custom_all_reduce",
+)
+_FLAGS = (
+    ("max_model_len", "--max-model-len"),
+    ("gpu_memory_utilization", "--gpu-memory-utilization"),
+    ("enforce_eager", "--enforce-eager"),
+    ("max_num_seqs", "--max-num-seqs"),
+)
+
+
+def _bad(line: str) -> BadInput:
+    return BadInput(line, [line])
+
+
+def _open(path: Path) -> bytes:
+    """The first bytes of the file, or BadInput saying why it cannot be read."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(_SNIFF_BYTES)
+    except FileNotFoundError:
+        raise _bad(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise _bad(f"{path}: is a directory, not a log file") from None
+    except PermissionError:
+        raise _bad(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise _bad(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _looks_like_vllm(proc: str | None, text: str) -> bool:
+    """A process prefix, vLLM's log header, or vLLM's names."""
+    if proc is not None or HEADER_RE.match(text):
+        return True
+    return any(h in text for h in _VLLM_HINTS)
+
+
+def _run_start(line: str) -> bool:
+    """The first line each `vllm serve` prints: its version (plain, or in the logo)."""
+    return any(m in line for m in _RUN_MARKERS) or ("█" in line and " version " in line)
+
+
+def _version_tuple(version: str | None) -> tuple[int, int]:
+    try:
+        major, minor = (version or "").split(".")[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _args_from_log(facts: StartupFacts, failure: Failure | None) -> VllmArgs:
+    cli = facts.cli_args or {}
+    data: dict[str, Any] = {}
+    for key in _ARG_KEYS:
+        if key in cli and cli[key] is not None:
+            try:
+                VllmArgs.model_validate({key: cli[key]})
+            except ValueError:
+                continue
+            data[key] = cli[key]
+    values = failure.values if failure else {}
+    if "gpu_memory_utilization" not in data:
+        util = facts.requested_utilization or values.get("requested_utilization")
+        if util is None:
+            util = 0.92 if _version_tuple(facts.vllm_version) >= (0, 21) else 0.9
+        data["gpu_memory_utilization"] = util
+    if "max_model_len" not in data:
+        length = facts.max_model_len or values.get("max_model_len")
+        if length:
+            data["max_model_len"] = int(length)
+    for key in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "enforce_eager"):
+        if key not in data and getattr(facts, key) is not None:
+            data[key] = getattr(facts, key)
+    if "kv_cache_dtype" not in data and facts.kv_cache_dtype:
+        data["kv_cache_dtype"] = facts.kv_cache_dtype
+    try:
+        return VllmArgs.model_validate(data)
+    except ValueError:
+        keep = {k: data[k] for k in ("gpu_memory_utilization", "max_model_len") if k in data}
+        return VllmArgs.model_validate(keep)
+
+
+def _profile_for(args: VllmArgs, facts: StartupFacts, failure: Failure) -> Profile:
+    total = facts.total_gpu_gib or failure.values.get("total_gib") or 80.0
+    gpus = args.tensor_parallel_size * args.pipeline_parallel_size * args.data_parallel_size
+    min_len = min(2048, args.max_model_len or 2048)
+    return Profile(
+        name="diagnose",
+        hardware=Hardware(gpu_name=".*", gpu_count=gpus, gpu_memory_gib=float(total)),
+        model=Model(id=facts.model or "unknown"),
+        vllm=args,
+        recovery=Recovery(
+            min_max_model_len=max(16, min_len),
+            min_gpu_memory_utilization=0.05,
+            max_gpu_memory_utilization=max(0.95, args.gpu_memory_utilization),
+        ),
+    )
+
+
+def _remedy(failure: Failure, facts: StartupFacts) -> dict[str, Any] | None:
+    args = _args_from_log(facts, failure)
+    try:
+        profile = _profile_for(args, facts, failure)
+    except ValueError:
+        return None
+    total_gib = facts.total_gpu_gib or failure.values.get("total_gib")
+    try:
+        decision = decide(failure, args, profile, [], facts, gpu_total_mib=total_gib * 1024 if total_gib else None,
+                          hardware_total=False)
+    except ValueError:  # an argument set the log's own values make invalid: no advice rather than a crash
+        return None
+    if isinstance(decision, GiveUp):
+        return {"why": decision.reason}
+    assert isinstance(decision, Relaunch)
+    remedy: dict[str, Any] = {}
+    for key, _ in _FLAGS:
+        if key in decision.change:
+            remedy[key] = decision.change[key][1]
+    remedy["why"] = decision.reason
+    return remedy
+
+
+def diagnose_file(path: str | Path) -> dict[str, Any]:
+    """Read a saved vLLM log (stdout and stderr) and return CONTRACT's `diagnose --json` object."""
+    path = Path(path)
+    head = _open(path)
+    if not head:
+        raise _bad(f"{path}: empty file; does not look like a vLLM log")
+    if b"\x00" in head:
+        raise _bad(f"{path}: binary data; does not look like a vLLM log")
+    classifier = FailureClassifier()
+    parser = LogParser(sink=classifier)
+    vllm_seen = False
+    try:
+        with path.open("rb") as fh:
+            for raw in fh:
+                line = raw.decode("utf-8", errors="replace")
+                starts = _run_start(line)
+                if not vllm_seen or starts:
+                    proc, text = split_line(line)
+                    if not vllm_seen and text:
+                        vllm_seen = _looks_like_vllm(proc, text)
+                    if starts and _substantive(parser, classifier):
+                        classifier = FailureClassifier()
+                        parser = LogParser(sink=classifier)
+                parser.feed(line)
+    except OSError as exc:
+        raise _bad(f"{path}: cannot read ({exc.strerror or exc})") from None
+    facts = parser.facts
+    precise = classifier.failure is not None and classifier.failure.kind not in (
+        FailureKind.BAD_ARGUMENTS, FailureKind.UNKNOWN)
+    if not vllm_seen and not precise and not any(v is not None for v in facts.contract().values()):
+        raise _bad(f"{path}: does not look like a vLLM log (no vLLM log lines found)")
+    failure = classifier.classify(None, facts.server_started)
+    outcome = "failed" if failure else ("ready" if facts.server_started else "incomplete")
+    return {
+        "vllm_version": facts.vllm_version,
+        "outcome": outcome,
+        "facts": facts.contract(),
+        "failure": failure.to_json() if failure else None,
+        "remedy": _remedy(failure, facts) if failure else None,
+    }
+
+
+def _substantive(parser: LogParser, classifier: FailureClassifier) -> bool:
+    facts = parser.facts
+    return (facts.model_weights_gib is not None or facts.server_started or classifier.failure is not None
+            or facts.vllm_version is not None)
+
+
+# ---------------------------------------------------------------- human text
+
+_FACT_LABELS = {
+    "model_weights_gib": ("model weights", "GiB"),
+    "available_kv_cache_gib": ("KV cache memory", "GiB"),
+    "kv_cache_tokens": ("KV cache size", "tokens"),
+    "max_concurrency": ("max concurrency", "x"),
+    "max_concurrency_context": ("  at context", "tokens"),
+    "cuda_graph_gib": ("CUDA graphs", "GiB"),
+    "engine_init_seconds": ("engine init", "s"),
+    "tensor_parallel_size": ("tensor parallel", ""),
+}
+
+
+def _show(value: Any, unit: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and unit == "tokens":
+        text = f"{value:,}"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    if unit == "x":
+        return text + "x"
+    return f"{text} {unit}".rstrip()
+
+
+def format_diagnosis(result: dict[str, Any]) -> str:
+    """A short text for people: facts, the failure, and the flags that fix it."""
+    lines = [f"vLLM {result.get('vllm_version') or '(version not printed)'}: {result.get('outcome')}"]
+    facts = result.get("facts") or {}
+    lines.append("Startup facts:")
+    for name in CONTRACT_FACTS:
+        label, unit = _FACT_LABELS[name]
+        lines.append(f"  {label:<18} {_show(facts.get(name), unit)}")
+    failure = result.get("failure")
+    if failure:
+        lines.append(f"Failure: {failure['kind']}")
+        lines.append(f"  {failure['message']}")
+        if failure.get("values"):
+            lines.append("  " + ", ".join(f"{k}={v}" for k, v in failure["values"].items()))
+    remedy = result.get("remedy")
+    if remedy:
+        flags = []
+        sets = []
+        for key, flag in _FLAGS:
+            if key in remedy:
+                value = remedy[key]
+                if isinstance(value, bool):
+                    flags.append(flag if value else f"--no-{flag[2:]}")
+                else:
+                    flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+                sets.append(f"--set vllm.{key}={str(value).lower() if isinstance(value, bool) else value}")
+        if flags:
+            lines.append("Remedy: " + " ".join(flags))
+            lines.append("  (supervisor: " + " ".join(sets) + ")")
+        else:
+            lines.append("Remedy: no argument change")
+        lines.append(f"  why: {remedy['why']}")
+    elif result.get("outcome") == "incomplete":
+        lines.append("The log ends before vLLM was ready and shows no failure.")
+    return "\n".join(lines)

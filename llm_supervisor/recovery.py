@@ -1,0 +1,642 @@
+"""Recovery policy: from a classified failure to the next launch's arguments, or a reasoned stop. Pure.
+
+`decide()` never guesses blindly: each change is computed from the numbers vLLM printed (and the
+GPU memory NVML reports, when the caller has it), stays inside the profile's recovery bounds, and
+comes with a sentence that carries those numbers. It never relaunches an argument set that already
+failed before ready, and it stops after `recovery.max_attempts` launches in one failure streak.
+
+A streak is the run of launches since the last stable one. An attempt is stable when it reached
+ready and stayed up at least STABLE_UPTIME_S (from `ended_at`, or the next launch's `at`); a
+vLLM that becomes ready and dies again and again (flapping) therefore exhausts the streak.
+
+`history` is every launch of this supervisor run, oldest first; the attempt that just failed may
+be its last element (matched by arguments) or absent, in which case it is added here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Union
+
+from llm_supervisor.failures import Failure, FailureKind
+from llm_supervisor.logparse import StartupFacts
+from llm_supervisor.profiles import Profile, Recovery, VllmArgs
+
+STABLE_UPTIME_S = 600.0
+UTIL_STEP = 0.05
+DEFAULT_MAX_NUM_SEQS = 256
+MIN_MAX_NUM_SEQS = 8
+# Printed GiB values are rounded to 0.01 (%.2f or round(x, 2)); a computed length must hold for
+# the worst case of that rounding, or the relaunch fails again.
+PRINT_ROUNDING_GIB = 0.005
+FREE_CHECK_MARGIN_GIB = 0.25
+GIB_PER_MIB = 1 / 1024
+
+
+@dataclass
+class Attempt:
+    """One launch: when (`at`, epoch seconds), with what, how it ended, and why it was made."""
+
+    at: float
+    args: VllmArgs
+    failure: FailureKind | str | None = None
+    change: dict[str, list[Any]] = field(default_factory=dict)
+    reason: str = ""
+    reached_ready: bool = False
+    ended_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at, "failure": None if self.failure is None else str(FailureKind(self.failure).value),
+            "change": self.change, "reason": self.reason, "reached_ready": self.reached_ready,
+            "ended_at": self.ended_at,
+        }
+
+
+@dataclass
+class Relaunch:
+    args: VllmArgs
+    delay_s: float
+    reason: str
+    change: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class GiveUp:
+    reason: str
+
+
+Decision = Union[Relaunch, GiveUp]
+
+
+def backoff_delay(recovery: Recovery, streak: int) -> float:
+    """backoff_initial_s × 2^(streak−1), capped at backoff_max_s; 0 before any failure."""
+    if streak <= 0:
+        return 0.0
+    return float(min(recovery.backoff_max_s, recovery.backoff_initial_s * 2.0 ** min(streak - 1, 60)))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _floor2(x: float) -> float:
+    return math.floor(x * 100 + 1e-6) / 100
+
+
+def _ceil2(x: float) -> float:
+    return math.ceil(x * 100 - 1e-6) / 100
+
+
+def _key(args: VllmArgs) -> str:
+    return json.dumps(args.model_dump(mode="json"), sort_keys=True)
+
+
+def _kind(value: FailureKind | str | None) -> FailureKind | None:
+    return None if value is None else FailureKind(value)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".") if abs(x) < 1000 else f"{x:.0f}"
+
+
+@dataclass
+class _Ctx:
+    failure: Failure
+    kind: FailureKind
+    args: VllmArgs
+    profile: Profile
+    rec: Recovery
+    facts: StartupFacts
+    attempts: list[Attempt]
+    streak: list[Attempt]
+    free_gib: float | None
+    total_gib: float | None
+    kv_gib_per_token: float | None
+
+    @property
+    def failed_keys(self) -> set[str]:
+        return {_key(a.args) for a in self.attempts if a.failure is not None and not a.reached_ready}
+
+    def relaunch(self, changes: dict[str, Any], reason: str, delay_s: float = 0.0) -> Relaunch | None:
+        """A relaunch with `changes`, or None when that argument set already failed before ready."""
+        data = self.args.model_dump()
+        data.update(changes)
+        new = VllmArgs.model_validate(data)
+        if changes and _key(new) in self.failed_keys:
+            return None
+        change = {k: [getattr(self.args, k), v] for k, v in changes.items() if getattr(self.args, k) != v}
+        return Relaunch(new, float(delay_s), reason, change)
+
+    def free_allows(self, util: float) -> bool:
+        """vLLM refuses to start unless free memory ≥ utilization × total."""
+        if self.free_gib is None or self.total_gib is None:
+            return True
+        return util * self.total_gib <= self.free_gib - FREE_CHECK_MARGIN_GIB
+
+    def max_free_util(self) -> float:
+        """The highest utilization within bounds that the free memory allows."""
+        top = self.rec.max_gpu_memory_utilization
+        if self.free_gib is not None and self.total_gib:
+            top = min(top, _floor2((self.free_gib - FREE_CHECK_MARGIN_GIB) / self.total_gib))
+        return top
+
+    def delay(self) -> float:
+        return backoff_delay(self.rec, len(self.streak))
+
+
+def _stable(attempt: Attempt, next_at: float | None) -> bool:
+    if not attempt.reached_ready:
+        return False
+    end = attempt.ended_at if attempt.ended_at is not None else next_at
+    return end is not None and end - attempt.at >= STABLE_UPTIME_S
+
+
+def failure_streak(attempts: list[Attempt]) -> list[Attempt]:
+    """The launches since the last stable one (the last attempt, stable or not, included)."""
+    if not attempts:
+        return []
+    if _stable(attempts[-1], None):
+        return [attempts[-1]]
+    start = 0
+    for i in range(len(attempts) - 1):
+        if _stable(attempts[i], attempts[i + 1].at):
+            start = i + 1
+    return attempts[start:]
+
+
+def _with_current(history: Iterable[Attempt], args: VllmArgs, failure: Failure) -> list[Attempt]:
+    attempts = list(history)
+    if attempts and _key(attempts[-1].args) == _key(args):
+        last = attempts[-1]
+        if last.failure is None:
+            attempts[-1] = Attempt(last.at, last.args, failure.kind, last.change, last.reason,
+                                   last.reached_ready or _was_ready(failure), last.ended_at)
+        return attempts
+    at = attempts[-1].at if attempts else 0.0
+    attempts.append(Attempt(at, args, failure.kind, reached_ready=_was_ready(failure)))
+    return attempts
+
+
+def _was_ready(failure: Failure) -> bool:
+    return failure.stage == "runtime" or bool(failure.values.get("runtime"))
+
+
+# ---------------------------------------------------------------- the policy
+
+
+def decide(
+    failure: Failure,
+    args: VllmArgs,
+    profile: Profile,
+    history: list[Attempt],
+    facts: StartupFacts | None,
+    gpu_free_mib: float | None = None,
+    gpu_total_mib: float | None = None,
+    *,
+    kv_bytes_per_token: float | None = None,
+    hardware_total: bool = True,
+) -> Relaunch | GiveUp:
+    """The next launch after `failure` of a launch with `args`, or why there is none.
+
+    gpu_free_mib / gpu_total_mib: NVML's view of the engine's GPU now (after the failed engine
+    exited), when the caller has it. kv_bytes_per_token: from the model's config, when known.
+    hardware_total: whether the profile's `hardware.gpu_memory_gib` may stand in for the GPU's
+    total when neither NVML nor the log gives it (False for profiles made up from a log).
+    """
+    kind = FailureKind(failure.kind)
+    facts = facts or StartupFacts()
+    attempts = _with_current(history, args, failure)
+    streak = failure_streak(attempts)
+    rec = profile.recovery
+    v = failure.values
+    total = None
+    if gpu_total_mib:
+        total = gpu_total_mib * GIB_PER_MIB
+    elif v.get("total_gib"):
+        total = float(v["total_gib"])
+    elif facts.total_gpu_gib:
+        total = facts.total_gpu_gib
+    elif hardware_total and profile.hardware.gpu_memory_gib:
+        total = float(profile.hardware.gpu_memory_gib)
+    free = gpu_free_mib * GIB_PER_MIB if gpu_free_mib is not None else None
+    per_token = None
+    if kv_bytes_per_token:
+        per_token = kv_bytes_per_token / 1024**3
+    elif facts.kv_bytes_per_token:
+        per_token = facts.kv_bytes_per_token / 1024**3
+    ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token)
+
+    fatal = _non_recoverable(ctx)
+    if fatal is not None:
+        return fatal
+    if len(streak) >= rec.max_attempts:
+        readies = sum(1 for a in streak if a.reached_ready)
+        what = (f"vLLM became ready and then died {readies} times" if readies >= 2
+                else f"{len(streak)} launches failed")
+        return GiveUp(
+            f"giving up: {what} in a row (recovery.max_attempts = {rec.max_attempts}); "
+            f"last failure: {kind.value}: {failure.message}"
+        )
+    handler = _HANDLERS.get(kind, _same_args)
+    return handler(ctx)
+
+
+def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
+    kind, msg = ctx.kind, ctx.failure.message
+    if kind is FailureKind.MODEL_NOT_FOUND:
+        return GiveUp(
+            f"vLLM cannot find the model {ctx.profile.model.id!r} ({msg}); no argument change fixes that: "
+            "check model.id (a Hugging Face id or a local folder with config.json), HF_TOKEN for gated "
+            "models, and network access or HF_HOME for offline use"
+        )
+    if kind is FailureKind.BAD_ARGUMENTS:
+        return GiveUp(f"vLLM rejected its arguments ({msg}); fix the profile's vllm section or extra_args")
+    if kind is FailureKind.PORT_IN_USE:
+        port = ctx.failure.values.get("port")
+        if port is not None and port != ctx.args.port:
+            return None  # an internal port (torch.distributed) raced: transient
+        return GiveUp(
+            f"port {ctx.args.port} is already in use by another process ({msg}); stop that process "
+            "or set vllm.port to a free port"
+        )
+    return None
+
+
+def _same_args(ctx: _Ctx) -> Relaunch | GiveUp:
+    """Unknown failures and internal port races: one more try with the same arguments, with backoff."""
+    before_ready = [a for a in ctx.streak[:-1] if not a.reached_ready and _key(a.args) == _key(ctx.args)
+                    and _kind(a.failure) is ctx.kind]
+    if before_ready and not ctx.streak[-1].reached_ready:
+        return GiveUp(
+            f"vLLM failed twice the same way with the same arguments ({ctx.kind.value}: "
+            f"{ctx.failure.message}); not retrying it blindly"
+        )
+    delay = ctx.delay()
+    reason = (f"{ctx.kind.value}: {ctx.failure.message}; retrying once with the same arguments "
+              f"in {_fmt(delay)} s")
+    return Relaunch(ctx.args, delay, reason, {})
+
+
+def _engine_dead(ctx: _Ctx) -> Relaunch | GiveUp:
+    delay = ctx.delay()
+    n = len(ctx.streak)
+    when = "after it was ready" if ctx.streak[-1].reached_ready else "during startup"
+    reason = (f"the engine died {when} ({ctx.failure.message}); restarting with the same arguments "
+              f"in {_fmt(delay)} s (launch {n + 1} of at most {ctx.rec.max_attempts} in this streak)")
+    return Relaunch(ctx.args, delay, reason, {})
+
+
+# ------------------------------------------------------------ KV cache too small
+
+
+def _kv_too_small(ctx: _Ctx) -> Relaunch | GiveUp:
+    v, args, rec = ctx.failure.values, ctx.args, ctx.rec
+    length = int(v.get("max_model_len") or args.max_model_len or ctx.facts.max_model_len or 0)
+    need = v.get("needed_gib")
+    avail = v.get("available_gib")
+    est = v.get("estimated_max_model_len")
+    bs = args.effective_block_size
+    u = args.gpu_memory_utilization
+
+    per_token = ctx.kv_gib_per_token
+    if need and length:
+        per_token = (need + PRINT_ROUNDING_GIB) / length
+    elif avail and est:
+        per_token = avail / est
+    if est:
+        fit = int(est)
+        how = f"vLLM estimates {fit} tokens fit"
+    elif need and avail and length:
+        fit = int(length * max(avail - PRINT_ROUNDING_GIB, 0.0) / (need + PRINT_ROUNDING_GIB))
+        how = (f"{length} × {_fmt(avail)}/{_fmt(need)} GiB (allowing for vLLM's rounding to 0.01 GiB) "
+               f"= {fit} tokens fit")
+    elif v.get("kv_cache_tokens"):
+        fit = int(v["kv_cache_tokens"])
+        how = f"the KV cache holds {fit} tokens"
+    elif avail is not None and per_token:
+        fit = int(avail / per_token)
+        how = f"{_fmt(avail)} GiB holds {fit} tokens"
+    else:
+        return GiveUp(f"the KV cache is too small for max_model_len {length or 'default'} but vLLM printed "
+                      f"no numbers to fit it by ({ctx.failure.message}); set vllm.max_model_len lower by hand")
+    fit_b = fit // bs * bs
+    upper = (length - 1) // bs * bs if length else fit_b
+    if rec.max_max_model_len is not None:
+        upper = min(upper, rec.max_max_model_len)
+    what = (f"one {length}-token request needs {_fmt(need)} GiB of KV cache but only {_fmt(avail)} GiB is "
+            f"available (utilization {_fmt(u)})" if need and avail is not None
+            else f"max_model_len {length} does not fit in the KV cache (utilization {_fmt(u)})")
+
+    target = ctx.profile.target
+    if target is not None:
+        return _kv_fit_target(ctx, fit, fit_b, upper, per_token, avail, what, how)
+
+    new_len = min(fit_b, upper)
+    if new_len >= rec.min_max_model_len:
+        reason = f"{what}; {how}, so max_model_len {length} → {new_len} (a multiple of the {bs}-token block)"
+        if rec.max_max_model_len is not None and new_len == rec.max_max_model_len < fit_b:
+            reason += f", capped by recovery.max_max_model_len"
+        r = ctx.relaunch({"max_model_len": new_len}, reason)
+        if r is not None:
+            return r
+        new_len -= bs
+        if new_len >= rec.min_max_model_len:
+            r = ctx.relaunch({"max_model_len": new_len}, reason.replace(f"→ {new_len + bs}", f"→ {new_len}")
+                             + f" (one block less: {new_len + bs} already failed)")
+            if r is not None:
+                return r
+    return _raise_util_for(ctx, rec.min_max_model_len, per_token, avail, what,
+                           f"even recovery.min_max_model_len ({rec.min_max_model_len}) does not fit ({how})")
+
+
+def _kv_fit_target(ctx: _Ctx, fit: int, fit_b: int, upper: int, per_token: float | None,
+                   avail: float | None, what: str, how: str) -> Relaunch | GiveUp:
+    """Fit so that `min_concurrency` requests of `context` tokens run at once.
+
+    The KV pool holds about `fit` tokens (what one request could use). vLLM's "maximum
+    concurrency" is pool / max_model_len, so max_model_len = pool / C (≥ context) keeps C
+    requests of up to max_model_len tokens in memory together; when pool < C × context the
+    target needs more memory: raise utilization if bounds and free memory allow, else say so.
+    """
+    assert ctx.profile.target is not None
+    rec, args = ctx.rec, ctx.args
+    bs = args.effective_block_size
+    conc, context = ctx.profile.target.min_concurrency, ctx.profile.target.context
+    per_request = -(-context // bs) * bs
+    len_for_target = int(fit / conc) // bs * bs
+    goal = f"the target of {_fmt(conc)} requests of {context} tokens needs {math.ceil(conc * per_request)} tokens"
+    if len_for_target >= context:
+        new_len = max(min(fit_b, len_for_target, upper), rec.min_max_model_len)
+        reason = (f"{what}; {how}; {goal}, so max_model_len {args.max_model_len or ctx.failure.values.get('max_model_len')}"
+                  f" → {new_len} keeps {fit / new_len:.2f}× concurrency at that length")
+        r = ctx.relaunch({"max_model_len": new_len}, reason)
+        if r is not None:
+            return r
+    # Not enough KV memory for the target at this utilization: how much more would do?
+    short = ""
+    if per_token and avail is not None and ctx.total_gib:
+        need_gib = conc * per_request * per_token
+        util = _ceil2(args.gpu_memory_utilization + (need_gib - max(avail - PRINT_ROUNDING_GIB, 0)) / ctx.total_gib + 0.01)
+        if util <= ctx.rec.max_gpu_memory_utilization and ctx.free_allows(util):
+            new_len = min(max(context, rec.min_max_model_len), upper if upper >= context else context)
+            reason = (f"{what}; {how}; {goal} ({need_gib:.2f} GiB), so gpu_memory_utilization "
+                      f"{_fmt(args.gpu_memory_utilization)} → {_fmt(util)} and max_model_len → {new_len}")
+            r = ctx.relaunch({"gpu_memory_utilization": util, "max_model_len": new_len}, reason)
+            if r is not None:
+                return r
+        short = (f"; it would need utilization {_fmt(util)} (bounds allow ≤ {_fmt(ctx.rec.max_gpu_memory_utilization)}"
+                 + (f", {ctx.free_gib:.2f} GiB free" if ctx.free_gib is not None else "") + ")")
+    new_len = min(fit_b, per_request, upper)
+    if new_len < rec.min_max_model_len:
+        return _raise_util_for(ctx, rec.min_max_model_len, per_token, avail, what,
+                               f"even recovery.min_max_model_len ({rec.min_max_model_len}) does not fit ({how})")
+    reason = (f"{what}; {how}; the target cannot be met on this GPU: {goal} but the KV cache holds about "
+              f"{fit}, {fit / per_request:.2f} requests of {context}{short}; using max_model_len {new_len}")
+    r = ctx.relaunch({"max_model_len": new_len}, reason)
+    return r if r is not None else GiveUp(reason + "; that already failed")
+
+
+def _raise_util_for(ctx: _Ctx, want_len: int, per_token: float | None, avail: float | None,
+                    what: str, why: str) -> Relaunch | GiveUp:
+    """Raise utilization just enough for `want_len` tokens, within bounds and free memory."""
+    args, rec = ctx.args, ctx.rec
+    bs = args.effective_block_size
+    if not per_token or avail is None or not ctx.total_gib:
+        return GiveUp(f"{what}; {why}, and the numbers to compute a higher utilization are missing; "
+                      "raise vllm.gpu_memory_utilization or lower recovery.min_max_model_len")
+    want_b = -(-want_len // bs) * bs
+    need_gib = want_b * per_token
+    avail_lo = max(avail - PRINT_ROUNDING_GIB, 0.0)
+    util = _ceil2(args.gpu_memory_utilization + (need_gib - avail_lo) / ctx.total_gib + 0.01)
+    if util > rec.max_gpu_memory_utilization:
+        return GiveUp(
+            f"{what}; {why}: {want_len} tokens need {need_gib:.2f} GiB of KV cache, which takes utilization "
+            f"≥ {_fmt(util)} on this {ctx.total_gib:.2f} GiB GPU, above recovery.max_gpu_memory_utilization "
+            f"({_fmt(rec.max_gpu_memory_utilization)}); use a smaller model or quantization, a fp8 KV cache, "
+            "more GPUs, or lower recovery.min_max_model_len"
+        )
+    if not ctx.free_allows(util):
+        return GiveUp(
+            f"{what}; {why}: {want_len} tokens need utilization {_fmt(util)} ({util * ctx.total_gib:.2f} GiB) "
+            f"but only {ctx.free_gib:.2f} GiB of the GPU is free; free memory used by other processes"
+        )
+    gained = (util - args.gpu_memory_utilization) * ctx.total_gib
+    new_len = int((avail_lo + gained) / per_token) // bs * bs
+    cap = args.max_model_len or ctx.failure.values.get("max_model_len") or new_len
+    if rec.max_max_model_len is not None:
+        cap = min(cap, rec.max_max_model_len)
+    new_len = max(min(new_len, cap), want_len)
+    reason = (f"{what}; {why}, so gpu_memory_utilization {_fmt(args.gpu_memory_utilization)} → {_fmt(util)} "
+              f"(+{gained:.2f} GiB) and max_model_len → {new_len}")
+    r = ctx.relaunch({"gpu_memory_utilization": util, "max_model_len": new_len}, reason)
+    return r if r is not None else GiveUp(reason + "; that already failed")
+
+
+# ------------------------------------------------------------ free memory short at start
+
+
+def _insufficient_free(ctx: _Ctx) -> Relaunch | GiveUp:
+    v, args, rec = ctx.failure.values, ctx.args, ctx.rec
+    total = ctx.total_gib or v.get("total_gib")
+    reported_free = v.get("free_gib")
+    free = ctx.free_gib if ctx.free_gib is not None else reported_free
+    u = args.gpu_memory_utilization
+    if not total or free is None:
+        step = _floor2(u - UTIL_STEP)
+        if step < rec.min_gpu_memory_utilization:
+            return GiveUp(f"not enough free GPU memory for utilization {_fmt(u)} ({ctx.failure.message}) and "
+                          f"recovery.min_gpu_memory_utilization is {_fmt(rec.min_gpu_memory_utilization)}")
+        r = ctx.relaunch({"gpu_memory_utilization": step},
+                         f"not enough free GPU memory for utilization {_fmt(u)}; stepping down to {_fmt(step)}")
+        return r or GiveUp(f"not enough free GPU memory for utilization {_fmt(u)}; {_fmt(step)} already failed")
+    requested = v.get("requested_gib") or u * total
+    margin = max(0.5, 0.02 * total)
+    if ctx.free_gib is not None and ctx.free_gib >= requested + margin:
+        delay = ctx.delay()
+        return Relaunch(args, delay,
+                        f"only {_fmt(reported_free or 0)} GiB was free at start for {_fmt(requested)} GiB requested, "
+                        f"but {ctx.free_gib:.2f} GiB is free now (memory was released); retrying the same "
+                        f"arguments in {_fmt(delay)} s", {})
+    util = min(_floor2((free - margin) / total), rec.max_gpu_memory_utilization)
+    if util >= u:
+        util = _floor2(u - 0.01)
+    head = (f"only {_fmt(free)} of {_fmt(total)} GiB is free on the GPU, less than utilization {_fmt(u)} asks "
+            f"({_fmt(requested)} GiB)")
+    if util < rec.min_gpu_memory_utilization:
+        return GiveUp(
+            f"{head}; keeping a {margin:.2f} GiB margin leaves utilization {_fmt(max(util, 0))}, below "
+            f"recovery.min_gpu_memory_utilization ({_fmt(rec.min_gpu_memory_utilization)}); free GPU memory "
+            "used by other processes (see nvidia-smi) or lower the minimum"
+        )
+    reason = (f"{head}; gpu_memory_utilization {_fmt(u)} → {_fmt(util)} = ({_fmt(free)} − {margin:.2f} GiB margin) "
+              f"/ {_fmt(total)} GiB, rounded down")
+    r = ctx.relaunch({"gpu_memory_utilization": util}, reason)
+    if r is None:
+        util = _floor2(util - 0.01)
+        if util >= rec.min_gpu_memory_utilization:
+            r = ctx.relaunch({"gpu_memory_utilization": util}, reason + f" (then one step lower, {_fmt(util)})")
+    return r or GiveUp(reason + "; that already failed")
+
+
+# ------------------------------------------------------------ no memory left for the KV cache
+
+
+def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
+    args, rec, facts = ctx.args, ctx.rec, ctx.facts
+    u = args.gpu_memory_utilization
+    total = ctx.total_gib
+    weights = facts.model_weights_gib or facts.profile_weights_gib
+    head = f"no memory is left for the KV cache at utilization {_fmt(u)}"
+    if weights and total and weights >= rec.max_gpu_memory_utilization * total:
+        return GiveUp(
+            f"{head}: the weights alone take {_fmt(weights)} GiB, more than "
+            f"{_fmt(rec.max_gpu_memory_utilization)} × {_fmt(total)} GiB; this model cannot fit this GPU: use a "
+            "quantized model, tensor parallelism over more GPUs, or a larger GPU"
+        )
+    non_kv = None
+    if total and facts.available_kv_cache_gib is not None and facts.available_kv_cache_gib <= 0:
+        non_kv = u * total - facts.available_kv_cache_gib
+        how = f"{non_kv:.2f} GiB goes to weights, activations and graphs"
+    elif total and weights:
+        overhead = 1.5 + 0.1 * weights
+        non_kv = weights + overhead
+        how = f"the weights take {_fmt(weights)} GiB, plus about {overhead:.2f} GiB of activations and graphs"
+    options: list[tuple[dict[str, Any], str]] = []
+    if non_kv is not None and total:
+        want_len = min(args.max_model_len or ctx.facts.max_model_len or rec.min_max_model_len, rec.min_max_model_len)
+        want_kv = want_len * ctx.kv_gib_per_token if ctx.kv_gib_per_token else max(1.0, 0.05 * total)
+        util = _ceil2((non_kv + want_kv) / total + 0.01)
+        if u < util <= rec.max_gpu_memory_utilization and ctx.free_allows(util):
+            options.append(({"gpu_memory_utilization": util},
+                            f"{head}: {how}; gpu_memory_utilization {_fmt(u)} → {_fmt(util)} leaves about "
+                            f"{_fmt(util * total - non_kv)} GiB for the KV cache"))
+    else:
+        util = min(_ceil2(u + UTIL_STEP), ctx.max_free_util())
+        if util > u:
+            options.append(({"gpu_memory_utilization": util},
+                             f"{head}; gpu_memory_utilization {_fmt(u)} → {_fmt(util)}"))
+    top = max(ctx.max_free_util(), u)
+    top_change: dict[str, Any] = {"gpu_memory_utilization": top} if top > u else {}
+    top_text = f" at utilization {_fmt(top)}" if top > u else ""
+    if not args.enforce_eager:
+        options.append(({**top_change, "enforce_eager": True},
+                        f"{head}; enforce_eager saves the CUDA-graph memory{top_text}"))
+    seqs = args.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+    if seqs // 2 >= MIN_MAX_NUM_SEQS:
+        options.append(({**top_change, "enforce_eager": True, "max_num_seqs": seqs // 2},
+                        f"{head}; fewer sequences ({seqs} → {seqs // 2}) shrink the warm-up activations{top_text}"))
+    if (args.max_model_len or 0) > rec.min_max_model_len:
+        options.append(({**top_change, "max_model_len": rec.min_max_model_len},
+                        f"{head}; cutting max_model_len to recovery.min_max_model_len ({rec.min_max_model_len}) "
+                        f"shrinks the profiling batch{top_text}"))
+    for changes, reason in options:
+        r = ctx.relaunch(changes, reason)
+        if r is not None:
+            return r
+    detail = f": {how}" if non_kv is not None else ""
+    return GiveUp(
+        f"{head}{detail}; no change within the recovery bounds (utilization ≤ "
+        f"{_fmt(rec.max_gpu_memory_utilization)}"
+        + (f", {ctx.free_gib:.2f} GiB free" if ctx.free_gib is not None else "")
+        + ") leaves room; use a smaller or quantized model, more GPUs, or raise the bounds"
+    )
+
+
+# ------------------------------------------------------------ CUDA out of memory
+
+
+def _cuda_oom(ctx: _Ctx) -> Relaunch | GiveUp:
+    args, rec = ctx.args, ctx.rec
+    runtime = ctx.streak[-1].reached_ready
+    msg = ctx.failure.message
+    if runtime:
+        runtime_ooms = sum(1 for a in ctx.streak if a.reached_ready and _kind(a.failure) is FailureKind.CUDA_OOM)
+        if runtime_ooms <= 1:
+            delay = ctx.delay()
+            return Relaunch(args, delay, f"CUDA ran out of memory while serving ({msg}); restarting with the "
+                            f"same arguments in {_fmt(delay)} s (a second time will step down)", {})
+    u = args.gpu_memory_utilization
+    where = "while serving" if runtime else _oom_stage(ctx)
+    head = f"CUDA ran out of memory {where}"
+    step = _floor2(u - UTIL_STEP)
+    if ctx.free_gib is not None and ctx.total_gib and u * ctx.total_gib > ctx.free_gib - FREE_CHECK_MARGIN_GIB:
+        margin = max(0.5, 0.02 * ctx.total_gib)
+        step = min(step, _floor2((ctx.free_gib - margin) / ctx.total_gib))
+    seqs = args.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+    options: list[tuple[dict[str, Any], str] | None] = [
+        ({"gpu_memory_utilization": step},
+         f"{head}; gpu_memory_utilization {_fmt(u)} → {_fmt(step)} leaves more headroom outside vLLM's budget")
+        if step >= rec.min_gpu_memory_utilization else None,
+        ({"enforce_eager": True}, f"{head}; enforce_eager skips CUDA-graph capture and its memory")
+        if not args.enforce_eager else None,
+        ({"max_num_seqs": seqs // 2}, f"{head}; max_num_seqs {seqs} → {seqs // 2} shrinks warm-up and graph batches")
+        if seqs // 2 >= MIN_MAX_NUM_SEQS else None,
+    ]
+    if ctx.failure.stage and ctx.failure.stage.endswith("_warmup"):
+        options = [options[2], options[0], options[1]]
+    # How many step-downs this streak already took: launches after an OOM with other arguments.
+    prior = sum(
+        1 for before, after in zip(ctx.streak, ctx.streak[1:])
+        if _kind(before.failure) is FailureKind.CUDA_OOM and _key(before.args) != _key(after.args)
+    )
+    n = len(options)
+    for i in range(n):
+        option = options[(prior + i) % n]
+        if option is None:
+            continue
+        r = ctx.relaunch(*option)
+        if r is not None:
+            return r
+    return GiveUp(
+        f"{head} ({msg}); every step within the recovery bounds is spent (utilization ≥ "
+        f"{_fmt(rec.min_gpu_memory_utilization)}, enforce_eager, max_num_seqs ≥ {MIN_MAX_NUM_SEQS}); free GPU "
+        "memory used by other processes or use a smaller model"
+    )
+
+
+def _oom_stage(ctx: _Ctx) -> str:
+    stage, facts = ctx.failure.stage, ctx.facts
+    if stage == "load" or (stage is None and facts.model_weights_gib is None):
+        return "while loading the weights"
+    if stage and stage.endswith("_warmup"):
+        return f"while warming up the {stage.removesuffix('_warmup')}"
+    if facts.kv_cache_tokens is None and facts.available_kv_cache_gib is None:
+        return "while profiling"
+    return "while capturing CUDA graphs or warming up"
+
+
+# ------------------------------------------------------------ max_model_len above the model's
+
+
+def _too_long(ctx: _Ctx) -> Relaunch | GiveUp:
+    v, rec = ctx.failure.values, ctx.rec
+    derived = v.get("derived_max_model_len")
+    asked = v.get("max_model_len") or ctx.args.max_model_len
+    if not derived:
+        return GiveUp(f"max_model_len {asked} is above the model's limit ({ctx.failure.message}); set "
+                      "vllm.max_model_len to the model's max_position_embeddings")
+    new_len = int(derived)
+    if rec.max_max_model_len is not None:
+        new_len = min(new_len, rec.max_max_model_len)
+    if new_len < rec.min_max_model_len:
+        return GiveUp(f"the model's limit is {derived} tokens, below recovery.min_max_model_len "
+                      f"({rec.min_max_model_len}); lower that bound")
+    extra = (" (VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 was not in effect)" if rec.allow_long_context
+             else "; set recovery.allow_long_context and VLLM_ALLOW_LONG_MAX_MODEL_LEN=1 to force more")
+    reason = f"max_model_len {asked} is above the model's limit of {derived} tokens (config.json), so → {new_len}{extra}"
+    r = ctx.relaunch({"max_model_len": new_len}, reason)
+    return r if r is not None else GiveUp(reason + "; that already failed")
+
+
+_HANDLERS = {
+    FailureKind.KV_CACHE_TOO_SMALL: _kv_too_small,
+    FailureKind.NO_KV_CACHE_MEMORY: _no_kv_memory,
+    FailureKind.INSUFFICIENT_FREE_MEMORY: _insufficient_free,
+    FailureKind.CUDA_OOM: _cuda_oom,
+    FailureKind.MAX_MODEL_LEN_TOO_LARGE: _too_long,
+    FailureKind.ENGINE_DEAD: _engine_dead,
+    FailureKind.PORT_IN_USE: _same_args,
+    FailureKind.UNKNOWN: _same_args,
+}
