@@ -1,0 +1,143 @@
+"""`supervisor doctor` on this machine (simulated GPU), with a port taken, a bad directory, a
+missing engine command, and NVML failing."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_supervisor import doctor, hardware
+from llm_supervisor.affinity import Topology
+from llm_supervisor.doctor import Check, format_checks, port_free, run_doctor
+from llm_supervisor.profiles import load_profile
+from llm_supervisor.settings import Settings
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sim_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
+    for name in ("NAME", "COUNT", "TOTAL_MIB", "OTHER_MIB"):
+        monkeypatch.delenv(f"LLM_SUPERVISOR_SIM_GPU_{name}", raising=False)
+
+
+def settings_for(tmp_path: Path, **kw) -> Settings:
+    values = {"state_dir": tmp_path / "state", "api_port": free_port(), "profiles_dir": PROFILES, **kw}
+    return Settings(**values)
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name: c for c in checks}
+
+
+def test_simulate_on_this_machine(tmp_path, sim_env):
+    profile = load_profile("4090d-qwen3-4b", PROFILES, overrides=[f"vllm.port={free_port()}"])
+    checks = run_doctor(settings_for(tmp_path), profile, simulate=True)
+    got = by_name(checks)
+    assert list(got) == ["gpu driver", "gpus vs profile", "cpus", "numa_balancing", "placement", "numactl",
+                         "mempolicy", "engine command", "api port", "engine port", "state dir", "log dir"]
+    assert all(c.status in ("ok", "warn", "fail") for c in checks)
+    assert got["gpu driver"].status == "ok" and "simulated GPU" in got["gpu driver"].detail
+    assert "NVIDIA GeForce RTX 4090 D" in got["gpu driver"].detail
+    assert got["gpus vs profile"].status == "ok"
+    assert got["cpus"].status in ("ok", "warn")
+    assert got["mempolicy"].status in ("ok", "warn")
+    simulator = importlib.util.find_spec("llm_supervisor.simulator") is not None
+    assert got["engine command"].status == ("ok" if simulator else "fail")
+    assert got["api port"].status == "ok" and got["engine port"].status == "ok"
+    assert got["state dir"].status == "ok" and (tmp_path / "state").is_dir()
+    assert got["log dir"].status == "ok" and (tmp_path / "state" / "logs").is_dir()
+    assert [p for p in (tmp_path / "state").iterdir() if p.name.startswith(".doctor-")] == []
+    text = format_checks(checks)
+    assert len(text.splitlines()) == len(checks) + 1
+    assert text.splitlines()[0].startswith("ok    gpu driver")
+    assert "[" not in text  # the CLI prints through rich, which would take [words] for markup
+
+
+def test_port_in_use_is_a_failure(tmp_path, sim_env):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert port_free("127.0.0.1", port)[0] is False
+        checks = by_name(run_doctor(settings_for(tmp_path, api_port=port), None, simulate=True))
+        assert checks["api port"].status == "fail"
+        assert f"127.0.0.1:{port} cannot be bound" in checks["api port"].detail
+        assert "LLM_SUPERVISOR_API_PORT" in checks["api port"].fix
+        assert "fix: stop what listens there" in format_checks(list(checks.values()))
+    assert port_free("127.0.0.1", port)[0] is True
+    assert checks["gpus vs profile"].status == "warn"  # no profile: nothing to compare
+
+
+def test_engine_port_in_use(tmp_path, sim_env):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        profile = load_profile("4090d-qwen3-4b", PROFILES, overrides=[f"vllm.port={port}"])
+        checks = by_name(run_doctor(settings_for(tmp_path), profile, simulate=True))
+    assert checks["engine port"].status == "fail"
+    assert "vllm.port" in checks["engine port"].fix
+
+
+def test_unwritable_state_dir_and_missing_engine(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    fake = hardware.SimulatedInventory(hardware.simgpu.load_config({"LLM_SUPERVISOR_SIM_GPU_DIR": str(tmp_path)}))
+    monkeypatch.setattr(hardware, "inventory", lambda simulate, sim_config=None: fake)
+    settings = settings_for(tmp_path, state_dir=blocker / "state", engine_command="no-such-engine-xyz serve")
+    checks = by_name(run_doctor(settings, None, simulate=False))
+    assert checks["state dir"].status == "fail" and "not writable" in checks["state dir"].detail
+    assert checks["engine command"].status == "fail"
+    assert "no-such-engine-xyz not found on PATH" in checks["engine command"].detail
+    settings = settings_for(tmp_path, engine_command=f"{sys.executable} -m vllm.entrypoints.openai.api_server")
+    assert by_name(run_doctor(settings, None, simulate=False))["engine command"].status == "ok"
+
+
+def test_no_gpu_and_profile_mismatch(tmp_path, sim_env, monkeypatch):
+    class Broken:
+        def gpus(self):
+            raise hardware.NoGpuFound("no NVIDIA GPU found (NVML: Driver Not Loaded)")
+
+        def driver_version(self):
+            return None
+
+    monkeypatch.setattr(hardware, "inventory", lambda simulate, sim_config=None: Broken())
+    profile = load_profile("3080x2-qwen3-8b", PROFILES, overrides=[f"vllm.port={free_port()}"])
+    checks = by_name(run_doctor(settings_for(tmp_path), profile, simulate=False))
+    assert checks["gpu driver"].status == "fail"
+    assert checks["gpu driver"].detail == "no NVIDIA GPU found (NVML: Driver Not Loaded)"
+    assert "nvidia-smi" in checks["gpu driver"].fix
+    assert checks["gpus vs profile"].status == "fail"
+    monkeypatch.undo()
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
+    checks = by_name(run_doctor(settings_for(tmp_path), profile, simulate=True))  # one simulated 4090 D
+    assert checks["gpus vs profile"].status == "fail"
+    assert "expected 2× /RTX 3080/ with 20 GiB, found 1× NVIDIA GeForce RTX 4090 D with 24.0 GiB" in checks["gpus vs profile"].detail
+
+
+def test_numa_balancing_and_quota_checks():
+    two = Topology(nodes={0: [0, 1], 1: [2, 3]}, allowed_cpus=[0, 1, 2, 3], numa_balancing=1, cpu_quota=1.5)
+    assert doctor._check_balancing(two).status == "warn"
+    assert "kernel.numa_balancing=0" in doctor._check_balancing(two).fix
+    one = Topology(nodes={0: [0, 1]}, allowed_cpus=[0, 1], numa_balancing=1)
+    assert doctor._check_balancing(one).status == "ok"
+    cpus = doctor._check_cpus(two)
+    assert cpus.status == "warn" and "quota 1.5 CPUs" in cpus.detail
+
+
+def test_a_crashing_check_is_reported_not_raised(tmp_path, sim_env, monkeypatch):
+    monkeypatch.setattr(doctor, "_check_numactl", lambda: 1 / 0)
+    checks = by_name(run_doctor(settings_for(tmp_path), None, simulate=True))
+    assert checks["numactl"].status == "fail" and "ZeroDivisionError" in checks["numactl"].detail
