@@ -1,18 +1,31 @@
-"""Model shapes from config.json: weight bytes and KV-cache bytes per token. Pure apart from
-reading files.
+"""Model shapes from config.json, exact weight bytes from safetensors headers, and KV-cache bytes
+per token. Pure apart from reading files; never imports torch or vLLM.
 
 Where the config comes from, in order: a local model folder, the Hugging Face cache
 (`$HF_HOME/hub/models--org--name/snapshots/*/config.json`), then the public config.json facts
 bundled for the models of the shipped profiles (data/models/org--name.json).
+
+Weights: when the checkpoint's `*.safetensors` files are on disk, their headers (8-byte
+little-endian length + JSON) give every tensor's dtype and shape, so the bytes are exact without
+loading anything (`load_weight_inventory`). Without them the bytes are estimated from the shape
+(`ModelShape.weight_bytes`), quantization included.
+
+KV cache per token and GPU, as vLLM's V1 `AttentionSpec.page_size_bytes` counts it:
+  standard attention  layers × 2 (K, V) × max(1, kv_heads // TP) × head_dim × dtype bytes
+  MLA (kv_lora_rank)  layers × (kv_lora_rank + qk_rope_head_dim) × dtype bytes  (not split by TP)
+with dtype = `--kv-cache-dtype` (fp8 = 1 byte) or the model's dtype.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
+import re
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "data" / "models"
 GIB = 1024**3
@@ -23,9 +36,76 @@ DTYPE_BYTES = {
     "fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "int8": 1,
 }
 
+# safetensors dtype names → bytes per element (F4/F6 are packed sub-byte formats)
+SAFETENSORS_DTYPE_BYTES: dict[str, float] = {
+    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+    "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "F8_E4M3FNUZ": 1, "F8_E5M2FNUZ": 1, "F6_E2M3": 0.75, "F6_E3M2": 0.75, "F4": 0.5,
+}
+# The safetensors format caps the JSON header at 100 MB; anything larger is not a safetensors file.
+SAFETENSORS_MAX_HEADER = 100_000_000
+
+# config.json keys vLLM reads for the model's own context limit (it takes the smallest present)
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length",
+                 "max_sequence_length", "max_seq_length", "seq_len")
+
 
 class ModelConfigNotFound(LookupError):
     """No config.json for the model here, in the HF cache, or bundled."""
+
+
+class SafetensorsError(ValueError):
+    """A file that claims to be safetensors but whose header cannot be read."""
+
+
+# ---------------------------------------------------------------- quantization
+
+
+def _quant_facts(config: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
+    """(method, weight bits, group size) from `quantization_config` (AWQ, GPTQ, bitsandbytes,
+    fp8, compressed-tensors, mxfp4); all None for an unquantized checkpoint."""
+    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config") or {}
+    if not isinstance(quant, dict) or not quant:
+        return None, None, None
+    method = quant.get("quant_method")
+    method = str(method).lower() if method else None
+    bits = quant.get("bits") or quant.get("w_bit") or quant.get("weight_bits")
+    group = quant.get("group_size") or quant.get("q_group_size")
+    if method == "bitsandbytes" or quant.get("load_in_4bit") or quant.get("load_in_8bit"):
+        method = "bitsandbytes"
+        bits = 8 if quant.get("load_in_8bit") else (bits or 4)
+        group = group or 64
+    elif method in ("fp8", "fbgemm_fp8", "modelopt") and not bits:
+        bits = 8
+    elif method == "mxfp4":
+        bits, group = 4, group or 32
+    elif method == "compressed-tensors":
+        for grp in (quant.get("config_groups") or {}).values():
+            weights = (grp or {}).get("weights") or {}
+            bits = bits or weights.get("num_bits")
+            group = group or weights.get("group_size")
+    return method, int(bits) if bits else None, int(group) if group else None
+
+
+def linear_bytes_per_element(method: str | None, bits: int | None, group: int | None, elem: float) -> float:
+    """Bytes per weight element of a linear layer in the given quantization (None: unquantized)."""
+    if not method:
+        return elem
+    if method in ("awq", "gptq", "awq_marlin", "gptq_marlin", "marlin", "compressed-tensors") and bits and bits < 8:
+        g = group if group and group > 0 else 128
+        # packed weights + fp16 scales + packed zero points, per element
+        return bits / 8 + 2 / g + (bits / 8) / g
+    if method == "bitsandbytes":
+        b = bits or 4
+        return b / 8 + 4 / (group or 64)  # fp32 absmax per block
+    if method == "mxfp4":
+        return 0.5 + 1 / (group or 32)  # e8m0 scale per 32 elements
+    if bits and bits <= 8:
+        return bits / 8  # fp8 and int8 schemes (per-channel scales are negligible)
+    return elem
+
+
+# ---------------------------------------------------------------- the shape
 
 
 @dataclass(frozen=True)
@@ -48,70 +128,485 @@ class ModelShape:
     quant_group_size: int | None = None
     sliding_window: int | None = None
     uses_mla: bool = False
+    # --- added: MLA, mixture of experts, sliding-window layout, context limit, name
+    model_type: str = ""
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+    qk_nope_head_dim: int | None = None
+    v_head_dim: int | None = None
+    q_lora_rank: int | None = None
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int | None = None
+    shared_expert_intermediate_size: int = 0
+    num_dense_layers: int = 0
+    num_sliding_layers: int = 0
+    derived_max_model_len: int | None = None
+    name: str = ""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "ModelShape":
+    def from_config(cls, config: dict[str, Any], name: str = "") -> "ModelShape":
         text = config.get("text_config") or config
         hidden = int(text["hidden_size"])
         heads = int(text["num_attention_heads"])
-        quant = config.get("quantization_config") or {}
-        window = text.get("sliding_window") if text.get("use_sliding_window", True) else None
+        layers = int(text["num_hidden_layers"])
+        method, bits, group = _quant_facts(config)
+        kv_lora = text.get("kv_lora_rank")
+        window, sliding_layers = _sliding_layout(text, layers)
+        experts = int(text.get("n_routed_experts") or text.get("num_experts") or text.get("num_local_experts") or 0)
+        moe_inter = text.get("moe_intermediate_size") or (text.get("intermediate_size") if experts else None)
+        shared = int(text.get("shared_expert_intermediate_size") or 0)
+        if not shared and text.get("n_shared_experts") and moe_inter:
+            shared = int(text["n_shared_experts"]) * int(moe_inter)
+        dense = int(text.get("first_k_dense_replace") or len(text.get("mlp_only_layers") or []))
+        max_pos = _context_limit(text)
         return cls(
             architecture=(config.get("architectures") or ["unknown"])[0],
             hidden_size=hidden,
-            num_layers=int(text["num_hidden_layers"]),
+            num_layers=layers,
             num_heads=heads,
             num_kv_heads=int(text.get("num_key_value_heads") or heads),
             head_dim=int(text.get("head_dim") or hidden // heads),
             intermediate_size=int(text.get("intermediate_size") or 4 * hidden),
             vocab_size=int(text["vocab_size"]),
             tied_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
-            max_position_embeddings=int(text.get("max_position_embeddings") or 2048),
-            torch_dtype=str(config.get("torch_dtype") or text.get("torch_dtype") or config.get("dtype") or "bfloat16"),
-            quant_method=quant.get("quant_method"),
-            quant_bits=quant.get("bits") or quant.get("w_bit"),
-            quant_group_size=quant.get("group_size") or quant.get("q_group_size"),
-            sliding_window=int(window) if window else None,
-            uses_mla=bool(text.get("kv_lora_rank")),
+            max_position_embeddings=max_pos,
+            torch_dtype=str(config.get("torch_dtype") or text.get("torch_dtype") or config.get("dtype")
+                            or text.get("dtype") or "bfloat16"),
+            quant_method=method,
+            quant_bits=bits,
+            quant_group_size=group,
+            sliding_window=window,
+            uses_mla=bool(kv_lora),
+            model_type=str(config.get("model_type") or text.get("model_type") or ""),
+            kv_lora_rank=int(kv_lora) if kv_lora else None,
+            qk_rope_head_dim=int(text["qk_rope_head_dim"]) if text.get("qk_rope_head_dim") else None,
+            qk_nope_head_dim=int(text["qk_nope_head_dim"]) if text.get("qk_nope_head_dim") else None,
+            v_head_dim=int(text["v_head_dim"]) if text.get("v_head_dim") else None,
+            q_lora_rank=int(text["q_lora_rank"]) if text.get("q_lora_rank") else None,
+            num_experts=experts,
+            num_experts_per_tok=int(text.get("num_experts_per_tok") or text.get("moe_topk") or (2 if experts else 0)),
+            moe_intermediate_size=int(moe_inter) if moe_inter else None,
+            shared_expert_intermediate_size=shared,
+            num_dense_layers=min(dense, layers) if experts else layers,
+            num_sliding_layers=sliding_layers,
+            derived_max_model_len=_derived_max_len(text, max_pos),
+            name=name,
         )
+
+    # ------------------------------------------------------------ attention layout
+
+    @property
+    def attention_kind(self) -> str:
+        """"mla", "full", "sliding" (every layer windowed) or "hybrid" (some layers windowed)."""
+        if self.uses_mla:
+            return "mla"
+        if self.num_sliding_layers <= 0 or not self.sliding_window:
+            return "full"
+        return "sliding" if self.num_sliding_layers >= self.num_layers else "hybrid"
+
+    @property
+    def context_limit(self) -> int:
+        """The longest max_model_len vLLM accepts without VLLM_ALLOW_LONG_MAX_MODEL_LEN."""
+        return self.derived_max_model_len or self.max_position_embeddings
+
+    def valid_tensor_parallel_sizes(self, upto: int | None = None) -> list[int]:
+        """TP sizes vLLM accepts: they divide the attention heads and, for non-MLA models, either
+        divide the KV heads or are a whole multiple of them (KV heads are then replicated)."""
+        limit = upto or self.num_heads
+        return [tp for tp in range(1, limit + 1) if not self.tensor_parallel_problem(tp)]
+
+    def tensor_parallel_problem(self, tp: int) -> str | None:
+        """Why vLLM would refuse this TP size for this model, or None."""
+        if tp < 1:
+            return "must be at least 1"
+        if self.num_heads % tp:
+            return "heads"
+        if not self.uses_mla:
+            kv = self.num_kv_heads
+            if tp >= kv and tp % kv:
+                return "kv_replicas"
+            if tp < kv and kv % tp:
+                return "kv_heads"
+        return None
 
     # ------------------------------------------------------------ sizes
 
     def dtype_bytes(self, dtype: str = "auto") -> int:
-        name = self.torch_dtype if dtype in ("auto", None) else dtype
-        return DTYPE_BYTES.get(name, 2)
+        """Bytes per element of the model dtype vLLM runs in (`auto`: the checkpoint's, except that
+        vLLM runs float32 checkpoints in half precision)."""
+        if dtype in ("auto", None):
+            name = self.torch_dtype.replace("torch.", "")
+            return 2 if name in ("float32", "float") else DTYPE_BYTES.get(name, 2)
+        return DTYPE_BYTES.get(dtype, 2)
 
-    def kv_bytes_per_token(self, tensor_parallel: int = 1, kv_cache_dtype: str = "auto", dtype: str = "auto") -> int:
-        """Per GPU: layers × 2 (K and V) × max(1, kv_heads // TP) × head_dim × dtype bytes."""
+    def kv_bytes_per_token(
+        self, tensor_parallel: int = 1, kv_cache_dtype: str = "auto", dtype: str = "auto", layers: int | None = None
+    ) -> int:
+        """KV-cache bytes per token on one GPU (see the module docstring); `layers` for one
+        pipeline stage, else all layers."""
         elem = DTYPE_BYTES[kv_cache_dtype] if kv_cache_dtype not in ("auto", None) else self.dtype_bytes(dtype)
+        n_layers = self.num_layers if layers is None else layers
+        if self.uses_mla and self.kv_lora_rank:
+            return n_layers * (self.kv_lora_rank + (self.qk_rope_head_dim or 0)) * elem
         kv_heads = max(1, self.num_kv_heads // tensor_parallel)
-        return self.num_layers * 2 * kv_heads * self.head_dim * elem
+        return n_layers * 2 * kv_heads * self.head_dim * elem
+
+    def layers_per_stage(self, pipeline_parallel: int = 1) -> list[int]:
+        """vLLM's split of the decoder layers over pipeline stages (`get_pp_indices`): equal
+        shares, the remainder going to the stages before the last."""
+        pp = max(1, pipeline_parallel)
+        parts = [self.num_layers // pp] * pp
+        for i in range(2, self.num_layers % pp + 2):
+            parts[-i] += 1
+        return parts
+
+    # --- parameter counts (one layer, whole model, before any TP split)
+
+    def _attention_params(self) -> tuple[int, int, int]:
+        """(params split by TP, params in the K/V projections, replicated params) of one layer."""
+        h = self.hidden_size
+        if self.uses_mla and self.kv_lora_rank:
+            rope = self.qk_rope_head_dim or 0
+            nope = self.qk_nope_head_dim or self.head_dim
+            v = self.v_head_dim or self.head_dim
+            per_head_q = nope + rope
+            split = self.num_heads * v * h + self.kv_lora_rank * self.num_heads * (nope + v)
+            replicated = h * (self.kv_lora_rank + rope) + self.kv_lora_rank
+            if self.q_lora_rank:
+                replicated += h * self.q_lora_rank + self.q_lora_rank
+                split += self.q_lora_rank * self.num_heads * per_head_q
+            else:
+                split += h * self.num_heads * per_head_q
+            return split, 0, replicated
+        q = h * self.num_heads * self.head_dim
+        o = self.num_heads * self.head_dim * h
+        kv = 2 * h * self.num_kv_heads * self.head_dim
+        return q + o, kv, 0
+
+    def _is_moe_layer(self, index: int) -> bool:
+        return self.num_experts > 0 and index >= self.num_dense_layers
+
+    def _mlp_params(self, index: int) -> tuple[int, int]:
+        """(params split by TP, replicated params: the MoE router) of layer `index`."""
+        h = self.hidden_size
+        if self._is_moe_layer(index):
+            inter = self.moe_intermediate_size or self.intermediate_size
+            experts = self.num_experts * 3 * h * inter
+            shared = 3 * h * self.shared_expert_intermediate_size
+            return experts + shared, h * self.num_experts
+        return 3 * h * self.intermediate_size, 0
 
     def linear_params_per_layer(self) -> int:
-        q = self.hidden_size * self.num_heads * self.head_dim
-        kv = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
-        o = self.num_heads * self.head_dim * self.hidden_size
-        mlp = 3 * self.hidden_size * self.intermediate_size
-        return q + kv + o + mlp
+        """Linear-layer parameters of one (dense, or the first MoE) decoder layer."""
+        split, kv, rep = self._attention_params()
+        mlp, router = self._mlp_params(self.num_layers - 1)
+        return split + kv + rep + mlp + router
 
-    def weight_bytes(self, tensor_parallel: int = 1, dtype: str = "auto") -> int:
-        """Estimated weight bytes per GPU from the shape (used when no safetensors headers exist)."""
-        elem = self.dtype_bytes(dtype)
-        linear = self.linear_params_per_layer() * self.num_layers
-        if self.quant_method in ("awq", "gptq", "awq_marlin", "gptq_marlin") and self.quant_bits:
-            group = self.quant_group_size or 128
-            # packed weights + fp16 scales + packed zero points, per input×output element
-            per_elem = self.quant_bits / 8 + 2 / group + (self.quant_bits / 8) / group
-            linear_bytes = linear * per_elem
-        elif self.quant_method in ("fp8", "compressed-tensors") and self.quant_bits in (None, 8):
-            linear_bytes = linear * 1.0
-        elif self.quant_method == "bitsandbytes":
-            linear_bytes = linear * 0.5 * (1 + 4 / 64)
+    def activation_width(self, tensor_parallel: int = 1) -> float:
+        """Elements per token held at the widest point of one layer's forward pass on one GPU:
+        the gate/up output, the activated intermediate, and a few hidden-size buffers
+        (residual, normed input, attention output). MoE layers count the top-k experts'
+        intermediates and their per-expert outputs."""
+        h = self.hidden_size
+        if self.num_experts:
+            inter = self.num_experts_per_tok * (self.moe_intermediate_size or self.intermediate_size)
+            inter += self.shared_expert_intermediate_size
+            extra = self.num_experts_per_tok * h
         else:
-            linear_bytes = linear * elem
-        embed = self.vocab_size * self.hidden_size * elem * (1 if self.tied_embeddings else 2)
-        norms = (2 * self.num_layers + 1) * self.hidden_size * elem + 2 * self.num_layers * self.head_dim * elem
-        return int((linear_bytes + embed) / tensor_parallel + norms)
+            inter, extra = self.intermediate_size, 0
+        return 3 * inter / max(1, tensor_parallel) + 4 * h + extra
+
+    def weight_bytes_per_stage(
+        self, tensor_parallel: int = 1, pipeline_parallel: int = 1, dtype: str = "auto",
+        quantization: str | None = None,
+    ) -> list[int]:
+        """Estimated weight bytes on one GPU of each pipeline stage, from the shape alone.
+
+        Linear layers are split by TP (K/V projections only down to one KV head per GPU);
+        embeddings and lm_head are vocab-parallel; norms and MLA's low-rank down-projections
+        are replicated. `quantization` (vLLM's `--quantization`) applies to an unquantized
+        checkpoint quantized at load time (fp8, bitsandbytes)."""
+        tp = max(1, tensor_parallel)
+        elem = self.dtype_bytes(dtype)
+        method, bits, group = self.quant_method, self.quant_bits, self.quant_group_size
+        if not method and quantization in ("fp8", "bitsandbytes", "fbgemm_fp8"):
+            method, bits, group = quantization, (8 if quantization != "bitsandbytes" else 4), None
+        lin = linear_bytes_per_element(method, bits, group, elem)
+        kv_split = min(tp, self.num_kv_heads) if not self.uses_mla else tp
+        norms = (2 * self.hidden_size + 2 * self.head_dim) * elem
+
+        def layer_bytes(index: int) -> float:
+            split, kv, rep = self._attention_params()
+            mlp, router = self._mlp_params(index)
+            return (split + mlp) * lin / tp + kv * lin / kv_split + (rep * lin) + router * elem + norms
+
+        embed = self.vocab_size * self.hidden_size * elem / tp
+        stages = self.layers_per_stage(pipeline_parallel)
+        out: list[int] = []
+        start = 0
+        for s, count in enumerate(stages):
+            total = sum(layer_bytes(i) for i in range(start, start + count))
+            start += count
+            if s == 0:
+                total += embed
+            if s == len(stages) - 1:
+                # lm_head: tied to the embedding on one stage, its own copy on the last of several
+                if not self.tied_embeddings or len(stages) > 1:
+                    total += embed
+                total += self.hidden_size * elem
+            out.append(int(total))
+        return out
+
+    def weight_bytes(self, tensor_parallel: int = 1, dtype: str = "auto", quantization: str | None = None) -> int:
+        """Estimated weight bytes per GPU from the shape (used when no safetensors headers exist)."""
+        return max(self.weight_bytes_per_stage(tensor_parallel, 1, dtype, quantization))
+
+
+def _context_limit(text: dict[str, Any]) -> int:
+    values = [int(text[k]) for k in _CONTEXT_KEYS if isinstance(text.get(k), (int, float)) and text.get(k)]
+    return min(values) if values else 2048
+
+
+def _derived_max_len(text: dict[str, Any], max_pos: int) -> int | None:
+    """vLLM's derived limit: rope scaling stretches the trained context (yarn from its
+    original_max_position_embeddings); su/longrope/llama3 already count it in max_position_embeddings."""
+    rope = text.get("rope_scaling") or text.get("rope_parameters")
+    if not isinstance(rope, dict):
+        return None
+    kind = str(rope.get("rope_type") or rope.get("type") or "")
+    factor = rope.get("factor")
+    if kind in ("su", "longrope", "llama3", "default", "") or not isinstance(factor, (int, float)):
+        return None
+    base = int(rope.get("original_max_position_embeddings") or max_pos) if kind == "yarn" else max_pos
+    return int(base * factor)
+
+
+def _sliding_layout(text: dict[str, Any], layers: int) -> tuple[int | None, int]:
+    """(window, how many layers use it). Handles `layer_types` (newer transformers), Qwen2's
+    `use_sliding_window`/`max_window_layers`, Gemma's `sliding_window_pattern` and alternating
+    layers, and all-layer windows (Mistral 7B v0.1)."""
+    window = text.get("sliding_window")
+    if not isinstance(window, int) or window <= 0:
+        return None, 0
+    types = text.get("layer_types")
+    if isinstance(types, list) and types:
+        count = sum(1 for t in types if "sliding" in str(t))
+        return (window if count else None), count
+    if text.get("use_sliding_window") is False:
+        return None, 0
+    if "use_sliding_window" in text and "max_window_layers" in text:
+        count = max(0, layers - int(text["max_window_layers"]))
+        return (window if count else None), count
+    pattern = text.get("sliding_window_pattern")
+    if isinstance(pattern, int) and pattern > 1:
+        return window, layers - layers // pattern
+    if str(text.get("model_type", "")).startswith("gemma2") or text.get("interleaved_sliding_window"):
+        return window, (layers + 1) // 2
+    return window, layers
+
+
+# ---------------------------------------------------------------- safetensors headers
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape) if self.shape else 1
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of one safetensors file: 8-byte little-endian length, then that many bytes
+    of JSON. Reads only the header, never the tensors."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise SafetensorsError(f"{p}: too short for a safetensors header")
+            (length,) = struct.unpack("<Q", head)
+            size = os.fstat(fh.fileno()).st_size
+            if length <= 1 or length > SAFETENSORS_MAX_HEADER or 8 + length > size:
+                raise SafetensorsError(f"{p}: header length {length} does not fit the file ({size} bytes)")
+            raw = fh.read(length)
+    except OSError as exc:
+        raise SafetensorsError(f"{p}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    try:
+        header = json.loads(raw.decode("utf-8").rstrip(" \x00"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SafetensorsError(f"{p}: header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{p}: header is not a JSON object")
+    return header
+
+
+def read_safetensors_tensors(path: str | Path) -> list[TensorInfo]:
+    """Every tensor of one safetensors file with its size (dtype × shape; the data offsets when
+    the dtype is unknown)."""
+    out: list[TensorInfo] = []
+    for name, info in read_safetensors_header(path).items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
+            raise SafetensorsError(f"{path}: tensor {name!r} has no shape")
+        try:
+            shape = tuple(int(d) for d in info["shape"])
+        except (TypeError, ValueError):
+            raise SafetensorsError(f"{path}: tensor {name!r} has a bad shape {info['shape']!r}") from None
+        if any(d < 0 for d in shape):
+            raise SafetensorsError(f"{path}: tensor {name!r} has a negative dimension")
+        dtype = str(info.get("dtype", ""))
+        numel = math.prod(shape) if shape else 1
+        if dtype in SAFETENSORS_DTYPE_BYTES:
+            nbytes = int(math.ceil(numel * SAFETENSORS_DTYPE_BYTES[dtype]))
+        else:
+            offsets = info.get("data_offsets")
+            if not (isinstance(offsets, list) and len(offsets) == 2):
+                raise SafetensorsError(f"{path}: tensor {name!r} has unknown dtype {dtype!r} and no offsets")
+            nbytes = int(offsets[1]) - int(offsets[0])
+        out.append(TensorInfo(name, dtype, shape, nbytes))
+    return out
+
+
+_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer|decoder_layers)\.(\d+)\.")
+_VOCAB_RE = re.compile(r"embed_tokens|lm_head|(?:^|\.)wte\.|word_embeddings|embed_out|tok_embeddings|(?:^|\.)output\.weight$")
+_KV_RE = re.compile(r"(?:^|\.)(?:k_proj|v_proj|wk|wv)\.")
+_REPLICATED_RE = re.compile(r"kv_a_proj_with_mqa|q_a_proj|_layernorm|(?:^|\.)norm\.|(?:mlp|moe)\.gate\.weight$|\.router\.")
+_HEAD_RE = re.compile(r"lm_head|embed_out|(?:^|\.)output\.weight$")
+
+
+@dataclass
+class WeightInventory:
+    """The tensors of a checkpoint as its safetensors headers list them."""
+
+    tensors: list[TensorInfo]
+    files: list[str]
+    source: str
+    total_only: int | None = None  # index.json total_size when shards are missing
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        if self.total_only is not None:
+            return self.total_only
+        return sum(t.nbytes for t in self.tensors)
+
+    def per_gpu_bytes(
+        self, shape: ModelShape, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+        quantization: str | None = None,
+    ) -> list[int]:
+        """Bytes on one GPU of each pipeline stage.
+
+        Tensors of one dimension or fewer (norms, biases, per-tensor scales) and MLA's low-rank
+        down-projections and MoE routers are replicated; K/V projections split no further than
+        one KV head per GPU; everything else (embeddings and lm_head vocab-parallel) is divided by
+        TP. `quantization` = fp8/bitsandbytes applied at load time to an unquantized checkpoint."""
+        tp = max(1, tensor_parallel)
+        stages = shape.layers_per_stage(pipeline_parallel)
+        out = [0.0] * len(stages)
+        if self.total_only is not None:
+            for s, count in enumerate(stages):
+                out[s] = self.total_only / tp * count / max(1, shape.num_layers)
+            return [int(x) for x in out]
+        bounds: list[tuple[int, int]] = []
+        start = 0
+        for count in stages:
+            bounds.append((start, start + count))
+            start += count
+        kv_split = tp if shape.uses_mla else min(tp, max(1, shape.num_kv_heads))
+        requant = None
+        if not shape.quant_method and quantization in ("fp8", "fbgemm_fp8", "bitsandbytes"):
+            requant = linear_bytes_per_element(quantization, 4 if quantization == "bitsandbytes" else 8, None, 2)
+        for t in self.tensors:
+            nbytes: float = t.nbytes
+            vocab = bool(_VOCAB_RE.search(t.name))
+            if requant is not None and len(t.shape) >= 2 and not vocab:
+                nbytes = t.numel * requant
+            if len(t.shape) <= 1 or _REPLICATED_RE.search(t.name):
+                share = nbytes
+            elif _KV_RE.search(t.name):
+                share = nbytes / kv_split
+            else:
+                share = nbytes / tp
+            m = _LAYER_RE.search(t.name)
+            if m:
+                index = int(m.group(1))
+                stage = next((s for s, (lo, hi) in enumerate(bounds) if lo <= index < hi), len(stages) - 1)
+            elif vocab and _HEAD_RE.search(t.name):
+                stage = len(stages) - 1
+            elif vocab:
+                stage = 0
+                if shape.tied_embeddings and len(stages) > 1:
+                    out[-1] += share  # the last stage keeps its own copy for lm_head
+            else:
+                stage = len(stages) - 1 if re.search(r"(?:^|\.)norm\.", t.name) else 0
+            out[stage] += share
+        return [int(x) for x in out]
+
+
+def find_model_dir(model: str, hf_home: str | None = None) -> Path | None:
+    """The folder holding the model's files: the path itself, or its newest HF-cache snapshot."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    hub = Path(hf_home or os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+    snapshots = hub / f"models--{bundled_name(model)}" / "snapshots"
+    if snapshots.is_dir():
+        for snap in sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            if (snap / "config.json").is_file() or any(snap.glob("*.safetensors*")):
+                return snap
+    return None
+
+
+def _shard_files(folder: Path) -> tuple[list[Path], dict[str, Any] | None]:
+    """The safetensors files vLLM would load from a folder, and the index when there is one."""
+    for index_name in ("model.safetensors.index.json", "consolidated.safetensors.index.json"):
+        index_path = folder / index_name
+        if index_path.is_file():
+            try:
+                index = json.loads(index_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise SafetensorsError(f"{index_path}: unreadable index ({exc})") from None
+            weight_map = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(weight_map, dict):
+                raise SafetensorsError(f"{index_path}: no weight_map")
+            names = sorted({str(v) for v in weight_map.values()})
+            return [folder / n for n in names], index
+    files = sorted(folder.glob("*.safetensors"))
+    if any(not f.name.startswith("consolidated") for f in files):
+        files = [f for f in files if not f.name.startswith("consolidated")]
+    return files, None
+
+
+def load_weight_inventory(model: str | Path, hf_home: str | None = None) -> WeightInventory | None:
+    """Read the safetensors headers of a model folder (or its HF-cache snapshot); None when no
+    safetensors files are there. Raises SafetensorsError for a file that is not safetensors."""
+    folder = find_model_dir(str(model), hf_home)
+    if folder is None:
+        return None
+    files, index = _shard_files(folder)
+    if not files:
+        return None
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        total = ((index or {}).get("metadata") or {}).get("total_size")
+        problems = [f"{f}: shard missing" for f in missing]
+        if isinstance(total, (int, float)) and total > 0:
+            return WeightInventory([], [str(f) for f in files], str(folder), int(total), problems)
+        raise SafetensorsError(f"{missing[0]}: shard listed in the index is missing and the index has no total_size")
+    tensors: list[TensorInfo] = []
+    for f in files:
+        tensors.extend(read_safetensors_tensors(f))
+    if index is not None:
+        wanted = set((index.get("weight_map") or {}).keys())
+        tensors = [t for t in tensors if t.name in wanted] or tensors
+    return WeightInventory(tensors, [str(f) for f in files], str(folder))
 
 
 # ---------------------------------------------------------------- finding config.json
@@ -158,6 +653,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_shape(model: str, hf_home: str | None = None) -> ModelShape:
     config, _ = find_model_config(model, hf_home)
     try:
-        return ModelShape.from_config(config)
+        return ModelShape.from_config(config, name=model)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelConfigNotFound(f"{model}: config.json lacks {exc}") from None
+
+
+def iter_bundled_models() -> Iterable[str]:
+    """Hugging Face ids of the models whose config facts ship with the package."""
+    for path in sorted(BUNDLED_DIR.glob("*.json")):
+        yield path.stem.replace("--", "/", 1)
