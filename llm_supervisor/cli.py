@@ -59,13 +59,17 @@ def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data, default=str), indent=2) if sys.stdout.isatty() else print(json.dumps(data, indent=2, default=str))
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
-) -> None:
-    if version:
+def _show_version(value: bool) -> None:
+    if value:
         print(__version__)
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True, callback=_show_version)] = False,
+) -> None:
+    """Launch, pin, watch and recover vLLM's OpenAI server on bare GPU hosts."""
 
 
 @app.command()
@@ -123,7 +127,7 @@ def diagnose(
     if as_json:
         _print_json(result)
     else:
-        out.print(format_diagnosis(result))
+        out.print(format_diagnosis(result), markup=False)
 
 
 @app.command()
@@ -235,7 +239,8 @@ def bench(
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, render SupervisorError once, exit with its code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode off, `raise typer.Exit(n)` comes back as the return value.
+        code = app(args=argv, standalone_mode=False)
     except SupervisorError as exc:
         for line in exc.lines():
             err.print(f"error: {line}", markup=False)
@@ -250,4 +255,4 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(EXIT_BAD_INPUT if exc.exit_code == 2 else exc.exit_code)
         raise
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,284 @@
+"""The engine's guard: a tiny stdlib-only process between the daemon and the engine.
+
+Why it exists: real vLLM's EngineCore survives a SIGKILLed API server, so signalling the
+engine's process group from the daemon is not enough when the *daemon* is the one killed.
+The daemon starts the guard in a new session; the guard
+
+* marks itself a child subreaper, so engine processes orphaned by a dead API server are
+  reparented to it rather than to init;
+* forks the engine into its own process group (pgid = engine pid), applies the CPU/NUMA
+  placement in the child between fork and exec, so every engine process inherits it;
+* watches a control socket from the daemon: a "stop" line means staged stop, and end of
+  file means the daemon died, which also means staged stop. PR_SET_PDEATHSIG backs it up;
+* when the engine's main process exits, stops whatever is left of its tree (SIGTERM, a
+  deadline, SIGKILL, reap), reports the exit status and exits with it.
+
+Protocol to the daemon, one line each: `pid N`, `placement TEXT`, `exit CODE SIGNAL`.
+
+Usage: python -m llm_supervisor.guard --control-fd FD [--cpus LIST] [--mems LIST]
+       [--mempolicy none|preferred|bind] [--stop-timeout S] -- COMMAND ARGS…
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _parse_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process whose parent chain leads to `root` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(b")", 1)[1].split()
+        if fields[0] == b"Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _debug(text: str) -> None:
+    if os.environ.get("LLM_SUPERVISOR_GUARD_DEBUG"):
+        os.write(2, f"guard: {text}\n".encode())
+
+
+class Guard:
+    def __init__(self, control: socket.socket, stop_timeout: float) -> None:
+        self.control = control
+        self.stop_timeout = stop_timeout
+        self.engine_pid = 0
+        self.engine_status: int | None = None
+        self.stop_requested = False
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        os.set_blocking(self.wake_r, False)
+
+    # ------------------------------------------------------------ messages
+    def tell(self, line: str) -> None:
+        try:
+            self.control.sendall((line + "\n").encode())
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------ engine
+    def spawn(self, argv: list[str], cpus: list[int] | None, mems: list[int] | None, policy: str) -> None:
+        result_r, result_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: own process group, placement, exec
+            try:
+                os.close(result_r)
+                os.setpgid(0, 0)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGPIPE):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
+                text = "none"
+                if cpus or (mems and policy != "none"):
+                    from llm_supervisor.numa import apply_placement
+
+                    text = apply_placement(cpus, mems, policy)
+                os.write(result_w, text.encode()[:4000])
+                os.close(result_w)
+                os.execvp(argv[0], argv)
+            except BaseException as exc:  # noqa: BLE001 - the child must never return
+                try:
+                    os.write(2, f"llm-supervisor guard: cannot start {argv[0]!r}: {exc}\n".encode())
+                finally:
+                    os._exit(127)
+        os.close(result_w)
+        try:
+            os.setpgid(pid, pid)  # also from the parent, to close the race
+        except OSError:
+            pass
+        self.engine_pid = pid
+        self.tell(f"pid {pid}")
+        chunks = []
+        while True:
+            chunk = os.read(result_r, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(result_r)
+        if chunks:
+            self.tell("placement " + b"".join(chunks).decode(errors="replace").replace("\n", " "))
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.engine_pid and self.engine_status is None:
+                self.engine_status = status
+
+    def tree(self) -> list[int]:
+        return descendants(os.getpid())
+
+    def signal_tree(self, sig: int) -> None:
+        if self.engine_pid:
+            try:
+                os.killpg(self.engine_pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in self.tree():  # escaped the group (setsid) or reparented to us
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop_tree(self, timeout: float) -> None:
+        """SIGTERM to everything below us, wait until the deadline, SIGKILL, reap."""
+        self.signal_tree(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.reap()
+            if not self.tree():
+                return
+            time.sleep(0.05)
+        self.signal_tree(signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.tree() and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.02)
+        self.reap()
+
+    # ------------------------------------------------------------ loop
+    def run(self) -> int:
+        parent_gone = False
+        while True:
+            self.reap()
+            if self.engine_status is not None:
+                # The main engine process is gone; finish what it left (EngineCore, workers).
+                if self.tree():
+                    self.stop_tree(min(self.stop_timeout, 5.0) if not self.stop_requested else self.stop_timeout)
+                break
+            if self.stop_requested or parent_gone:
+                self.stop_tree(self.stop_timeout)
+                self.reap()
+                if self.engine_status is None:
+                    # It was killed by us and reaped inside stop_tree before we recorded it.
+                    self.engine_status = 0
+                break
+            try:
+                ready, _, _ = select.select([self.control, self.wake_r], [], [], 0.5)
+            except InterruptedError:
+                continue
+            if self.wake_r in ready:
+                try:
+                    while os.read(self.wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            if self.control in ready:
+                try:
+                    data = self.control.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    parent_gone = True
+                    _debug("control socket closed: the daemon is gone")
+                elif b"stop" in data:
+                    self.stop_requested = True
+            if os.getppid() == 1:
+                parent_gone = True
+                _debug("reparented to init: the daemon is gone")
+        status = self.engine_status or 0
+        if os.WIFSIGNALED(status):
+            code, sig = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
+        else:
+            code, sig = os.WEXITSTATUS(status), 0
+        self.tell(f"exit {code} {sig}")
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm_supervisor.guard")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--cpus")
+    parser.add_argument("--mems")
+    parser.add_argument("--mempolicy", default="none", choices=["none", "preferred", "bind"])
+    parser.add_argument("--stop-timeout", type=float, default=15.0)
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given")
+
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    control = socket.socket(fileno=args.control_fd)
+    guard = Guard(control, args.stop_timeout)
+
+    def on_stop(signum: int, frame: object) -> None:
+        guard.stop_requested = True
+        _debug(f"signal {signum}: stopping")
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_stop)
+    signal.signal(signal.SIGCHLD, lambda s, f: None)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.set_wakeup_fd(guard.wake_w)
+    if os.getppid() == 1:  # the daemon died before we got here
+        return 1
+    try:
+        guard.spawn(command, _parse_list(args.cpus), _parse_list(args.mems), args.mempolicy)
+    except OSError as exc:
+        guard.tell(f"exit 127 0")
+        print(f"llm-supervisor guard: {exc}", file=sys.stderr)
+        return 127
+    return guard.run()
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            sys.exit(1)
+        raise

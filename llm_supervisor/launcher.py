@@ -1,0 +1,244 @@
+"""The only module that starts and signals engine processes.
+
+An engine runs under its guard (guard.py) in a session of its own; its stdout and stderr share
+one pipe that is always drained, in chunks, without ever blocking the event loop. Each chunk
+goes raw to a rotating log file and, split into lines, to the daemon's callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_LINE = 64 * 1024  # longer lines are cut (and marked) so one line never holds memory hostage
+READ_CHUNK = 256 * 1024
+
+
+@dataclass
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str]
+    cpus: list[int] | None = None
+    mems: list[int] | None = None
+    mempolicy: str = "none"
+    stop_timeout: float = 15.0
+    cwd: str | None = None
+
+
+@dataclass
+class ExitInfo:
+    code: int
+    signal: int = 0
+
+    @property
+    def description(self) -> str:
+        if self.signal:
+            name = signal.Signals(self.signal).name if self.signal in signal.Signals._value2member_map_ else str(self.signal)
+            hint = " (perhaps out of memory?)" if self.signal == signal.SIGKILL else ""
+            return f"killed by {name}{hint}"
+        return f"exited with code {self.code}"
+
+
+class RotatingLog:
+    """Raw engine output to <dir>/<name>.log, rotated at max_bytes keeping `backups` files."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "ab", buffering=64 * 1024)
+        self._size = path.stat().st_size
+
+    def write(self, data: bytes) -> None:
+        if self._size + len(data) > self.max_bytes and self._size > 0:
+            self.rotate()
+        self._fh.write(data)
+        self._size += len(data)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._fh.flush()
+
+    def rotate(self) -> None:
+        self._fh.close()
+        for index in range(self.backups - 1, 0, -1):
+            src = self.path.with_name(f"{self.path.name}.{index}")
+            if src.exists():
+                os.replace(src, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self.backups > 0:
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._fh = open(self.path, "ab", buffering=64 * 1024)
+        self._size = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._fh.close()
+
+
+def split_lines(buffer: bytes, chunk: bytes) -> tuple[list[str], bytes]:
+    """Append a chunk to the partial line in `buffer`; return complete lines and the new rest."""
+    data = buffer + chunk
+    parts = data.split(b"\n")
+    rest = parts.pop()
+    if len(rest) > MAX_LINE:
+        parts.append(rest[:MAX_LINE] + b" [line cut by llm-supervisor]")
+        rest = b""
+    lines = []
+    for part in parts:
+        if len(part) > MAX_LINE:
+            part = part[:MAX_LINE] + b" [line cut by llm-supervisor]"
+        lines.append(part.decode("utf-8", "replace"))
+    return lines, rest
+
+
+@dataclass
+class EngineProcess:
+    """A running engine tree under its guard."""
+
+    guard: asyncio.subprocess.Process
+    control: socket.socket
+    spec: LaunchSpec
+    engine_pid: int | None = None
+    placement: str | None = None
+    exit_info: ExitInfo | None = None
+    _pid_known: asyncio.Event = field(default_factory=asyncio.Event)
+    _exited: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def guard_pid(self) -> int:
+        return self.guard.pid
+
+    async def wait(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self.exit_info is not None
+        return self.exit_info
+
+    @property
+    def running(self) -> bool:
+        return not self._exited.is_set()
+
+    async def stop(self, timeout: float) -> ExitInfo:
+        """Staged stop: the guard sends SIGTERM to the tree, waits `timeout`, then SIGKILLs it."""
+        if self.running:
+            writer = getattr(self, "_writer", None)
+            with contextlib.suppress(OSError, RuntimeError):
+                if writer is not None:
+                    writer.write(b"stop\n")
+                else:
+                    self.control.sendall(b"stop\n")
+            try:
+                await asyncio.wait_for(self._exited.wait(), timeout + 8)
+            except asyncio.TimeoutError:
+                self.kill_now()
+                await asyncio.wait_for(self._exited.wait(), 10)
+        return await self.wait()
+
+    def kill_now(self) -> None:
+        """Last resort from the daemon itself: SIGKILL the engine's group and the guard."""
+        if self.engine_pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.engine_pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.guard.pid, signal.SIGKILL)
+
+    async def _read_control(self) -> None:
+        # Keep the writer: dropping it closes the transport, which the guard reads as our death.
+        reader, self._writer = await asyncio.open_connection(sock=self.control)
+        guard_code: ExitInfo | None = None
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                break
+            kind, _, value = raw.decode(errors="replace").strip().partition(" ")
+            if kind == "pid" and value.isdigit():
+                self.engine_pid = int(value)
+                self._pid_known.set()
+            elif kind == "placement":
+                self.placement = value
+            elif kind == "exit":
+                code, _, sig = value.partition(" ")
+                guard_code = ExitInfo(int(code), int(sig or 0))
+        self._control_exit = guard_code
+
+    async def _watch_exit(self, drained: asyncio.Task, control: asyncio.Task) -> None:
+        code = await self.guard.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(drained), 5)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(control), 1)
+        reported = getattr(self, "_control_exit", None)
+        if reported is not None:
+            self.exit_info = reported
+        elif code < 0:
+            self.exit_info = ExitInfo(128 - code, -code)
+        else:
+            self.exit_info = ExitInfo(code, 0)
+        self._pid_known.set()
+        self._exited.set()
+        with contextlib.suppress(OSError):
+            self.control.close()
+
+
+async def _drain(stream: asyncio.StreamReader, on_output: Callable[[bytes, list[str]], None]) -> None:
+    rest = b""
+    while True:
+        chunk = await stream.read(READ_CHUNK)
+        if not chunk:
+            break
+        lines, rest = split_lines(rest, chunk)
+        on_output(chunk, lines)
+    if rest:
+        on_output(b"", [rest.decode("utf-8", "replace")])
+
+
+def guard_argv(spec: LaunchSpec, control_fd: int) -> list[str]:
+    argv = [sys.executable, "-m", "llm_supervisor.guard", "--control-fd", str(control_fd),
+            "--stop-timeout", f"{spec.stop_timeout:g}", "--mempolicy", spec.mempolicy]
+    if spec.cpus:
+        argv += ["--cpus", ",".join(str(c) for c in spec.cpus)]
+    if spec.mems:
+        argv += ["--mems", ",".join(str(m) for m in spec.mems)]
+    return [*argv, "--", *spec.argv]
+
+
+async def start(spec: LaunchSpec, on_output: Callable[[bytes, list[str]], None]) -> EngineProcess:
+    """Start the engine under a guard in a new session; output goes to `on_output(raw, lines)`."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    env = dict(spec.env)
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *guard_argv(spec, theirs.fileno()),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            cwd=spec.cwd,
+            start_new_session=True,
+            pass_fds=(theirs.fileno(),),
+            limit=READ_CHUNK,
+        )
+    finally:
+        theirs.close()
+    engine = EngineProcess(guard=proc, control=ours, spec=spec)
+    assert proc.stdout is not None
+    drained = asyncio.create_task(_drain(proc.stdout, on_output), name="engine-output")
+    control = asyncio.create_task(engine._read_control(), name="engine-control")
+    watcher = asyncio.create_task(engine._watch_exit(drained, control), name="engine-exit")
+    engine._tasks = [drained, control, watcher]
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(engine._pid_known.wait(), 10)
+    return engine
