@@ -115,6 +115,8 @@ class Recovery(_Strict):
     startup_timeout_s: float = Field(default=1200.0, gt=0, description="launch to ready, at most")
     stall_timeout_s: float = Field(default=300.0, gt=0, description="startup with no output, at most")
     allow_long_context: bool = Field(default=False, description="allow max_model_len above the model's limit")
+    plan_first_launch: bool = Field(default=True, description="shorten the first launch's max_model_len to what "
+                                    "the planner predicts fits, instead of letting vLLM fail first")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Recovery":

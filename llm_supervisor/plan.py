@@ -1,0 +1,260 @@
+"""The launch plan: everything `up` does before it starts the engine, and what `plan` shows.
+
+It composes the other parts: the GPUs found (or the simulated GPU) matched against the
+profile, the CPU/NUMA placement, the planner's prediction, the launch checks, the last
+arguments known to reach ready, and the engine's argv and environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_supervisor import affinity, engine, hardware, modelinfo, planner, simgpu
+from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
+from llm_supervisor.profiles import Profile, VllmArgs
+from llm_supervisor.settings import Settings
+
+RECOVERABLE_KEYS = ("max_model_len", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
+
+
+@dataclass
+class LaunchPlan:
+    settings: Settings
+    profile: Profile
+    simulate: bool
+    command: list[str]
+    args: VllmArgs
+    gpus: list[hardware.Gpu]
+    chosen: list[hardware.Gpu]
+    hardware_match: hardware.HardwareMatch | None
+    placement: affinity.Placement
+    prediction: planner.Prediction | None
+    gpu_total_gib: float
+    gpu_count: int
+    gpu_name: str | None
+    base_env: dict[str, str]
+    extra_env: dict[str, str]
+    sim_config: simgpu.SimGpuConfig | None = None
+    last_good: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def argv_for(self, args: VllmArgs) -> list[str]:
+        return engine.engine_argv(self.profile, args, self.command)
+
+    def env_for(self, args: VllmArgs) -> dict[str, str]:
+        return engine.engine_env(self.profile, args, self.base_env, self.extra_env)
+
+    @property
+    def hf_home(self) -> str:
+        return self.extra_env.get("HF_HOME") or self.base_env.get("HF_HOME", "")
+
+    def to_json(self) -> dict[str, Any]:
+        env = engine.changed_env(self.env_for(self.args), self.base_env)
+        predicted = self.prediction.to_json() if self.prediction else None
+        if predicted is not None:
+            predicted["max_model_len"] = self.args.max_model_len or predicted["max_model_len"]
+        return {
+            "profile": self.profile.name,
+            "simulated": self.simulate,
+            "model": self.profile.model.id,
+            "argv": engine.redact_argv(self.argv_for(self.args)),
+            "env": engine.redact_env(env),
+            "cpus": list(self.placement.cpus),
+            "memory_policy": {"mode": self.placement.memory_policy, "nodes": list(self.placement.nodes)},
+            "placement": self.placement.to_json(),
+            "hardware": {
+                "match": self.hardware_match.match if self.hardware_match else False,
+                "reasons": list(self.hardware_match.reasons) if self.hardware_match else ["no GPUs found"],
+                "gpus": [g.to_json() for g in self.chosen or self.gpus],
+                "planned_for": {"gpu_total_gib": round(self.gpu_total_gib, 2), "gpu_count": self.gpu_count,
+                                "gpu_name": self.gpu_name},
+            },
+            "predicted": predicted,
+            "last_good": self.last_good,
+            "notes": list(self.notes),
+            "warnings": list(self.warnings) + list(self.placement.warnings),
+        }
+
+
+def simulated_gpu_config(profile: Profile) -> simgpu.SimGpuConfig:
+    """A simulated GPU like the profile's card, unless LLM_SUPERVISOR_SIM_GPU_* say otherwise."""
+    label = planner.gpu_label(profile.hardware.gpu_name)
+    name = label if label.upper().startswith("NVIDIA") else f"NVIDIA {'GeForce ' if 'RTX' in label.upper() else ''}{label}"
+    return simgpu.load_config(
+        name=name,
+        count=profile.hardware.gpu_count,
+        total_mib=int(planner.stated_total_gib(profile.hardware) * 1024),
+    )
+
+
+def cache_env(settings: Settings, base: dict[str, str]) -> dict[str, str]:
+    """vLLM's compile cache and the Hugging Face cache in persistent folders (the state dir
+    unless the environment sets them), so a relaunch is a warm start."""
+    out = {}
+    if not base.get("VLLM_CACHE_ROOT"):
+        out["VLLM_CACHE_ROOT"] = str(settings.state_dir / "cache" / "vllm")
+    if not base.get("HF_HOME"):
+        out["HF_HOME"] = str(settings.state_dir / "cache" / "huggingface")
+    return out
+
+
+def apply_last_good(profile: Profile, last_good: dict[str, Any] | None) -> tuple[VllmArgs, str | None]:
+    """Start from the arguments that last reached ready, when the profile still asks for what it
+    asked for then (a changed profile or --set wins)."""
+    args = profile.vllm
+    if not last_good:
+        return args, None
+    requested = {k: getattr(args, k) for k in RECOVERABLE_KEYS}
+    if last_good.get("requested") != requested:
+        return args, None
+    saved = {k: v for k, v in (last_good.get("args") or {}).items() if k in RECOVERABLE_KEYS}
+    changed = {k: v for k, v in saved.items() if getattr(args, k) != v}
+    if not changed:
+        return args, None
+    args = args.model_copy(update=changed)
+    text = ", ".join(f"{k} {requested[k]} → {v}" for k, v in changed.items())
+    return args, f"starting from the arguments that last reached ready: {text}"
+
+
+def build_plan(
+    settings: Settings,
+    profile: Profile,
+    *,
+    simulate: bool,
+    gpu_memory_gib: float | None = None,
+    gpu_count: int | None = None,
+    calibrate_from: Path | None = None,
+    ignore_hardware: bool = False,
+    last_good: dict[str, Any] | None = None,
+    for_launch: bool = False,
+    root: Path = Path("/"),
+) -> LaunchPlan:
+    """Everything needed to launch. `for_launch` turns soft findings (no GPU, hardware
+    mismatch) into errors, as `up` needs; `plan` reports them instead."""
+    base_env = dict(os.environ)
+    notes: list[str] = []
+    warnings: list[str] = []
+    v = profile.vllm
+    needed = v.tensor_parallel_size * v.pipeline_parallel_size * v.data_parallel_size
+
+    sim_config = simulated_gpu_config(profile) if simulate else None
+    if simulate:
+        notes.append("SIMULATED: the bundled vLLM simulator runs on a simulated GPU; no real engine or GPU is used")
+    try:
+        gpus = hardware.inventory(simulate, sim_config).gpus()
+    except RuntimeFailure as exc:
+        if for_launch and not gpu_memory_gib:
+            raise
+        gpus = []
+        warnings.append(exc.message)
+
+    match = hardware.match_profile(gpus, profile.hardware) if gpus else None
+    if match is not None and not match.match:
+        if for_launch and not ignore_hardware:
+            raise HardwareMismatch("hardware does not match the profile", [
+                f"profile {profile.name}: hardware: {r}" for r in match.reasons
+            ] + ["use --ignore-hardware-mismatch to launch anyway"])
+        warnings.extend(match.reasons)
+    chosen = (match.chosen if match and match.chosen else gpus[:needed])
+
+    topo = affinity.Topology.read(root, bus_ids=[g.sysfs_bus_id for g in chosen if g.sysfs_bus_id] or None)
+    placement = affinity.plan_placement(profile.affinity, chosen, topo, v.tensor_parallel_size,
+                                        v.data_parallel_size, v.pipeline_parallel_size)
+
+    if gpu_memory_gib:
+        total_gib = gpu_memory_gib
+    elif chosen:
+        total_gib = min(g.memory_total_mib for g in chosen) / 1024
+    else:
+        total_gib = planner.stated_total_gib(profile.hardware)
+        notes.append(f"no GPU here: planning for the profile's stated {profile.hardware.gpu_memory_gib:g} GB card")
+    count = gpu_count or (len(chosen) if chosen else profile.hardware.gpu_count)
+    gpu_name = chosen[0].name if chosen and not gpu_memory_gib else planner.gpu_label(profile.hardware.gpu_name)
+
+    extra_env = cache_env(settings, base_env)
+    if chosen:
+        extra_env.update(hardware.cuda_env(chosen))
+    if sim_config is not None:
+        extra_env.update(sim_config.env())
+    hf_home = extra_env.get("HF_HOME") or base_env.get("HF_HOME")
+
+    calibration = planner.Calibration.in_state_dir(settings.state_dir)
+    warnings.extend(calibration.warnings)
+    if calibrate_from is not None:
+        obs = calibration.learn_from_log(calibrate_from, model=profile.model.id, gpu_name=gpu_name or "",
+                                         gpu_total_gib=total_gib, save=False)
+        try:
+            calibration.save()
+            notes.append(f"calibrated from {calibrate_from} (saved in {calibration.path})")
+        except OSError as exc:
+            notes.append(f"calibrated from {calibrate_from} for this plan only (cannot save: {exc.strerror})")
+        del obs
+
+    args, last_note = apply_last_good(profile, last_good)
+    if last_note:
+        notes.append(last_note)
+
+    prediction = None
+    try:
+        shape = modelinfo.load_shape(profile.model.id, hf_home)
+        problems = planner.check_launch(shape, profile, args, total_gib, count)
+        if problems:
+            raise PlanRefused("the launch cannot work", problems)
+        prediction = planner.predict_profile(profile, total_gib, count, calibration, args=args,
+                                             gpu_name=gpu_name, hf_home=hf_home)
+    except modelinfo.ModelConfigNotFound as exc:
+        notes.append(f"no prediction: {exc}")
+    if prediction is not None and not last_note:
+        asked = args.max_model_len or prediction.requested_max_model_len
+        if not profile.recovery.plan_first_launch:
+            if prediction.max_model_len and prediction.max_model_len != asked:
+                notes.append(f"the planner predicts max_model_len {prediction.max_model_len:,} fits; launching with "
+                             f"{asked:,} as asked (recovery.plan_first_launch is off)")
+        elif prediction.max_model_len and prediction.max_model_len != asked:
+            args = args.model_copy(update={"max_model_len": prediction.max_model_len})
+            notes.append(f"the profile asks for max_model_len {asked:,}; the planner predicts "
+                         f"{prediction.largest_context:,} fits, so the first launch uses {prediction.max_model_len:,}")
+
+    return LaunchPlan(
+        settings=settings, profile=profile, simulate=simulate,
+        command=engine.engine_command(settings.engine_command, simulate), args=args,
+        gpus=gpus, chosen=chosen, hardware_match=match, placement=placement, prediction=prediction,
+        gpu_total_gib=total_gib, gpu_count=count, gpu_name=gpu_name, base_env=base_env, extra_env=extra_env,
+        sim_config=sim_config, last_good=last_good, notes=notes, warnings=warnings,
+    )
+
+
+def format_plan(plan: LaunchPlan) -> str:
+    """A short human summary of the plan (the JSON has everything)."""
+    data = plan.to_json()
+    lines = []
+    if plan.simulate:
+        lines.append("SIMULATED run: the bundled vLLM simulator on a simulated GPU (no real engine)")
+    lines.append(f"profile   {plan.profile.name}  model {plan.profile.model.id}")
+    hw = data["hardware"]
+    lines.append(f"hardware  {'matches' if hw['match'] else 'DOES NOT MATCH'}: " + "; ".join(hw["reasons"]))
+    pl = plan.placement
+    cpus = data["placement"]["cpulist"] if pl.pinned else f"not pinned (allowed {data['placement']['allowed_cpus']})"
+    lines.append(f"cpus      {cpus}; memory policy {pl.memory_policy}{' ' + ','.join(map(str, pl.nodes)) if pl.nodes and pl.memory_policy != 'none' else ''}")
+    p = plan.prediction
+    if p is not None:
+        lines.append(f"predicted weights {p.weights_gib:.2f} GiB/GPU, KV {p.available_kv_cache_gib:.2f} GiB/GPU "
+                     f"= {p.kv_cache_tokens:,} tokens ({p.kv_bytes_per_token / 1024:g} KiB/token)")
+        ctx = plan.args.max_model_len or p.max_model_len
+        lines.append(f"          max concurrency {p.concurrency_at(ctx):.2f}x at {ctx:,} tokens; "
+                     f"largest context that fits {p.largest_context:,}")
+        if p.target is not None:
+            lines.append(f"          target {p.target}: {'met' if p.target_met else 'NOT met'}")
+    lines.append("argv      " + " ".join(data["argv"]))
+    if data["env"]:
+        lines.append("env       " + " ".join(f"{k}={v}" for k, v in sorted(data["env"].items())
+                                             if not k.startswith("LLM_SUPERVISOR_SIM")))
+    for note in data["notes"]:
+        lines.append(f"note      {note}")
+    for warn in data["warnings"]:
+        lines.append(f"warning   {warn}")
+    return "\n".join(lines)

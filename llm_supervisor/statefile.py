@@ -1,0 +1,132 @@
+"""What the daemon remembers between runs, per profile and host: the arguments that last
+reached ready, and the history of attempts. Written atomically (temp file, fsync, rename), so
+a crash mid-write leaves the old file or the new one, never a torn one; a corrupt file is set
+aside with a warning, never a crash. Also the daemon's lock on its state dir.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from llm_supervisor.errors import RuntimeFailure
+
+log = logging.getLogger("llm_supervisor")
+HISTORY_LIMIT = 200
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def host_key(profile_name: str, gpu_names: list[str]) -> str:
+    gpus = ",".join(gpu_names) or "nogpu"
+    return f"{profile_name}@{socket.gethostname()}[{gpus}]"
+
+
+class StateStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "state.json"
+        self.warnings: list[str] = []
+        self.data: dict[str, Any] = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"version": 1, "profiles": {}}
+        except OSError as exc:
+            self.warnings.append(f"{self.path}: unreadable ({exc.strerror}); starting without remembered state")
+            return {"version": 1, "profiles": {}}
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
+                raise ValueError("not a state object")
+            return data
+        except ValueError as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                aside = self.path
+            self.warnings.append(f"{self.path}: corrupt ({exc}); moved to {aside.name}, starting fresh")
+            return {"version": 1, "profiles": {}}
+
+    def entry(self, key: str) -> dict[str, Any]:
+        return self.data["profiles"].setdefault(key, {})
+
+    def last_good(self, key: str) -> dict[str, Any] | None:
+        value = self.data["profiles"].get(key, {}).get("last_good")
+        return value if isinstance(value, dict) else None
+
+    def remember_ready(self, key: str, requested: dict[str, Any], args: dict[str, Any], facts: dict[str, Any]) -> None:
+        self.entry(key)["last_good"] = {"requested": requested, "args": args, "facts": facts, "at": time.time()}
+        self.save()
+
+    def record(self, key: str, event: dict[str, Any]) -> None:
+        history = self.entry(key).setdefault("history", [])
+        history.append(event)
+        del history[:-HISTORY_LIMIT]
+
+    def save(self) -> None:
+        try:
+            atomic_write(self.path, json.dumps(self.data, indent=1, default=str))
+        except OSError as exc:
+            log.warning("cannot save state to %s: %s", self.path, exc)
+
+
+class DaemonLock:
+    """One daemon per state dir: an flock held for the daemon's life."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "daemon.lock"
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+")
+        except OSError as exc:
+            raise RuntimeFailure(f"state dir {self.path.parent} is not writable: {exc.strerror} "
+                                 "(set LLM_SUPERVISOR_STATE_DIR)") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RuntimeFailure(f"another llm-supervisor (pid {holder}) is running with state dir "
+                                 f"{self.path.parent}; stop it or set LLM_SUPERVISOR_STATE_DIR") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            try:
+                fcntl.flock(self._fh, fcntl.LOCK_UN)
+                self._fh.close()
+            finally:
+                self._fh = None
