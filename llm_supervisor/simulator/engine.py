@@ -1,0 +1,778 @@
+"""The simulated EngineCore process and its GPU workers.
+
+EngineCore is forked by the API server (same process group, no session of its own, no death
+signal: like vLLM's it survives a SIGKILLed API server and keeps its GPU memory). With TP×PP > 1
+it forks one worker per GPU, each watching its channel to EngineCore as vLLM's death pipe: when
+EngineCore dies, the workers log "Parent process exited" and exit.
+
+Each GPU's memory goes through `simgpu.hold`, phase by phase, so another process (or an orphan)
+sees it and every allocation can fail for real: weights, profiling activations, KV cache and CUDA
+graphs each check the free memory first and raise PyTorch's OOM text when it is short.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import signal
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_supervisor import simgpu
+from llm_supervisor.simulator import memory
+from llm_supervisor.simulator import tracebacks as tb
+from llm_supervisor.simulator.config import SimConfig, env_float
+from llm_supervisor.simulator.dialect import Dialect
+from llm_supervisor.simulator.logs import Log, traceback_text
+from llm_supervisor.simulator.memory import GIB, MIB, format_gib, torch_format_size
+from llm_supervisor.simulator.proc import Channel, fork_child, set_title, sleep
+from llm_supervisor.simulator.templates import ENGINE_CONFIG
+
+OOM_TAIL = ("If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+            " to avoid fragmentation.  See documentation for Memory Management "
+            " (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+
+
+class Shutdown(Exception):
+    """SIGTERM/SIGINT arrived (raised from the signal handler)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SimFailure(Exception):
+    """A startup failure of one phase, with the exception line Python would print."""
+
+    def __init__(self, phase: str, final: str, in_worker: bool = True) -> None:
+        super().__init__(final)
+        self.phase = phase
+        self.final = final
+        self.in_worker = in_worker
+
+    @property
+    def message(self) -> str:
+        return self.final.split(": ", 1)[1] if ": " in self.final else self.final
+
+
+def _hang_forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
+# ---------------------------------------------------------------- one GPU
+
+
+class Rank:
+    """What one vLLM worker does on its GPU during startup."""
+
+    def __init__(self, cfg: SimConfig, log: Log, dp_rank: int, rank: int) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.dp_rank = dp_rank
+        self.rank = rank
+        self.tp_rank = rank % cfg.tp
+        self.pp_rank = rank // cfg.tp
+        self.local, self.gpu_index = cfg.device_of(dp_rank, rank)
+        self.layers = cfg.layers_per_stage[self.pp_rank]
+        self.weights = cfg.weights_per_stage[self.pp_rank]
+        self.kv_per_token = cfg.kv_bytes_per_token[self.pp_rank]
+        d = cfg.dialect
+        # 0.18+: "Model loading took"/"Available KV"/graph lines once per node (local rank 0)
+        self.prints = d.load_lines_per_worker or self.local == 0
+        self.parts: dict[str, int] = {}
+        self.total = cfg.gpu.total_mib * MIB
+        self.requested = memory.requested_bytes(cfg.gpu.total_mib, cfg.util)
+        self.init_free = 0
+        self.cold = False
+        self.activation = 0
+        self.non_torch = 0
+        self.graphs = 0
+        self.available = 0
+
+    # ------------------------------------------------------------ memory
+
+    @property
+    def held(self) -> int:
+        return sum(self.parts.values())
+
+    def _publish(self) -> None:
+        simgpu.hold(self.cfg.gpu, self.gpu_index, math.ceil(self.held / MIB))
+
+    def free_bytes(self) -> int:
+        return simgpu.gpus(self.cfg.gpu)[self.gpu_index].free_mib * MIB
+
+    def oom_text(self, tried: int, free: int | None = None) -> str:
+        free = self.free_bytes() if free is None else free
+        torch_alloc = self.held - self.parts.get("context", 0) - self.parts.get("non_torch", 0)
+        return (f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {torch_format_size(tried)}. "
+                f"GPU {self.local} has a total capacity of {torch_format_size(self.total)} of which "
+                f"{torch_format_size(free)} is free. Including non-PyTorch memory, this process has "
+                f"{torch_format_size(self.held)} memory in use. Of the allocated memory "
+                f"{torch_format_size(max(0, torch_alloc))} is allocated by PyTorch, and "
+                f"{torch_format_size(20 * MIB)} is reserved by PyTorch but unallocated. {OOM_TAIL}")
+
+    def alloc(self, part: str, nbytes: int, tried: int, phase: str, forced: bool = False) -> None:
+        free = self.free_bytes()
+        if forced or nbytes > free:
+            shown = free if not forced else min(free, int(tried * 0.77))
+            raise SimFailure(phase, self.oom_text(tried, shown))
+        self.parts[part] = self.parts.get(part, 0) + nbytes
+        self._publish()
+
+    def release(self) -> None:
+        self.parts.clear()
+        simgpu.hold(self.cfg.gpu, self.gpu_index, 0)
+
+    def _hang_if(self, phase: str) -> None:
+        if "hang_startup" in self.cfg.faults and (self.cfg.faults.active["hang_startup"] or "compile") == phase:
+            _hang_forever()
+
+    # ------------------------------------------------------------ phases
+
+    def init_device(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        sleep(cfg.timing.phase("init_device"))
+        self.parts["context"] = memory.CONTEXT_BYTES
+        self._publish()
+        world = cfg.world_size
+        log.info(d.src("ps_init"), f"world_size={world} rank={self.rank} local_rank={self.local} "
+                 f"distributed_init_method=tcp://127.0.0.1:{40000 + (os.getppid() % 20000)} backend=nccl")
+        if d.at_least(0, 11):
+            log.info(d.src("ps_rank"), f"rank {self.rank} in world size {world} is assigned as DP rank {self.dp_rank}, "
+                     f"PP rank {self.pp_rank}, PCP rank 0, TP rank {self.tp_rank}, EP rank N/A, EPLB rank N/A")
+        self.init_free = self.free_bytes()
+        if d.free_memory_check and self.init_free < self.requested:
+            raise SimFailure("init_device", "ValueError: " + d.free_memory(
+                self.local, self.init_free, self.total, cfg.util, self.requested))
+        if d.v2_runner:
+            log.info(d.src("v2_runner"), "Using V2 Model Runner")
+        self._hang_if("init_device")
+        return {}
+
+    def load(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        if d.v2_runner:
+            log.info(d.src("loading"), "Loading model from scratch...")
+        else:
+            log.info(d.src("loading"), f"Starting to load model {cfg.model}...")
+        if cfg.quantization in ("awq_marlin", "gptq_marlin") and self.rank == 0:
+            log.info(d.src("quant_convert"), f"The model is convertible to {cfg.quantization} during runtime. "
+                     f"Using {cfg.quantization} kernel.")
+        fa3 = any(x in cfg.gpu.name for x in ("H100", "H200", "H20", "H800", "GH200"))
+        log.info(d.src("attn_backend"), "Using FLASH_ATTN attention backend out of potential backends: "
+                 "['FLASH_ATTN', 'FLASHINFER', 'TRITON_ATTN', 'FLEX_ATTENTION'].")
+        if d.at_least(0, 11):
+            log.info(d.src("flash_attn"), f"Using FlashAttention version {3 if fa3 else 2}")
+        self._hang_if("load")
+        start = time.monotonic()
+        sleep(cfg.timing.phase("load"))
+        forced = "oom_at_load" in cfg.faults
+        try:
+            self.alloc("weights", self.weights, cfg.largest_weight, "load", forced=forced)
+        except SimFailure as exc:
+            if d.at_least(0, 13):
+                log.error(d.src("load_oom"), "Failed to load model - not enough GPU memory. Try lowering "
+                          "--gpu-memory-utilization to free memory for weights, increasing --tensor-parallel-size, "
+                          "or using --quantization. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
+                          f" for more tips. (original error: {exc.message})")
+            raise
+        if self.prints:
+            log.info(d.src("load_took"), d.model_loading(self.weights, time.monotonic() - start))
+        if d.v2_runner and self.rank == 0:
+            log.info(d.src("sampler"), "FlashInfer top-p/top-k sampling disabled via VLLM_USE_FLASHINFER_SAMPLER=0.")
+        return {}
+
+    def compile(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        if cfg.enforce_eager:
+            self._hang_if("compile")
+            return {"seconds": None}
+        start = time.monotonic()
+        folder = cfg.compile_dir(self.rank)
+        aot = cfg.aot_dir(self.rank)
+        marker = folder / "simulated-compile.json" if folder else None
+        self.cold = not (marker and marker.is_file())
+        if folder is not None:
+            log.info(d.src("cache_dir"), f"Using cache directory: {folder} for vLLM's torch.compile")
+        self._hang_if("compile")
+        b = cfg.max_num_batched_tokens
+        bytecode = cfg.timing.phase("compile_warm") * (0.55 if not self.cold else 0.2)
+        sleep(bytecode)
+        log.info(d.src("dynamo"), f"Dynamo bytecode transform time: {time.monotonic() - start:.2f} s")
+        if self.cold:
+            rest = cfg.timing.phase("compile_cold") - bytecode
+            sleep(rest * 0.45)
+            if d.at_least(0, 22):
+                log.info(d.src("cache_graph"), f"Cache the graph of compile range (1, {b}) for later use")
+            t = time.monotonic()
+            sleep(rest * 0.4)
+            what = f"compile range (1, {b})" if d.at_least(0, 22) else "dynamic shape"
+            log.info(d.src("compiling"), f"Compiling a graph for {what} takes {time.monotonic() - t:.2f} s")
+            sleep(rest * 0.15)
+            if marker is not None:
+                try:
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.write_text('{"simulated": true}\n')
+                    if aot is not None:
+                        aot.mkdir(parents=True, exist_ok=True)
+                except OSError:
+                    pass
+            if d.at_least(0, 22) and aot is not None:
+                log.info(d.src("aot_saved"), f"saved AOT compiled function to {aot}")
+        else:
+            t = time.monotonic()
+            sleep(cfg.timing.phase("compile_warm") - bytecode)
+            what = f"compile range (1, {b})" if d.at_least(0, 22) else "dynamic shape"
+            log.info(d.src("load_graph"), f"Directly load the compiled graph(s) for {what} from the cache, "
+                     f"took {time.monotonic() - t:.3f} s")
+            if d.at_least(0, 22) and aot is not None:
+                log.info(d.src("aot_load"), f"Directly load AOT compilation from path {aot}")
+        seconds = time.monotonic() - start
+        verb = "took" if d.at_least(0, 22) else "takes"
+        log.info(d.src("compile_total"), f"torch.compile {verb} {seconds:.2f} s in total")
+        return {"seconds": seconds}
+
+    def profile(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        self._hang_if("profile")
+        start = time.monotonic()
+        sleep(cfg.timing.phase("profile"))
+        tp = cfg.tp
+        self.activation = memory.activation_bytes(cfg.shape, tp, cfg.max_num_batched_tokens, self.cold)
+        self.non_torch = memory.non_torch_bytes(cfg.world_size, cfg.disable_custom_all_reduce)
+        tried = memory.largest_activation_bytes(cfg.shape, tp, cfg.max_num_batched_tokens)
+        forced = "oom_at_profile" in cfg.faults
+        self.alloc("non_torch", self.non_torch, tried, "profile", forced=False)
+        self.alloc("activation", self.activation, tried, "profile", forced=forced)
+        if d.at_least(0, 22) and not cfg.enforce_eager:
+            log.info(d.src("profile_run"), f"Initial profiling/warmup run took {time.monotonic() - start:.2f} s")
+        if cfg.kv_cache_memory_bytes:
+            self.available = int(cfg.kv_cache_memory_bytes)
+        else:
+            self.available = self.requested - self.weights - self.activation - self.non_torch
+        if self.prints and d.available_kv_line:
+            log.info(d.src("available_kv"), d.available_kv(self.available))
+        return {"available": self.available}
+
+    def page_bytes(self) -> int:
+        return self.kv_per_token // max(1, self.layers) * self.cfg.block_size
+
+    def allocate_kv(self, num_blocks: int) -> dict[str, Any]:
+        self._hang_if("kv")
+        nbytes = num_blocks * self.page_bytes() * self.layers
+        per_layer = num_blocks * self.page_bytes()
+        self.alloc("kv", nbytes, per_layer, "kv_alloc")
+        return {}
+
+    def capture_graphs(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        if cfg.enforce_eager:
+            return {}
+        self._hang_if("graphs")
+        start = time.monotonic()
+        self.graphs = memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False)
+        sizes = len(capture_sizes(cfg.max_num_seqs))
+        if self.rank == 0 and self.dp_rank == 0:
+            for mode in ("PIECEWISE", "FULL"):
+                log.raw(_tqdm(f"Capturing CUDA graphs ({mode})", sizes, cfg.timing.phase("graphs") / 2))
+        sleep(cfg.timing.phase("graphs") * (0.1 if self.rank == 0 else 1.0))
+        self.alloc("graphs", self.graphs, max(2 * MIB, self.graphs // sizes), "graphs",
+                   forced="oom_at_graph_capture" in cfg.faults)
+        if self.prints:
+            log.info(d.src("graphs"), f"Graph capturing finished in {time.monotonic() - start:.0f} secs, "
+                     f"took {self.graphs / GIB:.2f} GiB")
+            if d.memory_summary_line:
+                log.info(d.src("mem_summary"), self.summary())
+        return {}
+
+    def summary(self) -> str:
+        """The 0.26 INFO line about memory use and `--kv-cache-memory` suggestions."""
+        non_kv = self.weights + self.activation + self.non_torch + self.graphs
+        fit = self.requested - non_kv - memory.REDUNDANCY_BUFFER_BYTES
+        full = self.init_free - non_kv - memory.REDUNDANCY_BUFFER_BYTES
+        return (f"Free memory on device ({round(self.init_free / GIB, 2)}/{round(self.total / GIB, 2)} GiB) on startup. "
+                f"Desired GPU memory utilization is ({self.cfg.util}, {round(self.requested / GIB, 2)} GiB). "
+                f"Actual usage is {format_gib(self.weights)} GiB for weight, {format_gib(self.activation)} GiB for peak "
+                f"activation, {format_gib(self.non_torch)} GiB for non-torch memory, and {format_gib(self.graphs)} GiB "
+                f"for CUDAGraph memory. Replace gpu_memory_utilization config with `--kv-cache-memory={fit}` "
+                f"({format_gib(fit)} GiB) to fit into requested memory, or `--kv-cache-memory={full}` "
+                f"({format_gib(full)} GiB) to fully utilize gpu memory. Current kv cache memory in use is "
+                f"{format_gib(self.available)} GiB.")
+
+    def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        fn = {"init_device": self.init_device, "load": self.load, "compile": self.compile, "profile": self.profile,
+              "capture_graphs": self.capture_graphs}.get(op)
+        if op == "allocate_kv":
+            return self.allocate_kv(int(args["num_blocks"]))
+        if fn is None:
+            raise ValueError(f"unknown op {op}")
+        return fn()
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    """vLLM's CUDA-graph batch sizes: 1, 2, 4, then every 8 to 256, every 16 above, up to
+    min(2 × max_num_seqs, 512) (51 sizes on the real H100 run)."""
+    top = min(2 * max_num_seqs, 512)
+    sizes = [1, 2, 4] + list(range(8, 257, 8)) + list(range(272, 513, 16))
+    return [n for n in sizes if n <= top]
+
+
+def _tqdm(label: str, total: int, seconds: float) -> str:
+    rate = total / max(seconds, 1e-3)
+    frames = [f"\r{label}:   0%|          | 0/{total} [00:00<?, ?it/s]"]
+    for done in (total // 2, total):
+        pct = int(100 * done / total)
+        bar = "█" * (pct // 10) + " " * (10 - pct // 10)
+        frames.append(f"\r{label}: {pct:3d}%|{bar}| {done}/{total} [00:00<00:00, {rate:.2f}it/s]")
+    frames.append(frames[-1])
+    return "".join(frames)
+
+
+# ---------------------------------------------------------------- worker processes (TP×PP > 1)
+
+
+def worker_main(cfg: SimConfig, dp_rank: int, rank: int, sock: socket.socket) -> int:
+    d = cfg.dialect
+    tp_rank, pp_rank = rank % cfg.tp, rank // cfg.tp
+    set_title("VLLM::" + Dialect("0.26.0").worker_name(rank, tp_rank, pp_rank, cfg.pp, cfg.tp, dp_rank, cfg.dp))
+    log = Log(d.worker_name(rank, tp_rank, pp_rank, cfg.pp, cfg.tp, dp_rank, cfg.dp), ansi=d.ansi_prefix)
+    me = Rank(cfg, log, dp_rank, rank)
+    chan = Channel(sock)
+
+    def on_term(signum: int, _frame: Any) -> None:
+        me.release()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if "ignore_sigterm" in cfg.faults else on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; EngineCore decides
+    while True:
+        msg = chan.recv()
+        if msg is None:  # EngineCore is gone: vLLM's death pipe
+            if d.at_least(0, 10, 1):
+                log.info(d.src("worker_parent"), "Parent process exited, terminating worker")
+            me.release()
+            return 0
+        op = msg.get("op", "")
+        try:
+            chan.send({"ok": me.call(op, msg.get("args") or {})})
+        except SimFailure as exc:
+            frames = (tb.WORKER_START_HEAD + tb.WORKER_FRAMES["init_device"][1:] if op == "init_device"
+                      else tb.WORKER_BUSY_HEAD + tb.WORKER_FRAMES.get(exc.phase, []))
+            what = "WorkerProc failed to start." if op == "init_device" else "WorkerProc hit an exception."
+            src = d.src("worker_failed") if op == "init_device" else d.src("worker_exc")
+            log.error(src, what + "\n" + traceback_text(frames, exc.final))
+            chan.send({"err": {"phase": exc.phase, "final": exc.final}})
+            if op == "init_device":
+                me.release()
+                return 1
+
+
+class Ranks:
+    """The GPUs of one engine: in-process (TP×PP = 1) or worker processes."""
+
+    def __init__(self, cfg: SimConfig, log: Log, dp_rank: int) -> None:
+        self.cfg = cfg
+        self.dp_rank = dp_rank
+        self.local: Rank | None = None
+        self.workers: list[tuple[int, Channel]] = []
+        if cfg.world_size == 1:
+            self.local = Rank(cfg, log, dp_rank, 0)
+            return
+        for rank in range(cfg.world_size):
+            parent_end, child_end = socket.socketpair()
+            pid = fork_child(lambda r=rank, s=child_end: worker_main(cfg, dp_rank, r, s), [child_end.fileno()])
+            child_end.close()
+            self.workers.append((pid, Channel(parent_end)))
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        if self.local is not None:
+            return [self.local.call(op, args or {})]
+        for _pid, chan in self.workers:
+            chan.send({"op": op, "args": args or {}})
+        results: list[dict[str, Any]] = []
+        failure: SimFailure | None = None
+        for _pid, chan in self.workers:
+            msg = chan.recv()
+            if msg is None:
+                failure = failure or SimFailure(op, "RuntimeError: Worker proc died unexpectedly", in_worker=False)
+                continue
+            if "err" in msg:
+                failure = failure or SimFailure(msg["err"]["phase"], msg["err"]["final"])
+                continue
+            results.append(msg["ok"])
+        if failure is not None:
+            failure.remote = True  # type: ignore[attr-defined]
+            raise failure
+        return results
+
+    def fds(self) -> list[int]:
+        return [chan.fileno() for _pid, chan in self.workers]
+
+    def stop(self) -> None:
+        if self.local is not None:
+            self.local.release()
+            return
+        for pid, _chan in self.workers:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 3
+        for pid, _chan in self.workers:
+            while True:
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done or time.monotonic() > deadline:
+                    if not done:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                            os.waitpid(pid, 0)
+                        except (ProcessLookupError, ChildProcessError):
+                            pass
+                    break
+                time.sleep(0.01)
+
+
+# ---------------------------------------------------------------- scheduling
+
+
+@dataclass
+class Request:
+    rid: str
+    prompt: int
+    planned: int
+    generated: int = 0
+
+    def blocks(self, block: int) -> int:
+        return memory.cdiv(self.prompt + self.planned, block)
+
+
+@dataclass
+class Scheduler:
+    """Continuous batching under vLLM's two limits: max_num_seqs and the KV blocks. A request
+    is admitted when the blocks for its prompt and its whole output are free (vLLM allocates as
+    it goes and preempts; reserving up front gives the same steady state without preemption)."""
+
+    num_blocks: int
+    block_size: int
+    max_num_seqs: int
+    max_running: float = float("inf")  # LLM_SUPERVISOR_SIM_MAX_RUNNING: an extra cap for tests
+    waiting: deque[Request] = field(default_factory=deque)
+    running: dict[str, Request] = field(default_factory=dict)
+    reserved: int = 0
+
+    def add(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def abort(self, rid: str) -> None:
+        req = self.running.pop(rid, None)
+        if req is not None:
+            self.reserved -= req.blocks(self.block_size)
+            return
+        self.waiting = deque(r for r in self.waiting if r.rid != rid)
+
+    def admit(self) -> list[str]:
+        started = []
+        while self.waiting and len(self.running) < self.max_num_seqs and len(self.running) < self.max_running:
+            req = self.waiting[0]
+            need = req.blocks(self.block_size)
+            if self.reserved + need > self.num_blocks and self.running:
+                break
+            self.waiting.popleft()
+            self.running[req.rid] = req
+            self.reserved += need
+            started.append(req.rid)
+        return started
+
+    def step(self) -> tuple[dict[str, int], dict[str, str]]:
+        out: dict[str, int] = {}
+        done: dict[str, str] = {}
+        for rid, req in list(self.running.items()):
+            req.generated += 1
+            out[rid] = 1
+            if req.generated >= req.planned:
+                done[rid] = "done"
+                self.abort(rid)
+        return out, done
+
+    @property
+    def usage(self) -> float:
+        if self.num_blocks <= 0:
+            return 0.0
+        used = sum(memory.cdiv(r.prompt + r.generated, self.block_size) for r in self.running.values())
+        return min(1.0, used / self.num_blocks)
+
+
+# ---------------------------------------------------------------- EngineCore
+
+
+class EngineCore:
+    def __init__(self, cfg: SimConfig, dp_rank: int, sock: socket.socket) -> None:
+        self.cfg = cfg
+        self.dp_rank = dp_rank
+        d = cfg.dialect
+        self.name = d.engine_name(dp_rank, cfg.dp)
+        self.log = Log(self.name, ansi=d.ansi_prefix)
+        self.api = Channel(sock)
+        self.ranks: Ranks | None = None
+        self.ready_at: float | None = None
+
+    # ------------------------------------------------------------ startup
+
+    def config_line(self) -> str:
+        """The real 0.26 "Initializing a V1 LLM engine" text with this run's values."""
+        c = self.cfg
+        mode, graphs = ("<CompilationMode.NONE: 0>", "<CUDAGraphMode.NONE: 0>") if c.enforce_eager else (
+            "<CompilationMode.VLLM_COMPILE: 3>", "<CUDAGraphMode.FULL_AND_PIECEWISE: (2, 1)>")
+        sizes = capture_sizes(c.max_num_seqs) if not c.enforce_eager else []
+        return ENGINE_CONFIG.format(
+            version=c.dialect.version, model=c.model, revision=c.revision, trust_remote_code=c.trust_remote_code,
+            dtype=c.dtype_name, max_seq_len=c.max_model_len, load_format=c.load_format, tp=c.tp, pp=c.pp, dp=c.dp,
+            dcar=c.disable_custom_all_reduce, quantization=c.quantization, enforce_eager=c.enforce_eager,
+            kv_cache_dtype=c.kv_cache_dtype, served=c.served_names[0], prefix_caching=c.enable_prefix_caching,
+            mode=mode, batched=c.max_num_batched_tokens, graph_mode=graphs, max_capture=max(sizes or [0]),
+            capture_sizes=sizes)
+
+    def start(self) -> dict[str, Any]:
+        """Bring the engine up; returns the handshake facts. Raises SimFailure."""
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        t0 = time.monotonic()
+        log.info(d.src("engine_init"), self.config_line())
+        if cfg.executor_backend == "ray":  # the ranks are Ray actors on the cluster's nodes
+            from llm_supervisor.simulator.raymode import RayRanks
+
+            self.ranks = RayRanks(cfg, log, self.dp_rank)  # type: ignore[assignment]
+        else:
+            self.ranks = Ranks(cfg, log, self.dp_rank)
+        self.ranks.call("init_device")
+        self.ranks.call("load")
+        compiled = self.ranks.call("compile")
+        compile_s = compiled[0].get("seconds") if compiled else None
+        available = min(r["available"] for r in self.ranks.call("profile"))
+        first = cfg.kv_bytes_per_token[0]
+        layers0 = cfg.layers_per_stage[0]
+        # the smallest stage's pool decides (vLLM takes the minimum over workers)
+        sizings = [memory.KvSizing(available, kv, cfg.block_size, n)
+                   for kv, n in zip(cfg.kv_bytes_per_token, cfg.layers_per_stage)]
+        sizing = min(sizings, key=lambda s: s.num_blocks) if sizings else memory.KvSizing(available, first, cfg.block_size, layers0)
+        max_len = cfg.max_model_len
+        if available <= 0:
+            raise SimFailure("no_kv", "ValueError: " + d.no_kv_memory(), in_worker=False)
+        if max_len == -1:
+            full = cfg.derived_max_model_len
+            if all(s.fits(full) for s in sizings):
+                max_len = full
+                log.info(d.src("auto_fit"), f"Auto-fit max_model_len: full model context length {full} fits in "
+                         "available GPU memory")
+            else:
+                max_len = min(s.estimate_max_model_len(full) for s in sizings)
+                if max_len <= 0:
+                    raise SimFailure("auto_fit", "ValueError: Cannot auto-fit max_model_len: not enough GPU memory "
+                                     "available to serve even a single token. Try increasing "
+                                     "`gpu_memory_utilization`.", in_worker=False)
+                log.info(d.src("auto_fit"), f"Auto-fit max_model_len: reduced from {full} to {max_len} to fit in "
+                         f"available GPU memory ({format_gib(available)} GiB available for KV cache)")
+        for s in sizings:
+            if not s.fits(max_len):
+                raise SimFailure("kv_check", "ValueError: " + d.kv_too_small(
+                    max_len, s.request_bytes(max_len), s.available_bytes, s.estimate_max_model_len(max_len)),
+                    in_worker=False)
+        num_blocks = sizing.num_blocks
+        if cfg.num_gpu_blocks_override:
+            log.info(d.src("override_blocks"), f"Overriding num_gpu_blocks={num_blocks} with "
+                     f"num_gpu_blocks_override={cfg.num_gpu_blocks_override}")
+            num_blocks = cfg.num_gpu_blocks_override
+        tokens = num_blocks * cfg.block_size
+        concurrency = memory.max_concurrency(num_blocks, cfg.block_size, max_len)
+        repeats = cfg.world_size if d.kv_lines_per_worker else 1
+        for _ in range(repeats):
+            lines = d.kv_size_lines(tokens, max_len, concurrency)
+            log.info(d.src("kv_size"), lines[0])
+            if len(lines) > 1:
+                log.info(d.src("kv_conc"), lines[1])
+        sleep(cfg.timing.phase("kv"))
+        self.ranks.call("allocate_kv", {"num_blocks": num_blocks})
+        self.ranks.call("capture_graphs")
+        if "hang_startup" in cfg.faults and cfg.faults.active["hang_startup"] == "warmup":
+            _hang_forever()
+        sleep(cfg.timing.phase("warmup"))
+        log.info(d.src("init_took"), d.init_engine(time.monotonic() - t0, compile_s))
+        return {"op": "ready", "num_gpu_blocks": num_blocks, "kv_tokens": tokens, "concurrency": concurrency,
+                "max_model_len": max_len, "block_size": cfg.block_size, "pid": os.getpid()}
+
+    # ------------------------------------------------------------ failure output
+
+    def report_failure(self, exc: SimFailure) -> None:
+        d, log, cfg = self.cfg.dialect, self.log, self.cfg
+        remote = getattr(exc, "remote", False)
+        frames = list(tb.ENGINE_HEAD)
+        final = exc.final
+        if remote and exc.phase == "init_device":
+            frames += tb.ENGINE_WORKER_START
+            final = tb.WORKER_START_FAILED
+        elif remote:
+            frames += tb.ENGINE_PHASE_FRAMES.get(exc.phase, []) + tb.rpc_frames(cfg.world_size)
+            final = (f"RuntimeError: Worker failed with error '{exc.message}', please check the stack trace above "
+                     "for the root cause")
+        else:
+            frames += tb.ENGINE_PHASE_FRAMES.get(exc.phase, [])
+            if exc.phase in ("profile", "kv_alloc", "graphs"):
+                frames += tb.rpc_frames(1)
+            frames += tb.WORKER_FRAMES.get(exc.phase, []) if exc.in_worker else []
+        log.error(d.src("failed_start"), "EngineCore failed to start.\n" + traceback_text(frames, final))
+        label = self.name or d.engine_proc_label(self.dp_rank)
+        log.raw(f"Process {label}:\n" + traceback_text(tb.MP_BOOTSTRAP + frames, final))
+        stamp = time.strftime("%m%d %H:%M:%S") + f".{time.time_ns() % 1_000_000_000:09d}"
+        log.bare(f"[rank0]:[W{stamp} ProcessGroupNCCL.cpp:1575] Warning: WARNING: destroy_process_group() was not "
+                 "called before program exit, which can leak resources. For more info, please see "
+                 "https://pytorch.org/docs/stable/distributed.html#shutdown (function operator())")
+
+    def fatal_oom(self) -> None:
+        """A CUDA OOM in the middle of serving: the engine logs it and dies."""
+        d, log = self.cfg.dialect, self.log
+        rank = self.ranks.local if self.ranks and self.ranks.local else None
+        tried = memory.largest_activation_bytes(self.cfg.shape, self.cfg.tp, self.cfg.max_num_batched_tokens)
+        if rank is not None:
+            final = rank.oom_text(tried, min(rank.free_bytes(), tried // 3))
+        else:
+            final = (f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {torch_format_size(tried)}. "
+                     f"GPU 0 has a total capacity of {torch_format_size(self.cfg.gpu.total_mib * MIB)} of which "
+                     f"{torch_format_size(tried // 3)} is free. {OOM_TAIL}")
+        log.error(d.src("fatal"), "EngineCore encountered a fatal error.\n" + traceback_text(tb.ENGINE_BUSY, final))
+        label = self.name or d.engine_proc_label(self.dp_rank)
+        log.raw(f"Process {label}:\n" + traceback_text(tb.MP_BOOTSTRAP[:2] + tb.ENGINE_BUSY, final))
+
+    # ------------------------------------------------------------ shutdown
+
+    def shutdown_lines(self, signum: int) -> None:
+        d, log = self.cfg.dialect, self.log
+        if not d.shutdown_lines:
+            return
+        log.info(d.src("ec_signal"), f"[shutdown] EngineCore: trigger received signal={signal.Signals(signum).name}")
+        log.info(d.src("ec_start"), "[shutdown] EngineCore: start mode=abort timeout=0s")
+        log.info(d.src("ec_teardown"), "[shutdown] EngineCore: request processing complete; starting resource teardown")
+        log.info(d.src("ec_exit"), "[shutdown] EngineCore: exiting busy loop")
+
+    def stop(self) -> None:
+        if self.ranks is not None:
+            self.ranks.stop()
+
+    # ------------------------------------------------------------ serving
+
+    def serve(self, facts: dict[str, Any]) -> int:
+        cfg = self.cfg
+        cap = env_float("MAX_RUNNING", 0.0)
+        sched = Scheduler(facts["num_gpu_blocks"], cfg.block_size, cfg.max_num_seqs, int(cap) if cap >= 1 else float("inf"))
+        interval = 1.0 / cfg.tokens_per_s
+        self.ready_at = time.monotonic()
+        die_at = cfg.faults.seconds("die_after_ready")
+        oom_at = cfg.faults.seconds("runtime_oom_after_ready")
+        stall = "stall_requests" in cfg.faults
+        next_tick: float | None = None
+        poller = select.poll()
+        api_fd = self.api.fileno()
+        poller.register(api_fd, select.POLLIN)
+        worker_fds = set(self.ranks.fds() if self.ranks else [])
+        for fd in worker_fds:
+            poller.register(fd, select.POLLIN)
+        while True:
+            now = time.monotonic()
+            deadlines = [t for t in (next_tick,) if t is not None]
+            if die_at is not None:
+                deadlines.append(self.ready_at + die_at)
+            if oom_at is not None:
+                deadlines.append(self.ready_at + oom_at)
+            timeout = None if not deadlines else max(0.0, min(deadlines) - now)
+            events = poller.poll(None if timeout is None else timeout * 1000)
+            now = time.monotonic()
+            if die_at is not None and now >= self.ready_at + die_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if oom_at is not None and now >= self.ready_at + oom_at:
+                self.fatal_oom()
+                self.stop()
+                return 1
+            changed = False
+            for fd, _ev in events:
+                if fd in worker_fds:
+                    # a worker died: vLLM's executor shuts the engine down
+                    self.log.error(self.cfg.dialect.src("fatal"), "Worker proc VllmWorker-0 died unexpectedly, "
+                                   "shutting down executor.")
+                    self.stop()
+                    return 1
+                msgs = self.api.read_available()
+                if msgs is None:  # the API server is gone: keep running, as vLLM's EngineCore does
+                    poller.unregister(api_fd)
+                    continue
+                for msg in msgs:
+                    op = msg.get("op")
+                    if op == "add":
+                        sched.add(Request(msg["id"], int(msg["prompt"]), max(1, int(msg["gen"]))))
+                        changed = True
+                    elif op == "abort":
+                        sched.abort(msg["id"])
+                        changed = True
+            if not stall and (sched.waiting or sched.running):
+                if next_tick is None:
+                    next_tick = now  # first token right away (prefill + first decode step)
+                if now >= next_tick:
+                    started = sched.admit()
+                    out, done = sched.step()
+                    self.api.send({"op": "step", "out": out, "fin": done, "start": started,
+                                   "run": len(sched.running), "wait": len(sched.waiting), "kv": sched.usage})
+                    changed = False
+                    next_tick += interval
+                    if next_tick < now:
+                        next_tick = now + interval
+            else:
+                next_tick = None
+            if changed:
+                self.api.send({"op": "step", "out": {}, "fin": {}, "start": [], "run": len(sched.running),
+                               "wait": len(sched.waiting), "kv": sched.usage})
+
+
+def engine_main(cfg: SimConfig, dp_rank: int, sock: socket.socket) -> int:
+    """Body of the forked EngineCore process."""
+    set_title("VLLM::EngineCore" if cfg.dp == 1 else f"VLLM::EngineCore_DP{dp_rank}")
+    core = EngineCore(cfg, dp_rank, sock)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise Shutdown(signum)
+
+    # ignore_sigterm: the whole tree ignores SIGTERM, so only SIGKILL ends it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if "ignore_sigterm" in cfg.faults else on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        sleep(cfg.timing.phase("spawn"))
+        try:
+            facts = core.start()
+        except SimFailure as exc:
+            core.report_failure(exc)
+            core.stop()
+            return 1
+        core.api.send(facts)
+        return core.serve(facts)
+    except Shutdown as exc:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        core.shutdown_lines(exc.signum)
+        core.stop()
+        return 0
+    finally:
+        if core.ranks is not None and core.ranks.local is not None:
+            core.ranks.local.release()
+
+
+def spawn_engine(cfg: SimConfig, dp_rank: int) -> tuple[int, socket.socket]:
+    """Fork EngineCore `dp_rank`; returns (pid, the API server's end of its channel). The child
+    closes every other descriptor, the API server's port included, so an orphan frees the port."""
+    api_end, engine_end = socket.socketpair()
+    pid = fork_child(lambda: engine_main(cfg, dp_rank, engine_end), [engine_end.fileno()])
+    engine_end.close()
+    return pid, api_end

@@ -1,0 +1,177 @@
+"""The simulator's GPU memory model: what one vLLM worker (one GPU) allocates, and the KV-cache
+sizing vLLM 0.26 does with it. Pure: no processes, no files.
+
+vLLM ≥0.9 sizes the KV cache from a budget fixed at start:
+
+    requested = total × gpu_memory_utilization          (total as NVML reports it, MiB/1024 GiB)
+    available = requested − weights − peak activation − non-torch memory
+    num_blocks = int(available // page_size // num_layers)   (page = one block of one layer)
+    tokens = num_blocks × block_size
+
+CUDA-graph memory is *not* reserved in 0.26 (`VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS` did not
+cover this runner): graphs are captured after the KV cache exists and come out of the memory
+above the budget, so a high utilization fails at graph capture, not before.
+
+Constants are calibrated on real 0.26.0 runs (Qwen3-4B shape, H100 80GB, 81079 MiB,
+max_num_batched_tokens 8192; see tests/fixtures/vllm-0.26.0-h100):
+
+    weights   7.56 GiB   = shape estimate 7.49 GiB + LOAD_OVERHEAD (rotary cache, persistent buffers)
+    activation 0.62 GiB warm / 0.80 GiB cold (first torch.compile keeps inductor workspaces)
+    non-torch 0.22 GiB
+    graphs    1.00 GiB
+    util 0.30 → 15.36 GiB warm / 15.17 GiB cold → 111,808 / 110,464 tokens (matches exactly)
+    util 0.12, 40,960 context → 0.92 GiB, needs 5.62 GiB, estimated max model length 6688
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+# Bytes the loader allocates besides the parameters (rotary cos/sin cache, persistent input
+# buffers); calibrated so the Qwen3-4B estimate reads "Model loading took 7.56 GiB".
+LOAD_OVERHEAD_BYTES = 70 * MIB
+# Peak activation of the profiling run, per batched token, is modelled as the largest live
+# tensors of one decoder layer (gate/up output, q/k/v, two hidden-sized buffers) in the model
+# dtype, times a factor that absorbs logits, sampler and allocator slack (calibrated: 0.62 GiB).
+ACTIVATION_FACTOR = 1.3154
+# The first (cold) torch.compile leaves inductor workspaces behind: 0.80 GiB against 0.62 GiB.
+COLD_ACTIVATION_FACTOR = 1.3
+# cuBLAS workspaces, NCCL and other memory outside torch's allocator.
+NON_TORCH_BYTES = int(0.22 * GIB)
+NON_TORCH_TP_BYTES = int(0.19 * GIB)  # NCCL communicators with TP/PP > 1
+CUSTOM_ALL_REDUCE_BYTES = 64 * MIB  # IPC buffers unless --disable-custom-all-reduce
+# CUDA graphs: 1.00 GiB for Qwen3-4B (36 layers × 2560 hidden, 51 sizes × PIECEWISE+FULL).
+GRAPH_BASE_BYTES = int(0.25 * GIB)
+GRAPH_PER_LAYER_HIDDEN_BYTES = (0.75 * GIB) / (36 * 2560)
+# The CUDA context each GPU process creates before vLLM measures free memory (outside the
+# budget): with the simulated GPU's 300 MiB driver baseline this gives the real
+# "Free memory on device (78.66/79.18 GiB)" on an idle H100.
+CONTEXT_BYTES = 227 * MIB
+# vLLM's redundancy buffer in the `--kv-cache-memory=` suggestion of the 0.26 summary line.
+REDUNDANCY_BUFFER_BYTES = 150 * MIB
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def format_gib(nbytes: float) -> str:
+    """vLLM's format_gib: round(x / GiB, 2) as Python prints it ("24.0", "3.18", "0.5")."""
+    return f"{round(nbytes / GIB, 2)}"
+
+
+def torch_format_size(nbytes: float) -> str:
+    """PyTorch's allocator format_size (CUDACachingAllocator.cpp) for OOM messages."""
+    if nbytes <= 1024:
+        return f"{int(nbytes)} bytes"
+    if nbytes <= 1048576:
+        return f"{nbytes / 1024:.2f} KiB"
+    if nbytes <= 1073741824:
+        return f"{nbytes / 1048576:.2f} MiB"
+    return f"{nbytes / 1073741824:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class ShapeFacts:
+    """What the memory model needs from a model's config.json (per whole model)."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    dtype_bytes: int
+
+
+def activation_bytes(shape: ShapeFacts, tp: int, max_num_batched_tokens: int, cold: bool) -> int:
+    """Peak activation memory of the profiling run on one GPU."""
+    qkv = (shape.num_heads / tp + 2 * max(1, shape.num_kv_heads // tp)) * shape.head_dim
+    per_token = 2 * shape.intermediate_size / tp + qkv + 2 * shape.hidden_size
+    warm = max_num_batched_tokens * per_token * shape.dtype_bytes * ACTIVATION_FACTOR
+    return int(warm * (COLD_ACTIVATION_FACTOR if cold else 1.0))
+
+
+def largest_activation_bytes(shape: ShapeFacts, tp: int, max_num_batched_tokens: int) -> int:
+    """The biggest single tensor of the profiling run (the MLP gate/up output): what an OOM
+    during profiling says it "tried to allocate" (304.00 MiB for Qwen3-4B at 8192 tokens)."""
+    return int(max_num_batched_tokens * 2 * shape.intermediate_size / tp * shape.dtype_bytes)
+
+
+def non_torch_bytes(world_size: int, disable_custom_all_reduce: bool) -> int:
+    extra = 0
+    if world_size > 1:
+        extra += NON_TORCH_TP_BYTES
+        if not disable_custom_all_reduce:
+            extra += CUSTOM_ALL_REDUCE_BYTES
+    return NON_TORCH_BYTES + extra
+
+
+def graph_bytes(shape: ShapeFacts, tp: int, layers: int, enforce_eager: bool) -> int:
+    if enforce_eager:
+        return 0
+    return int(GRAPH_BASE_BYTES + GRAPH_PER_LAYER_HIDDEN_BYTES * layers * shape.hidden_size / max(1, tp))
+
+
+def requested_bytes(total_mib: int, utilization: float) -> int:
+    """total × util as vLLM computes it (ceil of bytes)."""
+    total = total_mib * MIB
+    whole = total * utilization
+    return int(whole) + (0 if whole == int(whole) else 1)
+
+
+@dataclass(frozen=True)
+class KvSizing:
+    """The KV-cache outcome on one worker."""
+
+    available_bytes: int
+    kv_bytes_per_token: int  # this GPU, this pipeline stage
+    block_size: int
+    num_layers: int  # layers on this GPU
+
+    @property
+    def page_bytes(self) -> int:
+        """One block of one layer (vLLM's AttentionSpec.page_size_bytes)."""
+        return self.kv_bytes_per_token // self.num_layers * self.block_size
+
+    @property
+    def num_blocks(self) -> int:
+        if self.available_bytes <= 0:
+            return 0
+        return int(self.available_bytes // self.page_bytes // self.num_layers)
+
+    @property
+    def tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def kv_bytes(self) -> int:
+        """What the KV tensors occupy once allocated."""
+        return self.num_blocks * self.page_bytes * self.num_layers
+
+    def request_bytes(self, max_model_len: int) -> int:
+        """Memory one request of this length needs (full attention: whole blocks)."""
+        return cdiv(max_model_len, self.block_size) * self.page_bytes * self.num_layers
+
+    def fits(self, max_model_len: int) -> bool:
+        return self.request_bytes(max_model_len) <= self.available_bytes
+
+    def estimate_max_model_len(self, upper: int) -> int:
+        """vLLM's binary search for the longest max_model_len that fits (0 if none)."""
+        lo, hi, best = 1, upper, 0
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if self.fits(mid):
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+
+def max_concurrency(num_blocks: int, block_size: int, max_model_len: int) -> float:
+    """Requests of max_model_len the cache holds at once: num_blocks / blocks per request."""
+    return num_blocks / cdiv(max_model_len, block_size)
