@@ -203,6 +203,10 @@ class FailureClassifier:
         """A line already split by logparse.split_line (the LogParser forwards these)."""
         if not text:
             return
+        if text.startswith("(raylet"):
+            # Ray's node manager forwards its own agents' fate ("killed by the OS (e.g., out of
+            # memory)"): about Ray's processes, never the engine's GPU memory.
+            return
         first = text[0]
         if (first == "I" or first == "D") and text.startswith(("INFO", "DEBUG")):
             # Nothing fatal is logged at INFO; one exception: a signal-triggered shutdown.

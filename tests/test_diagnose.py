@@ -103,7 +103,7 @@ def test_insufficient_free_memory_remedy(tmp_path: Path) -> None:
     assert result["failure"]["kind"] == "insufficient_free_memory"
     assert result["failure"]["values"] == {"free_gib": 9.49, "total_gib": 79.18, "requested_utilization": 0.3,
                                            "requested_gib": 23.75}
-    assert result["remedy"]["gpu_memory_utilization"] == 0.09
+    assert result["remedy"]["gpu_memory_utilization"] == 0.08  # (9.49 − 1.58 − 1.0 graphs)/79.18
     assert "max_model_len" not in result["remedy"]
 
 

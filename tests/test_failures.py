@@ -491,3 +491,11 @@ def test_failure_kind_values_match_contract() -> None:
         "max_model_len_too_large", "engine_dead", "port_in_use", "model_not_found", "unknown",
     }
     assert FailureKind("bad_arguments") is FailureKind.BAD_ARGUMENTS
+
+
+def test_ray_node_manager_lines_are_not_engine_failures():
+    c = FailureClassifier()
+    c.feed("(raylet) [2026-11-21 08:40:01,002 E 1234 1234] (raylet) agent_manager.cc:83: The agent is "
+           "killed by the OS (e.g., out of memory). CUDA out of memory. Tried to allocate 2.00 MiB.")
+    c.feed("(raylet, ip=10.0.0.2) RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB")
+    assert c.classify(exit_code=0, was_ready=True).kind == FailureKind.ENGINE_DEAD
