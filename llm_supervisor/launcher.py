@@ -62,6 +62,9 @@ class RotatingLog:
             self.rotate()
         self._fh.write(data)
         self._size += len(data)
+        # Each chunk reaches the file as it is read (one write per chunk, not per line): a
+        # SIGKILLed daemon loses no engine output, and the live file shows what the daemon saw.
+        self._fh.flush()
 
     def flush(self) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -112,6 +115,7 @@ class EngineProcess:
     placement: str | None = None
     exit_info: ExitInfo | None = None
     _pid_known: asyncio.Event = field(default_factory=asyncio.Event)
+    _placed: asyncio.Event = field(default_factory=asyncio.Event)
     _exited: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -166,10 +170,12 @@ class EngineProcess:
                 self._pid_known.set()
             elif kind == "placement":
                 self.placement = value
+                self._placed.set()
             elif kind == "exit":
                 code, _, sig = value.partition(" ")
                 guard_code = ExitInfo(int(code), int(sig or 0))
         self._control_exit = guard_code
+        self._placed.set()
 
     async def _watch_exit(self, drained: asyncio.Task, control: asyncio.Task) -> None:
         code = await self.guard.wait()
@@ -185,9 +191,18 @@ class EngineProcess:
         else:
             self.exit_info = ExitInfo(code, 0)
         self._pid_known.set()
+        self._placed.set()
         self._exited.set()
-        with contextlib.suppress(OSError):
-            self.control.close()
+        # Close the control socket through its transport. Closing the socket object under a
+        # live transport frees the fd while the loop still maps it to that transport; the next
+        # socket to get that number (an httpx connection to the engine, say) then fails with
+        # "RuntimeError: File descriptor N is used by transport" and the daemon dies.
+        writer = getattr(self, "_writer", None)
+        with contextlib.suppress(OSError, RuntimeError):
+            if writer is not None:
+                writer.close()
+            else:
+                self.control.close()
 
 
 async def _drain(stream: asyncio.StreamReader, on_output: Callable[[bytes, list[str]], None]) -> None:
@@ -241,4 +256,8 @@ async def start(spec: LaunchSpec, on_output: Callable[[bytes, list[str]], None])
     engine._tasks = [drained, control, watcher]
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(engine._pid_known.wait(), 10)
+    # The guard reports the placement its child applied right after the pid (before exec);
+    # wait for that line too, so the caller can log and report it.
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(engine._placed.wait(), 5)
     return engine
