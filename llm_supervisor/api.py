@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, Optional, Union
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_core import to_json
 
 from llm_supervisor import __version__
 from llm_supervisor.errors import RuntimeFailure, SettingsError, SupervisorError
@@ -194,12 +195,14 @@ class StatusCollector:
         yield GaugeMetricFamily("llm_supervisor_ready", "1 when the engine answers requests", value=1.0 if _is_ready(snap) else 0.0)
 
         restarts = CounterMetricFamily("llm_supervisor_restarts", "engine relaunches, by the reason that caused them", labels=["reason"])
-        by_reason = snap.get("restarts_by_reason") or {}
-        counted = 0
-        for reason, n in sorted(by_reason.items()):
+        by_reason = snap.get("restarts_by_reason")
+        if not isinstance(by_reason, dict):  # a malformed snapshot must not cost the whole scrape
+            by_reason = {}
+        counted = 0.0
+        for reason, n in sorted(by_reason.items(), key=lambda item: str(item[0])):
             if _num(n) is not None:
                 restarts.add_metric([str(reason)], float(n))
-                counted += int(n)
+                counted += float(n)
         total = _num(snap.get("restarts"))
         if total is not None and total > counted:
             restarts.add_metric(["unknown"], float(total - counted))
@@ -225,7 +228,8 @@ class StatusCollector:
 
         used = GaugeMetricFamily("llm_supervisor_gpu_memory_used_bytes", "GPU memory in use (whole device)", labels=["gpu", "name"])
         total_b = GaugeMetricFamily("llm_supervisor_gpu_memory_total_bytes", "GPU memory size", labels=["gpu", "name"])
-        for gpu in snap.get("gpus") or []:
+        gpus = snap.get("gpus")
+        for gpu in gpus if isinstance(gpus, list) else []:
             if not isinstance(gpu, dict):
                 continue
             labels = [str(gpu.get("index", "")), str(gpu.get("name") or "")]
@@ -279,6 +283,9 @@ class BodyLimitMiddleware:
                 if too_big:
                     await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
                     return
+        if any(name == b"transfer-encoding" for name, _ in scope.get("headers") or []):
+            await self._buffered(scope, receive, send)
+            return
 
         seen = 0
         started = False
@@ -303,6 +310,29 @@ class BodyLimitMiddleware:
         except _BodyTooLarge:
             if not started:
                 await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
+
+    async def _buffered(self, scope: dict, receive: Callable, send: Callable) -> None:
+        """A streamed body of unannounced size: read it (at most max_bytes) before the app runs, so
+        a route that never reads its body cannot act on an oversized request."""
+        messages: list[dict] = []
+        seen = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":  # the client went away
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                await self._refuse(send, 413, f"request body over {self.max_bytes} bytes")
+                return
+            if not message.get("more_body"):
+                break
+        pending = list(reversed(messages))
+
+        async def replay() -> dict:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
 
     @staticmethod
     async def _refuse(send: Callable, status: int, detail: str) -> None:
@@ -388,8 +418,15 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
         except ValidationError as exc:
             # A malformed snapshot is a daemon bug; still answer with what there is.
             log.warning("status snapshot does not match the schema: %s", exc.errors()[:3])
-            return JSONResponse(jsonable_encoder(snap))
-        return JSONResponse(model.model_dump(mode="json"))
+            try:
+                body = to_json(snap, fallback=str, inf_nan_mode="null")
+            except Exception:
+                log.exception("status snapshot cannot be serialized")
+                raise HTTPException(503, "status is not available right now") from None
+            return Response(body, media_type="application/json")
+        # Straight to JSON bytes: faster than dump + json.dumps, and a stray inf/NaN becomes null
+        # instead of a 500 (JSON has no such numbers).
+        return Response(model.model_dump_json(), media_type="application/json")
 
     @app.get("/healthz", response_model=Health, summary="The daemon is alive", tags=["status"])
     async def healthz() -> dict:
@@ -430,17 +467,22 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
             raise HTTPException(503, "metrics are not available right now") from None
         return Response(payload, media_type=METRICS_CONTENT_TYPE)
 
+    # Declares the bearer scheme in the OpenAPI document (/docs can send it, fuzzers check it);
+    # it never refuses anything itself: authorize() does, with the messages above.
+    admin_deps = [Depends(HTTPBearer(auto_error=False, description="LLM_SUPERVISOR_API_TOKEN"))] if secret_bytes else []
     admin_responses: dict[int | str, dict[str, Any]] = {
         401: {"model": Detail, "description": "token required (Authorization: Bearer <token>)"},
         403: {"model": Detail, "description": "wrong token, or a non-loopback client while no token is set"},
         409: {"model": Detail, "description": "the daemon refused the action in its current state"},
     }
 
-    @app.post("/restart", status_code=202, response_model=Detail, responses=admin_responses, summary="Restart the engine", tags=["admin"])
+    @app.post("/restart", status_code=202, response_model=Detail, responses=admin_responses, summary="Restart the engine",
+              tags=["admin"], dependencies=admin_deps)
     async def restart(request: Request) -> JSONResponse:
         return enqueue("restart", request)
 
-    @app.post("/stop", status_code=202, response_model=Detail, responses=admin_responses, summary="Stop the engine and the daemon", tags=["admin"])
+    @app.post("/stop", status_code=202, response_model=Detail, responses=admin_responses,
+              summary="Stop the engine and the daemon", tags=["admin"], dependencies=admin_deps)
     async def stop(request: Request) -> JSONResponse:
         return enqueue("stop", request)
 

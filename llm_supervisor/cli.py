@@ -46,13 +46,29 @@ def _settings(**overrides: Any) -> Settings:
     return load_settings(**overrides)
 
 
-def _profile(settings: Settings, name: str | None, model: str | None, sets: list[str] | None):
+def _profile(settings: Settings, name: str | None, model: str | None, sets: list[str] | None,
+             check_model: bool = False):
     from llm_supervisor.profiles import load_profile
 
     name = name or settings.profile
     if not name:
         raise BadInput("no profile", ["--profile: required (or set LLM_SUPERVISOR_PROFILE); see `supervisor profiles`"])
-    return load_profile(name, settings.profiles_dir, overrides=sets or [], model=model)
+    prof = load_profile(name, settings.profiles_dir, overrides=sets or [], model=model)
+    if prof.vllm.api_key is None and settings.engine_api_key is not None:
+        prof = prof.model_copy(update={"vllm": prof.vllm.model_copy(update={"api_key": settings.engine_api_key})})
+    if check_model:
+        _check_local_model(prof.model.id, "--model" if model else f"{name}: model.id")
+    return prof
+
+
+def _check_local_model(model_id: str, source: str) -> None:
+    """A model given as a local path (not a Hugging Face id) must exist: vLLM would only fail later."""
+    if not model_id.startswith(("/", "./", "../", "~")):
+        return
+    path = Path(model_id).expanduser()
+    if not path.exists():
+        raise BadInput("no such model", [f"{source} {model_id}: no such folder (a local model is a folder "
+                                         "with config.json; a Hugging Face id looks like Qwen/Qwen3-4B)"])
 
 
 def _print_json(data: Any) -> None:
@@ -79,10 +95,15 @@ def up(
     set_: SetOpt = None,
     simulate: SimulateOpt = False,
     ignore_hardware: IgnoreHwOpt = False,
+    role: Annotated[Optional[str], typer.Option("--role", help="head|worker, for a profile with a cluster section (default: LLM_SUPERVISOR_ROLE, then cluster.role)")] = None,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     settings = _settings()
-    prof = _profile(settings, profile, model, set_)
+    prof = _profile(settings, profile, model, set_, check_model=True)
+    if prof.cluster is not None or role:  # a multi-host deployment on Ray (raynode.py)
+        from llm_supervisor.raynode import run_node
+
+        raise typer.Exit(run_node(settings, prof, role=role, simulate=simulate, ignore_hardware=ignore_hardware))
     from llm_supervisor.daemon import run_daemon
 
     raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware))
@@ -102,17 +123,24 @@ def plan(
 ) -> None:
     """Everything `up` would do, without launching: argv, env, CPUs, memory policy, hardware, fit."""
     settings = _settings()
-    prof = _profile(settings, profile, model, set_)
+    prof = _profile(settings, profile, model, set_, check_model=True)
+    from llm_supervisor import cluster
     from llm_supervisor.plan import build_plan, format_plan
+
+    if prof.cluster is not None:  # what the head launches; per-host layout below
+        prof = cluster.engine_profile(prof, cluster.resolve_node_ip(prof.cluster))
 
     result = build_plan(
         settings, prof, simulate=simulate, gpu_memory_gib=gpu_memory_gib, gpu_count=gpu_count,
         calibrate_from=calibrate_from, ignore_hardware=ignore_hardware,
     )
+    section = cluster.plan_section(prof, result.hf_home) if prof.cluster is not None else None
     if as_json:
-        _print_json(result.to_json())
+        _print_json(result.to_json() | ({"cluster": section} if section else {}))
     else:
         out.print(format_plan(result))
+        if section:
+            out.print(cluster.format_plan_section(section), markup=False)
 
 
 @app.command()
@@ -236,8 +264,60 @@ def bench(
         out.print(format_bench(result))
 
 
+_SECRET_OPTIONS = (b"--token", b"--api-key")
+_SECRET_WORDS = (b"KEY", b"TOKEN", b"SECRET", b"PASSWORD", b"CREDENTIAL")
+
+
+def mask_secret_args(args: list[bytes]) -> list[bytes]:
+    """The same arguments with each secret value turned into '*' of the same length: `--token X`,
+    `--api-key=X`, `--set vllm.api_key=X`, `--set env.HF_TOKEN=X`. Only those positions change."""
+    out = list(args)
+    for i, arg in enumerate(args):
+        if arg in _SECRET_OPTIONS:
+            if i + 1 < len(args):
+                out[i + 1] = b"*" * len(args[i + 1])
+        elif arg.startswith(tuple(o + b"=" for o in _SECRET_OPTIONS)):
+            flag, _, value = arg.partition(b"=")
+            out[i] = flag + b"=" + b"*" * len(value)
+        elif arg.startswith(b"--set=") or (i > 0 and args[i - 1] == b"--set"):
+            key, eq, value = arg.removeprefix(b"--set=").partition(b"=")
+            if eq and value and any(word in key.rsplit(b".", 1)[-1].upper() for word in _SECRET_WORDS):
+                out[i] = arg[: len(arg) - len(value)] + b"*" * len(value)
+    return out
+
+
+def hide_secret_args() -> bool:
+    """Overwrite secret values in this process's own argv area (what `ps` and /proc/PID/cmdline
+    show) with '*', as MySQL's client does with -pPASSWORD; True when something was hidden. Best
+    effort: they were visible until now, which is why the environment (LLM_SUPERVISOR_ENGINE_API_KEY,
+    LLM_SUPERVISOR_API_TOKEN) or the profile file is the supported way."""
+    given = [arg.encode(errors="surrogateescape") for arg in sys.argv]
+    if mask_secret_args(given) == given:
+        return False  # nothing to hide: leave /proc/self/mem alone
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (stat(5) fields 48, 49)
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            area = mem.read(end - start)
+            hidden = b"\0".join(mask_secret_args(area.split(b"\0")))
+            if hidden == area:
+                return False
+            mem.seek(start)
+            mem.write(hidden)
+        return True
+    except (OSError, ValueError, IndexError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, render SupervisorError once, exit with its code."""
+    if argv is None:
+        if hide_secret_args() and "up" in sys.argv[1:]:
+            err.print("warning: a secret on the command line is visible in `ps` while the daemon starts; "
+                      "set LLM_SUPERVISOR_ENGINE_API_KEY (engine key) or LLM_SUPERVISOR_API_TOKEN instead",
+                      markup=False)
     try:
         # With standalone_mode off, `raise typer.Exit(n)` comes back as the return value.
         code = app(args=argv, standalone_mode=False)

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -22,16 +23,16 @@ from typing import Any
 
 import httpx
 
-from llm_supervisor import hardware, launcher, planner
+from llm_supervisor import hardware, launcher, modelinfo, planner
 from llm_supervisor.api import check_bind_allowed, create_app, start_api, stop_api
 from llm_supervisor.engine import redact_argv
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
 from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.logparse import LogParser
+from llm_supervisor.logparse import LogParser, StartupFacts
 from llm_supervisor.notify import Notifier
 from llm_supervisor.plan import RECOVERABLE_KEYS, LaunchPlan, build_plan
 from llm_supervisor.profiles import Profile, VllmArgs
-from llm_supervisor.recovery import Attempt, GiveUp, decide
+from llm_supervisor.recovery import Attempt, GiveUp, Relaunch, decide
 from llm_supervisor.settings import Settings
 from llm_supervisor.state import State, check_transition
 from llm_supervisor.statefile import DaemonLock, StateStore, host_key
@@ -51,6 +52,7 @@ HEALTH_FAILURES_FOR_DEGRADED = 3
 METRICS_INTERVAL_S = 15.0
 GPU_POLL_S = 5.0
 RING_LINES = 500
+RING_LINE_CHARS = 2000  # a line kept for /status's log_tail; the log file keeps it whole
 
 
 @dataclass
@@ -69,12 +71,14 @@ def _iso(ts: float) -> str:
 
 class Daemon:
     def __init__(self, settings: Settings, profile: Profile, plan: LaunchPlan, *,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, store: StateStore | None = None) -> None:
         self.settings = settings
         self.profile = profile
         self.plan = plan
         self.notifier = notifier or Notifier.from_env()
-        self.store = StateStore(settings.state_dir)
+        # run_daemon's store, when given: a second load would find a corrupt file already set
+        # aside and lose the warning that says so
+        self.store = store or StateStore(settings.state_dir)
         self.key = host_key(profile.name, [g.name for g in plan.chosen])
         self.inventory = hardware.inventory(plan.simulate, plan.sim_config) if plan.chosen else None
         self.calibration = planner.Calibration.in_state_dir(settings.state_dir)
@@ -185,7 +189,10 @@ class Daemon:
         if not lines:
             return
         self.last_output = time.monotonic()
-        self.ring.extend(lines[-RING_LINES:])
+        # A multi-megabyte line arrives as 64 KiB pieces: kept whole, 20 of them would make
+        # every /status a megabyte and the ring 30 MB.
+        self.ring.extend(line if len(line) <= RING_LINE_CHARS else line[:RING_LINE_CHARS] + " […]"
+                         for line in lines[-RING_LINES:])
         feed = self.parser.feed
         for line in lines:
             for event in feed(line):
@@ -280,13 +287,11 @@ class Daemon:
             if r is not None and r.status_code == 200 and await self._smoke_request():
                 break
             await asyncio.sleep(0.5)
+        # Everything that marks this launch ready happens here without an await in between, so
+        # /status never shows `ready` with the history, message or remembered args of before.
         self._enter(State.READY, "the engine answered a real request")
         self.ready_at = time.time()
         f = self.parser.facts
-        tokens, _ = await self._metrics_tokens()
-        self.metrics_kv_tokens = tokens
-        if tokens is not None and f.kv_cache_tokens is not None and tokens != f.kv_cache_tokens:
-            log.warning("KV tokens differ: the log says %s, /metrics says %s", f.kv_cache_tokens, tokens)
         ctx = f.max_concurrency_context or self.args.max_model_len
         summary = (f"ready: {f.kv_cache_tokens:,} KV tokens, {f.max_concurrency:.2f}x concurrency at {ctx:,} tokens"
                    if f.kv_cache_tokens and f.max_concurrency and ctx else "ready")
@@ -299,6 +304,10 @@ class Daemon:
         self._event("ready", reason=summary)
         self._remember_ready()
         self._target_check()
+        tokens, _ = await self._metrics_tokens()
+        self.metrics_kv_tokens = tokens
+        if tokens is not None and f.kv_cache_tokens is not None and tokens != f.kv_cache_tokens:
+            log.warning("KV tokens differ: the log says %s, /metrics says %s", f.kv_cache_tokens, tokens)
 
     def _remember_ready(self) -> None:
         requested = {k: getattr(self.profile.vllm, k) for k in RECOVERABLE_KEYS}
@@ -440,16 +449,26 @@ class Daemon:
             if requested:
                 self._enter(State.STOPPING if requested == "stop" else State.RESTARTING, f"{requested} requested")
             self.notifier.status("stopping vLLM" if requested == "stop" else f"restarting: {requested or failure.message}")
+            asked_at = time.monotonic()
             exit_info = await engine.stop(self.settings.stop_timeout_s)
+            waited = time.monotonic() - asked_at
         else:
             exit_info = await exit_task
+            waited = 0.0
+        described, level = exit_info.description, logging.INFO
+        if (requested or failure is not None) and waited >= 0.9 * self.settings.stop_timeout_s and (
+                exit_info.signal == signal.SIGKILL or exit_info.code == 128 + signal.SIGKILL):
+            # our own deadline, not the OOM killer the plain description would suggest
+            described = (f"ignored SIGTERM for {self.settings.stop_timeout_s:g} s "
+                         "(LLM_SUPERVISOR_STOP_TIMEOUT_S) and was killed")
+            level = logging.WARNING
         if self._log is not None:
-            self._log.write(f"===== engine {exit_info.description}\n".encode())
+            self._log.write(f"===== engine {described}\n".encode())
             self._log.close()
         if failure is None and not requested:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
-        log.info("engine %s%s", exit_info.description, f": {failure.kind} — {failure.message}" if failure else "")
+        log.log(level, "engine %s%s", described, f": {failure.kind} — {failure.message}" if failure else "")
         return AttemptOutcome(exit_info, failure, reached_ready, requested)
 
     # ------------------------------------------------------------ the loop
@@ -484,6 +503,8 @@ class Daemon:
             free, total = await asyncio.to_thread(self._gpu_memory)
             decision = decide(failure, self.args, self.profile, self.attempts, self.parser.facts,
                               gpu_free_mib=free, gpu_total_mib=total)
+            if isinstance(decision, Relaunch):
+                decision = self._cold_compile_margin(failure, decision)
             if isinstance(decision, GiveUp):
                 if self.state is not State.FAILED:
                     self._enter(State.FAILED, decision.reason)
@@ -510,6 +531,11 @@ class Daemon:
                 self._enter(State.RESTARTING, decision.reason)
                 self.notifier.status(f"restarting after {failure.kind}: {decision.reason}"[:200])
         return EXIT_OK
+
+    def _cold_compile_margin(self, failure: Failure, decision: Relaunch) -> Relaunch:
+        return shorten_for_cold_compile(failure, decision, self.parser.facts, self.profile,
+                                        gpu_total_gib=self.plan.gpu_total_gib, gpu_name=self.plan.gpu_name,
+                                        hf_home=self.plan.hf_home or None)
 
     async def _sleep_or_command(self, delay: float) -> bool:
         """Wait out a backoff; True when a stop came in meanwhile (a restart skips the wait)."""
@@ -563,10 +589,47 @@ class Daemon:
         return code
 
 
+def shorten_for_cold_compile(failure: Failure, decision: Relaunch, facts: StartupFacts, profile: Profile, *,
+                             gpu_total_gib: float, gpu_name: str | None, hf_home: str | None) -> Relaunch:
+    """Shorten a context cut that vLLM estimated during a warm start.
+
+    vLLM keys its torch.compile cache by max_model_len (among others), so the relaunch with a
+    shorter context compiles cold, and a cold compile's profiling run peaks higher (vLLM 0.26,
+    H100, Qwen3-4B: 0.80 GiB against 0.62 GiB warm). An estimate printed by a warm start is then
+    too long by that difference and the relaunch fails again (seen on an H100:
+    tests/fixtures/vllm-0.26.0/kv-cache-too-small-recovered.log)."""
+    if (failure.kind != FailureKind.KV_CACHE_TOO_SMALL or "max_model_len" not in decision.change
+            or not facts.compile_cached or decision.args.enforce_eager or not decision.args.max_model_len):
+        return decision
+    args = decision.args
+    try:
+        shape = modelinfo.load_shape(profile.model.id, hf_home)
+    except (SupervisorError, LookupError, OSError, ValueError):
+        return decision
+    tokens, seqs = planner.default_batch_limits(gpu_total_gib, gpu_name, facts.vllm_version)
+    warm = planner.estimate_activation_gib(shape, args.tensor_parallel_size, args.max_num_batched_tokens or tokens,
+                                           args.max_num_seqs or seqs, cold=False)
+    extra_gib = warm * (planner.COLD_ACTIVATION_FACTOR - 1)
+    per_token = shape.kv_bytes_per_token(args.tensor_parallel_size, args.kv_cache_dtype, args.dtype) / 1024**3
+    bs = args.effective_block_size
+    new_len = (args.max_model_len - math.ceil(extra_gib / per_token)) // bs * bs
+    if new_len < profile.recovery.min_max_model_len:
+        return decision
+    before = decision.change["max_model_len"][0]
+    reason = (f"{decision.reason}; then → {new_len}: that estimate came from a warm start, and the relaunch "
+              f"compiles cold (vLLM's compile cache is keyed by max_model_len), which takes about "
+              f"{extra_gib:.2f} GiB more activation memory")
+    return Relaunch(args.model_copy(update={"max_model_len": new_len}), decision.delay_s, reason,
+                    {**decision.change, "max_model_len": [before, new_len]})
+
+
 def _check_engine_port(args: VllmArgs) -> None:
     host = "127.0.0.1" if args.host in ("0.0.0.0", "", "::") else args.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As vLLM's server binds: connections of a just-stopped engine linger in TIME_WAIT on
+        # this port for a minute; without SO_REUSEADDR they would look like another server.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, args.port))
         except OSError as exc:
@@ -585,7 +648,8 @@ def configure_logging() -> None:
     root.propagate = False
 
 
-def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False) -> int:
+def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False,
+               daemon_class: type[Daemon] | None = None) -> int:
     """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
     configure_logging()
     token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -614,7 +678,7 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
                  pl.to_json()["cpulist"], pl.memory_policy, f" {pl.nodes}" if pl.nodes else "")
         _check_engine_port(plan.args)
         settings.logs.mkdir(parents=True, exist_ok=True)
-        daemon = Daemon(settings, profile, plan)
+        daemon = (daemon_class or Daemon)(settings, profile, plan, store=store)  # raynode.HeadDaemon for a cluster head
         return asyncio.run(daemon.run())
     finally:
         lock.release()

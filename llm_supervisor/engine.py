@@ -93,7 +93,8 @@ def redact_env(env: Mapping[str, str]) -> dict[str, str]:
 def engine_env(profile: Profile, args: VllmArgs, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The engine's full environment: the daemon's, less its service-manager variables, plus
     the profile's `env`, `extra` (placement, caches), and the API key."""
-    env = {k: v for k, v in base.items() if k not in DAEMON_ONLY_ENV and not k.startswith("LLM_SUPERVISOR_API_")}
+    env = {k: v for k, v in base.items() if k not in DAEMON_ONLY_ENV and not k.startswith("LLM_SUPERVISOR_API_")
+           and k != "LLM_SUPERVISOR_ENGINE_API_KEY"}  # the engine gets its key as VLLM_API_KEY only
     env.update(profile.env)
     env.update(extra)
     env.setdefault("PYTHONUNBUFFERED", "1")

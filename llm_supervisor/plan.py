@@ -172,6 +172,8 @@ def build_plan(
     else:
         total_gib = planner.stated_total_gib(profile.hardware)
         notes.append(f"no GPU here: planning for the profile's stated {profile.hardware.gpu_memory_gib:g} GB card")
+    if profile.cluster is not None and not gpu_count:  # one engine over every host's GPUs (cluster.py)
+        gpu_count = profile.cluster.nodes * (profile.cluster.gpus_per_node or profile.hardware.gpu_count)
     count = gpu_count or (len(chosen) if chosen else profile.hardware.gpu_count)
     gpu_name = chosen[0].name if chosen and not gpu_memory_gib else planner.gpu_label(profile.hardware.gpu_name)
 

@@ -361,7 +361,7 @@ class Calibration:
 
     def _read(self) -> dict[str, CalibrationEntry]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes()  # decoded by json.loads: bad UTF-8 is corruption too
         except FileNotFoundError:
             return {}
         except OSError as exc:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from llm_supervisor.cluster import ClusterConfig, profile_problems
 from llm_supervisor.errors import ProfileError
 
 
@@ -146,6 +147,7 @@ class Profile(_Strict):
     recovery: Recovery = Field(default_factory=Recovery)
     target: Target | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    cluster: ClusterConfig | None = Field(default=None, description="a deployment across hosts on Ray (cluster.py)")
 
     @field_validator("env")
     @classmethod
@@ -158,7 +160,11 @@ class Profile(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":
         v, r = self.vllm, self.recovery
-        if v.tensor_parallel_size * v.pipeline_parallel_size * v.data_parallel_size > self.hardware.gpu_count:
+        if self.cluster is not None:  # TP × PP spans the hosts: checked against the cluster instead
+            problems = profile_problems(self)
+            if problems:
+                raise ValueError("; ".join(problems))
+        elif v.tensor_parallel_size * v.pipeline_parallel_size * v.data_parallel_size > self.hardware.gpu_count:
             raise ValueError(
                 f"tensor_parallel_size × pipeline_parallel_size × data_parallel_size = "
                 f"{v.tensor_parallel_size * v.pipeline_parallel_size * v.data_parallel_size} "
@@ -192,7 +198,27 @@ def parse_cpulist(text: str) -> list[int]:
     return sorted(cpus)
 
 
-def _render_errors(source: str, exc: ValidationError) -> list[str]:
+SHOWN_INPUT_CHARS = 80
+
+
+def _shown(value: Any) -> str:
+    """The offending value for an error line: repr (one line), cut short."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_INPUT_CHARS else text[:SHOWN_INPUT_CHARS] + "…"
+
+
+def _is_secret_loc(loc: str) -> bool:
+    return "api_key" in loc or (loc.startswith("env.") and _is_secret_name(loc[4:]))
+
+
+def _is_secret_name(name: str) -> bool:
+    upper = name.upper()
+    return any(word in upper for word in ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"))
+
+
+def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """One line per problem: "FILE: key: what is wrong", or "--set KEY: what is wrong" when the
+    offending value came from a `--set` override (the longest override that covers the key)."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -206,10 +232,15 @@ def _render_errors(source: str, exc: ValidationError) -> list[str]:
         elif err["type"] == "literal_error":
             msg = msg.replace("Input should be", "must be")
         elif "input" in err and not isinstance(err["input"], (dict, list)):
-            shown = "***" if "api_key" in loc else repr(err["input"])
+            shown = "***" if _is_secret_loc(loc) else _shown(err["input"])
             msg = f"{msg} (got {shown})"
-        msg = msg.removeprefix("Value error, ")
-        lines.append(f"{source}: {loc}: {msg}")
+        msg = " ".join(msg.removeprefix("Value error, ").split())
+        covering = [k for k in set_keys if loc == k or loc.startswith(k + ".")]
+        if covering:
+            key = max(covering, key=len)
+            lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {loc}: {msg}")
+        else:
+            lines.append(f"{source}: {loc}: {msg}")
     return lines
 
 
@@ -232,6 +263,11 @@ def resolve_profile_path(name_or_path: str, profiles_dir: Path) -> Path:
     """A shipped name (`4090d-qwen3-4b`) or a path to a YAML file."""
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if candidate.is_dir():
+            raise ProfileError("profile is a directory", [f"{name_or_path}: is a directory, not a profile file"])
+        if candidate.exists() and not candidate.is_file():
+            # a FIFO or a device would block or never end; only regular files are profiles
+            raise ProfileError("profile is not a file", [f"{name_or_path}: not a regular file"])
         if not candidate.is_file():
             raise ProfileError("profile not found", [f"{name_or_path}: no such profile file"])
         return candidate
@@ -266,14 +302,21 @@ def read_profile_data(path: Path) -> dict[str, Any]:
     return data
 
 
+def _plain(text: str) -> str:
+    """User text for an error line: as typed when plain, else quoted (one line, cut short)."""
+    if text and text.isprintable() and text == text.strip() and len(text) <= SHOWN_INPUT_CHARS:
+        return text
+    return _shown(text)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`vllm.max_model_len=10000` → (["vllm", "max_model_len"], 10000). Values are YAML scalars."""
     if "=" not in text:
-        raise ProfileError("bad --set", [f"--set {text}: expected KEY=VALUE with a dotted key (e.g. vllm.port=8001)"])
+        raise ProfileError("bad --set", [f"--set {_plain(text)}: expected KEY=VALUE with a dotted key (e.g. vllm.port=8001)"])
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
-        raise ProfileError("bad --set", [f"--set {key}: not a dotted key (e.g. vllm.max_model_len)"])
+        raise ProfileError("bad --set", [f"--set {_plain(key)}: not a dotted key (e.g. vllm.max_model_len)"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -307,19 +350,21 @@ def load_profile(
     """Load, override (`--set`, `--model`) and validate a profile; ProfileError lists every problem."""
     path = resolve_profile_path(name_or_path, profiles_dir)
     data = read_profile_data(path)
-    apply_overrides(data, list(overrides or []))
+    overrides = list(overrides or [])
+    apply_overrides(data, overrides)
+    set_keys = [".".join(parse_override(text)[0]) for text in overrides]
     if model:
         section = data.setdefault("model", {})
         if isinstance(section, dict):
             section["id"] = model
-    return validate_profile(data, str(path))
+    return validate_profile(data, str(path), set_keys)
 
 
-def validate_profile(data: dict[str, Any], source: str) -> Profile:
+def validate_profile(data: dict[str, Any], source: str, set_keys: list[str] | tuple[str, ...] = ()) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(f"invalid profile {source}", _render_errors(source, exc)) from None
+        raise ProfileError(f"invalid profile {source}", _render_errors(source, exc, set_keys)) from None
 
 
 def profile_to_yaml(profile: Profile) -> str:
@@ -327,4 +372,7 @@ def profile_to_yaml(profile: Profile) -> str:
     data = profile.model_dump(mode="json", exclude_none=True)
     if profile.vllm.api_key is not None:
         data["vllm"]["api_key"] = "***"
+    for name, value in data.get("env", {}).items():
+        if value and _is_secret_name(name):
+            data["env"][name] = "***"
     return yaml.safe_dump(data, sort_keys=False)

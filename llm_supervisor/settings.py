@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_supervisor.errors import SettingsError
@@ -44,7 +45,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8900, ge=0, le=65535)
     api_token: SecretStr | None = None
+    # The engine's API key off every command line (`--set vllm.api_key=…` is visible in `ps`):
+    # used when the profile sets no vllm.api_key. VLLM_API_KEY, which the engine would inherit
+    # anyway, counts too, so the daemon's own readiness requests carry the key the engine wants.
+    engine_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_SUPERVISOR_ENGINE_API_KEY", "VLLM_API_KEY", "engine_api_key"))
     engine_command: str = Field(default="vllm serve", description="command that starts the engine")
+    role: Literal["head", "worker"] | None = Field(default=None, description="this host's role for a profile with a cluster section (default: the profile's cluster.role)")
     stop_timeout_s: float = Field(default=15.0, gt=0, description="SIGTERM to SIGKILL deadline")
     log_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     log_backups: int = Field(default=5, ge=0)
@@ -68,8 +75,31 @@ class Settings(BaseSettings):
         return f"http://{host}:{self.api_port}"
 
 
+def _env_file_problem() -> str | None:
+    """An env file that was named but cannot be used: better one clear line than settings
+    silently missing (a typo in the path would otherwise mean running with the defaults)."""
+    name = os.environ.get("LLM_SUPERVISOR_ENV_FILE")
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if not path.exists():
+        return f"{name}: no such file"
+    if not path.is_file():
+        return f"{name}: not a regular file"
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"{name}: not UTF-8 text (byte {exc.start})"
+    except OSError as exc:
+        return f"{name}: cannot read ({exc.strerror})"
+    return None
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning validation errors into one line per bad variable."""
+    problem = _env_file_problem()
+    if problem:
+        raise SettingsError("unusable env file", [f"settings: LLM_SUPERVISOR_ENV_FILE: {problem}"])
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

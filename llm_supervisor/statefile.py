@@ -50,9 +50,19 @@ class StateStore:
         self.warnings: list[str] = []
         self.data: dict[str, Any] = self._load()
 
+    def _sweep_temporaries(self) -> None:
+        """Temporary files of writers killed mid-write (`.state.json.<pid>.tmp`): never read, and
+        one daemon per state dir (DaemonLock) means none of them is being written now."""
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
     def _load(self) -> dict[str, Any]:
+        self._sweep_temporaries()
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes()  # decoded by json.loads: bad UTF-8 is corruption too
         except FileNotFoundError:
             return {"version": 1, "profiles": {}}
         except OSError as exc:
@@ -62,6 +72,7 @@ class StateStore:
             data = json.loads(text)
             if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
                 raise ValueError("not a state object")
+            self._sanitize(data["profiles"])
             return data
         except ValueError as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
@@ -72,12 +83,42 @@ class StateStore:
             self.warnings.append(f"{self.path}: corrupt ({exc}); moved to {aside.name}, starting fresh")
             return {"version": 1, "profiles": {}}
 
+    def _sanitize(self, profiles: dict[str, Any]) -> None:
+        """Valid JSON of the wrong shape (a hand edit, an old format): drop what would crash the
+        daemon later, with a warning, and keep the rest."""
+        for key, entry in list(profiles.items()):
+            if not isinstance(entry, dict):
+                del profiles[key]
+                self.warnings.append(f"{self.path}: entry {key!r} is not an object; ignoring it")
+                continue
+            if "history" in entry and not isinstance(entry["history"], list):
+                entry["history"] = []
+                self.warnings.append(f"{self.path}: history of {key!r} is not a list; starting it afresh")
+            if "last_good" in entry and self._valid_last_good(entry["last_good"]) is None:
+                del entry["last_good"]
+                self.warnings.append(f"{self.path}: last good arguments of {key!r} are invalid; ignoring them")
+
+    @staticmethod
+    def _valid_last_good(value: Any) -> dict[str, Any] | None:
+        """A last_good record whose arguments still validate as vLLM arguments, else None."""
+        from llm_supervisor.profiles import VllmArgs
+
+        if not isinstance(value, dict) or not isinstance(value.get("args"), dict) \
+                or not isinstance(value.get("requested"), dict):
+            return None
+        known = {k: v for k, v in value["args"].items() if k in VllmArgs.model_fields}
+        try:
+            VllmArgs.model_validate(known)
+        except ValueError:
+            return None
+        return value
+
     def entry(self, key: str) -> dict[str, Any]:
         return self.data["profiles"].setdefault(key, {})
 
     def last_good(self, key: str) -> dict[str, Any] | None:
-        value = self.data["profiles"].get(key, {}).get("last_good")
-        return value if isinstance(value, dict) else None
+        entry = self.data["profiles"].get(key)
+        return self._valid_last_good(entry.get("last_good")) if isinstance(entry, dict) else None
 
     def remember_ready(self, key: str, requested: dict[str, Any], args: dict[str, Any], facts: dict[str, Any]) -> None:
         self.entry(key)["last_good"] = {"requested": requested, "args": args, "facts": facts, "at": time.time()}

@@ -1,0 +1,112 @@
+"""An engine whose output misbehaves, through the real daemon (tests/fake_engine.py stands in for
+vLLM): it closes stdout and stderr but keeps running; it prints a line of megabytes; it floods
+a million lines. The daemon keeps working, its memory and its /status stay small, and it still
+notices the engine's exit."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+from hardening_utils import FakeEngineRun, alive, poll
+
+RSS_BOUND_MB = 100  # CONTRACT: <= 80 MB in steady state; a little room for a burst being parsed
+
+
+def _fake(tmp_path: Path, mode: str, **env: str) -> FakeEngineRun:
+    return FakeEngineRun(tmp_path / mode, mode, env={"FAKE_ENGINE_PIDFILE": str(tmp_path / f"{mode}.pids"), **env})
+
+
+def _rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 1e6
+
+
+def test_engine_that_closes_stdout_is_still_watched(tmp_path: Path) -> None:
+    with _fake(tmp_path, "close_stdout") as run:
+        run.start()
+        first = run.wait_ready()
+        assert any("closing stdout and stderr" in line for line in first["log_tail"])
+        # output is gone for good; the engine is alive and the daemon still calls it ready
+        time.sleep(1.0)
+        snap = run.status()
+        assert snap["state"] == "ready" and alive([first["pid"]]) == [first["pid"]]
+        # its death is noticed at once (CONTRACT: within 1 s plus the policy's backoff)
+        psutil.Process(first["pid"]).kill()
+        t0 = time.monotonic()
+        run.wait_status(lambda s: s["state"] != "ready", 10, "the exit noticed")
+        noticed = time.monotonic() - t0
+        second = run.wait_status(lambda s: s["state"] == "ready" and s["attempt"] == 2, what="relaunched")
+        assert second["pid"] != first["pid"] and second["restarts"] == 1
+        assert [h for h in second["history"] if h["event"] == "exit"][-1]["failure"]["kind"] == "engine_dead"
+        assert noticed < 1.5, noticed
+        print(f"engine with closed stdout: kill noticed after {noticed:.2f} s, ready again")
+        run.signal(signal.SIGTERM)
+        assert run.wait_exit(30) == 0
+        assert run.tree() == []
+
+
+def test_a_line_of_megabytes_is_cut_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    with _fake(tmp_path, "big_line", FAKE_ENGINE_BIG_MB="5") as run:
+        run.start()
+        snap = run.wait_ready()
+        # the lines after the 5 MB one were read and parsed: the daemon is not stuck in it
+        tail = snap["log_tail"]
+        assert any("vLLM API server version 0.0.0-fake" in line for line in tail), tail[-3:]
+        assert any(line.startswith("x" * 100) and line.endswith(" […]") for line in tail)
+        # /status stays small and fast although the tail holds pieces of the giant line
+        t0 = time.monotonic()
+        r = run.get("/status")
+        took = time.monotonic() - t0
+        assert r.status_code == 200 and len(r.content) < 100_000, len(r.content)
+        assert took < 0.5, took
+        assert max(len(line) for line in r.json()["log_tail"]) <= 2100
+        # the raw log keeps every byte
+        log = run.state_dir / "logs" / f"{run.profile}.log"
+        assert log.stat().st_size >= 5 * (1 << 20)
+        assert _rss_mb(run.pid) < RSS_BOUND_MB, _rss_mb(run.pid)
+        run.signal(signal.SIGTERM)
+        assert run.wait_exit(30) == 0
+
+
+def test_a_flood_of_output_leaves_the_api_responsive(tmp_path: Path) -> None:
+    max_bytes, backups = 5 * 1024 * 1024, 2
+    with _fake(tmp_path, "flood", FAKE_ENGINE_LINES="1e6", LLM_SUPERVISOR_LOG_MAX_BYTES=str(max_bytes),
+               LLM_SUPERVISOR_LOG_BACKUPS=str(backups)) as run:
+        run.start()
+        run.wait_ready()
+        latencies: list[float] = []
+        rss: list[float] = []
+        t0 = time.monotonic()
+        deadline = t0 + 120
+        done = False
+        while time.monotonic() < deadline and not done:
+            start = time.monotonic()
+            r = run.get("/status")
+            latencies.append(time.monotonic() - start)
+            assert r.status_code == 200
+            snap = r.json()
+            assert snap["state"] == "ready", snap["state"]
+            done = any("flood done" in line for line in snap["log_tail"])
+            rss.append(_rss_mb(run.pid))
+            time.sleep(0.02)
+        took = time.monotonic() - t0
+        assert done, "the flood never ended"
+        latencies.sort()
+        p95, worst = latencies[int(len(latencies) * 0.95)], latencies[-1]
+        print(f"1e6 lines in {took:.1f} s ({1e6 / took:,.0f} lines/s) while /status answered {len(latencies)} "
+              f"times: p95 {p95 * 1000:.1f} ms, max {worst * 1000:.1f} ms; daemon RSS max {max(rss):.0f} MB")
+        assert len(latencies) >= 5
+        assert p95 < 0.25 and worst < 1.0, (p95, worst)
+        assert max(rss) < RSS_BOUND_MB, max(rss)
+        # the log rotated and its size on disk stayed bounded
+        logs = sorted((run.state_dir / "logs").glob(f"{run.profile}.log*"))
+        assert len(logs) == backups + 1, logs
+        assert sum(p.stat().st_size for p in logs) <= (backups + 1) * (max_bytes + 300_000)
+        # and the engine is still the same one, still watched
+        assert run.status()["attempt"] == 1
+        run.signal(signal.SIGTERM)
+        assert run.wait_exit(30) == 0
+        poll(lambda: run.tree() == [], 10, what="nothing left")
