@@ -504,7 +504,7 @@ class Daemon:
             decision = decide(failure, self.args, self.profile, self.attempts, self.parser.facts,
                               gpu_free_mib=free, gpu_total_mib=total)
             if isinstance(decision, Relaunch):
-                decision = self._cold_compile_margin(failure, decision)
+                decision = self._refit_context(self._cold_compile_margin(failure, decision))
             if isinstance(decision, GiveUp):
                 if self.state is not State.FAILED:
                     self._enter(State.FAILED, decision.reason)
@@ -536,6 +536,31 @@ class Daemon:
         return shorten_for_cold_compile(failure, decision, self.parser.facts, self.profile,
                                         gpu_total_gib=self.plan.gpu_total_gib, gpu_name=self.plan.gpu_name,
                                         hf_home=self.plan.hf_home or None)
+
+    def _refit_context(self, decision: Relaunch) -> Relaunch:
+        """When recovery moves utilization but not the context, let the planner fit the context to
+        the new budget, as it did for the first launch: after a raise, give back context an earlier
+        cut took (up to what the profile asks); after a cut, avoid a launch that cannot hold it."""
+        if (not self.profile.recovery.plan_first_launch or "max_model_len" in decision.change
+                or "gpu_memory_utilization" not in decision.change or not decision.args.max_model_len):
+            return decision
+        current = decision.args.max_model_len
+        asked = self.profile.vllm.max_model_len
+        try:
+            prediction = planner.predict_profile(
+                self.profile, self.plan.gpu_total_gib, self.plan.gpu_count, self.calibration,
+                args=decision.args.model_copy(update={"max_model_len": asked}), gpu_name=self.plan.gpu_name,
+                hf_home=self.plan.hf_home or None)
+        except (SupervisorError, LookupError, OSError, ValueError):
+            return decision
+        new = prediction.max_model_len
+        if not new or new == current:
+            return decision
+        util = decision.args.gpu_memory_utilization
+        reason = (f"{decision.reason}; max_model_len {current:,} → {new:,}: what the planner predicts "
+                  f"utilization {util:g} holds" + (f" (the profile asks for {asked:,})" if asked else ""))
+        return Relaunch(decision.args.model_copy(update={"max_model_len": new}), decision.delay_s, reason,
+                        {**decision.change, "max_model_len": [current, new]})
 
     async def _sleep_or_command(self, delay: float) -> bool:
         """Wait out a backoff; True when a stop came in meanwhile (a restart skips the wait)."""
