@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         guard.spawn(command, _parse_list(args.cpus), _parse_list(args.mems), args.mempolicy)
     except OSError as exc:
-        guard.tell(f"exit 127 0")
+        guard.tell("exit 127 0")
         print(f"llm-supervisor guard: {exc}", file=sys.stderr)
         return 127
     return guard.run()

@@ -187,14 +187,13 @@ def build_plan(
     calibration = planner.Calibration.in_state_dir(settings.state_dir)
     warnings.extend(calibration.warnings)
     if calibrate_from is not None:
-        obs = calibration.learn_from_log(calibrate_from, model=profile.model.id, gpu_name=gpu_name or "",
-                                         gpu_total_gib=total_gib, save=False)
+        calibration.learn_from_log(calibrate_from, model=profile.model.id, gpu_name=gpu_name or "",
+                                   gpu_total_gib=total_gib, save=False)
         try:
             calibration.save()
             notes.append(f"calibrated from {calibrate_from} (saved in {calibration.path})")
         except OSError as exc:
             notes.append(f"calibrated from {calibrate_from} for this plan only (cannot save: {exc.strerror})")
-        del obs
 
     args, last_note = apply_last_good(profile, last_good)
     if last_note:

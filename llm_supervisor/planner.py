@@ -45,9 +45,7 @@ import ast
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -57,6 +55,7 @@ from llm_supervisor import modelinfo
 from llm_supervisor.errors import BadInput
 from llm_supervisor.modelinfo import GIB, MIB, ModelShape, WeightInventory
 from llm_supervisor.profiles import Hardware, Profile, Recovery, Target, VllmArgs
+from llm_supervisor.statefile import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -439,29 +438,7 @@ class Calibration:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON so that a crash leaves either the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 # --- reading the facts calibration needs from a log

@@ -342,7 +342,7 @@ def _kv_too_small(ctx: _Ctx) -> Relaunch | GiveUp:
     if new_len >= rec.min_max_model_len:
         reason = f"{what}; {how}, so max_model_len {length} → {new_len} (a multiple of the {bs}-token block)"
         if rec.max_max_model_len is not None and new_len == rec.max_max_model_len < fit_b:
-            reason += f", capped by recovery.max_max_model_len"
+            reason += ", capped by recovery.max_max_model_len"
         r = ctx.relaunch({"max_model_len": new_len}, reason)
         if r is not None:
             return r

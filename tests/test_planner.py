@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor import modelinfo, planner
+from llm_supervisor import modelinfo, planner, statefile
 from llm_supervisor.errors import BadInput
 from llm_supervisor.modelinfo import GIB, ModelShape
 from llm_supervisor.planner import Calibration, CalibrationError, check_launch, predict
@@ -419,7 +419,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(planner.os, "replace", crash)
+    monkeypatch.setattr(statefile.os, "replace", crash)  # the one atomic writer
     with pytest.raises(OSError):
         cal.learn_from_log(FIXTURES / "kv-cache-too-small.log", model=MODEL, gpu_name=H100, gpu_total_gib=H100_TOTAL)
     assert path.read_bytes() == before  # the old file, whole
