@@ -254,7 +254,12 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]
                 if chunk.get("error"):
                     res.error = "stream_error"
                     return res
-                if _text_of(chunk):
+                # A token shows as text, or (for tokens that decode to nothing yet, e.g. a random-
+                # weight model's) as a rise in vLLM's per-chunk usage (continuous_usage_stats).
+                usage = chunk.get("usage")
+                counted = usage.get("completion_tokens") if isinstance(usage, dict) else None
+                grew = isinstance(counted, int) and counted > (usage_tokens or 0) and bool(chunk.get("choices"))
+                if _text_of(chunk) or grew:
                     now = time.perf_counter() - start
                     res.chunks += 1
                     res.last_token_s = now
@@ -263,9 +268,8 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]
                         started_streaming = True
                         live.streaming += 1
                         live.peak_streaming = max(live.peak_streaming, live.streaming)
-                usage = chunk.get("usage")
-                if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-                    usage_tokens = usage["completion_tokens"]
+                if isinstance(counted, int):
+                    usage_tokens = counted
     except httpx.TimeoutException:
         res.error = "timeout"
         return res
@@ -366,7 +370,7 @@ async def _run(
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         "temperature": 0.0,
     }
     if ignore_eos:

@@ -480,7 +480,7 @@ class Daemon:
             gpu = next((g for g in self.inventory.gpus() if g.uuid == uuid), None)
         except Exception:  # noqa: BLE001
             return None, None
-        return (gpu.memory_free_mib, gpu.memory_total_mib) if gpu else (None, None)
+        return (gpu.memory_free_mib, gpu.cuda_total_mib) if gpu else (None, None)
 
     async def _supervise(self) -> int:
         while not self.stop_requested:

@@ -48,10 +48,17 @@ class Gpu:
     cpu_affinity: list[int] | None = None  # NVML's CPUs local to the GPU (host topology, not our cgroup)
     memory_nodes: list[int] | None = None  # NVML's NUMA nodes local to the GPU
     numa_node: int | None = None  # NVML GetNumaNodeId: the GPU's own memory node (GB200), else None
+    memory_reserved_mib: int = 0  # NVML v2 `reserved`: the driver's, never visible to CUDA
 
     @property
     def memory_total_gib(self) -> float:
         return self.memory_total_mib / 1024
+
+    @property
+    def cuda_total_mib(self) -> int:
+        """The total CUDA (torch, vLLM) sees: NVML's less what the driver reserves (H100: 81,559 −
+        480 = 81,079 MiB = vLLM's 79.18 GiB). vLLM's utilization is a fraction of this."""
+        return self.memory_total_mib - self.memory_reserved_mib
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +176,7 @@ class NvmlInventory:
                 mem = nvml.nvmlDeviceGetMemoryInfo(handle)
             except Exception as exc:
                 raise NoGpuFound(f"no NVIDIA GPU found (GPU {index}: {_nvml_reason(exc)})") from None
+            reserved = _optional(lambda: int(nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2).reserved))
             try:
                 sysfs = nvml_to_sysfs_bus_id(bus_id)
             except ValueError:
@@ -186,6 +194,7 @@ class NvmlInventory:
                 memory_nodes=_optional(lambda: decode_mask(list(
                     nvml.nvmlDeviceGetMemoryAffinity(handle, _NODE_MASK_WORDS, _SCOPE_NODE)))) or None,
                 numa_node=_optional(lambda: int(nvml.nvmlDeviceGetNumaNodeId(handle))),
+                memory_reserved_mib=(reserved or 0) // MIB,
             ))
         return out
 

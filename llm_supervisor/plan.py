@@ -168,7 +168,7 @@ def build_plan(
     if gpu_memory_gib:
         total_gib = gpu_memory_gib
     elif chosen:
-        total_gib = min(g.memory_total_mib for g in chosen) / 1024
+        total_gib = min(g.cuda_total_mib for g in chosen) / 1024  # what vLLM's utilization multiplies
     else:
         total_gib = planner.stated_total_gib(profile.hardware)
         notes.append(f"no GPU here: planning for the profile's stated {profile.hardware.gpu_memory_gib:g} GB card")

@@ -95,7 +95,7 @@ class FakeEngine:
             if number in self.fail_500:
                 return JSONResponse({"error": "boom"}, status_code=500)
             n = int(body["max_tokens"])
-            assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+            assert body["stream"] is True and body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
             if self._sem is None:
                 self._sem = asyncio.Semaphore(self.cap)
             sem = self._sem

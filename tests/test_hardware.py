@@ -67,8 +67,15 @@ class FakeNvml:
     def nvmlDeviceGetPciInfo(self, h):
         return SimpleNamespace(busId=h["busId"])
 
-    def nvmlDeviceGetMemoryInfo(self, h):
+    nvmlMemory_v2 = pynvml.nvmlMemory_v2
+
+    def nvmlDeviceGetMemoryInfo(self, h, version=None):
         self._log("memory")
+        if version is not None:
+            if "reserved_mib" not in h:  # an old driver: v2 not supported
+                raise pynvml.NVMLError_NotSupported()
+            return SimpleNamespace(total=h["total_mib"] * MIB, reserved=h["reserved_mib"] * MIB,
+                                   used=h["used_mib"] * MIB, free=(h["total_mib"] - h["used_mib"]) * MIB)
         return SimpleNamespace(total=h["total_mib"] * MIB, used=h["used_mib"] * MIB,
                                free=(h["total_mib"] - h["used_mib"]) * MIB)
 
@@ -296,3 +303,15 @@ def test_cuda_env_keys_by_uuid():
     chosen[1].uuid = "5f0a-no-prefix"
     assert cuda_visible_devices(chosen) == "GPU-3,GPU-5f0a-no-prefix"
     assert cuda_env(chosen) == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "GPU-3,GPU-5f0a-no-prefix"}
+
+
+def test_cuda_total_is_nvml_total_less_the_driver_reserve():
+    # What a real H100 80GB HBM3 answered (driver 580.159.04): NVML v1 total 81,559 MiB with 480
+    # "used", v2 reserved 480, torch.cuda.mem_get_info total 81,079 MiB = vLLM's 79.18 GiB.
+    h100 = {**a10(0, "00000000:17:00.0", [0xFF], mem_words=[0x1]), "name": b"NVIDIA H100 80GB HBM3",
+            "total_mib": 81559, "used_mib": 480, "reserved_mib": 480}
+    old_driver = {**a10(1, "00000000:18:00.0", [0xFF], mem_words=[0x1])}
+    g_h100, g_old = NvmlInventory(FakeNvml([h100, old_driver]), cpu_words=4).gpus()
+    assert (g_h100.memory_total_mib, g_h100.memory_reserved_mib, g_h100.cuda_total_mib) == (81559, 480, 81079)
+    assert round(g_h100.cuda_total_mib / 1024, 2) == 79.18
+    assert (g_old.memory_reserved_mib, g_old.cuda_total_mib) == (0, g_old.memory_total_mib)
