@@ -313,6 +313,11 @@ class Daemon:
         requested = {k: getattr(self.profile.vllm, k) for k in RECOVERABLE_KEYS}
         args = {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}
         self.store.remember_ready(self.key, requested, args, self.parser.facts.contract())
+        self._learn_overhead()
+
+    def _learn_overhead(self) -> None:
+        """Teach the planner this host's overhead from this boot's log, ready or failed: any
+        start that printed its weights and its available KV memory says what the rest took."""
         f = self.parser.facts
         if f.available_kv_cache_gib is not None and f.model_weights_gib is not None and self.plan.gpu_name:
             try:
@@ -500,6 +505,8 @@ class Daemon:
             failure = outcome.failure
             assert failure is not None
             self._event("exit", failure=failure, reason=outcome.exit.description if outcome.exit else "")
+            if not outcome.reached_ready:
+                self._learn_overhead()
             free, total = await asyncio.to_thread(self._gpu_memory)
             decision = decide(failure, self.args, self.profile, self.attempts, self.parser.facts,
                               gpu_free_mib=free, gpu_total_mib=total)

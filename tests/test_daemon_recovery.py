@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from llm_supervisor.planner import Calibration
+
 from daemon_harness import (  # noqa: F401 - `daemons` is a fixture
     DaemonRun,
     alive,
@@ -278,3 +280,17 @@ def test_engine_port_taken_after_the_check_gives_up_without_a_loop(daemons) -> N
     assert history[1]["failure"]["kind"] == "port_in_use"
     assert f"port {run.engine_port} is already in use" in history[2]["reason"]
     assert not run.tree()
+
+
+def test_a_failed_boot_teaches_the_planner_this_hosts_overhead(daemons) -> None:
+    """kv_cache_too_small that recovery may not fix (the context may not shrink, utilization may
+    not grow): the daemon gives up, and the failed log still calibrated the planner."""
+    run = daemons(sets=[NO_PLAN, "vllm.gpu_memory_utilization=0.5", "recovery.min_max_model_len=40960",
+                        "recovery.min_gpu_memory_utilization=0.4", "recovery.max_gpu_memory_utilization=0.5"]).start()
+    assert run.wait_exit(60) == 3
+    entry = Calibration.in_state_dir(run.state_dir).lookup("Qwen/Qwen3-4B", "0.26.0", "NVIDIA GeForce RTX 4090 D", 1)
+    assert entry is not None, "no calibration learned from the failed boot"
+    (obs,) = entry.observations
+    assert obs.gpu_memory_utilization == 0.5
+    # what the simulator's memory model spends besides weights and KV at this card's batch limits
+    assert 0.2 < obs.overhead_gib < 1.5, obs
