@@ -12,7 +12,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
@@ -23,12 +22,12 @@ from typing import Any
 
 import httpx
 
-from llm_supervisor import hardware, launcher, modelinfo, planner
+from llm_supervisor import hardware, launcher, planner, refit
 from llm_supervisor.api import check_bind_allowed, create_app, start_api, stop_api
 from llm_supervisor.engine import redact_argv
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
 from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.logparse import LogParser, StartupFacts
+from llm_supervisor.logparse import LogParser
 from llm_supervisor.notify import Notifier
 from llm_supervisor.plan import RECOVERABLE_KEYS, LaunchPlan, build_plan
 from llm_supervisor.profiles import Profile, VllmArgs
@@ -511,7 +510,7 @@ class Daemon:
             decision = decide(failure, self.args, self.profile, self.attempts, self.parser.facts,
                               gpu_free_mib=free, gpu_total_mib=total)
             if isinstance(decision, Relaunch):
-                decision = self._refit_context(self._cold_compile_margin(failure, decision))
+                decision = self._refine(failure, decision)
             if isinstance(decision, GiveUp):
                 if self.state is not State.FAILED:
                     self._enter(State.FAILED, decision.reason)
@@ -539,35 +538,10 @@ class Daemon:
                 self.notifier.status(f"restarting after {failure.kind}: {decision.reason}"[:200])
         return EXIT_OK
 
-    def _cold_compile_margin(self, failure: Failure, decision: Relaunch) -> Relaunch:
-        return shorten_for_cold_compile(failure, decision, self.parser.facts, self.profile,
-                                        gpu_total_gib=self.plan.gpu_total_gib, gpu_name=self.plan.gpu_name,
-                                        hf_home=self.plan.hf_home or None)
-
-    def _refit_context(self, decision: Relaunch) -> Relaunch:
-        """When recovery moves utilization but not the context, let the planner fit the context to
-        the new budget, as it did for the first launch: after a raise, give back context an earlier
-        cut took (up to what the profile asks); after a cut, avoid a launch that cannot hold it."""
-        if (not self.profile.recovery.plan_first_launch or "max_model_len" in decision.change
-                or "gpu_memory_utilization" not in decision.change or not decision.args.max_model_len):
-            return decision
-        current = decision.args.max_model_len
-        asked = self.profile.vllm.max_model_len
-        try:
-            prediction = planner.predict_profile(
-                self.profile, self.plan.gpu_total_gib, self.plan.gpu_count, self.calibration,
-                args=decision.args.model_copy(update={"max_model_len": asked}), gpu_name=self.plan.gpu_name,
-                hf_home=self.plan.hf_home or None)
-        except (SupervisorError, LookupError, OSError, ValueError):
-            return decision
-        new = prediction.max_model_len
-        if not new or new == current:
-            return decision
-        util = decision.args.gpu_memory_utilization
-        reason = (f"{decision.reason}; max_model_len {current:,} → {new:,}: what the planner predicts "
-                  f"utilization {util:g} holds" + (f" (the profile asks for {asked:,})" if asked else ""))
-        return Relaunch(decision.args.model_copy(update={"max_model_len": new}), decision.delay_s, reason,
-                        {**decision.change, "max_model_len": [current, new]})
+    def _refine(self, failure: Failure, decision: Relaunch) -> Relaunch:
+        return refit.refine(failure, decision, self.parser.facts, self.profile, self.calibration,
+                            gpu_total_gib=self.plan.gpu_total_gib, gpu_count=self.plan.gpu_count,
+                            gpu_name=self.plan.gpu_name, hf_home=self.plan.hf_home or None)
 
     async def _sleep_or_command(self, delay: float) -> bool:
         """Wait out a backoff; True when a stop came in meanwhile (a restart skips the wait)."""
@@ -619,40 +593,6 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         return code
-
-
-def shorten_for_cold_compile(failure: Failure, decision: Relaunch, facts: StartupFacts, profile: Profile, *,
-                             gpu_total_gib: float, gpu_name: str | None, hf_home: str | None) -> Relaunch:
-    """Shorten a context cut that vLLM estimated during a warm start.
-
-    vLLM keys its torch.compile cache by max_model_len (among others), so the relaunch with a
-    shorter context compiles cold, and a cold compile's profiling run peaks higher (vLLM 0.26,
-    H100, Qwen3-4B: 0.80 GiB against 0.62 GiB warm). An estimate printed by a warm start is then
-    too long by that difference and the relaunch fails again (seen on an H100:
-    tests/fixtures/vllm-0.26.0/kv-cache-too-small-recovered.log)."""
-    if (failure.kind != FailureKind.KV_CACHE_TOO_SMALL or "max_model_len" not in decision.change
-            or not facts.compile_cached or decision.args.enforce_eager or not decision.args.max_model_len):
-        return decision
-    args = decision.args
-    try:
-        shape = modelinfo.load_shape(profile.model.id, hf_home)
-    except (SupervisorError, LookupError, OSError, ValueError):
-        return decision
-    tokens, seqs = planner.default_batch_limits(gpu_total_gib, gpu_name, facts.vllm_version)
-    warm = planner.estimate_activation_gib(shape, args.tensor_parallel_size, args.max_num_batched_tokens or tokens,
-                                           args.max_num_seqs or seqs, cold=False)
-    extra_gib = warm * (planner.COLD_ACTIVATION_FACTOR - 1)
-    per_token = shape.kv_bytes_per_token(args.tensor_parallel_size, args.kv_cache_dtype, args.dtype) / 1024**3
-    bs = args.effective_block_size
-    new_len = (args.max_model_len - math.ceil(extra_gib / per_token)) // bs * bs
-    if new_len < profile.recovery.min_max_model_len:
-        return decision
-    before = decision.change["max_model_len"][0]
-    reason = (f"{decision.reason}; then → {new_len}: that estimate came from a warm start, and the relaunch "
-              f"compiles cold (vLLM's compile cache is keyed by max_model_len), which takes about "
-              f"{extra_gib:.2f} GiB more activation memory")
-    return Relaunch(args.model_copy(update={"max_model_len": new_len}), decision.delay_s, reason,
-                    {**decision.change, "max_model_len": [before, new_len]})
 
 
 def _check_engine_port(args: VllmArgs) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.daemon import shorten_for_cold_compile
+from llm_supervisor.refit import shorten_for_cold_compile
 from llm_supervisor.diagnose import diagnose_file
 from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.launcher import split_lines
