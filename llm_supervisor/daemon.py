@@ -64,6 +64,15 @@ class AttemptOutcome:
     requested: str | None = None  # "restart" | "stop" when we ended it on purpose
 
 
+def enqueue_command(queue: asyncio.Queue[str], name: str, *, stopping: bool) -> None:
+    """What the REST API's admin routes call: refuse what cannot be done, queue the rest."""
+    if name not in ("restart", "stop"):
+        raise RuntimeFailure(f"unknown command {name!r}")
+    if stopping:
+        raise RuntimeFailure("the daemon is already stopping")
+    queue.put_nowait(name)
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
@@ -175,11 +184,7 @@ class Daemon:
         }
 
     def command(self, name: str) -> None:
-        if name not in ("restart", "stop"):
-            raise RuntimeFailure(f"unknown command {name!r}")
-        if self.stop_requested:
-            raise RuntimeFailure("the daemon is already stopping")
-        self.commands.put_nowait(name)
+        enqueue_command(self.commands, name, stopping=self.stop_requested)
 
     # ------------------------------------------------------------ output
     def _on_output(self, raw: bytes, lines: list[str]) -> None:

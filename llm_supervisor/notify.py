@@ -130,15 +130,18 @@ class Notifier:
             log.debug("sd_notify %s failed: %s", [line.split("=", 1)[0] for line in lines], exc)
             return False
 
-    def ready(self, status: str | None = None) -> bool:
-        """READY=1: the engine answers; systemd marks the unit started."""
-        lines = ["READY=1"]
+    def _send_with_status(self, line: str, status: str | None) -> bool:
+        lines = [line]
         if status is not None:
             lines.append(f"STATUS={_one_line(status)}")
         sent = self.send(*lines)
         if sent and status is not None:
             self._last_status = _one_line(status)
         return sent
+
+    def ready(self, status: str | None = None) -> bool:
+        """READY=1: the engine answers; systemd marks the unit started."""
+        return self._send_with_status("READY=1", status)
 
     def status(self, text: str) -> bool:
         """STATUS=…, the line `systemctl status` shows. A repeat of the last one is not sent."""
@@ -156,13 +159,7 @@ class Notifier:
 
     def stopping(self, status: str | None = None) -> bool:
         """STOPPING=1: shutdown has begun."""
-        lines = ["STOPPING=1"]
-        if status is not None:
-            lines.append(f"STATUS={_one_line(status)}")
-        sent = self.send(*lines)
-        if sent and status is not None:
-            self._last_status = _one_line(status)
-        return sent
+        return self._send_with_status("STOPPING=1", status)
 
     def reloading(self) -> bool:
         """RELOADING=1 with the monotonic timestamp that `Type=notify-reload` expects; send

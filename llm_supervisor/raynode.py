@@ -38,8 +38,8 @@ from typing import Any
 from llm_supervisor import cluster, hardware, launcher
 from llm_supervisor.api import check_bind_allowed, create_app, start_api, stop_api
 from llm_supervisor.cluster import ClusterView, Role
-from llm_supervisor.daemon import AttemptOutcome, Daemon, configure_logging, run_daemon
-from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure
+from llm_supervisor.daemon import AttemptOutcome, Daemon, configure_logging, enqueue_command, run_daemon
+from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput
 from llm_supervisor.failures import Failure, FailureKind
 from llm_supervisor.notify import Notifier
 from llm_supervisor.plan import LaunchPlan, build_plan
@@ -563,11 +563,7 @@ class WorkerNode:
         }
 
     def command(self, name: str) -> None:
-        if name not in ("restart", "stop"):
-            raise RuntimeFailure(f"unknown command {name!r}")
-        if self.stop_requested:
-            raise RuntimeFailure("the daemon is already stopping")
-        self.commands.put_nowait(name)
+        enqueue_command(self.commands, name, stopping=self.stop_requested)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from daemon_harness import DaemonRun
+from daemon_harness import DaemonRun, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -85,14 +84,7 @@ def alive(pids: Iterable[int]) -> list[int]:
 
 
 def poll(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+    return wait_until(predicate, timeout, interval, what)
 
 
 def find_secrets(secrets: Iterable[str], texts: dict[str, str | bytes]) -> list[str]:
