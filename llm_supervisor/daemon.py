@@ -51,6 +51,7 @@ HEALTH_FAILURES_FOR_DEGRADED = 3
 METRICS_INTERVAL_S = 15.0
 GPU_POLL_S = 5.0
 RING_LINES = 500
+ATTEMPTS_KEPT = 200  # what recovery sees of earlier launches (its streaks are far shorter)
 RING_LINE_CHARS = 2000  # a line kept for /status's log_tail; the log file keeps it whole
 
 
@@ -64,6 +65,17 @@ class AttemptOutcome:
     requested: str | None = None  # "restart" | "stop" when we ended it on purpose
 
 
+def _task_failure(task: asyncio.Task, what: str) -> Failure | None:
+    """A supervising task that raised is a bug of ours, not the engine's: log it with its traceback
+    and end the attempt as an unknown failure (recovery backs off and relaunches), rather than let
+    it take the daemon and the engine down."""
+    exc = task.exception()
+    if exc is None:
+        return None
+    log.error("internal error in the %s: %s", what, exc, exc_info=exc)
+    return Failure(FailureKind.UNKNOWN, f"internal error in the supervisor's {what}: {exc!r}", {})
+
+
 def enqueue_command(queue: asyncio.Queue[str], name: str, *, stopping: bool) -> None:
     """What the REST API's admin routes call: refuse what cannot be done, queue the rest."""
     if name not in ("restart", "stop"):
@@ -74,7 +86,7 @@ def enqueue_command(queue: asyncio.Queue[str], name: str, *, stopping: bool) -> 
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
 
 
 class Daemon:
@@ -430,7 +442,9 @@ class Daemon:
                     waiting.add(ready_task)
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if ready_task in done:
-                    ready_task.result()
+                    failure = _task_failure(ready_task, "readiness probe")
+                    if failure is not None:
+                        break
                     ready_task = None
                     watch_task.cancel()
                     watch_task = asyncio.create_task(self._monitor_ready(), name="ready-monitor")
@@ -441,7 +455,7 @@ class Daemon:
                     requested = command_task.result()
                     break
                 if watch_task in done:
-                    failure = watch_task.result()
+                    failure = _task_failure(watch_task, "engine watch") or watch_task.result()
                     if failure is None:
                         watch_task = asyncio.create_task(asyncio.Event().wait())
                         continue
@@ -498,6 +512,7 @@ class Daemon:
             outcome = await self._run_attempt()
             if outcome.requested == "stop" or self.stop_requested:
                 break
+            del self.attempts[:-ATTEMPTS_KEPT]
             self.attempts.append(Attempt(at=launched_at, args=self.args,
                                          failure=outcome.failure.kind if outcome.failure else None,
                                          reached_ready=outcome.reached_ready, ended_at=time.time()))
