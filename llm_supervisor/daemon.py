@@ -573,6 +573,8 @@ class Daemon:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if sig == signal.SIGHUP:
+            # `systemctl reload`: RELOADING=1 now, READY=1 again once the engine answers.
+            self.notifier.reloading()
             self.commands.put_nowait("restart")
             return
         if not self.stop_requested:

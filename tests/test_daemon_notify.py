@@ -149,3 +149,31 @@ def test_sd_notify_ready_status_watchdog_and_stopping(daemons, notify_dir: Path)
     stopping = systemd.with_key("STOPPING")
     assert len(stopping) == 1 and stopping[0][0] >= t_term
     assert os.path.exists(systemd.path)
+
+
+def test_sighup_reloads_the_engine_with_reloading_then_ready(daemons, notify_dir: Path) -> None:
+    """`systemctl reload` (ExecReload sends SIGHUP): RELOADING=1 with MONOTONIC_USEC, a new engine,
+    then READY=1 again once it answers."""
+    systemd = FakeSystemd(notify_dir / "notify.sock")
+    run: DaemonRun = daemons(env={"NOTIFY_SOCKET": str(systemd.path)})
+    systemd.status_url = run.url + "/status"
+    systemd.engine_port = run.engine_port
+    systemd.start()
+    try:
+        run.start()
+        first = run.wait_ready()
+        wait_until(lambda: systemd.with_key("READY"), 10, 0.05, "READY=1")
+        run.signal(signal.SIGHUP)
+        wait_until(lambda: systemd.with_key("RELOADING"), 10, 0.05, "RELOADING=1")
+        wait_until(lambda: len(systemd.with_key("READY")) == 2, 60, 0.1, "READY=1 after the reload")
+        second = run.status()
+        run.signal(signal.SIGTERM)
+        assert run.wait_exit(30) == 0
+    finally:
+        systemd.close()
+    reloading = systemd.with_key("RELOADING")
+    assert len(reloading) == 1 and int(reloading[0][2]["MONOTONIC_USEC"]) > 0
+    readies = systemd.with_key("READY")
+    assert readies[0][0] < reloading[0][0] < readies[1][0]
+    assert second["state"] == "ready" and second["pid"] != first["pid"]
+    assert second["restarts_by_reason"] == {"admin": 1}
