@@ -337,3 +337,56 @@ def test_oom_while_profiling_steps_utilization_down():
 def test_every_recovery_took_one_relaunch_but_the_first_free_memory_run():
     attempts = {name: status(f"{name}.status")["attempt"] for name in (KV_SMALL, OOM, FREE_SHORT, FREE_SHORT_FIXED)}
     assert attempts == {KV_SMALL: 2, OOM: 2, FREE_SHORT: 3, FREE_SHORT_FIXED: 2}
+
+
+# ---------------------------------------------------------------- bench and planner (re-run)
+
+RERUN = "validation-summary-bench-planner-rerun"  # scenarios 1 and 8 again, after the bench and planner fixes
+CUDA_TOTAL_MIB = 81079  # NVML v2 on the H100: total 81,559 − reserved 480 = torch's 79.18 GiB
+
+
+def test_bench_measures_ttft_and_decode_rate_with_textless_tokens():
+    """The dummy model's tokens decode to empty text; bench counts them from vLLM's per-chunk
+    usage, so TTFT, the per-user decode rate and the observed concurrency are real figures."""
+    b = status("bench-16-users")
+    assert (b["users"], b["requests"], b["max_tokens"]) == (16, 64, 64)
+    assert (b["succeeded"], b["failed"], b["success_rate"]) == (64, 0, 1.0)
+    assert b["total_tokens"] == 64 * 64
+    assert abs(b["tokens_per_s"] - b["total_tokens"] / b["duration_s"]) < 0.01 * b["tokens_per_s"]
+    ttft, lat = b["ttft_s"], b["latency_s"]
+    assert all(ttft[k] is not None for k in ("p50", "p95", "p99", "mean", "max"))
+    assert 0 < ttft["p50"] <= ttft["p95"] <= ttft["p99"] <= ttft["max"]
+    assert ttft["max"] < lat["p50"]  # the first token comes well before the end of 64
+    assert ttft["p50"] < 0.25  # 16 short prompts on an H100: tens of milliseconds
+    # 63 tokens after the first, over the time from the first token to the end of the stream
+    rate = b["per_user_tokens_per_s"]
+    assert rate is not None and abs(rate - 63 / (lat["mean"] - ttft["mean"])) < 0.05 * rate
+    assert rate > b["per_user_e2e_tokens_per_s"] > 0  # the e2e rate includes TTFT
+    assert rate * b["users"] > b["tokens_per_s"]  # each user's decode rate, times 16, above the whole run's
+    assert b["peak_concurrency_observed"] == b["peak_in_flight"] == b["engine_running_peak"] == 16
+    assert b["engine_max_concurrency"] == 2.27
+    assert "Up to 16 of 16" in b["comparison"]
+
+
+def test_planner_predicts_the_cold_ready_run_from_the_cuda_visible_total():
+    """Launch 1 (util 0.27, len 40960, cold compile): vLLM printed 12.80 GiB / 93,168 tokens.
+    With NVML's total (81,559 MiB) the planner said 12.91 / 94,032; with the CUDA-visible total
+    it is within 0.02 GiB and 0.1 % of the tokens, on the GPU and here."""
+    from llm_supervisor.modelinfo import load_shape
+    from llm_supervisor.planner import predict
+    from llm_supervisor.profiles import VllmArgs
+
+    printed = runs(READY)[0].facts
+    assert (printed.available_kv_cache_gib, printed.kv_cache_tokens) == (12.8, 93168)
+    row = status(RERUN)["results"]["7"]["rows"][0]
+    on_gpu, seen = row["predicted"], row["vllm_printed"]
+    assert (seen["available_kv_cache_gib"], seen["kv_cache_tokens"]) == (12.8, 93168)  # the re-run printed the same
+    assert on_gpu["gpu_total_gib"] == 79.18 and on_gpu["compile_cold"] is True
+    assert (on_gpu["available_kv_cache_gib"], on_gpu["kv_cache_tokens"]) == (12.79, 93104)
+    args = VllmArgs(gpu_memory_utilization=0.27, max_model_len=40960)
+    here = predict(load_shape("Qwen/Qwen3-4B"), args, CUDA_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3")
+    assert here.kv_cache_tokens == on_gpu["kv_cache_tokens"]
+    assert abs(here.available_kv_cache_gib - printed.available_kv_cache_gib) < 0.02
+    assert abs(here.kv_cache_tokens - printed.kv_cache_tokens) < 0.001 * printed.kv_cache_tokens
+    old = predict(load_shape("Qwen/Qwen3-4B"), args, NVML_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3")
+    assert old.kv_cache_tokens - printed.kv_cache_tokens > 800  # the error the fix removed (94,032)
