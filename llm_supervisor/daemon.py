@@ -114,6 +114,7 @@ class Daemon:
         self.engine: launcher.EngineProcess | None = None
         self.engine_started_at: float | None = None
         self.ready_at: float | None = None
+        self.ready_count = 0
         self.parser = LogParser()
         self.classifier = FailureClassifier()
         self.ring: collections.deque[str] = collections.deque(maxlen=RING_LINES)
@@ -306,6 +307,7 @@ class Daemon:
         # Everything that marks this launch ready happens here without an await in between, so
         # /status never shows `ready` with the history, message or remembered args of before.
         self._enter(State.READY, "the engine answered a real request")
+        self.ready_count += 1
         self.ready_at = time.time()
         f = self.parser.facts
         ctx = f.max_concurrency_context or self.args.max_model_len
@@ -539,6 +541,8 @@ class Daemon:
                 self.notifier.status(f"failed: {decision.reason}"[:200])
                 self._event("give_up", failure=failure, reason=decision.reason)
                 self.exit_code = EXIT_GAVE_UP
+                if await self._linger_failed():
+                    continue
                 return EXIT_GAVE_UP
             self.attempts[-1].change = decision.change
             self.attempts[-1].reason = decision.reason
@@ -562,6 +566,30 @@ class Daemon:
         return refit.refine(failure, decision, self.parser.facts, self.profile, self.calibration,
                             gpu_total_gib=self.plan.gpu_total_gib, gpu_count=self.plan.gpu_count,
                             gpu_name=self.plan.gpu_name, hf_home=self.plan.hf_home or None)
+
+    async def _linger_failed(self) -> bool:
+        """Stay in `failed` for LLM_SUPERVISOR_FAILED_LINGER_S so status, /metrics and a person see
+        why; a restart in that window tries again from the profile's arguments (True). A stop, a
+        signal or the window closing ends the daemon with exit 3 (False). Under systemd, a unit
+        that never became ready does not linger: its start job would only wait longer."""
+        linger = self.settings.failed_linger_s
+        if linger <= 0 or (self.notifier.enabled and self.ready_count == 0):
+            return False
+        log.info("staying in failed for %g s (LLM_SUPERVISOR_FAILED_LINGER_S); `supervisor restart` tries again",
+                 linger)
+        try:
+            name = await asyncio.wait_for(self.commands.get(), linger)
+        except asyncio.TimeoutError:
+            return False
+        if name != "restart":
+            return False
+        self.attempts.clear()
+        self.args = self.plan.args
+        self.restarts += 1
+        self.restarts_by_reason["admin"] += 1
+        self.exit_code = EXIT_OK
+        self._event("restart", reason="restart requested after giving up: trying again from the planned arguments")
+        return True
 
     async def _sleep_or_command(self, delay: float) -> bool:
         """Wait out a backoff; True when a stop came in meanwhile (a restart skips the wait)."""

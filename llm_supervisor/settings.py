@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     engine_command: str = Field(default="vllm serve", description="command that starts the engine")
     role: Literal["head", "worker"] | None = Field(default=None, description="this host's role for a profile with a cluster section (default: the profile's cluster.role)")
     stop_timeout_s: float = Field(default=15.0, gt=0, description="SIGTERM to SIGKILL deadline")
+    failed_linger_s: float = Field(default=30.0, ge=0, description="after giving up, stay in `failed` this long "
+                                   "(status shows why; `supervisor restart` tries again), then exit 3")
     log_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     log_backups: int = Field(default=5, ge=0)
 

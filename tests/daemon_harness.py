@@ -154,6 +154,7 @@ class DaemonRun:
             "LLM_SUPERVISOR_SIM_STARTUP_S": f"{startup_s:g}",
             "LLM_SUPERVISOR_SIM_DEATH_GRACE_S": "0.3",
             "LLM_SUPERVISOR_STOP_TIMEOUT_S": "10",
+            "LLM_SUPERVISOR_FAILED_LINGER_S": "0",  # give-up exits at once; the linger has its own test
             "VLLM_CACHE_ROOT": str(self.tmp / "vllm-cache"),
             "HF_HOME": str(self.tmp / "hf"),
         })

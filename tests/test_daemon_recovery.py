@@ -294,3 +294,28 @@ def test_a_failed_boot_teaches_the_planner_this_hosts_overhead(daemons) -> None:
     assert obs.gpu_memory_utilization == 0.5
     # what the simulator's memory model spends besides weights and KV at this card's batch limits
     assert 0.2 < obs.overhead_gib < 1.5, obs
+
+
+def test_failed_stays_visible_and_a_restart_tries_again(daemons) -> None:
+    """After giving up the daemon stays in `failed` for LLM_SUPERVISOR_FAILED_LINGER_S: /status says
+    why, /readyz is 503, /metrics shows the state; `restart` tries again; SIGTERM then exits 3."""
+    run = daemons(env={"LLM_SUPERVISOR_SIM_FAULT": "oom_at_load", "LLM_SUPERVISOR_FAILED_LINGER_S": "60"},
+                  sets=["recovery.max_attempts=2", "recovery.backoff_initial_s=0.1"]).start()
+    failed = run.wait_status(lambda s: s["state"] == "failed", 60, "failed")
+    assert failed["attempt"] == 2 and failed["message"].startswith("failed: ")
+    assert "recovery.max_attempts = 2" in failed["message"]
+    assert failed["history"][-1]["event"] == "give_up"
+    assert run.get("/readyz").status_code == 503
+    assert 'llm_supervisor_state{state="failed"} 1.0' in run.get("/metrics").text
+    assert run.proc.poll() is None  # still serving
+
+    assert run.post("/restart").status_code == 202
+    again = run.wait_status(lambda s: s["state"] == "failed" and s["attempt"] == 4, 60, "failed again")
+    events = [h["event"] for h in again["history"]]
+    assert events.count("give_up") == 2 and "restart" in events
+    assert again["restarts_by_reason"].get("admin") == 1
+
+    t0 = time.monotonic()
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(30) == 3
+    assert time.monotonic() - t0 < 10
