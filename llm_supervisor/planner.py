@@ -41,7 +41,6 @@ launch whose compile cache is warm).
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import math
@@ -53,6 +52,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from llm_supervisor import modelinfo
 from llm_supervisor.errors import BadInput
+from llm_supervisor.logparse import parse_log
 from llm_supervisor.modelinfo import GIB, MIB, ModelShape, WeightInventory
 from llm_supervisor.profiles import Hardware, Profile, Recovery, Target, VllmArgs
 from llm_supervisor.statefile import atomic_write
@@ -441,107 +441,11 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-# --- reading the facts calibration needs from a log
+# --- reading the facts calibration needs from a log (through logparse, the one vLLM log parser)
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_LOG_PATTERNS: dict[str, re.Pattern[str]] = {
-    "model_weights_gib": re.compile(r"Model loading took (?P<v>[\d.]+) GiB"),
-    "available_kv_cache_gib": re.compile(r"Available KV cache memory: (?P<v>-?[\d.]+) GiB"),
-    "kv_cache_tokens": re.compile(r"GPU KV cache size: (?P<v>[\d,]+) tokens"),
-    "max_concurrency_context": re.compile(r"Maximum concurrency for (?P<v>[\d,]+) tokens per request"),
-    "cuda_graph_gib": re.compile(r"Graph capturing finished in \d+ secs, took (?P<v>-?[\d.]+) GiB"),
-    "max_num_batched_tokens": re.compile(r"max_num_batched_tokens=(?P<v>\d+)|compile range \(1, (?P<w>\d+)\)"),
-    "vllm_version": re.compile(r"LLM engine \(v(?P<v>[\w.+-]+)\)|(?:server )?version (?P<w>\d+\.\d+\.\d+[\w.+-]*)"),
-    "tensor_parallel_size": re.compile(r"tensor_parallel_size=(?P<v>\d+)"),
-    "pipeline_parallel_size": re.compile(r"pipeline_parallel_size=(?P<v>\d+)"),
-    "max_model_len": re.compile(r"max_seq_len=(?P<v>\d+)|Using max model len (?P<w>\d+)"),
-    "enforce_eager": re.compile(r"enforce_eager=(?P<v>True|False)"),
-    "kv_cache_dtype": re.compile(r"kv_cache_dtype=(?P<v>[\w]+)"),
-    "quantization": re.compile(r"quantization=(?P<v>[\w-]+)"),
-}
-_USAGE_RE = re.compile(
-    r"Free memory on device(?: \S+)? \((?P<free>[\d.]+)/(?P<total>[\d.]+) GiB\) on startup\. "
-    r"Desired GPU memory utilization is \((?P<util>[\d.]+), (?P<req>[\d.]+) GiB\)\. "
-    r"Actual usage is (?P<w>[\d.]+) GiB for weight, (?P<act>[\d.]+) GiB for peak activation, "
-    r"(?P<nt>[\d.]+) GiB for non-torch memory(?:, and (?P<cg>[\d.]+) GiB for CUDAGraph memory)?"
-)
-_FREE_SHORT_RE = re.compile(
-    r"Free memory on device(?: \S+)? \((?P<free>[\d.]+)/(?P<total>[\d.]+) GiB\) on startup is less than "
-    r"desired GPU memory utilization \((?P<util>[\d.]+), (?P<req>[\d.]+) GiB\)"
-)
-_V0_PROFILE_RE = re.compile(
-    r"total_gpu_memory \((?P<total>[\d.]+) ?GiB\) x gpu_memory_utilization \((?P<util>[\d.]+)\) = (?P<req>[\d.]+) ?GiB"
-    r".*?model weights take (?P<w>[\d.]+) ?GiB; non_torch_memory takes (?P<nt>[\d.]+) ?GiB; "
-    r"PyTorch activation peak memory takes (?P<act>[\d.]+) ?GiB; the rest of the memory reserved for KV Cache is (?P<kv>-?[\d.]+) ?GiB",
-    re.S,
-)
-_ARGS_RE = re.compile(r"non-default args: (?P<v>\{.*\})")
-
-
-def scan_log_text(text: str) -> dict[str, Any]:
-    """The facts calibration needs, read straight from a vLLM log (any version the reference
-    covers). Used where the log parser leaves one out; values as vLLM printed them."""
-    clean = _ANSI.sub("", text).replace("\r", "")
-    out: dict[str, Any] = {}
-    for name, pattern in _LOG_PATTERNS.items():
-        values = []
-        for m in pattern.finditer(clean):
-            raw = m.group("v") if m.group("v") is not None else m.groupdict().get("w")
-            if raw is not None:
-                values.append(raw)
-        if not values:
-            continue
-        raw = values[0]
-        if name in ("model_weights_gib", "cuda_graph_gib"):
-            out[name] = float(raw)
-        elif name == "available_kv_cache_gib":
-            out[name] = min(float(v) for v in values)  # one line per TP worker: the smallest counts
-        elif name == "kv_cache_tokens":
-            out[name] = min(int(v.replace(",", "")) for v in values)
-        elif name in ("max_concurrency_context", "max_num_batched_tokens", "tensor_parallel_size",
-                      "pipeline_parallel_size", "max_model_len"):
-            out[name] = int(raw.replace(",", ""))
-        elif name == "enforce_eager":
-            out[name] = raw == "True"
-        elif name in ("kv_cache_dtype", "quantization"):
-            out[name] = None if raw == "None" else raw
-        else:
-            out[name] = raw
-    m = _USAGE_RE.search(clean) or _V0_PROFILE_RE.search(clean)
-    if m:
-        gd = m.groupdict()
-        out["gpu_total_gib"] = float(gd["total"])
-        out["gpu_memory_utilization"] = float(gd["util"])
-        out["requested_gib"] = float(gd["req"])
-        out["weights_usage_gib"] = float(gd["w"])
-        out["peak_activation_gib"] = float(gd["act"])
-        out["non_torch_gib"] = float(gd["nt"])
-        if gd.get("cg"):
-            out["cuda_graph_estimate_gib"] = float(gd["cg"])
-        if gd.get("kv") is not None and "available_kv_cache_gib" not in out:
-            out["available_kv_cache_gib"] = float(gd["kv"])
-    else:
-        m = _FREE_SHORT_RE.search(clean)
-        if m:
-            out["gpu_total_gib"] = float(m.group("total"))
-            out["gpu_memory_utilization"] = float(m.group("util"))
-    m = _ARGS_RE.search(clean)
-    if m:
-        try:
-            given = ast.literal_eval(m.group("v"))
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            given = {}
-        if isinstance(given, dict):
-            for key in ("gpu_memory_utilization", "max_model_len", "max_num_batched_tokens", "max_num_seqs",
-                        "tensor_parallel_size", "enforce_eager", "kv_cache_dtype", "quantization"):
-                if given.get(key) is not None:
-                    out.setdefault(key, given[key])
-    if "Directly load the compiled graph" in clean or "Directly load AOT compilation" in clean:
-        out["compile_cached"] = True
-    elif "Compiling a graph for" in clean or "saved AOT compiled function" in clean:
-        out["compile_cached"] = False
-    return out
-
+# StartupFacts fields calibration reads under their own names.
+_PLAIN_FACTS = ("kv_cache_tokens", "max_concurrency_context", "vllm_version", "tensor_parallel_size",
+                "pipeline_parallel_size", "max_model_len", "enforce_eager", "kv_cache_dtype", "quantization")
 
 _FACT_ALIASES: dict[str, tuple[str, ...]] = {
     "model_weights_gib": ("model_weights_gib", "weights_gib", "profile_weights_gib", "weights_usage_gib"),
@@ -653,33 +557,20 @@ def learn_from_facts(
 
 
 def read_log_facts(path: str | Path) -> dict[str, Any]:
-    """The log parser's StartupFacts merged over this module's own scan (the parser's values
-    win where it has them)."""
+    """What calibration needs from a saved log, under this module's names (None values left out):
+    the log parser's StartupFacts, plus what vLLM's "non-default args" line says when the memory
+    lines did not (a failed start prints no utilization of its own)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise CalibrationError("unreadable log", [f"{p}: cannot read ({exc.__class__.__name__}: {exc})"]) from None
-    merged = scan_log_text(text)
-    try:
-        from llm_supervisor.logparse import parse_log  # the parser owner's module
-    except ImportError:
-        return merged
-    try:
         facts = parse_log(p).facts
-    except Exception as exc:  # a parser bug must not stop calibration: the own scan stands
-        log.warning("log parser failed on %s (%s); using the planner's own scan", p, exc)
-        return merged
-    for name in _FACT_ALIASES:
-        value = _fact(facts, name)
-        if value is not None:
-            merged[name] = value
-    cli = getattr(facts, "cli_args", None)  # vLLM's "non-default args" as the parser read them
-    if isinstance(cli, dict):
-        for name in ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens"):
-            if cli.get(name) is not None and merged.get(name) is None:
-                merged[name] = cli[name]
-    return merged
+    except (OSError, UnicodeError) as exc:
+        raise CalibrationError("unreadable log", [f"{p}: cannot read ({exc.__class__.__name__}: {exc})"]) from None
+    merged = {name: _fact(facts, name) for name in (*_FACT_ALIASES, *_PLAIN_FACTS)}
+    cli = facts.cli_args or {}
+    for name in ("gpu_memory_utilization", "max_num_seqs", "max_num_batched_tokens"):
+        if merged.get(name) is None and cli.get(name) is not None:
+            merged[name] = cli[name]
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 def learn_from_log(path: str | Path, *, model: str, gpu_name: str, gpu_total_gib: float | None = None,

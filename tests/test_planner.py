@@ -39,8 +39,8 @@ def profile_for(model: str = MODEL, **vllm: object) -> Profile:
 # ---------------------------------------------------------------- reading logs
 
 
-def test_scan_of_the_warm_ready_log():
-    facts = planner.scan_log_text((FIXTURES / "ready-then-sigterm.log").read_text())
+def test_facts_of_the_warm_ready_log():
+    facts = planner.read_log_facts(FIXTURES / "ready-then-sigterm.log")
     assert facts["model_weights_gib"] == 7.56
     assert facts["available_kv_cache_gib"] == 15.36
     assert facts["kv_cache_tokens"] == 111808
@@ -51,10 +51,10 @@ def test_scan_of_the_warm_ready_log():
     assert facts["vllm_version"] == "0.26.0" and facts["tensor_parallel_size"] == 1
 
 
-def test_scan_of_the_cold_and_the_failed_logs():
-    cold = planner.scan_log_text((FIXTURES / "ready-then-enginecore-killed.log").read_text())
+def test_facts_of_the_cold_and_the_failed_logs():
+    cold = planner.read_log_facts(FIXTURES / "ready-then-enginecore-killed.log")
     assert cold["compile_cached"] is False and cold["peak_activation_gib"] == 0.8
-    failed = planner.scan_log_text((FIXTURES / "kv-cache-too-small.log").read_text())
+    failed = planner.read_log_facts(FIXTURES / "kv-cache-too-small.log")
     assert failed["compile_cached"] is False
     assert failed["gpu_memory_utilization"] == 0.12 and failed["available_kv_cache_gib"] == 0.92
     assert failed["max_model_len"] == 40960 and "gpu_total_gib" not in failed
@@ -447,21 +447,23 @@ def test_default_batch_limits():
     assert planner.default_batch_limits(79.18, H100, "0.8.5") == (8192, 256)
 
 
-def test_scan_takes_the_smallest_worker_and_reads_the_v0_summary():
+def test_facts_take_the_smallest_worker_and_read_the_v0_summary(tmp_path):
     text = "\n".join([
         "(Worker_TP0 pid=1) INFO 01-01 00:00:00 [gpu_worker.py:298] Available KV cache memory: 5.50 GiB",
         "(Worker_TP1 pid=2) INFO 01-01 00:00:00 [gpu_worker.py:298] Available KV cache memory: 5.25 GiB",
         "(EngineCore_DP0 pid=3) INFO 01-01 00:00:00 [kv_cache_utils.py:1087] GPU KV cache size: 76,448 tokens",
         "(EngineCore_DP0 pid=3) INFO 01-01 00:00:00 [kv_cache_utils.py:1087] GPU KV cache size: 76,432 tokens",
     ])
-    facts = planner.scan_log_text(text)
+    (tmp_path / "tp.log").write_text(text)
+    facts = planner.read_log_facts(tmp_path / "tp.log")
     assert facts["available_kv_cache_gib"] == 5.25 and facts["kv_cache_tokens"] == 76432
     v0 = ("INFO 05-01 10:00:00 [worker.py:271] Memory profiling takes 3.10 seconds\r\n"
           "INFO 05-01 10:00:00 [worker.py:271] the current vLLM instance can use total_gpu_memory (23.65GiB)"
           " x gpu_memory_utilization (0.90) = 21.28GiB\r\n"
           "INFO 05-01 10:00:00 [worker.py:271] model weights take 7.55GiB; non_torch_memory takes 0.09GiB;"
           " PyTorch activation peak memory takes 1.41GiB; the rest of the memory reserved for KV Cache is 12.23GiB.")
-    facts = planner.scan_log_text(v0)
+    (tmp_path / "v0.log").write_text(v0)
+    facts = planner.read_log_facts(tmp_path / "v0.log")
     assert (facts["gpu_total_gib"], facts["gpu_memory_utilization"], facts["requested_gib"]) == (23.65, 0.9, 21.28)
     assert (facts["peak_activation_gib"], facts["non_torch_gib"], facts["available_kv_cache_gib"]) == (1.41, 0.09, 12.23)
     obs = planner.learn_from_facts(facts, model=MODEL, gpu_name="NVIDIA GeForce RTX 4090", vllm_version="0.6.6")
