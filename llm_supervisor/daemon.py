@@ -680,7 +680,6 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
     lock.acquire()
     try:
         store = StateStore(settings.state_dir)
-        key_gpus = None
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
                           last_good=None, for_launch=True)
         key_gpus = [g.name for g in plan.chosen]

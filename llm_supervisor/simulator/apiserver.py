@@ -290,22 +290,8 @@ class ApiServer:
         asyncio.get_running_loop().create_task(self._shutdown())
 
     async def _stop_engines(self, grace: float = 5.0) -> None:
-        for e in self.engines:
-            if not e.reap():
-                try:
-                    os.kill(e.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + grace
-        while any(not e.reap() for e in self.engines) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for e in self.engines:
-            if not e.reap():
-                try:
-                    os.kill(e.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                e.reap(block=True)
+        """The same staged stop, off the event loop so /health keeps answering meanwhile."""
+        await asyncio.to_thread(self._stop_engines_sync, grace)
 
     async def _shutdown(self) -> None:
         d, log = self.d, self.log
