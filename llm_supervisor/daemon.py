@@ -18,6 +18,7 @@ import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -670,23 +671,34 @@ def configure_logging() -> None:
     root.propagate = False
 
 
-def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False,
-               daemon_class: type[Daemon] | None = None) -> int:
-    """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
+@contextlib.contextmanager
+def daemon_process(settings: Settings) -> Iterator[None]:
+    """What every long-running role does first: logging, the bind check for the admin API, and
+    the lock that keeps one daemon per state dir (held until the block ends)."""
     configure_logging()
     token = settings.api_token.get_secret_value() if settings.api_token else None
     check_bind_allowed(settings.api_host, token)
     lock = DaemonLock(settings.state_dir)
     lock.acquire()
     try:
+        yield
+    finally:
+        lock.release()
+
+
+def log_placement(placement: Any, what: str = "placement") -> None:
+    log.info("%s: %s CPUs %s, memory policy %s%s", what, "pinned to" if placement.pinned else "not pinned;",
+             placement.to_json()["cpulist"], placement.memory_policy,
+             f" {placement.nodes}" if placement.nodes else "")
+
+
+def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False,
+               daemon_class: type[Daemon] | None = None) -> int:
+    """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
+    with daemon_process(settings):
         store = StateStore(settings.state_dir)
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
-                          last_good=None, for_launch=True)
-        key_gpus = [g.name for g in plan.chosen]
-        last_good = store.last_good(host_key(profile.name, key_gpus))
-        if last_good:
-            plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
-                              last_good=last_good, for_launch=True)
+                          store=store, for_launch=True)
         if simulate:
             log.warning("SIMULATED engine: the bundled vLLM simulator on a simulated %s; no GPU is used",
                         plan.gpu_name)
@@ -694,12 +706,8 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
             log.info("plan: %s", note)
         for warning in plan.warnings + plan.placement.warnings:
             log.warning("plan: %s", warning)
-        pl = plan.placement
-        log.info("placement: %s CPUs %s, memory policy %s%s", "pinned to" if pl.pinned else "not pinned;",
-                 pl.to_json()["cpulist"], pl.memory_policy, f" {pl.nodes}" if pl.nodes else "")
+        log_placement(plan.placement)
         _check_engine_port(plan.args)
         settings.logs.mkdir(parents=True, exist_ok=True)
         daemon = (daemon_class or Daemon)(settings, profile, plan, store=store)  # raynode.HeadDaemon for a cluster head
         return asyncio.run(daemon.run())
-    finally:
-        lock.release()

@@ -16,6 +16,7 @@ from llm_supervisor import affinity, engine, hardware, modelinfo, planner, simgp
 from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
 from llm_supervisor.profiles import Profile, VllmArgs
 from llm_supervisor.settings import Settings
+from llm_supervisor.statefile import StateStore, host_key
 
 RECOVERABLE_KEYS = ("max_model_len", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
 
@@ -129,7 +130,7 @@ def build_plan(
     gpu_count: int | None = None,
     calibrate_from: Path | None = None,
     ignore_hardware: bool = False,
-    last_good: dict[str, Any] | None = None,
+    store: StateStore | None = None,
     for_launch: bool = False,
     root: Path = Path("/"),
 ) -> LaunchPlan:
@@ -195,6 +196,8 @@ def build_plan(
         except OSError as exc:
             notes.append(f"calibrated from {calibrate_from} for this plan only (cannot save: {exc.strerror})")
 
+    # The arguments that last reached ready on this host, keyed by the GPUs just chosen.
+    last_good = store.last_good(host_key(profile.name, [g.name for g in chosen])) if store else None
     args, last_note = apply_last_good(profile, last_good)
     if last_note:
         notes.append(last_note)

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from llm_supervisor import cluster, hardware, launcher
-from llm_supervisor.api import check_bind_allowed, create_app, start_api, stop_api
+from llm_supervisor.api import create_app, start_api, stop_api
 from llm_supervisor.cluster import ClusterView, Role
-from llm_supervisor.daemon import AttemptOutcome, Daemon, configure_logging, enqueue_command, run_daemon
+from llm_supervisor.daemon import AttemptOutcome, Daemon, daemon_process, enqueue_command, log_placement, run_daemon
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput
 from llm_supervisor.failures import Failure, FailureKind
 from llm_supervisor.notify import Notifier
@@ -47,7 +47,6 @@ from llm_supervisor.profiles import Profile
 from llm_supervisor.rayprobe import port_open
 from llm_supervisor.settings import Settings
 from llm_supervisor.state import State
-from llm_supervisor.statefile import DaemonLock
 
 log = logging.getLogger("llm_supervisor")
 
@@ -624,25 +623,16 @@ class WorkerNode:
 
 def run_worker(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool,
                node_ip: str | None) -> int:
-    configure_logging()
-    token = settings.api_token.get_secret_value() if settings.api_token else None
-    check_bind_allowed(settings.api_host, token)
-    lock = DaemonLock(settings.state_dir)
-    lock.acquire()
-    try:
+    with daemon_process(settings):
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware, for_launch=True)
         if simulate:
             log.warning("SIMULATED: Ray declares %d simulated GPU(s) on this host; no GPU is used",
                         cluster.gpus_per_node(profile))
-        pl = plan.placement
-        log.info("placement of the Ray node: %s CPUs %s, memory policy %s%s", "pinned to" if pl.pinned else "not pinned;",
-                 pl.to_json()["cpulist"], pl.memory_policy, f" {pl.nodes}" if pl.nodes else "")
-        for warning in plan.warnings + pl.warnings:
+        log_placement(plan.placement, "placement of the Ray node")
+        for warning in plan.warnings + plan.placement.warnings:
             log.warning("plan: %s", warning)
         settings.logs.mkdir(parents=True, exist_ok=True)
         return asyncio.run(WorkerNode(settings, profile, plan, node_ip).run())
-    finally:
-        lock.release()
 
 
 def resolve_role(profile: Profile, role: str | None, settings: Settings) -> Role:
