@@ -271,9 +271,15 @@ def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
 
 
 def _same_args(ctx: _Ctx) -> Relaunch | GiveUp:
-    """Unknown failures and internal port races: one more try with the same arguments, with backoff."""
-    before_ready = [a for a in ctx.streak[:-1] if not a.reached_ready and _key(a.args) == _key(ctx.args)
-                    and _kind(a.failure) is ctx.kind]
+    """Unknown failures and internal port races: one more try with the same arguments, with backoff.
+    "Twice the same way" counts only the failures since the last launch that reached ready: a
+    start that worked in between means the earlier failure was not this one repeating."""
+    since_ready: list[Attempt] = []
+    for attempt in reversed(ctx.streak[:-1]):
+        if attempt.reached_ready:
+            break
+        since_ready.append(attempt)
+    before_ready = [a for a in since_ready if _key(a.args) == _key(ctx.args) and _kind(a.failure) is ctx.kind]
     if before_ready and not ctx.streak[-1].reached_ready:
         return GiveUp(
             f"vLLM failed twice the same way with the same arguments ({ctx.kind.value}: "

@@ -406,3 +406,30 @@ def test_attempt_to_json() -> None:
                 reason="r", reached_ready=False)
     assert a.to_json() == {"at": 1.5, "failure": "cuda_oom", "change": {"enforce_eager": [False, True]},
                            "reason": "r", "reached_ready": False, "ended_at": None}
+
+
+def test_an_unknown_failure_twice_in_a_row_gives_up() -> None:
+    args = VllmArgs(gpu_memory_utilization=0.9, max_model_len=10000)
+    unknown = Failure(FailureKind.UNKNOWN, "vLLM exited with code 1 before it was ready", {})
+    first = relaunch(decide(unknown, args, profile({"max_attempts": 10}), [], None))
+    assert first.args == args and first.change == {}
+    # the history ends with the launch that just failed (decide's convention)
+    history = [Attempt(at=1.0, args=args, failure=FailureKind.UNKNOWN),
+               Attempt(at=2.0, args=args, failure=FailureKind.UNKNOWN)]
+    g = give_up(decide(unknown, args, profile({"max_attempts": 10}), history, None))
+    assert "failed twice the same way" in g.reason
+
+
+def test_a_start_that_worked_in_between_means_the_unknown_failure_is_not_repeating() -> None:
+    """unknown (killed during startup) → ready → died → ready → unknown again: a relaunch, not a
+    give-up (seen when engine processes are killed from outside at random moments)."""
+    args = VllmArgs(gpu_memory_utilization=0.9, max_model_len=10000)
+    history = [
+        Attempt(at=1.0, args=args, failure=FailureKind.UNKNOWN),
+        Attempt(at=2.0, args=args, failure=FailureKind.ENGINE_DEAD, reached_ready=True, ended_at=3.0),
+        Attempt(at=4.0, args=args, failure=None, reached_ready=True, ended_at=5.0),
+        Attempt(at=6.0, args=args, failure=FailureKind.UNKNOWN),
+    ]
+    unknown = Failure(FailureKind.UNKNOWN, "vLLM was killed by signal 9 before it was ready", {})
+    r = relaunch(decide(unknown, args, profile({"max_attempts": 10}), history, None))
+    assert r.args == args and r.change == {} and "retrying once" in r.reason
