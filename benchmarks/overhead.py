@@ -2,7 +2,7 @@
 
 1. idle: `supervisor up --profile 4090d-qwen3-4b --simulate` until ready, then RSS and CPU% of
    the daemon process alone (not the guard, not the engine) over --idle-seconds.
-2. parse: lines/s through llm_supervisor.logparse.LogParser (and FailureClassifier) on a chatty
+2. parse: lines/s through llm_supervisor.vllm.logparse.LogParser (and FailureClassifier) on a chatty
    vLLM stream, in this process: the parser's own ceiling.
 3. e2e: the daemon (`up --simulate`, through benchmarks/_engine_override.py) runs
    benchmarks/chatty_engine.py as its engine,
@@ -76,7 +76,7 @@ def measure_idle(seconds: float) -> dict:
 
 
 def measure_parse(count: int, repeats: int = 5) -> dict:
-    from llm_supervisor.logparse import LogParser
+    from llm_supervisor.vllm.logparse import LogParser
 
     lines = chatty_stream(count)
     mb = sum(len(x) + 1 for x in lines) / 1e6
@@ -97,7 +97,7 @@ def measure_parse(count: int, repeats: int = 5) -> dict:
     out["logparse_lines_per_s"] = round(statistics.median(rates))
     out["logparse_best_lines_per_s"] = round(max(rates))
     try:
-        from llm_supervisor.failures import FailureClassifier
+        from llm_supervisor.vllm.failures import FailureClassifier
 
         # as the daemon wires them: the parser forwards each split line to the classifier
         rates = run(lambda: [LogParser(sink=FailureClassifier()).feed])

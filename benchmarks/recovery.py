@@ -7,7 +7,7 @@ ready or the policy stops:
 * daemon:   the whole product, `supervisor up --simulate`: the planner picks the first launch's
             arguments from the model and the GPU, then recovery handles what still fails.
 * recovery: the recovery policy alone, from the profile's (failing) arguments:
-            llm_supervisor.failures.FailureClassifier reads the output, llm_supervisor.recovery.decide
+            llm_supervisor.vllm.failures.FailureClassifier reads the output, llm_supervisor.vllm.recovery.decide
             computes the next arguments (with the simulated GPU's free memory, as the daemon does).
             This is what the CONTRACT's recovery figure is about: the first launch is wrong.
 * naive: halve max_model_len after every failure (what people do by hand, and what several
@@ -46,9 +46,9 @@ from _common import REPO, base_env, emit, free_port, log, machine_info, tmpdir  
 
 import httpx  # noqa: E402
 
-from llm_supervisor.engine import SIMULATOR_COMMAND, engine_argv  # noqa: E402
-from llm_supervisor.profiles import Profile, VllmArgs, load_profile  # noqa: E402
-from llm_supervisor.settings import Settings  # noqa: E402
+from llm_supervisor.vllm.engine_args import SIMULATOR_COMMAND, engine_argv  # noqa: E402
+from llm_supervisor.config.profile import Profile, VllmArgs, load_profile  # noqa: E402
+from llm_supervisor.config.settings import Settings  # noqa: E402
 
 PROFILE = "4090d-qwen3-4b"
 TARGET_KEPT = 0.95
@@ -79,8 +79,8 @@ class Launch:
 
 def run_engine(argv: list[str], env: dict[str, str], port: int, timeout: float = 120.0) -> Launch:
     """Start one engine, read its output until ready (then stop it) or exit; classify."""
-    from llm_supervisor.failures import FailureClassifier
-    from llm_supervisor.logparse import LogParser
+    from llm_supervisor.vllm.failures import FailureClassifier
+    from llm_supervisor.vllm.logparse import LogParser
 
     clf = FailureClassifier()
     parser = LogParser(sink=clf)
@@ -148,7 +148,7 @@ def run_engine(argv: list[str], env: dict[str, str], port: int, timeout: float =
 
 def gpu_memory(env: dict[str, str]) -> tuple[float, float]:
     """(free MiB, total MiB) of simulated GPU 0, as NVML would report it now."""
-    from llm_supervisor import simgpu
+    from llm_supervisor.host import simgpu
 
     gpu = simgpu.gpus(simgpu.load_config(env))[0]
     return float(gpu.free_mib), float(gpu.total_mib)
@@ -186,7 +186,7 @@ def _result(launches: list[Launch], args: VllmArgs | None, derived: int, delays:
 
 
 def policy_ours(profile: Profile, env: dict[str, str], derived: int, kv_per_token: float | None) -> dict[str, Any]:
-    from llm_supervisor.recovery import Attempt, GiveUp, decide
+    from llm_supervisor.vllm.recovery import Attempt, GiveUp, decide
 
     args = profile.vllm
     history: list[Attempt] = []
@@ -313,7 +313,7 @@ def policy_auto(profile: Profile, env: dict[str, str], derived: int) -> dict[str
 
 
 def run_scenario(name: str, tmp: Path, startup_s: float) -> dict[str, Any]:
-    from llm_supervisor.modelinfo import load_shape
+    from llm_supervisor.vllm.modelshape import load_shape
 
     sets, gpu_env, story = SCENARIOS[name]
     port = free_port()

@@ -22,7 +22,7 @@ from _common import Daemon, daemon_available, emit, log, machine_info, tmpdir  #
 
 import httpx  # noqa: E402
 
-from llm_supervisor.bench import percentile  # noqa: E402
+from llm_supervisor.bench.run import percentile  # noqa: E402
 
 TARGET_P99_MS = 20.0
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from llm_supervisor import __version__
 from llm_supervisor.errors import EXIT_BAD_INPUT, BadInput, SupervisorError
-from llm_supervisor.settings import Settings, load_settings
+from llm_supervisor.config.settings import Settings, load_settings
 
 app = typer.Typer(
     name="supervisor",
@@ -48,7 +48,7 @@ def _settings(**overrides: Any) -> Settings:
 
 def _profile(settings: Settings, name: str | None, model: str | None, sets: list[str] | None,
              check_model: bool = False):
-    from llm_supervisor.profiles import load_profile
+    from llm_supervisor.config.profile import load_profile
 
     name = name or settings.profile
     if not name:
@@ -101,10 +101,10 @@ def up(
     settings = _settings()
     prof = _profile(settings, profile, model, set_, check_model=True)
     if prof.cluster is not None or role:  # a multi-host deployment on Ray (raynode.py)
-        from llm_supervisor.raynode import run_node
+        from llm_supervisor.cluster.node import run_node
 
         raise typer.Exit(run_node(settings, prof, role=role, simulate=simulate, ignore_hardware=ignore_hardware))
-    from llm_supervisor.daemon import run_daemon
+    from llm_supervisor.runtime.daemon import run_daemon
 
     raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware))
 
@@ -124,8 +124,8 @@ def plan(
     """Everything `up` would do, without launching: argv, env, CPUs, memory policy, hardware, fit."""
     settings = _settings()
     prof = _profile(settings, profile, model, set_, check_model=True)
-    from llm_supervisor import cluster
-    from llm_supervisor.plan import build_plan, format_plan
+    from llm_supervisor.cluster import spec as cluster
+    from llm_supervisor.planning.launch import build_plan, format_plan
 
     if prof.cluster is not None:  # what the head launches; per-host layout below
         prof = cluster.engine_profile(prof, cluster.resolve_node_ip(prof.cluster))
@@ -149,7 +149,7 @@ def diagnose(
     as_json: JsonOpt = False,
 ) -> None:
     """Read a vLLM log: startup facts, the failure class and the remedy."""
-    from llm_supervisor.diagnose import diagnose_file, format_diagnosis
+    from llm_supervisor.vllm.diagnosis import diagnose_file, format_diagnosis
 
     result = diagnose_file(logfile)
     if as_json:
@@ -161,7 +161,7 @@ def diagnose(
 @app.command()
 def status(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
     """Ask a running daemon how the engine is doing."""
-    from llm_supervisor.client import format_status, get_status
+    from llm_supervisor.api.client import format_status, get_status
 
     settings = _settings()
     result = get_status(url or settings.url)
@@ -172,7 +172,7 @@ def status(url: UrlOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def _admin(action: str, url: str | None, token: str | None) -> None:
-    from llm_supervisor.client import post_action
+    from llm_supervisor.api.client import post_action
 
     settings = _settings()
     secret = token or (settings.api_token.get_secret_value() if settings.api_token else None)
@@ -197,7 +197,7 @@ def profiles_list(ctx: typer.Context) -> None:
     """List the shipped profiles."""
     if ctx.invoked_subcommand:
         return
-    from llm_supervisor.profiles import list_profile_names, load_profile
+    from llm_supervisor.config.profile import list_profile_names, load_profile
 
     settings = _settings()
     names = list_profile_names(settings.profiles_dir)
@@ -219,7 +219,7 @@ def profiles_show(
     model: ModelOpt = None,
 ) -> None:
     """Print a profile as the daemon would use it (overrides applied, secrets masked)."""
-    from llm_supervisor.profiles import load_profile, profile_to_yaml
+    from llm_supervisor.config.profile import load_profile, profile_to_yaml
 
     settings = _settings()
     print(profile_to_yaml(load_profile(name, settings.profiles_dir, overrides=set_ or [], model=model)), end="")
@@ -228,7 +228,7 @@ def profiles_show(
 @app.command()
 def doctor(profile: ProfileOpt = None, simulate: SimulateOpt = False) -> None:
     """Check this host: NVML, GPUs vs profile, NUMA, ports, engine command, directories."""
-    from llm_supervisor.doctor import format_checks, run_doctor
+    from llm_supervisor.host.doctor import format_checks, run_doctor
 
     settings = _settings()
     name = profile or settings.profile
@@ -251,7 +251,7 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Concurrency test against the served model: success, tokens/s, TTFT and latency percentiles."""
-    from llm_supervisor.bench import format_bench, run_bench
+    from llm_supervisor.bench.run import format_bench, run_bench
 
     settings = _settings()
     result = run_bench(

@@ -168,7 +168,7 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
 
 def gpu_used_mib(ctx: Ctx) -> int | None:
     if ctx.simulate:
-        from llm_supervisor import simgpu
+        from llm_supervisor.host import simgpu
 
         cfg = simgpu.load_config(ctx.env)
         return simgpu.gpus(cfg)[0].used_mib
@@ -192,7 +192,7 @@ def engine_procs_anywhere() -> list[str]:
             continue
         if p.pid == os.getpid():
             continue
-        if "VLLM::" in cmd or "vllm.entrypoints" in cmd or re.search(r"(^|/)vllm serve", cmd) or "llm_supervisor.guard" in cmd:
+        if "VLLM::" in cmd or "vllm.entrypoints" in cmd or re.search(r"(^|/)vllm serve", cmd) or "llm_supervisor.runtime.guard" in cmd:
             found.append(f"{p.pid} {cmd[:120]}")
     return found
 
@@ -232,7 +232,7 @@ def hog_main(argv: list[str]) -> int:
         torch.cuda.init()
         torch.empty(1, device="cuda")
     else:
-        from llm_supervisor import simgpu
+        from llm_supervisor.host import simgpu
 
         sim_cfg = simgpu.load_config()
     total_held = 0
@@ -256,7 +256,7 @@ def hog_main(argv: list[str]) -> int:
                     left -= chunk
                     total_held += chunk
         else:
-            from llm_supervisor import simgpu
+            from llm_supervisor.host import simgpu
 
             free = simgpu.gpus(sim_cfg)[0].free_mib
             take = min(mib, free)
@@ -269,7 +269,7 @@ def hog_main(argv: list[str]) -> int:
             import torch
 
             return torch.cuda.mem_get_info()[0] // (1024 * 1024)
-        from llm_supervisor import simgpu
+        from llm_supervisor.host import simgpu
 
         return simgpu.gpus(sim_cfg)[0].free_mib
 
@@ -291,7 +291,7 @@ def hog_main(argv: list[str]) -> int:
 
                 torch.cuda.empty_cache()
             else:
-                from llm_supervisor import simgpu
+                from llm_supervisor.host import simgpu
 
                 simgpu.hold(sim_cfg, 0, 0)
         elif cmd == "quit":

@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llm_supervisor import modelinfo, planner  # noqa: E402
-from llm_supervisor.profiles import list_profile_names, load_profile  # noqa: E402
+from llm_supervisor.vllm import modelshape as modelinfo, planner  # noqa: E402
+from llm_supervisor.config.profile import list_profile_names, load_profile  # noqa: E402
 
 CONTEXTS = (4096, 8192, 32768)
 START, END = "<!-- planner-table:start -->", "<!-- planner-table:end -->"

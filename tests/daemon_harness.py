@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import psutil
 
-from llm_supervisor import simgpu
+from llm_supervisor.host import simgpu
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = "4090d-qwen3-4b"
@@ -292,7 +292,7 @@ class DaemonRun:
                 env = proc.environ()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            if "llm_supervisor.guard" in cmd or (self.proc is not None and proc.pid == self.proc.pid):
+            if "llm_supervisor.runtime.guard" in cmd or (self.proc is not None and proc.pid == self.proc.pid):
                 continue
             if ("llm_supervisor.simulator" in cmd or cmd.startswith("VLLM::")
                     or env.get("LLM_SUPERVISOR_SIM_GPU_DIR") == str(self.gpu_dir)):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.affinity import Topology, plan_placement, resolve_gpu_node
+from llm_supervisor.host.placement import Topology, plan_placement, resolve_gpu_node
 from llm_supervisor.errors import BadInput
-from llm_supervisor.hardware import Gpu
-from llm_supervisor.numa import format_cpulist
-from llm_supervisor.profiles import Affinity, parse_cpulist
+from llm_supervisor.host.gpus import Gpu
+from llm_supervisor.host.numa import format_cpulist
+from llm_supervisor.config.profile import Affinity, parse_cpulist
 
 
 def rng(text: str) -> list[int]:

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from llm_supervisor.api import (
+from llm_supervisor.api.server import (
     EmbeddedServer,
     check_bind_allowed,
     create_app,
@@ -23,9 +23,9 @@ from llm_supervisor.api import (
     start_api,
     stop_api,
 )
-from llm_supervisor.client import format_status, get_status, post_action
+from llm_supervisor.api.client import format_status, get_status, post_action
 from llm_supervisor.errors import BadInput, DaemonUnreachable, RuntimeFailure
-from llm_supervisor.state import State
+from llm_supervisor.runtime.states import State
 
 LOCAL = ("127.0.0.1", 50000)
 REMOTE = ("10.1.2.3", 1234)

@@ -61,7 +61,7 @@ def test_results_markdown_comes_from_the_json() -> None:
 
 
 def test_chatty_stream_is_understood_by_the_parser() -> None:
-    from llm_supervisor.logparse import LogParser
+    from llm_supervisor.vllm.logparse import LogParser
 
     parser = LogParser()
     lines = _chatter.chatty_stream(5000) + [f.format(tokens=123456, ctx=10000, conc=12.35) for f in _chatter.FINAL_FACTS]

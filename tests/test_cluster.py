@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_supervisor import cluster
-from llm_supervisor.cluster import ClusterView, NodeInfo
+from llm_supervisor.cluster import spec as cluster
+from llm_supervisor.cluster.spec import ClusterView, NodeInfo
 from llm_supervisor.errors import ProfileError
-from llm_supervisor.profiles import load_profile, validate_profile
+from llm_supervisor.config.profile import load_profile, validate_profile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -232,8 +232,8 @@ def test_role_without_cluster_is_bad_input(tmp_path: Path) -> None:
 
 
 def test_role_from_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from llm_supervisor.raynode import resolve_role
-    from llm_supervisor.settings import load_settings
+    from llm_supervisor.cluster.node import resolve_role
+    from llm_supervisor.config.settings import load_settings
 
     prof = load_profile(str(_write(tmp_path, _data(role="worker"))), tmp_path)
     monkeypatch.setenv("LLM_SUPERVISOR_ROLE", "head")

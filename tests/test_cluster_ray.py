@@ -197,7 +197,7 @@ def test_head_and_worker_serve_lose_a_node_recover_and_stop_clean(cluster_env: d
     r = httpx.post(st["engine_url"] + "/v1/completions", json={"model": "q4b", "prompt": "Hi", "max_tokens": 2},
                    timeout=30, trust_env=False)
     assert r.status_code == 200, r.text
-    from llm_supervisor import simgpu
+    from llm_supervisor.host import simgpu
 
     for gpu_dir in (head.gpu_dir, worker.gpu_dir):
         held = simgpu.held_mib(simgpu.load_config({"LLM_SUPERVISOR_SIM_GPU_DIR": gpu_dir}), 0)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import psutil
 
-from llm_supervisor.daemon import Daemon
-from llm_supervisor.plan import build_plan
-from llm_supervisor.profiles import load_profile
-from llm_supervisor.settings import load_settings
-from llm_supervisor.state import State
+from llm_supervisor.runtime.daemon import Daemon
+from llm_supervisor.planning.launch import build_plan
+from llm_supervisor.config.profile import load_profile
+from llm_supervisor.config.settings import load_settings
+from llm_supervisor.runtime.states import State
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 

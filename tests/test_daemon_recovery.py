@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from llm_supervisor.planner import Calibration
+from llm_supervisor.vllm.planner import Calibration
 
 from daemon_harness import (  # noqa: F401 - `daemons` is a fixture
     DaemonRun,

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor import doctor, hardware
-from llm_supervisor.affinity import Topology
-from llm_supervisor.doctor import Check, format_checks, port_free, run_doctor
-from llm_supervisor.profiles import load_profile
-from llm_supervisor.settings import Settings
+from llm_supervisor.host import doctor, gpus as hardware
+from llm_supervisor.host.placement import Topology
+from llm_supervisor.host.doctor import Check, format_checks, port_free, run_doctor
+from llm_supervisor.config.profile import load_profile
+from llm_supervisor.config.settings import Settings
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.logparse import parse_log
+from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
+from llm_supervisor.vllm.logparse import parse_log
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
 

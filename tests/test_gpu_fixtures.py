@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.refit import shorten_for_cold_compile
-from llm_supervisor.diagnose import diagnose_file
-from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.launcher import split_lines
-from llm_supervisor.logparse import LogParser, StartupFacts
-from llm_supervisor.profiles import load_profile
-from llm_supervisor.recovery import Attempt, Relaunch, decide
+from llm_supervisor.vllm.refit import shorten_for_cold_compile
+from llm_supervisor.vllm.diagnosis import diagnose_file
+from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
+from llm_supervisor.runtime.launcher import split_lines
+from llm_supervisor.vllm.logparse import LogParser, StartupFacts
+from llm_supervisor.config.profile import load_profile
+from llm_supervisor.vllm.recovery import Attempt, Relaunch, decide
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0"
 PROFILE = Path(__file__).parent.parent / "scripts" / "profiles" / "h100-qwen3-4b.yaml"
@@ -372,9 +372,9 @@ def test_planner_predicts_the_cold_ready_run_from_the_cuda_visible_total():
     """Launch 1 (util 0.27, len 40960, cold compile): vLLM printed 12.80 GiB / 93,168 tokens.
     With NVML's total (81,559 MiB) the planner said 12.91 / 94,032; with the CUDA-visible total
     it is within 0.02 GiB and 0.1 % of the tokens, on the GPU and here."""
-    from llm_supervisor.modelinfo import load_shape
-    from llm_supervisor.planner import predict
-    from llm_supervisor.profiles import VllmArgs
+    from llm_supervisor.vllm.modelshape import load_shape
+    from llm_supervisor.vllm.planner import predict
+    from llm_supervisor.config.profile import VllmArgs
 
     printed = runs(READY)[0].facts
     assert (printed.available_kv_cache_gib, printed.kv_cache_tokens) == (12.8, 93168)

@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llm_supervisor.api import MAX_BODY_BYTES, create_app, start_api, stop_api
+from llm_supervisor.api.server import MAX_BODY_BYTES, create_app, start_api, stop_api
 from llm_supervisor.errors import RuntimeFailure
-from llm_supervisor.state import State
+from llm_supervisor.runtime.states import State
 
 TOKEN = "tok-fuzz-0123456789"
 SNAPSHOT: dict[str, Any] = {

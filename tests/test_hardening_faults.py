@@ -185,7 +185,7 @@ def test_engine_exits_leave_the_event_loop_usable() -> None:
     import asyncio
     import sys
 
-    from llm_supervisor import launcher
+    from llm_supervisor.runtime import launcher
 
     async def main() -> None:
         server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from hardening_utils import REPO, assert_bad_input, cli, clean_env
 from llm_supervisor.errors import ProfileError, SupervisorError
-from llm_supervisor.profiles import Profile, load_profile, profile_to_yaml, validate_profile
+from llm_supervisor.config.profile import Profile, load_profile, profile_to_yaml, validate_profile
 
 PROFILES = REPO / "profiles"
 SHIPPED: dict[str, dict[str, Any]] = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(PROFILES.glob("*.yaml"))}
@@ -243,8 +243,8 @@ def valid_variants(draw: st.DrawFn) -> str:
 @given(valid_variants())
 def test_valid_variants_plan_or_refuse_cleanly(text: str) -> None:
     """What validates also plans (simulated), or is refused as bad input: never a crash."""
-    from llm_supervisor.plan import build_plan
-    from llm_supervisor.settings import Settings
+    from llm_supervisor.planning.launch import build_plan
+    from llm_supervisor.config.settings import Settings
 
     path = write(text)
     outcome = check_load(path)
@@ -399,7 +399,7 @@ CORRUPT = {
 
 @pytest.mark.parametrize("label", sorted(CORRUPT))
 def test_corrupt_state_file_is_set_aside_with_a_warning(tmp_path: Path, label: str) -> None:
-    from llm_supervisor.statefile import StateStore
+    from llm_supervisor.store.state import StateStore
 
     (tmp_path / "state.json").write_bytes(CORRUPT[label])
     store = StateStore(tmp_path)
@@ -413,7 +413,7 @@ def test_corrupt_state_file_is_set_aside_with_a_warning(tmp_path: Path, label: s
 
 
 def test_state_file_that_is_a_directory_is_a_warning(tmp_path: Path) -> None:
-    from llm_supervisor.statefile import StateStore
+    from llm_supervisor.store.state import StateStore
 
     (tmp_path / "state.json").mkdir()
     store = StateStore(tmp_path)

@@ -21,7 +21,7 @@ SEED = int(os.environ.get("HARDENING_SEED") or random.SystemRandom().randrange(1
 WRITER = """
 import json, sys
 from pathlib import Path
-from llm_supervisor.statefile import atomic_write
+from llm_supervisor.store.state import atomic_write
 path = Path(sys.argv[1])
 seq = json.loads(path.read_text())["seq"] if path.exists() else 0
 sizes = [10, 1000, 100_000, 1_500_000]
@@ -55,7 +55,7 @@ def test_kill9_during_state_writes_never_tears_the_file(tmp_path: Path) -> None:
         last = data["seq"]
     assert last > kills  # the writers did write, many times
     # no temporary files pile up: the next store load sweeps what killed writers left
-    from llm_supervisor.statefile import StateStore
+    from llm_supervisor.store.state import StateStore
 
     (tmp_path / "state.json").write_text(json.dumps({"version": 1, "profiles": {}}))
     StateStore(tmp_path)

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from llm_supervisor import hardware, simgpu
-from llm_supervisor.hardware import (
+from llm_supervisor.host import gpus as hardware, simgpu
+from llm_supervisor.host.gpus import (
     Gpu,
     NoGpuFound,
     NvmlInventory,
@@ -21,7 +21,7 @@ from llm_supervisor.hardware import (
     match_profile,
     nvml_to_sysfs_bus_id,
 )
-from llm_supervisor.profiles import Hardware
+from llm_supervisor.config.profile import Hardware
 
 MIB = 1024 * 1024
 

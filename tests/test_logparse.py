@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.failures import FailureClassifier
-from llm_supervisor.logparse import (
+from llm_supervisor.vllm.failures import FailureClassifier
+from llm_supervisor.vllm.logparse import (
     CONTRACT_FACTS,
     PHASES,
     LogParser,

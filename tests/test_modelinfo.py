@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor import modelinfo
-from llm_supervisor.modelinfo import GIB, ModelShape, SafetensorsError
+from llm_supervisor.vllm import modelshape as modelinfo
+from llm_supervisor.vllm.modelshape import GIB, ModelShape, SafetensorsError
 
 QWEN3_4B = modelinfo.load_shape("Qwen/Qwen3-4B")
 QWEN3_8B = modelinfo.load_shape("Qwen/Qwen3-8B")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor import engine
-from llm_supervisor.notify import NOTIFY_ENV, Notifier, strip_notify_env
+from llm_supervisor.vllm import engine_args
+from llm_supervisor.runtime.notify import NOTIFY_ENV, Notifier, strip_notify_env
 
 RECV_TIMEOUT_S = 10.0
 
@@ -247,4 +247,4 @@ def test_from_env_can_unset_the_variables() -> None:
 
 def test_engine_env_drops_the_same_variables() -> None:
     # engine.py keeps its own tuple (notify.py is a stdlib-only leaf); they must agree.
-    assert set(NOTIFY_ENV) <= set(engine.DAEMON_ONLY_ENV)
+    assert set(NOTIFY_ENV) <= set(engine_args.DAEMON_ONLY_ENV)

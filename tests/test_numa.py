@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 
-from llm_supervisor import numa
-from llm_supervisor.numa import format_cpulist
+from llm_supervisor.host import numa
+from llm_supervisor.host.numa import format_cpulist
 
 REPO = str(Path(__file__).resolve().parent.parent)
 
 # The trampoline: pin, then exec argv[2:] (what the guard does between fork and exec).
 TRAMPOLINE = (
-    "import os, sys; sys.path.insert(0, {repo!r}); from llm_supervisor import numa; "
+    "import os, sys; sys.path.insert(0, {repo!r}); from llm_supervisor.host import numa; "
     "r = numa.apply_placement({cpus!r}, {nodes!r}, {policy!r}); "
     "open(sys.argv[1], 'w').write(r); os.execvp(sys.argv[2], sys.argv[2:])"
 )
@@ -28,13 +28,13 @@ TRAMPOLINE = (
 ENGINE = r"""
 import json, os, subprocess, sys, threading
 sys.path.insert(0, sys.argv[1])
-from llm_supervisor import numa
+from llm_supervisor.host import numa
 stop = threading.Event()
 threads = [threading.Thread(target=stop.wait) for _ in range(3)]
 for t in threads:
     t.start()
 grandchild = subprocess.run([sys.executable, "-c",
-    "import os, sys, json; sys.path.insert(0, sys.argv[1]); from llm_supervisor import numa; "
+    "import os, sys, json; sys.path.insert(0, sys.argv[1]); from llm_supervisor.host import numa; "
     "print(json.dumps([sorted(os.sched_getaffinity(0)), numa.get_mempolicy()]))", sys.argv[1]],
     capture_output=True, text=True, check=True)
 print(json.dumps({"pid": os.getpid(), "affinity": sorted(os.sched_getaffinity(0)),
@@ -96,7 +96,7 @@ def test_pinned_before_exec_reaches_threads_and_grandchild(tmp_path):
 REFUSALS = r"""
 import errno, json, os, sys
 sys.path.insert(0, sys.argv[1])
-from llm_supervisor import numa
+from llm_supervisor.host import numa
 cpu = max(os.sched_getaffinity(0))
 out = {}
 out["bad_cpu"] = numa.apply_placement([4095], None, "none")
@@ -130,7 +130,7 @@ def test_refusals_keep_what_worked():
 
 def test_probe_in_a_child():
     proc = subprocess.run([sys.executable, "-c",
-                           "import sys; sys.path.insert(0, sys.argv[1]); from llm_supervisor import numa; "
+                           "import sys; sys.path.insert(0, sys.argv[1]); from llm_supervisor.host import numa; "
                            "print(numa.probe_mempolicy(0)); print(numa.get_mempolicy())", REPO],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -142,7 +142,7 @@ def test_probe_in_a_child():
 def test_numa_is_stdlib_only():
     """It runs between fork and exec: importing it must pull in nothing from site-packages."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); before = set(sys.modules); "
-            "import llm_supervisor.numa; new = set(sys.modules) - before; "
+            "import llm_supervisor.host.numa; new = set(sys.modules) - before; "
             "print('\\n'.join(sorted(m for m in new if not m.startswith(('llm_supervisor', '_')))))")
     proc = subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

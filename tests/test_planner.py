@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor import modelinfo, planner, statefile
+from llm_supervisor.vllm import modelshape as modelinfo, planner
+from llm_supervisor.store import state as statefile
 from llm_supervisor.errors import BadInput
-from llm_supervisor.modelinfo import GIB, ModelShape
-from llm_supervisor.planner import Calibration, CalibrationError, check_launch, predict
-from llm_supervisor.profiles import Profile, Recovery, Target, VllmArgs, load_profile
+from llm_supervisor.vllm.modelshape import GIB, ModelShape
+from llm_supervisor.vllm.planner import Calibration, CalibrationError, check_launch, predict
+from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs, load_profile
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -383,7 +384,7 @@ def test_store_round_trip_and_lookup(tmp_path):
 def test_corrupt_calibration_file_is_ignored_with_a_warning(tmp_path, caplog):
     path = tmp_path / "calibration.json"
     path.write_text('{"entries": {"x": ')
-    with caplog.at_level(logging.WARNING, logger="llm_supervisor.planner"):
+    with caplog.at_level(logging.WARNING, logger="llm_supervisor.vllm.planner"):
         cal = Calibration(path)
     assert cal.entries() == [] and len(cal.warnings) == 1 and "corrupt" in cal.warnings[0]
     assert "corrupt" in caplog.text

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor import modelinfo, planner
-from llm_supervisor.profiles import VllmArgs
+from llm_supervisor.vllm import modelshape as modelinfo, planner
+from llm_supervisor.config.profile import VllmArgs
 
 REPO = Path(__file__).resolve().parent.parent
 KV_LINE = re.compile(r"GPU KV cache size: ([\d,]+) tokens")

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.logparse import StartupFacts, parse_log
-from llm_supervisor.profiles import Hardware, Model, Profile, Recovery, Target, VllmArgs
-from llm_supervisor.recovery import Attempt, GiveUp, Relaunch, backoff_delay, decide, failure_streak
+from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
+from llm_supervisor.vllm.logparse import StartupFacts, parse_log
+from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, Target, VllmArgs
+from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, backoff_delay, decide, failure_streak
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
 H100_MIB = 81080  # NVML's total for the H100 of the fixtures (79.18 GiB)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llm_supervisor import planner
-from llm_supervisor.profiles import load_profile
-from llm_supervisor.recovery import Relaunch
-from llm_supervisor.refit import refit_context
+from llm_supervisor.vllm import planner
+from llm_supervisor.config.profile import load_profile
+from llm_supervisor.vllm.recovery import Relaunch
+from llm_supervisor.vllm.refit import refit_context
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 TOTAL_4090D_GIB = 24564 / 1024

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from llm_supervisor import simgpu
+from llm_supervisor.host import simgpu
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.args import parse
 from llm_supervisor.simulator.dialect import Dialect

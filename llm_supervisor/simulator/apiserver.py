@@ -35,7 +35,7 @@ from llm_supervisor.simulator import openai
 from llm_supervisor.simulator import tracebacks as tb
 from llm_supervisor.simulator.config import Faults, SimConfig, StartupError, env_float, resolve
 from llm_supervisor.simulator.dialect import Dialect
-from llm_supervisor.simulator.engine import spawn_engine
+from llm_supervisor.simulator.enginecore import spawn_engine
 from llm_supervisor.simulator.httpserver import Exchange, HttpServer, Request, Response
 from llm_supervisor.simulator.logs import STDOUT, Log, traceback_text
 from llm_supervisor.simulator.proc import Channel, sleep

@@ -10,7 +10,7 @@ Environment (all optional):
                                      max_num_seqs and the KV blocks)
   LLM_SUPERVISOR_SIM_VLLM_VERSION    log dialect: 0.8.5, 0.11.0 or 0.26.0 (default)
   LLM_SUPERVISOR_SIM_FAULT           comma-separated faults (see FAULTS)
-  LLM_SUPERVISOR_SIM_GPU_*           the simulated GPU (llm_supervisor.simgpu)
+  LLM_SUPERVISOR_SIM_GPU_*           the simulated GPU (llm_supervisor.host.simgpu)
   VLLM_CACHE_ROOT                    compile cache (cold vs warm start), default ~/.cache/vllm
 """
 
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llm_supervisor import modelinfo, simgpu
+from llm_supervisor.host import simgpu
+from llm_supervisor.vllm import modelshape as modelinfo
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.dialect import Dialect
 

@@ -20,9 +20,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
-from llm_supervisor.failures import Failure, FailureKind
-from llm_supervisor.logparse import StartupFacts
-from llm_supervisor.profiles import Profile, Recovery, VllmArgs
+from llm_supervisor.vllm.failures import Failure, FailureKind
+from llm_supervisor.vllm.logparse import StartupFacts
+from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
 
 STABLE_UPTIME_S = 600.0
 UTIL_STEP = 0.05

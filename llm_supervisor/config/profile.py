@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from llm_supervisor.cluster import ClusterConfig, profile_problems
+from llm_supervisor.cluster.spec import ClusterConfig, profile_problems
 from llm_supervisor.errors import ProfileError
 
 

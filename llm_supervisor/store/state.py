@@ -108,7 +108,7 @@ class StateStore:
     @staticmethod
     def _valid_last_good(value: Any) -> dict[str, Any] | None:
         """A last_good record whose arguments still validate as vLLM arguments, else None."""
-        from llm_supervisor.profiles import VllmArgs
+        from llm_supervisor.config.profile import VllmArgs
 
         if not isinstance(value, dict) or not isinstance(value.get("args"), dict) \
                 or not isinstance(value.get("requested"), dict):

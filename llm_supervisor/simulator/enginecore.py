@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_supervisor import simgpu
+from llm_supervisor.host import simgpu
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator import tracebacks as tb
 from llm_supervisor.simulator.config import SimConfig, env_float

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_supervisor import affinity, engine, hardware, modelinfo, planner, simgpu
+from llm_supervisor.host import gpus as hardware, placement as affinity, simgpu
+from llm_supervisor.vllm import engine_args, modelshape as modelinfo, planner
 from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
-from llm_supervisor.profiles import Profile, VllmArgs
-from llm_supervisor.settings import Settings
-from llm_supervisor.statefile import StateStore, host_key
+from llm_supervisor.config.profile import Profile, VllmArgs
+from llm_supervisor.config.settings import Settings
+from llm_supervisor.store.state import StateStore, host_key
 
 RECOVERABLE_KEYS = ("max_model_len", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
 
@@ -44,17 +45,17 @@ class LaunchPlan:
     warnings: list[str] = field(default_factory=list)
 
     def argv_for(self, args: VllmArgs) -> list[str]:
-        return engine.engine_argv(self.profile, args, self.command)
+        return engine_args.engine_argv(self.profile, args, self.command)
 
     def env_for(self, args: VllmArgs) -> dict[str, str]:
-        return engine.engine_env(self.profile, args, self.base_env, self.extra_env)
+        return engine_args.engine_env(self.profile, args, self.base_env, self.extra_env)
 
     @property
     def hf_home(self) -> str:
         return self.extra_env.get("HF_HOME") or self.base_env.get("HF_HOME", "")
 
     def to_json(self) -> dict[str, Any]:
-        env = engine.changed_env(self.env_for(self.args), self.base_env)
+        env = engine_args.changed_env(self.env_for(self.args), self.base_env)
         predicted = self.prediction.to_json() if self.prediction else None
         if predicted is not None:
             predicted["max_model_len"] = self.args.max_model_len or predicted["max_model_len"]
@@ -62,8 +63,8 @@ class LaunchPlan:
             "profile": self.profile.name,
             "simulated": self.simulate,
             "model": self.profile.model.id,
-            "argv": engine.redact_argv(self.argv_for(self.args)),
-            "env": engine.redact_env(env),
+            "argv": engine_args.redact_argv(self.argv_for(self.args)),
+            "env": engine_args.redact_env(env),
             "cpus": list(self.placement.cpus),
             "memory_policy": {"mode": self.placement.memory_policy, "nodes": list(self.placement.nodes)},
             "placement": self.placement.to_json(),
@@ -225,7 +226,7 @@ def build_plan(
 
     return LaunchPlan(
         settings=settings, profile=profile, simulate=simulate,
-        command=engine.engine_command(settings.engine_command, simulate), args=args,
+        command=engine_args.engine_command(settings.engine_command, simulate), args=args,
         gpus=gpus, chosen=chosen, hardware_match=match, placement=placement, prediction=prediction,
         gpu_total_gib=total_gib, gpu_count=count, gpu_name=gpu_name, base_env=base_env, extra_env=extra_env,
         sim_config=sim_config, last_good=last_good, notes=notes, warnings=warnings,

@@ -218,7 +218,7 @@ async def _drain(stream: asyncio.StreamReader, on_output: Callable[[bytes, list[
 
 
 def guard_argv(spec: LaunchSpec, control_fd: int) -> list[str]:
-    argv = [sys.executable, "-m", "llm_supervisor.guard", "--control-fd", str(control_fd),
+    argv = [sys.executable, "-m", "llm_supervisor.runtime.guard", "--control-fd", str(control_fd),
             "--stop-timeout", f"{spec.stop_timeout:g}", "--mempolicy", spec.mempolicy]
     if spec.cpus:
         argv += ["--cpus", ",".join(str(c) for c in spec.cpus)]
@@ -232,7 +232,7 @@ async def start(spec: LaunchSpec, on_output: Callable[[bytes, list[str]], None])
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     env = dict(spec.env)
-    pkg_root = str(Path(__file__).resolve().parent.parent)
+    pkg_root = str(Path(__file__).resolve().parent.parent.parent)
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
         proc = await asyncio.create_subprocess_exec(

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import httpx
 
 from llm_supervisor.errors import RuntimeFailure
-from llm_supervisor.settings import Settings
+from llm_supervisor.config.settings import Settings
 
 if TYPE_CHECKING:
     from rich.console import Group

@@ -1,6 +1,6 @@
 """Read a Ray cluster's nodes and GPUs, one JSON line per poll, for the head daemon.
 
-Usage: python -m llm_supervisor.rayprobe --address HOST:PORT [--interval S] [--once]
+Usage: python -m llm_supervisor.cluster.probe --address HOST:PORT [--interval S] [--once]
 
 A separate process on purpose: importing Ray costs ~100 MB and a few hundred ms of CPU, which
 the daemon (≤ 80 MB RSS) must not pay. The probe asks Ray's GCS directly (`GcsClient`, the
@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from llm_supervisor.cluster import parse_address, parse_ray_status
+from llm_supervisor.cluster.spec import parse_address, parse_ray_status
 
 
 def _emit(data: dict[str, Any]) -> None:
@@ -98,7 +98,7 @@ def read_with_ray_status(address: str, timeout: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llm_supervisor.rayprobe")
+    parser = argparse.ArgumentParser(prog="llm_supervisor.cluster.probe")
     parser.add_argument("--address", required=True)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--once", action="store_true")

@@ -15,7 +15,7 @@ The daemon starts the guard in a new session; the guard
 
 Protocol to the daemon, one line each: `pid N`, `placement TEXT`, `exit CODE SIGNAL`.
 
-Usage: python -m llm_supervisor.guard --control-fd FD [--cpus LIST] [--mems LIST]
+Usage: python -m llm_supervisor.runtime.guard --control-fd FD [--cpus LIST] [--mems LIST]
        [--mempolicy none|preferred|bind] [--stop-timeout S] -- COMMAND ARGS…
 """
 
@@ -115,7 +115,7 @@ class Guard:
                 signal.set_wakeup_fd(-1)
                 text = "none"
                 if cpus or (mems and policy != "none"):
-                    from llm_supervisor.numa import apply_placement
+                    from llm_supervisor.host.numa import apply_placement
 
                     text = apply_placement(cpus, mems, policy)
                 os.write(result_w, text.encode()[:4000])
@@ -235,7 +235,7 @@ class Guard:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llm_supervisor.guard")
+    parser = argparse.ArgumentParser(prog="llm_supervisor.runtime.guard")
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--cpus")
     parser.add_argument("--mems")

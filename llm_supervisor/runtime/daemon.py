@@ -23,19 +23,21 @@ from typing import Any
 
 import httpx
 
-from llm_supervisor import hardware, launcher, planner, refit
-from llm_supervisor.api import check_bind_allowed, create_app, start_api, stop_api
-from llm_supervisor.engine import redact_argv
+from llm_supervisor.host import gpus as hardware
+from llm_supervisor.runtime import launcher
+from llm_supervisor.vllm import planner, refit
+from llm_supervisor.api.server import check_bind_allowed, create_app, start_api, stop_api
+from llm_supervisor.vllm.engine_args import redact_argv
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
-from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.logparse import LogParser
-from llm_supervisor.notify import Notifier
-from llm_supervisor.plan import RECOVERABLE_KEYS, LaunchPlan, build_plan
-from llm_supervisor.profiles import Profile, VllmArgs
-from llm_supervisor.recovery import Attempt, GiveUp, Relaunch, decide
-from llm_supervisor.settings import Settings
-from llm_supervisor.state import State, check_transition
-from llm_supervisor.statefile import DaemonLock, StateStore, host_key
+from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
+from llm_supervisor.vllm.logparse import LogParser
+from llm_supervisor.runtime.notify import Notifier
+from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan
+from llm_supervisor.config.profile import Profile, VllmArgs
+from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
+from llm_supervisor.config.settings import Settings
+from llm_supervisor.runtime.states import State, check_transition
+from llm_supervisor.store.state import DaemonLock, StateStore, host_key
 
 log = logging.getLogger("llm_supervisor")
 

@@ -14,8 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_supervisor.errors import SettingsError
 
-PACKAGE_PROFILES_DIR = Path(__file__).resolve().parent / "data" / "profiles"
-REPO_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PACKAGE_PROFILES_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
+REPO_PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "profiles"
 
 
 def _default_state_dir() -> Path:

@@ -34,7 +34,7 @@ from pydantic_core import to_json
 
 from llm_supervisor import __version__
 from llm_supervisor.errors import RuntimeFailure, SettingsError, SupervisorError
-from llm_supervisor.state import State
+from llm_supervisor.runtime.states import State
 
 __all__ = [
     "ACTIONS",
@@ -50,7 +50,7 @@ __all__ = [
     "stop_api",
 ]
 
-log = logging.getLogger("llm_supervisor.api")
+log = logging.getLogger("llm_supervisor.api.server")
 
 StatusSource = Callable[[], dict]
 CommandSink = Callable[[str], None]

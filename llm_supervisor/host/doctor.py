@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from llm_supervisor import hardware
-from llm_supervisor.affinity import Topology, plan_placement
+from llm_supervisor.host import gpus as hardware
+from llm_supervisor.host.placement import Topology, plan_placement
 from llm_supervisor.errors import SupervisorError
-from llm_supervisor.numa import format_cpulist
-from llm_supervisor.profiles import Profile
-from llm_supervisor.settings import Settings
+from llm_supervisor.host.numa import format_cpulist
+from llm_supervisor.config.profile import Profile
+from llm_supervisor.config.settings import Settings
 
 
 @dataclass
@@ -178,8 +178,8 @@ def _check_mempolicy(topo: Topology | None) -> Check:
     """set_mempolicy in a throwaway child: the parent's policy stays untouched, and a seccomp
     refusal (containers without CAP_SYS_NICE) shows up as it would for the engine."""
     node = (topo.mems_allowed or [0])[0] if topo is not None else 0
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    code = (f"import sys; sys.path.insert(0, {package_parent!r}); from llm_supervisor import numa; "
+    package_parent = str(Path(__file__).resolve().parent.parent.parent)
+    code = (f"import sys; sys.path.insert(0, {package_parent!r}); from llm_supervisor.host import numa; "
             f"ok, why = numa.probe_mempolicy({node}); print('ok' if ok else why)")
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)

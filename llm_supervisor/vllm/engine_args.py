@@ -10,7 +10,7 @@ import shlex
 import sys
 from collections.abc import Mapping
 
-from llm_supervisor.profiles import Profile, VllmArgs
+from llm_supervisor.config.profile import Profile, VllmArgs
 
 SIMULATOR_COMMAND = [sys.executable, "-m", "llm_supervisor.simulator", "serve"]
 REDACTED = "***"

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from llm_supervisor.errors import BadInput
-from llm_supervisor.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.logparse import HEADER_RE, CONTRACT_FACTS, LogParser, StartupFacts, split_line
-from llm_supervisor.profiles import Hardware, Model, Profile, Recovery, VllmArgs
-from llm_supervisor.recovery import GiveUp, Relaunch, decide
+from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
+from llm_supervisor.vllm.logparse import HEADER_RE, CONTRACT_FACTS, LogParser, StartupFacts, split_line
+from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, VllmArgs
+from llm_supervisor.vllm.recovery import GiveUp, Relaunch, decide
 
 _SNIFF_BYTES = 65536
 # Each vLLM start prints one of these first; a second one in the same file starts a new run.

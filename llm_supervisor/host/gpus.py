@@ -17,9 +17,9 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from llm_supervisor import simgpu
+from llm_supervisor.host import simgpu
 from llm_supervisor.errors import RuntimeFailure
-from llm_supervisor.profiles import Hardware
+from llm_supervisor.config.profile import Hardware
 
 MIB = 1024 * 1024
 # Cards are sold in round "GB" but report less (a 24 GB card: 23028-24564 MiB) or a bit more.

@@ -35,18 +35,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llm_supervisor import cluster, hardware, launcher
-from llm_supervisor.api import create_app, start_api, stop_api
-from llm_supervisor.cluster import ClusterView, Role
-from llm_supervisor.daemon import AttemptOutcome, Daemon, daemon_process, enqueue_command, log_placement, run_daemon
+from llm_supervisor.cluster import spec as cluster
+from llm_supervisor.host import gpus as hardware
+from llm_supervisor.runtime import launcher
+from llm_supervisor.api.server import create_app, start_api, stop_api
+from llm_supervisor.cluster.spec import ClusterView, Role
+from llm_supervisor.runtime.daemon import AttemptOutcome, Daemon, daemon_process, enqueue_command, log_placement, run_daemon
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput
-from llm_supervisor.failures import Failure, FailureKind
-from llm_supervisor.notify import Notifier
-from llm_supervisor.plan import LaunchPlan, build_plan
-from llm_supervisor.profiles import Profile
-from llm_supervisor.rayprobe import port_open
-from llm_supervisor.settings import Settings
-from llm_supervisor.state import State
+from llm_supervisor.vllm.failures import Failure, FailureKind
+from llm_supervisor.runtime.notify import Notifier
+from llm_supervisor.planning.launch import LaunchPlan, build_plan
+from llm_supervisor.config.profile import Profile
+from llm_supervisor.cluster.probe import port_open
+from llm_supervisor.config.settings import Settings
+from llm_supervisor.runtime.states import State
 
 log = logging.getLogger("llm_supervisor")
 
@@ -296,7 +298,7 @@ class HeadDaemon(Daemon):
         probe_env = {k: v for k, v in base.items() if k not in ENGINE_ONLY_ENV}
         probe_env["LLM_SUPERVISOR_RAY_COMMAND"] = cfg.ray_command
         self.probe = Supervised(
-            "ray probe", [sys.executable, "-m", "llm_supervisor.rayprobe", "--address", cfg.ray_address,
+            "ray probe", [sys.executable, "-m", "llm_supervisor.cluster.probe", "--address", cfg.ray_address,
                           "--interval", f"{cfg.poll_interval_s:g}"],
             probe_env, backoff=(1.0, 5.0), stop_timeout=3.0, on_line=self._on_probe_line)
         self.view: ClusterView | None = None

@@ -50,12 +50,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from llm_supervisor import modelinfo
+from llm_supervisor.vllm import modelshape as modelinfo
 from llm_supervisor.errors import BadInput
-from llm_supervisor.logparse import parse_log
-from llm_supervisor.modelinfo import GIB, MIB, ModelShape, WeightInventory
-from llm_supervisor.profiles import Hardware, Profile, Recovery, Target, VllmArgs
-from llm_supervisor.statefile import atomic_write
+from llm_supervisor.vllm.logparse import parse_log
+from llm_supervisor.vllm.modelshape import GIB, MIB, ModelShape, WeightInventory
+from llm_supervisor.config.profile import Hardware, Profile, Recovery, Target, VllmArgs
+from llm_supervisor.store.state import atomic_write
 
 log = logging.getLogger(__name__)
 

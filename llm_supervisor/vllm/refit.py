@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 
-from llm_supervisor import modelinfo, planner
+from llm_supervisor.vllm import modelshape as modelinfo, planner
 from llm_supervisor.errors import SupervisorError
-from llm_supervisor.failures import Failure, FailureKind
-from llm_supervisor.logparse import StartupFacts
-from llm_supervisor.profiles import Profile
-from llm_supervisor.recovery import Relaunch
+from llm_supervisor.vllm.failures import Failure, FailureKind
+from llm_supervisor.vllm.logparse import StartupFacts
+from llm_supervisor.config.profile import Profile
+from llm_supervisor.vllm.recovery import Relaunch
 
 
 def refine(failure: Failure, decision: Relaunch, facts: StartupFacts, profile: Profile,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:  # profiles imports this module; only types flow back
-    from llm_supervisor.profiles import Profile
+    from llm_supervisor.config.profile import Profile
 
 Role = Literal["head", "worker"]
 DEFAULT_GCS_PORT = 6379
@@ -470,7 +470,7 @@ def plan_section(profile: "Profile", hf_home: str | None = None) -> dict[str, An
     node_ip = resolve_node_ip(cfg)
     layers = weights = None
     try:
-        from llm_supervisor import modelinfo
+        from llm_supervisor.vllm import modelshape as modelinfo
 
         shape = modelinfo.load_shape(profile.model.id, hf_home)
         layers = shape.layers_per_stage(v.pipeline_parallel_size)

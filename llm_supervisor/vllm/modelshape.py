@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "data" / "models"
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
 GIB = 1024**3
 MIB = 1024**2
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from llm_supervisor.logparse import split_line, strip_header
+from llm_supervisor.vllm.logparse import split_line, strip_header
 
 
 class FailureKind(str, Enum):

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from llm_supervisor.errors import ProfileError
-from llm_supervisor.hardware import Gpu
-from llm_supervisor.numa import format_cpulist
-from llm_supervisor.profiles import Affinity, parse_cpulist
+from llm_supervisor.host.gpus import Gpu
+from llm_supervisor.host.numa import format_cpulist
+from llm_supervisor.config.profile import Affinity, parse_cpulist
 
 Core = tuple[int, ...]
 

@@ -1,0 +1,2 @@
+"""HTTP: the daemon's REST API (status, metrics, admin actions) and its client.
+"""

@@ -1,0 +1,2 @@
+"""`supervisor bench`: load against the served model.
+"""

@@ -1,0 +1,3 @@
+"""What the supervisor remembers on disk between runs: the state file (last good arguments,
+history), the calibration file, the daemon's lock; every write atomic.
+"""
