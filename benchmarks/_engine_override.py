@@ -15,14 +15,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llm_supervisor.vllm import engine_args  # noqa: E402
+from llm_supervisor.planning import launch  # noqa: E402
 
 
 def _command(command: str, simulate: bool) -> list[str]:
     return shlex.split(os.environ["BENCH_ENGINE_COMMAND"])
 
 
-engine_args.engine_command = _command
+launch.engine_command = _command
 
 if __name__ == "__main__":
     from llm_supervisor.cli import main

@@ -159,7 +159,7 @@ def daemon_shutdown(daemon: Daemon) -> dict:
 
 def engine_own_shutdown(tmp: Path) -> dict:
     """The simulator alone: SIGTERM to its API server → its process group gone, port free."""
-    from llm_supervisor.vllm.engine_args import SIMULATOR_COMMAND
+    from llm_supervisor.planning.launch import SIMULATOR_COMMAND
 
     port = free_port()
     argv = [*SIMULATOR_COMMAND, "Qwen/Qwen3-4B", "--host", "127.0.0.1", "--port", str(port),

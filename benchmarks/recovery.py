@@ -46,8 +46,10 @@ from _common import REPO, base_env, emit, free_port, log, machine_info, tmpdir  
 
 import httpx  # noqa: E402
 
-from llm_supervisor.vllm.engine_args import SIMULATOR_COMMAND, engine_argv  # noqa: E402
-from llm_supervisor.config.profile import Profile, VllmArgs, load_profile  # noqa: E402
+from llm_supervisor.planning.launch import SIMULATOR_COMMAND  # noqa: E402
+from llm_supervisor.vllm.engine_args import engine_argv  # noqa: E402
+from llm_supervisor.config.loader import load_profile
+from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.settings import Settings  # noqa: E402
 
 PROFILE = "4090d-qwen3-4b"
@@ -313,7 +315,7 @@ def policy_auto(profile: Profile, env: dict[str, str], derived: int) -> dict[str
 
 
 def run_scenario(name: str, tmp: Path, startup_s: float) -> dict[str, Any]:
-    from llm_supervisor.vllm.modelshape import load_shape
+    from llm_supervisor.host.modelfiles import load_shape
 
     sets, gpu_env, story = SCENARIOS[name]
     port = free_port()

@@ -48,7 +48,7 @@ def _settings(**overrides: Any) -> Settings:
 
 def _profile(settings: Settings, name: str | None, model: str | None, sets: list[str] | None,
              check_model: bool = False):
-    from llm_supervisor.config.profile import load_profile
+    from llm_supervisor.config.loader import load_profile
 
     name = name or settings.profile
     if not name:
@@ -100,7 +100,7 @@ def up(
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     settings = _settings()
     prof = _profile(settings, profile, model, set_, check_model=True)
-    if prof.cluster is not None or role:  # a multi-host deployment on Ray (raynode.py)
+    if prof.cluster is not None or role:  # a multi-host deployment on Ray (cluster/)
         from llm_supervisor.cluster.node import run_node
 
         raise typer.Exit(run_node(settings, prof, role=role, simulate=simulate, ignore_hardware=ignore_hardware))
@@ -124,23 +124,23 @@ def plan(
     """Everything `up` would do, without launching: argv, env, CPUs, memory policy, hardware, fit."""
     settings = _settings()
     prof = _profile(settings, profile, model, set_, check_model=True)
-    from llm_supervisor.cluster import spec as cluster
+    from llm_supervisor.cluster import spec as cluster_spec
     from llm_supervisor.planning.launch import build_plan, format_plan
 
     if prof.cluster is not None:  # what the head launches; per-host layout below
-        prof = cluster.engine_profile(prof, cluster.resolve_node_ip(prof.cluster))
+        prof = cluster_spec.engine_profile(prof, cluster_spec.resolve_node_ip(prof.cluster))
 
     result = build_plan(
         settings, prof, simulate=simulate, gpu_memory_gib=gpu_memory_gib, gpu_count=gpu_count,
         calibrate_from=calibrate_from, ignore_hardware=ignore_hardware,
     )
-    section = cluster.plan_section(prof, result.hf_home) if prof.cluster is not None else None
+    section = cluster_spec.plan_section(prof, result.hf_home) if prof.cluster is not None else None
     if as_json:
         _print_json(result.to_json() | ({"cluster": section} if section else {}))
     else:
         out.print(format_plan(result))
         if section:
-            out.print(cluster.format_plan_section(section), markup=False)
+            out.print(cluster_spec.format_plan_section(section), markup=False)
 
 
 @app.command()
@@ -149,7 +149,8 @@ def diagnose(
     as_json: JsonOpt = False,
 ) -> None:
     """Read a vLLM log: startup facts, the failure class and the remedy."""
-    from llm_supervisor.vllm.diagnosis import diagnose_file, format_diagnosis
+    from llm_supervisor.host.logfiles import diagnose_file
+    from llm_supervisor.vllm.diagnosis import format_diagnosis
 
     result = diagnose_file(logfile)
     if as_json:
@@ -197,7 +198,7 @@ def profiles_list(ctx: typer.Context) -> None:
     """List the shipped profiles."""
     if ctx.invoked_subcommand:
         return
-    from llm_supervisor.config.profile import list_profile_names, load_profile
+    from llm_supervisor.config.loader import list_profile_names, load_profile
 
     settings = _settings()
     names = list_profile_names(settings.profiles_dir)
@@ -219,7 +220,7 @@ def profiles_show(
     model: ModelOpt = None,
 ) -> None:
     """Print a profile as the daemon would use it (overrides applied, secrets masked)."""
-    from llm_supervisor.config.profile import load_profile, profile_to_yaml
+    from llm_supervisor.config.loader import load_profile, profile_to_yaml
 
     settings = _settings()
     print(profile_to_yaml(load_profile(name, settings.profiles_dir, overrides=set_ or [], model=model)), end="")

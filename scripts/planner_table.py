@@ -18,8 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llm_supervisor.vllm import modelshape as modelinfo, planner  # noqa: E402
-from llm_supervisor.config.profile import list_profile_names, load_profile  # noqa: E402
+from llm_supervisor.config.loader import list_profile_names, load_profile  # noqa: E402
+from llm_supervisor.host import modelfiles  # noqa: E402
+from llm_supervisor.vllm import cards, fit, memory  # noqa: E402
 
 CONTEXTS = (4096, 8192, 32768)
 START, END = "<!-- planner-table:start -->", "<!-- planner-table:end -->"
@@ -36,12 +37,12 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
     for name in list_profile_names(profiles_dir):
         profile = load_profile(name, profiles_dir)
         hw = profile.hardware
-        total = planner.stated_total_gib(hw)
-        gpu = planner.gpu_label(hw.gpu_name)
+        total = cards.stated_total_gib(hw)
+        gpu = cards.gpu_label(hw.gpu_name)
         # the bundled config.json facts, never a local checkpoint: the table is the same everywhere
-        shape = modelinfo.load_shape(str(modelinfo.BUNDLED_DIR / f"{modelinfo.bundled_name(profile.model.id)}.json"))
+        shape = modelfiles.load_shape(str(modelfiles.BUNDLED_DIR / f"{modelfiles.bundled_name(profile.model.id)}.json"))
         args = profile.vllm
-        pred = planner.predict(shape, args, total, hw.gpu_count, target=profile.target, vllm_version=vllm_version,
+        pred = fit.predict(shape, args, total, hw.gpu_count, target=profile.target, vllm_version=vllm_version,
                                recovery=profile.recovery, model=profile.model.id, gpu_name=gpu)
         conc = []
         for ctx in CONTEXTS:
@@ -83,7 +84,7 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles-dir", type=Path, default=ROOT / "profiles")
-    parser.add_argument("--vllm-version", default=planner.DEFAULT_VLLM_VERSION)
+    parser.add_argument("--vllm-version", default=memory.DEFAULT_VLLM_VERSION)
     parser.add_argument("--write", type=Path, help="replace the table between the markers in this file")
     opts = parser.parse_args(argv)
     table = build_table(opts.profiles_dir, opts.vllm_version)

@@ -15,10 +15,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llm_supervisor import cli  # noqa: E402
-from llm_supervisor.vllm import engine_args  # noqa: E402
+from llm_supervisor.planning import launch  # noqa: E402
 
 if os.environ.get("HARDENING_FAKE_ENGINE"):
-    engine_args.SIMULATOR_COMMAND[:] = shlex.split(os.environ["HARDENING_FAKE_ENGINE"])
+    launch.SIMULATOR_COMMAND[:] = shlex.split(os.environ["HARDENING_FAKE_ENGINE"])
 
 if __name__ == "__main__":
     cli.main()

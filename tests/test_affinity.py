@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.host.placement import Topology, plan_placement, resolve_gpu_node
+from llm_supervisor.host.placement import plan_placement, resolve_gpu_node
+from llm_supervisor.host.topology import Topology
 from llm_supervisor.errors import BadInput
 from llm_supervisor.host.gpus import Gpu
 from llm_supervisor.host.numa import format_cpulist

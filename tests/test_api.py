@@ -25,7 +25,7 @@ from llm_supervisor.api.server import (
 )
 from llm_supervisor.api.client import format_status, get_status, post_action
 from llm_supervisor.errors import BadInput, DaemonUnreachable, RuntimeFailure
-from llm_supervisor.runtime.states import State
+from llm_supervisor.states import State
 
 LOCAL = ("127.0.0.1", 50000)
 REMOTE = ("10.1.2.3", 1234)

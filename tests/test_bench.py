@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 import uvicorn
 
 from llm_supervisor.bench.run import (
-    EndpointUnreachable, compare_sentence, engine_metrics, engine_url_from_status, format_bench,
-    normalize_url, parse_prometheus, percentile, run_bench, summarize,
+    EndpointUnreachable, compare_sentence, engine_url_from_status, format_bench, normalize_url, percentile,
+    run_bench, summarize,
 )
+from llm_supervisor.vllm.metrics import engine_metrics, parse_prometheus
 from llm_supervisor.config.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_supervisor.cluster import spec as cluster
-from llm_supervisor.cluster.spec import ClusterView, NodeInfo
+from llm_supervisor.cluster import spec
+from llm_supervisor.cluster import view as cluster_view
+from llm_supervisor.config import cluster as cluster_config
+from llm_supervisor.cluster.view import ClusterView, NodeInfo
 from llm_supervisor.errors import ProfileError
-from llm_supervisor.config.profile import load_profile, validate_profile
+from llm_supervisor.config.loader import load_profile, validate_profile
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,7 +65,7 @@ def test_cluster_profile_valid_and_defaults() -> None:
     assert cfg is not None
     assert (cfg.gcs_host, cfg.gcs_port, cfg.ray_address) == ("10.0.0.1", 6379, "10.0.0.1:6379")
     assert cfg.role == "head" and cfg.include_dashboard is False
-    assert cluster.gpus_per_node(prof) == 4 and cluster.total_gpus(prof) == 8
+    assert spec.gpus_per_node(prof) == 4 and spec.total_gpus(prof) == 8
 
 
 @pytest.mark.parametrize("vllm, cl, needle", [
@@ -99,10 +101,10 @@ def test_cluster_section_field_errors(field: str, value: object, needle: str) ->
 
 
 def test_parse_address_forms() -> None:
-    assert cluster.parse_address("head") == ("head", 6379)
-    assert cluster.parse_address("10.1.2.3:6400") == ("10.1.2.3", 6400)
-    assert cluster.parse_address("[fd00::1]:7000") == ("fd00::1", 7000)
-    assert cluster.parse_address("fd00::1") == ("fd00::1", 6379)
+    assert cluster_config.parse_address("head") == ("head", 6379)
+    assert cluster_config.parse_address("10.1.2.3:6400") == ("10.1.2.3", 6400)
+    assert cluster_config.parse_address("[fd00::1]:7000") == ("fd00::1", 7000)
+    assert cluster_config.parse_address("fd00::1") == ("fd00::1", 6379)
 
 
 def test_ray_start_argv_per_role() -> None:
@@ -110,8 +112,8 @@ def test_ray_start_argv_per_role() -> None:
                                   resources={"nvme": 1}, node_manager_port=6380), "t.yaml")
     cfg = prof.cluster
     assert cfg is not None
-    head = cluster.ray_start_argv(cfg, "head", 4, "10.0.0.1")
-    worker = cluster.ray_start_argv(cfg, "worker", 4, "10.0.0.2")
+    head = spec.ray_start_argv(cfg, "head", 4, "10.0.0.1")
+    worker = spec.ray_start_argv(cfg, "worker", 4, "10.0.0.2")
     assert head[:3] == ["ray", "start", "--block"]
     assert head[head.index("--port") + 1] == "6379" and "--head" in head
     assert head[head.index("--include-dashboard") + 1] == "false"
@@ -127,21 +129,21 @@ def test_node_ip_and_env_from_interface() -> None:
     prof = validate_profile(_data(interface="eth1"), "t.yaml")
     cfg = prof.cluster
     assert cfg is not None
-    ip = cluster.resolve_node_ip(cfg, {"eth1": ["fe80::1", "192.168.7.2"], "lo": ["127.0.0.1"]})
+    ip = spec.resolve_node_ip(cfg, {"eth1": ["fe80::1", "192.168.7.2"], "lo": ["127.0.0.1"]})
     assert ip == "192.168.7.2"
-    env = cluster.node_env(cfg, ip)
+    env = spec.node_env(cfg, ip)
     assert env["VLLM_HOST_IP"] == "192.168.7.2"
     assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == "eth1"
-    assert cluster.resolve_node_ip(cfg, {}) is None  # no such interface here: run_node refuses
+    assert spec.resolve_node_ip(cfg, {}) is None  # no such interface here: run_node refuses
 
 
 def test_engine_profile_uses_ray_backend() -> None:
     prof = validate_profile(_data(node_ip="10.0.0.1"), "t.yaml")
-    eng = cluster.engine_profile(prof, "10.0.0.1")
+    eng = spec.engine_profile(prof, "10.0.0.1")
     args = eng.vllm.extra_args
     assert args[args.index("--distributed-executor-backend") + 1] == "ray"
     assert eng.env["RAY_ADDRESS"] == "10.0.0.1:6379" and eng.env["VLLM_HOST_IP"] == "10.0.0.1"
-    assert cluster.engine_profile(eng, "10.0.0.1").vllm.extra_args.count("--distributed-executor-backend") == 1
+    assert spec.engine_profile(eng, "10.0.0.1").vllm.extra_args.count("--distributed-executor-backend") == 1
 
 
 def test_readiness_counts_nodes_with_enough_gpus() -> None:
@@ -149,11 +151,11 @@ def test_readiness_counts_nodes_with_enough_gpus() -> None:
     small = NodeInfo("b", "10.0.0.2", True, gpus=2)
     full = NodeInfo("c", "10.0.0.3", True, gpus=4)
     dead = NodeInfo("d", "10.0.0.4", False, gpus=4)
-    assert not cluster.readiness(None, 2, 4).ready
-    r = cluster.readiness(ClusterView((head, small, dead)), 2, 4)
+    assert not cluster_view.readiness(None, 2, 4).ready
+    r = cluster_view.readiness(ClusterView((head, small, dead)), 2, 4)
     assert (r.ready, r.gpu_nodes, r.gpus) == (False, 1, 6)
     assert "1 of 2 node(s)" in r.reason
-    assert cluster.readiness(ClusterView((head, full)), 2, 4).ready
+    assert cluster_view.readiness(ClusterView((head, full)), 2, 4).ready
 
 
 def test_lost_nodes_and_rejoin_with_new_id() -> None:
@@ -161,38 +163,38 @@ def test_lost_nodes_and_rejoin_with_new_id() -> None:
     gone = ClusterView((NodeInfo("a", "h", True, 1, is_head=True), NodeInfo("b", "w", False, 1)))
     back = ClusterView((NodeInfo("a", "h", True, 1, is_head=True), NodeInfo("b", "w", False, 1),
                         NodeInfo("c", "w", True, 1)))
-    assert [n.node_id for n in cluster.lost_nodes(before, gone)] == ["b"]
-    assert [n.node_id for n in cluster.lost_nodes(before, back)] == ["b"]  # the engine's actor was on "b"
-    assert cluster.lost_nodes(gone, back) == []
-    assert cluster.describe(cluster.lost_nodes(before, gone)) == "w (1 GPU)"
+    assert [n.node_id for n in cluster_view.lost_nodes(before, gone)] == ["b"]
+    assert [n.node_id for n in cluster_view.lost_nodes(before, back)] == ["b"]  # the engine's actor was on "b"
+    assert cluster_view.lost_nodes(gone, back) == []
+    assert cluster_view.describe(cluster_view.lost_nodes(before, gone)) == "w (1 GPU)"
 
 
 def test_view_from_probe_json() -> None:
     line = {"ok": True, "source": "gcs", "per_node_gpus": True, "nodes": [
         {"node_id": "n1", "address": "192.0.2.2", "state": "alive", "is_head": True, "gpus": 1.0, "cpus": 1.0},
         {"node_id": "n2", "address": "127.0.0.2", "state": "dead", "gpus": 1.0, "death_reason": "SIGTERM"}]}
-    view = cluster.view_from_json(line)
+    view = cluster_view.view_from_json(line)
     assert view is not None and [n.address for n in view.alive] == ["192.0.2.2"]
     assert view.to_json()[1] == {"node_id": "n2", "address": "127.0.0.2", "state": "dead", "gpus": 1, "cpus": 0,
                                  "is_head": False, "death_reason": "SIGTERM"}
-    assert cluster.view_from_json({"ok": False, "error": "down"}) is None
+    assert cluster_view.view_from_json({"ok": False, "error": "down"}) is None
 
 
 def test_parse_ray_status_totals() -> None:
-    view = cluster.parse_ray_status(RAY_STATUS)
+    view = cluster_view.parse_ray_status(RAY_STATUS)
     assert len(view.alive) == 2 and not view.per_node_gpus
     assert view.alive_gpus == 3.0
-    assert cluster.readiness(view, 2, 1).ready
-    assert not cluster.readiness(view, 2, 2).ready  # 3 GPUs in all, 4 needed
+    assert cluster_view.readiness(view, 2, 1).ready
+    assert not cluster_view.readiness(view, 2, 2).ready  # 3 GPUs in all, 4 needed
 
 
 def test_layout_pipeline_stages_across_hosts() -> None:
     prof = validate_profile(_data(), "t.yaml")
-    plans = cluster.layout(prof, [32, 32], [9 * 1024**3, 10 * 1024**3])
+    plans = spec.layout(prof, [32, 32], [9 * 1024**3, 10 * 1024**3])
     assert [(p.role, [(s.pp_rank, s.first_layer, s.layers) for s in p.stages]) for p in plans] == [
         ("head", [(0, 0, 32)]), ("worker", [(1, 32, 32)])]
     four = validate_profile(_data(nodes=2) | {"vllm": {"tensor_parallel_size": 2, "pipeline_parallel_size": 4}}, "t")
-    assert [[s.pp_rank for s in p.stages] for p in cluster.layout(four, [16] * 4)] == [[0, 1], [2, 3]]
+    assert [[s.pp_rank for s in p.stages] for p in spec.layout(four, [16] * 4)] == [[0, 1], [2, 3]]
 
 
 def _write(tmp_path: Path, data: dict) -> Path:

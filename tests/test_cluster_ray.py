@@ -26,7 +26,8 @@ import psutil
 import pytest
 import yaml
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed")]
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_IP = "127.0.0.2"

@@ -1,17 +1,17 @@
 """sd_notify against a real daemon: a test-bound AF_UNIX datagram socket stands in for systemd.
 
-With SO_PASSCRED every datagram carries its sender's pid, so the test also proves that only the
-daemon (systemd's NotifyAccess=main) speaks, never the engine it starts.
+With SO_PASSCRED every datagram carries its sender's pid, so the test proves that only the
+daemon (systemd's NotifyAccess=main) speaks, never the engine it starts, and that the engine tree
+never sees the service manager's variables. What is said and when (STATUS lines, the watchdog's
+period, RELOADING on SIGHUP) is tested in-process in test_daemon_loop.py.
 """
 
 from __future__ import annotations
 
 import array
-import os
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import tempfile
 import threading
@@ -87,7 +87,7 @@ def notify_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_sd_notify_ready_status_watchdog_and_stopping(daemons, notify_dir: Path) -> None:
+def test_only_the_daemon_speaks_and_ready_means_ready(daemons, notify_dir: Path) -> None:
     systemd = FakeSystemd(notify_dir / "notify.sock")
     run: DaemonRun = daemons(env={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"})
     systemd.status_url = run.url + "/status"
@@ -97,9 +97,7 @@ def test_sd_notify_ready_status_watchdog_and_stopping(daemons, notify_dir: Path)
         run.start()
         status = run.wait_ready()
         wait_until(lambda: systemd.with_key("READY"), 10, 0.05, "READY=1")
-        ready_at = systemd.with_key("READY")[0][0]
-        # watch the watchdog for a while after ready
-        wait_until(lambda: time.monotonic() - ready_at > 3.0, 10, 0.1, "3 s of watchdog pings")
+        wait_until(lambda: systemd.with_key("WATCHDOG"), 10, 0.05, "WATCHDOG=1")
 
         # the engine tree never sees the service manager's variables
         pids = [p.pid for p in run.engine_processes()] + [status["guard_pid"]]
@@ -130,50 +128,5 @@ def test_sd_notify_ready_status_watchdog_and_stopping(daemons, notify_dir: Path)
     assert success, "the engine had not finished a request when READY=1 was sent"
     kv, conc = status["kv_cache_tokens"], status["max_concurrency"]
     assert fields["STATUS"] == f"ready: {kv:,} KV tokens, {conc:.2f}x concurrency at 40,960 tokens (SIMULATED)"
-
-    # STATUS lines before READY follow the start, and carry the parsed KV facts
-    before = [m[2]["STATUS"] for m in systemd.messages if "STATUS" in m[2] and m[0] < readies[0][0]]
-    assert any("starting vLLM" in s for s in before), before
-    assert f"KV cache: {kv:,} tokens, {conc:.2f}x at 40,960" in before, before
-    assert all("READY" not in m[2] for m in systemd.messages if m[0] < readies[0][0])
-
-    # WATCHDOG=1 every WATCHDOG_USEC / 2 = 0.5 s
-    pings = [at for at, _pid, f, _s in systemd.messages if f.get("WATCHDOG") == "1" and at < t_term]
-    assert len(pings) >= 6, len(pings)
-    gaps = [b - a for a, b in zip(pings, pings[1:])]
-    assert 0.4 <= statistics.median(gaps) <= 0.7, gaps
-    window = [at for at in pings if ready_at <= at <= ready_at + 3.0]
-    assert 4 <= len(window) <= 8, window
-
-    # STOPPING=1 after SIGTERM, once
     stopping = systemd.with_key("STOPPING")
     assert len(stopping) == 1 and stopping[0][0] >= t_term
-    assert os.path.exists(systemd.path)
-
-
-def test_sighup_reloads_the_engine_with_reloading_then_ready(daemons, notify_dir: Path) -> None:
-    """`systemctl reload` (ExecReload sends SIGHUP): RELOADING=1 with MONOTONIC_USEC, a new engine,
-    then READY=1 again once it answers."""
-    systemd = FakeSystemd(notify_dir / "notify.sock")
-    run: DaemonRun = daemons(env={"NOTIFY_SOCKET": str(systemd.path)})
-    systemd.status_url = run.url + "/status"
-    systemd.engine_port = run.engine_port
-    systemd.start()
-    try:
-        run.start()
-        first = run.wait_ready()
-        wait_until(lambda: systemd.with_key("READY"), 10, 0.05, "READY=1")
-        run.signal(signal.SIGHUP)
-        wait_until(lambda: systemd.with_key("RELOADING"), 10, 0.05, "RELOADING=1")
-        wait_until(lambda: len(systemd.with_key("READY")) == 2, 60, 0.1, "READY=1 after the reload")
-        second = run.status()
-        run.signal(signal.SIGTERM)
-        assert run.wait_exit(30) == 0
-    finally:
-        systemd.close()
-    reloading = systemd.with_key("RELOADING")
-    assert len(reloading) == 1 and int(reloading[0][2]["MONOTONIC_USEC"]) > 0
-    readies = systemd.with_key("READY")
-    assert readies[0][0] < reloading[0][0] < readies[1][0]
-    assert second["state"] == "ready" and second["pid"] != first["pid"]
-    assert second["restarts_by_reason"] == {"admin": 1}

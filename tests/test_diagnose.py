@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.vllm.diagnosis import diagnose_file, format_diagnosis
+from llm_supervisor.host.logfiles import diagnose_file
+from llm_supervisor.vllm.diagnosis import format_diagnosis
 from llm_supervisor.errors import BadInput
 
 ROOT = Path(__file__).resolve().parent.parent

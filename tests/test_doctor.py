@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from llm_supervisor.host import doctor, gpus as hardware
-from llm_supervisor.host.placement import Topology
+from llm_supervisor.host.topology import Topology
 from llm_supervisor.host.doctor import Check, format_checks, port_free, run_doctor
-from llm_supervisor.config.profile import load_profile
+from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.settings import Settings
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.vllm.logparse import parse_log
+from llm_supervisor.host.logfiles import parse_log_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
 
@@ -99,7 +99,7 @@ def test_v0_variant_c_tokens() -> None:
 
 def test_real_fixture_kv_cache_too_small() -> None:
     classifier = FailureClassifier()
-    parse_log(FIXTURES / "kv-cache-too-small.log", sink=classifier)
+    parse_log_file(FIXTURES / "kv-cache-too-small.log", sink=classifier)
     failure = classifier.classify(1, False)
     assert failure.kind is FailureKind.KV_CACHE_TOO_SMALL
     assert failure.values == {"needed_gib": 5.62, "available_gib": 0.92, "max_model_len": 40960,
@@ -149,7 +149,7 @@ def test_insufficient_free_memory_old_and_new(device: str) -> None:
 
 def test_startup_info_line_about_free_memory_is_not_a_failure() -> None:
     classifier = FailureClassifier()
-    parse_log(FIXTURES / "ready-then-sigterm.log", sink=classifier)
+    parse_log_file(FIXTURES / "ready-then-sigterm.log", sink=classifier)
     assert classifier.failure is None
 
 
@@ -244,7 +244,7 @@ def test_kv_error_repeated_by_every_worker_counts_once() -> None:
 
 def test_engine_killed_after_ready_fixture_exit_zero() -> None:
     classifier = FailureClassifier()
-    parser = parse_log(FIXTURES / "ready-then-enginecore-killed.log", sink=classifier)
+    parser = parse_log_file(FIXTURES / "ready-then-enginecore-killed.log", sink=classifier)
     assert parser.facts.server_started
     failure = classifier.classify(0, True)   # real 0.26 exits 0 here
     assert failure.kind is FailureKind.ENGINE_DEAD
@@ -254,7 +254,7 @@ def test_engine_killed_after_ready_fixture_exit_zero() -> None:
 
 def test_clean_sigterm_is_not_a_failure_in_a_saved_log() -> None:
     classifier = FailureClassifier()
-    parse_log(FIXTURES / "ready-then-sigterm.log", sink=classifier)
+    parse_log_file(FIXTURES / "ready-then-sigterm.log", sink=classifier)
     assert classifier.classify(None, True) is None
     assert classifier.shutdown_requested
     # if the supervisor did not ask for it, the engine is gone all the same

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.vllm.refit import shorten_for_cold_compile
-from llm_supervisor.vllm.diagnosis import diagnose_file
+from llm_supervisor.host.logfiles import diagnose_file
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.runtime.launcher import split_lines
 from llm_supervisor.vllm.logparse import LogParser, StartupFacts
-from llm_supervisor.config.profile import load_profile
+from llm_supervisor.config.loader import load_profile
+from llm_supervisor.planning.launch import fit_context
+from llm_supervisor.vllm.fit import FitContext
 from llm_supervisor.vllm.recovery import Attempt, Relaunch, decide
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0"
@@ -250,6 +251,10 @@ def test_engine_death_relaunches_the_same_arguments_after_the_backoff():
     assert relaunches(status(f"{READY}.status-2"))[0]["change"] is None
 
 
+def fit_for(prof) -> FitContext:
+    return fit_context(prof, NVML_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3")
+
+
 def test_kv_too_small_after_a_warm_start_is_cut_for_the_cold_relaunch():
     """vLLM estimated 8032 tokens during a warm start; the relaunch with a new max_model_len
     compiles cold (0.18 GiB more activation) and held 6688. The daemon launched 6672."""
@@ -261,9 +266,11 @@ def test_kv_too_small_after_a_warm_start_is_cut_for_the_cold_relaunch():
     assert isinstance(decision, Relaunch)
     assert decision.args.max_model_len == 8032  # vLLM's estimate, which no longer fits …
     assert decision.args.max_model_len > relaunch.facts.kv_cache_tokens
-    cut = shorten_for_cold_compile(failure, decision, first.facts, prof, gpu_total_gib=NVML_TOTAL_MIB / 1024,
-                                   gpu_name="NVIDIA H100 80GB HBM3", hf_home=None)
+    cut = decide(failure, prof.vllm, prof, history([first]), first.facts,
+                 gpu_free_mib=NVML_TOTAL_MIB, gpu_total_mib=NVML_TOTAL_MIB, fit=fit_for(prof))
+    assert isinstance(cut, Relaunch)
     assert cut.args.max_model_len == 6672  # … what the daemon launched on the GPU
+    assert "8032" in cut.reason and "warm start" in cut.reason
     assert relaunches(status(f"{KV_SMALL}.status"))[0]["change"] == {"max_model_len": [40960, 6672]}
     fit = relaunch.facts.kv_cache_tokens  # the largest context the cold relaunch held
     assert 0.95 * fit <= cut.args.max_model_len <= fit
@@ -277,9 +284,9 @@ def test_cold_start_estimate_is_not_cut():
     prof = profile(first)
     failure = first.failure()
     decision = decide(failure, prof.vllm, prof, history([first]), facts)
-    same = shorten_for_cold_compile(failure, decision, facts, prof, gpu_total_gib=79.65,
-                                    gpu_name="NVIDIA H100 80GB HBM3", hf_home=None)
-    assert same is decision
+    same = decide(failure, prof.vllm, prof, history([first]), facts, fit=fit_for(prof))
+    assert isinstance(same, Relaunch) and isinstance(decision, Relaunch)
+    assert (same.args, same.change, same.reason) == (decision.args, decision.change, decision.reason)
 
 
 def test_free_memory_short_lowers_utilization_from_free_memory():
@@ -372,8 +379,8 @@ def test_planner_predicts_the_cold_ready_run_from_the_cuda_visible_total():
     """Launch 1 (util 0.27, len 40960, cold compile): vLLM printed 12.80 GiB / 93,168 tokens.
     With NVML's total (81,559 MiB) the planner said 12.91 / 94,032; with the CUDA-visible total
     it is within 0.02 GiB and 0.1 % of the tokens, on the GPU and here."""
-    from llm_supervisor.vllm.modelshape import load_shape
-    from llm_supervisor.vllm.planner import predict
+    from llm_supervisor.host.modelfiles import load_shape
+    from llm_supervisor.vllm.fit import predict
     from llm_supervisor.config.profile import VllmArgs
 
     printed = runs(READY)[0].facts

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from llm_supervisor.api.server import MAX_BODY_BYTES, create_app, start_api, stop_api
 from llm_supervisor.errors import RuntimeFailure
-from llm_supervisor.runtime.states import State
+from llm_supervisor.states import State
 
 TOKEN = "tok-fuzz-0123456789"
 SNAPSHOT: dict[str, Any] = {

@@ -8,6 +8,8 @@ replayed with HARDENING_SEED=<seed>."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import random
 import signal
@@ -54,6 +56,7 @@ def engine_health(run: DaemonRun) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_kill9_of_the_daemon_at_random_moments_never_orphans(daemons) -> None:
     """Five kill -9s, each at another moment: just launched, mid-startup, while the daemon makes
     its smoke request, while an admin restart is under way, during backoff. The same state dir and
@@ -100,6 +103,7 @@ def test_kill9_of_the_daemon_at_random_moments_never_orphans(daemons) -> None:
     assert_clean(run, "SIGTERM after the kills")
 
 
+@pytest.mark.slow
 def test_kill9_of_each_engine_process_recovers(daemons) -> None:
     """TP=2 (API server → EngineCore → two workers): kill -9 the API server, EngineCore and a
     worker, each at a random moment (during startup or once ready). The daemon relaunches each
@@ -147,6 +151,7 @@ def test_kill9_of_each_engine_process_recovers(daemons) -> None:
     assert_clean(run, "SIGTERM after engine kills")
 
 
+@pytest.mark.slow
 def test_engine_ignoring_sigterm_is_killed_after_the_deadline(daemons) -> None:
     stop_timeout = 1.5
     # The simulated API server ignores SIGTERM and, with a long death grace, outlives its

@@ -23,12 +23,23 @@ from hypothesis import strategies as st
 
 from hardening_utils import REPO, assert_bad_input, cli, clean_env
 from llm_supervisor.errors import ProfileError, SupervisorError
-from llm_supervisor.config.profile import Profile, load_profile, profile_to_yaml, validate_profile
+from llm_supervisor.config.loader import load_profile, profile_to_yaml, validate_profile
+from llm_supervisor.config.profile import Profile
 
 PROFILES = REPO / "profiles"
 SHIPPED: dict[str, dict[str, Any]] = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(PROFILES.glob("*.yaml"))}
-WORK = Path(tempfile.mkdtemp(prefix="hardening-input-"))
+WORK = Path()  # set per module run, under pytest's own temporary folder (see _work)
 PROP = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _work(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hypothesis examples cannot take tmp_path (function-scoped): they write under one folder
+    of pytest's per module, which pytest removes with its other temporary folders."""
+    global WORK
+    WORK = tmp_path_factory.mktemp("hardening-input")
+
 
 # ------------------------------------------------------------------ strategies
 
@@ -407,6 +418,7 @@ def test_corrupt_state_file_is_set_aside_with_a_warning(tmp_path: Path, label: s
     assert store.last_good("y") is None and store.last_good("x") is None
     store.record("x", {"event": "launch"})
     store.remember_ready("y", {}, {"max_model_len": 4096}, {})
+    store.save()
     saved = json.loads((tmp_path / "state.json").read_text())
     assert saved["profiles"]["y"]["last_good"]["args"] == {"max_model_len": 4096}
     assert saved["profiles"]["x"]["history"] == [{"event": "launch"}]

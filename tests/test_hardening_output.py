@@ -30,19 +30,15 @@ def test_engine_that_closes_stdout_is_still_watched(tmp_path: Path) -> None:
         first = run.wait_ready()
         assert any("closing stdout and stderr" in line for line in first["log_tail"])
         # output is gone for good; the engine is alive and the daemon still calls it ready
-        time.sleep(1.0)
-        snap = run.status()
+        later = first["daemon_uptime_s"] + 1.0
+        snap = run.wait_status(lambda s: s["daemon_uptime_s"] >= later, 30, "a second more of uptime")
         assert snap["state"] == "ready" and alive([first["pid"]]) == [first["pid"]]
-        # its death is noticed at once (CONTRACT: within 1 s plus the policy's backoff)
+        # its death is still noticed, through the guard (benchmarks/detection.py times it)
         psutil.Process(first["pid"]).kill()
-        t0 = time.monotonic()
-        run.wait_status(lambda s: s["state"] != "ready", 10, "the exit noticed")
-        noticed = time.monotonic() - t0
+        run.wait_status(lambda s: s["state"] != "ready", 30, "the exit noticed")
         second = run.wait_status(lambda s: s["state"] == "ready" and s["attempt"] == 2, what="relaunched")
         assert second["pid"] != first["pid"] and second["restarts"] == 1
         assert [h for h in second["history"] if h["event"] == "exit"][-1]["failure"]["kind"] == "engine_dead"
-        assert noticed < 1.5, noticed
-        print(f"engine with closed stdout: kill noticed after {noticed:.2f} s, ready again")
         run.signal(signal.SIGTERM)
         assert run.wait_exit(30) == 0
         assert run.tree() == []
@@ -56,12 +52,9 @@ def test_a_line_of_megabytes_is_cut_and_the_daemon_goes_on(tmp_path: Path) -> No
         tail = snap["log_tail"]
         assert any("vLLM API server version 0.0.0-fake" in line for line in tail), tail[-3:]
         assert any(line.startswith("x" * 100) and line.endswith(" […]") for line in tail)
-        # /status stays small and fast although the tail holds pieces of the giant line
-        t0 = time.monotonic()
+        # /status stays small although the tail holds pieces of the giant line
         r = run.get("/status")
-        took = time.monotonic() - t0
         assert r.status_code == 200 and len(r.content) < 100_000, len(r.content)
-        assert took < 0.5, took
         assert max(len(line) for line in r.json()["log_tail"]) <= 2100
         # the raw log keeps every byte
         log = run.state_dir / "logs" / f"{run.profile}.log"
@@ -77,29 +70,22 @@ def test_a_flood_of_output_leaves_the_api_responsive(tmp_path: Path) -> None:
                LLM_SUPERVISOR_LOG_BACKUPS=str(backups)) as run:
         run.start()
         run.wait_ready()
-        latencies: list[float] = []
+        answered = 0
         rss: list[float] = []
-        t0 = time.monotonic()
-        deadline = t0 + 120
+        deadline = time.monotonic() + 120
         done = False
         while time.monotonic() < deadline and not done:
-            start = time.monotonic()
             r = run.get("/status")
-            latencies.append(time.monotonic() - start)
+            answered += 1
             assert r.status_code == 200
             snap = r.json()
             assert snap["state"] == "ready", snap["state"]
             done = any("flood done" in line for line in snap["log_tail"])
             rss.append(_rss_mb(run.pid))
             time.sleep(0.02)
-        took = time.monotonic() - t0
         assert done, "the flood never ended"
-        latencies.sort()
-        p95, worst = latencies[int(len(latencies) * 0.95)], latencies[-1]
-        print(f"1e6 lines in {took:.1f} s ({1e6 / took:,.0f} lines/s) while /status answered {len(latencies)} "
-              f"times: p95 {p95 * 1000:.1f} ms, max {worst * 1000:.1f} ms; daemon RSS max {max(rss):.0f} MB")
-        assert len(latencies) >= 5
-        assert p95 < 0.25 and worst < 1.0, (p95, worst)
+        # the API answered all along (its latency under a flood: benchmarks/overhead.py)
+        assert answered >= 5
         assert max(rss) < RSS_BOUND_MB, max(rss)
         # the log rotated and its size on disk stayed bounded
         logs = sorted((run.state_dir / "logs").glob(f"{run.profile}.log*"))

@@ -4,6 +4,8 @@ the same state dir, API port or engine port refuses clearly and disturbs nothing
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import random
@@ -32,6 +34,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_kill9_during_state_writes_never_tears_the_file(tmp_path: Path) -> None:
     """30 writers, each SIGKILLed at a random moment of its rewrite loop (payloads from 10 B to
     1.5 MB, so many kills land mid-write): the file always parses, is whole (its two copies of the

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.vllm import modelshape as modelinfo
+from llm_supervisor.host import modelfiles
 from llm_supervisor.vllm.modelshape import GIB, ModelShape, SafetensorsError
 
-QWEN3_4B = modelinfo.load_shape("Qwen/Qwen3-4B")
-QWEN3_8B = modelinfo.load_shape("Qwen/Qwen3-8B")
-QWEN3_32B_AWQ = modelinfo.load_shape("Qwen/Qwen3-32B-AWQ")
+QWEN3_4B = modelfiles.load_shape("Qwen/Qwen3-4B")
+QWEN3_8B = modelfiles.load_shape("Qwen/Qwen3-8B")
+QWEN3_32B_AWQ = modelfiles.load_shape("Qwen/Qwen3-32B-AWQ")
 
 ST_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4, "U8": 1, "F8_E4M3": 1}
 
@@ -125,7 +125,7 @@ def test_bundled_shapes_and_quantization():
      "compressed-tensors", 4),
 ])
 def test_quantization_configs(quant, method, bits):
-    cfg = json.loads((modelinfo.BUNDLED_DIR / "Qwen--Qwen3-8B.json").read_text())
+    cfg = json.loads((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-8B.json").read_text())
     cfg["quantization_config"] = quant
     shape = ModelShape.from_config(cfg)
     assert (shape.quant_method, shape.quant_bits) == (method, bits)
@@ -134,7 +134,7 @@ def test_quantization_configs(quant, method, bits):
 
 
 def test_awq_estimate_is_about_a_quarter_of_bf16():
-    bf16 = modelinfo.load_shape("Qwen/Qwen3-32B").weight_bytes()
+    bf16 = modelfiles.load_shape("Qwen/Qwen3-32B").weight_bytes()
     awq = QWEN3_32B_AWQ.weight_bytes()
     assert 0.25 < awq / bf16 < 0.35  # 4-bit linear layers, 16-bit embeddings
     # vocab-parallel embeddings and lm_head: per GPU close to total / TP
@@ -148,7 +148,7 @@ def test_fp8_online_quantization_of_a_bf16_checkpoint():
 
 
 def test_sliding_window_layouts():
-    base = json.loads((modelinfo.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
+    base = json.loads((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
     assert ModelShape.from_config(base).attention_kind == "full"  # use_sliding_window false
     mistral = {**base, "sliding_window": 4096}
     mistral.pop("use_sliding_window")
@@ -163,7 +163,7 @@ def test_sliding_window_layouts():
 
 
 def test_yarn_rope_scaling_stretches_the_context_limit():
-    cfg = json.loads((modelinfo.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
+    cfg = json.loads((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
     cfg["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
     assert ModelShape.from_config(cfg).context_limit == 131072
 
@@ -182,7 +182,7 @@ def test_header_of_a_small_file_with_data(tmp_path):
     f = tmp_path / "model.safetensors"
     written = write_safetensors(f, {"a": ("BF16", [3, 4]), "b": ("F32", [5]), "c": ("U8", [])}, with_data=True,
                                 metadata={"format": "pt"})
-    tensors = {t.name: t for t in modelinfo.read_safetensors_tensors(f)}
+    tensors = {t.name: t for t in modelfiles.read_safetensors_tensors(f)}
     assert set(tensors) == {"a", "b", "c"}
     assert (tensors["a"].nbytes, tensors["b"].nbytes, tensors["c"].nbytes) == (24, 20, 1)
     assert sum(t.nbytes for t in tensors.values()) == written == 45
@@ -190,9 +190,9 @@ def test_header_of_a_small_file_with_data(tmp_path):
 
 
 def test_qwen3_4b_headers_match_the_shape_estimate_exactly(tmp_path):
-    (tmp_path / "config.json").write_text((modelinfo.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
+    (tmp_path / "config.json").write_text((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
     total = write_safetensors(tmp_path / "model.safetensors", qwen3_tensors(QWEN3_4B))
-    inv = modelinfo.load_weight_inventory(tmp_path)
+    inv = modelfiles.load_weight_inventory(tmp_path)
     assert inv is not None and inv.total_bytes == total == 8_044_936_192  # 4.02B parameters × 2 bytes
     assert inv.per_gpu_bytes(QWEN3_4B, 1) == [QWEN3_4B.weight_bytes()]
     tp2 = inv.per_gpu_bytes(QWEN3_4B, 2)[0]
@@ -215,7 +215,7 @@ def test_index_json_shard_set(tmp_path):
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     # a stray consolidated file must not be counted twice
     write_safetensors(tmp_path / "consolidated.safetensors", {"x": ("BF16", [1000, 1000])})
-    inv = modelinfo.load_weight_inventory(tmp_path)
+    inv = modelfiles.load_weight_inventory(tmp_path)
     assert inv is not None and inv.total_only is None
     assert len(inv.files) == 2 and inv.total_bytes == total
     assert inv.per_gpu_bytes(shape, 1) == [shape.weight_bytes()]
@@ -227,12 +227,12 @@ def test_index_json_shard_set(tmp_path):
 def test_missing_shard_falls_back_to_index_total(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": 16_000_000_000}, "weight_map": {"a": "model-00001-of-00002.safetensors"}}))
-    inv = modelinfo.load_weight_inventory(tmp_path)
+    inv = modelfiles.load_weight_inventory(tmp_path)
     assert inv is not None and inv.total_only == 16_000_000_000 and inv.problems
     assert inv.per_gpu_bytes(QWEN3_8B, 2) == [8_000_000_000]
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "gone.safetensors"}}))
     with pytest.raises(SafetensorsError, match="missing"):
-        modelinfo.load_weight_inventory(tmp_path)
+        modelfiles.load_weight_inventory(tmp_path)
 
 
 def test_kv_projections_replicate_beyond_the_kv_heads(tmp_path):
@@ -240,7 +240,7 @@ def test_kv_projections_replicate_beyond_the_kv_heads(tmp_path):
     write_safetensors(f, {"model.layers.0.self_attn.k_proj.weight": ("BF16", [1024, 2560]),
                           "model.layers.0.self_attn.q_proj.weight": ("BF16", [4096, 2560]),
                           "model.layers.0.input_layernorm.weight": ("BF16", [2560])})
-    inv = modelinfo.load_weight_inventory(tmp_path)
+    inv = modelfiles.load_weight_inventory(tmp_path)
     assert inv is not None
     k, q, norm = 1024 * 2560 * 2, 4096 * 2560 * 2, 2560 * 2
     # TP 16 over 8 KV heads: each GPU keeps one whole KV head (k / 8), q splits 16 ways, norms replicate
@@ -257,9 +257,9 @@ def test_bad_safetensors_files_raise_clearly(tmp_path, content, match):
     f = tmp_path / "model.safetensors"
     f.write_bytes(content)
     with pytest.raises(SafetensorsError, match=match):
-        modelinfo.load_weight_inventory(tmp_path)
+        modelfiles.load_weight_inventory(tmp_path)
 
 
 def test_no_safetensors_means_no_inventory(tmp_path):
-    assert modelinfo.load_weight_inventory(tmp_path) is None
-    assert modelinfo.load_weight_inventory("Qwen/Qwen3-4B", hf_home=str(tmp_path)) is None
+    assert modelfiles.load_weight_inventory(tmp_path) is None
+    assert modelfiles.load_weight_inventory("Qwen/Qwen3-4B", hf_home=str(tmp_path)) is None

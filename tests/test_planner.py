@@ -12,19 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.vllm import modelshape as modelinfo, planner
-from llm_supervisor.store import state as statefile
+from llm_supervisor.host import modelfiles
+from llm_supervisor.vllm import calibration
+from llm_supervisor.store import calibration as calibration_store
+from llm_supervisor.vllm import cards
+from llm_supervisor.vllm import fit
+from llm_supervisor.vllm import memory
+from llm_supervisor.store import atomic
 from llm_supervisor.errors import BadInput
 from llm_supervisor.vllm.modelshape import GIB, ModelShape
-from llm_supervisor.vllm.planner import Calibration, CalibrationError, check_launch, predict
-from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs, load_profile
+from llm_supervisor.store.calibration import Calibration
+from llm_supervisor.vllm.calibration import CalibrationError
+from llm_supervisor.vllm.fit import check_launch, predict
+from llm_supervisor.config.loader import load_profile
+from llm_supervisor.planning.launch import fit_context
+from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 H100 = "NVIDIA H100 80GB HBM3"
 H100_TOTAL = 79.18  # "Free memory on device (78.66/79.18 GiB)"
 MODEL = "Qwen/Qwen3-4B"
-QWEN3_4B = modelinfo.load_shape(MODEL)
+QWEN3_4B = modelfiles.load_shape(MODEL)
 
 
 def within(value: float, expected: float, fraction: float) -> bool:
@@ -41,7 +50,7 @@ def profile_for(model: str = MODEL, **vllm: object) -> Profile:
 
 
 def test_facts_of_the_warm_ready_log():
-    facts = planner.read_log_facts(FIXTURES / "ready-then-sigterm.log")
+    facts = calibration_store.read_log_facts(FIXTURES / "ready-then-sigterm.log")
     assert facts["model_weights_gib"] == 7.56
     assert facts["available_kv_cache_gib"] == 15.36
     assert facts["kv_cache_tokens"] == 111808
@@ -53,16 +62,16 @@ def test_facts_of_the_warm_ready_log():
 
 
 def test_facts_of_the_cold_and_the_failed_logs():
-    cold = planner.read_log_facts(FIXTURES / "ready-then-enginecore-killed.log")
+    cold = calibration_store.read_log_facts(FIXTURES / "ready-then-enginecore-killed.log")
     assert cold["compile_cached"] is False and cold["peak_activation_gib"] == 0.8
-    failed = planner.read_log_facts(FIXTURES / "kv-cache-too-small.log")
+    failed = calibration_store.read_log_facts(FIXTURES / "kv-cache-too-small.log")
     assert failed["compile_cached"] is False
     assert failed["gpu_memory_utilization"] == 0.12 and failed["available_kv_cache_gib"] == 0.92
     assert failed["max_model_len"] == 40960 and "gpu_total_gib" not in failed
 
 
 def test_learn_from_the_warm_log():
-    obs = planner.learn_from_log(FIXTURES / "ready-then-sigterm.log", model=MODEL, gpu_name=H100)
+    obs = calibration_store.learn_from_log(FIXTURES / "ready-then-sigterm.log", model=MODEL, gpu_name=H100)
     assert obs.compile_cold is False
     assert within(obs.overhead_gib, 0.84, 0.001)  # 0.62 activation + 0.22 non-torch
     assert (obs.weights_gib, obs.kv_cache_tokens, obs.max_model_len) == (7.56, 111808, 10000)
@@ -73,9 +82,9 @@ def test_learn_from_the_warm_log():
 def test_learn_from_the_failed_log_needs_the_gpu_total():
     log = FIXTURES / "kv-cache-too-small.log"
     with pytest.raises(CalibrationError) as err:
-        planner.learn_from_log(log, model=MODEL, gpu_name=H100)
+        calibration_store.learn_from_log(log, model=MODEL, gpu_name=H100)
     assert isinstance(err.value, BadInput) and "requested memory" in err.value.lines()[0]
-    obs = planner.learn_from_log(log, model=MODEL, gpu_name=H100, gpu_total_gib=H100_TOTAL)
+    obs = calibration_store.learn_from_log(log, model=MODEL, gpu_name=H100, gpu_total_gib=H100_TOTAL)
     # 0.12 × 79.18 − 7.56 weights − 0.92 available = 1.02 GiB, the cold overhead of the ready run
     assert obs.compile_cold is True and within(obs.overhead_gib, 1.02, 0.01)
 
@@ -94,7 +103,7 @@ def test_learn_from_facts_object_with_the_parser_names():
         vllm_version: str | None = "0.26.0"
         compile_cached: bool | None = False
 
-    obs = planner.learn_from_facts(Facts(), model=MODEL, gpu_name=H100, gpu_total_gib=H100_TOTAL,
+    obs = calibration.learn_from_facts(Facts(), model=MODEL, gpu_name=H100, gpu_total_gib=H100_TOTAL,
                                    gpu_memory_utilization=0.3)
     assert within(obs.overhead_gib, 23.754 - 7.56 - 15.17, 0.001) and obs.compile_cold is True
     assert obs.max_model_len == 10000
@@ -139,7 +148,7 @@ def test_calibrated_on_the_warm_run_predicts_the_small_run_within_10_percent(tmp
 
 
 def test_calibration_predicts_the_same_configuration_exactly():
-    obs = planner.learn_from_log(FIXTURES / "ready-then-sigterm.log", model=MODEL, gpu_name=H100)
+    obs = calibration_store.learn_from_log(FIXTURES / "ready-then-sigterm.log", model=MODEL, gpu_name=H100)
     p = predict(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.3, max_model_len=10000), H100_TOTAL, 1,
                 calibration=obs, gpu_name=H100)
     assert not p.compile_cold  # same max_model_len as the calibration run: its compile cache is warm
@@ -147,7 +156,7 @@ def test_calibration_predicts_the_same_configuration_exactly():
 
 
 def test_a_cold_observation_predicts_the_warm_relaunch():
-    obs = planner.learn_from_log(FIXTURES / "ready-then-enginecore-killed.log", model=MODEL, gpu_name=H100)
+    obs = calibration_store.learn_from_log(FIXTURES / "ready-then-enginecore-killed.log", model=MODEL, gpu_name=H100)
     assert obs.compile_cold is True
     p = predict(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.3, max_model_len=10000), H100_TOTAL, 1,
                 calibration=obs, gpu_name=H100)
@@ -226,10 +235,10 @@ def test_data_parallel_counts_every_replica_and_fp8_doubles_tokens():
 
 
 def test_tensor_and_pipeline_parallel_shares():
-    shape = modelinfo.load_shape("Qwen/Qwen3-8B")
+    shape = modelfiles.load_shape("Qwen/Qwen3-8B")
     tp2 = predict(shape, VllmArgs(tensor_parallel_size=2, max_model_len=16384), 20.0, 2)
     assert tp2.kv_bytes_per_token == 73728 and 7.4 < tp2.weights_gib < 7.9
-    assert tp2.non_torch_gib > planner.NON_TORCH_GIB  # NCCL buffers with several GPUs
+    assert tp2.non_torch_gib > memory.NON_TORCH_GIB  # NCCL buffers with several GPUs
     pp2 = predict(shape, VllmArgs(pipeline_parallel_size=2, max_model_len=16384), 20.0, 2)
     assert pp2.kv_bytes_per_token == 73728  # 18 of 36 layers per GPU, all KV heads
 
@@ -242,7 +251,7 @@ def test_kv_cache_memory_bytes_overrides_the_budget():
 
 
 def test_sliding_window_model_is_not_limited_by_one_full_context():
-    cfg = json.loads((modelinfo.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
+    cfg = json.loads((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
     cfg.pop("use_sliding_window")
     cfg["sliding_window"] = 4096
     shape = ModelShape.from_config(cfg)
@@ -257,7 +266,7 @@ def test_sliding_window_model_is_not_limited_by_one_full_context():
 
 
 def test_hybrid_and_mla_models_are_planned_with_a_note():
-    cfg = json.loads((modelinfo.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
+    cfg = json.loads((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
     cfg.update(use_sliding_window=True, sliding_window=4096, max_window_layers=18)
     p = predict(ModelShape.from_config(cfg), VllmArgs(max_model_len=8192), 23.99, 1)
     assert any("lower bounds" in n for n in p.notes) and p.fits
@@ -273,28 +282,28 @@ def test_headroom_warning_for_cuda_graphs():
 
 
 def test_concurrency_table():
-    rows = planner.concurrency_table(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.9), 23.99, 1)
+    rows = fit.concurrency_table(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.9), 23.99, 1)
     assert [r["context"] for r in rows] == [4096, 8192, 32768]
     tokens = rows[0]["kv_cache_tokens"]
     for r in rows:
         assert r["fits"] and r["max_concurrency"] == pytest.approx(tokens / r["context"], abs=0.01)
-    text = planner.format_concurrency_table(rows)
+    text = fit.format_concurrency_table(rows)
     assert "| 8,192 |" in text
-    tight = planner.concurrency_table(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.12), H100_TOTAL, 1,
+    tight = fit.concurrency_table(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.12), H100_TOTAL, 1,
                                       gpu_name=H100)
     assert [r["fits"] for r in tight] == [True, False, False]
 
 
-def test_predict_profile_reads_safetensors_headers(tmp_path):
+def test_fit_context_of_a_profile_reads_safetensors_headers(tmp_path):
     spec = importlib.util.spec_from_file_location("_modelinfo_tests", Path(__file__).with_name("test_modelinfo.py"))
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
     qwen3_tensors, write_safetensors = helpers.qwen3_tensors, helpers.write_safetensors
 
-    (tmp_path / "config.json").write_text((modelinfo.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
+    (tmp_path / "config.json").write_text((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
     write_safetensors(tmp_path / "model.safetensors", qwen3_tensors(QWEN3_4B))
     prof = profile_for(str(tmp_path), gpu_memory_utilization=0.3, max_model_len=10000)
-    p = planner.predict_profile(prof, H100_TOTAL, 1, gpu_name=H100)
+    p = fit_context(prof, H100_TOTAL, 1, gpu_name=H100).predict(prof.vllm)
     assert p.weights_source == "safetensors" and within(p.weights_gib, 7.56, 0.01)
     assert within(p.kv_cache_tokens, 110464, 0.02)
 
@@ -302,13 +311,13 @@ def test_predict_profile_reads_safetensors_headers(tmp_path):
 def test_shipped_profiles_fit_their_stated_hardware():
     for name in ("4090d-qwen3-4b", "3080x2-qwen3-8b", "a10x8-qwen3-32b-awq"):
         prof = load_profile(name, PROFILES)
-        total = planner.stated_total_gib(prof.hardware)
-        shape = modelinfo.load_shape(prof.model.id)
+        total = cards.stated_total_gib(prof.hardware)
+        shape = modelfiles.load_shape(prof.model.id)
         assert check_launch(shape, prof, prof.vllm, total, prof.hardware.gpu_count) == []
-        p = planner.predict_profile(prof, total, prof.hardware.gpu_count, gpu_name=planner.gpu_label(prof.hardware.gpu_name))
+        p = fit_context(prof, total, prof.hardware.gpu_count, gpu_name=cards.gpu_label(prof.hardware.gpu_name)).predict(prof.vllm)
         assert p.fits and p.max_model_len == prof.vllm.max_model_len, (name, p.notes)
         assert p.target_met in (None, True)
-    assert planner.stated_total_gib(load_profile("a10x8-qwen3-32b-awq", PROFILES).hardware) == pytest.approx(22.49, abs=0.01)
+    assert cards.stated_total_gib(load_profile("a10x8-qwen3-32b-awq", PROFILES).hardware) == pytest.approx(22.49, abs=0.01)
 
 
 # ---------------------------------------------------------------- launch checks
@@ -322,7 +331,7 @@ def test_tp3_on_a_32_head_model_is_refused():
 
 
 def test_kv_head_rule_as_vllm_applies_it():
-    cfg = json.loads((modelinfo.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
+    cfg = json.loads((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
     cfg.update(num_attention_heads=24, num_key_value_heads=6)
     shape = ModelShape.from_config(cfg)
     lines = check_launch(shape, profile_for(), VllmArgs(tensor_parallel_size=4), 80.0, 4)
@@ -341,7 +350,7 @@ def test_context_above_the_model_limit_needs_allow_long_context():
 
 
 def test_weights_over_the_budget_and_too_few_gpus():
-    shape = modelinfo.load_shape("Qwen/Qwen3-32B")
+    shape = modelfiles.load_shape("Qwen/Qwen3-32B")
     prof = profile_for("Qwen/Qwen3-32B")
     lines = check_launch(shape, prof, VllmArgs(gpu_memory_utilization=0.9), 23.99, 1)
     assert len(lines) == 1 and lines[0].startswith("weights need 61.") and "use more GPUs" in lines[0]
@@ -352,7 +361,7 @@ def test_weights_over_the_budget_and_too_few_gpus():
 
 
 def test_awq_group_alignment():
-    shape = modelinfo.load_shape("Qwen/Qwen3-32B-AWQ")
+    shape = modelfiles.load_shape("Qwen/Qwen3-32B-AWQ")
     prof = profile_for("Qwen/Qwen3-32B-AWQ")
     lines = check_launch(shape, prof, VllmArgs(tensor_parallel_size=16), 24.0, 16)
     assert len(lines) == 1 and "not a multiple of the awq group size 128" in lines[0] and "use 1, 2, 4 or 8" in lines[0]
@@ -377,7 +386,7 @@ def test_store_round_trip_and_lookup(tmp_path):
     assert again.lookup(MODEL, "0.26.0", H100, 2) is None
     assert again.lookup(MODEL, "0.26.0", "NVIDIA A10", 1) is None
     data = json.loads((tmp_path / "calibration.json").read_text())
-    key = planner.calibration_key(MODEL, "0.26.0", H100, 1)
+    key = calibration.calibration_key(MODEL, "0.26.0", H100, 1)
     assert data["format"] == 1 and data["entries"][key]["warm"]["overhead_gib"] == pytest.approx(0.84)
 
 
@@ -420,7 +429,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(statefile.os, "replace", crash)  # the one atomic writer
+    monkeypatch.setattr(atomic.os, "replace", crash)  # the one atomic writer
     with pytest.raises(OSError):
         cal.learn_from_log(FIXTURES / "kv-cache-too-small.log", model=MODEL, gpu_name=H100, gpu_total_gib=H100_TOTAL)
     assert path.read_bytes() == before  # the old file, whole
@@ -433,19 +442,19 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 def test_unreadable_log_is_bad_input(tmp_path):
     with pytest.raises(CalibrationError):
-        planner.learn_from_log(tmp_path / "missing.log", model=MODEL, gpu_name=H100)
+        calibration_store.learn_from_log(tmp_path / "missing.log", model=MODEL, gpu_name=H100)
     empty = tmp_path / "empty.log"
     empty.write_text("nothing useful\n")
     with pytest.raises(CalibrationError) as err:
-        planner.learn_from_log(empty, model=MODEL, gpu_name=H100, gpu_total_gib=80.0)
+        calibration_store.learn_from_log(empty, model=MODEL, gpu_name=H100, gpu_total_gib=80.0)
     assert len(err.value.lines()) >= 2
 
 
 def test_default_batch_limits():
-    assert planner.default_batch_limits(79.18, H100, "0.26.0") == (8192, 1024)
-    assert planner.default_batch_limits(79.15, "NVIDIA A100-SXM4-80GB", "0.26.0") == (2048, 256)
-    assert planner.default_batch_limits(23.99, "NVIDIA GeForce RTX 4090 D", "0.26.0") == (2048, 256)
-    assert planner.default_batch_limits(79.18, H100, "0.8.5") == (8192, 256)
+    assert memory.default_batch_limits(79.18, H100, "0.26.0") == (8192, 1024)
+    assert memory.default_batch_limits(79.15, "NVIDIA A100-SXM4-80GB", "0.26.0") == (2048, 256)
+    assert memory.default_batch_limits(23.99, "NVIDIA GeForce RTX 4090 D", "0.26.0") == (2048, 256)
+    assert memory.default_batch_limits(79.18, H100, "0.8.5") == (8192, 256)
 
 
 def test_facts_take_the_smallest_worker_and_read_the_v0_summary(tmp_path):
@@ -456,7 +465,7 @@ def test_facts_take_the_smallest_worker_and_read_the_v0_summary(tmp_path):
         "(EngineCore_DP0 pid=3) INFO 01-01 00:00:00 [kv_cache_utils.py:1087] GPU KV cache size: 76,432 tokens",
     ])
     (tmp_path / "tp.log").write_text(text)
-    facts = planner.read_log_facts(tmp_path / "tp.log")
+    facts = calibration_store.read_log_facts(tmp_path / "tp.log")
     assert facts["available_kv_cache_gib"] == 5.25 and facts["kv_cache_tokens"] == 76432
     v0 = ("INFO 05-01 10:00:00 [worker.py:271] Memory profiling takes 3.10 seconds\r\n"
           "INFO 05-01 10:00:00 [worker.py:271] the current vLLM instance can use total_gpu_memory (23.65GiB)"
@@ -464,10 +473,10 @@ def test_facts_take_the_smallest_worker_and_read_the_v0_summary(tmp_path):
           "INFO 05-01 10:00:00 [worker.py:271] model weights take 7.55GiB; non_torch_memory takes 0.09GiB;"
           " PyTorch activation peak memory takes 1.41GiB; the rest of the memory reserved for KV Cache is 12.23GiB.")
     (tmp_path / "v0.log").write_text(v0)
-    facts = planner.read_log_facts(tmp_path / "v0.log")
+    facts = calibration_store.read_log_facts(tmp_path / "v0.log")
     assert (facts["gpu_total_gib"], facts["gpu_memory_utilization"], facts["requested_gib"]) == (23.65, 0.9, 21.28)
     assert (facts["peak_activation_gib"], facts["non_torch_gib"], facts["available_kv_cache_gib"]) == (1.41, 0.09, 12.23)
-    obs = planner.learn_from_facts(facts, model=MODEL, gpu_name="NVIDIA GeForce RTX 4090", vllm_version="0.6.6")
+    obs = calibration.learn_from_facts(facts, model=MODEL, gpu_name="NVIDIA GeForce RTX 4090", vllm_version="0.6.6")
     assert obs.overhead_gib == pytest.approx(1.50) and obs.compile_cold is None
 
 
@@ -476,7 +485,7 @@ def test_docs_table_is_generated_from_the_code():
     spec = importlib.util.spec_from_file_location("_planner_table", root / "scripts" / "planner_table.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    table = script.build_table(PROFILES, planner.DEFAULT_VLLM_VERSION)
+    table = script.build_table(PROFILES, memory.DEFAULT_VLLM_VERSION)
     assert "| `4090d-qwen3-4b` | 1× RTX 4090 D (23.99 GiB) | Qwen/Qwen3-4B | TP 1 | 0.9 | 7.56 GiB | 144 KiB |" in table
     doc = (root / "docs" / "planner.md").read_text(encoding="utf-8")
     assert table in doc, "docs/planner.md is stale: run python3 scripts/planner_table.py --write docs/planner.md"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.vllm import modelshape as modelinfo, planner
+from llm_supervisor.host import modelfiles
+from llm_supervisor.vllm import fit
 from llm_supervisor.config.profile import VllmArgs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,8 +61,8 @@ CASES = [
 @pytest.mark.parametrize("model,total_mib,count,name,tp,util,length", CASES)
 def test_planner_predicts_what_the_simulator_prints(tmp_path, model, total_mib, count, name, tp, util, length) -> None:
     args = VllmArgs(gpu_memory_utilization=util, max_model_len=length, tensor_parallel_size=tp)
-    shape = modelinfo.load_shape(model)
-    predicted = planner.predict(shape, args, total_mib / 1024, count, gpu_name=name, model=model)
+    shape = modelfiles.load_shape(model)
+    predicted = fit.predict(shape, args, total_mib / 1024, count, gpu_name=name, model=model)
     printed = simulated_kv_tokens(tmp_path, model, total_mib, count, name,
                                   ["--gpu-memory-utilization", str(util), "--max-model-len", str(length),
                                    "--tensor-parallel-size", str(tp)])

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.vllm.logparse import StartupFacts, parse_log
+from llm_supervisor.host.logfiles import parse_log_file
+from llm_supervisor.vllm.logparse import StartupFacts
 from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, Target, VllmArgs
+from llm_supervisor.host.modelfiles import load_shape
+from llm_supervisor.vllm.fit import FitContext
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, backoff_delay, decide, failure_streak
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
@@ -53,7 +56,7 @@ def give_up(decision: Any) -> GiveUp:
 
 def test_real_fixture_recovers_in_one_relaunch() -> None:
     classifier = FailureClassifier()
-    facts = parse_log(FIXTURES / "kv-cache-too-small.log", sink=classifier).facts
+    facts = parse_log_file(FIXTURES / "kv-cache-too-small.log", sink=classifier).facts
     failure = classifier.classify(1, False)
     args = VllmArgs(gpu_memory_utilization=0.12, max_model_len=40960)
     prof = profile(gpu_memory_utilization=0.12, max_model_len=40960)
@@ -187,16 +190,6 @@ def test_free_memory_released_since_retries_same_args() -> None:
     assert r.args == args and r.change == {} and r.delay_s == 2.0
 
 
-def test_free_memory_sets_utilization_with_margin() -> None:
-    args = VllmArgs(gpu_memory_utilization=0.3, max_model_len=10000)
-    r = relaunch(decide(free_failure(), args, profile(), [], None))
-    # margin max(0.5 GiB, 2% of 79.18 = 1.58 GiB) + 1.0 GiB for the CUDA graphs vLLM 0.26 takes above
-        # the budget; (9.49 − 2.58)/79.18 = 0.0873 → 0.08
-    assert r.args.gpu_memory_utilization == 0.08
-    assert r.change == {"gpu_memory_utilization": [0.3, 0.08]}
-    assert "9.49" in r.reason and "79.18" in r.reason
-
-
 def no_kv() -> Failure:
     return Failure(FailureKind.NO_KV_CACHE_MEMORY, "ValueError: No available memory for the cache blocks. …", {})
 
@@ -209,18 +202,43 @@ def test_no_kv_memory_raises_utilization_from_the_profile_numbers() -> None:
     assert r.args.gpu_memory_utilization == 0.15
 
 
-def test_no_kv_memory_uses_weights_when_available_is_not_printed() -> None:
+def test_no_kv_memory_uses_the_memory_model_when_available_is_not_printed() -> None:
+    facts = StartupFacts(model_weights_gib=7.56)
+    args = VllmArgs(gpu_memory_utilization=0.08, max_model_len=10000)
+    fit = FitContext.of(load_shape("Qwen/Qwen3-4B"), H100_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3",
+                        recovery=profile().recovery)
+    r = relaunch(decide(no_kv(), args, profile(), [], facts, gpu_total_mib=H100_MIB, fit=fit))
+    # 7.56 weights + 1.03 overhead (0.81 cold activation at 8192 tokens/1024 seqs + 0.22 non-torch,
+    # the plan's memory model) + 0.28 KV (2048 tokens × 144 KiB) = 8.87 GiB / 79.18 = 0.112 +0.01 → 0.13
+    assert r.args.gpu_memory_utilization == 0.13
+    assert "1.03 GiB of peak activation and non-torch memory" in r.reason
+
+
+def test_no_kv_memory_with_vllms_own_overhead_figures() -> None:
+    facts = StartupFacts(model_weights_gib=7.56, peak_activation_gib=0.8, non_torch_gib=0.22)
+    args = VllmArgs(gpu_memory_utilization=0.08, max_model_len=10000)
+    r = relaunch(decide(no_kv(), args, profile(), [], facts, gpu_total_mib=H100_MIB))
+    # 7.56 + 1.02 (as vLLM measured) + 3.96 GiB (5%: no KV bytes per token known) = 12.54 GiB
+    # / 79.18 = 0.158 +0.01 → 0.17
+    assert r.args.gpu_memory_utilization == 0.17
+    assert "as vLLM measured them" in r.reason
+
+
+def test_no_kv_memory_without_any_overhead_figure_steps_up() -> None:
+    """No printed overhead and no model shape: one step up, not a guess."""
     facts = StartupFacts(model_weights_gib=7.56)
     args = VllmArgs(gpu_memory_utilization=0.08, max_model_len=10000)
     r = relaunch(decide(no_kv(), args, profile(), [], facts, gpu_total_mib=H100_MIB))
-    # 7.56 + (1.5 + 0.756) overhead + 3.96 KV = 13.78 GiB / 79.18 = 0.174 +0.01 → 0.19
-    assert r.args.gpu_memory_utilization == 0.19
+    assert r.change == {"gpu_memory_utilization": [0.08, 0.13]}
 
 
 def test_no_kv_memory_falls_back_to_eager_within_bounds() -> None:
     facts = StartupFacts(model_weights_gib=7.56)
     args = VllmArgs(gpu_memory_utilization=0.08, max_model_len=10000)
-    r = relaunch(decide(no_kv(), args, profile({"max_gpu_memory_utilization": 0.1}), [], facts, gpu_total_mib=H100_MIB))
+    prof = profile({"max_gpu_memory_utilization": 0.1})
+    fit = FitContext.of(load_shape("Qwen/Qwen3-4B"), H100_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3",
+                        recovery=prof.recovery)
+    r = relaunch(decide(no_kv(), args, prof, [], facts, gpu_total_mib=H100_MIB, fit=fit))
     assert r.args.enforce_eager is True
     assert r.args.gpu_memory_utilization == 0.1
 
@@ -303,7 +321,7 @@ def dead() -> Failure:
 
 def test_backoff_delay_grows_and_caps() -> None:
     rec = Recovery(backoff_initial_s=2, backoff_max_s=60)
-    assert [backoff_delay(rec, n) for n in (0, 1, 2, 3, 4, 5, 6, 7, 1000)] == [0, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert [backoff_delay(rec.backoff_initial_s, rec.backoff_max_s, n) for n in (0, 1, 2, 3, 4, 5, 6, 7, 1000)] == [0, 2, 4, 8, 16, 32, 60, 60, 60]
 
 
 def test_engine_death_restarts_same_args_with_growing_backoff_then_stops_flapping() -> None:

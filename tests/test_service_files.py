@@ -18,7 +18,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from llm_supervisor.errors import EXIT_BAD_INPUT, EXIT_GAVE_UP
-from llm_supervisor.config.profile import VllmArgs, load_profile
+from llm_supervisor.config.loader import load_profile
+from llm_supervisor.config.profile import VllmArgs
 from llm_supervisor.config.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,6 @@ import pytest
 from llm_supervisor.host import simgpu
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.args import parse
-from llm_supervisor.simulator.dialect import Dialect
 from llm_supervisor.simulator.memory import GIB, KvSizing, ShapeFacts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ from pydantic_core import to_json
 
 from llm_supervisor import __version__
 from llm_supervisor.errors import RuntimeFailure, SettingsError, SupervisorError
-from llm_supervisor.runtime.states import State
+from llm_supervisor.states import State
 
 __all__ = [
     "ACTIONS",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -35,6 +34,7 @@ import httpx
 
 from llm_supervisor.errors import RuntimeFailure
 from llm_supervisor.config.settings import Settings
+from llm_supervisor.vllm.metrics import EngineMetrics, engine_metrics, finite_float
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -83,67 +83,6 @@ def summarize(values: Sequence[float]) -> dict[str, float | None]:
 
 def _r(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
-
-
-_SAMPLE = re.compile(r"^(?P<name>[A-Za-z_:][A-Za-z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Samples of a Prometheus text exposition as (name, labels, value); malformed lines skipped."""
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if not m:
-            continue
-        try:
-            value = float(m["value"])
-        except ValueError:
-            continue
-        labels = {k: v.replace('\\"', '"').replace("\\\\", "\\") for k, v in _LABEL.findall(m["labels"] or "")}
-        samples.append((m["name"], labels, value))
-    return samples
-
-
-@dataclass
-class EngineMetrics:
-    """What one `/metrics` scrape says about load and capacity (None: not exposed)."""
-
-    running: float | None = None
-    waiting: float | None = None
-    max_concurrency: float | None = None
-    kv_cache_tokens: int | None = None
-    context: int | None = None
-
-
-def engine_metrics(text: str) -> EngineMetrics:
-    """Running/waiting requests (summed over engines) and the KV-cache capacity labels that
-    vLLM ≥0.23 puts on `vllm:cache_config_info`."""
-    out = EngineMetrics()
-    for name, labels, value in parse_prometheus(text):
-        if name == "vllm:num_requests_running":
-            out.running = (out.running or 0.0) + value
-        elif name == "vllm:num_requests_waiting":
-            out.waiting = (out.waiting or 0.0) + value
-        elif name == "vllm:cache_config_info":
-            conc = _float(labels.get("kv_cache_max_concurrency"))
-            tokens = _float(labels.get("kv_cache_size_tokens"))
-            if conc is not None and conc > 0:
-                out.max_concurrency = conc if out.max_concurrency is None else min(out.max_concurrency, conc)
-                if tokens:
-                    out.kv_cache_tokens = int(tokens)
-                    out.context = int(round(tokens / conc))
-    return out
-
-
-def _float(text: Any) -> float | None:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def normalize_url(url: str) -> str:
@@ -495,8 +434,8 @@ def _report(
     e2e = [r.tokens / r.latency_s for r in ok if r.latency_s]
 
     engine_max, engine_ctx, source = None, None, None
-    if status and _float(status.get("max_concurrency")):
-        engine_max = _float(status.get("max_concurrency"))
+    if status and finite_float(status.get("max_concurrency")):
+        engine_max = finite_float(status.get("max_concurrency"))
         ctx = status.get("max_concurrency_context") or status.get("max_model_len")
         engine_ctx = int(ctx) if isinstance(ctx, (int, float)) else None
         source = "daemon"

@@ -25,7 +25,8 @@ import sys
 import time
 from typing import Any
 
-from llm_supervisor.cluster.spec import parse_address, parse_ray_status
+from llm_supervisor.cluster.view import parse_ray_status
+from llm_supervisor.config.cluster import parse_address
 
 
 def _emit(data: dict[str, Any]) -> None:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from llm_supervisor.host import gpus as hardware
-from llm_supervisor.host.placement import Topology, plan_placement
+from llm_supervisor.host.placement import plan_placement
+from llm_supervisor.host.topology import Topology
 from llm_supervisor.errors import SupervisorError
 from llm_supervisor.host.numa import format_cpulist
 from llm_supervisor.config.profile import Profile

@@ -1,25 +1,43 @@
-"""The launch plan: everything `up` does before it starts the engine, and what `plan` shows.
+"""The launch plan: everything `up` decides before it starts the engine, and what `plan` shows.
 
 It composes the other parts: the GPUs found (or the simulated GPU) matched against the
-profile, the CPU/NUMA placement, the planner's prediction, the launch checks, the last
-arguments known to reach ready, and the engine's argv and environment.
+profile, the CPU/NUMA placement, the fit context (config.json, safetensors headers, this host's
+calibration: read here, once) and its prediction, the launch checks, the last arguments known
+to reach ready, and the engine's argv and environment. The plan decides the first launch's
+`max_model_len`; after a failure only the recovery policy decides, with the same fit context.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm_supervisor.host import gpus as hardware, placement as affinity, simgpu
-from llm_supervisor.vllm import engine_args, modelshape as modelinfo, planner
-from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
 from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.settings import Settings
+from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
+from llm_supervisor.host import gpus as hardware, simgpu
+from llm_supervisor.host.modelfiles import ModelConfigNotFound, load_shape, load_weight_inventory
+from llm_supervisor.host.placement import Placement, plan_placement
+from llm_supervisor.host.topology import Topology
+from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
+from llm_supervisor.vllm import engine_args
+from llm_supervisor.vllm.cards import gpu_label, stated_total_gib
+from llm_supervisor.vllm.fit import FitContext, Prediction, check_launch
+from llm_supervisor.vllm.modelshape import SafetensorsError
 
 RECOVERABLE_KEYS = ("max_model_len", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
+SIMULATOR_COMMAND = [sys.executable, "-m", "llm_supervisor.simulator", "serve"]
+
+
+def engine_command(command: str, simulate: bool) -> list[str]:
+    """The engine's command: the settings' (split like a shell would, run without one), or the
+    bundled simulator."""
+    return list(SIMULATOR_COMMAND) if simulate else shlex.split(command)
 
 
 @dataclass
@@ -32,8 +50,9 @@ class LaunchPlan:
     gpus: list[hardware.Gpu]
     chosen: list[hardware.Gpu]
     hardware_match: hardware.HardwareMatch | None
-    placement: affinity.Placement
-    prediction: planner.Prediction | None
+    placement: Placement
+    fit: FitContext | None
+    prediction: Prediction | None
     gpu_total_gib: float
     gpu_count: int
     gpu_name: str | None
@@ -84,12 +103,12 @@ class LaunchPlan:
 
 def simulated_gpu_config(profile: Profile) -> simgpu.SimGpuConfig:
     """A simulated GPU like the profile's card, unless LLM_SUPERVISOR_SIM_GPU_* say otherwise."""
-    label = planner.gpu_label(profile.hardware.gpu_name)
+    label = gpu_label(profile.hardware.gpu_name)
     name = label if label.upper().startswith("NVIDIA") else f"NVIDIA {'GeForce ' if 'RTX' in label.upper() else ''}{label}"
     return simgpu.load_config(
         name=name,
         count=profile.hardware.gpu_count,
-        total_mib=int(planner.stated_total_gib(profile.hardware) * 1024),
+        total_mib=int(stated_total_gib(profile.hardware) * 1024),
     )
 
 
@@ -120,6 +139,24 @@ def apply_last_good(profile: Profile, last_good: dict[str, Any] | None) -> tuple
     args = args.model_copy(update=changed)
     text = ", ".join(f"{k} {requested[k]} → {v}" for k, v in changed.items())
     return args, f"starting from the arguments that last reached ready: {text}"
+
+
+def fit_context(profile: Profile, gpu_total_gib: float, gpu_count: int, calibration: Calibration | None = None, *,
+                gpu_name: str | None = None, hf_home: str | None = None, vllm_version: str | None = None,
+                tensor_parallel: int | None = None) -> FitContext:
+    """The fit context of a profile: its model's shape (config.json) and, where the checkpoint is
+    on disk, its safetensors headers; this host's calibration; the profile's bounds and target.
+    Raises ModelConfigNotFound when no config.json can be found."""
+    shape = load_shape(profile.model.id, hf_home)
+    inventory = None
+    notes = []
+    try:
+        inventory = load_weight_inventory(profile.model.id, hf_home)
+    except SafetensorsError as exc:
+        notes.append(f"safetensors headers unreadable ({exc}); weights estimated from config.json")
+    return FitContext.of(shape, gpu_total_gib, gpu_count, calibration, profile.target, vllm_version,
+                         recovery=profile.recovery, model=profile.model.id, gpu_name=gpu_name, inventory=inventory,
+                         tensor_parallel=tensor_parallel or profile.vllm.tensor_parallel_size, notes=notes)
 
 
 def build_plan(
@@ -163,8 +200,8 @@ def build_plan(
         warnings.extend(match.reasons)
     chosen = (match.chosen if match and match.chosen else gpus[:needed])
 
-    topo = affinity.Topology.read(root, bus_ids=[g.sysfs_bus_id for g in chosen if g.sysfs_bus_id] or None)
-    placement = affinity.plan_placement(profile.affinity, chosen, topo, v.tensor_parallel_size,
+    topo = Topology.read(root, bus_ids=[g.sysfs_bus_id for g in chosen if g.sysfs_bus_id] or None)
+    placement = plan_placement(profile.affinity, chosen, topo, v.tensor_parallel_size,
                                         v.data_parallel_size, v.pipeline_parallel_size)
 
     if gpu_memory_gib:
@@ -172,12 +209,12 @@ def build_plan(
     elif chosen:
         total_gib = min(g.cuda_total_mib for g in chosen) / 1024  # what vLLM's utilization multiplies
     else:
-        total_gib = planner.stated_total_gib(profile.hardware)
+        total_gib = stated_total_gib(profile.hardware)
         notes.append(f"no GPU here: planning for the profile's stated {profile.hardware.gpu_memory_gib:g} GB card")
     if profile.cluster is not None and not gpu_count:  # one engine over every host's GPUs (cluster.py)
         gpu_count = profile.cluster.nodes * (profile.cluster.gpus_per_node or profile.hardware.gpu_count)
     count = gpu_count or (len(chosen) if chosen else profile.hardware.gpu_count)
-    gpu_name = chosen[0].name if chosen and not gpu_memory_gib else planner.gpu_label(profile.hardware.gpu_name)
+    gpu_name = chosen[0].name if chosen and not gpu_memory_gib else gpu_label(profile.hardware.gpu_name)
 
     extra_env = cache_env(settings, base_env)
     if chosen:
@@ -186,7 +223,7 @@ def build_plan(
         extra_env.update(sim_config.env())
     hf_home = extra_env.get("HF_HOME") or base_env.get("HF_HOME")
 
-    calibration = planner.Calibration.in_state_dir(settings.state_dir)
+    calibration = Calibration.in_state_dir(settings.state_dir)
     warnings.extend(calibration.warnings)
     if calibrate_from is not None:
         calibration.learn_from_log(calibrate_from, model=profile.model.id, gpu_name=gpu_name or "",
@@ -203,15 +240,15 @@ def build_plan(
     if last_note:
         notes.append(last_note)
 
-    prediction = None
+    prediction = fit = None
     try:
-        shape = modelinfo.load_shape(profile.model.id, hf_home)
-        problems = planner.check_launch(shape, profile, args, total_gib, count)
+        fit = fit_context(profile, total_gib, count, calibration, gpu_name=gpu_name, hf_home=hf_home,
+                          tensor_parallel=args.tensor_parallel_size)
+        problems = check_launch(fit.shape, profile, args, total_gib, count)
         if problems:
             raise PlanRefused("the launch cannot work", problems)
-        prediction = planner.predict_profile(profile, total_gib, count, calibration, args=args,
-                                             gpu_name=gpu_name, hf_home=hf_home)
-    except modelinfo.ModelConfigNotFound as exc:
+        prediction = fit.predict(args)
+    except ModelConfigNotFound as exc:
         notes.append(f"no prediction: {exc}")
     if prediction is not None and not last_note:
         asked = args.max_model_len or prediction.requested_max_model_len
@@ -226,8 +263,8 @@ def build_plan(
 
     return LaunchPlan(
         settings=settings, profile=profile, simulate=simulate,
-        command=engine_args.engine_command(settings.engine_command, simulate), args=args,
-        gpus=gpus, chosen=chosen, hardware_match=match, placement=placement, prediction=prediction,
+        command=engine_command(settings.engine_command, simulate), args=args,
+        gpus=gpus, chosen=chosen, hardware_match=match, placement=placement, fit=fit, prediction=prediction,
         gpu_total_gib=total_gib, gpu_count=count, gpu_name=gpu_name, base_env=base_env, extra_env=extra_env,
         sim_config=sim_config, last_good=last_good, notes=notes, warnings=warnings,
     )

@@ -2,7 +2,10 @@
 
 An engine runs under its guard (guard.py) in a session of its own; its stdout and stderr share
 one pipe that is always drained, in chunks, without ever blocking the event loop. Each chunk
-goes raw to a rotating log file and, split into lines, to the daemon's callback.
+goes, split into lines, to the caller's callback (the daemon writes it to its rotating log).
+
+`Launcher` and `EngineHandle` are the seam the daemon takes (supervisord's `DummyOptions`,
+honcho's `_child_ctor`): `GuardLauncher` starts real processes, tests pass fakes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 MAX_LINE = 64 * 1024  # longer lines are cut (and marked) so one line never holds memory hostage
 READ_CHUNK = 256 * 1024
@@ -102,6 +106,37 @@ def split_lines(buffer: bytes, chunk: bytes) -> tuple[list[str], bytes]:
             part = part[:MAX_LINE] + b" [line cut by llm-supervisor]"
         lines.append(part.decode("utf-8", "replace"))
     return lines, rest
+
+
+OutputCallback = Callable[[bytes, list[str]], None]
+
+
+class EngineHandle(Protocol):
+    """A running engine tree, as the daemon sees it."""
+
+    engine_pid: int | None
+    placement: str | None
+
+    @property
+    def guard_pid(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    async def wait(self) -> ExitInfo: ...
+
+    async def stop(self, timeout: float) -> ExitInfo: ...
+
+
+class Launcher(Protocol):
+    async def start(self, spec: LaunchSpec, on_output: OutputCallback) -> EngineHandle: ...
+
+
+class GuardLauncher:
+    """Engines under the guard, for real."""
+
+    async def start(self, spec: LaunchSpec, on_output: OutputCallback) -> "EngineProcess":
+        return await start(spec, on_output)
 
 
 @dataclass

@@ -329,7 +329,7 @@ class ApiServer:
 
     def _resource_tracker_warning(self) -> None:
         if self.d.at_least(0, 9):
-            self.log.bare(f"/usr/lib/python3.12/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: "
+            self.log.bare("/usr/lib/python3.12/multiprocessing/resource_tracker.py:254: UserWarning: resource_tracker: "
                           "There appear to be 1 leaked semaphore objects to clean up at shutdown\n"
                           "  warnings.warn('resource_tracker: There appear to be %d '")
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llm_supervisor.host import simgpu
-from llm_supervisor.vllm import modelshape as modelinfo
+from llm_supervisor.host import modelfiles, simgpu
+from llm_supervisor.vllm import modelshape
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.dialect import Dialect
 
@@ -222,7 +222,7 @@ def default_cache_root() -> Path | None:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "vllm"
 
 
-def _dtype(shape: modelinfo.ModelShape, requested: str) -> tuple[str, int]:
+def _dtype(shape: modelshape.ModelShape, requested: str) -> tuple[str, int]:
     name = requested
     if name == "auto":
         name = shape.torch_dtype.replace("torch.", "")
@@ -232,33 +232,24 @@ def _dtype(shape: modelinfo.ModelShape, requested: str) -> tuple[str, int]:
     return f"torch.{name}", {"float32": 4}.get(name, 2)
 
 
-def _weights(shape: modelinfo.ModelShape, model: str, tp: int, pp: int, dtype: str,
+def _weights(shape: modelshape.ModelShape, model: str, tp: int, pp: int, dtype: str,
              quantization: str | None) -> tuple[list[int], int]:
     """Weight bytes per GPU of each stage: the safetensors headers when the files are on disk,
     else the shape estimate; plus the loader's own buffers."""
     per_stage: list[int] | None = None
-    loader = getattr(modelinfo, "load_weight_inventory", None)
-    if loader is not None:
-        try:
-            inv = loader(model)
-            if inv is not None:
-                per_stage = list(inv.per_gpu_bytes(shape, tp, pp, quantization))
-        except Exception:  # unreadable checkpoint: fall back to the estimate
-            per_stage = None
+    try:
+        inv = modelfiles.load_weight_inventory(model)
+        if inv is not None:
+            per_stage = list(inv.per_gpu_bytes(shape, tp, pp, quantization))
+    except Exception:  # unreadable checkpoint: fall back to the estimate
+        per_stage = None
     if per_stage is None:
-        by_stage = getattr(shape, "weight_bytes_per_stage", None)
-        if by_stage is not None:
-            try:
-                per_stage = list(by_stage(tp, pp, dtype, quantization))
-            except TypeError:
-                per_stage = list(by_stage(tp, pp))
-        else:
-            per_stage = [shape.weight_bytes(tp) // pp] * pp
+        per_stage = list(shape.weight_bytes_per_stage(tp, pp, dtype, quantization))
     largest = int(shape.vocab_size * shape.hidden_size * (2 if dtype != "float32" else 4) / tp)
     return [b + memory.LOAD_OVERHEAD_BYTES for b in per_stage], largest
 
 
-def _layers(shape: modelinfo.ModelShape, pp: int) -> list[int]:
+def _layers(shape: modelshape.ModelShape, pp: int) -> list[int]:
     split = getattr(shape, "layers_per_stage", None)
     if split is not None:
         return list(split(pp))
@@ -271,9 +262,9 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
     validation refuses in the API server."""
     model = ns.model
     try:
-        raw_config, _ = modelinfo.find_model_config(model)
-        shape = modelinfo.ModelShape.from_config(raw_config)
-    except (modelinfo.ModelConfigNotFound, KeyError, TypeError, ValueError):
+        raw_config, _ = modelfiles.find_model_config(model)
+        shape = modelshape.ModelShape.from_config(raw_config)
+    except (modelfiles.ModelConfigNotFound, KeyError, TypeError, ValueError):
         raise StartupError(pydantic_error("ModelConfig", invalid_repo_message(model), _args_repr(ns)),
                            _api_frames_config()) from None
 

@@ -89,7 +89,7 @@ class RayWorkerWrapper:
     def setup(self, local_rank: int) -> None:
         """Build the rank on this node's simulated GPU (the one Ray gave this actor)."""
         from llm_supervisor.host import simgpu
-        from llm_supervisor.simulator.enginecore import Rank
+        from llm_supervisor.simulator.rank import Rank
 
         base = self.cfg.gpu
         gpu = simgpu.load_config(name=base.name, count=base.count, total_mib=base.total_mib)
@@ -101,7 +101,7 @@ class RayWorkerWrapper:
         self.me.prints = cfg.dialect.load_lines_per_worker or local_rank == 0
 
     def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        from llm_supervisor.simulator.enginecore import SimFailure
+        from llm_supervisor.simulator.rank import SimFailure
 
         try:
             return {"ok": self.me.call(op, args)}
@@ -122,7 +122,7 @@ class RayRanks:
     """The GPUs of one engine as Ray actors; the interface of engine.Ranks."""
 
     def __init__(self, cfg: SimConfig, log: Log, dp_rank: int) -> None:
-        from llm_supervisor.simulator.enginecore import SimFailure
+        from llm_supervisor.simulator.rank import SimFailure
 
         self.cfg = cfg
         self.log = log
@@ -151,7 +151,7 @@ class RayRanks:
     def _placement_group(self) -> Any:
         from ray.util.placement_group import placement_group, remove_placement_group
 
-        from llm_supervisor.simulator.enginecore import SimFailure
+        from llm_supervisor.simulator.rank import SimFailure
 
         ray, log, world = self.ray, self.log, self.cfg.world_size
         log.info(SRC["no_pg"], "No current placement group found. Creating a new placement group.")
@@ -222,7 +222,7 @@ class RayRanks:
         self._get([a.setup.remote(lr) for a, lr in zip(self.actors, local_ranks)], "init_device")
 
     def _get(self, refs: list[Any], op: str) -> list[Any]:
-        from llm_supervisor.simulator.enginecore import SimFailure
+        from llm_supervisor.simulator.rank import SimFailure
 
         try:
             return self.ray.get(refs)
@@ -231,7 +231,7 @@ class RayRanks:
 
     # ------------------------------------------------------------ engine.Ranks interface
     def call(self, op: str, args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        from llm_supervisor.simulator.enginecore import SimFailure
+        from llm_supervisor.simulator.rank import SimFailure
 
         replies = self._get([a.call.remote(op, args or {}) for a in self.actors], op)
         failure: SimFailure | None = None

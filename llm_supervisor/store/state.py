@@ -1,49 +1,23 @@
 """What the daemon remembers between runs, per profile and host: the arguments that last
 reached ready, and the history of attempts. Written atomically (temp file, fsync, rename), so
 a crash mid-write leaves the old file or the new one, never a torn one; a corrupt file is set
-aside with a warning, never a crash. Also the daemon's lock on its state dir.
+aside with a warning, never a crash.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from llm_supervisor.errors import RuntimeFailure
+from llm_supervisor.store.atomic import atomic_write
 
 log = logging.getLogger("llm_supervisor")
 HISTORY_LIMIT = 200
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write so that a crash leaves either the old file or the new one, never half of either:
-    a temporary file in the same folder, fsync, rename over, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def host_key(profile_name: str, gpu_names: list[str]) -> str:
@@ -128,8 +102,8 @@ class StateStore:
         return self._valid_last_good(entry.get("last_good")) if isinstance(entry, dict) else None
 
     def remember_ready(self, key: str, requested: dict[str, Any], args: dict[str, Any], facts: dict[str, Any]) -> None:
+        """The arguments that reached ready (in memory: `save()` writes them)."""
         self.entry(key)["last_good"] = {"requested": requested, "args": args, "facts": facts, "at": time.time()}
-        self.save()
 
     def record(self, key: str, event: dict[str, Any]) -> None:
         history = self.entry(key).setdefault("history", [])
@@ -143,38 +117,3 @@ class StateStore:
             log.warning("cannot save state to %s: %s", self.path, exc)
 
 
-class DaemonLock:
-    """One daemon per state dir: an flock held for the daemon's life."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "daemon.lock"
-        self._fh: Any = None
-
-    def acquire(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+")
-        except OSError as exc:
-            raise RuntimeFailure(f"state dir {self.path.parent} is not writable: {exc.strerror} "
-                                 "(set LLM_SUPERVISOR_STATE_DIR)") from None
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
-            fh.close()
-            raise RuntimeFailure(f"another llm-supervisor (pid {holder}) is running with state dir "
-                                 f"{self.path.parent}; stop it or set LLM_SUPERVISOR_STATE_DIR") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            try:
-                fcntl.flock(self._fh, fcntl.LOCK_UN)
-                self._fh.close()
-            finally:
-                self._fh = None

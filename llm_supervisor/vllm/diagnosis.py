@@ -8,21 +8,20 @@ about the user's limits; the remedy is advice, the daemon applies the profile's 
 
 Outcome: "failed" when a failure was classified (also a death after ready), "ready" when the
 server came up and nothing failed, "incomplete" otherwise (a log cut off during startup). A file
-that is empty, binary or shows nothing of vLLM is BadInput (exit 2).
+that shows nothing of vLLM is BadInput (exit 2); host/logfiles.py reads files (and refuses empty or
+binary ones).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from llm_supervisor.errors import BadInput
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
-from llm_supervisor.vllm.logparse import HEADER_RE, CONTRACT_FACTS, LogParser, StartupFacts, split_line
+from llm_supervisor.vllm.logparse import CONTRACT_FACTS, HEADER_RE, LogParser, StartupFacts, split_line
 from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, VllmArgs
 from llm_supervisor.vllm.recovery import GiveUp, Relaunch, decide
 
-_SNIFF_BYTES = 65536
 # Each vLLM start prints one of these first; a second one in the same file starts a new run.
 _RUN_MARKERS = ("vLLM API server version", "vLLM server version")
 _VLLM_HINTS = ("EngineCore", "APIServer", "VllmWorker", "Worker_TP", "vllm/", "vllm serve", "vLLM API server", "vLLM server")
@@ -41,21 +40,6 @@ _FLAGS = (
 
 def _bad(line: str) -> BadInput:
     return BadInput(line, [line])
-
-
-def _open(path: Path) -> bytes:
-    """The first bytes of the file, or BadInput saying why it cannot be read."""
-    try:
-        with path.open("rb") as fh:
-            return fh.read(_SNIFF_BYTES)
-    except FileNotFoundError:
-        raise _bad(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise _bad(f"{path}: is a directory, not a log file") from None
-    except PermissionError:
-        raise _bad(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise _bad(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def _looks_like_vllm(proc: str | None, text: str) -> bool:
@@ -150,37 +134,28 @@ def _remedy(failure: Failure, facts: StartupFacts) -> dict[str, Any] | None:
     return remedy
 
 
-def diagnose_file(path: str | Path) -> dict[str, Any]:
-    """Read a saved vLLM log (stdout and stderr) and return CONTRACT's `diagnose --json` object."""
-    path = Path(path)
-    head = _open(path)
-    if not head:
-        raise _bad(f"{path}: empty file; does not look like a vLLM log")
-    if b"\x00" in head:
-        raise _bad(f"{path}: binary data; does not look like a vLLM log")
+def diagnose_lines(lines: Iterable[str], source: str) -> dict[str, Any]:
+    """A vLLM log's lines (stdout and stderr) → CONTRACT's `diagnose --json` object. A log that
+    shows nothing of vLLM is BadInput naming `source`. With several runs in one file, the last
+    substantive one counts."""
     classifier = FailureClassifier()
     parser = LogParser(sink=classifier)
     vllm_seen = False
-    try:
-        with path.open("rb") as fh:
-            for raw in fh:
-                line = raw.decode("utf-8", errors="replace")
-                starts = _run_start(line)
-                if not vllm_seen or starts:
-                    proc, text = split_line(line)
-                    if not vllm_seen and text:
-                        vllm_seen = _looks_like_vllm(proc, text)
-                    if starts and _substantive(parser, classifier):
-                        classifier = FailureClassifier()
-                        parser = LogParser(sink=classifier)
-                parser.feed(line)
-    except OSError as exc:
-        raise _bad(f"{path}: cannot read ({exc.strerror or exc})") from None
+    for line in lines:
+        starts = _run_start(line)
+        if not vllm_seen or starts:
+            proc, text = split_line(line)
+            if not vllm_seen and text:
+                vllm_seen = _looks_like_vllm(proc, text)
+            if starts and _substantive(parser, classifier):
+                classifier = FailureClassifier()
+                parser = LogParser(sink=classifier)
+        parser.feed(line)
     facts = parser.facts
     precise = classifier.failure is not None and classifier.failure.kind not in (
         FailureKind.BAD_ARGUMENTS, FailureKind.UNKNOWN)
     if not vllm_seen and not precise and not any(v is not None for v in facts.contract().values()):
-        raise _bad(f"{path}: does not look like a vLLM log (no vLLM log lines found)")
+        raise _bad(f"{source}: does not look like a vLLM log (no vLLM log lines found)")
     failure = classifier.classify(None, facts.server_started)
     outcome = "failed" if failure else ("ready" if facts.server_started else "incomplete")
     return {

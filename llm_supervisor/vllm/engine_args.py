@@ -6,22 +6,15 @@ Secrets never go on the engine's argv (anyone can read it with `ps`): the API ke
 
 from __future__ import annotations
 
-import shlex
-import sys
 from collections.abc import Mapping
 
 from llm_supervisor.config.profile import Profile, VllmArgs
 
-SIMULATOR_COMMAND = [sys.executable, "-m", "llm_supervisor.simulator", "serve"]
 REDACTED = "***"
 SECRET_FLAGS = ("--api-key", "--hf-token", "--token")
 SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 # Variables that belong to the daemon's own service manager, never to the engine.
 DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
-
-
-def engine_command(command: str, simulate: bool) -> list[str]:
-    return list(SIMULATOR_COMMAND) if simulate else shlex.split(command)
 
 
 def _flag(name: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 GIB = 1024**3
@@ -628,16 +627,3 @@ _HANDLERS: tuple[tuple[str, _Handler], ...] = (
 )
 
 
-def iter_log_lines(path: str | Path) -> Iterable[str]:
-    """Lines of a saved log, split on `\\n` only (vLLM's multi-line records use `\\r\\n`, tqdm bare `\\r`)."""
-    with open(path, "rb") as fh:
-        for raw in fh:
-            yield raw.decode("utf-8", errors="replace")
-
-
-def parse_log(path: str | Path, sink: LineSink | None = None) -> LogParser:
-    """Parse a whole saved log file."""
-    parser = LogParser(sink=sink)
-    for line in iter_log_lines(path):
-        parser.feed(line)
-    return parser

@@ -11,6 +11,15 @@ vLLM that becomes ready and dies again and again (flapping) therefore exhausts t
 
 `history` is every launch of this supervisor run, oldest first; the attempt that just failed may
 be its last element (matched by arguments) or absent, in which case it is added here.
+
+`fit`, the plan's FitContext, lets the policy use the same memory model as the plan. With it,
+two rules make a relaunch the last one:
+
+* a context cut that vLLM estimated during a warm start is shortened by what a cold compile
+  costs more (the relaunch always compiles cold: vLLM keys its compile cache by max_model_len);
+* when a decision moves utilization but not the context, the context is fitted to the new
+  budget, as the plan fitted the first launch (only when recovery.plan_first_launch lets the
+  supervisor choose the context).
 """
 
 from __future__ import annotations
@@ -20,25 +29,20 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Union
 
-from llm_supervisor.vllm.failures import Failure, FailureKind
-from llm_supervisor.vllm.logparse import StartupFacts
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
+from llm_supervisor.vllm import memory
+from llm_supervisor.vllm.failures import Failure, FailureKind
+from llm_supervisor.vllm.fit import FitContext, overhead_for
+from llm_supervisor.vllm.logparse import StartupFacts
+from llm_supervisor.vllm.memory import (
+    CUDA_CONTEXT_GIB, FREE_CHECK_MARGIN_GIB, PRINT_ROUNDING_GIB, ceil2 as _ceil2, floor2 as _floor2,
+)
 
 STABLE_UPTIME_S = 600.0
 UTIL_STEP = 0.05
 DEFAULT_MAX_NUM_SEQS = 256
 MIN_MAX_NUM_SEQS = 8
-# Printed GiB values are rounded to 0.01 (%.2f or round(x, 2)); a computed length must hold for
-# the worst case of that rounding, or the relaunch fails again.
-PRINT_ROUNDING_GIB = 0.005
-FREE_CHECK_MARGIN_GIB = 0.25
 GIB_PER_MIB = 1 / 1024
-# CUDA-graph memory vLLM 0.26 takes above the utilization budget when the log has not said
-# (Qwen3-4B on an H100: "Graph capturing finished in 4 secs, took 1.00 GiB").
-CUDA_GRAPH_RESERVE_GIB = 1.0
-# What a new engine process's CUDA context takes before vLLM measures free memory (H100, CUDA
-# 13: NVML showed 0.52 GiB more free than vLLM's "Free memory on device" line).
-CUDA_CONTEXT_GIB = 0.5
 
 
 @dataclass
@@ -77,22 +81,15 @@ class GiveUp:
 Decision = Union[Relaunch, GiveUp]
 
 
-def backoff_delay(recovery: Recovery, streak: int) -> float:
-    """backoff_initial_s × 2^(streak−1), capped at backoff_max_s; 0 before any failure."""
+def backoff_delay(initial_s: float, max_s: float, streak: int) -> float:
+    """initial_s × 2^(streak−1), capped at max_s; 0 before any failure. The one backoff formula:
+    the engine's relaunches and the Ray processes' restarts both wait by it."""
     if streak <= 0:
         return 0.0
-    return float(min(recovery.backoff_max_s, recovery.backoff_initial_s * 2.0 ** min(streak - 1, 60)))
+    return float(min(max_s, initial_s * 2.0 ** min(streak - 1, 60)))
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _floor2(x: float) -> float:
-    return math.floor(x * 100 + 1e-6) / 100
-
-
-def _ceil2(x: float) -> float:
-    return math.ceil(x * 100 - 1e-6) / 100
 
 
 def _key(args: VllmArgs) -> str:
@@ -120,6 +117,7 @@ class _Ctx:
     free_gib: float | None
     total_gib: float | None
     kv_gib_per_token: float | None
+    fit: FitContext | None = None
 
     @property
     def failed_keys(self) -> set[str]:
@@ -149,7 +147,7 @@ class _Ctx:
         return top
 
     def delay(self) -> float:
-        return backoff_delay(self.rec, len(self.streak))
+        return backoff_delay(self.rec.backoff_initial_s, self.rec.backoff_max_s, len(self.streak))
 
 
 def _stable(attempt: Attempt, next_at: float | None) -> bool:
@@ -201,15 +199,18 @@ def decide(
     gpu_free_mib: float | None = None,
     gpu_total_mib: float | None = None,
     *,
+    fit: FitContext | None = None,
     kv_bytes_per_token: float | None = None,
     hardware_total: bool = True,
 ) -> Relaunch | GiveUp:
     """The next launch after `failure` of a launch with `args`, or why there is none.
 
     gpu_free_mib / gpu_total_mib: NVML's view of the engine's GPU now (after the failed engine
-    exited), when the caller has it. kv_bytes_per_token: from the model's config, when known.
-    hardware_total: whether the profile's `hardware.gpu_memory_gib` may stand in for the GPU's
-    total when neither NVML nor the log gives it (False for profiles made up from a log).
+    exited), when the caller has it. fit: the plan's FitContext (the model, the GPU, what this
+    host learned), when the model's config is known. kv_bytes_per_token: from the model's config
+    when there is no fit context. hardware_total: whether the profile's `hardware.gpu_memory_gib`
+    may stand in for the GPU's total when neither NVML nor the log gives it (False for profiles
+    made up from a log).
     """
     kind = FailureKind(failure.kind)
     facts = facts or StartupFacts()
@@ -228,11 +229,13 @@ def decide(
         total = float(profile.hardware.gpu_memory_gib)
     free = gpu_free_mib * GIB_PER_MIB if gpu_free_mib is not None else None
     per_token = None
+    if fit is not None:
+        kv_bytes_per_token = fit.kv_bytes_per_token(args)
     if kv_bytes_per_token:
         per_token = kv_bytes_per_token / 1024**3
     elif facts.kv_bytes_per_token:
         per_token = facts.kv_bytes_per_token / 1024**3
-    ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token)
+    ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token, fit)
 
     fatal = _non_recoverable(ctx)
     if fatal is not None:
@@ -246,7 +249,61 @@ def decide(
             f"last failure: {kind.value}: {failure.message}"
         )
     handler = _HANDLERS.get(kind, _same_args)
-    return handler(ctx)
+    decision = handler(ctx)
+    if isinstance(decision, Relaunch):
+        decision = _after_warm_start(ctx, decision)
+        decision = _fit_context_to_budget(ctx, decision)
+    return decision
+
+
+# ------------------------------------------------------------ what the next launch will be like
+
+
+def _after_warm_start(ctx: _Ctx, decision: Relaunch) -> Relaunch:
+    """Shorten a context cut that vLLM estimated during a warm start.
+
+    vLLM keys its torch.compile cache by max_model_len (among others), so the relaunch with a
+    shorter context compiles cold, and a cold compile's profiling run peaks higher (vLLM 0.26,
+    H100, Qwen3-4B: 0.80 GiB against 0.62 GiB warm). An estimate printed by a warm start is then
+    too long by that difference and the relaunch fails again (seen on an H100:
+    tests/fixtures/vllm-0.26.0/kv-cache-too-small-recovered.log)."""
+    fit, args = ctx.fit, decision.args
+    if (fit is None or ctx.kind is not FailureKind.KV_CACHE_TOO_SMALL or "max_model_len" not in decision.change
+            or not ctx.facts.compile_cached or args.enforce_eager or not args.max_model_len):
+        return decision
+    extra_gib = fit.cold_compile_extra_gib(args)
+    per_token = fit.kv_bytes_per_token(args) / 1024**3
+    bs = args.effective_block_size
+    new_len = (args.max_model_len - math.ceil(extra_gib / per_token)) // bs * bs
+    if new_len < ctx.rec.min_max_model_len:
+        return decision
+    before = decision.change["max_model_len"][0]
+    reason = (f"{decision.reason}; then → {new_len}: that estimate came from a warm start, and the relaunch "
+              f"compiles cold (vLLM's compile cache is keyed by max_model_len), which takes about "
+              f"{extra_gib:.2f} GiB more activation memory")
+    return Relaunch(args.model_copy(update={"max_model_len": new_len}), decision.delay_s, reason,
+                    {**decision.change, "max_model_len": [before, new_len]})
+
+
+def _fit_context_to_budget(ctx: _Ctx, decision: Relaunch) -> Relaunch:
+    """When a decision moves utilization but not the context, fit the context to the new budget
+    with the plan's memory model, as the plan did for the first launch: after a raise, give back
+    context an earlier cut took (up to what the profile asks); after a cut, avoid a launch that
+    cannot hold it. Only when the profile lets the supervisor choose (recovery.plan_first_launch)."""
+    fit = ctx.fit
+    if (fit is None or not ctx.rec.plan_first_launch or "max_model_len" in decision.change
+            or "gpu_memory_utilization" not in decision.change or not decision.args.max_model_len):
+        return decision
+    current = decision.args.max_model_len
+    asked = ctx.profile.vllm.max_model_len
+    new = fit.predict(decision.args.model_copy(update={"max_model_len": asked})).max_model_len
+    if not new or new == current:
+        return decision
+    util = decision.args.gpu_memory_utilization
+    reason = (f"{decision.reason}; max_model_len {current:,} → {new:,}: what the planner predicts "
+              f"utilization {util:g} holds" + (f" (the profile asks for {asked:,})" if asked else ""))
+    return Relaunch(decision.args.model_copy(update={"max_model_len": new}), decision.delay_s, reason,
+                    {**decision.change, "max_model_len": [current, new]})
 
 
 def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
@@ -467,7 +524,7 @@ def _insufficient_free(ctx: _Ctx) -> Relaunch | GiveUp:
     # vLLM 0.26 captures CUDA graphs outside the utilization budget (the H100 fixtures: 1.0 GiB
     # above 23.75 GiB requested), so the new budget must leave room for them too.
     seen = ctx.facts.cuda_graph_gib or 0.0
-    graphs = 0.0 if args.enforce_eager else seen if seen > 0 else CUDA_GRAPH_RESERVE_GIB
+    graphs = memory.graph_headroom_gib(args.enforce_eager, seen)
     margin = max(0.5, 0.02 * total) + graphs
     if ctx.free_gib is not None and ctx.free_gib >= requested + margin:
         delay = ctx.delay()
@@ -521,10 +578,16 @@ def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
     if total and facts.available_kv_cache_gib is not None and facts.available_kv_cache_gib <= 0:
         non_kv = u * total - facts.available_kv_cache_gib
         how = f"{non_kv:.2f} GiB goes to weights, activations and graphs"
-    elif total and weights:
-        overhead = 1.5 + 0.1 * weights
+    elif total and weights and facts.peak_activation_gib is not None and facts.non_torch_gib is not None:
+        overhead = facts.peak_activation_gib + facts.non_torch_gib
         non_kv = weights + overhead
-        how = f"the weights take {_fmt(weights)} GiB, plus about {overhead:.2f} GiB of activations and graphs"
+        how = (f"the weights take {_fmt(weights)} GiB, plus {overhead:.2f} GiB of peak activation and non-torch "
+               "memory (as vLLM measured them)")
+    elif total and weights and ctx.fit is not None:
+        overhead = overhead_for(ctx.fit, args, cold=True).total_gib
+        non_kv = weights + overhead
+        how = (f"the weights take {_fmt(weights)} GiB, plus about {overhead:.2f} GiB of peak activation and "
+               "non-torch memory (the memory model's estimate)")
     options: list[tuple[dict[str, Any], str]] = []
     if non_kv is not None and total:
         want_len = min(args.max_model_len or ctx.facts.max_model_len or rec.min_max_model_len, rec.min_max_model_len)

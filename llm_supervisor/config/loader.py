@@ -1,0 +1,195 @@
+"""Profiles from YAML files: finding them by name or path, `--set` overrides, validation into the
+schema (config/profile.py), and errors as one line per problem naming the file or the `--set`
+and the key; the effective profile back as YAML with secrets masked.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from llm_supervisor.config.profile import Profile
+from llm_supervisor.errors import ProfileError
+
+SHOWN_INPUT_CHARS = 80
+
+
+def _shown(value: Any) -> str:
+    """The offending value for an error line: repr (one line), cut short."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_INPUT_CHARS else text[:SHOWN_INPUT_CHARS] + "…"
+
+
+def _is_secret_loc(loc: str) -> bool:
+    return "api_key" in loc or (loc.startswith("env.") and _is_secret_name(loc[4:]))
+
+
+def _is_secret_name(name: str) -> bool:
+    upper = name.upper()
+    return any(word in upper for word in ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"))
+
+
+def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """One line per problem: "FILE: key: what is wrong", or "--set KEY: what is wrong" when the
+    offending value came from a `--set` override (the longest override that covers the key)."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(err["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else ""
+            msg = f"unknown key (allowed: {allowed})" if allowed else "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "literal_error":
+            msg = msg.replace("Input should be", "must be")
+        elif "input" in err and not isinstance(err["input"], (dict, list)):
+            shown = "***" if _is_secret_loc(loc) else _shown(err["input"])
+            msg = f"{msg} (got {shown})"
+        msg = " ".join(msg.removeprefix("Value error, ").split())
+        covering = [k for k in set_keys if loc == k or loc.startswith(k + ".")]
+        if covering:
+            key = max(covering, key=len)
+            lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {loc}: {msg}")
+        else:
+            lines.append(f"{source}: {loc}: {msg}")
+    return lines
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Profile
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:
+            return None
+        model = nxt
+    return model
+
+
+def resolve_profile_path(name_or_path: str, profiles_dir: Path) -> Path:
+    """A shipped name (`4090d-qwen3-4b`) or a path to a YAML file."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        if candidate.is_dir():
+            raise ProfileError("profile is a directory", [f"{name_or_path}: is a directory, not a profile file"])
+        if candidate.exists() and not candidate.is_file():
+            # a FIFO or a device would block or never end; only regular files are profiles
+            raise ProfileError("profile is not a file", [f"{name_or_path}: not a regular file"])
+        if not candidate.is_file():
+            raise ProfileError("profile not found", [f"{name_or_path}: no such profile file"])
+        return candidate
+    for suffix in (".yaml", ".yml"):
+        path = profiles_dir / f"{name_or_path}{suffix}"
+        if path.is_file():
+            return path
+    known = ", ".join(list_profile_names(profiles_dir)) or "none"
+    raise ProfileError("profile not found", [f"--profile: no profile named {name_or_path!r} in {profiles_dir} (known: {known})"])
+
+
+def list_profile_names(profiles_dir: Path) -> list[str]:
+    if not profiles_dir.is_dir():
+        return []
+    return sorted(p.stem for p in profiles_dir.iterdir() if p.suffix in (".yaml", ".yml"))
+
+
+def read_profile_data(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError("unreadable profile", [f"{path}: cannot read ({exc.__class__.__name__}: {exc})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ProfileError("invalid YAML", [f"{path}: not valid YAML{where}: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise ProfileError("invalid profile", [f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}"])
+    return data
+
+
+def _plain(text: str) -> str:
+    """User text for an error line: as typed when plain, else quoted (one line, cut short)."""
+    if text and text.isprintable() and text == text.strip() and len(text) <= SHOWN_INPUT_CHARS:
+        return text
+    return _shown(text)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`vllm.max_model_len=10000` → (["vllm", "max_model_len"], 10000). Values are YAML scalars."""
+    if "=" not in text:
+        raise ProfileError("bad --set", [f"--set {_plain(text)}: expected KEY=VALUE with a dotted key (e.g. vllm.port=8001)"])
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+        raise ProfileError("bad --set", [f"--set {_plain(key)}: not a dotted key (e.g. vllm.max_model_len)"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if parts[-1] == "api_key" or parts[-1] == "extra_args" and isinstance(value, str):
+        value = raw if parts[-1] == "api_key" else value.split()
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ProfileError("bad --set", [f"--set {'.'.join(parts)}: {part} is not a section"])
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_profile(
+    name_or_path: str,
+    profiles_dir: Path,
+    overrides: list[str] | None = None,
+    model: str | None = None,
+) -> Profile:
+    """Load, override (`--set`, `--model`) and validate a profile; ProfileError lists every problem."""
+    path = resolve_profile_path(name_or_path, profiles_dir)
+    data = read_profile_data(path)
+    overrides = list(overrides or [])
+    apply_overrides(data, overrides)
+    set_keys = [".".join(parse_override(text)[0]) for text in overrides]
+    if model:
+        section = data.setdefault("model", {})
+        if isinstance(section, dict):
+            section["id"] = model
+    return validate_profile(data, str(path), set_keys)
+
+
+def validate_profile(data: dict[str, Any], source: str, set_keys: list[str] | tuple[str, ...] = ()) -> Profile:
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(f"invalid profile {source}", _render_errors(source, exc, set_keys)) from None
+
+
+def profile_to_yaml(profile: Profile) -> str:
+    """The effective profile as YAML, with secrets masked."""
+    data = profile.model_dump(mode="json", exclude_none=True)
+    if profile.vllm.api_key is not None:
+        data["vllm"]["api_key"] = "***"
+    for name, value in data.get("env", {}).items():
+        if value and _is_secret_name(name):
+            data["env"][name] = "***"
+    return yaml.safe_dump(data, sort_keys=False)

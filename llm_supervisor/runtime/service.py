@@ -1,0 +1,99 @@
+"""What every long-running role (the engine's daemon, a Ray worker host) runs around its loop:
+logging, the state-dir lock and the bind check (`daemon_process`), signal handlers that only
+record and the REST API (`served`), and two background loops: the GPU memory poll and the
+systemd watchdog, paced by the loop's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from llm_supervisor.api.server import EmbeddedServer, check_bind_allowed, create_app, start_api, stop_api
+from llm_supervisor.config.settings import Settings
+from llm_supervisor.host import gpus as host_gpus
+from llm_supervisor.runtime.clock import Clock
+from llm_supervisor.runtime.notify import Notifier
+from llm_supervisor.store.lock import DaemonLock
+
+log = logging.getLogger("llm_supervisor")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def configure_logging() -> None:
+    level = os.environ.get("LLM_SUPERVISOR_LOG_LEVEL", "INFO").upper()
+    handler = logging.StreamHandler()
+    fmt = "%(levelname)s %(message)s" if os.environ.get("INVOCATION_ID") else "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger("llm_supervisor")
+    root.handlers[:] = [handler]
+    root.setLevel(level if level in logging._nameToLevel else "INFO")
+    root.propagate = False
+
+
+@contextlib.contextmanager
+def daemon_process(settings: Settings) -> Iterator[None]:
+    """What every long-running role does first: logging, the bind check for the admin API, and
+    the lock that keeps one daemon per state dir (held until the block ends)."""
+    configure_logging()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    check_bind_allowed(settings.api_host, token)
+    lock = DaemonLock(settings.state_dir)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def log_placement(placement: Any, what: str = "placement") -> None:
+    log.info("%s: %s CPUs %s, memory policy %s%s", what, "pinned to" if placement.pinned else "not pinned;",
+             placement.to_json()["cpulist"], placement.memory_policy,
+             f" {placement.nodes}" if placement.nodes else "")
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, status: Callable[[], dict[str, Any]], command: Callable[[str], None],
+                 on_signal: Callable[[signal.Signals], None]) -> AsyncIterator[EmbeddedServer]:
+    """SIGTERM, SIGINT and SIGHUP to `on_signal` (which only records), and the REST API over
+    `status` and `command`, for as long as the block runs."""
+    loop = asyncio.get_running_loop()
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        api = await start_api(create_app(status, command, token), settings.api_host, settings.api_port)
+        log.info("REST API on %s (status: %s/status)", settings.url, settings.url)
+        try:
+            yield api
+        finally:
+            await stop_api(api)
+    finally:
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def poll_gpus(inventory: host_gpus.GpuInventory | None, clock: Clock, interval_s: float,
+                    publish: Callable[[list[dict[str, Any]]], None]) -> None:
+    """GPU memory for /status, read in a thread (NVML blocks) every `interval_s`."""
+    while True:
+        if inventory is not None:
+            try:
+                publish(await asyncio.to_thread(host_gpus.gpu_memory, inventory))
+            except Exception as exc:  # noqa: BLE001 - NVML hiccups must not kill the daemon
+                log.debug("gpu poll failed: %s", exc)
+        await clock.sleep(interval_s)
+
+
+async def keep_watchdog(notifier: Notifier, clock: Clock) -> None:
+    """WATCHDOG=1 from the loop at half of WATCHDOG_USEC: a loop that hangs stops pinging."""
+    interval = notifier.watchdog_interval_s()
+    while interval:
+        notifier.watchdog()
+        await clock.sleep(interval)

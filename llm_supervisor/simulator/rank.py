@@ -1,0 +1,314 @@
+"""One simulated GPU worker (a TP/PP rank): what it allocates on the simulated GPU in each startup
+phase, the lines it prints, and how it fails (SimFailure with the exception line Python would
+print). Used by the EngineCore's local and multiprocess workers and by the Ray workers."""
+
+from __future__ import annotations
+import math
+import os
+import signal
+import time
+from typing import Any
+from llm_supervisor.host import simgpu
+from llm_supervisor.simulator import memory
+from llm_supervisor.simulator.config import SimConfig
+from llm_supervisor.simulator.logs import Log
+from llm_supervisor.simulator.memory import GIB, MIB, format_gib, torch_format_size
+from llm_supervisor.simulator.proc import sleep
+
+
+OOM_TAIL = ("If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+            " to avoid fragmentation.  See documentation for Memory Management "
+            " (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)")
+
+
+class Shutdown(Exception):
+    """SIGTERM/SIGINT arrived (raised from the signal handler)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class SimFailure(Exception):
+    """A startup failure of one phase, with the exception line Python would print."""
+
+    def __init__(self, phase: str, final: str, in_worker: bool = True) -> None:
+        super().__init__(final)
+        self.phase = phase
+        self.final = final
+        self.in_worker = in_worker
+
+    @property
+    def message(self) -> str:
+        return self.final.split(": ", 1)[1] if ": " in self.final else self.final
+
+
+def _hang_forever() -> None:
+    while True:
+        time.sleep(3600)
+
+
+class Rank:
+    """What one vLLM worker does on its GPU during startup."""
+
+    def __init__(self, cfg: SimConfig, log: Log, dp_rank: int, rank: int) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.dp_rank = dp_rank
+        self.rank = rank
+        self.tp_rank = rank % cfg.tp
+        self.pp_rank = rank // cfg.tp
+        self.local, self.gpu_index = cfg.device_of(dp_rank, rank)
+        self.layers = cfg.layers_per_stage[self.pp_rank]
+        self.weights = cfg.weights_per_stage[self.pp_rank]
+        self.kv_per_token = cfg.kv_bytes_per_token[self.pp_rank]
+        d = cfg.dialect
+        # 0.18+: "Model loading took"/"Available KV"/graph lines once per node (local rank 0)
+        self.prints = d.load_lines_per_worker or self.local == 0
+        self.parts: dict[str, int] = {}
+        self.total = cfg.gpu.total_mib * MIB
+        self.requested = memory.requested_bytes(cfg.gpu.total_mib, cfg.util)
+        self.init_free = 0
+        self.cold = False
+        self.activation = 0
+        self.non_torch = 0
+        self.graphs = 0
+        self.available = 0
+
+    # ------------------------------------------------------------ memory
+
+    @property
+    def held(self) -> int:
+        return sum(self.parts.values())
+
+    def _publish(self) -> None:
+        simgpu.hold(self.cfg.gpu, self.gpu_index, math.ceil(self.held / MIB))
+
+    def free_bytes(self) -> int:
+        return simgpu.gpus(self.cfg.gpu)[self.gpu_index].free_mib * MIB
+
+    def oom_text(self, tried: int, free: int | None = None) -> str:
+        free = self.free_bytes() if free is None else free
+        torch_alloc = self.held - self.parts.get("context", 0) - self.parts.get("non_torch", 0)
+        return (f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {torch_format_size(tried)}. "
+                f"GPU {self.local} has a total capacity of {torch_format_size(self.total)} of which "
+                f"{torch_format_size(free)} is free. Including non-PyTorch memory, this process has "
+                f"{torch_format_size(self.held)} memory in use. Of the allocated memory "
+                f"{torch_format_size(max(0, torch_alloc))} is allocated by PyTorch, and "
+                f"{torch_format_size(20 * MIB)} is reserved by PyTorch but unallocated. {OOM_TAIL}")
+
+    def alloc(self, part: str, nbytes: int, tried: int, phase: str, forced: bool = False) -> None:
+        free = self.free_bytes()
+        if forced or nbytes > free:
+            shown = free if not forced else min(free, int(tried * 0.77))
+            raise SimFailure(phase, self.oom_text(tried, shown))
+        self.parts[part] = self.parts.get(part, 0) + nbytes
+        self._publish()
+
+    def release(self) -> None:
+        self.parts.clear()
+        simgpu.hold(self.cfg.gpu, self.gpu_index, 0)
+
+    def _hang_if(self, phase: str) -> None:
+        if "hang_startup" in self.cfg.faults and (self.cfg.faults.active["hang_startup"] or "compile") == phase:
+            _hang_forever()
+
+    # ------------------------------------------------------------ phases
+
+    def init_device(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        sleep(cfg.timing.phase("init_device"))
+        self.parts["context"] = memory.CONTEXT_BYTES
+        self._publish()
+        world = cfg.world_size
+        log.info(d.src("ps_init"), f"world_size={world} rank={self.rank} local_rank={self.local} "
+                 f"distributed_init_method=tcp://127.0.0.1:{40000 + (os.getppid() % 20000)} backend=nccl")
+        if d.at_least(0, 11):
+            log.info(d.src("ps_rank"), f"rank {self.rank} in world size {world} is assigned as DP rank {self.dp_rank}, "
+                     f"PP rank {self.pp_rank}, PCP rank 0, TP rank {self.tp_rank}, EP rank N/A, EPLB rank N/A")
+        self.init_free = self.free_bytes()
+        if d.free_memory_check and self.init_free < self.requested:
+            raise SimFailure("init_device", "ValueError: " + d.free_memory(
+                self.local, self.init_free, self.total, cfg.util, self.requested))
+        if d.v2_runner:
+            log.info(d.src("v2_runner"), "Using V2 Model Runner")
+        self._hang_if("init_device")
+        return {}
+
+    def load(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        if d.v2_runner:
+            log.info(d.src("loading"), "Loading model from scratch...")
+        else:
+            log.info(d.src("loading"), f"Starting to load model {cfg.model}...")
+        if cfg.quantization in ("awq_marlin", "gptq_marlin") and self.rank == 0:
+            log.info(d.src("quant_convert"), f"The model is convertible to {cfg.quantization} during runtime. "
+                     f"Using {cfg.quantization} kernel.")
+        fa3 = any(x in cfg.gpu.name for x in ("H100", "H200", "H20", "H800", "GH200"))
+        log.info(d.src("attn_backend"), "Using FLASH_ATTN attention backend out of potential backends: "
+                 "['FLASH_ATTN', 'FLASHINFER', 'TRITON_ATTN', 'FLEX_ATTENTION'].")
+        if d.at_least(0, 11):
+            log.info(d.src("flash_attn"), f"Using FlashAttention version {3 if fa3 else 2}")
+        self._hang_if("load")
+        start = time.monotonic()
+        sleep(cfg.timing.phase("load"))
+        forced = "oom_at_load" in cfg.faults
+        try:
+            self.alloc("weights", self.weights, cfg.largest_weight, "load", forced=forced)
+        except SimFailure as exc:
+            if d.at_least(0, 13):
+                log.error(d.src("load_oom"), "Failed to load model - not enough GPU memory. Try lowering "
+                          "--gpu-memory-utilization to free memory for weights, increasing --tensor-parallel-size, "
+                          "or using --quantization. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
+                          f" for more tips. (original error: {exc.message})")
+            raise
+        if self.prints:
+            log.info(d.src("load_took"), d.model_loading(self.weights, time.monotonic() - start))
+        if d.v2_runner and self.rank == 0:
+            log.info(d.src("sampler"), "FlashInfer top-p/top-k sampling disabled via VLLM_USE_FLASHINFER_SAMPLER=0.")
+        return {}
+
+    def compile(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        if cfg.enforce_eager:
+            self._hang_if("compile")
+            return {"seconds": None}
+        start = time.monotonic()
+        folder = cfg.compile_dir(self.rank)
+        aot = cfg.aot_dir(self.rank)
+        marker = folder / "simulated-compile.json" if folder else None
+        self.cold = not (marker and marker.is_file())
+        if folder is not None:
+            log.info(d.src("cache_dir"), f"Using cache directory: {folder} for vLLM's torch.compile")
+        self._hang_if("compile")
+        b = cfg.max_num_batched_tokens
+        bytecode = cfg.timing.phase("compile_warm") * (0.55 if not self.cold else 0.2)
+        sleep(bytecode)
+        log.info(d.src("dynamo"), f"Dynamo bytecode transform time: {time.monotonic() - start:.2f} s")
+        if self.cold:
+            rest = cfg.timing.phase("compile_cold") - bytecode
+            sleep(rest * 0.45)
+            if d.at_least(0, 22):
+                log.info(d.src("cache_graph"), f"Cache the graph of compile range (1, {b}) for later use")
+            t = time.monotonic()
+            sleep(rest * 0.4)
+            what = f"compile range (1, {b})" if d.at_least(0, 22) else "dynamic shape"
+            log.info(d.src("compiling"), f"Compiling a graph for {what} takes {time.monotonic() - t:.2f} s")
+            sleep(rest * 0.15)
+            if marker is not None:
+                try:
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.write_text('{"simulated": true}\n')
+                    if aot is not None:
+                        aot.mkdir(parents=True, exist_ok=True)
+                except OSError:
+                    pass
+            if d.at_least(0, 22) and aot is not None:
+                log.info(d.src("aot_saved"), f"saved AOT compiled function to {aot}")
+        else:
+            t = time.monotonic()
+            sleep(cfg.timing.phase("compile_warm") - bytecode)
+            what = f"compile range (1, {b})" if d.at_least(0, 22) else "dynamic shape"
+            log.info(d.src("load_graph"), f"Directly load the compiled graph(s) for {what} from the cache, "
+                     f"took {time.monotonic() - t:.3f} s")
+            if d.at_least(0, 22) and aot is not None:
+                log.info(d.src("aot_load"), f"Directly load AOT compilation from path {aot}")
+        seconds = time.monotonic() - start
+        verb = "took" if d.at_least(0, 22) else "takes"
+        log.info(d.src("compile_total"), f"torch.compile {verb} {seconds:.2f} s in total")
+        return {"seconds": seconds}
+
+    def profile(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        self._hang_if("profile")
+        start = time.monotonic()
+        sleep(cfg.timing.phase("profile"))
+        tp = cfg.tp
+        self.activation = memory.activation_bytes(cfg.shape, tp, cfg.max_num_batched_tokens, self.cold)
+        self.non_torch = memory.non_torch_bytes(cfg.world_size, cfg.disable_custom_all_reduce)
+        tried = memory.largest_activation_bytes(cfg.shape, tp, cfg.max_num_batched_tokens)
+        forced = "oom_at_profile" in cfg.faults
+        self.alloc("non_torch", self.non_torch, tried, "profile", forced=False)
+        self.alloc("activation", self.activation, tried, "profile", forced=forced)
+        if d.at_least(0, 22) and not cfg.enforce_eager:
+            log.info(d.src("profile_run"), f"Initial profiling/warmup run took {time.monotonic() - start:.2f} s")
+        if cfg.kv_cache_memory_bytes:
+            self.available = int(cfg.kv_cache_memory_bytes)
+        else:
+            self.available = self.requested - self.weights - self.activation - self.non_torch
+        if self.prints and d.available_kv_line:
+            log.info(d.src("available_kv"), d.available_kv(self.available))
+        return {"available": self.available}
+
+    def page_bytes(self) -> int:
+        return self.kv_per_token // max(1, self.layers) * self.cfg.block_size
+
+    def allocate_kv(self, num_blocks: int) -> dict[str, Any]:
+        self._hang_if("kv")
+        nbytes = num_blocks * self.page_bytes() * self.layers
+        per_layer = num_blocks * self.page_bytes()
+        self.alloc("kv", nbytes, per_layer, "kv_alloc")
+        return {}
+
+    def capture_graphs(self) -> dict[str, Any]:
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        if cfg.enforce_eager:
+            return {}
+        self._hang_if("graphs")
+        start = time.monotonic()
+        self.graphs = memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False)
+        sizes = len(capture_sizes(cfg.max_num_seqs))
+        if self.rank == 0 and self.dp_rank == 0:
+            for mode in ("PIECEWISE", "FULL"):
+                log.raw(_tqdm(f"Capturing CUDA graphs ({mode})", sizes, cfg.timing.phase("graphs") / 2))
+        sleep(cfg.timing.phase("graphs") * (0.1 if self.rank == 0 else 1.0))
+        self.alloc("graphs", self.graphs, max(2 * MIB, self.graphs // sizes), "graphs",
+                   forced="oom_at_graph_capture" in cfg.faults)
+        if self.prints:
+            log.info(d.src("graphs"), f"Graph capturing finished in {time.monotonic() - start:.0f} secs, "
+                     f"took {self.graphs / GIB:.2f} GiB")
+            if d.memory_summary_line:
+                log.info(d.src("mem_summary"), self.summary())
+        return {}
+
+    def summary(self) -> str:
+        """The 0.26 INFO line about memory use and `--kv-cache-memory` suggestions."""
+        non_kv = self.weights + self.activation + self.non_torch + self.graphs
+        fit = self.requested - non_kv - memory.REDUNDANCY_BUFFER_BYTES
+        full = self.init_free - non_kv - memory.REDUNDANCY_BUFFER_BYTES
+        return (f"Free memory on device ({round(self.init_free / GIB, 2)}/{round(self.total / GIB, 2)} GiB) on startup. "
+                f"Desired GPU memory utilization is ({self.cfg.util}, {round(self.requested / GIB, 2)} GiB). "
+                f"Actual usage is {format_gib(self.weights)} GiB for weight, {format_gib(self.activation)} GiB for peak "
+                f"activation, {format_gib(self.non_torch)} GiB for non-torch memory, and {format_gib(self.graphs)} GiB "
+                f"for CUDAGraph memory. Replace gpu_memory_utilization config with `--kv-cache-memory={fit}` "
+                f"({format_gib(fit)} GiB) to fit into requested memory, or `--kv-cache-memory={full}` "
+                f"({format_gib(full)} GiB) to fully utilize gpu memory. Current kv cache memory in use is "
+                f"{format_gib(self.available)} GiB.")
+
+    def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        fn = {"init_device": self.init_device, "load": self.load, "compile": self.compile, "profile": self.profile,
+              "capture_graphs": self.capture_graphs}.get(op)
+        if op == "allocate_kv":
+            return self.allocate_kv(int(args["num_blocks"]))
+        if fn is None:
+            raise ValueError(f"unknown op {op}")
+        return fn()
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    """vLLM's CUDA-graph batch sizes: 1, 2, 4, then every 8 to 256, every 16 above, up to
+    min(2 × max_num_seqs, 512) (51 sizes on the real H100 run)."""
+    top = min(2 * max_num_seqs, 512)
+    sizes = [1, 2, 4] + list(range(8, 257, 8)) + list(range(272, 513, 16))
+    return [n for n in sizes if n <= top]
+
+
+def _tqdm(label: str, total: int, seconds: float) -> str:
+    rate = total / max(seconds, 1e-3)
+    frames = [f"\r{label}:   0%|          | 0/{total} [00:00<?, ?it/s]"]
+    for done in (total // 2, total):
+        pct = int(100 * done / total)
+        bar = "█" * (pct // 10) + " " * (10 - pct // 10)
+        frames.append(f"\r{label}: {pct:3d}%|{bar}| {done}/{total} [00:00<00:00, {rate:.2f}it/s]")
+    frames.append(frames[-1])
+    return "".join(frames)

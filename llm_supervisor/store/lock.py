@@ -1,0 +1,47 @@
+"""One daemon per state dir: an flock held for the daemon's life, with its pid in the file."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import Any
+
+from llm_supervisor.errors import RuntimeFailure
+
+
+class DaemonLock:
+    """One daemon per state dir: an flock held for the daemon's life."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "daemon.lock"
+        self._fh: Any = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+")
+        except OSError as exc:
+            raise RuntimeFailure(f"state dir {self.path.parent} is not writable: {exc.strerror} "
+                                 "(set LLM_SUPERVISOR_STATE_DIR)") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RuntimeFailure(f"another llm-supervisor (pid {holder}) is running with state dir "
+                                 f"{self.path.parent}; stop it or set LLM_SUPERVISOR_STATE_DIR") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            try:
+                fcntl.flock(self._fh, fcntl.LOCK_UN)
+                self._fh.close()
+            finally:
+                self._fh = None

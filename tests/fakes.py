@@ -1,0 +1,512 @@
+"""Fakes for testing the daemon in-process, in virtual time (supervisord's DummyOptions, honcho's
+FakeClock and FakeProcess, httpx's MockTransport):
+
+* `VirtualClock`: `sleep` returns when virtual time has advanced; time moves only when every task
+  is waiting, so minutes of backoff, hang timeouts and watchdog pings take milliseconds.
+* `FakeVllm`: a vLLM 0.26 stand-in. From each launch's argv it decides, with its own small memory
+  model, what real vLLM would print and how it would end (the lines are vLLM 0.26's, as in the
+  H100 fixtures), and it answers `/health`, the 1-token probe and `/metrics` through an
+  `httpx.MockTransport` while it serves.
+* `FakeLauncher` / `FakeEngine`: the launcher seam; each engine runs as a task on the virtual clock.
+* `RecordingNotifier`, `FakeGpus`: sd_notify and NVML as lists the test can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from llm_supervisor.config.loader import load_profile
+from llm_supervisor.config.settings import load_settings
+from llm_supervisor.host.gpus import Gpu
+from llm_supervisor.planning.launch import build_plan
+from llm_supervisor.runtime.daemon import Daemon
+from llm_supervisor.runtime.engine_client import EngineClient
+from llm_supervisor.runtime.launcher import ExitInfo, LaunchSpec, OutputCallback
+from llm_supervisor.store.state import StateStore
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+GIB = 1024**3
+IDLE_SPINS = 50
+
+
+# ---------------------------------------------------------------- time
+
+
+class VirtualClock:
+    """Virtual monotonic and wall time; `sleep` waits for virtual time, which a driver task moves
+    to the earliest pending deadline once the loop has nothing else to run."""
+
+    def __init__(self, epoch: float = 1_800_000_000.0) -> None:
+        self.now = 0.0
+        self.epoch = epoch
+        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._driver: asyncio.Task | None = None
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.epoch + self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._timers, (self.now + seconds, next(self._seq), fut))
+        if self._driver is None or self._driver.done():
+            self._driver = asyncio.create_task(self._drive())
+        await fut
+
+    async def _drive(self) -> None:
+        while True:
+            for _ in range(IDLE_SPINS):  # let every runnable task run before time moves
+                await asyncio.sleep(0)
+            while self._timers and self._timers[0][2].done():
+                heapq.heappop(self._timers)
+            if not self._timers:
+                return
+            self.now = max(self.now, self._timers[0][0])
+            while self._timers and self._timers[0][0] <= self.now:
+                fut = heapq.heappop(self._timers)[2]
+                if not fut.done():
+                    fut.set_result(None)
+
+
+# ---------------------------------------------------------------- vLLM, imitated
+
+
+def _flag(argv: list[str], name: str, default: str | None = None) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+@dataclass
+class Launch:
+    """What one launch asked for."""
+
+    argv: list[str]
+    util: float
+    max_model_len: int
+    enforce_eager: bool
+    max_num_seqs: int | None
+    port: int
+
+    @classmethod
+    def parse(cls, argv: list[str]) -> "Launch":
+        seqs = _flag(argv, "--max-num-seqs")
+        return cls(argv, float(_flag(argv, "--gpu-memory-utilization", "0.9")),
+                   int(_flag(argv, "--max-model-len", "40960")), "--enforce-eager" in argv,
+                   int(seqs) if seqs else None, int(_flag(argv, "--port", "8000")))
+
+
+API = "(APIServer pid=100) {level} 12-03 10:00:00 [{src}] {msg}"
+CORE = "(EngineCore pid=101) {level} 12-03 10:00:00 [{src}] {msg}"
+
+
+@dataclass
+class FakeVllm:
+    """A vLLM 0.26 on one GPU, with a transparent memory model: budget = total × utilization;
+    KV = budget − weights − overhead (cold compile: `cold_overhead_gib`, warm: `warm_overhead_gib`);
+    CUDA graphs `graph_gib` above the budget; `other_gib` held by other processes.
+
+    `faults`: per launch number (1-based), a fault name, e.g. {1: "oom_at_load"}; `fault` applies
+    to every launch. Names: oom_at_load, oom_at_graph_capture (unless --enforce-eager),
+    model_not_found, port_in_use, hang_startup, exit_before_ready."""
+
+    total_gib: float = 24564 / 1024
+    weights_gib: float = 7.56
+    # peak activation + non-torch of Qwen3-4B at a 24 GB card's batch limits (2048 tokens, 256
+    # sequences), as the planner's memory model has it: 0.22 cold + 0.22, 0.17 warm + 0.22
+    cold_overhead_gib: float = 0.44
+    warm_overhead_gib: float = 0.39
+    graph_gib: float = 1.0
+    other_gib: float = 0.0
+    kv_bytes_per_token: int = 147456
+    model_limit: int = 40960
+    block: int = 16
+    line_interval_s: float = 0.2
+    fault: str | None = None
+    faults: dict[int, str] = field(default_factory=dict)
+    compiled: set[int] = field(default_factory=set)  # max_model_len values with a warm compile cache
+    launches: list[Launch] = field(default_factory=list)
+    engines: list["FakeEngine"] = field(default_factory=list)
+
+    # -------------------------------------------------------- the engine's numbers
+    def overhead_gib(self, launch: Launch) -> float:
+        warm = launch.max_model_len in self.compiled and not launch.enforce_eager
+        return self.warm_overhead_gib if warm else self.cold_overhead_gib
+
+    def available_gib(self, launch: Launch) -> float:
+        return launch.util * self.total_gib - self.weights_gib - self.overhead_gib(launch)
+
+    def kv_tokens(self, launch: Launch) -> int:
+        avail = self.available_gib(launch)
+        return int(max(avail, 0) * GIB // (self.kv_bytes_per_token * self.block)) * self.block
+
+    def free_gib(self) -> float:
+        held = sum(e.held_gib for e in self.engines if e.running)
+        return self.total_gib - self.other_gib - held
+
+    @property
+    def serving(self) -> "FakeEngine | None":
+        return next((e for e in reversed(self.engines) if e.running and e.serving), None)
+
+    # -------------------------------------------------------- what it prints
+    def script(self, number: int, launch: Launch) -> tuple[list[str], int | None, float]:
+        """(lines to print, exit code or None to serve, GPU memory held) for one launch."""
+        fault = self.faults.get(number, self.fault)
+        lines = [API.format(level="INFO", src="api_utils.py:345", msg="vLLM API server version 0.26.0"),
+                 API.format(level="INFO", src="api_utils.py:273",
+                            msg=f"non-default args: {{'gpu_memory_utilization': {launch.util}, "
+                                f"'max_model_len': {launch.max_model_len}}}")]
+        if fault == "model_not_found":
+            return lines + [API.format(level="ERROR", src="api_server.py:90",
+                                       msg="OSError: Invalid repository ID or local directory specified")], 1, 0.0
+        if launch.max_model_len > self.model_limit:
+            return lines + [API.format(
+                level="ERROR", src="model.py:1788",
+                msg=f"pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+                    f"  Value error, User-specified max_model_len ({launch.max_model_len}) is greater than the "
+                    f"derived max_model_len (max_position_embeddings={self.model_limit} or model_max_length=None "
+                    "in model's config.json).")], 1, 0.0
+        requested = launch.util * self.total_gib
+        free = self.free_gib()
+        if requested > free:
+            return lines + [CORE.format(
+                level="ERROR", src="core.py:1330",
+                msg=f"ValueError: Free memory on device cuda:0 ({free:.2f}/{self.total_gib:.2f} GiB) on startup is less "
+                    f"than desired GPU memory utilization ({launch.util}, {requested:.2f} GiB). Decrease GPU memory "
+                    "utilization or reduce GPU memory used by other processes.")], 1, 0.0
+        lines.append(CORE.format(level="INFO", src="model_runner.py:284", msg="Loading model from scratch..."))
+        if fault == "oom_at_load":
+            return lines + [CORE.format(
+                level="ERROR", src="core.py:1330",
+                msg=f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 304.00 MiB. GPU 0 has a total "
+                    f"capacity of {self.total_gib:.2f} GiB of which 120.00 MiB is free.")], 1, self.weights_gib / 2
+        lines.append(CORE.format(level="INFO", src="model_runner.py:305",
+                                 msg=f"Model loading took {self.weights_gib:.2f} GiB and 1.74 seconds"))
+        if launch.max_model_len in self.compiled:
+            lines.append(CORE.format(level="INFO", src="backends.py:292",
+                                     msg="Directly load the compiled graph(s) for compile range (1, 2048) from the cache"))
+        else:
+            lines.append(CORE.format(level="INFO", src="backends.py:1155", msg="Dynamo bytecode transform time: 2.39 s"))
+            lines.append(CORE.format(level="INFO", src="backends.py:371",
+                                     msg="Compiling a graph for compile range (1, 2048) takes 9.93 s"))
+        if fault == "hang_startup":
+            return lines, -1, self.weights_gib
+        avail = self.available_gib(launch)
+        lines.append(CORE.format(level="INFO", src="gpu_worker.py:560", msg=f"Available KV cache memory: {avail:.2f} GiB"))
+        if avail <= 0:
+            return lines + [CORE.format(
+                level="ERROR", src="core.py:1330",
+                msg="ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                    "when initializing the engine.")], 1, requested
+        tokens = self.kv_tokens(launch)
+        need_gib = launch.max_model_len * self.kv_bytes_per_token / GIB
+        if tokens < launch.max_model_len:
+            return lines + [CORE.format(
+                level="ERROR", src="core.py:1330",
+                msg=f"ValueError: To serve at least one request with the model's max seq len ({launch.max_model_len}), "
+                    f"({need_gib:.2f} GiB KV cache is needed, which is larger than the available KV cache memory "
+                    f"({avail:.2f} GiB). Based on the available memory, the estimated maximum model length is "
+                    f"{tokens}. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` when "
+                    "initializing the engine."),
+                API.format(level="ERROR", src="core_client.py:600",
+                           msg="RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+            ], 1, requested
+        conc = tokens / launch.max_model_len
+        lines += [CORE.format(level="INFO", src="kv_cache_utils.py:2177", msg=f"GPU KV cache size: {tokens:,} tokens"),
+                  CORE.format(level="INFO", src="kv_cache_utils.py:2178",
+                              msg=f"Maximum concurrency for {launch.max_model_len:,} tokens per request: {conc:.2f}x")]
+        if fault == "oom_at_graph_capture" and not launch.enforce_eager:
+            return lines + [CORE.format(
+                level="ERROR", src="core.py:1330",
+                msg=f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total "
+                    f"capacity of {self.total_gib:.2f} GiB of which 200.00 MiB is free.")], 1, requested
+        graphs = 0.0 if launch.enforce_eager else self.graph_gib
+        if not launch.enforce_eager:
+            lines.append(CORE.format(level="INFO", src="model_runner.py:747",
+                                     msg=f"Graph capturing finished in 4 secs, took {self.graph_gib:.2f} GiB"))
+        lines += [CORE.format(level="INFO", src="core.py:340",
+                              msg="init engine (profile, create kv cache, warmup model) took 21.92 s"),
+                  API.format(level="INFO", src="api_server.py:677", msg=f"Starting vLLM server on http://0.0.0.0:{launch.port}"),
+                  API.format(level="INFO", src="on.py:62", msg="Application startup complete.")]
+        if fault == "exit_before_ready":
+            return lines, 1, requested + graphs
+        if fault == "port_in_use":
+            return lines[:-1] + [API.format(
+                level="ERROR", src="api_server.py:690",
+                msg=f"OSError: [Errno 98] error while attempting to bind on address ('0.0.0.0', {launch.port}): "
+                    "address already in use")], 1, 0.0
+        self.compiled.add(launch.max_model_len)
+        return lines, None, requested + graphs
+
+    # -------------------------------------------------------- its HTTP side
+    def transport(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            engine = self.serving
+            if engine is None:
+                raise httpx.ConnectError("connection refused", request=request)
+            path = request.url.path
+            if path == "/health":
+                return httpx.Response(200 if engine.healthy else 503)
+            if path in ("/v1/chat/completions", "/v1/completions"):
+                engine.requests += 1
+                return httpx.Response(200, json={"choices": [{"text": "x"}]})
+            if path == "/metrics":
+                tokens = engine.kv_tokens
+                conc = tokens / engine.launch.max_model_len if tokens else 0
+                body = (f'vllm:cache_config_info{{kv_cache_size_tokens="{tokens}",kv_cache_max_concurrency="{conc}"}} 1.0\n'
+                        f'vllm:num_requests_waiting{{engine="0"}} {engine.waiting}\n'
+                        f'vllm:num_requests_running{{engine="0"}} 0.0\n'
+                        f'vllm:generation_tokens_total{{engine="0"}} {engine.generated}\n')
+                return httpx.Response(200, text=body)
+            return httpx.Response(404)
+        return httpx.MockTransport(handle)
+
+
+class FakeEngine:
+    """One launched engine: prints its script on the virtual clock, then exits or serves."""
+
+    _pids = itertools.count(5000)
+
+    def __init__(self, vllm: FakeVllm, spec: LaunchSpec, on_output: OutputCallback, clock: VirtualClock) -> None:
+        self.vllm = vllm
+        self.spec = spec
+        self.launch = Launch.parse(spec.argv)
+        vllm.launches.append(self.launch)
+        self.number = len(vllm.launches)
+        self.kv_tokens = vllm.kv_tokens(self.launch)
+        self.lines, self.exit_code, self.held_gib = vllm.script(self.number, self.launch)
+        self.on_output = on_output
+        self.clock = clock
+        self.engine_pid = next(self._pids)
+        self._guard_pid = next(self._pids)
+        self.placement: str | None = None
+        self.serving = False
+        self.healthy = True
+        self.requests = 0
+        self.waiting = 0.0
+        self.generated = 0.0
+        self.stops: list[float] = []
+        self.ignore_sigterm = False
+        self.exit_info: ExitInfo | None = None
+        self._exited = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    @property
+    def guard_pid(self) -> int:
+        return self._guard_pid
+
+    @property
+    def running(self) -> bool:
+        return not self._exited.is_set()
+
+    def _print(self, *lines: str) -> None:
+        text = "".join(line + "\n" for line in lines)
+        self.on_output(text.encode(), list(lines))
+
+    async def _run(self) -> None:
+        for line in self.lines:
+            await self.clock.sleep(self.vllm.line_interval_s)
+            self._print(line)
+        if self.exit_code == -1:  # hangs: prints nothing more until stopped
+            return
+        if self.exit_code is not None:
+            self._exit(ExitInfo(self.exit_code))
+            return
+        self.serving = True
+
+    def _exit(self, info: ExitInfo) -> None:
+        if self._exited.is_set():
+            return
+        self.serving = False
+        self.exit_info = info
+        self._task.cancel()
+        self._exited.set()
+
+    def die(self) -> None:
+        """EngineCore killed while serving: vLLM 0.26's API server logs it and exits with 0."""
+        self._print(CORE.format(level="ERROR", src="core.py:900", msg="EngineCore encountered an issue. See stack trace"),
+                    API.format(level="ERROR", src="async_llm.py:480", msg="EngineDeadError: EngineCore encountered an issue."))
+        self._exit(ExitInfo(0))
+
+    async def wait(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self.exit_info is not None
+        return self.exit_info
+
+    async def stop(self, timeout: float) -> ExitInfo:
+        self.stops.append(self.clock.monotonic())
+        if self.running:
+            if self.ignore_sigterm:
+                await self.clock.sleep(timeout)
+                self._exit(ExitInfo(128 + 9, 9))
+            else:
+                await self.clock.sleep(0.1)
+                self._exit(ExitInfo(0))
+        return await self.wait()
+
+
+class FakeLauncher:
+    def __init__(self, vllm: FakeVllm, clock: VirtualClock) -> None:
+        self.vllm = vllm
+        self.clock = clock
+        self.specs: list[LaunchSpec] = []
+
+    async def start(self, spec: LaunchSpec, on_output: OutputCallback) -> FakeEngine:
+        self.specs.append(spec)
+        engine = FakeEngine(self.vllm, spec, on_output, self.clock)
+        self.vllm.engines.append(engine)
+        return engine
+
+
+class RecordingNotifier:
+    """sd_notify as a list of (virtual time, key, value)."""
+
+    def __init__(self, clock: VirtualClock, watchdog_s: float | None = None, enabled: bool = True) -> None:
+        self.clock = clock
+        self.watchdog_s = watchdog_s
+        self.enabled = enabled
+        self.sent: list[tuple[float, str, str]] = []
+
+    def _send(self, key: str, value: str = "1") -> bool:
+        self.sent.append((self.clock.monotonic(), key, value))
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        if status:
+            self._send("STATUS", status)
+        return self._send("READY")
+
+    def status(self, text: str) -> bool:
+        return self._send("STATUS", text)
+
+    def watchdog(self) -> bool:
+        return self._send("WATCHDOG")
+
+    def stopping(self, status: str | None = None) -> bool:
+        return self._send("STOPPING")
+
+    def reloading(self) -> bool:
+        return self._send("RELOADING")
+
+    def extend_timeout(self, seconds: float) -> bool:
+        return self._send("EXTEND_TIMEOUT_USEC", str(int(seconds * 1e6)))
+
+    def watchdog_interval_s(self) -> float | None:
+        return self.watchdog_s
+
+    def keys(self, key: str) -> list[tuple[float, str, str]]:
+        return [s for s in self.sent if s[1] == key]
+
+
+class FakeGpus:
+    """NVML over the fake vLLM's GPU (with the uuid the plan chose)."""
+
+    def __init__(self, vllm: FakeVllm, uuid: str) -> None:
+        self.vllm = vllm
+        self.uuid = uuid
+
+    def gpus(self) -> list[Gpu]:
+        total_mib = int(self.vllm.total_gib * 1024)
+        free_mib = int(self.vllm.free_gib() * 1024)
+        return [Gpu(index=0, uuid=self.uuid, name="NVIDIA GeForce RTX 4090 D", bus_id="00000000:01:00.0",
+                    sysfs_bus_id="0000:01:00.0", memory_total_mib=total_mib, memory_used_mib=total_mib - free_mib,
+                    memory_free_mib=free_mib)]
+
+    def driver_version(self) -> str | None:
+        return "fake"
+
+
+# ---------------------------------------------------------------- the daemon under test
+
+
+class Harness:
+    """A Daemon wired to the fakes, for one test: `await h.until(predicate)` advances virtual time."""
+
+    def __init__(self, tmp: Path, vllm: FakeVllm | None = None, *, sets: list[str] = (), env: dict[str, str] | None = None,
+                 watchdog_s: float | None = None, notify: bool = False, **settings: Any) -> None:
+        self.vllm = vllm or FakeVllm()
+        self.clock = VirtualClock()
+        self.tmp = tmp
+        base = {"state_dir": tmp / "state", "failed_linger_s": 0, "stop_timeout_s": 10}
+        base.update(settings)
+        self.settings = load_settings(**base)
+        self.profile = load_profile("4090d-qwen3-4b", PROFILES, overrides=list(sets))
+        self.store = StateStore(self.settings.state_dir)
+        self.plan = build_plan(self.settings, self.profile, simulate=True, for_launch=True, store=self.store)
+        self.notifier = RecordingNotifier(self.clock, watchdog_s, enabled=notify)
+        self.launcher = FakeLauncher(self.vllm, self.clock)
+        self.daemon = Daemon(self.settings, self.profile, self.plan, launcher=self.launcher, clock=self.clock,
+                             engine_client=EngineClient("http://engine", self.profile.served_name,
+                                                        transport=self.vllm.transport()),
+                             notifier=self.notifier, store=self.store,  # type: ignore[arg-type]
+                             gpus=FakeGpus(self.vllm, self.plan.chosen[0].uuid))
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> "Harness":
+        self.task = asyncio.create_task(self.daemon.serve())
+        return self
+
+    async def until(self, predicate: Callable[[], Any], virtual_s: float = 3600.0, what: str = "condition") -> Any:
+        """Let the daemon run (in virtual time) until `predicate()` is truthy."""
+        deadline = self.clock.monotonic() + virtual_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if self.task is not None and self.task.done():
+                raise AssertionError(f"the daemon ended (code {self.task.result()}) before {what}; "
+                                     f"{self.events()}")
+            if self.clock.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {virtual_s:g} virtual s; state {self.daemon.state.value}, "
+                                     f"{self.events()}")
+            await self.clock.sleep(0.05)
+
+    async def ready(self, attempt: int | None = None) -> dict[str, Any]:
+        await self.until(lambda: self.daemon.state.value == "ready" and (attempt is None or self.daemon.attempt == attempt),
+                         what=f"ready (attempt {attempt})")
+        return self.daemon.status()
+
+    async def exit_code(self) -> int:
+        assert self.task is not None
+        await self.until(lambda: self.task.done(), what="the daemon to end")
+        return self.task.result()
+
+    def events(self) -> list[tuple[str, str | None]]:
+        return [(h["event"], (h["failure"] or {}).get("kind")) for h in self.daemon.history]
+
+    def relaunches(self) -> list[dict[str, Any]]:
+        return [h for h in self.daemon.history if h["event"] == "relaunch"]
+
+    @property
+    def engine(self) -> FakeEngine:
+        return self.vllm.engines[-1]
+
+
+def cmdline(spec: LaunchSpec) -> str:
+    return shlex.join(spec.argv)
+
+
+def floor2(x: float) -> float:
+    return math.floor(x * 100 + 1e-9) / 100
+
+
+_ = re  # the module's patterns live in FakeVllm's f-strings

@@ -1,0 +1,294 @@
+"""The daemon's loop in-process, in virtual time (tests/fakes.py): states and their REST view,
+the facts it reports, commands, sd_notify, hang detection, and a bug in its own tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fakes import FakeVllm, Harness
+from llm_supervisor.api.server import create_app
+from llm_supervisor.errors import RuntimeFailure
+from llm_supervisor.runtime.commands import Command
+from llm_supervisor.states import State
+
+CONTRACT_STATUS_KEYS = {"state", "profile", "pid", "uptime_s", "argv", "attempt", "restarts", "kv_cache_tokens",
+                        "max_concurrency", "max_model_len", "gpu_memory_utilization", "gpus", "cpus", "history"}
+
+
+@pytest.fixture
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
+    count = iter(range(100))
+
+    def factory(vllm: FakeVllm | None = None, sets: list[str] = (), **kw: Any) -> Harness:
+        return Harness(tmp_path / f"run{next(count)}", vllm, sets=["recovery.backoff_initial_s=1",
+                                                                  "recovery.backoff_max_s=2", *sets], **kw)
+    return factory
+
+
+class Recorder:
+    """Every state the daemon entered, with what /readyz answered in that state."""
+
+    def __init__(self, h: Harness) -> None:
+        self.h = h
+        self.states: list[str] = []
+        h.daemon.on_state = lambda state, why: self.states.append(state.value)
+
+
+def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_ready_reports_the_facts_and_confirms_them_through_metrics(make, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llm_supervisor")
+
+    async def scenario() -> dict[str, Any]:
+        h = make().start()
+        status = await h.ready()
+        await h.until(lambda: h.daemon.metrics_kv_tokens is not None, what="the /metrics check")
+        status = h.daemon.status()
+        h.daemon.inbox.put(Command.STOP)
+        assert await h.exit_code() == 0
+        assert not any(e.running for e in h.vllm.engines)
+        return status
+
+    status = asyncio.run(scenario())
+    assert status["ready"] is True and status["profile"] == "4090d-qwen3-4b" and status["simulated"] is True
+    assert CONTRACT_STATUS_KEYS <= set(status)
+    assert status["attempt"] == 1 and status["restarts"] == 0
+    assert [h["event"] for h in status["history"]] == ["launch", "ready"]
+    assert status["max_model_len"] == 40960
+    tokens, conc = status["kv_cache_tokens"], status["max_concurrency"]
+    assert isinstance(tokens, int) and tokens > 40960
+    assert conc == pytest.approx(tokens / 40960, abs=0.01)
+    assert status["kv_cache_tokens_metrics"] == tokens  # the engine's /metrics agrees with its log
+    assert "KV tokens differ" not in caplog.text
+    assert f"vLLM reports {tokens:,} KV-cache tokens, max concurrency {conc:.2f}x at 40,960 tokens" in caplog.text
+    assert f"ready: {tokens:,} KV tokens" in caplog.text
+    assert "state stopping -> stopped" in caplog.text
+
+
+def test_states_and_the_rest_api_through_a_full_cycle(make, caplog) -> None:
+    """starting → ready → engine death → backoff → starting → ready → admin restart → restarting →
+    starting → ready → stop → stopped, with /readyz and /metrics telling the truth at each step."""
+    caplog.set_level(logging.INFO, logger="llm_supervisor")
+
+    async def scenario() -> None:
+        h = make()
+        rec = Recorder(h)
+        app = create_app(h.daemon.status, h.daemon.command, None)
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 5000)), base_url="http://d")
+        h.start()
+
+        await h.until(lambda: h.daemon.state is State.STARTING, what="starting")
+        assert (await api.get("/healthz")).status_code == 200
+        r = await api.get("/readyz")
+        assert r.status_code == 503 and r.json()["state"] == "starting"
+
+        status = await h.ready()
+        assert status["pid"] and status["argv"][-1] == "--enable-prefix-caching"
+        assert (await api.get("/readyz")).status_code == 200
+        m = metrics((await api.get("/metrics")).text)
+        assert m[("llm_supervisor_ready", ())] == 1
+        assert m[("llm_supervisor_state", (("state", "ready"),))] == 1
+        assert m[("llm_supervisor_kv_cache_tokens", ())] == status["kv_cache_tokens"]
+        gpu = await h.until(lambda: next((g for g in h.daemon.status()["gpus"] if g["memory_used_mib"] > 1000), None),
+                            what="the GPU poll to see the engine's memory")
+        assert gpu["memory_total_mib"] == 24564
+
+        # the engine dies: backoff, then a new start, then ready again
+        h.engine.die()
+        await h.until(lambda: h.daemon.state is State.BACKOFF, what="backoff")
+        backoff = h.daemon.status()
+        assert backoff["ready"] is False and backoff["pid"] is None
+        r = await api.get("/readyz")
+        assert r.status_code == 503 and r.json()["state"] == "backoff"
+        m = metrics((await api.get("/metrics")).text)
+        assert m[("llm_supervisor_restarts_total", (("reason", "engine_dead"),))] == 1
+        assert m[("llm_supervisor_ready", ())] == 0
+        second = await h.ready(attempt=2)
+        assert second["restarts_by_reason"] == {"engine_dead": 1}
+
+        # admin restart
+        r = await api.post("/restart")
+        assert r.status_code == 202 and r.json()["action"] == "restart"
+        third = await h.ready(attempt=3)
+        assert third["pid"] != second["pid"] and third["restarts_by_reason"] == {"engine_dead": 1, "admin": 1}
+        assert [e for e, _ in h.events()][-3:] == ["restart", "launch", "ready"]
+
+        r = await api.post("/stop")
+        assert r.status_code == 202
+        assert await h.exit_code() == 0
+        # after a stop, no command is taken
+        r = await api.post("/restart")
+        assert r.status_code == 409 and "already stopping" in r.json()["detail"]
+        await api.aclose()
+        assert rec.states == ["starting", "ready", "backoff", "starting", "ready", "restarting", "starting", "ready",
+                              "stopping", "stopped"]
+
+    asyncio.run(scenario())
+    assert "state ready -> restarting: restart requested" in caplog.text
+    assert "state ready -> stopping: stop requested" in caplog.text
+
+
+def test_commands_are_an_enum_with_one_inbox(make) -> None:
+    async def scenario() -> None:
+        h = make()
+        with pytest.raises(RuntimeFailure, match="unknown command 'reboot'"):
+            h.daemon.command("reboot")
+        with pytest.raises(RuntimeFailure, match="unknown command 'reload'"):  # SIGHUP only, not the API
+            h.daemon.command("reload")
+        h.start()
+        await h.ready()
+        h.daemon.command("stop")
+        h.daemon.command("restart")  # queued behind the stop: the stop wins
+        assert await h.exit_code() == 0
+        assert h.daemon.attempt == 1
+    asyncio.run(scenario())
+
+
+def test_a_restart_during_backoff_skips_the_wait(make) -> None:
+    async def scenario() -> None:
+        h = make(sets=["recovery.backoff_initial_s=100", "recovery.backoff_max_s=100"]).start()
+        await h.ready()
+        h.engine.die()
+        await h.until(lambda: h.daemon.state is State.BACKOFF, what="backoff")
+        waited_from = h.clock.monotonic()
+        h.daemon.command("restart")
+        await h.ready(attempt=2)
+        assert h.clock.monotonic() - waited_from < 10
+    asyncio.run(scenario())
+
+
+def test_sd_notify_ready_status_watchdog_and_stopping(make) -> None:
+    async def scenario() -> Harness:
+        h = make(watchdog_s=0.5, notify=True).start()
+        status = await h.ready()
+        ready_at = h.clock.monotonic()
+        await h.until(lambda: h.clock.monotonic() > ready_at + 3, what="3 s of watchdog pings")
+        h.daemon.inbox.put(Command.STOP)
+        assert await h.exit_code() == 0
+        n = h.notifier
+        # READY=1 once, when the daemon is ready
+        readies = n.keys("READY")
+        assert len(readies) == 1
+        kv, conc = status["kv_cache_tokens"], status["max_concurrency"]
+        statuses = [v for _t, k, v in n.sent if k == "STATUS"]
+        assert f"ready: {kv:,} KV tokens, {conc:.2f}x concurrency at 40,960 tokens (SIMULATED)" in statuses
+        before = [v for t, k, v in n.sent if k == "STATUS" and t < readies[0][0]]
+        assert any("starting vLLM" in s for s in before), before
+        assert f"KV cache: {kv:,} tokens, {conc:.2f}x at 40,960" in before
+        # WATCHDOG=1 every 0.5 s (half of WATCHDOG_USEC), from the loop
+        pings = [t for t, k, _v in n.sent if k == "WATCHDOG"]
+        window = [t for t in pings if ready_at <= t <= ready_at + 3.0]
+        assert len(window) in (6, 7), window
+        assert {round(b - a, 6) for a, b in zip(pings, pings[1:])} == {0.5}
+        assert len(n.keys("STOPPING")) == 1 and n.keys("STOPPING")[0][0] > readies[0][0]
+        return h
+    asyncio.run(scenario())
+
+
+def test_sighup_reloads_the_engine_with_reloading_then_ready(make) -> None:
+    async def scenario() -> None:
+        import signal
+
+        h = make(notify=True).start()
+        first = await h.ready()
+        h.daemon._on_signal(signal.SIGHUP)
+        second = await h.ready(attempt=2)
+        n = h.notifier
+        (reloading,) = n.keys("RELOADING")
+        readies = n.keys("READY")
+        assert len(readies) == 2 and readies[0][0] < reloading[0] < readies[1][0]
+        assert second["pid"] != first["pid"] and second["restarts_by_reason"] == {"admin": 1}
+        h.daemon._on_signal(signal.SIGTERM)
+        assert await h.exit_code() == 0
+    asyncio.run(scenario())
+
+
+def test_a_hang_during_startup_is_an_engine_death(make) -> None:
+    async def scenario() -> None:
+        h = make(FakeVllm(faults={1: "hang_startup"}), sets=["recovery.stall_timeout_s=120"]).start()
+        await h.ready(attempt=2)
+        exit_event = next(e for e in h.daemon.history if e["event"] == "exit")
+        assert exit_event["failure"]["kind"] == "engine_dead"
+        assert "no output for 120 s" in exit_event["failure"]["message"]
+        assert h.vllm.engines[0].stops, "the hung engine was stopped"
+        hung_from = h.vllm.engines[0].stops[0]
+        assert 120 <= hung_from <= 125
+    asyncio.run(scenario())
+
+
+def test_a_ready_engine_with_requests_waiting_and_no_progress_is_restarted(make) -> None:
+    async def scenario() -> None:
+        h = make(sets=["recovery.stall_timeout_s=60"]).start()
+        await h.ready()
+        h.engine.waiting = 3.0  # requests wait, no token is generated
+        await h.ready(attempt=2)
+        exit_event = next(e for e in h.daemon.history if e["event"] == "exit")
+        assert exit_event["failure"]["kind"] == "engine_dead"
+        assert "3 requests waiting and no tokens generated for 60 s" in exit_event["failure"]["message"]
+    asyncio.run(scenario())
+
+
+def test_failing_health_is_degraded_and_recovers(make) -> None:
+    async def scenario() -> None:
+        h = make().start()
+        await h.ready()
+        h.engine.healthy = False
+        await h.until(lambda: h.daemon.state is State.DEGRADED, what="degraded")
+        h.engine.healthy = True
+        await h.until(lambda: h.daemon.state is State.READY, what="ready again")
+        assert h.daemon.attempt == 1  # the same engine
+    asyncio.run(scenario())
+
+
+def test_an_engine_that_ignores_sigterm_is_killed_at_the_deadline(make, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llm_supervisor")
+
+    async def scenario() -> None:
+        h = make(stop_timeout_s=10).start()
+        await h.ready()
+        h.engine.ignore_sigterm = True
+        asked = h.clock.monotonic()
+        h.daemon.inbox.put(Command.STOP)
+        assert await h.exit_code() == 0
+        assert h.clock.monotonic() - asked >= 10
+    asyncio.run(scenario())
+    assert "ignored SIGTERM for 10 s (LLM_SUPERVISOR_STOP_TIMEOUT_S) and was killed" in caplog.text
+
+
+def test_an_exception_in_the_readiness_probe_relaunches_instead_of_crashing(make) -> None:
+    async def scenario() -> None:
+        h = make()
+        real_probe = h.daemon.engine_client.probe
+        calls = 0
+
+        async def flaky_probe() -> bool:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("probe bug")
+            return await real_probe()
+
+        h.daemon.engine_client.probe = flaky_probe  # type: ignore[method-assign]
+        h.start()
+        await h.ready()
+        assert h.events()[:5] == [("launch", None), ("exit", "unknown"), ("relaunch", "unknown"), ("launch", None),
+                                  ("ready", None)]
+        assert "internal error in the supervisor's readiness probe" in h.daemon.history[1]["failure"]["message"]
+        h.daemon.inbox.put(Command.STOP)
+        assert await h.exit_code() == 0
+        assert not any(e.running for e in h.vllm.engines)
+    asyncio.run(scenario())
