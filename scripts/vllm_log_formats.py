@@ -32,12 +32,13 @@ import argparse
 import ast
 import json
 import math
+import string
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -652,9 +653,6 @@ class Builder:
     def uvicorn(self, message: str, level: str = "INFO") -> None:
         self.out.raw("api", f"{level}:     {message}", EXTERNAL["uvicorn"], message)
 
-    def files(self, *candidates: str) -> list[str]:
-        return list(candidates)
-
     # ------------------------------------------------------------------ API server start
 
     def api_start(self, launch: Launch, extra_args: dict[str, Any] | None = None) -> None:
@@ -669,7 +667,6 @@ class Builder:
             path = src.first_existing(["entrypoints/common/startup.py", "entrypoints/serve/utils/api_utils.py"])
             logo = src.string(path, "▄▄", "version ${w}%s")
             loc = src.log(path, call="lgr.info(message, version, model_name)", raw=logo.raw)
-            import string
             message = string.Template(logo.raw).substitute(w="", o="", b="", r="")
             self.out.record("api", "INFO", loc, message % (self.src.version, MODEL))
             loc = src.log(path, "non-default args: %s")
@@ -1204,7 +1201,7 @@ def scenario_free_short(src: VllmSource, name: str, launch: Launch) -> Scenario:
         src.frame("v1/executor/uniproc_executor.py", "UniProcExecutor._init_executor", "self.driver_worker.init_device("),
         src.frame("v1/worker/worker_base.py", "WorkerWrapperBase.init_device", "self.worker.init_device("),
     ]
-    frames.extend(init_device_frames(src, v))
+    frames.append(src.frame("v1/worker/gpu_worker.py", "Worker.init_device", "request_memory("))
     func = "request_memory"
     frames.append(Located(path, loc.line, f"frame {func}", "raise ValueError("))
     b.out.at(16)
@@ -1215,11 +1212,6 @@ def scenario_free_short(src: VllmSource, name: str, launch: Launch) -> Scenario:
     expected = {"outcome": "failed", "exit_code": 1, "facts": facts(tensor_parallel_size=1),
                 "failure": {"kind": "insufficient_free_memory", "values": failure_values}}
     return Scenario(name, b.out.lines, expected)
-
-
-def init_device_frames(src: VllmSource, v: tuple[int, ...]) -> list[Located]:
-    path = "v1/worker/gpu_worker.py"
-    return [src.frame(path, "Worker.init_device", "request_memory(")]
 
 
 def scenario_extensible_short(src: VllmSource, name: str, launch: Launch) -> Scenario:
@@ -1328,9 +1320,7 @@ def scenario_engine_dead(src: VllmSource) -> Scenario:
     client = "v1/engine/core_client.py"
     b.info("api", src.log(client, "[shutdown] MPClient: engine core exited unexpectedly"), level="WARNING")
     handler = src.log("v1/engine/async_llm.py", "AsyncLLM output_handler failed.")
-    frames = [src.frame("v1/engine/async_llm.py", "AsyncLLM._run_output_handler.output_handler",
-                        "await engine_core.get_output_async(")
-              if False else _output_handler_frame(src),
+    frames = [_output_handler_frame(src),
               src.frame(client, "AsyncMPClient.get_output_async", "raise self._format_exception(")]
     tb = b.out.traceback_text(frames)
     dead = "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root cause."
