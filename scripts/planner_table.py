@@ -46,7 +46,7 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
                                recovery=profile.recovery, model=profile.model.id, gpu_name=gpu)
         conc = []
         for ctx in CONTEXTS:
-            fits = pred.blocks_per_request(ctx) <= pred.num_gpu_blocks and ctx <= shape.context_limit
+            fits = pred.fits_context(ctx) and ctx <= shape.context_limit
             conc.append(f"{pred.concurrency_at(ctx):.1f}" if fits else "—")
         par = f"TP {args.tensor_parallel_size}"
         if args.pipeline_parallel_size > 1:
