@@ -42,6 +42,7 @@ from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
+from llm_supervisor.vllm.memory import accounting_for
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
 
 log = logging.getLogger("llm_supervisor")
@@ -127,6 +128,7 @@ class Daemon(RestartLoop):
         self.message = ""
         self.metrics_kv_tokens: int | None = None
         self.placement_applied: str | None = None
+        self.seen_vllm_version: str | None = None
         self.exit_code = EXIT_OK
         self._launched_at = 0.0
         self._log: launching.RotatingLog | None = None
@@ -176,12 +178,30 @@ class Daemon(RestartLoop):
             "cpus": list(self.plan.placement.cpus),
             "placement": {**self.plan.placement.to_json(), "applied": self.placement_applied},
             "facts": f.contract() | {"vllm_version": f.vllm_version, "compile_cached": f.compile_cached},
+            "vllm": self._vllm_status(),
             "phase": self.parser.phase,
             "target": self.profile.target.model_dump() if self.profile.target else None,
             "message": self.message,
             "history": list(self.history[-50:]),
             "log_tail": list(self.ring)[-20:],
         }
+
+    def _vllm_status(self) -> dict[str, Any]:
+        """Which vLLM: what the plan expected, what the engine printed, the accounting in use."""
+        printed = self.parser.facts.vllm_version or self.seen_vllm_version
+        version = printed or self.plan.vllm_version
+        return {"version": version, "printed": printed, "planned": self.plan.vllm_version,
+                "planned_source": self.plan.engine_version.source,
+                "accounting": str(accounting_for(version, self.args.extra_args))}
+
+    def _note_version(self, printed: str) -> None:
+        """The engine printed its version: recovery reasons about that one from now on."""
+        self.seen_vllm_version = printed
+        if self.fit is not None and self.fit.vllm_version != printed:
+            if self.fit.version.split("+")[0] != printed.split("+")[0]:
+                log.warning("the engine runs vLLM %s; the plan was made for %s: recovery reasons with %s from now on",
+                            printed, self.fit.version, printed)
+            self.fit = self.fit.with_version(printed)
 
     def command(self, name: str) -> None:
         """What the REST API's admin routes call."""
@@ -221,6 +241,8 @@ class Daemon(RestartLoop):
             self.message = text
             self.notifier.status(f"attempt {self.attempt}: {text}")
             self.notifier.extend_timeout(300)
+        elif kind == "fact" and data.get("name") == "vllm_version":
+            self._note_version(str(data.get("value")))
         elif kind == "fact" and data.get("name") in ("kv_cache_tokens", "max_concurrency"):
             if f.kv_cache_tokens and f.max_concurrency:
                 ctx = f.max_concurrency_context or self.args.max_model_len
