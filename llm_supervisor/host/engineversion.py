@@ -84,11 +84,12 @@ def _is_python(path: str) -> bool:
     return bool(_PYTHON_NAME_RE.match(os.path.basename(path)))
 
 
-def script_python(path: str) -> list[str] | None:
+def script_python(script: str, path: str | None = None) -> list[str] | None:
     """The interpreter a console script runs under: its `#!` line, or the `exec` line of pip's
-    `/bin/sh` trampoline. None for a binary or a file that names none."""
+    `/bin/sh` trampoline (`path`: where `#!/usr/bin/env python3` looks). None for a binary or a
+    file that names none."""
     try:
-        with open(path, "rb") as fh:
+        with open(script, "rb") as fh:
             head = fh.read(1024)
     except OSError:
         return None
@@ -99,27 +100,29 @@ def script_python(path: str) -> list[str] | None:
     if not shebang:
         return None
     if os.path.basename(shebang[0]) == "env" and len(shebang) > 1:
-        found = shutil.which(shebang[1])
+        found = shutil.which(shebang[1], path=path)
         return [found] if found and _is_python(shebang[1]) else None
     if _is_python(shebang[0]):
         return [shebang[0]]
     if os.path.basename(shebang[0]) == "sh" and len(lines) > 1:
-        m = re.search(r"""'''exec' "?([^"\s]+)"?""", lines[1])
-        if m and _is_python(m.group(1)):
-            return [m.group(1)]
+        m = re.search(r"""'''exec' (?:"([^"]+)"|(\S+))""", lines[1])
+        found = m and (m.group(1) or m.group(2))
+        if found and _is_python(found):
+            return [found]
     return None
 
 
-def engine_python(argv: Sequence[str]) -> list[str] | None:
-    """The Python that runs the engine command, when one can be named without running it."""
+def engine_python(argv: Sequence[str], path: str | None = None) -> list[str] | None:
+    """The Python that runs the engine command, when one can be named without running it
+    (`path`: the PATH to look argv[0] up in)."""
     if not argv:
         return None
-    exe = shutil.which(argv[0]) or (argv[0] if os.path.isfile(argv[0]) else None)
+    exe = shutil.which(argv[0], path=path) or (argv[0] if os.path.isfile(argv[0]) else None)
     if exe is None:
         return None
     if _is_python(argv[0]) or _is_python(exe):
         return [exe]
-    return script_python(exe)
+    return script_python(exe, path)
 
 
 def _identity(path: str) -> dict[str, Any] | None:
@@ -179,7 +182,8 @@ def detect(argv: Sequence[str], *, state_dir: str | Path | None = None, env: Map
     if not argv:
         return EngineVersion(None, "unknown", "no engine command")
     run_env = dict(env if env is not None else os.environ)
-    python = engine_python(argv)
+    search = run_env.get("PATH")
+    python = engine_python(argv, search)
     why = []
     if python is not None:
         try:
@@ -191,7 +195,7 @@ def detect(argv: Sequence[str], *, state_dir: str | Path | None = None, env: Map
             why.append(f"{python[0]} has no vllm distribution")
         except (OSError, subprocess.SubprocessError) as exc:
             why.append(f"{python[0]}: {exc.__class__.__name__}")
-    exe = shutil.which(argv[0])
+    exe = shutil.which(argv[0], path=search)
     if exe is None or not os.path.basename(argv[0]).startswith("vllm"):
         why.append(f"{argv[0]} is not vLLM's CLI" if exe else f"{argv[0]} not found on PATH")
         return EngineVersion(None, "unknown", "; ".join(why))
