@@ -112,6 +112,8 @@ def test_free_memory_held_by_another_process(make, version: str) -> None:
             assert kinds(h) == [] and relaunches(h) == 0
             assert status["gpu_memory_utilization"] == 0.9
             assert status["kv_cache_tokens"] >= 40960
+            # the cache is smaller than the utilization allows, and the daemon says why
+            assert "KV cache limited by free GPU memory, not by gpu_memory_utilization" in status["message"]
     run(scenario())
 
 

@@ -163,3 +163,15 @@ def test_doctor_reports_the_engine_version(tmp_path: Path, monkeypatch: pytest.M
     unknown = {c.name: c for c in run_doctor(_settings(tmp_path, engine_command="no-such-vllm-xyz serve"), None,
                                              simulate=False)}["engine version"]
     assert unknown.status == "warn" and "not found on PATH" in unknown.detail
+
+
+def test_status_text_names_the_vllm_that_runs() -> None:
+    from rich.console import Console
+
+    from llm_supervisor.api.client import format_status
+
+    console = Console(record=True, width=120, color_system=None)
+    console.print(format_status({"state": "ready", "vllm": {"version": "0.26.0", "printed": "0.26.0", "planned": "0.34.0",
+                                                            "planned_source": "unknown", "accounting": "budget-0.26"}}))
+    text = console.export_text()
+    assert "0.26.0 (printed by the engine, planned for 0.34.0); KV accounting budget-0.26" in text

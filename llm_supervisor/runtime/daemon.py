@@ -42,7 +42,7 @@ from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
-from llm_supervisor.vllm.memory import accounting_for
+from llm_supervisor.vllm.memory import accounting_for, extensible_sizing_from_log
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
 
 log = logging.getLogger("llm_supervisor")
@@ -276,6 +276,7 @@ class Daemon(RestartLoop):
         self.store.remember_ready(self.key, {k: getattr(self.profile.vllm, k) for k in RECOVERABLE_KEYS},
                                   {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}, f.contract())
         self._target_check()
+        self._device_bound_check()
         await asyncio.to_thread(self.store.save)
         await self._learn_overhead()
         metrics = await client.metrics()
@@ -302,6 +303,21 @@ class Daemon(RestartLoop):
             return
         if self.fit is not None and entry.tensor_parallel == self.args.tensor_parallel_size:
             self.fit = self.fit.with_calibration(entry)
+
+    def _device_bound_check(self) -> None:
+        """vLLM 0.34 starts when other processes hold memory and sizes a smaller cache: say so."""
+        f = self.parser.facts
+        if not (f.kv_measured_after_warmup and f.free_gpu_gib is not None and f.free_after_warmup_gib is not None
+                and f.requested_gib is not None):
+            return
+        sizing = extensible_sizing_from_log(f.free_gpu_gib, f.free_after_warmup_gib, f.kv_committed_gib or 0.0,
+                                            f.requested_gib, f.transient_gib or 0.0)
+        if sizing.bound == "device" and sizing.by_budget_gib - sizing.by_device_gib >= 0.5:
+            text = (f"KV cache limited by free GPU memory, not by gpu_memory_utilization: "
+                    f"{sizing.by_budget_gib - sizing.by_device_gib:.2f} GiB less than the utilization allows "
+                    f"({f.free_gpu_gib:.2f} GiB was free at start; other processes hold memory)")
+            log.warning(text)
+            self.message += f"; {text}"
 
     def _target_check(self) -> None:
         target = self.profile.target
