@@ -67,8 +67,9 @@ SCENARIOS: dict[str, tuple[list[str], dict[str, str], str]] = {
                            "util 0.5 to share the card, full 40,960 context"),
     "insufficient_free_memory": ([], {"LLM_SUPERVISOR_SIM_GPU_OTHER_MIB": "6144"},
                                  "another process holds 6 GiB, util 0.9"),
-    "free_memory_short": ([], {"LLM_SUPERVISOR_SIM_GPU_OTHER_MIB": "12288"},
-                          "another process holds 12 GiB, util 0.9: what is free cannot hold 40,960 tokens"),
+    "free_memory_short": (["recovery.min_gpu_memory_utilization=0.3"], {"LLM_SUPERVISOR_SIM_GPU_OTHER_MIB": "12288"},
+                          "another process holds 12 GiB, util 0.9 (bounds 0.3-0.92): what is free cannot hold "
+                          "40,960 tokens"),
     "no_kv_cache_memory": (["vllm.gpu_memory_utilization=0.33"], {},
                            "util 0.33: the 7.9 GiB budget holds the 7.6 GiB of weights and nothing more"),
     "cuda_oom": (["vllm.gpu_memory_utilization=0.95"], {},
