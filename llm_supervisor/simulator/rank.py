@@ -311,7 +311,7 @@ class Rank:
 
     def extend_kv(self, num_blocks: int) -> dict[str, Any]:
         """Commit the measured cache, then torch takes its activations back as requests run."""
-        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        d, log = self.cfg.dialect, self.log
         self.commit_kv(num_blocks)
         if self.prints:
             log.info(d.src("extended"), f"Extended KV cache to {num_blocks} blocks "
