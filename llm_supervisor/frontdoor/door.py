@@ -25,7 +25,7 @@ from llm_supervisor.frontdoor.gate import EngineState, Gate
 from llm_supervisor.frontdoor.metrics import FrontDoorCollector
 from llm_supervisor.frontdoor.proxy import FrontDoorApp
 from llm_supervisor.frontdoor.server import Listener
-from llm_supervisor.frontdoor.upstream import Upstream
+from llm_supervisor.frontdoor.upstream import HttpxUpstream, Upstream
 
 log = logging.getLogger("llm_supervisor.frontdoor")
 
@@ -83,7 +83,12 @@ class FrontDoor:
 
     def engine_ready(self, upstream: str) -> None:
         """The engine answers at `upstream` (http://127.0.0.1:PORT or unix:/PATH): held requests go."""
-        target = Upstream(upstream, connect_timeout_s=self.config.connect_timeout_s, transport=self._transport)
+        timeout = self.config.connect_timeout_s
+        target: Upstream | HttpxUpstream
+        if self._transport is not None:
+            target = HttpxUpstream(upstream, self._transport, connect_timeout_s=timeout)
+        else:
+            target = Upstream(upstream, connect_timeout_s=timeout)
         self._address = upstream
         self.gate.set_ready(target)
 
@@ -142,10 +147,8 @@ class FrontDoor:
 
     # ------------------------------------------------------------------ internals
 
-    def _retired(self, upstream: Upstream) -> None:
-        """An old engine's pool is unused now: close its connections (not an injected transport)."""
-        if not upstream.owns_transport:
-            return
+    def _retired(self, upstream: Upstream | HttpxUpstream) -> None:
+        """An old engine's pool is unused now: close its idle connections."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -26,11 +26,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-import httpx
-
 from llm_supervisor.frontdoor.clock import Clock
 from llm_supervisor.frontdoor.config import FrontDoorConfig
+from llm_supervisor.frontdoor.connection import EngineConnectionLost, EngineUnreachable
 from llm_supervisor.frontdoor.gate import EngineState, Gate, Rejected, Ticket
+from llm_supervisor.frontdoor.upstream import EngineResponse
 
 log = logging.getLogger("llm_supervisor.frontdoor")
 
@@ -159,6 +159,7 @@ class Exchange:
         "gone_counted",
         "headers",
         "last_sent",
+        "length",
         "method",
         "no_body",
         "outcome",
@@ -181,9 +182,10 @@ class Exchange:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.method: str = scope["method"]
+        self.method: bytes = scope["method"].encode("ascii")
         self.probe = scope["path"] in app.probe_paths
         self.body: bytes | None = b""       # kept body; None when it is streamed
+        self.length: int | None = None       # the client's Content-Length (None: none, or chunked)
         self.prefix: list[bytes] = []        # what was read of a streamed body before it grew too large
         self.no_body = False
         self.body_done = True
@@ -229,6 +231,7 @@ class Exchange:
         forwarded_for: list[bytes] = []
         via: list[bytes] = []
         proto = False
+        host = False
         for name, value in scope["headers"]:
             if name in REQUEST_REBUILT or name[:6] == b"proxy-":
                 if name == b"content-length":
@@ -244,6 +247,8 @@ class Exchange:
                 continue
             if name == b"x-forwarded-proto":
                 proto = True
+            elif name == b"host":
+                host = True
             out.append((name, value))
         if listed:
             out = [h for h in out if h[0] not in listed]
@@ -255,10 +260,14 @@ class Exchange:
         if not proto:
             out.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode("latin-1")))
         out.append((b"via", b", ".join([*via, VIA])))
+        if not host:  # an HTTP/1.0 client may send none; HTTP/1.1 to the engine needs one
+            server = scope.get("server")
+            out.append((b"host", f"{server[0]}:{server[1]}".encode("latin-1") if server else b"localhost"))
         if chunked:
             length = None
         elif length is None:
             self.no_body = True
+        self.length = length
         self.headers = out
         raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
         query = scope.get("query_string")
@@ -266,12 +275,17 @@ class Exchange:
         return length
 
     async def _read_body(self, length: int | None) -> None:
-        """Keep a body up to the retry limit; leave a larger one to stream (`body` None)."""
-        if self.no_body or length == 0:
+        """Keep a body up to the retry limit; leave a larger one to stream (`body` None). Then
+        frame it for the engine: Content-Length when known, else chunked."""
+        if self.no_body:
+            return
+        if length == 0:
+            self.headers.append((b"content-length", b"0"))
             return
         limit = self.app.config.retry_body_limit_bytes
         if length is not None and length > limit:
             self.body, self.body_done = None, False
+            self.headers.append((b"content-length", str(length).encode()))
             return
         parts: list[bytes] = []
         size = 0
@@ -285,9 +299,12 @@ class Exchange:
                 size += len(chunk)
             if not message.get("more_body", False):
                 self.body = b"".join(parts)
+                self.headers.append((b"content-length", str(size).encode()))
                 return
             if size > limit:
                 self.body, self.prefix, self.body_done = None, parts, False
+                self.headers.append((b"content-length", str(length).encode()) if length is not None
+                                    else (b"transfer-encoding", b"chunked"))
                 return
 
     async def _body_stream(self) -> AsyncIterator[bytes]:
@@ -405,17 +422,13 @@ class Exchange:
         self.cut_requested = False
         ticket.on_cut = lambda _reason: self._on_cut(ticket)
         started_at = self.app.clock.monotonic()
-        response: httpx.Response | None = None
+        response: EngineResponse | None = None
         try:
             if ticket.cut_reason is not None:
                 return _Failed("cut", ticket.cut_reason)
             try:
-                upstream = ticket.upstream
-                content = self.body if self.body is not None else self._body_stream()
-                request = httpx.Request(self.method, upstream.url(self.target), headers=self.headers,
-                                        content=None if self.no_body else content,
-                                        extensions=upstream.extensions)
-                response = await upstream.transport.handle_async_request(request)
+                body = None if self.no_body else self.body if self.body is not None else self._body_stream()
+                response = await ticket.upstream.request(self.method, self.target, self.headers, body)
                 return await self._relay(response)
             except asyncio.CancelledError:
                 if self.client_gone or not self.cut_requested:
@@ -430,16 +443,17 @@ class Exchange:
                 self.outcome = "client_gone"
                 self.gone_counted = True
                 return None
-            except httpx.TransportError as exc:
-                return await self._broken(_describe(exc), refused=isinstance(exc, (httpx.ConnectError,
-                                                                                      httpx.ConnectTimeout)))
+            except EngineUnreachable as exc:
+                return await self._broken(str(exc), refused=True)
+            except EngineConnectionLost as exc:
+                return await self._broken(str(exc))
         finally:
             self.ticket = None
             if response is not None:
                 await self._close(response)
             self.gate.release(ticket, self.outcome, self.app.clock.monotonic() - started_at)
 
-    async def _close(self, response: httpx.Response) -> None:
+    async def _close(self, response: EngineResponse) -> None:
         try:
             await response.aclose()
         except asyncio.CancelledError:
@@ -449,11 +463,11 @@ class Exchange:
         except Exception as exc:  # noqa: BLE001 - closing a connection the engine already broke
             log.debug("front door: closing an engine response: %r", exc)
 
-    async def _relay(self, response: httpx.Response) -> _Failed | None:
-        status = response.status_code
-        headers, sse = response_headers(response.headers.raw)
+    async def _relay(self, response: EngineResponse) -> _Failed | None:
+        status = response.status
+        headers, sse = response_headers(response.headers)
         self.sse = sse
-        chunks = response.stream.__aiter__()  # type: ignore[attr-defined]
+        chunks = response.__aiter__()
         first = await _next(chunks)
         ended = first is None
         if (status >= 500 or (sse and first is not None and first.startswith(SSE_ERROR_PREFIX))) \
@@ -557,10 +571,3 @@ async def _next(chunks: AsyncIterator[bytes]) -> bytes | None:
         return await chunks.__anext__()
     except StopAsyncIteration:
         return None
-
-
-def _describe(exc: httpx.TransportError) -> str:
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return "the engine refused the connection" if isinstance(exc, httpx.ConnectError) \
-            else "connecting to the engine timed out"
-    return "the engine closed the connection"
