@@ -21,6 +21,7 @@ Nothing here logs headers or bodies (the Authorization header is passed through 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -33,6 +34,11 @@ from llm_supervisor.frontdoor.gate import EngineState, Gate, Rejected, Ticket
 from llm_supervisor.frontdoor.upstream import EngineResponse
 
 log = logging.getLogger("llm_supervisor.frontdoor")
+
+# Set in a request's task when the front door leaves a response unfinished on purpose (the engine
+# broke it off): uvicorn then closes the connection and logs a generic error, which
+# server.QuietCutFilter drops in favour of the front door's own warning.
+CUT_ON_PURPOSE: contextvars.ContextVar[bool] = contextvars.ContextVar("frontdoor_cut_on_purpose", default=False)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -220,6 +226,8 @@ class Exchange:
         finally:
             if self.watcher is not None:
                 self.watcher.cancel()
+        if self.outcome == "cut_response":
+            CUT_ON_PURPOSE.set(True)  # in uvicorn's task, which logs once this returns
 
     def _prepare(self) -> int | None:
         """The request head for the engine; returns the body's Content-Length (None: unknown)."""
@@ -538,6 +546,8 @@ class Exchange:
             # a plain body cut mid-way: returning without completing it makes uvicorn close the
             # connection, so the client sees a truncated response, never a short "complete" one
             self.outcome = "cut_response"
+            log.warning("front door: the engine broke off a response mid-body (%s); closed the client's "
+                        "connection", why)
             return None
         if self.last_sent.endswith(DONE_EVENT):
             self.outcome = "completed"

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from llm_supervisor.errors import RuntimeFailure
+from llm_supervisor.frontdoor.proxy import CUT_ON_PURPOSE
 
 log = logging.getLogger("llm_supervisor.frontdoor")
 
@@ -25,6 +26,17 @@ BACKLOG = 2048  # as vLLM's uvicorn: a burst of clients while the engine restart
 
 class FrontDoorBindError(RuntimeFailure):
     """The public address cannot be served (in use, not ours, no permission)."""
+
+
+class QuietCutFilter(logging.Filter):
+    """Drops uvicorn's "returned without completing response" for a response the front door cut
+    on purpose (it logs its own warning); every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (CUT_ON_PURPOSE.get() and "without completing response" in str(record.msg))
+
+
+_QUIET = QuietCutFilter()
 
 
 class _Server(uvicorn.Server):
@@ -57,6 +69,9 @@ class Listener:
             timeout_graceful_shutdown=graceful_s,  # type: ignore[arg-type]
         )
         self.server = _Server(self.config)
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        if _QUIET not in uvicorn_log.filters:
+            uvicorn_log.addFilter(_QUIET)
         self.sockets: list[socket.socket] = []
         self.task: asyncio.Task[None] | None = None
         self.port: int | None = None
