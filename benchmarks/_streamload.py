@@ -78,12 +78,22 @@ async def one_request(client: httpx.AsyncClient, url: str, body: bytes, who: int
             return Result(who, start, end, False, "cut", status, _ttft(first, start), tokens, first)
         return Result(who, start, end, True, None, status, _ttft(first, start), tokens, first)
     except httpx.ConnectError as exc:
-        kind = "refused" if "refused" in str(exc).lower() or "errno 111" in str(exc).lower() else "connect"
-        return Result(who, start, time.monotonic(), False, kind, status, None, tokens, first)
+        return Result(who, start, time.monotonic(), False, _connect_kind(exc), status, None, tokens, first)
     except httpx.TimeoutException:
         return Result(who, start, time.monotonic(), False, "timeout", status, _ttft(first, start), tokens, first)
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
         return Result(who, start, time.monotonic(), False, "cut", status, _ttft(first, start), tokens, first)
+
+
+def _connect_kind(exc: BaseException) -> str:
+    """"refused" when nothing listened (httpx words it "All connection attempts failed")."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        text = str(seen).lower()
+        if isinstance(seen, ConnectionRefusedError) or "refused" in text or "all connection attempts failed" in text:
+            return "refused"
+        seen = seen.__cause__ or seen.__context__
+    return "connect"
 
 
 def _ttft(first: float | None, start: float) -> float | None:

@@ -231,7 +231,8 @@ async def _failover_run(tmp: Path, args: argparse.Namespace, through_door: bool)
             url = engine.url
         t0 = time.monotonic()
         clients = asyncio.ensure_future(run_clients(url, clients=args.failover_clients, duration_s=args.failover_s,
-                                                    model=MODEL, max_tokens=args.max_tokens))
+                                                    model=MODEL, max_tokens=args.max_tokens,
+                                                    pause_after_failure_s=args.retry_pause_s))
         await asyncio.sleep(args.kill_after_s)
         core = engine.engine_core()
         if core is None:
@@ -270,7 +271,8 @@ def failover(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     direct = asyncio.run(_failover_run(tmp / "direct", args, through_door=False))
     log(f"frontdoor: failover through the front door ({args.failover_clients} clients)")
     through = asyncio.run(_failover_run(tmp / "door", args, through_door=True))
-    return {"relaunch_s": args.relaunch_s, "direct": direct, "through_door": through}
+    return {"relaunch_s": args.relaunch_s, "retry_pause_s": args.retry_pause_s, "direct": direct,
+            "through_door": through}
 
 
 def main() -> None:
@@ -284,6 +286,8 @@ def main() -> None:
     parser.add_argument("--failover-s", type=float, default=15.0)
     parser.add_argument("--kill-after-s", type=float, default=3.0)
     parser.add_argument("--relaunch-s", type=float, default=4.0, help="the relaunched engine's start time")
+    parser.add_argument("--retry-pause-s", type=float, default=0.5,
+                        help="failover: a client waits this long after a failed request before the next")
     parser.add_argument("--skip-failover", action="store_true")
     args = parser.parse_args()
     result: dict[str, Any] = {"benchmark": "frontdoor", "machine": machine_info()}
