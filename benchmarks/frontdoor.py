@@ -4,11 +4,12 @@
    then through the front door, alternating rounds. Figures: tokens/s each way and their ratio,
    TTFT p50 each way and the difference, and the front door's own CPU seconds per streamed token
    (its process's CPU time over the tokens it streamed).
-2. failover: M clients (default 16) while the simulated EngineCore is SIGKILLed and the engine
-   relaunched, once straight at the engine (relaunched on the same port, as the daemon does without
-   a front door) and once through the front door (this script plays the daemon: engine_down when the
-   dead engine's API server exits, engine_ready once the new engine answers /health). Figure:
-   requests that failed, by kind (refused connections, 5xx, error events, cut streams).
+2. failover: M clients (default 16) streaming at the profile's address of a real daemon
+   (`supervisor up --simulate`) while the simulated EngineCore is SIGKILLed, and then while
+   `supervisor restart` runs; once with `frontdoor.enabled: false` (vLLM alone on the address) and
+   once with the front door. Figures per window: requests that failed, by kind (refused
+   connections, 5xx, error events, cut streams), and how many of them had not started when the
+   engine went away. Goals: 0 failures of requests that had not started; 0 on a planned restart.
 
     python benchmarks/frontdoor.py [--clients 64] [--seconds 20] [--rounds 2] [--failover-clients 16]
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, emit, free_port, log, machine_info, tmpdir  # noqa: E402
+from _common import REPO, Daemon, emit, free_port, log, machine_info, tmpdir  # noqa: E402
 from _streamload import run_clients, summarize  # noqa: E402
 
 import httpx  # noqa: E402
@@ -213,64 +214,70 @@ def passthrough(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------- 2. failover
 
 
-async def _failover_run(tmp: Path, args: argparse.Namespace, through_door: bool) -> dict[str, Any]:
-    env = sim_env(tmp, LLM_SUPERVISOR_SIM_STARTUP_S=str(args.relaunch_s),
-                  LLM_SUPERVISOR_SIM_TOKENS_PER_S=str(args.tokens_per_s))
-    port = free_port()
-    engine = Engine(tmp, port, env)
-    engines = [engine]
-    door: Door | None = None
+async def _failover_run(tmp: Path, args: argparse.Namespace, door: bool) -> dict[str, Any]:
+    """The real daemon (`supervisor up --simulate`), `--failover-clients` streaming at the profile's
+    address: the EngineCore is SIGKILLed, then (once the engine is back) `supervisor restart`."""
+    sets = ["recovery.backoff_initial_s=0.5", "recovery.backoff_max_s=1"]
+    if not door:
+        sets.append("frontdoor.enabled=false")
+    env = {"LLM_SUPERVISOR_SIM_STARTUP_S": str(args.relaunch_s),
+           "LLM_SUPERVISOR_SIM_TOKENS_PER_S": str(args.tokens_per_s)}
     timeline: dict[str, float] = {}
-    try:
-        await asyncio.to_thread(engine.wait_ready)
-        if through_door:
-            door = Door(env)
-            door.call(f"ready {engine.url}")
-            url = door.url
-        else:
-            url = engine.url
+    with Daemon(tmp, sets=sets, env=env) as daemon:
+        await asyncio.to_thread(daemon.wait_state, ("ready",), 120)
+        stop = asyncio.Event()
         t0 = time.monotonic()
-        clients = asyncio.ensure_future(run_clients(url, clients=args.failover_clients, duration_s=args.failover_s,
-                                                    model=MODEL, max_tokens=args.max_tokens,
-                                                    pause_after_failure_s=args.retry_pause_s))
+        clients = asyncio.ensure_future(run_clients(daemon.engine_url, clients=args.failover_clients,
+                                                    duration_s=3600, model=MODEL, max_tokens=args.max_tokens,
+                                                    pause_after_failure_s=args.retry_pause_s, stop=stop))
         await asyncio.sleep(args.kill_after_s)
-        core = engine.engine_core()
+        core = next((p for p in psutil.Process(daemon.pid).children(recursive=True)
+                     if "EngineCore" in " ".join(p.cmdline())), None)
         if core is None:
             raise RuntimeError("no EngineCore process to kill")
         core.kill()
         timeline["killed"] = time.monotonic() - t0
-        # the daemon's part: notice the API server's exit, then relaunch
-        await asyncio.to_thread(engine.proc.wait, 60)
-        timeline["api_server_exited"] = time.monotonic() - t0
-        if door is not None:
-            await asyncio.to_thread(door.call, f"down engine died; starting {args.relaunch_s:g}")
-        new_port = free_port() if through_door else port
-        engine = Engine(tmp, new_port, env)
-        engines.append(engine)
-        await asyncio.to_thread(engine.wait_ready)
-        timeline["relaunched_ready"] = time.monotonic() - t0
-        if door is not None:
-            await asyncio.to_thread(door.call, f"ready {engine.url}")
+        await asyncio.to_thread(_wait_attempt, daemon, 2)
+        timeline["ready_again"] = time.monotonic() - t0
+        await asyncio.sleep(args.kill_after_s)
+        timeline["restart_requested"] = time.monotonic() - t0
+        httpx.post(daemon.url + "/restart", timeout=5)
+        await asyncio.to_thread(_wait_attempt, daemon, 3)
+        timeline["ready_after_restart"] = time.monotonic() - t0
+        await asyncio.sleep(args.kill_after_s)
+        stop.set()
         results = await clients
-        stats = door.call("stats") if door is not None else None
-    finally:
-        if door is not None:
-            door.stop()
-        for e in engines:
-            e.stop()
-    summary = summarize(results)
-    out: dict[str, Any] = {"clients": args.failover_clients, "timeline_s": {k: round(v, 2) for k, v in timeline.items()},
-                           **{k: summary[k] for k in ("requests", "ok", "failed", "failures", "success_rate")}}
-    if stats is not None:
-        out["door_stats"] = {k: stats[k] for k in ("retried", "cut_streams", "cut_responses", "rejected", "completed")}
+        status = daemon.status() or {}
+    killed, restart = t0 + timeline["killed"], t0 + timeline["restart_requested"]
+    windows = {"engine_killed": [r for r in results if killed <= r.end and r.start < restart],
+               "restart": [r for r in results if r.end >= restart]}
+    out: dict[str, Any] = {"clients": args.failover_clients, "timeline_s": {k: round(v, 2) for k, v in timeline.items()}}
+    for name, chosen in windows.items():
+        summary = summarize(chosen)
+        not_started = [r for r in chosen if r.start > (killed if name == "engine_killed" else restart) + 0.05]
+        out[name] = {**{k: summary[k] for k in ("requests", "ok", "failed", "failures")},
+                     "failed_not_started": sum(not r.ok for r in not_started)}
+    if door:
+        out["door_stats"] = {k: (status.get("frontdoor") or {}).get(k)
+                             for k in ("retried", "cut_streams", "cut_responses", "rejected", "completed", "drains")}
     return out
 
 
+def _wait_attempt(daemon: Daemon, attempt: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        snap = daemon.status()
+        if snap and snap.get("state") == "ready" and snap.get("attempt") == attempt:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"daemon not ready at attempt {attempt}:\n{daemon.tail()}")
+
+
 def failover(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
-    log(f"frontdoor: failover without the front door ({args.failover_clients} clients)")
-    direct = asyncio.run(_failover_run(tmp / "direct", args, through_door=False))
-    log(f"frontdoor: failover through the front door ({args.failover_clients} clients)")
-    through = asyncio.run(_failover_run(tmp / "door", args, through_door=True))
+    log(f"frontdoor: the daemon without the front door, {args.failover_clients} clients, EngineCore killed, restart")
+    direct = asyncio.run(_failover_run(tmp / "direct", args, door=False))
+    log(f"frontdoor: the daemon with the front door, {args.failover_clients} clients, EngineCore killed, restart")
+    through = asyncio.run(_failover_run(tmp / "door", args, door=True))
     return {"relaunch_s": args.relaunch_s, "retry_pause_s": args.retry_pause_s, "direct": direct,
             "through_door": through}
 
@@ -289,16 +296,17 @@ def main() -> None:
     parser.add_argument("--retry-pause-s", type=float, default=0.5,
                         help="failover: a client waits this long after a failed request before the next")
     parser.add_argument("--skip-failover", action="store_true")
+    parser.add_argument("--skip-passthrough", action="store_true")
     args = parser.parse_args()
     result: dict[str, Any] = {"benchmark": "frontdoor", "machine": machine_info()}
     with tmpdir("frontdoor") as tmp:
         (tmp / "direct").mkdir()
         (tmp / "door").mkdir()
-        result["passthrough"] = passthrough(tmp, args)
-        p = result["passthrough"]
-        log(f"frontdoor: tokens/s {p['tokens_per_s_direct']} direct, {p['tokens_per_s_door']} through the door "
-            f"({p['tokens_per_s_ratio']}x); TTFT p50 +{p['ttft_p50_added_ms']} ms; "
-            f"{p['door_cpu_us_per_token']} us CPU per token")
+        if not args.skip_passthrough:
+            result["passthrough"] = p = passthrough(tmp, args)
+            log(f"frontdoor: tokens/s {p['tokens_per_s_direct']} direct, {p['tokens_per_s_door']} through the door "
+                f"({p['tokens_per_s_ratio']}x); TTFT p50 +{p['ttft_p50_added_ms']} ms; "
+                f"{p['door_cpu_us_per_token']} us CPU per token")
         if not args.skip_failover:
             result["failover"] = failover(tmp, args)
     emit(result)

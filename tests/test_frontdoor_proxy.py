@@ -35,7 +35,8 @@ from frontdoor_fakes import (
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_supervisor.frontdoor import FrontDoor, FrontDoorBindError, FrontDoorConfig
+from llm_supervisor.api.embedded import BindError
+from llm_supervisor.frontdoor import FrontDoor, FrontDoorConfig
 from llm_supervisor.frontdoor.proxy import events_end
 
 A = "http://engine-a:8000"
@@ -564,7 +565,7 @@ def test_a_busy_port_is_a_clear_error() -> None:
             taken.listen()
             port = taken.getsockname()[1]
             door = FrontDoor(FrontDoorConfig())
-            with pytest.raises(FrontDoorBindError) as info:
+            with pytest.raises(BindError) as info:
                 await door.start("127.0.0.1", port)
             assert f"{port}" in info.value.lines()[0] and "in use" in info.value.lines()[0]
     run(scenario())

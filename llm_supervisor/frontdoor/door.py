@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from llm_supervisor.frontdoor.clock import Clock, MonotonicClock
-from llm_supervisor.frontdoor.config import FrontDoorConfig
+from llm_supervisor.clock import Clock, SystemClock
+from llm_supervisor.config.frontdoor import FrontDoorConfig
 from llm_supervisor.frontdoor.gate import EngineState, Gate
 from llm_supervisor.frontdoor.metrics import FrontDoorCollector
 from llm_supervisor.frontdoor.proxy import FrontDoorApp
@@ -41,7 +41,7 @@ class FrontDoor:
     def __init__(self, config: FrontDoorConfig, *, clock: Clock | None = None,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        self.clock: Clock = clock or MonotonicClock()
+        self.clock: Clock = clock or SystemClock()
         self._transport = transport
         self.gate = Gate(config, self.clock, on_retired=self._retired)
         self.app = FrontDoorApp(self.gate, config, self.clock)
@@ -58,7 +58,7 @@ class FrontDoor:
 
     async def start(self, host: str, port: int) -> None:
         """Listen on the public address; from now on requests are held until `engine_ready`.
-        Raises FrontDoorBindError (a RuntimeFailure) with one clear line when it cannot."""
+        Raises BindError (a RuntimeFailure) or BadInput with one clear line when it cannot."""
         if self._listener is not None:
             raise RuntimeError("the front door is already started")
         listener = Listener(self.app, keepalive_s=self.config.client_keepalive_s)

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_supervisor.frontdoor.clock import Clock, Timer
-from llm_supervisor.frontdoor.config import FrontDoorConfig
+from llm_supervisor.clock import Clock, Timer
+from llm_supervisor.config.frontdoor import FrontDoorConfig
 
 log = logging.getLogger("llm_supervisor.frontdoor")
 

@@ -27,8 +27,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from llm_supervisor.frontdoor.clock import Clock
-from llm_supervisor.frontdoor.config import FrontDoorConfig
+from llm_supervisor.clock import Clock
+from llm_supervisor.config.frontdoor import FrontDoorConfig
 from llm_supervisor.frontdoor.connection import EngineConnectionLost, EngineUnreachable
 from llm_supervisor.frontdoor.gate import EngineState, Gate, Rejected, Ticket
 from llm_supervisor.frontdoor.upstream import EngineResponse
