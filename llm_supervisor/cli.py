@@ -118,6 +118,7 @@ def plan(
     gpu_memory_gib: Annotated[Optional[float], typer.Option("--gpu-memory-gib", help="plan for GPUs of this size instead of the ones found")] = None,
     gpu_count: Annotated[Optional[int], typer.Option("--gpu-count", help="plan for this many GPUs instead of the ones found")] = None,
     calibrate_from: Annotated[Optional[Path], typer.Option("--calibrate-from", help="learn this host's overhead from an earlier vLLM log")] = None,
+    vllm_version: Annotated[Optional[str], typer.Option("--vllm-version", help="plan for this vLLM version instead of the engine's (e.g. 0.26.0)")] = None,
     ignore_hardware: IgnoreHwOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -132,7 +133,7 @@ def plan(
 
     result = build_plan(
         settings, prof, simulate=simulate, gpu_memory_gib=gpu_memory_gib, gpu_count=gpu_count,
-        calibrate_from=calibrate_from, ignore_hardware=ignore_hardware,
+        calibrate_from=calibrate_from, ignore_hardware=ignore_hardware, vllm_version=vllm_version,
     )
     section = cluster_spec.plan_section(prof, result.hf_home) if prof.cluster is not None else None
     if as_json:
@@ -249,12 +250,27 @@ def bench(
     url: Annotated[Optional[str], typer.Option("--url", help="OpenAI-compatible base URL (default: the daemon's engine)")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="served model name (default: asked from /v1/models)")] = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="bearer key for the endpoint", show_default=False)] = None,
+    find_capacity: Annotated[bool, typer.Option("--find-capacity", help="search for the most users that meet --slo")] = False,
+    slo: Annotated[Optional[str], typer.Option("--slo", help="with --find-capacity: ttft_p95=2s,tpot_p95=60ms, user_tps=20, latency_p99=30s, success_rate=0.99")] = None,
+    prompt_tokens: Annotated[str, typer.Option("--prompt-tokens", help="with --find-capacity: prompt length: 1024, 512-2048 or 256,1024")] = "512",
+    output_tokens: Annotated[str, typer.Option("--output-tokens", help="with --find-capacity: reply length, same forms")] = "128",
+    workload: Annotated[Optional[Path], typer.Option("--workload", help="with --find-capacity: a JSONL file of real requests (messages or prompt, max_tokens)")] = None,
+    max_users: Annotated[int, typer.Option("--max-users", min=1, max=10000, help="with --find-capacity: the most users to try")] = 256,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="with --find-capacity: measured requests per user and level")] = 2,
+    max_seconds: Annotated[float, typer.Option("--max-seconds", min=10, help="with --find-capacity: time budget of the search")] = 900.0,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="with --find-capacity: write the SVG plot here (default: under the state dir)")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Concurrency test against the served model: success, tokens/s, TTFT and latency percentiles."""
+    """Concurrency test against the served model: success, tokens/s, TTFT and latency percentiles;
+    with --find-capacity, the largest load that meets an SLO."""
+    settings = _settings()
+    if find_capacity or slo:
+        _bench_capacity(settings, slo, find_capacity, url=url, model=model, api_key=api_key, prompt_tokens=prompt_tokens,
+                        output_tokens=output_tokens, workload=workload, max_users=max_users, rounds=rounds,
+                        max_seconds=max_seconds, plot=plot, as_json=as_json)
+        return
     from llm_supervisor.bench.run import format_bench, run_bench
 
-    settings = _settings()
     result = run_bench(
         settings, url=url, users=users, requests=requests, max_tokens=max_tokens,
         prompt=prompt, model=model, api_key=api_key, progress=not as_json,
@@ -263,6 +279,58 @@ def bench(
         _print_json(result)
     else:
         out.print(format_bench(result))
+
+
+def _bench_capacity(settings: Settings, slo_text: str | None, find: bool, *, url: str | None, model: str | None,
+                    api_key: str | None, prompt_tokens: str, output_tokens: str, workload: Path | None,
+                    max_users: int, rounds: int, max_seconds: float, plot: Path | None, as_json: bool) -> None:
+    """`bench --find-capacity`: search, then keep the result (state file, calibration, plot)."""
+    import re
+    import time
+
+    from llm_supervisor.bench import capacity
+    from llm_supervisor.store.calibration import Calibration
+    from llm_supervisor.store.state import StateStore
+
+    if not find:
+        raise BadInput("bad bench options", ["--slo: only with --find-capacity"])
+    if not slo_text:
+        raise BadInput("bad bench options", ["--find-capacity: needs --slo, e.g. --slo ttft_p95=2s,tpot_p95=60ms"])
+    slo = capacity.parse_slo(slo_text)
+    work = (capacity.Workload.from_jsonl(workload, output_tokens) if workload is not None
+            else capacity.Workload.synthetic(prompt_tokens, output_tokens))
+    options = capacity.SearchOptions(max_users=max_users, rounds=rounds, max_seconds=max_seconds)
+    result = capacity.find_capacity(settings, slo, work, url=url, model=model, api_key=api_key, options=options,
+                                    progress=not as_json)
+    key = capacity.engine_key(result)
+    target = plot or settings.state_dir / "capacity" / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".svg")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(capacity.render_svg(result), encoding="utf-8")
+        result["plot"] = str(target)
+    except OSError as exc:
+        result["plot"] = None
+        err.print(f"warning: cannot write the plot to {target}: {exc.strerror}", markup=False)
+    try:
+        StateStore(settings.state_dir).save_capacity(key, result)
+    except OSError as exc:
+        err.print(f"warning: cannot keep the result in {settings.state_dir}: {exc}", markup=False)
+    engine = result.get("engine") or {}
+    points = capacity.calibration_points(result, work)
+    gpus = engine.get("gpus") or []
+    if points and engine.get("model") and gpus:
+        argv = engine.get("argv") or []
+        tp = int(argv[argv.index("--tensor-parallel-size") + 1]) if "--tensor-parallel-size" in argv else 1
+        try:
+            Calibration.in_state_dir(settings.state_dir).record_speed(
+                engine["model"], engine.get("vllm_version"), gpus[0], tp, points, now=time.time(),
+                source=f"bench --find-capacity {time.strftime('%Y-%m-%d %H:%M')}")
+        except OSError as exc:
+            err.print(f"warning: cannot keep the speed calibration: {exc}", markup=False)
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(capacity.format_capacity(result))
 
 
 _SECRET_OPTIONS = (b"--token", b"--api-key")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from llm_supervisor.config.loader import list_profile_names, load_profile  # noqa: E402
 from llm_supervisor.host import modelfiles  # noqa: E402
-from llm_supervisor.vllm import cards, fit, memory  # noqa: E402
+from llm_supervisor.vllm import cards, fit, memory, speed  # noqa: E402
 
 CONTEXTS = (4096, 8192, 32768)
 START, END = "<!-- planner-table:start -->", "<!-- planner-table:end -->"
@@ -31,8 +31,9 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
     rows = [
         "| profile | hardware (NVML total per GPU) | model | parallel | util | weights / GPU | KV / token / GPU"
         " | available KV / GPU | KV tokens | launches with max_model_len | concurrency at "
-        + " / ".join(f"{c // 1024}K" for c in CONTEXTS) + " |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        + " / ".join(f"{c // 1024}K" for c in CONTEXTS)
+        + " | decode tok/s, 1 user | users at ≥ " + " / ".join(f"{r:g}" for r in speed.PLAN_RATES) + " tok/s each |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes: list[str] = []
     for name in list_profile_names(profiles_dir):
@@ -43,8 +44,16 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
         # the bundled config.json facts, never a local checkpoint: the table is the same everywhere
         shape = modelfiles.load_shape(str(modelfiles.BUNDLED_DIR / f"{modelfiles.bundled_name(profile.model.id)}.json"))
         args = profile.vllm
-        pred = fit.predict(shape, args, total, hw.gpu_count, target=profile.target, vllm_version=vllm_version,
-                               recovery=profile.recovery, model=profile.model.id, gpu_name=gpu)
+        ctx = fit.FitContext.of(shape, total, hw.gpu_count, target=profile.target, vllm_version=vllm_version,
+                                recovery=profile.recovery, model=profile.model.id, gpu_name=gpu,
+                                tensor_parallel=args.tensor_parallel_size)
+        pred = fit.predict_args(ctx, args)
+        model = speed.speed_model(ctx, args, pred)
+        if model is not None:
+            one = f"{model.at(1).per_user_tokens_per_s:.0f}"
+            users = " / ".join(str(model.users_at_rate(r)[0]) for r in speed.PLAN_RATES)
+        else:
+            one, users = "—", "—"
         conc = []
         for ctx in CONTEXTS:
             fits = pred.fits_context(ctx) and ctx <= shape.context_limit
@@ -58,7 +67,7 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
             f"| `{name}` | {hw.gpu_count}× {gpu} ({total:.2f} GiB) | {profile.model.id} | {par}"
             f" | {args.gpu_memory_utilization:g} | {pred.weights_gib:.2f} GiB | {pred.kv_bytes_per_token // 1024} KiB"
             f" | {pred.available_kv_cache_gib:.2f} GiB | {pred.kv_cache_tokens:,} | {pred.max_model_len:,}"
-            f" | {' / '.join(conc)} |"
+            f" | {' / '.join(conc)} | {one} | {users} |"
         )
         for note in pred.notes:
             notes.append(f"- `{name}`: {note}")
@@ -75,7 +84,10 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
         " (torch.compile cache cold),"
         " bundled config.json facts (no checkpoint on disk), vLLM's default max_num_batched_tokens /"
         " max_num_seqs for a GPU under 70 GiB (2048 / 256). Concurrency counts requests of that many"
-        " tokens held in the KV cache at once (all data-parallel replicas together).",
+        " tokens held in the KV cache at once (all data-parallel replicas together). Speed from the speed"
+        f" model (vllm/speed.py), uncalibrated, for {speed.DEFAULT_WORKLOAD_PROMPT:,}-token prompts and"
+        f" {speed.DEFAULT_WORKLOAD_OUTPUT:,}-token replies: a user's decode rate alone, and how many users"
+        " (none queueing) each see at least that many tokens/s.",
         "",
         *rows,
     ]

@@ -113,26 +113,28 @@ class Launch:
     enforce_eager: bool
     max_num_seqs: int | None
     port: int
+    cpu_offload_gb: float = 0.0
+    kv_cache_dtype: str = "auto"
 
     @classmethod
     def parse(cls, argv: list[str]) -> "Launch":
         seqs = _flag(argv, "--max-num-seqs")
         return cls(argv, float(_flag(argv, "--gpu-memory-utilization", "0.9")),
                    int(_flag(argv, "--max-model-len", "40960")), "--enforce-eager" in argv,
-                   int(seqs) if seqs else None, int(_flag(argv, "--port", "8000")))
+                   int(seqs) if seqs else None, int(_flag(argv, "--port", "8000")),
+                   float(_flag(argv, "--cpu-offload-gb", "0")), str(_flag(argv, "--kv-cache-dtype", "auto")))
 
 
 API = "(APIServer pid=100) {level} 12-03 10:00:00 [{src}] {msg}"
 CORE = "(EngineCore pid=101) {level} 12-03 10:00:00 [{src}] {msg}"
-
-
 @dataclass
 class FakeVllm:
     """A vLLM 0.26 (or 0.34) on one GPU, with a transparent memory model: budget = total ×
-    utilization; KV = budget − weights − overhead (cold compile: `cold_overhead_gib`, warm:
-    `warm_overhead_gib`); CUDA graphs `graph_gib` above the budget; `other_gib` held by other
-    processes. With version 0.34 that KV is only the pre-warm-up estimate; after warm-up the cache
-    gets min(budget, free at start − 1 GiB margin) − weights − non-torch − graphs − activation.
+    utilization; KV = budget − weights on the GPU (less `--cpu-offload-gb`) − overhead (cold
+    compile: `cold_overhead_gib`, warm: `warm_overhead_gib`); CUDA graphs `graph_gib` above the
+    budget; `other_gib` held by other processes. With version 0.34 that KV is only the pre-warm-up
+    estimate; after warm-up the cache gets min(budget, free at start − 1 GiB margin) − weights −
+    non-torch − graphs − activation.
 
     `faults`: per launch number (1-based), a fault name, e.g. {1: "oom_at_load"}; `fault` applies
     to every launch. Names: oom_at_load, oom_at_graph_capture (unless --enforce-eager),
@@ -152,6 +154,9 @@ class FakeVllm:
     line_interval_s: float = 0.2
     non_torch_gib: float = 0.22
     version: str = "0.26.0"
+    # one decoder layer's parameters (GiB, in module order): `--cpu-offload-gb` moves whole ones, as
+    # vLLM's offloader does (empty: exactly the asked amount)
+    layer_params_gib: tuple[float, ...] = ()
     fault: str | None = None
     faults: dict[int, str] = field(default_factory=dict)
     compiled: set[int] = field(default_factory=set)  # max_model_len values with a warm compile cache
@@ -163,28 +168,45 @@ class FakeVllm:
         warm = launch.max_model_len in self.compiled and not launch.enforce_eager
         return self.warm_overhead_gib if warm else self.cold_overhead_gib
 
+    def offloaded_gib(self, launch: Launch) -> float:
+        want, moved = launch.cpu_offload_gb, 0.0
+        if not self.layer_params_gib:
+            return want
+        while moved < want:
+            for size in self.layer_params_gib:
+                if moved >= want:
+                    break
+                moved += size
+        return moved
+
+    def gpu_weights_gib(self, launch: Launch) -> float:
+        return max(self.weights_gib - self.offloaded_gib(launch), 0.0)
+
     def available_gib(self, launch: Launch) -> float:
-        return launch.util * self.total_gib - self.weights_gib - self.overhead_gib(launch)
+        return launch.util * self.total_gib - self.gpu_weights_gib(launch) - self.overhead_gib(launch)
+
+    def kv_bytes(self, launch: Launch) -> int:
+        return self.kv_bytes_per_token // 2 if launch.kv_cache_dtype.startswith("fp8") else self.kv_bytes_per_token
 
     @property
     def extensible(self) -> bool:
         return self.version.startswith("0.34")
 
-    def blocks(self, gib: float) -> int:
-        return int(max(gib, 0) * GIB // (self.kv_bytes_per_token * self.block))
+    def blocks(self, launch: Launch, gib: float) -> int:
+        return int(max(gib, 0) * GIB // (self.kv_bytes(launch) * self.block))
 
     def after_warmup_gib(self, launch: Launch, free_at_start: float) -> float:
         """0.34: what the cache gets after warm-up (the margin binds where the device does)."""
         act = self.overhead_gib(launch) - self.non_torch_gib
         graphs = 0.0 if launch.enforce_eager else self.graph_gib
-        non_kv = self.weights_gib + self.non_torch_gib + graphs
+        non_kv = self.gpu_weights_gib(launch) + self.non_torch_gib + graphs
         margin = max(1.0, 0.75 * act)
         return min(launch.util * self.total_gib - non_kv, free_at_start - non_kv - margin) - act
 
     def kv_tokens(self, launch: Launch) -> int:
         if self.extensible:
-            return self.blocks(self.after_warmup_gib(launch, self.free_gib())) * self.block
-        return self.blocks(self.available_gib(launch)) * self.block
+            return self.blocks(launch, self.after_warmup_gib(launch, self.free_gib())) * self.block
+        return self.blocks(launch, self.available_gib(launch)) * self.block
 
     def free_gib(self) -> float:
         held = sum(e.held_gib for e in self.engines if e.running)
@@ -223,13 +245,13 @@ class FakeVllm:
                     f"than desired GPU memory utilization ({launch.util}, {requested:.2f} GiB). Decrease GPU memory "
                     "utilization or reduce GPU memory used by other processes.")], 1, 0.0
         lines.append(CORE.format(level="INFO", src="model_runner.py:284", msg="Loading model from scratch..."))
-        if fault == "oom_at_load":
+        if fault == "oom_at_load" or self.gpu_weights_gib(launch) > free:
             return lines + [CORE.format(
                 level="ERROR", src="core.py:1330",
                 msg=f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 304.00 MiB. GPU 0 has a total "
                     f"capacity of {self.total_gib:.2f} GiB of which 120.00 MiB is free.")], 1, self.weights_gib / 2
         lines.append(CORE.format(level="INFO", src="model_runner.py:305",
-                                 msg=f"Model loading took {self.weights_gib:.2f} GiB and 1.74 seconds"))
+                                 msg=f"Model loading took {self.gpu_weights_gib(launch):.2f} GiB and 1.74 seconds"))
         if launch.max_model_len in self.compiled:
             lines.append(CORE.format(level="INFO", src="backends.py:292",
                                      msg="Directly load the compiled graph(s) for compile range (1, 2048) from the cache"))
@@ -238,7 +260,7 @@ class FakeVllm:
             lines.append(CORE.format(level="INFO", src="backends.py:371",
                                      msg="Compiling a graph for compile range (1, 2048) takes 9.93 s"))
         if fault == "hang_startup":
-            return lines, -1, self.weights_gib
+            return lines, -1, self.gpu_weights_gib(launch)
         avail = self.available_gib(launch)
         lines.append(CORE.format(level="INFO", src="gpu_worker.py:560", msg=f"Available KV cache memory: {avail:.2f} GiB"))
         if avail <= 0:
@@ -247,7 +269,7 @@ class FakeVllm:
                 msg="ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
                     "when initializing the engine.")], 1, requested
         tokens = self.kv_tokens(launch)
-        need_gib = launch.max_model_len * self.kv_bytes_per_token / GIB
+        need_gib = launch.max_model_len * self.kv_bytes(launch) / GIB
         if tokens < launch.max_model_len:
             return lines + [CORE.format(
                 level="ERROR", src="core.py:1330",
@@ -307,16 +329,17 @@ class FakeVllm:
                     f"  Value error, User-specified max_model_len ({launch.max_model_len}) is greater than the "
                     f"derived max_model_len (max_position_embeddings={self.model_limit} or model_max_length=None "
                     "in model's config.json).")], 1, 0.0
+        weights = self.gpu_weights_gib(launch)
         free = self.free_gib()
         requested = launch.util * self.total_gib
         lines.append(CORE.format(level="INFO", src="model_runner.py:412", msg="Loading model from scratch..."))
-        if fault == "oom_at_load" or free < self.weights_gib:
+        if fault == "oom_at_load" or free < weights:
             return lines + [CORE.format(
                 level="ERROR", src="core.py:1757",
                 msg=f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 304.00 MiB. GPU 0 has a total "
-                    f"capacity of {self.total_gib:.2f} GiB of which 120.00 MiB is free."), failed], 1, min(free, self.weights_gib)
+                    f"capacity of {self.total_gib:.2f} GiB of which 120.00 MiB is free."), failed], 1, min(free, weights)
         lines.append(CORE.format(level="INFO", src="model_runner.py:441",
-                                 msg=f"Model loading took {self.weights_gib:.2f} GiB memory and 1.74 seconds"))
+                                 msg=f"Model loading took {weights:.2f} GiB memory and 1.74 seconds"))
         if launch.max_model_len in self.compiled:
             lines.append(CORE.format(level="INFO", src="backends.py:314",
                                      msg="Directly load the compiled graph(s) for compile range (1, 2048) from the cache"))
@@ -324,7 +347,7 @@ class FakeVllm:
             lines.append(CORE.format(level="INFO", src="backends.py:421",
                                      msg="Compiling a graph for compile range (1, 2048) takes 9.93 s"))
         if fault == "hang_startup":
-            return lines, -1, self.weights_gib
+            return lines, -1, weights
         pre = self.available_gib(launch)
         lines.append(CORE.format(level="INFO", src="gpu_worker.py:795", msg=f"Available KV cache memory: {pre:.2f} GiB"))
         hint = (f"The KV cache gets what is left after the model and its activations within `gpu_memory_utilization`="
@@ -335,15 +358,15 @@ class FakeVllm:
                 level="ERROR", src="core.py:1757",
                 msg=f"ValueError: No available memory for the cache blocks. {hint} See "
                     "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."), failed], 1, requested
-        usable = self.blocks(pre) - 1  # the null block
+        usable = self.blocks(launch, pre) - 1  # the null block
         need_gib = launch.max_model_len * self.kv_bytes_per_token / GIB
         if usable * self.block < launch.max_model_len:
-            return lines + [self._kv_error(launch, need_gib, usable, hint), failed], 1, self.weights_gib + self.non_torch_gib
+            return lines + [self._kv_error(launch, need_gib, usable, hint), failed], 1, weights + self.non_torch_gib
         if fault == "oom_at_graph_capture" and not launch.enforce_eager:
             return lines + [CORE.format(
                 level="ERROR", src="core.py:1757",
                 msg=f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total "
-                    f"capacity of {self.total_gib:.2f} GiB of which 200.00 MiB is free."), failed], 1, self.weights_gib
+                    f"capacity of {self.total_gib:.2f} GiB of which 200.00 MiB is free."), failed], 1, weights
         graphs = 0.0 if launch.enforce_eager else self.graph_gib
         if not launch.enforce_eager:
             lines.append(CORE.format(level="INFO", src="model_runner.py:1216",
@@ -352,12 +375,12 @@ class FakeVllm:
         lines.append(CORE.format(
             level="INFO", src="gpu_worker.py:1175",
             msg=f"Free memory on device ({free:.2f}/{self.total_gib:.2f} GiB) on startup. Desired GPU memory utilization "
-                f"is ({launch.util}, {requested:.2f} GiB). Actual usage is {self.weights_gib + self.non_torch_gib:.2f} GiB "
+                f"is ({launch.util}, {requested:.2f} GiB). Actual usage is {weights + self.non_torch_gib:.2f} GiB "
                 f"for consumed memory (weights + non-torch), {act:.2f} GiB for peak activation, and {graphs:.2f} GiB for "
                 f"CUDAGraph memory. Current kv cache memory in use is {pre:.2f} GiB."))
         after = self.after_warmup_gib(launch, free)
-        blocks = self.blocks(after)
-        free_after = free - self.weights_gib - self.non_torch_gib - graphs - 0.07
+        blocks = self.blocks(launch, after)
+        free_after = free - weights - self.non_torch_gib - graphs - 0.07
         lines.append(CORE.format(
             level="INFO", src="extensible_kv_cache.py:693",
             msg=f"Memory after warmup: {free_after:.2f} GiB free, 0.07 GiB committed to the KV cache, {act:.2f} GiB kept "
@@ -379,7 +402,7 @@ class FakeVllm:
                               msg="init engine (profile, create kv cache, warmup model) took 21.92 s (compilation: 9.93 s)"),
                   API.format(level="INFO", src="entry.py:139", msg=f"Starting vLLM server on http://0.0.0.0:{launch.port}"),
                   "INFO:     Application startup complete."]
-        held = self.weights_gib + self.non_torch_gib + graphs + act + kv
+        held = weights + self.non_torch_gib + graphs + act + kv
         if fault == "exit_before_ready":
             return lines, 1, held
         if fault == "port_in_use":

@@ -321,6 +321,16 @@ def format_status(status: dict) -> RenderableType:
     row("launches", " · ".join(attempts))
     if isinstance(status.get("target"), dict) and status["target"]:
         row("target", ", ".join(f"{k}={v}" for k, v in status["target"].items()))
+    cap = status.get("capacity")
+    if isinstance(cap, dict) and cap.get("users") is not None:
+        line = f"{_int(cap['users'])} users meet {cap.get('slo') or 'the SLO'}"
+        if isinstance(cap.get("tokens_per_s"), (int, float)):
+            line += f": {cap['tokens_per_s']:,.0f} tokens/s"
+        if cap.get("saturation"):
+            line += f"; saturated at {cap.get('saturated_at_users')} users ({str(cap['saturation']).replace('_', ' ')})"
+        if cap.get("measured_at"):
+            line += f" · measured {_when(cap['measured_at'])}"
+        row("capacity", line)
     parts.append(grid)
 
     history = [h for h in status.get("history") or [] if isinstance(h, dict)]

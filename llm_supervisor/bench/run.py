@@ -148,6 +148,8 @@ class _Live:
     tokens: int = 0
     running_peak: float | None = None
     waiting_peak: float | None = None
+    kv_usage_peak: float | None = None
+    preemptions: tuple[float, float] | None = None  # first and last /metrics reading
     metrics: EngineMetrics | None = None
     results: list[RequestResult] = field(default_factory=list)
 
@@ -155,6 +157,9 @@ class _Live:
 def _text_of(chunk: dict[str, Any]) -> str:
     parts = []
     for choice in chunk.get("choices") or ():
+        text = choice.get("text")  # /v1/completions
+        if isinstance(text, str) and text:
+            parts.append(text)
         delta = choice.get("delta") or {}
         for key in ("content", "reasoning_content", "reasoning"):
             value = delta.get(key)
@@ -163,15 +168,17 @@ def _text_of(chunk: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any], live: _Live) -> RequestResult:
-    """Send one streaming chat request and time it; every failure becomes an error kind."""
+async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any], live: _Live,
+                       path: str = "/v1/chat/completions") -> RequestResult:
+    """Send one streaming chat (or completions) request and time it; every failure becomes an
+    error kind."""
     start = time.perf_counter()
     res = RequestResult(ok=False)
     started_streaming = False
     done_marker = False
     usage_tokens: int | None = None
     try:
-        async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+        async with client.stream("POST", url + path, json=body) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
                 res.error = f"http_{resp.status_code}"
@@ -293,6 +300,11 @@ async def _poll_metrics(client: httpx.AsyncClient, url: str, live: _Live, stop: 
                 live.running_peak = max(live.running_peak or 0.0, m.running)
             if m.waiting is not None:
                 live.waiting_peak = max(live.waiting_peak or 0.0, m.waiting)
+            if m.kv_cache_usage is not None:
+                live.kv_usage_peak = max(live.kv_usage_peak or 0.0, m.kv_cache_usage)
+            if m.preemptions_total is not None:
+                first = live.preemptions[0] if live.preemptions else m.preemptions_total
+                live.preemptions = (first, m.preemptions_total)
         try:
             await asyncio.wait_for(stop.wait(), METRICS_INTERVAL_S)
         except asyncio.TimeoutError:

@@ -62,6 +62,10 @@ class VllmArgs(_Strict):
     quantization: str | None = None
     load_format: str | None = None
     disable_custom_all_reduce: bool = False
+    cpu_offload_gb: float | None = Field(default=None, ge=0, le=4096,
+                                         description="GiB of weights per GPU kept in CPU memory, read over PCIe every step")
+    swap_space: float | None = Field(default=None, ge=0, le=1024,
+                                     description="GiB of CPU memory per GPU vLLM reserves for swapped KV blocks (its default: 4)")
     api_key: SecretStr | None = None
     extra_args: list[str] = Field(default_factory=list, description="passed to vllm serve as they are")
 
@@ -117,6 +121,8 @@ class Recovery(_Strict):
     allow_long_context: bool = Field(default=False, description="allow max_model_len above the model's limit")
     plan_first_launch: bool = Field(default=True, description="shorten the first launch's max_model_len to what "
                                     "the planner predicts fits, instead of letting vLLM fail first")
+    max_cpu_offload_gb: float = Field(default=0.0, ge=0, le=4096, description="the most weights (GiB per GPU) the "
+                                      "planner and recovery may move to CPU memory when the model does not fit; 0 = never")
 
     @model_validator(mode="after")
     def _ordered(self) -> "Recovery":

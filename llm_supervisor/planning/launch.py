@@ -9,6 +9,7 @@ to reach ready, and the engine's argv and environment. The plan decides the firs
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import socket
@@ -20,19 +21,22 @@ from typing import Any
 from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
-from llm_supervisor.host import engineversion, gpus as hardware, simgpu
+from llm_supervisor.host import engineversion, gpus as hardware, hostmem, simgpu
 from llm_supervisor.host.engineversion import EngineVersion
 from llm_supervisor.host.modelfiles import ModelConfigNotFound, load_shape, load_weight_inventory
 from llm_supervisor.host.placement import Placement, plan_placement
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
-from llm_supervisor.vllm import engine_args, memory
+from llm_supervisor.vllm import engine_args, memory, speed
 from llm_supervisor.vllm.cards import gpu_label, stated_total_gib
 from llm_supervisor.vllm.fit import FitContext, Prediction, check_launch
+from llm_supervisor.vllm.lowmem import LowMemoryPlan, plan_low_memory
 from llm_supervisor.vllm.modelshape import SafetensorsError
+from llm_supervisor.vllm.target import TargetFit, fit_target
 
-RECOVERABLE_KEYS = ("max_model_len", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
+RECOVERABLE_KEYS = ("max_model_len", "gpu_memory_utilization", "enforce_eager", "max_num_seqs", "cpu_offload_gb",
+                    "kv_cache_dtype")
 SIMULATOR_COMMAND = [sys.executable, "-m", "llm_supervisor.simulator", "serve"]
 ENGINE_HOST = "127.0.0.1"  # where the engine listens behind the front door
 
@@ -76,6 +80,9 @@ class LaunchPlan:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     engine_version: EngineVersion = field(default_factory=lambda: EngineVersion(None, "unknown"))
+    speed: speed.SpeedModel | None = None
+    target_fit: TargetFit | None = None
+    low_memory: LowMemoryPlan | None = None
 
     @property
     def vllm_version(self) -> str:
@@ -135,6 +142,9 @@ class LaunchPlan:
                                 "gpu_name": self.gpu_name},
             },
             "predicted": predicted,
+            "speed": self.speed.summary() if self.speed is not None else None,
+            "target_fit": self.target_fit.to_json() if self.target_fit is not None else None,
+            "low_memory": self.low_memory.to_json() if self.low_memory is not None else None,
             "last_good": self.last_good,
             "notes": list(self.notes),
             "warnings": list(self.warnings) + list(self.placement.warnings),
@@ -183,7 +193,7 @@ def apply_last_good(profile: Profile, last_good: dict[str, Any] | None) -> tuple
 
 def fit_context(profile: Profile, gpu_total_gib: float, gpu_count: int, calibration: Calibration | None = None, *,
                 gpu_name: str | None = None, hf_home: str | None = None, vllm_version: str | None = None,
-                tensor_parallel: int | None = None) -> FitContext:
+                tensor_parallel: int | None = None, host_available_gib: float | None = None) -> FitContext:
     """The fit context of a profile: its model's shape (config.json) and, where the checkpoint is
     on disk, its safetensors headers; this host's calibration; the profile's bounds and target.
     Raises ModelConfigNotFound when no config.json can be found."""
@@ -196,7 +206,8 @@ def fit_context(profile: Profile, gpu_total_gib: float, gpu_count: int, calibrat
         notes.append(f"safetensors headers unreadable ({exc}); weights estimated from config.json")
     return FitContext.of(shape, gpu_total_gib, gpu_count, calibration, profile.target, vllm_version,
                          recovery=profile.recovery, model=profile.model.id, gpu_name=gpu_name, inventory=inventory,
-                         tensor_parallel=tensor_parallel or profile.vllm.tensor_parallel_size, notes=notes)
+                         tensor_parallel=tensor_parallel or profile.vllm.tensor_parallel_size, notes=notes,
+                         host_available_gib=host_available_gib)
 
 
 def build_plan(
@@ -295,13 +306,38 @@ def build_plan(
         notes.append(last_note)
 
     prediction = fit = None
+    target_fit: TargetFit | None = None
+    low: LowMemoryPlan | None = None
+    free = min(g.memory_free_mib for g in chosen) / 1024 if chosen and not gpu_memory_gib else None
     try:
         fit = fit_context(profile, total_gib, count, calibration, gpu_name=gpu_name, hf_home=hf_home,
-                          tensor_parallel=args.tensor_parallel_size, vllm_version=engine.version)
+                          tensor_parallel=args.tensor_parallel_size, vllm_version=engine.version,
+                          # the host's RAM matters only when planning for this host's GPUs
+                          host_available_gib=hostmem.available_gib(simulate) if free is not None else None)
+        low = plan_low_memory(fit, args, free_gib=free)
+        if low is not None and low.usable_now:
+            if profile.recovery.plan_first_launch:
+                args = low.args
+                notes.append(low.summary())
+            else:
+                notes.append(f"{low.summary()} (recovery.plan_first_launch is off: launching as the profile says)")
+        elif low is not None:
+            notes.extend(low.refusal())
         problems = check_launch(fit.shape, profile, args, total_gib, count)
+        if problems and low is not None and not low.usable_now:
+            # the weights alone exceed the budget: say what would fit instead
+            problems = [p for p in problems if not p.startswith("weights need ")] + low.refusal()
         if problems:
             raise PlanRefused("the launch cannot work", problems)
         prediction = fit.predict(args)
+        if fit.target is not None:
+            target_fit = fit_target(fit, args, free_gib=free)
+            if profile.recovery.plan_first_launch:
+                args, prediction = target_fit.args, target_fit.prediction
+                notes.extend(target_fit.notes)
+            else:
+                notes.extend(f"{n} (recovery.plan_first_launch is off: launching as the profile says)"
+                             for n in target_fit.notes)
     except ModelConfigNotFound as exc:
         notes.append(f"no prediction: {exc}")
     if prediction is not None and not last_note:
@@ -315,6 +351,12 @@ def build_plan(
             notes.append(f"the profile asks for max_model_len {asked:,}; the planner predicts "
                          f"{prediction.largest_context:,} fits, so the first launch uses {prediction.max_model_len:,}")
 
+    model = None
+    if fit is not None and prediction is not None:
+        model = plan_speed(fit, args, prediction, calibration)
+        if model is None:
+            notes.append(f"no speed prediction: {gpu_name or 'this GPU'} is not in the GPU table (vllm/gpuspecs.py)")
+
     return LaunchPlan(
         settings=settings, profile=profile, simulate=simulate,
         command=command, args=args,
@@ -322,7 +364,49 @@ def build_plan(
         gpu_total_gib=total_gib, gpu_count=count, gpu_name=gpu_name, base_env=base_env, extra_env=extra_env,
         sim_config=sim_config, last_good=last_good, notes=notes, warnings=warnings, engine_version=engine,
         engine_port=free_loopback_port() if profile.frontdoor.enabled else None,
+        speed=model, target_fit=target_fit, low_memory=low,
     )
+
+
+def plan_speed(fit: FitContext, args: VllmArgs, prediction: Prediction,
+               calibration: Calibration | None) -> speed.SpeedModel | None:
+    """The speed model of this launch, calibrated with what `bench --find-capacity` measured on
+    this host for the same model, GPU and tensor parallel size."""
+    model = speed.speed_model(fit, args, prediction)
+    if model is None or calibration is None:
+        return model
+    points, source = calibration.speed_points(fit.model, fit.vllm_version, fit.gpu_name, args.tensor_parallel_size)
+    if not points:
+        return model
+    return model.with_calibration(speed.fit_calibration(model, points, source))
+
+
+def _rate(x: float) -> str:
+    return f"{x:.2g}" if x < 10 else f"{x:,.0f}"
+
+
+def format_speed(summary: dict[str, Any]) -> list[str]:
+    """`plan`'s speed lines from SpeedModel.summary()."""
+    w = summary["workload"]
+    pts = {p["users"]: p for p in summary["points"]}
+    one = pts.get(1)
+    head = "speed     "
+    parts = []
+    if one:
+        parts.append(f"1 user {_rate(one['per_user_tokens_per_s'])} tok/s (first token {one['ttft_s']:.2f} s)")
+    for users, p in pts.items():
+        if users == 1:
+            continue
+        queue = f", {p['limited_by'].replace('_', ' ')} full: others wait" if p["limited_by"] else ""
+        parts.append(f"{users} users {_rate(p['per_user_tokens_per_s'])} tok/s each ({_rate(p['tokens_per_s'])} total{queue})")
+    lines = [head + "; ".join(parts)]
+    why = {"speed": "", "kv_cache": ", then the KV cache is full", "max_num_seqs": ", then max_num_seqs is reached"}
+    rates = [f"≥ {rate} tok/s each: {v['users']:,} users{why.get(v['limited_by'], '')}"
+             for rate, v in summary["users_at_tokens_per_s"].items()]
+    cal = "calibrated on this host" if summary["calibrated"] else "uncalibrated (±25 %)"
+    lines.append(f"          {'; '.join(rates)} ({w['prompt_tokens']:,}-token prompts, {w['output_tokens']:,}-token"
+                 f" replies; {summary['gpu']['name']}, {cal})")
+    return lines
 
 
 def format_plan(plan: LaunchPlan) -> str:
@@ -342,7 +426,8 @@ def format_plan(plan: LaunchPlan) -> str:
     lines.append(f"cpus      {cpus}; memory policy {pl.memory_policy}{' ' + ','.join(map(str, pl.nodes)) if pl.nodes and pl.memory_policy != 'none' else ''}")
     p = plan.prediction
     if p is not None:
-        lines.append(f"predicted weights {p.weights_gib:.2f} GiB/GPU, KV {p.available_kv_cache_gib:.2f} GiB/GPU "
+        off = f" (+ {p.cpu_offload_gib:.2f} GiB in CPU memory)" if p.cpu_offload_gib else ""
+        lines.append(f"predicted weights {p.weights_gib:.2f} GiB/GPU{off}, KV {p.available_kv_cache_gib:.2f} GiB/GPU "
                      f"= {p.kv_cache_tokens:,} tokens ({p.kv_bytes_per_token / 1024:g} KiB/token)")
         if p.available_kv_cache_gib_before_warmup is not None:
             lines.append(f"          (vLLM prints {p.available_kv_cache_gib_before_warmup:.2f} GiB as 'Available KV cache"
@@ -351,10 +436,18 @@ def format_plan(plan: LaunchPlan) -> str:
         lines.append(f"          max concurrency {p.concurrency_at(ctx):.2f}x at {ctx:,} tokens; "
                      f"largest context that fits {p.largest_context:,}")
         if p.target is not None:
-            lines.append(f"          target {p.target}: {'met' if p.target_met else 'NOT met'}")
+            t = p.target
+            verdict = "met" if p.target_met else "NOT met"
+            have = math.floor(p.concurrency_at(t["context"]) * 100) / 100
+            lines.append(f"          target {t['min_concurrency']:g} requests of {t['context']:,} tokens: {verdict}"
+                         f" ({have:.2f} fit at utilization {plan.args.gpu_memory_utilization:g})")
+            if plan.target_fit is not None and plan.target_fit.would:
+                lines.append("          it would with: " + "; or ".join(plan.target_fit.would))
         for note in p.notes:
             if note not in data["notes"]:
                 lines.append(f"          · {note}")
+    if plan.speed is not None:
+        lines.extend(format_speed(plan.speed.summary()))
     door = data["frontdoor"]
     if door["enabled"]:
         lines.append(f"serving   clients at {door['host']}:{door['port']} through the front door; the engine listens on "

@@ -132,6 +132,7 @@ class Daemon(RestartLoop):
         self.gpus: list[dict[str, Any]] = []
         self.message = ""
         self.metrics_kv_tokens: int | None = None
+        self.capacity: dict[str, Any] | None = self.store.capacity(profile.name)
         self.placement_applied: str | None = None
         self.seen_vllm_version: str | None = None
         self.exit_code = EXIT_OK
@@ -198,6 +199,7 @@ class Daemon(RestartLoop):
             "vllm": self._vllm_status(),
             "phase": self.parser.phase,
             "target": self.profile.target.model_dump() if self.profile.target else None,
+            "capacity": capacity_summary(self.capacity),
             "message": self.message,
             "history": list(self.history[-50:]),
             "log_tail": list(self.ring)[-20:],
@@ -318,6 +320,8 @@ class Daemon(RestartLoop):
                 f, model=self.profile.model.id, gpu_name=self.plan.gpu_name, gpu_total_gib=self.plan.gpu_total_gib,
                 tensor_parallel=self.args.tensor_parallel_size, gpu_memory_utilization=self.args.gpu_memory_utilization,
                 now=self.clock.time())
+            if self.args.cpu_offload_gb:
+                obs.weights_gib = None  # only part of the weights was on the GPU: not the model's size
             entry = await asyncio.to_thread(self.calibration.record, obs)
         except (SupervisorError, OSError, ValueError, TypeError) as exc:
             log.debug("no calibration from this boot: %s", exc)
@@ -374,6 +378,8 @@ class Daemon(RestartLoop):
             now = self.clock.monotonic()
             if now >= next_metrics:
                 next_metrics = now + timing.metrics_interval_s
+                # `bench --find-capacity` (another process) keeps its result in the state file
+                self.capacity = await asyncio.to_thread(self.store.read_capacity, self.profile.name)
                 metrics = await self.engine_client.metrics()
                 waiting = (metrics.waiting if metrics else None) or 0.0
                 tokens = (metrics.generation_tokens_total if metrics else None) or 0.0
@@ -630,6 +636,28 @@ class Daemon(RestartLoop):
         collectors = [self.door.collector()] if self.door is not None else []
         async with served(self.settings, self.status, self.command, self._on_signal, collectors):
             return await self.serve()
+
+
+def capacity_summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What /status shows of the last `bench --find-capacity` result (the state file has it all)."""
+    if not isinstance(result, dict) or "capacity_users" not in result:
+        return None
+    best = result.get("capacity") if isinstance(result.get("capacity"), dict) else {}
+    slo = result.get("slo") if isinstance(result.get("slo"), dict) else {}
+    sat = result.get("saturation") if isinstance(result.get("saturation"), dict) else {}
+    return {
+        "users": result.get("capacity_users"),
+        "slo": slo.get("text"),
+        "workload": result.get("workload"),
+        "requests_per_s": best.get("requests_per_s"),
+        "tokens_per_s": best.get("tokens_per_s"),
+        "ttft_p95_s": (best.get("ttft_s") or {}).get("p95"),
+        "tpot_p95_s": (best.get("tpot_s") or {}).get("p95"),
+        "saturated_at_users": sat.get("users"),
+        "saturation": sat.get("cause"),
+        "measured_at": iso(result["measured_at"]) if isinstance(result.get("measured_at"), (int, float)) else None,
+        "plot": result.get("plot"),
+    }
 
 
 def check_engine_port(args: VllmArgs) -> None:

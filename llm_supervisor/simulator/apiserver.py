@@ -483,7 +483,8 @@ class ApiServer:
             labels.append(prom.cache_config_labels(
                 d.cache_info_has_kv_size, d.cache_info_has_blocks, e.dp_rank, cfg.block_size, cfg.util,
                 int(f.get("num_gpu_blocks", 0)), int(f.get("kv_tokens", 0)), float(f.get("concurrency", 0.0)),
-                cfg.kv_cache_dtype, cfg.enable_prefix_caching, cfg.num_gpu_blocks_override))
+                cfg.kv_cache_dtype, cfg.enable_prefix_caching, cfg.num_gpu_blocks_override, cfg.cpu_offload_gb,
+                cfg.swap_space))
         return prom.render(cfg.served_names[0], [e.stats for e in self.engines], labels, d.kv_usage_metric)
 
     def _pick_engine(self) -> EngineHandle:

@@ -3,7 +3,8 @@
 Environment (all optional):
 
   LLM_SUPERVISOR_SIM_STARTUP_S       seconds a warm start takes, default 1.5 (a cold compile adds ~40%)
-  LLM_SUPERVISOR_SIM_TOKENS_PER_S    generation speed per request, default 50
+  LLM_SUPERVISOR_SIM_TOKENS_PER_S    a fixed step time of 1/R s (default: the GPU law of simulator/speed.py)
+  LLM_SUPERVISOR_SIM_STEP_*          the GPU law's terms (simulator/speed.py)
   LLM_SUPERVISOR_SIM_RESPONSE_TOKENS reply length when a request sets no max_tokens, default 16
   LLM_SUPERVISOR_SIM_DEATH_GRACE_S   how long /health answers 503 after EngineCore died, default 3
   LLM_SUPERVISOR_SIM_MAX_RUNNING     cap on requests running at once (default: only vLLM's limits,
@@ -28,6 +29,7 @@ from llm_supervisor.host import modelfiles, simgpu
 from llm_supervisor.vllm import modelshape
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.dialect import Dialect
+from llm_supervisor.simulator.speed import StepLaw, model_params, step_law
 
 ENV = "LLM_SUPERVISOR_SIM_"
 
@@ -134,7 +136,8 @@ class SimConfig:
     quantization: str | None
     kv_bytes_per_token: tuple[int, ...]  # per pipeline stage, one GPU
     layers_per_stage: tuple[int, ...]
-    weights_per_stage: tuple[int, ...]  # bytes on one GPU of each stage, load overhead included
+    weights_per_stage: tuple[int, ...]  # bytes on one GPU of each stage, load overhead included, offload excluded
+    offloaded_per_stage: tuple[int, ...]  # bytes in CPU memory (--cpu-offload-gb) per GPU of each stage
     largest_weight: int  # the biggest single tensor (what a load OOM "tried to allocate")
     max_model_len: int  # -1: auto-fit
     derived_max_model_len: int
@@ -159,11 +162,13 @@ class SimConfig:
     timing: Timing
     faults: Faults
     cache_root: Path | None
-    tokens_per_s: float
+    step_law: StepLaw
     response_tokens: int
     host: str | None
     port: int
     api_keys: tuple[str, ...] = ()
+    cpu_offload_gb: float = 0.0
+    swap_space: float = 4.0
     executor_backend: str | None = None  # "ray": the ranks are Ray actors (raymode.py)
     extensible: bool = False  # 0.34's extensible KV cache: sized after warm-up from measured memory
     graph_estimate: bool = False  # 0.30+ (0.34 with the extensible cache off): graphs estimated into the budget
@@ -252,6 +257,17 @@ def _weights(shape: modelshape.ModelShape, model: str, tp: int, pp: int, dtype: 
         per_stage = list(shape.weight_bytes_per_stage(tp, pp, dtype, quantization))
     largest = int(shape.vocab_size * shape.hidden_size * (2 if dtype != "float32" else 4) / tp)
     return [b + memory.LOAD_OVERHEAD_BYTES for b in per_stage], largest
+
+
+def _layer_params(shape: modelshape.ModelShape, tp: int, dtype_bytes: int) -> list[int]:
+    """Bytes of one decoder layer's parameters on one GPU, in vLLM's module order (qkv_proj,
+    o_proj, q/k norms, gate_up_proj, down_proj, the two layer norms)."""
+    lin = modelshape.linear_bytes_per_element(shape.quant_method, shape.quant_bits, shape.quant_group_size, dtype_bytes)
+    h, hd = shape.hidden_size, shape.head_dim
+    heads, kv = shape.num_heads / tp, max(1, shape.num_kv_heads // tp)
+    inter = shape.intermediate_size / tp
+    return [int(h * (heads + 2 * kv) * hd * lin), int(heads * hd * h * lin), 2 * hd * dtype_bytes,
+            int(2 * inter * h * lin), int(inter * h * lin), 2 * h * dtype_bytes]
 
 
 def _layers(shape: modelshape.ModelShape, pp: int) -> list[int]:
@@ -343,6 +359,10 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         except TypeError:
             kv_per_token.append(shape.kv_bytes_per_token(tp, kv_elem) * n // shape.num_layers)
     weights, largest = _weights(shape, model, tp, pp, dtype_name.replace("torch.", ""), quant)
+    offloaded = [memory.offloaded_bytes(_layer_params(shape, tp, dtype_bytes), n, int((ns.cpu_offload_gb or 0) * memory.GIB))
+                 for n in layers]
+    offloaded = [min(o, max(0, w - memory.LOAD_OVERHEAD_BYTES)) for o, w in zip(offloaded, weights)]
+    weights = [w - o for w, o in zip(weights, offloaded)]
 
     facts = memory.ShapeFacts(
         num_layers=shape.num_layers, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
@@ -359,6 +379,8 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         dialect=dialect, model=model, served_names=tuple(ns.served_model_name or [model]),
         architecture=shape.architecture, shape=facts, dtype_name=dtype_name, quantization=effective_quant,
         kv_bytes_per_token=tuple(kv_per_token), layers_per_stage=tuple(layers), weights_per_stage=tuple(weights),
+        offloaded_per_stage=tuple(offloaded), cpu_offload_gb=float(ns.cpu_offload_gb or 0),
+        swap_space=float(ns.swap_space),
         largest_weight=largest, max_model_len=max_len, derived_max_model_len=derived,
         block_size=ns.block_size or 16, util=util, tp=tp, pp=pp, dp=dp, max_num_seqs=seqs,
         max_num_batched_tokens=batched, enforce_eager=bool(ns.enforce_eager), kv_cache_dtype=kv_dtype,
@@ -367,7 +389,11 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         kv_cache_memory_bytes=ns.kv_cache_memory_bytes, num_gpu_blocks_override=ns.num_gpu_blocks_override,
         revision=ns.revision, trust_remote_code=bool(ns.trust_remote_code), gpu=gpu, devices=devices,
         timing=Timing(env_float("STARTUP_S", 1.5)), faults=Faults.from_env(), cache_root=default_cache_root(),
-        tokens_per_s=max(0.1, env_float("TOKENS_PER_S", 50.0)),
+        step_law=step_law(env_float, gpu_name=gpu.name, weight_bytes=float(sum(weights)),
+                          offloaded_bytes=float(sum(offloaded)),
+                          params=model_params(facts.num_layers, facts.hidden_size, facts.intermediate_size,
+                                              facts.num_heads, facts.num_kv_heads, facts.head_dim, facts.vocab_size),
+                          tensor_parallel=tp, kv_bytes_per_token=float(sum(kv_per_token))),
         response_tokens=max(1, int(env_float("RESPONSE_TOKENS", 16))), host=ns.host, port=ns.port,
         api_keys=keys, executor_backend=ns.distributed_executor_backend, extensible=extensible,
         graph_estimate=dialect.estimates_graphs and not extensible, util_given=util_given)

@@ -182,6 +182,7 @@ class Scheduler:
         self.waiting = deque(r for r in self.waiting if r.rid != rid)
 
     def admit(self) -> list[str]:
+        """Start waiting requests while max_num_seqs and the KV blocks allow; their ids."""
         started = []
         while self.waiting and len(self.running) < self.max_num_seqs and len(self.running) < self.max_running:
             req = self.waiting[0]
@@ -204,6 +205,11 @@ class Scheduler:
                 done[rid] = "done"
                 self.abort(rid)
         return out, done
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens of KV cache the running requests read in a decode step."""
+        return sum(r.prompt + r.generated for r in self.running.values())
 
     @property
     def usage(self) -> float:
@@ -428,12 +434,13 @@ class EngineCore:
         cfg = self.cfg
         cap = env_float("MAX_RUNNING", 0.0)
         sched = Scheduler(facts["num_gpu_blocks"], cfg.block_size, cfg.max_num_seqs, int(cap) if cap >= 1 else float("inf"))
-        interval = 1.0 / cfg.tokens_per_s
+        law = cfg.step_law
         self.ready_at = time.monotonic()
         die_at = cfg.faults.seconds("die_after_ready")
         oom_at = cfg.faults.seconds("runtime_oom_after_ready")
         stall = "stall_requests" in cfg.faults
-        next_tick: float | None = None
+        step_end: float | None = None  # when the step under way delivers its tokens
+        started: list[str] = []
         poller = select.poll()
         api_fd = self.api.fileno()
         poller.register(api_fd, select.POLLIN)
@@ -442,7 +449,7 @@ class EngineCore:
             poller.register(fd, select.POLLIN)
         while True:
             now = time.monotonic()
-            deadlines = [t for t in (next_tick,) if t is not None]
+            deadlines = [t for t in (step_end,) if t is not None]
             if die_at is not None:
                 deadlines.append(self.ready_at + die_at)
             if oom_at is not None:
@@ -476,20 +483,20 @@ class EngineCore:
                     elif op == "abort":
                         sched.abort(msg["id"])
                         changed = True
-            if not stall and (sched.waiting or sched.running):
-                if next_tick is None:
-                    next_tick = now  # first token right away (prefill + first decode step)
-                if now >= next_tick:
-                    started = sched.admit()
-                    out, done = sched.step()
-                    self.api.send({"op": "step", "out": out, "fin": done, "start": started,
-                                   "run": len(sched.running), "wait": len(sched.waiting), "kv": sched.usage})
-                    changed = False
-                    next_tick += interval
-                    if next_tick < now:
-                        next_tick = now + interval
-            else:
-                next_tick = None
+            if step_end is not None and now >= step_end:
+                # the step ends: every running request has one more token
+                out, done = sched.step()
+                self.api.send({"op": "step", "out": out, "fin": done, "start": started, "run": len(sched.running),
+                               "wait": len(sched.waiting), "kv": sched.usage})
+                changed = False
+                step_end = None
+            if step_end is None and not stall and (sched.waiting or sched.running):
+                # the next step: admit what fits, prefill their prompts, decode everyone
+                started = sched.admit()
+                prefill = sum(sched.running[rid].prompt for rid in started)
+                step_end = now + law.duration(len(sched.running), sched.context_tokens, prefill)
+                if started:
+                    changed = True
             if changed:
                 self.api.send({"op": "step", "out": {}, "fin": {}, "start": [], "run": len(sched.running),
                                "wait": len(sched.waiting), "kv": sched.usage})

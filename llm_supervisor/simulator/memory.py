@@ -43,9 +43,11 @@ COLD_ACTIVATION_FACTOR = 1.3
 NON_TORCH_BYTES = int(0.22 * GIB)
 NON_TORCH_TP_BYTES = int(0.19 * GIB)  # NCCL communicators with TP/PP > 1
 CUSTOM_ALL_REDUCE_BYTES = 64 * MIB  # IPC buffers unless --disable-custom-all-reduce
-# CUDA graphs: 1.00 GiB for Qwen3-4B (36 layers × 2560 hidden, 51 sizes × PIECEWISE+FULL).
-GRAPH_BASE_BYTES = int(0.25 * GIB)
-GRAPH_PER_LAYER_HIDDEN_BYTES = (0.75 * GIB) / (36 * 2560)
+# CUDA graphs grow with the layers captured (51 sizes × PIECEWISE+FULL): 1.00 GiB for Qwen3-4B's
+# 36 layers (H100), 1.87 GiB for Qwen3-32B's 64 (H200); at least GRAPH_MIN_BYTES.
+GRAPH_MIN_BYTES = int(0.25 * GIB)
+GRAPH_PER_LAYER_BYTES = (1.87 - 1.00) / (64 - 36) * GIB
+GRAPH_OFFSET_BYTES = 1.00 * GIB - 36 * GRAPH_PER_LAYER_BYTES
 # The CUDA context each GPU process creates before vLLM measures free memory (outside the
 # budget): with the simulated GPU's 300 MiB driver baseline this gives the real
 # "Free memory on device (78.66/79.18 GiB)" on an idle H100.
@@ -114,7 +116,7 @@ def non_torch_bytes(world_size: int, disable_custom_all_reduce: bool) -> int:
 def graph_bytes(shape: ShapeFacts, tp: int, layers: int, enforce_eager: bool) -> int:
     if enforce_eager:
         return 0
-    return int(GRAPH_BASE_BYTES + GRAPH_PER_LAYER_HIDDEN_BYTES * layers * shape.hidden_size / max(1, tp))
+    return int(max(GRAPH_MIN_BYTES, (GRAPH_OFFSET_BYTES + GRAPH_PER_LAYER_BYTES * layers) / max(1, tp)))
 
 
 def requested_bytes(total_mib: int, utilization: float) -> int:
@@ -170,6 +172,21 @@ class KvSizing:
             else:
                 hi = mid - 1
         return best
+
+
+def offloaded_bytes(layer_params: list[int], layers: int, budget_bytes: int) -> int:
+    """What `--cpu-offload-gb` moves to CPU memory on one GPU: vLLM's offloader walks the decoder
+    layers' parameters in order and moves each whole parameter while the bytes moved so far are
+    below the budget, so it overshoots by up to one parameter; never more than the layers hold."""
+    moved = 0
+    if budget_bytes <= 0:
+        return 0
+    for _ in range(layers):
+        for size in layer_params:
+            if moved >= budget_bytes:
+                return moved
+            moved += size
+    return moved
 
 
 def max_concurrency(num_blocks: int, block_size: int, max_model_len: int) -> float:

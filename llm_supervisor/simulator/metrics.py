@@ -83,14 +83,15 @@ class Exposition:
 
 def cache_config_labels(version_ge_0_23: bool, has_blocks: bool, engine: int, block_size: int, util: float,
                         num_blocks: int, tokens: int, concurrency: float, cache_dtype: str,
-                        prefix_caching: bool, override: int | None) -> dict[str, str]:
+                        prefix_caching: bool, override: int | None, cpu_offload_gb: float = 0.0,
+                        swap_space: float = 4.0) -> dict[str, str]:
     labels = {
         "block_size": str(block_size), "cache_dtype": cache_dtype, "calculate_kv_scales": "False",
         "enable_prefix_caching": str(prefix_caching), "engine": str(engine),
         "gpu_memory_utilization": str(util), "is_attention_free": "False", "num_cpu_blocks": "None",
         "num_gpu_blocks": str(num_blocks) if has_blocks else "None",
         "num_gpu_blocks_override": str(override), "prefix_caching_hash_algo": "sha256",
-        "sliding_window": "None", "swap_space": "4", "cpu_offload_gb": "0",
+        "sliding_window": "None", "swap_space": f"{swap_space:g}", "cpu_offload_gb": f"{cpu_offload_gb:g}",
     }
     if version_ge_0_23:
         labels.pop("swap_space")

@@ -1,8 +1,11 @@
-"""This host's calibration file: the overheads learned from every vLLM start it has seen.
+"""This host's calibration file: the overheads learned from every vLLM start it has seen, and
+the speeds `bench --find-capacity` measured.
 
 JSON in <state_dir>/calibration.json, written atomically (temporary file + os.replace); a
 corrupt file is ignored with a warning, never a crash. What an observation means and how it is
-used is llm_supervisor.vllm.calibration's business; this module only keeps them.
+used is llm_supervisor.vllm.calibration's business (memory) and llm_supervisor.vllm.speed's
+(speed: `MeasuredPoint`s under the same key, in the file's `speed` section); this module only
+keeps them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from llm_supervisor.store.atomic import atomic_write_json
 from llm_supervisor.vllm.calibration import (
     CalibrationEntry, CalibrationError, Observation, calibration_facts, calibration_key, learn_from_facts, norm_gpu,
 )
+from llm_supervisor.vllm.speed import MeasuredPoint
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,7 @@ CALIBRATION_FILE = "calibration.json"
 
 
 CALIBRATION_FORMAT = 1
+SPEED_POINTS_KEPT = 24
 
 
 class Calibration:
@@ -35,6 +40,7 @@ class Calibration:
         self.path = Path(path)
         self.warnings: list[str] = []
         self._entries: dict[str, CalibrationEntry] = {}
+        self._speed: dict[str, dict[str, Any]] = {}
         self.load()
 
     @classmethod
@@ -45,23 +51,37 @@ class Calibration:
 
     def load(self) -> None:
         self._entries = self._read()
+        self._speed = self._read_speed()
 
-    def _read(self) -> dict[str, CalibrationEntry]:
+    def _read_json(self, quiet: bool = False) -> dict[str, Any] | None:
         try:
             text = self.path.read_bytes()  # decoded by json.loads: bad UTF-8 is corruption too
         except FileNotFoundError:
-            return {}
+            return None
         except OSError as exc:
-            self._warn(f"{self.path}: cannot read calibration ({exc.__class__.__name__}); ignoring it")
-            return {}
+            if not quiet:
+                self._warn(f"{self.path}: cannot read calibration ({exc.__class__.__name__}); ignoring it")
+            return None
         try:
             data = json.loads(text)
-            raw = data["entries"]
-            if not isinstance(raw, dict):
+            if not isinstance(data, dict) or not isinstance(data["entries"], dict):
                 raise ValueError("entries is not an object")
         except (ValueError, KeyError, TypeError) as exc:
-            self._warn(f"{self.path}: calibration file is corrupt ({exc}); ignoring it")
+            if not quiet:
+                self._warn(f"{self.path}: calibration file is corrupt ({exc}); ignoring it")
+            return None
+        return data
+
+    def _read_speed(self) -> dict[str, dict[str, Any]]:
+        data = self._read_json(quiet=True) or {}
+        raw = data.get("speed")
+        return {k: v for k, v in raw.items() if isinstance(v, dict)} if isinstance(raw, dict) else {}
+
+    def _read(self) -> dict[str, CalibrationEntry]:
+        data = self._read_json()
+        if data is None:
             return {}
+        raw = data["entries"]
         out: dict[str, CalibrationEntry] = {}
         for key, value in raw.items():
             try:
@@ -103,12 +123,54 @@ class Calibration:
         entry.add(obs)
         current[obs.key] = entry
         self._entries = current
+        self._speed = self._read_speed()
         self.save()
         return entry
 
     def save(self) -> None:
-        data = {"format": CALIBRATION_FORMAT, "entries": {k: e.to_json() for k, e in sorted(self._entries.items())}}
+        data: dict[str, Any] = {"format": CALIBRATION_FORMAT,
+                                "entries": {k: e.to_json() for k, e in sorted(self._entries.items())}}
+        if self._speed:
+            data["speed"] = dict(sorted(self._speed.items()))
         atomic_write_json(self.path, data)
+
+    # --- speed
+
+    def speed_points(self, model: str, vllm_version: str | None, gpu_name: str | None,
+                     tensor_parallel: int) -> tuple[list[MeasuredPoint], str]:
+        """What `bench --find-capacity` measured for this key (else for the same model, GPU and TP
+        under another vLLM version), newest first, and where it came from."""
+        if not gpu_name:
+            return [], ""
+        record = self._speed.get(calibration_key(model, vllm_version, gpu_name, tensor_parallel))
+        if record is None:
+            others = [r for r in self._speed.values() if r.get("model") == model
+                      and norm_gpu(str(r.get("gpu_name"))) == norm_gpu(gpu_name) and r.get("tensor_parallel") == tensor_parallel]
+            record = max(others, key=lambda r: r.get("measured_at") or 0, default=None)
+        if record is None:
+            return [], ""
+        points = []
+        for raw in record.get("points") or []:
+            try:
+                points.append(MeasuredPoint.from_json(raw))
+            except (KeyError, TypeError, ValueError):
+                continue
+        return points, str(record.get("source") or "")
+
+    def record_speed(self, model: str, vllm_version: str | None, gpu_name: str, tensor_parallel: int,
+                     points: list[MeasuredPoint], *, now: float, source: str = "") -> None:
+        """Keep one capacity search's measured points (newest first, with the earlier ones of the
+        key after them, up to SPEED_POINTS_KEPT) and write the file atomically."""
+        self._entries = self._read()
+        self._speed = self._read_speed()
+        key = calibration_key(model, vllm_version, gpu_name, tensor_parallel)
+        old = (self._speed.get(key) or {}).get("points") or []
+        self._speed[key] = {
+            "model": model, "vllm_version": vllm_version, "gpu_name": gpu_name, "tensor_parallel": tensor_parallel,
+            "measured_at": now, "source": source,
+            "points": ([p.to_json() for p in points] + list(old))[:SPEED_POINTS_KEPT],
+        }
+        self.save()
 
     def learn_from_log(self, path: str | Path, *, model: str, gpu_name: str, gpu_total_gib: float | None = None,
                        tensor_parallel: int | None = None, save: bool = True, **overrides: Any) -> Observation:

@@ -1,11 +1,15 @@
 """What the daemon remembers between runs, per profile and host: the arguments that last
-reached ready, and the history of attempts. Written atomically (temp file, fsync, rename), so
-a crash mid-write leaves the old file or the new one, never a torn one; a corrupt file is set
-aside with a warning, never a crash.
+reached ready, and the history of attempts; and the capacity `bench --find-capacity` last
+measured (its own section, written by the bench's process: every save keeps the newest result
+of each key found on disk, so the daemon's saves never drop one). Written atomically (temp file,
+fsync, rename), so a crash mid-write leaves the old file or the new one, never a torn one; a
+corrupt file is set aside with a warning, never a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -113,7 +117,75 @@ class StateStore:
         history.append(event)
         del history[:-HISTORY_LIMIT]
 
+    # --- capacity measured by `bench --find-capacity`
+
+    def remember_capacity(self, key: str, result: dict[str, Any]) -> None:
+        """A capacity search's result (in memory: `save()` writes it)."""
+        if not isinstance(self.data.get("capacity"), dict):
+            self.data["capacity"] = {}
+        self.data["capacity"][key] = result
+
+    def save_capacity(self, key: str, result: dict[str, Any]) -> None:
+        """Keep a capacity result from another process than the daemon (the bench): under the
+        lock, re-read the file and change only its capacity section, so nothing the daemon wrote
+        meanwhile is lost."""
+        with self._writing():
+            self.data = self._load()
+            self.remember_capacity(key, result)
+            try:
+                atomic_write(self.path, json.dumps(self.data, indent=1, default=str))
+            except OSError as exc:
+                log.warning("cannot save state to %s: %s", self.path, exc)
+
+    def capacity(self, key: str) -> dict[str, Any] | None:
+        section = self.data.get("capacity")
+        value = section.get(key) if isinstance(section, dict) else None
+        return value if isinstance(value, dict) else None
+
+    def _disk_capacity(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        section = data.get("capacity") if isinstance(data, dict) else None
+        return section if isinstance(section, dict) else {}
+
+    def read_capacity(self, key: str) -> dict[str, Any] | None:
+        """The newest result for `key`, from disk (another process writes it) or memory."""
+        disk = self._disk_capacity().get(key)
+        mine = self.capacity(key)
+        candidates = [c for c in (disk, mine) if isinstance(c, dict)]
+        return max(candidates, key=lambda c: c.get("measured_at") or 0, default=None)
+
+    @contextlib.contextmanager
+    def _writing(self):  # type: ignore[no-untyped-def]
+        """An flock around read-merge-write: the bench's process and the daemon save one after
+        the other, so neither drops the other's capacity result."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path.with_name(self.path.name + ".lock"), "a")
+        except OSError:
+            yield  # an unwritable dir: the save below fails and says so
+            return
+        with fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+
     def save(self) -> None:
+        with self._writing():
+            self._save()
+
+    def _save(self) -> None:
+        disk = self._disk_capacity()
+        if disk:
+            mine = self.data.get("capacity")
+            if not isinstance(mine, dict):
+                mine = self.data["capacity"] = {}
+            for key, value in disk.items():
+                cur = mine.get(key)
+                if isinstance(value, dict) and (value.get("measured_at") or 0) > (
+                        (cur.get("measured_at") or 0) if isinstance(cur, dict) else -1):
+                    mine[key] = value
         try:
             atomic_write(self.path, json.dumps(self.data, indent=1, default=str))
         except OSError as exc:

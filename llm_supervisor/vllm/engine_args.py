@@ -45,6 +45,10 @@ def engine_argv(profile: Profile, args: VllmArgs, command: list[str]) -> list[st
         argv.append("--enforce-eager")
     if args.disable_custom_all_reduce:
         argv.append("--disable-custom-all-reduce")
+    if args.cpu_offload_gb:
+        argv += ["--cpu-offload-gb", f"{args.cpu_offload_gb:g}"]
+    if args.swap_space is not None:
+        argv += ["--swap-space", f"{args.swap_space:g}"]
     if args.enable_prefix_caching is True:
         argv.append("--enable-prefix-caching")
     elif args.enable_prefix_caching is False:

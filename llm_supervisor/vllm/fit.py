@@ -26,7 +26,7 @@ from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs
 from llm_supervisor.vllm import memory
 from llm_supervisor.vllm.calibration import CalibrationEntry, Observation
 from llm_supervisor.vllm.memory import GIB, Overhead
-from llm_supervisor.vllm.modelshape import ModelShape, WeightInventory
+from llm_supervisor.vllm.modelshape import ModelShape, WeightInventory, linear_bytes_per_element
 
 
 class CalibrationSource(Protocol):
@@ -81,6 +81,7 @@ class FitContext:
     recovery: Recovery = field(default_factory=Recovery)
     target: Target | None = None
     notes: tuple[str, ...] = ()          # what the plan found while gathering (unreadable headers, …)
+    host_available_gib: float | None = None  # host RAM free for offloaded weights (host/), when read
 
     @classmethod
     def of(cls, shape: ModelShape, gpu_total_gib: float, gpu_count: int,
@@ -88,13 +89,13 @@ class FitContext:
            target: Target | None = None, vllm_version: str | None = None, *,
            recovery: Recovery | None = None, model: str | None = None, gpu_name: str | None = None,
            inventory: WeightInventory | None = None, tensor_parallel: int = 1,
-           notes: Iterable[str] = ()) -> "FitContext":
+           notes: Iterable[str] = (), host_available_gib: float | None = None) -> "FitContext":
         """A context for a shape on GPUs of `gpu_total_gib`. calibration: a store (looked up by
         model, vLLM version, GPU name and `tensor_parallel`), one entry, or one observation."""
         name = model or shape.name
         entry = _resolve_entry(calibration, name, vllm_version, gpu_name, tensor_parallel)
         return cls(shape, gpu_total_gib, gpu_count, name, gpu_name, vllm_version, inventory, entry,
-                   recovery or Recovery(), target, tuple(notes))
+                   recovery or Recovery(), target, tuple(notes), host_available_gib)
 
     @property
     def version(self) -> str:
@@ -124,7 +125,7 @@ class FitContext:
         if seen:
             return max(seen), "measured on this host"  # type: ignore[type-var]
         layers = max(self.shape.layers_per_stage(args.pipeline_parallel_size))
-        return memory.estimate_graph_gib(layers), "estimated"
+        return memory.estimate_graph_gib(layers, args.tensor_parallel_size), "estimated"
 
     def batch_limits(self, args: VllmArgs) -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) this launch runs with."""
@@ -207,6 +208,7 @@ class Prediction:
     cuda_graph_gib: float = 0.0
     available_kv_cache_gib_before_warmup: float | None = None  # extensible-0.34: "Available KV cache memory"
     kv_cache_bound: str | None = None    # extensible-0.34: "budget" (utilization) or "device" (free memory)
+    cpu_offload_gib: float = 0.0
     # per-request blocks as a function of context: kept for concurrency_at()
     _sliding: tuple[int, int] | None = field(default=None, repr=False)
 
@@ -266,6 +268,7 @@ class Prediction:
             "available_kv_cache_gib_before_warmup": (None if self.available_kv_cache_gib_before_warmup is None
                                                      else round(self.available_kv_cache_gib_before_warmup, 2)),
             "kv_cache_bound": self.kv_cache_bound,
+            "cpu_offload_gib": round(self.cpu_offload_gib, 2),
             "notes": list(self.notes),
             "assumptions": list(self.assumptions),
         }
@@ -297,12 +300,13 @@ def weights_per_gpu(ctx: FitContext, args: VllmArgs) -> Weights:
     shape = ctx.shape
     tp, pp, quant = args.tensor_parallel_size, args.pipeline_parallel_size, args.quantization
     entry = ctx.entry_for(args)
+    offload = offloaded_per_stage_gib(shape, args)
     if entry is not None:
         usable = [o for o in entry.observations if o.weights_gib is not None and o.pipeline_parallel == pp
                   and (o.quantization or None) in (None, quant, shape.quant_method)]
         if usable:
             newest = max(usable, key=lambda o: o.learned_at)
-            return Weights([float(newest.weights_gib)] * pp, "calibration")  # type: ignore[arg-type]
+            return Weights([float(newest.weights_gib) - off for off in offload], "calibration")  # type: ignore[arg-type]
     layers = shape.layers_per_stage(pp)
     if ctx.inventory is not None:
         stage_bytes = ctx.inventory.per_gpu_bytes(shape, tp, pp, quant)
@@ -310,7 +314,78 @@ def weights_per_gpu(ctx: FitContext, args: VllmArgs) -> Weights:
     else:
         stage_bytes = shape.weight_bytes_per_stage(tp, pp, args.dtype, quant)
         source = "estimate"
-    return Weights([memory.weights_gib(b, n) for b, n in zip(stage_bytes, layers)], source)
+    return Weights([memory.weights_gib(b, n) - off for b, n, off in zip(stage_bytes, layers, offload)], source)
+
+
+def decoder_gib_per_stage(shape: ModelShape, args: VllmArgs) -> list[float]:
+    """Weight GiB of the decoder layers on one GPU of each pipeline stage: what `--cpu-offload-gb`
+    can move. vLLM offloads decoder-layer parameters only (`make_layers`), never the embedding,
+    lm_head or final norm."""
+    tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
+    stages = shape.weight_bytes_per_stage(tp, pp, args.dtype, args.quantization)
+    vocab = shape.vocab_size * shape.hidden_size * shape.dtype_bytes(args.dtype) / tp
+    out = []
+    for s, total in enumerate(stages):
+        rest = float(total)
+        if s == 0:
+            rest -= vocab
+        if s == len(stages) - 1:
+            rest -= (vocab if not shape.tied_embeddings or len(stages) > 1 else 0.0) + shape.hidden_size * 2
+        out.append(max(rest, 0.0) / GIB)
+    return out
+
+
+def _layer_param_bytes(shape: ModelShape, args: VllmArgs) -> list[float]:
+    """One decoder layer's parameters on one GPU, in the order vLLM's modules register them
+    (qkv_proj, o_proj, q/k norms, [router], gate_up_proj or the fused experts, down_proj, the two
+    layer norms): what the CPU offloader walks through."""
+    tp = args.tensor_parallel_size
+    elem = shape.dtype_bytes(args.dtype)
+    method, bits, group = shape.quant_method, shape.quant_bits, shape.quant_group_size
+    if not method and args.quantization in ("fp8", "bitsandbytes", "fbgemm_fp8"):
+        method, bits, group = args.quantization, (8 if args.quantization != "bitsandbytes" else 4), None
+    lin = linear_bytes_per_element(method, bits, group, elem)
+    h, hd = shape.hidden_size, shape.head_dim
+    heads, kv = shape.num_heads / tp, max(1, shape.num_kv_heads // tp)
+    out = [h * (heads + 2 * kv) * hd * lin, heads * hd * h * lin, 2 * hd * elem]
+    if shape.num_experts:
+        inter = (shape.moe_intermediate_size or shape.intermediate_size) * shape.num_experts / tp
+        out += [h * shape.num_experts * elem, 2 * inter * h * lin, inter * h * lin]
+        if shape.shared_expert_intermediate_size:
+            shared = shape.shared_expert_intermediate_size / tp
+            out += [2 * shared * h * lin, shared * h * lin]
+    else:
+        inter = shape.intermediate_size / tp
+        out += [2 * inter * h * lin, inter * h * lin]
+    return out + [2 * h * elem]
+
+
+def offloaded_per_stage_gib(shape: ModelShape, args: VllmArgs) -> list[float]:
+    """What `--cpu-offload-gb` moves to CPU memory on one GPU of each stage (vLLM counts it per
+    GPU, in GiB). vLLM's offloader walks the decoder layers' parameters in order and moves each
+    whole parameter while the bytes moved so far are below the asked amount, so it moves up to
+    one parameter more; never more than the decoder layers hold."""
+    want = float(args.cpu_offload_gb or 0.0) * GIB
+    if want <= 0:
+        return [0.0] * args.pipeline_parallel_size
+    params = _layer_param_bytes(shape, args)
+    out = []
+    for layers, decoder in zip(shape.layers_per_stage(args.pipeline_parallel_size), decoder_gib_per_stage(shape, args)):
+        per_layer = sum(params)
+        whole = min(layers, int(want // per_layer)) if per_layer else 0
+        moved = whole * per_layer
+        if whole < layers:
+            for size in params:
+                if moved >= want:
+                    break
+                moved += size
+        out.append(min(moved / GIB, decoder))
+    return out
+
+
+def offloaded_gib(ctx: FitContext, args: VllmArgs) -> float:
+    """GiB of weights in CPU memory per GPU (the largest stage's), read over PCIe every step."""
+    return max(offloaded_per_stage_gib(ctx.shape, args))
 
 
 # ---------------------------------------------------------------- step 2: the budget
@@ -489,6 +564,10 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
 
     weights = weights_per_gpu(ctx, args)
     assumptions.append(WEIGHT_SOURCES[weights.source])
+    offload = offloaded_gib(ctx, args)
+    if offload:
+        assumptions.append(f"cpu_offload_gb {args.cpu_offload_gb:g}: {offload:.2f} GiB of the decoder layers' weights per GPU"
+                           " stay in CPU memory and cross PCIe every step")
     kind = shape.attention_kind
     if kind == "sliding" and shape.sliding_window:
         notes.append(f"every layer uses a {shape.sliding_window}-token sliding window: a request holds at most"
@@ -559,8 +638,8 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
         assumptions.append(f"CUDA graphs {graphs:.2f} GiB per GPU ({graph_source}), inside the budget: {how}")
         if graph_source == "estimated":
             notes.append(f"vLLM {ctx.version} counts CUDA-graph memory inside the budget; the planner's"
-                         f" {graphs:.2f} GiB for it is an estimate (1.00 GiB per 36 layers, measured on one model"
-                         f"{' on one GPU; not with tensor parallelism' if tp > 1 else ''}): KV memory may differ by a few"
+                         f" {graphs:.2f} GiB for it is an estimate (from 1.00 GiB for 36 layers and 1.87 GiB for 64, measured"
+                         f" on two models{' on one GPU each; shared by the tensor-parallel ranks, unmeasured' if tp > 1 else ''}): KV memory may differ by a few"
                          f" tenths of a GiB until a start on this host is learned")
     if accounting is memory.Accounting.EXTENSIBLE_0_34:
         assumptions.append(f"no other process on the GPU: {ctx.gpu_total_gib - memory.CUDA_CONTEXT_GIB:.2f} GiB free at start"
@@ -620,6 +699,7 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
         cuda_graph_gib=graphs,
         available_kv_cache_gib_before_warmup=budget.before_warmup_gib,
         kv_cache_bound=budget.bound,
+        cpu_offload_gib=offload,
         _sliding=sliding,
     )
 
@@ -681,7 +761,8 @@ def check_launch(shape: ModelShape, profile: Profile, args: VllmArgs, gpu_total_
     if need_gpus <= gpu_count and not why:
         stage_bytes = (inventory.per_gpu_bytes(shape, tp, pp, args.quantization) if inventory is not None
                        else shape.weight_bytes_per_stage(tp, pp, args.dtype, args.quantization))
-        weights = max(memory.weights_gib(b, n) for b, n in zip(stage_bytes, shape.layers_per_stage(pp)))
+        weights = max(memory.weights_gib(b, n) - off for b, n, off in
+                      zip(stage_bytes, shape.layers_per_stage(pp), offloaded_per_stage_gib(shape, args)))
         budget = args.gpu_memory_utilization * gpu_total_gib
         if weights > budget:
             needed_util = math.ceil(weights / gpu_total_gib * 100) / 100

@@ -70,10 +70,14 @@ WEIGHT_SLACK_PER_LAYER_BYTES = 2 * MIB
 # What a new engine process's CUDA context takes before vLLM measures free memory (H100, CUDA
 # 13: NVML showed 0.52 GiB more free than vLLM's "Free memory on device" line).
 CUDA_CONTEXT_GIB = 0.5
-# CUDA-graph memory when no log has said: per 36 layers on one GPU (Qwen3-4B on an H100:
-# "Graph capturing finished in 4 secs, took 1.00 GiB"; Qwen3-32B, 64 layers, on an H200: 1.87 GiB).
+# CUDA-graph memory on one GPU when no log has said: linear in the layers through two
+# measurements, Qwen3-4B's 36 layers on an H100 ("Graph capturing finished in 4 secs, took 1.00
+# GiB") and Qwen3-32B's 64 on an H200 (1.87 GiB); with tensor parallelism each rank's share of
+# the activations (unmeasured), at least CUDA_GRAPH_MIN_GIB.
 CUDA_GRAPH_ESTIMATE_GIB = 1.0
 CUDA_GRAPH_REFERENCE_LAYERS = 36
+CUDA_GRAPH_GIB_PER_LAYER = (1.87 - 1.00) / (64 - 36)
+CUDA_GRAPH_MIN_GIB = 0.25
 # vLLM 0.34's extensible KV cache (v1/worker/extensible_kv_cache.py): the margin kept free beyond
 # the transient peak when the device, not the budget, binds; the CUDA VMM granule each layer's
 # committed segment is rounded up to (assumed 2 MiB); the null block stays committed.
@@ -323,10 +327,12 @@ def largest_fitting(blocks: int, block: int, cap: int, sliding: tuple[int, int] 
 # ---------------------------------------------------------------- above the budget
 
 
-def estimate_graph_gib(layers: int | None = None) -> float:
-    """CUDA-graph memory on one GPU holding `layers` layers (None: the reference model's)."""
+def estimate_graph_gib(layers: int | float | None = None, tensor_parallel: int = 1) -> float:
+    """CUDA-graph memory on one GPU holding `layers` layers (None: the reference model's) split
+    `tensor_parallel` ways."""
     n = layers if layers and layers > 0 else CUDA_GRAPH_REFERENCE_LAYERS
-    return CUDA_GRAPH_ESTIMATE_GIB * n / CUDA_GRAPH_REFERENCE_LAYERS
+    one = CUDA_GRAPH_ESTIMATE_GIB + (n - CUDA_GRAPH_REFERENCE_LAYERS) * CUDA_GRAPH_GIB_PER_LAYER
+    return max(CUDA_GRAPH_MIN_GIB, one / max(1, tensor_parallel))
 
 
 def graph_headroom_gib(enforce_eager: bool, seen_graph_gib: float | None = None,

@@ -2,10 +2,12 @@
 `bench` use. The one Prometheus parser of the package. Pure.
 
 Names are stable from 0.8.5 to 0.34 (reference vllm.md §4, §10): `vllm:num_requests_running`,
-`vllm:num_requests_waiting`, `vllm:generation_tokens_total`, and `vllm:cache_config_info`,
-whose labels carry the KV-cache size (`kv_cache_size_tokens`, `kv_cache_max_concurrency`,
-`num_gpu_blocks`) from 0.23 on. With data parallel every engine has its own series: load is
-summed, capacity is the smallest.
+`vllm:num_requests_waiting`, `vllm:generation_tokens_total`, `vllm:num_preemptions_total`, and
+`vllm:cache_config_info`, whose labels carry the KV-cache size (`kv_cache_size_tokens`,
+`kv_cache_max_concurrency`, `num_gpu_blocks`) from 0.23 on; the KV cache's fill is
+`vllm:kv_cache_usage_perc` (0.9.2 on; `vllm:gpu_cache_usage_perc` before), a fraction despite
+its name. With data parallel every engine has its own series: load is summed, capacity is the
+smallest, fill the largest.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class EngineMetrics:
     max_concurrency: float | None = None
     kv_cache_tokens: int | None = None
     context: int | None = None
+    kv_cache_usage: float | None = None       # 0..1, the fullest engine's
+    preemptions_total: float | None = None
 
 
 def finite_float(text: Any) -> float | None:
@@ -73,6 +77,10 @@ def engine_metrics(text: str) -> EngineMetrics:
             out.waiting = _add(out.waiting, value)
         elif name == "vllm:generation_tokens_total":
             out.generation_tokens_total = _add(out.generation_tokens_total, value)
+        elif name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
+            out.kv_cache_usage = value if out.kv_cache_usage is None else max(out.kv_cache_usage, value)
+        elif name == "vllm:num_preemptions_total":
+            out.preemptions_total = _add(out.preemptions_total, value)
         elif name == "vllm:cache_config_info":
             tokens = finite_float(labels.get("kv_cache_size_tokens"))
             if tokens is not None and tokens > 0 and (out.kv_cache_tokens is None or tokens < out.kv_cache_tokens):

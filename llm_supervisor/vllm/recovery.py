@@ -21,7 +21,10 @@ whether a KV error's numbers are 0.34's pre-warm-up estimate (the cache after wa
 smaller by the CUDA graphs) or the measurement after it.
 
 `fit`, the plan's FitContext, lets the policy use the same memory model as the plan. With it,
-two rules make a relaunch the last one:
+a model that does not fit the card at all (no KV cache memory, or out of memory while loading
+the weights) gets the low-memory planner's answer (llm_supervisor.vllm.lowmem): the least CPU
+offload that fits a usable context, when recovery.max_cpu_offload_gb allows it, else a stop
+that says what would fit. And two rules make a relaunch the last one:
 
 * a context cut that vLLM estimated during a warm start is shortened by what a cold compile
   costs more (the relaunch always compiles cold: vLLM keys its compile cache by max_model_len);
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Union
 
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
@@ -42,6 +45,7 @@ from llm_supervisor.vllm import memory
 from llm_supervisor.vllm.failures import Failure, FailureKind
 from llm_supervisor.vllm.fit import FitContext, overhead_for
 from llm_supervisor.vllm.logparse import StartupFacts
+from llm_supervisor.vllm.lowmem import plan_low_memory
 from llm_supervisor.vllm.memory import (
     CUDA_CONTEXT_GIB, FREE_CHECK_MARGIN_GIB, PRINT_ROUNDING_GIB, ceil2 as _ceil2, floor2 as _floor2,
 )
@@ -300,7 +304,7 @@ def decide(
                 else f"{len(streak)} launches failed")
         return GiveUp(
             f"giving up: {what} in a row (recovery.max_attempts = {rec.max_attempts}); "
-            f"last failure: {kind.value}: {failure.message}"
+            f"last failure: {kind.value}: {failure.message}" + _low_memory_advice(ctx)
         )
     handler = _HANDLERS.get(kind, _same_args)
     decision = handler(ctx)
@@ -358,6 +362,63 @@ def _fit_context_to_budget(ctx: _Ctx, decision: Relaunch) -> Relaunch:
               f"utilization {util:g} holds" + (f" (the profile asks for {asked:,})" if asked else ""))
     return Relaunch(decision.args.model_copy(update={"max_model_len": new}), decision.delay_s, reason,
                     {**decision.change, "max_model_len": [current, new]})
+
+
+def _offload(ctx: _Ctx, head: str, why: str, only_if_needed: bool = False) -> Relaunch | GiveUp | None:
+    """The low-memory planner's answer for a model that does not fit: relaunch with the least CPU
+    offload (and the levers that lower it) with which a usable context fits, when the profile
+    allows it; else a stop that says why and what would fit. `only_if_needed`: only when the plan
+    sees no way without offload and the profile allows offload (else None, and the caller's own
+    steps, from vLLM's numbers, go first: the memory model may be wrong). None without a fit
+    context, or when the memory model thinks the arguments fit."""
+    fit = ctx.fit
+    if fit is None or (only_if_needed and not ctx.rec.max_cpu_offload_gb):
+        return None
+    if fit.recovery != ctx.rec:
+        fit = replace(fit, recovery=ctx.rec)  # the bounds of the profile being recovered
+    low = plan_low_memory(fit, ctx.args, free_gib=ctx.free_gib)
+    measured, predicted = ctx.facts.model_weights_gib, fit.predict(ctx.args).weights_gib
+    # vLLM measured more weights on the GPU than the memory model says: offload that too
+    extra = math.ceil(measured - predicted) if measured and measured > predicted + 0.25 else 0
+    if low is None:
+        if only_if_needed or not extra or not ctx.rec.max_cpu_offload_gb:
+            return None
+        x = float((ctx.args.cpu_offload_gb or 0) + extra)
+        text = (f"{head}: {why}; vLLM's weights on the GPU ({measured:.2f} GiB) are {measured - predicted:.2f} GiB more"
+                f" than the memory model's, so cpu_offload_gb {ctx.args.cpu_offload_gb or 0:g} → {x:g}")
+        if x > ctx.rec.max_cpu_offload_gb:
+            return GiveUp(f"{text} would be needed, above recovery.max_cpu_offload_gb"
+                          f" ({ctx.rec.max_cpu_offload_gb:g}): raise it to {x:g} or more")
+        return ctx.relaunch({"cpu_offload_gb": x}, text) or GiveUp(text + ", and that already failed")
+    if only_if_needed and low.fits and not low.offload_gib:
+        return None
+    if low.fits and low.offload_gib and extra > 0:
+        low.offload_gib += extra
+        low.args = low.args.model_copy(update={"cpu_offload_gb": low.offload_gib})
+        if low.offload_gib > ctx.rec.max_cpu_offload_gb and low.allowed:
+            low.allowed = False
+            low.problems.append(f"recovery.max_cpu_offload_gb is {ctx.rec.max_cpu_offload_gb:g}: set it to"
+                                f" {low.offload_gib:g} or more to allow it")
+    if not low.usable_now:
+        return GiveUp(f"{head}: {why}; " + " ".join(low.refusal()))
+    changes = {k: v for k, v in low.args.model_dump().items()
+               if k in ("gpu_memory_utilization", "kv_cache_dtype", "enforce_eager", "max_num_seqs", "cpu_offload_gb",
+                        "max_model_len") and getattr(ctx.args, k) != v}
+    if low.offload_gib and (ctx.args.max_model_len or 0) > low.context:
+        changes["max_model_len"] = low.context
+    r = ctx.relaunch(changes, f"{head}: {why}; {low.summary()}")
+    return r if r is not None else GiveUp(f"{head}: {why}; {low.summary()}, and that already failed")
+
+
+def _low_memory_advice(ctx: _Ctx) -> str:
+    """After memory failures: what the low-memory planner says would fit ("" when nothing)."""
+    if ctx.fit is None or ctx.kind not in (FailureKind.NO_KV_CACHE_MEMORY, FailureKind.CUDA_OOM):
+        return ""
+    fit = ctx.fit if ctx.fit.recovery == ctx.rec else replace(ctx.fit, recovery=ctx.rec)
+    low = plan_low_memory(fit, ctx.args, free_gib=ctx.free_gib)
+    if low is None or not low.fits:
+        return ""
+    return "; " + " ".join(low.refusal())
 
 
 def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
@@ -692,11 +753,19 @@ def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
     graph_text = f" and {graphs_after:.2f} GiB of CUDA graphs after warm-up" if graphs_after else ""
     measured = ctx.measured()
     if weights and total and weights >= rec.max_gpu_memory_utilization * total:
+        why = (f"the weights alone take {_fmt(weights)} GiB, more than {_fmt(rec.max_gpu_memory_utilization)} × "
+               f"{_fmt(total)} GiB")
+        offload = _offload(ctx, head, why)
+        if offload is not None:
+            return offload
         return GiveUp(
-            f"{head}: the weights alone take {_fmt(weights)} GiB, more than "
-            f"{_fmt(rec.max_gpu_memory_utilization)} × {_fmt(total)} GiB; this model cannot fit this GPU: use a "
+            f"{head}: {why}; this model cannot fit this GPU: use a "
             "quantized model, tensor parallelism over more GPUs, or a larger GPU"
         )
+    futile = _offload(ctx, head, "no change within the recovery bounds leaves room for a usable context",
+                      only_if_needed=True)
+    if futile is not None:
+        return futile
     non_kv = None
     if total and measured is not None:
         non_kv = u * total - measured.by_budget_gib
@@ -749,6 +818,9 @@ def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
         if r is not None:
             return r
     detail = f": {how}" if non_kv is not None else ""
+    offload = _offload(ctx, head, how if non_kv is not None else "every change within the recovery bounds failed")
+    if offload is not None:
+        return offload
     return GiveUp(
         f"{head}{detail}; no change within the recovery bounds (utilization ≤ "
         f"{_fmt(rec.max_gpu_memory_utilization)}"
@@ -773,6 +845,10 @@ def _cuda_oom(ctx: _Ctx) -> Relaunch | GiveUp:
     u = args.gpu_memory_utilization
     where = "while serving" if runtime else _oom_stage(ctx)
     head = f"CUDA ran out of memory {where}"
+    if where == "while loading the weights":
+        offload = _offload(ctx, head, "the weights do not fit the GPU's budget", only_if_needed=True)
+        if offload is not None:
+            return offload
     step = _floor2(u - UTIL_STEP)
     if ctx.free_gib is not None and ctx.total_gib and u * ctx.total_gib > ctx.free_gib - FREE_CHECK_MARGIN_GIB:
         margin = max(0.5, 0.02 * ctx.total_gib)

@@ -1,0 +1,423 @@
+"""The speed model: how fast a launch will serve, predicted from bytes and FLOPs. Pure.
+
+vLLM decodes in steps: every step reads the weights once, reads the KV cache of every running
+request, and runs the matrix work for every token in the step (one per decoding request, plus
+the prompt tokens being prefilled). With
+
+    W     weight bytes read from GPU memory per step (per GPU; an untied input embedding is only
+          looked up, so it is not counted; MoE: the experts the step's tokens route to)
+    W_off weight bytes offloaded to CPU memory (--cpu-offload-gb), read over PCIe every step
+    kv    KV-cache bytes per token per GPU;  L  the mean context of a running request
+    F     2 × parameters touched per token (per GPU) + attention: 4 × layers × heads/TP × head_dim
+          FLOPs per context token
+    B     requests decoding in the step;  T_p  prompt tokens prefilled in the step
+    BW, FLOPS, PCIE  the GPU's memory bandwidth, dense BF16 tensor rate, host link (gpuspecs.py)
+
+one step takes
+
+    t_step = t_fixed + (W + B·L·kv) / (BW·e_bw) + (F·(B + T_p) + attention) / (FLOPS·e_c)
+             + W_off / (PCIE·e_pcie) + t_allreduce
+    t_fixed     = STEP_OVERHEAD_S (scheduling, sampling, CUDA-graph launch) + layers × EAGER_PER_LAYER_S
+                  without CUDA graphs
+    t_allreduce = TP > 1: 2 × layers × (latency + 2(TP−1)/TP × tokens × hidden × 2 B / link)
+
+Serving U users of a workload (prompt P, output O tokens; each user sends the next request when
+the last one ends, as `bench` does):
+
+    running   R = min(U, max_num_seqs, KV requests),  KV requests = KV tokens / (P + O/2)
+                  (a request holds P tokens at first and P + O at the end: P + O/2 on average)
+    step      t = t_step(B = R, L = P + O/2, T_p = R·P/O)   (each request's prompt, spread over its O steps)
+    per user  1 / t tokens/s (the decode rate a user sees);  total  R / t;  requests/s  R / (t·O)
+    TTFT      FRONTEND_S + t/2 + ⌈P / (max_num_batched_tokens − R)⌉ prefill steps (chunked prefill,
+              sharing steps with the R − 1 others); when U > R the others wait their turn as well:
+              + (U − R) × (O·t + prefill) / R
+
+Constants are engineering estimates until a host is calibrated (`bench --find-capacity` stores
+what it measured; `SpeedCalibration.fit` scales the memory-bound and the compute-bound parts of
+the step and the TTFT to it). docs/planner.md holds the measured comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping, Sequence
+
+from llm_supervisor.config.profile import VllmArgs
+from llm_supervisor.vllm import memory
+from llm_supervisor.vllm.fit import FitContext, Prediction, offloaded_gib
+from llm_supervisor.vllm.gpuspecs import GpuSpec, find_gpu
+from llm_supervisor.vllm.modelshape import GIB, linear_bytes_per_element
+
+# ---------------------------------------------------------------- constants (uncalibrated)
+
+BANDWIDTH_EFFICIENCY = 0.80     # share of the memory bandwidth decode kernels reach
+COMPUTE_EFFICIENCY = 0.50       # share of the dense tensor rate small-batch GEMMs reach
+PREFILL_EFFICIENCY = 0.60       # … and prefill's large GEMMs
+PCIE_EFFICIENCY = 0.80          # share of the PCIe rate a zero-copy read of pinned memory reaches
+STEP_OVERHEAD_S = 1.5e-3        # per step: scheduler, sampler, CUDA-graph replay, output processing
+EAGER_PER_LAYER_S = 30e-6       # per layer and step without CUDA graphs: kernel launches
+FRONTEND_S = 0.010              # per request: HTTP, tokenizing, the first chunk's way out
+ALLREDUCE_LATENCY_S = {True: 10e-6, False: 30e-6}   # NVLink, PCIe
+NVLINK_BYTES_S = 300e9
+ACTIVATION_BYTES = 2
+
+DEFAULT_WORKLOAD_PROMPT = 1024
+DEFAULT_WORKLOAD_OUTPUT = 256
+PLAN_USERS = (1, 8, 32)
+PLAN_RATES = (10.0, 20.0)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What each user's requests look like."""
+
+    prompt_tokens: int = DEFAULT_WORKLOAD_PROMPT
+    output_tokens: int = DEFAULT_WORKLOAD_OUTPUT
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 1 or self.output_tokens < 1:
+            raise ValueError("a workload needs at least one prompt and one output token")
+
+    @property
+    def mean_context(self) -> float:
+        return self.prompt_tokens + self.output_tokens / 2
+
+    def to_json(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens}
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one step of one engine costs (per GPU of a tensor-parallel group)."""
+
+    weight_bytes: float            # read from GPU memory each step (dense part)
+    expert_bytes: float            # MoE experts among weight_bytes, read as far as tokens route to them
+    experts: int
+    experts_per_token: int
+    offloaded_bytes: float         # read over PCIe each step
+    flops_per_token: float
+    attention_flops_per_context_token: float
+    kv_bytes_per_token: float
+    layers: int
+    hidden: int
+    tensor_parallel: int
+    data_parallel: int
+    eager: bool
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    kv_cache_tokens: int           # per replica
+    block_size: int
+    sliding_window: int | None = None
+
+
+@dataclass(frozen=True)
+class SpeedCalibration:
+    """This host's measured speed as factors on the model's parts (1.0: uncalibrated)."""
+
+    memory_factor: float = 1.0     # the step's fixed, memory, PCIe and all-reduce parts
+    compute_factor: float = 1.0    # the step's compute part
+    ttft_factor: float = 1.0
+    points: int = 0
+    source: str = ""
+
+    @property
+    def calibrated(self) -> bool:
+        return self.points > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"memory_factor": round(self.memory_factor, 3), "compute_factor": round(self.compute_factor, 3),
+                "ttft_factor": round(self.ttft_factor, 3), "points": self.points, "source": self.source}
+
+
+@dataclass(frozen=True)
+class LoadPoint:
+    """The model's answer for `users` concurrent users of a workload."""
+
+    users: int
+    running: int                   # requests the engines run at once (all replicas)
+    per_user_tokens_per_s: float
+    tokens_per_s: float
+    requests_per_s: float
+    ttft_s: float
+    tpot_s: float
+    limited_by: str | None         # "max_num_seqs" | "kv_cache" when users queue, else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"users": self.users, "running": self.running,
+                "per_user_tokens_per_s": round(self.per_user_tokens_per_s, 2),
+                "tokens_per_s": round(self.tokens_per_s, 1), "requests_per_s": round(self.requests_per_s, 3),
+                "ttft_s": round(self.ttft_s, 4), "tpot_s": round(self.tpot_s, 5), "limited_by": self.limited_by}
+
+
+@dataclass(frozen=True)
+class StepTime:
+    fixed: float
+    memory: float
+    compute: float
+    pcie: float
+    allreduce: float
+    calibration: SpeedCalibration
+
+    @property
+    def memory_bound(self) -> float:
+        return self.fixed + self.memory + self.pcie + self.allreduce
+
+    @property
+    def total(self) -> float:
+        c = self.calibration
+        return self.memory_bound * c.memory_factor + self.compute * c.compute_factor
+
+
+# ---------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True)
+class SpeedModel:
+    cost: StepCost
+    gpu: GpuSpec
+    calibration: SpeedCalibration = field(default_factory=SpeedCalibration)
+
+    def with_calibration(self, calibration: SpeedCalibration | None) -> "SpeedModel":
+        return replace(self, calibration=calibration or SpeedCalibration())
+
+    # --- one step
+    def step(self, decodes: float, context: float, prefill_tokens: float = 0.0,
+             prefill_context: float = 0.0, compute_efficiency: float = COMPUTE_EFFICIENCY) -> StepTime:
+        c, g = self.cost, self.gpu
+        tokens = decodes + prefill_tokens
+        weights = c.weight_bytes
+        if c.experts and c.expert_bytes:
+            routed = 1.0 - (1.0 - c.experts_per_token / c.experts) ** max(tokens, 1.0)
+            weights -= c.expert_bytes * (1.0 - routed)
+        ctx = min(context, c.sliding_window) if c.sliding_window else context
+        pctx = min(prefill_context, c.sliding_window) if c.sliding_window else prefill_context
+        kv = decodes * ctx * c.kv_bytes_per_token
+        mem = (weights + kv) / (g.bandwidth * BANDWIDTH_EFFICIENCY)
+        flops = c.flops_per_token * tokens + c.attention_flops_per_context_token * (decodes * ctx + prefill_tokens * pctx)
+        comp = flops / (g.flops * compute_efficiency)
+        pcie = c.offloaded_bytes / (g.pcie * PCIE_EFFICIENCY) if c.offloaded_bytes else 0.0
+        ar = 0.0
+        if c.tensor_parallel > 1:
+            link = NVLINK_BYTES_S if g.nvlink else g.pcie
+            volume = 2 * (c.tensor_parallel - 1) / c.tensor_parallel * max(tokens, 1.0) * c.hidden * ACTIVATION_BYTES
+            ar = 2 * c.layers * (ALLREDUCE_LATENCY_S[g.nvlink] + volume / link)
+        fixed = STEP_OVERHEAD_S + (c.layers * EAGER_PER_LAYER_S if c.eager else 0.0)
+        return StepTime(fixed, mem, comp, pcie, ar, self.calibration)
+
+    # --- capacity of one replica
+    def kv_requests(self, workload: Workload) -> int:
+        """Requests of this workload one replica's KV cache holds at once (at their mean length)."""
+        c = self.cost
+        held = memory.cdiv(int(math.ceil(workload.mean_context)), c.block_size) * c.block_size
+        if c.sliding_window:
+            held = min(held, memory.cdiv(c.sliding_window + c.max_num_batched_tokens, c.block_size) * c.block_size)
+        return c.kv_cache_tokens // held if held else 0
+
+    def slots(self, workload: Workload) -> tuple[int, str]:
+        """(requests one replica runs at once, what caps it)."""
+        kv = self.kv_requests(workload)
+        if kv < self.cost.max_num_seqs:
+            return kv, "kv_cache"
+        return self.cost.max_num_seqs, "max_num_seqs"
+
+    def prefill_s(self, prompt: int, running: int, context: float) -> float:
+        """Time from a request's first scheduled step to its first token, sharing steps with
+        `running` decoding requests (chunked prefill with max_num_batched_tokens per step)."""
+        budget = max(1, self.cost.max_num_batched_tokens - running)
+        steps = math.ceil(prompt / budget)
+        chunk = prompt / steps
+        per = self.step(running, context, chunk, prompt / 2, PREFILL_EFFICIENCY).total
+        return steps * per
+
+    def at(self, users: int, workload: Workload | None = None) -> LoadPoint:
+        """Per-user and total speed for `users` concurrent users (all replicas)."""
+        w = workload or Workload()
+        dp = max(1, self.cost.data_parallel)
+        slots, cap = self.slots(w)
+        per_replica = math.ceil(users / dp)
+        running = min(per_replica, slots)
+        if running <= 0:
+            return LoadPoint(users, 0, 0.0, 0.0, 0.0, math.inf, math.inf, cap if users else None)
+        t = self.step(running, w.mean_context, running * w.prompt_tokens / w.output_tokens, w.prompt_tokens / 2).total
+        others = running - 1
+        base = self.step(others, w.mean_context).total if others else 0.0
+        first = FRONTEND_S + base / 2 + self.prefill_s(w.prompt_tokens, others, w.mean_context)
+        first *= self.calibration.ttft_factor
+        limited = None
+        if per_replica > slots:
+            limited = cap
+            first += (per_replica - slots) * (w.output_tokens * t + first) / slots
+        total = running * dp / t
+        return LoadPoint(users, min(users, running * dp), 1.0 / t, total, total / w.output_tokens, first, t, limited)
+
+    def users_at_rate(self, rate: float, workload: Workload | None = None) -> tuple[int, str]:
+        """The most users (none queueing) who each see at least `rate` tokens/s, and what stops
+        more: "speed", "kv_cache" or "max_num_seqs"."""
+        w = workload or Workload()
+        dp = max(1, self.cost.data_parallel)
+        slots, cap = self.slots(w)
+        top = slots * dp
+        if top <= 0 or self.at(1, w).per_user_tokens_per_s < rate:
+            return 0, "speed" if top > 0 else cap
+        if self.at(top, w).per_user_tokens_per_s >= rate:
+            return top, cap
+        lo, hi = 1, top
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.at(mid, w).per_user_tokens_per_s >= rate:
+                lo = mid
+            else:
+                hi = mid
+        return lo, "speed"
+
+    def summary(self, workload: Workload | None = None, users: Iterable[int] = PLAN_USERS,
+                rates: Iterable[float] = PLAN_RATES) -> dict[str, Any]:
+        """What `plan` shows: the model's points and users at each per-user rate."""
+        w = workload or Workload()
+        at_rate = {}
+        for rate in rates:
+            n, why = self.users_at_rate(rate, w)
+            at_rate[f"{rate:g}"] = {"users": n, "limited_by": why}
+        return {
+            "gpu": self.gpu.to_json(),
+            "workload": w.to_json(),
+            "calibrated": self.calibration.calibrated,
+            "calibration": self.calibration.to_json() if self.calibration.calibrated else None,
+            "points": [self.at(u, w).to_json() for u in users],
+            "users_at_tokens_per_s": at_rate,
+            "kv_requests": self.kv_requests(w) * max(1, self.cost.data_parallel),
+        }
+
+
+# ---------------------------------------------------------------- from a fit
+
+
+def _params_per_token(ctx: FitContext) -> float:
+    """Parameters one token touches on one GPU (linear layers and lm_head; MoE: the routed experts)."""
+    shape = ctx.shape
+    per_layer = float(shape.linear_params_per_layer())
+    if shape.num_experts:
+        inter = shape.moe_intermediate_size or shape.intermediate_size
+        per_layer -= (shape.num_experts - shape.num_experts_per_tok) * 3 * shape.hidden_size * inter
+    return shape.num_layers * per_layer + shape.vocab_size * shape.hidden_size
+
+
+def step_cost(ctx: FitContext, args: VllmArgs, prediction: Prediction) -> StepCost:
+    """The cost of one step for these arguments, from the fit's prediction."""
+    shape = ctx.shape
+    tp, pp = args.tensor_parallel_size, args.pipeline_parallel_size
+    elem = shape.dtype_bytes(args.dtype)
+    embed = shape.vocab_size * shape.hidden_size * elem / tp
+    gpu_weights = prediction.weights_gib * GIB * pp  # the stages run one after the other
+    read = gpu_weights - (0.0 if shape.tied_embeddings else embed)
+    expert_bytes = 0.0
+    if shape.num_experts:
+        inter = shape.moe_intermediate_size or shape.intermediate_size
+        lin = linear_bytes_per_element(shape.quant_method, shape.quant_bits, shape.quant_group_size, elem)
+        moe_layers = max(0, shape.num_layers - shape.num_dense_layers)
+        expert_bytes = moe_layers * shape.num_experts * 3 * shape.hidden_size * inter * lin / tp
+    heads = max(1, shape.num_heads // tp)
+    tokens, seqs = ctx.batch_limits(args)
+    window = shape.sliding_window if shape.attention_kind == "sliding" else None
+    return StepCost(
+        weight_bytes=max(read, 0.0), expert_bytes=min(expert_bytes, max(read, 0.0)), experts=shape.num_experts,
+        experts_per_token=shape.num_experts_per_tok or 0,
+        offloaded_bytes=offloaded_gib(ctx, args) * GIB * pp,
+        flops_per_token=2 * _params_per_token(ctx) / tp,
+        attention_flops_per_context_token=4 * shape.num_layers * heads * shape.head_dim,
+        kv_bytes_per_token=float(ctx.kv_bytes_per_token(args)) * pp,
+        layers=shape.num_layers, hidden=shape.hidden_size, tensor_parallel=tp,
+        data_parallel=args.data_parallel_size, eager=args.enforce_eager, max_num_seqs=seqs,
+        max_num_batched_tokens=tokens, kv_cache_tokens=prediction.kv_cache_tokens,
+        block_size=args.effective_block_size, sliding_window=window,
+    )
+
+
+def speed_model(ctx: FitContext, args: VllmArgs, prediction: Prediction,
+                calibration: SpeedCalibration | None = None, gpu: GpuSpec | None = None) -> SpeedModel | None:
+    """The speed model of a planned launch; None when the GPU is not in the table (gpuspecs.py)."""
+    spec = gpu or find_gpu(ctx.gpu_name)
+    if spec is None:
+        return None
+    return SpeedModel(step_cost(ctx, args, prediction), spec, calibration or SpeedCalibration())
+
+
+# ---------------------------------------------------------------- calibration from measured runs
+
+
+@dataclass(frozen=True)
+class MeasuredPoint:
+    """One load level `bench --find-capacity` measured (what the calibration file keeps)."""
+
+    users: int
+    prompt_tokens: int
+    output_tokens: int
+    per_user_tokens_per_s: float
+    running: int | None = None
+    ttft_s: float | None = None        # median
+    tokens_per_s: float | None = None
+    queued: bool = False               # requests waited for a slot (TTFT includes queueing)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "MeasuredPoint":
+        return cls(int(data["users"]), int(data["prompt_tokens"]), int(data["output_tokens"]),
+                   float(data["per_user_tokens_per_s"]),
+                   int(data["running"]) if data.get("running") is not None else None,
+                   float(data["ttft_s"]) if data.get("ttft_s") is not None else None,
+                   float(data["tokens_per_s"]) if data.get("tokens_per_s") is not None else None,
+                   bool(data.get("queued", False)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"users": self.users, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
+                "per_user_tokens_per_s": self.per_user_tokens_per_s, "running": self.running,
+                "ttft_s": self.ttft_s, "tokens_per_s": self.tokens_per_s, "queued": self.queued}
+
+
+FACTOR_RANGE = (0.2, 5.0)
+
+
+def _clamp(x: float) -> float:
+    return min(max(x, FACTOR_RANGE[0]), FACTOR_RANGE[1])
+
+
+def fit_calibration(model: SpeedModel, points: Sequence[MeasuredPoint], source: str = "") -> SpeedCalibration:
+    """Factors that make the uncalibrated model match measured points (least squares on relative
+    error): the step's memory-bound and compute-bound parts separately when the points tell them
+    apart (different batch sizes), else one factor for both; TTFT from the unqueued points."""
+    base = model.with_calibration(None)
+    xs, ys = [], []
+    for p in points:
+        if p.per_user_tokens_per_s <= 0:
+            continue
+        w = Workload(p.prompt_tokens, p.output_tokens)
+        slots, _ = base.slots(w)
+        running = p.running if p.running else min(math.ceil(p.users / max(1, base.cost.data_parallel)), max(slots, 1))
+        st = base.step(running, w.mean_context, running * w.prompt_tokens / w.output_tokens, w.prompt_tokens / 2)
+        measured = 1.0 / p.per_user_tokens_per_s
+        xs.append(st.memory_bound / measured)
+        ys.append(st.compute / measured)
+    if not xs:
+        return SpeedCalibration()
+    sxx, syy, sxy = sum(x * x for x in xs), sum(y * y for y in ys), sum(x * y for x, y in zip(xs, ys))
+    sx, sy = sum(xs), sum(ys)
+    det = sxx * syy - sxy * sxy
+    a = c = None
+    if len(xs) >= 2 and det > 1e-9 * max(sxx * syy, 1e-30):
+        a, c = (sx * syy - sy * sxy) / det, (sy * sxx - sx * sxy) / det
+        if a <= 0 or c <= 0:
+            a = c = None
+    if a is None or c is None:
+        zs = [x + y for x, y in zip(xs, ys)]
+        a = c = sum(zs) / sum(z * z for z in zs)
+    a, c = _clamp(a), _clamp(c)
+    stepped = base.with_calibration(SpeedCalibration(a, c, 1.0, len(xs)))
+    ratios = []
+    for p in points:
+        if p.ttft_s and not p.queued:
+            predicted = stepped.at(p.users, Workload(p.prompt_tokens, p.output_tokens)).ttft_s
+            if predicted > 0 and math.isfinite(predicted):
+                ratios.append(p.ttft_s / predicted)
+    ttft = statistics.median(ratios) if ratios else 1.0
+    return SpeedCalibration(a, c, _clamp(ttft), len(xs), source)

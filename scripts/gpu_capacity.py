@@ -1,0 +1,489 @@
+"""GPU capacity validation: the speed model against `bench --find-capacity`, and the target fit,
+against real `vllm serve` on one H200, every scenario in one run (or, with --simulate, against the
+bundled simulator on a simulated H200, to check this script without spending GPU time).
+
+  4b   Qwen3-4B shape on the whole H200 (util 0.9): `bench --find-capacity` at two SLOs; the speed
+       model's predictions (uncalibrated, and calibrated from the other SLO's levels) beside the
+       measurements at 1, 8, 32 and the found number of users
+  32b  Qwen3-32B shape with target {min_concurrency: 8, context: 32768}, util 0.9, bound 0.95:
+       ready on the first launch at the planned utilization with the target met; then as 4b
+  offload  Qwen3-32B shape (61 GiB of bf16 weights) at a 24 GB budget (21.38 GiB), CPU offload
+       allowed up to 48 GiB: the supervisor plans the offload; ready on the first launch;
+       predicted against measured KV tokens and decode tokens/s (a short bench)
+
+Each daemon lifetime has a hard limit (SIGALRM) and ends every process it started. Logs and state
+go to WORK (default $TMPDIR/gpu-capacity-work); OUT receives only a few files (the device
+machine returns at most 8): versions.json, capacity-<scenario>.json per scenario, summary.json
+and summary.md. The summary (Markdown, then one JSON line) is printed last.
+
+usage: python scripts/gpu_capacity.py [--simulate] [--out DIR] [--work DIR] [--models DIR]
+                                      [--only 4b,32b,offload] [--max-users N]
+
+Real run (GPU machine, after the shared recipe's device-install.sh and make-model.py, which write
+/tmp/models/qwen3-4b and /tmp/models/qwen3-32b): `. /tmp/vllm-env.sh; PYTHONUNBUFFERED=1
+python3 scripts/gpu_capacity.py --out $OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from llm_supervisor.config.loader import load_profile  # noqa: E402
+from llm_supervisor.config.settings import load_settings  # noqa: E402
+from llm_supervisor.planning.launch import build_plan  # noqa: E402
+from llm_supervisor.vllm import speed  # noqa: E402
+
+H200_MIB = 143771
+READY_TIMEOUT = 600.0
+LIMITS = {"4b": 1500, "32b": 1800, "offload": 1200}
+BUDGET_24GB_GIB = 21.38  # 0.9 of a 24 GB card, as docs/validation.md's scenarios use
+# Two SLOs: interactive (≥ 20 tokens/s each, first token within 1 s) and relaxed.
+SLOS = ("ttft_p95=1s,tpot_p95=50ms", "ttft_p95=4s,tpot_p95=100ms")
+PROMPT_TOKENS, OUTPUT_TOKENS = 512, 128
+COMPARE_USERS = (1, 8, 32)
+
+
+class ScenarioTimeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise ScenarioTimeout("hard timeout reached")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Ctx:
+    out: Path
+    work: Path
+    models: Path
+    simulate: bool
+    env: dict[str, str]
+    max_users: int
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def cli(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "llm_supervisor", *args]
+
+
+def build_ctx(args: argparse.Namespace) -> Ctx:
+    out, work = Path(args.out).resolve(), Path(args.work).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("VLLM_CACHE_ROOT", str(work / "cache" / "vllm"))
+    env.setdefault("HF_HOME", str(work / "cache" / "huggingface"))
+    models = Path(args.models)
+    if args.simulate:
+        env.update({"LLM_SUPERVISOR_SIM_GPU_NAME": "NVIDIA H200", "LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": str(H200_MIB),
+                    "LLM_SUPERVISOR_SIM_GPU_DIR": str(work / "simgpu"),
+                    "LLM_SUPERVISOR_SIM_STARTUP_S": env.get("LLM_SUPERVISOR_SIM_STARTUP_S", "3")})
+        models = work / "models"
+        for name, bundled in (("qwen3-4b", "Qwen--Qwen3-4B"), ("qwen3-32b", "Qwen--Qwen3-32B")):
+            (models / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / "llm_supervisor" / "data" / "models" / f"{bundled}.json", models / name / "config.json")
+    elif "LLM_SUPERVISOR_ENGINE_COMMAND" not in env and not shutil.which("vllm"):
+        env["LLM_SUPERVISOR_ENGINE_COMMAND"] = f"{sys.executable} -m vllm.entrypoints.cli.main serve"
+    if args.simulate:
+        env["LLM_SUPERVISOR_SIM_HOST_AVAILABLE_GIB"] = str(args.host_ram_gib or 100)
+    max_users = args.max_users or (48 if args.simulate else 512)
+    # this process plans too (the speed model's inputs): it must see the same GPU and caches
+    os.environ.update({k: v for k, v in env.items()
+                       if k.startswith("LLM_SUPERVISOR_SIM_") or k in ("HF_HOME", "VLLM_CACHE_ROOT")})
+    return Ctx(out, work, models, args.simulate, env, max_users)
+
+
+def write_profile(ctx: Ctx, name: str, model: str, vllm: dict[str, Any], recovery: dict[str, Any],
+                  target: dict[str, Any] | None = None) -> Path:
+    data: dict[str, Any] = {
+        "name": name, "description": f"GPU capacity validation: {model} on an H200 (dummy weights)",
+        "hardware": {"gpu_name": "H200", "gpu_count": 1, "gpu_memory_gib": 141},
+        "model": {"id": str(ctx.models / model), "served_name": model},
+        "vllm": {"host": "127.0.0.1", "port": free_port(), "load_format": "dummy", **vllm},
+        "affinity": {"mode": "auto", "memory_policy": "preferred"},
+        "recovery": {"max_attempts": 3, "backoff_initial_s": 1, "backoff_max_s": 10, "startup_timeout_s": 900,
+                     "stall_timeout_s": 300, **recovery},
+    }
+    if target:
+        data["target"] = target
+    path = ctx.work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------- one daemon lifetime
+
+
+class Daemon:
+    def __init__(self, ctx: Ctx, name: str, profile: Path) -> None:
+        self.ctx, self.name, self.profile = ctx, name, profile
+        self.dir = ctx.work / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state = self.dir / "state"
+        self.api_port = free_port()
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.env = {**ctx.env, "LLM_SUPERVISOR_STATE_DIR": str(self.state), "LLM_SUPERVISOR_LOG_DIR": str(self.state / "logs"),
+                    "LLM_SUPERVISOR_API_PORT": str(self.api_port)}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(timeout=httpx.Timeout(5.0, connect=2.0), trust_env=False)
+
+    def args(self) -> list[str]:
+        return ["--profile", str(self.profile), "--ignore-hardware-mismatch", *(["--simulate"] if self.ctx.simulate else [])]
+
+    def plan(self) -> dict[str, Any]:
+        r = subprocess.run(self.ctx.cli("plan", *self.args(), "--json"), capture_output=True, text=True, env=self.env,
+                           cwd=REPO, timeout=180)
+        (self.dir / "plan.out").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
+        return json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr[-2000:]}
+
+    def start(self) -> None:
+        self.log = (self.dir / "daemon.log").open("ab")
+        self.proc = subprocess.Popen(self.ctx.cli("up", *self.args()), stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=self.env, cwd=REPO, start_new_session=True)
+        self.t0 = time.monotonic()
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            r = self.http.get(self.url + "/status")
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        st = None
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st and st.get("state") == "ready":
+                st["time_to_ready_s"] = round(time.monotonic() - self.t0, 1)
+                return st
+            if st and st.get("state") == "failed":
+                raise RuntimeError(f"the daemon gave up: {st.get('message')}")
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited with code {self.proc.returncode}")
+            time.sleep(1.0)
+        raise RuntimeError(f"not ready after {timeout:g} s (last state {st and st.get('state')})")
+
+    def bench(self, *args: str, timeout: float = 900) -> dict[str, Any]:
+        tag = "bench-" + "-".join(a.strip("-").replace("=", "").replace(",", "_").replace(".", "")[:24] for a in args[:4])
+        r = subprocess.run(self.ctx.cli("bench", *args, "--json"), capture_output=True, text=True, env=self.env,
+                           cwd=REPO, timeout=timeout)
+        (self.dir / f"{tag}.out").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr[-4000:])
+        if r.returncode != 0:
+            raise RuntimeError(f"bench {' '.join(args)} failed ({r.returncode}): {r.stderr[-500:]}")
+        return json.loads(r.stdout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(60)
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.http.close()
+        with contextlib.suppress(Exception):
+            self.log.close()
+
+
+# ---------------------------------------------------------------- predictions
+
+
+def speed_models(d: Daemon) -> tuple[speed.SpeedModel | None, Any]:
+    """The uncalibrated speed model of the launch the daemon will make (the same plan, made
+    before the engine holds the GPU's memory)."""
+    settings = load_settings(state_dir=d.dir / "plan-state")
+    profile = load_profile(str(d.profile), REPO / "profiles")
+    plan = build_plan(settings, profile, simulate=d.ctx.simulate, ignore_hardware=True)
+    if plan.fit is None or plan.prediction is None:
+        return None, plan
+    return speed.speed_model(plan.fit, plan.args, plan.prediction), plan
+
+
+def compare(model: speed.SpeedModel | None, calibrated: speed.SpeedModel | None, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Measured levels at 1, 8, 32 and the found users beside the predictions."""
+    w = speed.Workload(PROMPT_TOKENS, OUTPUT_TOKENS)
+    levels = {s["users"]: s for s in result["levels"]}
+    wanted = [u for u in (*COMPARE_USERS, result["capacity_users"]) if u in levels]
+    rows = []
+    for u in dict.fromkeys(wanted):
+        s = levels[u]
+        row: dict[str, Any] = {"users": u, "measured_per_user_tokens_per_s": s["per_user_tokens_per_s"],
+                               "measured_tokens_per_s": s["tokens_per_s"], "measured_ttft_p50_s": s["ttft_s"]["p50"]}
+        for tag, m in (("predicted", model), ("calibrated", calibrated)):
+            if m is None:
+                continue
+            p = m.at(u, w)
+            row[f"{tag}_per_user_tokens_per_s"] = round(p.per_user_tokens_per_s, 2)
+            row[f"{tag}_tokens_per_s"] = round(p.tokens_per_s, 1)
+            row[f"{tag}_ttft_s"] = round(p.ttft_s, 4)
+            if s["per_user_tokens_per_s"]:
+                row[f"{tag}_per_user_error"] = round(p.per_user_tokens_per_s / s["per_user_tokens_per_s"] - 1, 3)
+            if s["tokens_per_s"]:
+                row[f"{tag}_total_error"] = round(p.tokens_per_s / s["tokens_per_s"] - 1, 3)
+        rows.append(row)
+    return rows
+
+
+def capacity_runs(ctx: Ctx, d: Daemon, r: dict[str, Any], model: speed.SpeedModel | None, plan: Any) -> None:
+    """`bench --find-capacity` at both SLOs; predictions calibrated from the other SLO's levels."""
+    r["planned_args"] = {k: getattr(plan.args, k) for k in ("gpu_memory_utilization", "max_model_len", "max_num_seqs")}
+    searches = []
+    for slo in SLOS:
+        res = d.bench("--find-capacity", "--slo", slo, "--prompt-tokens", str(PROMPT_TOKENS), "--output-tokens",
+                      str(OUTPUT_TOKENS), "--max-users", str(ctx.max_users), "--max-seconds", "600")
+        searches.append(res)
+    r["searches"] = []
+    for i, res in enumerate(searches):
+        other = searches[1 - i]
+        points = [speed.MeasuredPoint(s["users"], PROMPT_TOKENS, OUTPUT_TOKENS, s["per_user_tokens_per_s"],
+                                      s["engine_running_peak"], s["ttft_s"]["p50"], s["tokens_per_s"],
+                                      bool(s["engine_waiting_peak"]))
+                  for s in other["levels"] if s["per_user_tokens_per_s"]]
+        cal = model.with_calibration(speed.fit_calibration(model, points, "the other SLO's levels")) if model else None
+        r["searches"].append({
+            "slo": res["slo"]["text"], "capacity_users": res["capacity_users"], "summary": res["summary"],
+            "saturation": res["saturation"], "levels": res["levels"], "plot": res.get("plot"),
+            "calibration": cal.calibration.to_json() if cal else None, "compare": compare(model, cal, res)})
+    r["ok"] = all(s["capacity_users"] > 0 for s in r["searches"])
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def scenario_4b(ctx: Ctx) -> dict[str, Any]:
+    r: dict[str, Any] = {"scenario": "Qwen3-4B shape, whole H200, util 0.9", "ok": False, "notes": []}
+    profile = write_profile(ctx, "h200-qwen3-4b", "qwen3-4b", {"gpu_memory_utilization": 0.9, "max_model_len": 8192},
+                            {"min_max_model_len": 2048})
+    d = Daemon(ctx, "4b", profile)
+    try:
+        r["plan"] = d.plan().get("speed")
+        model, plan = speed_models(d)
+        d.start()
+        st = d.wait_ready()
+        r.update({"attempt": st.get("attempt"), "kv_cache_tokens": st.get("kv_cache_tokens"),
+                  "time_to_ready_s": st.get("time_to_ready_s")})
+        capacity_runs(ctx, d, r, model, plan)
+    finally:
+        d.stop()
+    return r
+
+
+def scenario_32b(ctx: Ctx) -> dict[str, Any]:
+    r: dict[str, Any] = {"scenario": "Qwen3-32B shape, target 8 × 32,768, util 0.9, bound 0.95", "ok": False,
+                         "notes": []}
+    profile = write_profile(ctx, "h200-qwen3-32b", "qwen3-32b", {"gpu_memory_utilization": 0.9, "max_model_len": 32768},
+                            {"max_gpu_memory_utilization": 0.95, "min_max_model_len": 8192},
+                            {"min_concurrency": 8, "context": 32768})
+    d = Daemon(ctx, "32b", profile)
+    try:
+        plan = d.plan()
+        r["plan_target_fit"] = plan.get("target_fit")
+        r["plan_predicted"] = {k: (plan.get("predicted") or {}).get(k) for k in
+                               ("kv_cache_tokens", "max_concurrency", "max_model_len", "target_met")}
+        model, plan_obj = speed_models(d)
+        d.start()
+        st = d.wait_ready()
+        facts = st.get("facts") or {}
+        have = (st.get("kv_cache_tokens") or 0) / 32768
+        r.update({"attempt": st.get("attempt"), "gpu_memory_utilization": st.get("gpu_memory_utilization"),
+                  "kv_cache_tokens": st.get("kv_cache_tokens"), "requests_of_32768": round(have, 2),
+                  "time_to_ready_s": st.get("time_to_ready_s"), "cuda_graph_gib": facts.get("cuda_graph_gib"),
+                  "message": st.get("message")})
+        r["target_met_first_launch"] = st.get("attempt") == 1 and have >= 8
+        if not r["target_met_first_launch"]:
+            r["notes"].append(f"target not met on the first launch: attempt {st.get('attempt')}, {have:.2f} requests")
+        capacity_runs(ctx, d, r, model, plan_obj)
+        r["ok"] = r["ok"] and r["target_met_first_launch"]
+    finally:
+        d.stop()
+    return r
+
+
+def scenario_offload(ctx: Ctx) -> dict[str, Any]:
+    total = H200_MIB / 1024 if ctx.simulate else 139.8
+    util = round(BUDGET_24GB_GIB / total, 3)
+    r: dict[str, Any] = {"scenario": f"Qwen3-32B shape at a 24 GB budget (util {util}), CPU offload allowed", "ok": False,
+                         "notes": []}
+    profile = write_profile(ctx, "h200-qwen3-32b-offload", "qwen3-32b", {"gpu_memory_utilization": util, "max_model_len": 8192},
+                            {"min_gpu_memory_utilization": 0.1, "max_gpu_memory_utilization": util,
+                             "min_max_model_len": 2048, "max_cpu_offload_gb": 48})
+    d = Daemon(ctx, "offload", profile)
+    try:
+        plan = d.plan()
+        low = plan.get("low_memory") or {}
+        pred = plan.get("predicted") or {}
+        points = (plan.get("speed") or {}).get("points") or [{}]
+        r.update({"planned": {"summary": low.get("summary"), "offload_gib": low.get("offload_gib"),
+                              "changes": low.get("changes"), "host_ram_gib": low.get("host_ram_gib")},
+                  "predicted_kv_cache_tokens": pred.get("kv_cache_tokens"),
+                  "predicted_max_model_len": pred.get("max_model_len"),
+                  "predicted_decode_tokens_per_s": points[0].get("per_user_tokens_per_s")})
+        model, _plan = speed_models(d)
+        d.start()
+        st = d.wait_ready(timeout=900)
+        facts = st.get("facts") or {}
+        r.update({"attempt": st.get("attempt"), "kv_cache_tokens": st.get("kv_cache_tokens"),
+                  "time_to_ready_s": st.get("time_to_ready_s"), "model_weights_gib": facts.get("model_weights_gib"),
+                  "argv_offload": (st.get("argv") or [])[(st.get("argv") or []).index("--cpu-offload-gb") + 1]
+                  if "--cpu-offload-gb" in (st.get("argv") or []) else None})
+        bench = d.bench("--users", "1", "--requests", "2", "--max-tokens", "16", timeout=600)
+        r["measured_decode_tokens_per_s"] = bench.get("per_user_tokens_per_s")
+        r["measured_ttft_s"] = (bench.get("ttft_s") or {}).get("p50")
+        if model is not None:
+            p = model.at(1, speed.Workload(PROMPT_TOKENS, 16))
+            r["predicted_decode_tokens_per_s_at_bench"] = round(p.per_user_tokens_per_s, 3)
+        pk, mk = r.get("predicted_kv_cache_tokens"), r.get("kv_cache_tokens")
+        if pk and mk:
+            r["kv_tokens_error"] = round(pk / mk - 1, 3)
+        pd, md = r.get("predicted_decode_tokens_per_s_at_bench"), r.get("measured_decode_tokens_per_s")
+        if pd and md:
+            r["decode_error"] = round(pd / md - 1, 3)
+        r["ok"] = st.get("attempt") == 1 and bool(r.get("argv_offload")) and bench.get("succeeded") == 2
+        if st.get("attempt") != 1:
+            r["notes"].append(f"ready only at attempt {st.get('attempt')}")
+    finally:
+        d.stop()
+    return r
+
+
+SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {"4b": scenario_4b, "32b": scenario_32b,
+                                                        "offload": scenario_offload}
+
+
+# ---------------------------------------------------------------- summary
+
+
+def versions(ctx: Ctx) -> dict[str, Any]:
+    out: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                           "simulated": ctx.simulate, "python": sys.version.split()[0]}
+    if ctx.simulate:
+        out["gpu"] = "simulated NVIDIA H200"
+        return out
+    with contextlib.suppress(Exception):
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20)
+        out["gpu"] = r.stdout.strip()
+    with contextlib.suppress(Exception):
+        r = subprocess.run([sys.executable, "-c", "import torch, vllm; print(torch.__version__, vllm.__version__)"],
+                           capture_output=True, text=True, timeout=180, env=ctx.env)
+        out["torch"], out["vllm"] = r.stdout.split()[:2]
+    return out
+
+
+def fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "–"
+    if pct:
+        return f"{v * 100:+.0f} %"
+    return f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    lines = ["| scenario | result | figures | notes |", "|---|---|---|---|"]
+    for key, r in results.items():
+        res = "PASS" if r.get("ok") else "FAIL"
+        figures = [f"attempt {fmt(r.get('attempt'))}", f"ready in {fmt(r.get('time_to_ready_s'))} s",
+                   f"KV tokens {fmt(r.get('kv_cache_tokens'))}"]
+        if "requests_of_32768" in r:
+            figures.append(f"utilization {r.get('gpu_memory_utilization')}, {fmt(r.get('requests_of_32768'))}"
+                           " requests of 32,768")
+        for s in r.get("searches") or []:
+            figures.append(f"{s['slo']}: {s['capacity_users']} users")
+        if "planned" in r:
+            figures.append(f"offload {r['planned'].get('offload_gib')} GiB (argv {r.get('argv_offload')}); KV tokens"
+                           f" predicted {fmt(r.get('predicted_kv_cache_tokens'))} / measured {fmt(r.get('kv_cache_tokens'))}"
+                           f" ({fmt(r.get('kv_tokens_error'), True)}); decode tok/s predicted"
+                           f" {fmt(r.get('predicted_decode_tokens_per_s_at_bench'))} / measured"
+                           f" {fmt(r.get('measured_decode_tokens_per_s'))} ({fmt(r.get('decode_error'), True)})")
+        lines.append(f"| {r['scenario']} | {res} | {'; '.join(figures)} | {'; '.join(r.get('notes') or [])} |")
+    lines += ["", "Speed model against the measurement (per-user decode tokens/s and total tokens/s; errors are"
+              " predicted/measured − 1; calibrated from the other SLO's levels)", "",
+              "| scenario | SLO | users | measured per user / total | predicted per user / total (error) |"
+              " calibrated per user / total (error) |", "|---|---|---:|---|---|---|"]
+    for key, r in results.items():
+        for s in r.get("searches") or []:
+            for c in s["compare"]:
+                lines.append(
+                    f"| {key} | {s['slo']} | {c['users']} | {fmt(c['measured_per_user_tokens_per_s'])} /"
+                    f" {fmt(c['measured_tokens_per_s'])} | {fmt(c.get('predicted_per_user_tokens_per_s'))} /"
+                    f" {fmt(c.get('predicted_tokens_per_s'))} ({fmt(c.get('predicted_per_user_error'), True)},"
+                    f" {fmt(c.get('predicted_total_error'), True)}) | {fmt(c.get('calibrated_per_user_tokens_per_s'))} /"
+                    f" {fmt(c.get('calibrated_tokens_per_s'))} ({fmt(c.get('calibrated_per_user_error'), True)},"
+                    f" {fmt(c.get('calibrated_total_error'), True)}) |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--simulate", action="store_true", help="the bundled simulator on a simulated H200")
+    ap.add_argument("--out", default=os.environ.get("OUT") or os.path.join(os.environ.get("TMPDIR", "/tmp"), "gpu-capacity-out"))
+    ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "gpu-capacity-work"))
+    ap.add_argument("--models", default="/tmp/models")
+    ap.add_argument("--only", default=",".join(SCENARIOS))
+    ap.add_argument("--host-ram-gib", type=float, default=0, help="with --simulate: the simulated host's free RAM"
+                    " (default 100)")
+    ap.add_argument("--max-users", type=int, default=0, help="the search's ceiling (default 512; 48 simulated)")
+    args = ap.parse_args()
+    ctx = build_ctx(args)
+    signal.signal(signal.SIGALRM, _alarm)
+    info = versions(ctx)
+    (ctx.out / "versions.json").write_text(json.dumps(info, indent=1))
+    print("versions:", json.dumps(info), flush=True)
+    t_all = time.monotonic()
+    for key in [k.strip() for k in args.only.split(",") if k.strip()]:
+        if key not in SCENARIOS:
+            print(f"unknown scenario {key!r}; known: {', '.join(SCENARIOS)}", flush=True)
+            continue
+        print(f"--- scenario {key} (hard limit {LIMITS[key]} s) at {time.monotonic() - t_all:.0f} s", flush=True)
+        signal.alarm(LIMITS[key])
+        try:
+            ctx.results[key] = SCENARIOS[key](ctx)
+        except (Exception, ScenarioTimeout) as exc:  # noqa: BLE001 - record and go on
+            (ctx.work / f"error-{key}.txt").write_text("".join(traceback.format_exception(exc)))
+            ctx.results[key] = {"scenario": key, "ok": False, "notes": [f"error: {exc!r}"[:300]]}
+        finally:
+            signal.alarm(0)
+        (ctx.out / f"capacity-{key}.json").write_text(json.dumps(ctx.results[key], indent=1, default=str))
+        print(f"    {key}: {'PASS' if ctx.results[key].get('ok') else 'FAIL'}", flush=True)
+    summary = {"versions": info, "wall_s": round(time.monotonic() - t_all, 1), "results": ctx.results}
+    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    table = summary_table(ctx.results)
+    (ctx.out / "summary.md").write_text(table + "\n")
+    print("\n===== summary =====")
+    print(table)
+    print(json.dumps({k: {"ok": v.get("ok"), "notes": v.get("notes")} for k, v in ctx.results.items()}))
+    return 0 if ctx.results and all(r.get("ok") for r in ctx.results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
