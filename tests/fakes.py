@@ -127,6 +127,32 @@ class Launch:
 
 API = "(APIServer pid=100) {level} 12-03 10:00:00 [{src}] {msg}"
 CORE = "(EngineCore pid=101) {level} 12-03 10:00:00 [{src}] {msg}"
+WORKER = "(Worker_TP1 pid=103) {level} 12-03 10:00:00 [{src}] {msg}"
+
+
+def fused_allreduce_fails(launch: "Launch") -> list[str] | None:
+    """The `allreduce_fusion` fault: with TP > 1 and the fused all-reduce on (vLLM's default on
+    Hopper), flashinfer's mnnvl workspace finds no multicast and the next cuBLAS call fails."""
+    tp = int(_flag(launch.argv, "--tensor-parallel-size", "1") or 1)
+    if tp <= 1 or '"fuse_allreduce_rms": false' in " ".join(launch.argv):
+        return None
+    return [
+        WORKER.format(level="INFO", src="flashinfer_all_reduce.py:121",
+                      msg="Auto-selected flashinfer allreduce backend: mnnvl"),
+        WORKER.format(level="WARNING", src="flashinfer_all_reduce.py:70",
+                      msg="Failed to initialize FlashInfer All Reduce workspace: multicast is not supported on this "
+                          "device. This is expected on GPUs without NVSwitch (e.g., NVLink bridge-only or PCIe topologies)."),
+        WORKER.format(level="ERROR", src="multiproc_executor.py:839",
+                      msg="WorkerProc hit an exception."),
+        "(Worker_TP1 pid=103) RuntimeError: CUDA error: CUBLAS_STATUS_INTERNAL_ERROR when calling `cublasCreate(handle)`",
+        CORE.format(level="ERROR", src="core.py:1330",
+                    msg="RuntimeError: Worker failed with error 'CUDA error: CUBLAS_STATUS_INTERNAL_ERROR when calling "
+                        "`cublasCreate(handle)`', please check the stack trace above for the root cause"),
+        API.format(level="ERROR", src="core_client.py:600",
+                   msg="RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"),
+    ]
+
+
 @dataclass
 class FakeVllm:
     """A vLLM 0.26 (or 0.34) on one GPU, with a transparent memory model: budget = total ×
@@ -138,7 +164,8 @@ class FakeVllm:
 
     `faults`: per launch number (1-based), a fault name, e.g. {1: "oom_at_load"}; `fault` applies
     to every launch. Names: oom_at_load, oom_at_graph_capture (unless --enforce-eager),
-    model_not_found, port_in_use, hang_startup, exit_before_ready."""
+    model_not_found, port_in_use, hang_startup, exit_before_ready, allreduce_fusion (0.26 dialect;
+    with TP > 1 unless the fused all-reduce is off)."""
 
     total_gib: float = 24564 / 1024
     weights_gib: float = 7.56
@@ -252,6 +279,8 @@ class FakeVllm:
                     f"capacity of {self.total_gib:.2f} GiB of which 120.00 MiB is free.")], 1, self.weights_gib / 2
         lines.append(CORE.format(level="INFO", src="model_runner.py:305",
                                  msg=f"Model loading took {self.gpu_weights_gib(launch):.2f} GiB and 1.74 seconds"))
+        if fault == "allreduce_fusion" and (failed_comm := fused_allreduce_fails(launch)):
+            return lines + failed_comm, 1, self.gpu_weights_gib(launch)
         if launch.max_model_len in self.compiled:
             lines.append(CORE.format(level="INFO", src="backends.py:292",
                                      msg="Directly load the compiled graph(s) for compile range (1, 2048) from the cache"))

@@ -430,15 +430,28 @@ def test_unknown_failure_names_the_root_cause() -> None:
     lines = [
         "(Worker_TP0 pid=60) ERROR 07-25 10:00:00 [multiproc_executor.py:1] WorkerProc failed to start.",
         "(Worker_TP0 pid=60) ERROR 07-25 10:00:00 [multiproc_executor.py:1] RuntimeError: CUDA error: "
-        "CUBLAS_STATUS_INTERNAL_ERROR when calling `cublasCreate(handle)`",
+        "an illegal memory access was encountered",
         "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
     ]
     failure = classify(lines, exit_code=1)
     assert failure.kind is FailureKind.UNKNOWN
-    assert failure.message == "RuntimeError: CUDA error: CUBLAS_STATUS_INTERNAL_ERROR when calling `cublasCreate(handle)`"
+    assert failure.message == "RuntimeError: CUDA error: an illegal memory access was encountered"
     assert failure.values == {"exit_code": 1}
     # a saved log with the same lines: the fatal wrapper says startup ended
     assert classify(lines, exit_code=None).kind is FailureKind.UNKNOWN
+
+
+def test_cublas_internal_error_at_tp_start_is_ours_and_unknown_to_the_contract() -> None:
+    """The first TP 2 attempt on two H200s failed this way (flashinfer's all-reduce auto-selected)."""
+    lines = [
+        "(Worker_TP0 pid=60) ERROR 07-25 10:00:00 [multiproc_executor.py:1] WorkerProc failed to start.",
+        "(Worker_TP0 pid=60) ERROR 07-25 10:00:00 [multiproc_executor.py:1] RuntimeError: CUDA error: "
+        "CUBLAS_STATUS_INTERNAL_ERROR when calling `cublasCreate(handle)`",
+        "(APIServer pid=1) RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}",
+    ]
+    failure = classify(lines, exit_code=1)
+    assert failure.kind is FailureKind.MULTI_GPU_COMM and failure.to_json()["kind"] == "unknown"
+    assert failure.message == "RuntimeError: CUDA error: CUBLAS_STATUS_INTERNAL_ERROR when calling `cublasCreate(handle)`"
 
 
 def test_timeout_waiting_for_engine() -> None:

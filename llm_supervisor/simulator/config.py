@@ -20,6 +20,7 @@ Environment (all optional):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,8 @@ FAULTS = {
     "runtime_oom_after_ready": "EngineCore hits a CUDA OOM SECONDS after ready and dies",
     "ignore_sigterm": "the API server (and EngineCore, workers) ignore SIGTERM: only SIGKILL stops them",
     "stall_requests": "requests queue up and never progress",
+    "allreduce_fusion": "with TP > 1 on Hopper/Blackwell (0.26+), the fused all-reduce finds no NVSwitch multicast"
+                        " and the next cuBLAS call fails (unless fuse_allreduce_rms is off or --enforce-eager)",
 }
 
 # Share of a warm start spent in each phase (from the real 0.26 H100 timeline, 55 s warm);
@@ -173,6 +176,7 @@ class SimConfig:
     extensible: bool = False  # 0.34's extensible KV cache: sized after warm-up from measured memory
     graph_estimate: bool = False  # 0.30+ (0.34 with the extensible cache off): graphs estimated into the budget
     util_given: bool = True  # --gpu-memory-utilization was passed (0.34's warning compares with "unset")
+    fused_allreduce: bool = False  # pass_config.fuse_allreduce_rms in effect (TP > 1, Hopper/Blackwell, 0.26+)
 
     @property
     def world_size(self) -> int:
@@ -396,7 +400,24 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
                           tensor_parallel=tp, kv_bytes_per_token=float(sum(kv_per_token))),
         response_tokens=max(1, int(env_float("RESPONSE_TOKENS", 16))), host=ns.host, port=ns.port,
         api_keys=keys, executor_backend=ns.distributed_executor_backend, extensible=extensible,
-        graph_estimate=dialect.estimates_graphs and not extensible, util_given=util_given)
+        graph_estimate=dialect.estimates_graphs and not extensible, util_given=util_given,
+        fused_allreduce=_fused_allreduce(dialect, gpu.name, tp, ns.compilation_config))
+
+
+_HOPPER_OR_BLACKWELL = ("h100", "h200", "h800", "h20", "gh200", "b100", "b200", "gb200", "b300")
+
+
+def _fused_allreduce(dialect: Dialect, gpu_name: str, tp: int, compilation_config: str | None) -> bool:
+    """vLLM 0.26+'s enable_allreduce_rms_fusion: TP > 1 on compute capability 9.0 or 10.x (with
+    flashinfer, which vLLM's wheel brings), unless --compilation-config turns it off."""
+    name = gpu_name.lower()
+    if tp <= 1 or not dialect.at_least(0, 26) or not any(f" {g}" in f" {name}" for g in _HOPPER_OR_BLACKWELL):
+        return False
+    try:
+        passes = (json.loads(compilation_config) if compilation_config else {}).get("pass_config") or {}
+    except (ValueError, AttributeError):
+        passes = {}
+    return passes.get("fuse_allreduce_rms", True) is not False
 
 
 def invalid_repo_message(model: str) -> str:

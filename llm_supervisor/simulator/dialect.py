@@ -331,6 +331,8 @@ class Dialect:
 
 # File:line of each log call, per source snapshot (0.26 from the real logs; older from §1).
 SRC_0_26 = {
+    "fi_ar_backend": "flashinfer_all_reduce.py:121", "fi_ar_failed": "flashinfer_all_reduce.py:71",
+    "fi_ar_fallback": "flashinfer_all_reduce.py:163",
     "logo": "api_utils.py:345", "args": "api_utils.py:273", "ulimit": "system_utils.py:299",
     "arch": "model.py:623", "max_len": "model.py:1788", "chunked": "scheduler.py:252",
     "async_sched": "vllm.py:1109", "engine_init": "core.py:116", "ps_init": "parallel_state.py:1615",
@@ -381,6 +383,7 @@ SRC_0_8 = {
 # 0.34.0: the generated fixtures' file:line (tests/fixtures/generated/vllm-0.34.0/*.sources.txt), the
 # rest read from the 0.34.0 wheel's source (the first line of each logging call).
 SRC_0_34 = {
+    "fi_ar_failed": "flashinfer_all_reduce.py:109",
     "logo": "startup.py:38", "args": "startup.py:96", "arch": "model.py:761", "max_len": "model.py:2214",
     "chunked": "scheduler.py:354", "engine_init": "core.py:153", "loading": "model_runner.py:412",
     "load_took": "model_runner.py:441", "compile_total": "monitor.py:62", "profile_run": "monitor.py:91",

@@ -170,6 +170,24 @@ class Rank:
             log.info(d.src("sampler"), "FlashInfer top-p/top-k sampling disabled via VLLM_USE_FLASHINFER_SAMPLER=0.")
         return {}
 
+    def _fused_allreduce_workspace(self) -> None:
+        """The fusion pass creates flashinfer's all-reduce workspace (backend "mnnvl" by default).
+        With the `allreduce_fusion` fault the host has no NVSwitch multicast: the workspace fails,
+        vLLM falls back to "trtllm", and the CUDA context is left broken for cuBLAS."""
+        d, log = self.cfg.dialect, self.log
+        if not d.at_least(0, 34):
+            log.info(d.src("fi_ar_backend"), "Auto-selected flashinfer allreduce backend: mnnvl")
+        if "allreduce_fusion" not in self.cfg.faults:
+            return
+        log.warning(d.src("fi_ar_failed"), "Failed to initialize FlashInfer All Reduce workspace: [CUDA] multicast "
+                    "object creation failed: operation not supported. This is expected on GPUs without NVSwitch "
+                    "(e.g., NVLink bridge-only or PCIe topologies).")
+        if not d.at_least(0, 34):
+            log.warning(d.src("fi_ar_fallback"), "FlashInfer mnnvl allreduce workspace unavailable (likely no NVSwitch "
+                        "multicast support); falling back to trtllm backend for single node.")
+        raise SimFailure("compile", "RuntimeError: CUDA error: CUBLAS_STATUS_INTERNAL_ERROR when calling "
+                         "`cublasCreate(handle)`")
+
     def compile(self) -> dict[str, Any]:
         cfg, d, log = self.cfg, self.cfg.dialect, self.log
         if cfg.enforce_eager:
@@ -183,6 +201,8 @@ class Rank:
         if folder is not None:
             log.info(d.src("cache_dir"), f"Using cache directory: {folder} for vLLM's torch.compile")
         self._hang_if("compile")
+        if cfg.fused_allreduce:
+            self._fused_allreduce_workspace()
         b = cfg.max_num_batched_tokens
         bytecode = cfg.timing.phase("compile_warm") * (0.55 if not self.cold else 0.2)
         sleep(bytecode)

@@ -15,6 +15,8 @@ binary ones).
 
 from __future__ import annotations
 
+import json
+import shlex
 from typing import Any, Iterable
 
 from llm_supervisor.errors import BadInput
@@ -37,6 +39,8 @@ _FLAGS = (
     ("gpu_memory_utilization", "--gpu-memory-utilization"),
     ("enforce_eager", "--enforce-eager"),
     ("max_num_seqs", "--max-num-seqs"),
+    # beyond CONTRACT's keys, for the multi-GPU collectives (reported as kind "unknown")
+    ("disable_custom_all_reduce", "--disable-custom-all-reduce"),
 )
 
 
@@ -129,6 +133,9 @@ def _remedy(failure: Failure, facts: StartupFacts) -> dict[str, Any] | None:
     for key, _ in _FLAGS:
         if key in decision.change:
             remedy[key] = decision.change[key][1]
+    if "extra_args" in decision.change:
+        old, new = decision.change["extra_args"]
+        remedy["extra_args"] = list(new)[len(old):] if list(new)[:len(old)] == list(old) else list(new)
     remedy["why"] = decision.reason
     return remedy
 
@@ -226,6 +233,9 @@ def format_diagnosis(result: dict[str, Any]) -> str:
                 else:
                     flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
                 sets.append(f"--set vllm.{key}={str(value).lower() if isinstance(value, bool) else value}")
+        if remedy.get("extra_args"):
+            flags += [shlex.quote(a) for a in remedy["extra_args"]]
+            sets.append("(vllm.extra_args += " + json.dumps(remedy["extra_args"]) + ")")
         if flags:
             lines.append("Remedy: " + " ".join(flags))
             lines.append("  (supervisor: " + " ".join(sets) + ")")

@@ -15,9 +15,15 @@ stdout by vLLM's logger, raw on stderr from multiprocessing). A failure is recor
 sighting of the same kind only fills values the first one lacked.
 
 `FailureKind.BAD_ARGUMENTS` is ours (argparse's "unrecognized arguments"/"invalid choice",
-exit 2, and pydantic config errors that are not about memory). CONTRACT's `diagnose --json` knows
-only its own kinds, so `Failure.to_json()` reports it as "unknown" (the message still says what
-was wrong); everything inside the supervisor (recovery, history) sees the precise kind.
+exit 2, and pydantic config errors that are not about memory), and so is
+`FailureKind.MULTI_GPU_COMM`: the GPUs of one engine could not set up or run their collectives
+(cuBLAS's CUBLAS_STATUS_INTERNAL_ERROR, NCCL errors, the custom all-reduce's CUDA IPC), as on
+Hopper with tensor parallelism where vLLM 0.26+ enables flashinfer's fused all-reduce by itself
+("Auto-selected flashinfer allreduce backend: mnnvl", which needs NVSwitch multicast). The
+backend vLLM printed is kept in the values. CUBLAS_STATUS_ALLOC_FAILED is memory (`cuda_oom`).
+CONTRACT's `diagnose --json` knows only its own kinds, so `Failure.to_json()` reports these as
+"unknown" (the message still says what was wrong); everything inside the supervisor (recovery,
+history) sees the precise kind.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class FailureKind(str, Enum):
     PORT_IN_USE = "port_in_use"
     MODEL_NOT_FOUND = "model_not_found"
     BAD_ARGUMENTS = "bad_arguments"
+    MULTI_GPU_COMM = "multi_gpu_comm"
     UNKNOWN = "unknown"
 
     def __str__(self) -> str:
@@ -47,8 +54,8 @@ class FailureKind(str, Enum):
 
     @property
     def contract_kind(self) -> str:
-        """The kind as CONTRACT's `diagnose --json` names it (bad_arguments → unknown)."""
-        return "unknown" if self is FailureKind.BAD_ARGUMENTS else self.value
+        """The kind as CONTRACT's `diagnose --json` names it (ours → unknown)."""
+        return "unknown" if self in (FailureKind.BAD_ARGUMENTS, FailureKind.MULTI_GPU_COMM) else self.value
 
 
 MEMORY_KINDS = frozenset({
@@ -66,6 +73,7 @@ _PRIORITY = {
     FailureKind.PORT_IN_USE: 90,
     FailureKind.BAD_ARGUMENTS: 80,
     FailureKind.CUDA_OOM: 70,
+    FailureKind.MULTI_GPU_COMM: 60,
     FailureKind.ENGINE_DEAD: 20,
     FailureKind.UNKNOWN: 10,
 }
@@ -160,6 +168,13 @@ _MODEL_NOT_FOUND = (
 _DEATH = (
     "EngineDeadError", "died unexpectedly", "exited unexpectedly", "EngineCore encountered an issue",
 )
+# The GPUs of one engine failing to talk to each other (set-up or first use of a collective).
+_COMM = (
+    "CUBLAS_STATUS_INTERNAL_ERROR", "CUBLAS_STATUS_NOT_INITIALIZED", "CUBLAS_STATUS_EXECUTION_FAILED",
+    "NCCL error", "DistBackendError", "ncclUnhandledCudaError", "ncclInternalError", "ncclSystemError",
+    "ncclRemoteError", "cudaIpcOpenMemHandle", "cudaIpcGetMemHandle", "peer access is not supported",
+)
+_FI_BACKEND_RE = re.compile(r"(?:Auto-selected|Using) flashinfer allreduce backend: (\w+)")
 
 
 def _mib(number: str, unit: str) -> float:
@@ -193,6 +208,7 @@ class FailureClassifier:
         self._fatal = False
         self._shutdown_requested = False
         self._pending: dict[str | None, tuple[str, str | None, int]] = {}
+        self._allreduce: str | None = None  # the flashinfer all-reduce backend vLLM selected
 
     @property
     def failure(self) -> Failure | None:
@@ -219,9 +235,14 @@ class FailureClassifier:
             return
         first = text[0]
         if (first == "I" or first == "D") and text.startswith(("INFO", "DEBUG")):
-            # Nothing fatal is logged at INFO; one exception: a signal-triggered shutdown.
+            # Nothing fatal is logged at INFO; one exception: a signal-triggered shutdown. And the
+            # all-reduce backend vLLM chose, which a multi-GPU failure is read against.
             if "shutdown triggered" in text or "received signal=SIG" in text:
                 self._shutdown_requested = True
+            elif "allreduce backend" in text:
+                m = _FI_BACKEND_RE.search(text)
+                if m:
+                    self._allreduce = m.group(1)
             return
         level, msg = strip_header(text)
         if msg.startswith(" ") or msg.startswith("\t"):
@@ -317,8 +338,13 @@ class FailureClassifier:
                 values = {"max_model_len": int(m.group(1)), "derived_max_model_len": int(float(m.group(3)))}
             self._record(FailureKind.MAX_MODEL_LEN_TOO_LARGE, msg, values)
             return True
-        if "out of memory" in msg or "OutOfMemoryError" in msg or "not enough GPU memory" in msg:
+        if ("out of memory" in msg or "OutOfMemoryError" in msg or "not enough GPU memory" in msg
+                or "CUBLAS_STATUS_ALLOC_FAILED" in msg):
             self._oom(msg)
+            return True
+        if (exc is not None or "NCCL" in msg) and any(needle in msg for needle in _COMM):
+            values = {"flashinfer_allreduce": self._allreduce} if self._allreduce else {}
+            self._record(FailureKind.MULTI_GPU_COMM, msg, values)
             return True
         if "ddress already in use" in msg or "EADDRINUSE" in msg or "Errno 98]" in msg or "Errno 48]" in msg:
             values = {}
@@ -454,6 +480,10 @@ class FailureClassifier:
         when its EngineCore is killed), unless the output names a precise cause.
         """
         best = self._best
+        root = self._root
+        if best is not None and best.kind is FailureKind.MULTI_GPU_COMM and (was_ready or self._death is not None):
+            # collectives fail on every rank once one rank is gone: the death is the cause
+            root, best = root or best.message, None
         if best is not None:
             failure = Failure(best.kind, best.message, dict(best.values), best.stage)
             if failure.kind is FailureKind.CUDA_OOM and was_ready and failure.stage is None:
@@ -466,8 +496,8 @@ class FailureClassifier:
             values["exit_code"] = exit_code
         if self._death is not None:
             message = self._death
-            if self._root and self._root not in message:
-                message = f"{message} (root cause: {self._root})"
+            if root and root not in message:
+                message = f"{message} (root cause: {root})"
             return Failure(FailureKind.ENGINE_DEAD, _clean(message), values, "runtime" if was_ready else None)
         if was_ready:
             if exit_code is None:
@@ -478,15 +508,15 @@ class FailureClassifier:
                 message = f"vLLM was killed by signal {-exit_code} after it was ready"
             else:
                 message = f"vLLM exited with code {exit_code} after it was ready"
-            if self._root:
-                message += f"; last error: {self._root}"
+            if root:
+                message += f"; last error: {root}"
             return Failure(FailureKind.ENGINE_DEAD, _clean(message), values, "runtime")
-        cause = self._root or self._last_error
+        cause = root or self._last_error
         if exit_code is None:
             if self._fatal:
                 return Failure(FailureKind.UNKNOWN, cause or "vLLM failed during startup (no cause printed)", values)
             return None
-        if exit_code == 2 and self._root is None:
+        if exit_code == 2 and root is None:
             return Failure(FailureKind.BAD_ARGUMENTS, cause or "vLLM exited with code 2 (bad command-line arguments)", values)
         if exit_code < 0:
             message = f"vLLM was killed by signal {-exit_code} before it was ready"

@@ -20,6 +20,9 @@ smaller cache or a KV error after warm-up, which a higher or lower utilization d
 whether a KV error's numbers are 0.34's pre-warm-up estimate (the cache after warm-up will be
 smaller by the CUDA graphs) or the measurement after it.
 
+GPUs that cannot set up their collectives (`multi_gpu_comm`) get the fragile all-reduce paths
+turned off one at a time (llm_supervisor.vllm.allreduce), never a memory change.
+
 `fit`, the plan's FitContext, lets the policy use the same memory model as the plan. With it,
 a model that does not fit the card at all (no KV cache memory, or out of memory while loading
 the weights) gets the low-memory planner's answer (llm_supervisor.vllm.lowmem): the least CPU
@@ -41,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Union
 
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
-from llm_supervisor.vllm import memory
+from llm_supervisor.vllm import allreduce, memory
 from llm_supervisor.vllm.failures import Failure, FailureKind
 from llm_supervisor.vllm.fit import FitContext, overhead_for
 from llm_supervisor.vllm.logparse import StartupFacts
@@ -470,6 +473,41 @@ def _engine_dead(ctx: _Ctx) -> Relaunch | GiveUp:
     reason = (f"the engine died {when} ({ctx.failure.message}); restarting with the same arguments "
               f"in {_fmt(delay)} s (launch {n + 1} of at most {ctx.rec.max_attempts} in this streak)")
     return Relaunch(ctx.args, delay, reason, {})
+
+
+# ------------------------------------------------------------ the GPUs of one engine cannot talk
+
+
+def _multi_gpu_comm(ctx: _Ctx) -> Relaunch | GiveUp:
+    """cuBLAS/NCCL/IPC failing while the ranks set up their collectives: turn the fragile
+    all-reduce paths off, cheapest first (llm_supervisor.vllm.allreduce), then stop with what to
+    check; on one GPU there is no collective to change."""
+    args, msg = ctx.args, ctx.failure.message
+    world = args.tensor_parallel_size * args.pipeline_parallel_size
+    if world <= 1:
+        return GiveUp(f"a CUDA library failed on a single-GPU engine ({msg}); no argument changes that: check the "
+                      "driver and the GPU (nvidia-smi, dmesg)")
+    backend = ctx.failure.values.get("flashinfer_allreduce")
+    chose = f" (vLLM chose flashinfer's {backend} all-reduce)" if backend else ""
+    if args.tensor_parallel_size > 1 and allreduce.has_fusion_pass(ctx.version) \
+            and not allreduce.fusion_disabled(args.extra_args):
+        extra = allreduce.without_fusion(args.extra_args)
+        if extra is not None:
+            r = ctx.relaunch({"extra_args": extra},
+                             f"the {world} GPUs failed to set up their all-reduce{chose}: {msg}; relaunching without "
+                             "the fused all-reduce (--compilation-config pass_config.fuse_allreduce_rms=false; "
+                             "put it in vllm.extra_args to skip this failed start next time)")
+            if r is not None:
+                return r
+    if not args.disable_custom_all_reduce:
+        r = ctx.relaunch({"disable_custom_all_reduce": True},
+                         f"the {world} GPUs failed in their collectives{chose}: {msg}; relaunching with NCCL for every "
+                         "all-reduce (vllm.disable_custom_all_reduce: true)")
+        if r is not None:
+            return r
+    return GiveUp(f"the {world} GPUs still fail in their collectives with the fused and the custom all-reduce off "
+                  f"({msg}): check peer access between them (nvidia-smi topo -m), try NCCL_P2P_DISABLE=1 in the "
+                  "profile's env, and the driver")
 
 
 # ------------------------------------------------------------ KV cache too small
@@ -932,6 +970,7 @@ _HANDLERS = {
     FailureKind.CUDA_OOM: _cuda_oom,
     FailureKind.MAX_MODEL_LEN_TOO_LARGE: _too_long,
     FailureKind.ENGINE_DEAD: _engine_dead,
+    FailureKind.MULTI_GPU_COMM: _multi_gpu_comm,
     FailureKind.PORT_IN_USE: _same_args,
     FailureKind.UNKNOWN: _same_args,
 }
