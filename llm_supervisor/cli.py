@@ -23,22 +23,23 @@ app = typer.Typer(
     name="supervisor",
     help="Launch, pin, watch and recover vLLM's OpenAI server on bare GPU hosts.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich help prints a type after every flag (`--simulate <bool>`).
+    rich_markup_mode=None,
 )
-profiles_app = typer.Typer(help="List or show hardware profiles.", invoke_without_command=True)
+profiles_app = typer.Typer(help="List or show hardware profiles.", invoke_without_command=True, rich_markup_mode=None)
 app.add_typer(profiles_app, name="profiles")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="shipped profile name or YAML path (default: LLM_SUPERVISOR_PROFILE)")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="model id or folder, overriding the profile's")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a profile key: vllm.max_model_len=10000 (repeatable)")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", metavar="NAME|PATH", help="shipped profile name or YAML path (default: LLM_SUPERVISOR_PROFILE)")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", metavar="ID|PATH", help="model id or folder, overriding the profile's")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a profile key: vllm.max_model_len=10000 (repeatable)")]
 SimulateOpt = Annotated[bool, typer.Option("--simulate", help="run the bundled vLLM simulator on a simulated GPU instead of vLLM")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-UrlOpt = Annotated[Optional[str], typer.Option("--url", help="daemon URL (default: from LLM_SUPERVISOR_API_HOST/PORT)")]
-TokenOpt = Annotated[Optional[str], typer.Option("--token", help="admin token (default: LLM_SUPERVISOR_API_TOKEN)", show_default=False)]
+UrlOpt = Annotated[Optional[str], typer.Option("--url", metavar="URL", help="daemon URL (default: from LLM_SUPERVISOR_API_HOST/PORT)")]
+TokenOpt = Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", help="admin token (default: LLM_SUPERVISOR_API_TOKEN)", show_default=False)]
 IgnoreHwOpt = Annotated[bool, typer.Option("--ignore-hardware-mismatch", help="launch even when the GPUs do not match the profile")]
 
 
@@ -115,8 +116,8 @@ def plan(
     model: ModelOpt = None,
     set_: SetOpt = None,
     simulate: SimulateOpt = False,
-    gpu_memory_gib: Annotated[Optional[float], typer.Option("--gpu-memory-gib", help="plan for GPUs of this size instead of the ones found")] = None,
-    gpu_count: Annotated[Optional[int], typer.Option("--gpu-count", help="plan for this many GPUs instead of the ones found")] = None,
+    gpu_memory_gib: Annotated[Optional[float], typer.Option("--gpu-memory-gib", min=1, max=4096, help="plan for GPUs of this size instead of the ones found")] = None,
+    gpu_count: Annotated[Optional[int], typer.Option("--gpu-count", min=1, max=1024, help="plan for this many GPUs instead of the ones found")] = None,
     calibrate_from: Annotated[Optional[Path], typer.Option("--calibrate-from", help="learn this host's overhead from an earlier vLLM log")] = None,
     ignore_hardware: IgnoreHwOpt = False,
     as_json: JsonOpt = False,

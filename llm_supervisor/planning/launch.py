@@ -270,6 +270,13 @@ def build_plan(
     )
 
 
+def _target_text(target: Any) -> str:
+    """{'min_concurrency': 8.0, 'context': 8192} → '8 requests of 8,192 tokens at once'."""
+    if isinstance(target, dict) and {"min_concurrency", "context"} <= target.keys():
+        return f"{target['min_concurrency']:g} requests of {int(target['context']):,} tokens at once"
+    return str(target)
+
+
 def format_plan(plan: LaunchPlan) -> str:
     """A short human summary of the plan (the JSON has everything)."""
     data = plan.to_json()
@@ -278,7 +285,14 @@ def format_plan(plan: LaunchPlan) -> str:
         lines.append("SIMULATED run: the bundled vLLM simulator on a simulated GPU (no real engine)")
     lines.append(f"profile   {plan.profile.name}  model {plan.profile.model.id}")
     hw = data["hardware"]
-    lines.append(f"hardware  {'matches' if hw['match'] else 'DOES NOT MATCH'}: " + "; ".join(hw["reasons"]))
+    found = [g.cuda_total_mib / 1024 for g in plan.chosen]
+    if found and (plan.gpu_count != len(found) or abs(plan.gpu_total_gib - min(found)) > 0.05):
+        # --gpu-memory-gib / --gpu-count: the prediction is for those GPUs, not the ones found
+        lines.append(f"hardware  planned for {plan.gpu_count}× {plan.gpu_name} with {plan.gpu_total_gib:.1f} GiB "
+                     f"(--gpu-memory-gib / --gpu-count); found {len(found)}× {plan.chosen[0].name} "
+                     f"with {min(found):.1f} GiB")
+    else:
+        lines.append(f"hardware  {'matches' if hw['match'] else 'DOES NOT MATCH'}: " + "; ".join(hw["reasons"]))
     pl = plan.placement
     cpus = data["placement"]["cpulist"] if pl.pinned else f"not pinned (allowed {data['placement']['allowed_cpus']})"
     lines.append(f"cpus      {cpus}; memory policy {pl.memory_policy}{' ' + ','.join(map(str, pl.nodes)) if pl.nodes and pl.memory_policy != 'none' else ''}")
@@ -290,7 +304,7 @@ def format_plan(plan: LaunchPlan) -> str:
         lines.append(f"          max concurrency {p.concurrency_at(ctx):.2f}x at {ctx:,} tokens; "
                      f"largest context that fits {p.largest_context:,}")
         if p.target is not None:
-            lines.append(f"          target {p.target}: {'met' if p.target_met else 'NOT met'}")
+            lines.append(f"          target {_target_text(p.target)}: {'met' if p.target_met else 'NOT met'}")
     lines.append("argv      " + " ".join(data["argv"]))
     if data["env"]:
         lines.append("env       " + " ".join(f"{k}={v}" for k, v in sorted(data["env"].items())
