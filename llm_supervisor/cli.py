@@ -107,7 +107,12 @@ def up(
         raise typer.Exit(run_node(settings, prof, role=role, simulate=simulate, ignore_hardware=ignore_hardware))
     from llm_supervisor.runtime.daemon import run_daemon
 
-    raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware))
+    progress = None
+    if sys.stdout.isatty():  # a live line; elsewhere (systemd, Docker, pipes) timestamped log lines
+        from llm_supervisor.runtime.progress import TerminalProgress
+
+        progress = TerminalProgress(Console(highlight=False))
+    raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware, progress=progress))
 
 
 @app.command()

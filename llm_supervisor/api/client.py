@@ -193,9 +193,16 @@ def _failure(failure: Any) -> str:
         return ""
     if isinstance(failure, dict):
         kind = str(failure.get("kind") or "")
-        message = str(failure.get("message") or failure.get("reason") or "")
-        if len(message) > 70:
-            message = message[:69] + "…"
+        # The daemon's one line with the numbers; else the numbers vLLM printed; else the start of
+        # the message (vLLM's run to 500 characters and repeat themselves).
+        message = str(failure.get("brief") or "")
+        values = failure.get("values")
+        if not message and isinstance(values, dict) and values:
+            message = ", ".join(f"{k} {_int(v) if isinstance(v, int) else v}" for k, v in values.items())
+        if not message:
+            message = " ".join(str(failure.get("message") or failure.get("reason") or "").split())
+            if len(message) > 120:
+                message = message[:119] + "…"
         return f"{kind}: {message}" if kind and message else kind or message
     return str(failure)
 
@@ -298,7 +305,7 @@ def format_status(status: dict) -> RenderableType:
     engine = []
     if status.get("pid") is not None:
         engine.append(f"pid {status['pid']}")
-    if status.get("uptime_s") is not None:
+    if status.get("uptime_s") is not None and state in ("ready", "degraded"):  # only a serving engine is "up"
         engine.append(f"up {_duration(status['uptime_s'])}")
     if status.get("engine_url"):
         engine.append(str(status["engine_url"]))

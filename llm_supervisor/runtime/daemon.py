@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +33,15 @@ from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.runtime.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
 from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
+from llm_supervisor.runtime.events import (SHOWN, DaemonEvent, Decided, Exiting, GaveUp, Launched, Observer,
+                                           Progress, Ready, StateChanged)
 from llm_supervisor.runtime.notify import Notifier
 from llm_supervisor.runtime.service import daemon_process, keep_watchdog, log_placement, poll_gpus, served
 from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Outcome, RestartLoop
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
+from llm_supervisor.vllm.brief import change_brief, decision_brief, failure_brief
 from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
@@ -57,6 +61,10 @@ PHASE_STATUS = {
 RING_LINES = 500
 ATTEMPTS_KEPT = 200  # what recovery sees of earlier launches (its streaks are far shorter)
 RING_LINE_CHARS = 2000  # a line kept for /status's log_tail; the log file keeps it whole
+# The engine's access-log lines for the daemon's own probes and Prometheus scrapes: in the log
+# file, not in /status's log_tail, where they would push out everything the engine said.
+PROBE_LINES = ('"GET /health HTTP/1.1"', '"GET /metrics HTTP/1.1"')
+FACTS_SHOWN = ("model_weights_gib", "kv_cache_tokens", "max_concurrency", "available_kv_cache_gib")
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,10 @@ class Daemon(RestartLoop):
                  launcher: launching.Launcher | None = None, clock: Clock | None = None,
                  engine_client: EngineClient | None = None, notifier: Notifier | None = None,
                  store: StateStore | None = None, calibration: Calibration | None = None,
-                 gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None) -> None:
+                 gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None,
+                 observers: Sequence[Observer] = ()) -> None:
         super().__init__(clock or SystemClock(), Inbox())
+        self.observers: list[Observer] = list(observers)
         self.settings = settings
         self.profile = profile
         self.plan = plan
@@ -128,14 +138,34 @@ class Daemon(RestartLoop):
         self.metrics_kv_tokens: int | None = None
         self.placement_applied: str | None = None
         self.exit_code = EXIT_OK
+        self.gave_up_line = ""
         self._launched_at = 0.0
         self._log: launching.RotatingLog | None = None
 
     # ------------------------------------------------------------ records
+    def _emit(self, event: DaemonEvent) -> None:
+        """Tell every observer; one that raises is dropped (a view must not stop the loop)."""
+        for observer in list(self.observers):
+            try:
+                observer(event)
+            except Exception as exc:  # noqa: BLE001
+                self.observers.remove(observer)
+                log.warning("dropped a progress observer that failed: %r", exc)
+
+    def enter(self, new: State, why: str = "") -> None:
+        before = self.state
+        super().enter(new, why)
+        if self.state is not before:
+            self._emit(StateChanged(self.clock.monotonic(), new.value, why))
+
     def _event(self, event: str, failure: Failure | None = None, change: dict[str, Any] | None = None,
                reason: str = "") -> None:
+        shown = None
+        if failure is not None:
+            # the whole message stays; `brief` is the line with its numbers that people read
+            shown = failure.to_json() | {"brief": failure_brief(str(failure.kind), failure.values, failure.message)}
         entry = {"at": iso(self.clock.time()), "event": event, "attempt": self.attempt,
-                 "failure": failure.to_json() if failure else None, "change": change or None, "reason": reason}
+                 "failure": shown, "change": change or None, "reason": reason}
         self.history.append(entry)
         del self.history[:-100]
         self.store.record(self.key, entry)
@@ -176,12 +206,26 @@ class Daemon(RestartLoop):
             "cpus": list(self.plan.placement.cpus),
             "placement": {**self.plan.placement.to_json(), "applied": self.placement_applied},
             "facts": f.contract() | {"vllm_version": f.vllm_version, "compile_cached": f.compile_cached},
-            "phase": self.parser.phase,
+            "phase": self._phase(),
             "target": self.profile.target.model_dump() if self.profile.target else None,
             "message": self.message,
             "history": list(self.history[-50:]),
             "log_tail": list(self.ring)[-20:],
+            "log_path": str(self.log_path),
         }
+
+    def _phase(self) -> str | None:
+        """vLLM's startup phase while it starts; `ready` once it serves; nothing between launches."""
+        if self.state is State.STARTING:
+            return self.parser.phase or "launching"
+        if self.state in (State.READY, State.DEGRADED):
+            return "ready"
+        return None
+
+    @property
+    def log_path(self) -> Any:
+        """The engine's output, all attempts (rotated): `supervisor logs` reads it."""
+        return self.settings.logs / f"{self.profile.name}.log"
 
     def command(self, name: str) -> None:
         """What the REST API's admin routes call."""
@@ -206,7 +250,7 @@ class Daemon(RestartLoop):
         # A multi-megabyte line arrives as 64 KiB pieces: kept whole, 20 of them would make
         # every /status a megabyte and the ring 30 MB.
         self.ring.extend(line if len(line) <= RING_LINE_CHARS else line[:RING_LINE_CHARS] + " […]"
-                         for line in lines[-RING_LINES:])
+                         for line in lines[-RING_LINES:] if not any(p in line for p in PROBE_LINES))
         feed = self.parser.feed
         for line in lines:
             for event in feed(line):
@@ -219,15 +263,26 @@ class Daemon(RestartLoop):
             if data.get("phase") == "kv_cache" and f.kv_cache_tokens:
                 text = f"KV cache: {f.kv_cache_tokens:,} tokens"
             self.message = text
+            log.info("attempt %d: %s", self.attempt, text, extra=SHOWN)
             self.notifier.status(f"attempt {self.attempt}: {text}")
             self.notifier.extend_timeout(300)
-        elif kind == "fact" and data.get("name") in ("kv_cache_tokens", "max_concurrency"):
-            if f.kv_cache_tokens and f.max_concurrency:
+            self._progress(text)
+        elif kind == "fact" and data.get("name") in FACTS_SHOWN:
+            if data.get("name") in ("kv_cache_tokens", "max_concurrency") and f.kv_cache_tokens and f.max_concurrency:
                 ctx = f.max_concurrency_context or self.args.max_model_len
                 self.message = f"KV cache: {f.kv_cache_tokens:,} tokens, {f.max_concurrency:.2f}x at {ctx:,}"
                 log.info("vLLM reports %s KV-cache tokens, max concurrency %.2fx at %s tokens",
-                         f"{f.kv_cache_tokens:,}", f.max_concurrency, f"{ctx:,}")
+                         f"{f.kv_cache_tokens:,}", f.max_concurrency, f"{ctx:,}", extra=SHOWN)
                 self.notifier.status(self.message)
+            self._progress(PHASE_STATUS.get(self.parser.phase or "", self.parser.phase or "starting"))
+
+    def _progress(self, text: str) -> None:
+        f = self.parser.facts
+        facts = {"weights_gib": f.model_weights_gib, "available_kv_cache_gib": f.available_kv_cache_gib,
+                 "kv_cache_tokens": f.kv_cache_tokens, "max_concurrency": f.max_concurrency,
+                 "context": f.max_concurrency_context or self.args.max_model_len}
+        self._emit(Progress(self.attempt, self.clock.monotonic(), self.parser.phase, text,
+                            {k: v for k, v in facts.items() if v is not None}))
 
     # ------------------------------------------------------------ readiness and watching
     async def _wait_ready(self) -> None:
@@ -248,7 +303,9 @@ class Daemon(RestartLoop):
             summary += " (SIMULATED)"
         self.message = summary
         started = self.engine_started_at if self.engine_started_at is not None else self.clock.monotonic()
-        log.info("%s (attempt %d, %.1f s after launch)", summary, self.attempt, self.clock.monotonic() - started)
+        took = self.clock.monotonic() - started
+        log.info("%s (attempt %d, %.1f s after launch)", summary, self.attempt, took, extra=SHOWN)
+        self._emit(Ready(self.attempt, self.clock.monotonic(), summary, took))
         self.notifier.ready(summary)
         self._event("ready", reason=summary)
         self.store.remember_ready(self.key, {k: getattr(self.profile.vllm, k) for k in RECOVERABLE_KEYS},
@@ -351,20 +408,23 @@ class Daemon(RestartLoop):
         self.last_output = self.clock.monotonic()
         self._launched_at = self.clock.time()
         argv = self.plan.argv_for(self.args)
-        log.info("launch attempt %d: %s", self.attempt, " ".join(redact_argv(argv)))
+        self.message = f"attempt {self.attempt}: launching"
+        log.info("launch attempt %d: %s", self.attempt, " ".join(redact_argv(argv)), extra=SHOWN)
         self._event("launch", reason=" ".join(redact_argv(argv[len(self.plan.command):])))
         cpus, mems, policy = self.plan.placement.apply_args()
         spec = launching.LaunchSpec(argv=argv, env=self.plan.env_for(self.args), cpus=cpus, mems=mems,
                                     mempolicy=policy, stop_timeout=self.settings.stop_timeout_s)
-        self._log = launching.RotatingLog(self.settings.logs / f"{self.profile.name}.log",
-                                          self.settings.log_max_bytes, self.settings.log_backups)
+        self._log = launching.RotatingLog(self.log_path, self.settings.log_max_bytes, self.settings.log_backups)
         self._log.write(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
                         f"{' '.join(redact_argv(argv))}\n".encode())
         self.engine_started_at = self.clock.monotonic()
+        self._emit(Launched(self.attempt, self.engine_started_at, " ".join(redact_argv(argv[len(self.plan.command):])),
+                            str(self.log_path)))
         self.engine = engine = await self.launcher.start(spec, self._on_output)
         if engine.placement:
             self.placement_applied = engine.placement
-            log.info("placement: %s", engine.placement)
+            if engine.placement != "none":
+                log.info("placement: %s", engine.placement)
         self.notifier.status(f"attempt {self.attempt}: starting vLLM (pid {engine.engine_pid})")
         return engine
 
@@ -408,6 +468,8 @@ class Daemon(RestartLoop):
                     task.cancel()
         reached_ready = self.ready_at is not None
         if requested or failure is not None:
+            self.message = ("stopping" if requested is Command.STOP else f"restarting: {requested} requested" if requested
+                            else f"restarting: {failure.kind}")  # type: ignore[union-attr]
             if requested:
                 self.enter(State.STOPPING if requested is Command.STOP else State.RESTARTING, f"{requested} requested")
             self.notifier.status("stopping vLLM" if requested is Command.STOP
@@ -431,7 +493,10 @@ class Daemon(RestartLoop):
         if failure is None and not requested:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
-        log.log(level, "engine %s%s", described, f": {failure.kind} — {failure.message}" if failure else "")
+        # The kind only: the decision line that follows says it with its numbers, the history keeps
+        # vLLM's whole message.
+        log.log(level, "attempt %d: engine %s%s", self.attempt, described, f" ({failure.kind})" if failure else "",
+                extra=SHOWN if level == logging.INFO else None)
         if requested is not Command.STOP and not self.stop_requested:
             del self.attempts[:-ATTEMPTS_KEPT]
             self.attempts.append(Attempt(at=self._launched_at, args=self.args,
@@ -463,7 +528,14 @@ class Daemon(RestartLoop):
     def on_restart_requested(self, outcome: Outcome) -> None:
         self.restarts += 1
         self.restarts_by_reason["admin"] += 1
+        self.message = "restarting: requested"
         self._event("restart", reason="restart requested through the API")
+
+    def decision_text(self, decision: Relaunch | GiveUp) -> str:  # type: ignore[override]
+        """The state line's reason: what changes, not the policy's whole reasoning again."""
+        if isinstance(decision, Relaunch):
+            return f"relaunch with {change_brief(decision.change) or 'the same arguments'}"
+        return _first_sentence(decision.reason.removeprefix("giving up: "))
 
     def on_relaunch(self, outcome: Outcome, decision: Relaunch) -> None:  # type: ignore[override]
         failure = outcome.failure
@@ -472,20 +544,33 @@ class Daemon(RestartLoop):
         self.restarts += 1
         self.restarts_by_reason[str(failure.kind)] += 1
         self._event("relaunch", failure=failure, change=decision.change, reason=decision.reason)
-        log.warning("relaunching: %s", decision.reason)
+        line = decision_brief(str(failure.kind), failure.values, failure.message, decision.change, decision.delay_s)
+        self.history[-1]["summary"] = line
+        log.warning("attempt %d failed: %s", self.attempt, line, extra=SHOWN)
+        self._emit(Decided(self.attempt, self.clock.monotonic(), line, decision.delay_s))
         self.args = decision.args
         if decision.delay_s > 0:
-            self.message = f"backoff {decision.delay_s:g} s after {failure.kind}: {decision.reason}"
-            self.notifier.status(self.message[:200])
+            self.message = f"backoff {decision.delay_s:g} s after {line}"
         else:
-            self.notifier.status(f"restarting after {failure.kind}: {decision.reason}"[:200])
+            self.message = f"relaunching after {line}"
+        self.notifier.status(self.message[:200])
 
     def on_give_up(self, outcome: Outcome, decision: GiveUp) -> None:
         self.message = f"failed: {decision.reason}"
-        log.error("giving up: %s", decision.reason)
-        self.notifier.status(f"failed: {decision.reason}"[:200])
-        self._event("give_up", failure=outcome.failure, reason=decision.reason)
+        failure = outcome.failure
+        line = _first_sentence(decision.reason.removeprefix("giving up: "))
+        if failure is not None and str(failure.kind) not in line:
+            line = f"{failure.kind}: {failure_brief(str(failure.kind), failure.values, failure.message)}; {line}"
+        log.error("giving up: %s", line, extra=SHOWN)
+        self.notifier.status(f"failed: {line}"[:200])
+        self._event("give_up", failure=failure, reason=decision.reason)
+        self.history[-1]["summary"] = line
+        self.gave_up_line = line
         self.exit_code = EXIT_GAVE_UP
+        linger = self.settings.failed_linger_s
+        if linger <= 0 or (self.notifier.enabled and self.ready_count == 0):
+            linger = 0.0
+        self._emit(GaveUp(self.attempt, self.clock.monotonic(), line, linger))
 
     async def linger(self) -> bool:
         """Stay in `failed` for LLM_SUPERVISOR_FAILED_LINGER_S so status, /metrics and a person see
@@ -495,8 +580,8 @@ class Daemon(RestartLoop):
         linger = self.settings.failed_linger_s
         if linger <= 0 or (self.notifier.enabled and self.ready_count == 0):
             return False
-        log.info("staying in failed for %g s (LLM_SUPERVISOR_FAILED_LINGER_S); `supervisor restart` tries again",
-                 linger)
+        log.info("staying in failed for %g s (LLM_SUPERVISOR_FAILED_LINGER_S), then exiting with code %d; "
+                 "`supervisor restart` tries again", linger, EXIT_GAVE_UP)
         if await self.pause(linger) is not Command.RESTART:
             return False
         self.attempts.clear()
@@ -533,6 +618,10 @@ class Daemon(RestartLoop):
                 self.enter(State.STOPPED, "engine stopped")
             self._event("stop", reason=f"daemon exiting with code {code}")
             await asyncio.to_thread(self.store.save)
+            line = (f"daemon exiting with code {code}, gave up: {self.gave_up_line}"
+                    if code == EXIT_GAVE_UP and self.gave_up_line else f"daemon exiting with code {code}")
+            (log.error if code else log.info)("%s", line, extra=SHOWN)
+            self._emit(Exiting(self.clock.monotonic(), code, line))
             for task in background:
                 task.cancel()
             await self.engine_client.aclose()
@@ -551,6 +640,12 @@ class Daemon(RestartLoop):
             return await self.serve()
 
 
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """A policy reason's first sentence (they go on with the numbers' derivation)."""
+    head = text.split("; ", 1)[0].split(". ", 1)[0].strip()
+    return head if len(head) <= limit else head[: limit - 1] + "…"
+
+
 def check_engine_port(args: VllmArgs) -> None:
     host = "127.0.0.1" if args.host in ("0.0.0.0", "", "::") else args.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -566,9 +661,12 @@ def check_engine_port(args: VllmArgs) -> None:
 
 
 def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False,
-               daemon_class: type[Daemon] | None = None) -> int:
-    """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
+               daemon_class: type[Daemon] | None = None, progress: Any = None) -> int:
+    """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up.
+    `progress` (runtime/progress.TerminalProgress, on a terminal) draws the events and the log."""
     with daemon_process(settings):
+        if progress is not None:
+            logging.getLogger("llm_supervisor").handlers[:] = [progress.handler()]
         store = StateStore(settings.state_dir)
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
                           store=store, for_launch=True)
@@ -583,4 +681,9 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
         check_engine_port(plan.args)
         settings.logs.mkdir(parents=True, exist_ok=True)
         daemon = (daemon_class or Daemon)(settings, profile, plan, store=store)  # cluster.head.HeadDaemon on a head
-        return asyncio.run(daemon.run())
+        log.info("engine output: %s (`supervisor logs -f` follows it)", daemon.log_path)
+        if progress is None:
+            return asyncio.run(daemon.run())
+        daemon.observers.append(progress)
+        with progress:
+            return asyncio.run(daemon.run())

@@ -69,7 +69,7 @@ async def served(settings: Settings, status: Callable[[], dict[str, Any]], comma
     try:
         token = settings.api_token.get_secret_value() if settings.api_token else None
         api = await start_api(create_app(status, command, token), settings.api_host, settings.api_port)
-        log.info("REST API on %s (status: %s/status)", settings.url, settings.url)
+        log.info("REST API on %s (status page: %s/)", settings.url, settings.url)
         try:
             yield api
         finally:
