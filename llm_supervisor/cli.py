@@ -188,6 +188,62 @@ def _admin(action: str, url: str | None, token: str | None) -> None:
 
 
 @app.command()
+def logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing what the engine writes next")] = False,
+    attempt: Annotated[Optional[int], typer.Option("--attempt", min=1, metavar="N", help="launch N of the newest run (default: the newest launch)")] = None,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """The engine's output: through the daemon's API when it runs, else from its log file."""
+    from llm_supervisor.api.client import stream_logs
+    from llm_supervisor.errors import DaemonUnreachable
+
+    settings = _settings()
+    secret = token or (settings.api_token.get_secret_value() if settings.api_token else None)
+    sink = sys.stdout.buffer
+    try:
+        try:
+            for chunk in stream_logs(url or settings.url, secret, attempt, follow):
+                sink.write(chunk)
+                sink.flush()
+            return
+        except DaemonUnreachable as exc:
+            if url:
+                raise
+            from llm_supervisor.host.logfiles import attempt_section, follow_file, read_ranges
+
+            path = _engine_log(settings, profile)
+            err.print(f"{exc.message}; reading {path}", markup=False, style="dim")
+            _, ranges = attempt_section(path, attempt)
+            for chunk in read_ranges(ranges):
+                sink.write(chunk)
+            sink.flush()
+            if follow:
+                for chunk in follow_file(path):
+                    sink.write(chunk)
+                    sink.flush()
+    except BrokenPipeError:  # `supervisor logs | head`
+        sys.stderr.close()
+
+
+def _engine_log(settings: Settings, profile: str | None) -> Path:
+    """<LOG_DIR>/<profile>.log: the profile named (or LLM_SUPERVISOR_PROFILE), else the only log there."""
+    name = profile or settings.profile
+    if name:
+        if name.endswith((".yaml", ".yml")) or "/" in name:
+            name = _profile(settings, name, None, None).name
+        return settings.logs / f"{name}.log"
+    found = sorted(settings.logs.glob("*.log"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise BadInput("no engine log", [f"{settings.logs}: no engine log (no daemon has launched an engine with "
+                                         "this LLM_SUPERVISOR_STATE_DIR / LOG_DIR)"])
+    raise BadInput("which engine log", ["--profile: required: engine logs for " + ", ".join(p.stem for p in found)])
+
+
+@app.command()
 def restart(url: UrlOpt = None, token: TokenOpt = None) -> None:
     """Ask the daemon to restart the engine (same arguments)."""
     _admin("restart", url, token)

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     stop_timeout_s: float = Field(default=15.0, gt=0, description="SIGTERM to SIGKILL deadline")
     failed_linger_s: float = Field(default=30.0, ge=0, description="after giving up, stay in `failed` this long "
                                    "(status shows why; `supervisor restart` tries again), then exit 3")
+    series_interval_s: float = Field(default=10.0, ge=0.2, le=3600, description="how often the status page's "
+                                     "plots sample the engine; 360 points are kept (an hour at 10 s)")
     log_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     log_backups: int = Field(default=5, ge=0)
 

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
+from llm_supervisor.host.logfiles import attempt_section, read_ranges
 from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan
 from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.runtime.clock import Clock, SystemClock, iso
@@ -36,6 +37,7 @@ from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
 from llm_supervisor.runtime.events import (SHOWN, DaemonEvent, Decided, Exiting, GaveUp, Launched, Observer,
                                            Progress, Ready, StateChanged)
 from llm_supervisor.runtime.notify import Notifier
+from llm_supervisor.runtime.series import Series, sample
 from llm_supervisor.runtime.service import daemon_process, keep_watchdog, log_placement, poll_gpus, served
 from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Outcome, RestartLoop
@@ -43,7 +45,7 @@ from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
 from llm_supervisor.vllm.brief import change_brief, decision_brief, failure_brief
 from llm_supervisor.vllm.calibration import learn_from_facts
-from llm_supervisor.vllm.engine_args import redact_argv
+from llm_supervisor.vllm.engine_args import REDACTED, is_secret_env, redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
@@ -65,6 +67,7 @@ RING_LINE_CHARS = 2000  # a line kept for /status's log_tail; the log file keeps
 # file, not in /status's log_tail, where they would push out everything the engine said.
 PROBE_LINES = ('"GET /health HTTP/1.1"', '"GET /metrics HTTP/1.1"')
 FACTS_SHOWN = ("model_weights_gib", "kv_cache_tokens", "max_concurrency", "available_kv_cache_gib")
+FOLLOW_CHUNKS = 1024  # output chunks a `supervisor logs -f` may fall behind before it is cut off
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class Daemon(RestartLoop):
         self.gave_up_line = ""
         self._launched_at = 0.0
         self._log: launching.RotatingLog | None = None
+        self.series = Series(settings.series_interval_s)
+        self._followers: set[asyncio.Queue[bytes | None]] = set()
 
     # ------------------------------------------------------------ records
     def _emit(self, event: DaemonEvent) -> None:
@@ -241,9 +246,22 @@ class Daemon(RestartLoop):
         self.handle_restart()
 
     # ------------------------------------------------------------ output
+    def _write_log(self, data: bytes) -> None:
+        """The engine log file, and every `supervisor logs -f` following it."""
+        if self._log is not None:
+            self._log.write(data)
+        for queue in list(self._followers):
+            try:
+                queue.put_nowait(data)
+            except asyncio.QueueFull:  # a follower that cannot keep up is cut off, not waited for
+                self._followers.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(b"\n===== llm-supervisor: this follower fell behind the engine's output; follow again\n")
+                queue.put_nowait(None)
+
     def _on_output(self, raw: bytes, lines: list[str]) -> None:
-        if raw and self._log is not None:
-            self._log.write(raw)
+        if raw:
+            self._write_log(raw)
         if not lines:
             return
         self.last_output = self.clock.monotonic()
@@ -415,7 +433,7 @@ class Daemon(RestartLoop):
         spec = launching.LaunchSpec(argv=argv, env=self.plan.env_for(self.args), cpus=cpus, mems=mems,
                                     mempolicy=policy, stop_timeout=self.settings.stop_timeout_s)
         self._log = launching.RotatingLog(self.log_path, self.settings.log_max_bytes, self.settings.log_backups)
-        self._log.write(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
+        self._write_log(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
                         f"{' '.join(redact_argv(argv))}\n".encode())
         self.engine_started_at = self.clock.monotonic()
         self._emit(Launched(self.attempt, self.engine_started_at, " ".join(redact_argv(argv[len(self.plan.command):])),
@@ -488,8 +506,9 @@ class Daemon(RestartLoop):
                          "(LLM_SUPERVISOR_STOP_TIMEOUT_S) and was killed")
             level = logging.WARNING
         if self._log is not None:
-            self._log.write(f"===== engine {described}\n".encode())
+            self._write_log(f"===== engine {described}\n".encode())
             self._log.close()
+            self._log = None
         if failure is None and not requested:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
@@ -601,7 +620,9 @@ class Daemon(RestartLoop):
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
                                                     self._publish_gpus), name="gpu-poll"),
                       asyncio.create_task(keep_watchdog(self.notifier, self.clock), name="watchdog"),
-                      asyncio.create_task(self.dispatch_commands(), name="commands")]
+                      asyncio.create_task(self.dispatch_commands(), name="commands"),
+                      asyncio.create_task(sample(self.series, self.clock, lambda: self.gpus, self.engine_client.metrics,
+                                                 lambda: self.state in (State.READY, State.DEGRADED)), name="series")]
         code = EXIT_OK
         try:
             code = await self.supervise()
@@ -624,6 +645,9 @@ class Daemon(RestartLoop):
             self._emit(Exiting(self.clock.monotonic(), code, line))
             for task in background:
                 task.cancel()
+            for queue in list(self._followers):
+                queue.put_nowait(None)
+            self._followers.clear()
             await self.engine_client.aclose()
         return code
 
@@ -636,8 +660,78 @@ class Daemon(RestartLoop):
 
     async def run(self) -> int:
         """`supervisor up`: signals, the REST API, and the loop."""
-        async with served(self.settings, self.status, self.command, self._on_signal):
+        async with served(self.settings, self.status, self.command, self._on_signal,
+                          series=self.series.to_json, logs=self.open_logs):
             return await self.serve()
+
+    # ------------------------------------------------------------ the engine's log, for the API
+    def secrets(self) -> list[str]:
+        """Values that must never leave the daemon in the engine's output."""
+        values = [self.args.api_key.get_secret_value() if self.args.api_key else None,
+                  self.settings.api_token.get_secret_value() if self.settings.api_token else None]
+        values += [v for k, v in self.plan.env_for(self.args).items() if is_secret_env(k)]
+        return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
+
+    async def open_logs(self, attempt: int | None, follow: bool) -> AsyncIterator[bytes]:
+        """`GET /logs`: attempt N of this run (the newest when None) from the log file, then, with
+        `follow`, what the engine writes next, until the daemon stops. Raises BadInput (before
+        anything is sent) when there is no such attempt."""
+        queue: asyncio.Queue[bytes | None] | None = None
+        current = None
+        if follow:
+            # no await between subscribing and the snapshot: every byte is read once, from the
+            # file or from the queue
+            queue = asyncio.Queue(maxsize=FOLLOW_CHUNKS)
+            self._followers.add(queue)
+            try:
+                st = os.stat(self.log_path)
+                current = (st.st_ino, st.st_size)
+            except OSError:
+                current = (-1, 0)
+        try:
+            number, ranges = await asyncio.to_thread(attempt_section, self.log_path, attempt, current=current)
+        except BaseException:
+            if queue is not None:
+                self._followers.discard(queue)
+            raise
+        if queue is not None and attempt is not None and number != self.attempt:
+            self._followers.discard(queue)  # an earlier attempt has ended: nothing to follow
+            queue = None
+        return self._stream_logs(ranges, queue)
+
+    async def _stream_logs(self, ranges: list[Any], queue: asyncio.Queue[bytes | None] | None) -> AsyncIterator[bytes]:
+        secrets = self.secrets()
+        pending = b""
+
+        def clean(data: bytes, final: bool = False) -> bytes:
+            nonlocal pending
+            data = pending + data
+            cut = len(data) if final else data.rfind(b"\n") + 1
+            pending = data[cut:]
+            text = data[:cut].decode("utf-8", "replace")
+            for secret in secrets:
+                text = text.replace(secret, REDACTED)
+            return text.encode()
+
+        chunks = read_ranges(ranges)
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    break
+                if out := clean(chunk):
+                    yield out
+            while queue is not None:
+                chunk = await queue.get()
+                if chunk is None:
+                    break
+                if out := clean(chunk):
+                    yield out
+            if out := clean(b"", final=True):
+                yield out
+        finally:
+            if queue is not None:
+                self._followers.discard(queue)
 
 
 def _first_sentence(text: str, limit: int = 200) -> str:
