@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_supervisor.errors import SettingsError
 
+# The shipped profiles live in the package (so `pip install .`, the wheel and the Docker image
+# have them); the checkout's top-level profiles/ is a link to this folder, one copy of each.
 PACKAGE_PROFILES_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
-REPO_PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "profiles"
 
 
 def _default_state_dir() -> Path:
@@ -26,8 +27,8 @@ def _default_state_dir() -> Path:
 
 
 def _default_profiles_dir() -> Path:
-    """The checkout's profiles/ when run from source, else the copy shipped in the package."""
-    return REPO_PROFILES_DIR if REPO_PROFILES_DIR.is_dir() else PACKAGE_PROFILES_DIR
+    """The profiles shipped in the package (LLM_SUPERVISOR_PROFILES_DIR overrides)."""
+    return PACKAGE_PROFILES_DIR
 
 
 class Settings(BaseSettings):
