@@ -33,7 +33,17 @@ app.add_typer(profiles_app, name="profiles")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", metavar="NAME|PATH", help="shipped profile name or YAML path (default: LLM_SUPERVISOR_PROFILE)")]
+def _complete_profiles(incomplete: str) -> list[str]:
+    """Shell completion of --profile: the profile names found (never an error while typing)."""
+    try:
+        from llm_supervisor.config.loader import list_profile_names
+
+        return [n for n in list_profile_names(load_settings().profiles_dir) if n.startswith(incomplete)]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", metavar="NAME|PATH", autocompletion=_complete_profiles, help="shipped profile name or YAML path (default: LLM_SUPERVISOR_PROFILE)")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", metavar="ID|PATH", help="model id or folder, overriding the profile's")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a profile key: vllm.max_model_len=10000 (repeatable)")]
 SimulateOpt = Annotated[bool, typer.Option("--simulate", help="run the bundled vLLM simulator on a simulated GPU instead of vLLM")]

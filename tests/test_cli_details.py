@@ -44,6 +44,9 @@ def test_shell_completion_is_offered(tmp_path: Path) -> None:
     proc = cli("--show-completion", env={"SHELL": "/bin/bash", "HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert "complete" in proc.stdout and "_COMPLETE" in proc.stdout
+    from llm_supervisor.cli import _complete_profiles
+
+    assert _complete_profiles("40") == ["4090d-qwen3-4b"] and _complete_profiles("zz") == []
 
 
 @pytest.mark.parametrize("flag, value", [("--gpu-count", "0"), ("--gpu-count", "-2"), ("--gpu-memory-gib", "0")])
