@@ -342,3 +342,32 @@ def test_the_status_page_in_headless_chromium(daemons, tmp_path: Path) -> None:
     keep = os.environ.get("LLM_SUPERVISOR_SCREENSHOT_TO")
     if keep:  # how docs/status-page.png is made
         shutil.copyfile(shot, keep)
+
+
+def test_supervisor_logs_follows_a_running_daemon_across_a_relaunch(daemons, tmp_path: Path) -> None:
+    import sys
+
+    run: DaemonRun = daemons()
+    run.start()
+    run.wait_ready()
+    out = tmp_path / "follow.out"
+    with open(out, "wb") as sink:
+        follower = subprocess.Popen([sys.executable, "-m", "llm_supervisor", "logs", "-f"], env=run.env,
+                                    cwd=str(Path(__file__).resolve().parent.parent), stdout=sink,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: b"Application startup complete" in out.read_bytes(), 30, what="the first launch's output")
+        assert run.post("/restart").status_code == 202
+        wait_until(lambda: b"Application startup complete" in out.read_bytes().split(b"attempt 2 at ")[-1]
+                   and b"attempt 2 at " in out.read_bytes(), 60, what="the relaunch's output, followed")
+        assert run.post("/stop").status_code == 202
+        assert run.wait_exit(30) == 0
+        assert follower.wait(30) == 0, follower.stderr.read() if follower.stderr else ""
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    text = out.read_bytes()
+    assert text.count(b"===== llm-supervisor attempt 1 at ") == 1 and text.count(b"===== llm-supervisor attempt 2 at ") == 1
+    assert b"===== engine exited with code 0" in text.split(b"attempt 2 at ")[-1]  # to the end of the engine's output
+    whole = (run.state_dir / "logs" / "4090d-qwen3-4b.log").read_bytes()
+    assert whole.endswith(text)  # exactly what the file holds, nothing twice
