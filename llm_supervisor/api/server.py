@@ -458,7 +458,9 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
         # instead of a 500 (JSON has no such numbers).
         return Response(model.model_dump_json(), media_type="application/json")
 
-    @app.get("/status/series", summary="The last hour, sampled by the daemon (for the status page)", tags=["status"])
+    @app.get("/status/series", summary="The last hour, sampled by the daemon (for the status page)", tags=["status"],
+             responses={404: {"model": Detail, "description": "this daemon keeps no series"},
+                        503: {"model": Detail, "description": "the series is not available right now"}})
     async def get_series() -> Response:
         if series_source is None:
             raise HTTPException(404, "this daemon keeps no series")
@@ -469,7 +471,8 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
             raise HTTPException(503, "the series is not available right now") from None
         return Response(body, media_type="application/json")
 
-    @app.get("/", response_class=HTMLResponse, summary="The status page", tags=["status"])
+    @app.get("/", response_class=HTMLResponse, summary="The status page", tags=["status"],
+             responses={503: {"model": Detail, "description": "status is not available right now"}})
     async def page(request: Request) -> Response:
         snap = snapshot()
         series = None
@@ -494,6 +497,9 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
         summary="The engine's output (admin rule: the token, or loopback without one)",
         response_class=StreamingResponse,
         responses={200: {"content": {"text/plain": {}}, "description": "the engine's output, as it wrote it"},
+                   401: {"model": Detail, "description": "token required (Authorization: Bearer <token>)"},
+                   403: {"model": Detail, "description": "wrong token, a non-loopback client while no token is set, "
+                                                         "or a request from another web page"},
                    404: {"model": Detail, "description": "no such attempt, or no engine log yet"}},
         tags=["admin"],
     )
