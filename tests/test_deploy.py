@@ -2,7 +2,7 @@
 rules` and their own unit tests (`promtool test rules`; CI installs Debian's prometheus package,
 locally the tests skip without it), and every metric the dashboard or the rules name exists: in
 the daemon's /metrics (scraped from the app), in vLLM's (the fixtures from a real vLLM 0.26), or
-in the front door's (tests/fixtures/frontdoor-metrics.txt, checked by the integrator)."""
+in the front door's (tests/fixtures/frontdoor-metrics.txt, checked against its collector)."""
 
 from __future__ import annotations
 
@@ -51,8 +51,19 @@ def promtool() -> str:
     return found
 
 
+def front_door_collector() -> object:
+    """The front door's own collector, on counters as its gate reports them."""
+    from llm_supervisor.frontdoor.gate import REJECT_REASONS
+    from llm_supervisor.frontdoor.metrics import FrontDoorCollector
+
+    stats = {"state": "ready", "held": 0, "in_flight": 1, "queued": 0, "requests": 3, "completed": 2, "retried": 1,
+             "rejected": {reason: 0 for reason in REJECT_REASONS}, "cut_streams": 0, "cut_responses": 0,
+             "client_disconnects": 0, "drains": 0}
+    return FrontDoorCollector(lambda: stats)
+
+
 def our_metric_names() -> set[str]:
-    app = create_app(lambda: SNAPSHOT, lambda action: None, None)
+    app = create_app(lambda: SNAPSHOT, lambda action: None, None, [front_door_collector()])
 
     async def scrape() -> str:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://d") as client:
@@ -137,6 +148,7 @@ def test_every_metric_the_dashboard_and_the_rules_use_exists() -> None:
     ours, vllm, frontdoor = our_metric_names(), vllm_metric_names(), frontdoor_metric_names()
     assert {"llm_supervisor_ready", "llm_supervisor_restarts_total", "llm_supervisor_state"} <= ours
     assert all(name.startswith("llm_supervisor_frontdoor_") for name in frontdoor)
+    assert frontdoor <= ours  # the list the page and dashboard were designed on is what the front door exports
     known = ours | vllm | frontdoor
     used: dict[str, set[str]] = {}
     for where, exprs in (("dashboard", dashboard_exprs()), ("rules", rule_exprs())):

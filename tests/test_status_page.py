@@ -306,6 +306,10 @@ def test_the_status_page_in_headless_chromium(daemons, tmp_path: Path) -> None:
     assert "SIMULATED" in bench.stdout  # bench says what it measured
     wait_until(lambda: len([r for r in run.get("/status/series").json()["generation_tokens_per_s"] if r]) >= 3, 60,
                what="a few samples with tokens")
+    for _ in range(3):  # clients use the profile's port: the front door
+        r = httpx.post(f"http://127.0.0.1:{run.engine_port}/v1/completions", timeout=30,
+                       json={"model": "qwen3-4b", "prompt": "hi", "max_tokens": 4})
+        assert r.status_code == 200, r.text
     status = run.status()
     assert status is not None
 
@@ -332,7 +336,15 @@ def test_the_status_page_in_headless_chromium(daemons, tmp_path: Path) -> None:
     assert re.fullmatch(r"[\d,]+ MiB", text["plot-gpu-last"]) and int(text["plot-gpu-last"][:-4].replace(",", "")) in used
     assert text["plot-kv-last"].endswith(" %") and re.fullmatch(r"[\d,.]+", text["plot-tokens-last"]), text["plot-tokens-last"]
     assert "no samples" not in text["plot-tokens"] and "polyline" in dom.stdout
-    assert "hidden" in page.attrs["frontdoor"]  # no front door counters in this daemon's status
+    # the front door's counters, as /status has them (read before and after the page was drawn)
+    after = run.status()
+    assert after is not None and status["frontdoor"]["enabled"] and "hidden" not in page.attrs["frontdoor"]
+    door = {r[0]: r[1] for r in page.rows["frontdoor-table"]}
+    for key in ("held", "in_flight", "queued", "completed", "retried", "cut_streams"):
+        shown = int(door[key.replace("_", " ")].replace(",", ""))
+        assert status["frontdoor"][key] <= shown <= after["frontdoor"][key], (key, door)
+    assert int(door["completed"].replace(",", "")) >= 3  # the requests sent to the profile's port below
+    assert set(status["frontdoor"]["rejected"]) <= {part.split()[0] for part in door["rejected"].split(", ")}
     assert page.attrs.get("restart") and page.attrs.get("stop")  # loopback browser, no token set: admin buttons
 
     shot = tmp_path / "status-page.png"

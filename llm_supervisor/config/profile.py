@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from llm_supervisor.config.cluster import ClusterConfig, cluster_problems
+from llm_supervisor.config.frontdoor import FrontDoorConfig
 
 
 class _Strict(BaseModel):
@@ -154,7 +155,9 @@ class Profile(_Strict):
     recovery: Recovery = Field(default_factory=Recovery)
     target: Target | None = None
     env: dict[str, str] = Field(default_factory=dict)
-    cluster: ClusterConfig | None = Field(default=None, description="a deployment across hosts on Ray (cluster.py)")
+    cluster: ClusterConfig | None = Field(default=None, description="a deployment across hosts on Ray (cluster/)")
+    frontdoor: FrontDoorConfig = Field(default_factory=FrontDoorConfig,
+                                       description="the served address: clients reach the engine through it")
 
     @field_validator("env")
     @classmethod

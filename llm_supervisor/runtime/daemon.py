@@ -28,10 +28,11 @@ from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
+from llm_supervisor.frontdoor import FrontDoor
 from llm_supervisor.host.logfiles import attempt_section, read_ranges
-from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan
+from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port
 from llm_supervisor.runtime import launcher as launching
-from llm_supervisor.runtime.clock import Clock, SystemClock, iso
+from llm_supervisor.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
 from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
 from llm_supervisor.runtime.events import (SHOWN, DaemonEvent, Decided, Exiting, GaveUp, Launched, Observer,
@@ -48,6 +49,7 @@ from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import REDACTED, is_secret_env, redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
+from llm_supervisor.vllm.memory import accounting_for, extensible_sizing_from_log
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
 
 log = logging.getLogger("llm_supervisor")
@@ -100,7 +102,7 @@ class Daemon(RestartLoop):
                  engine_client: EngineClient | None = None, notifier: Notifier | None = None,
                  store: StateStore | None = None, calibration: Calibration | None = None,
                  gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None,
-                 observers: Sequence[Observer] = ()) -> None:
+                 door: FrontDoor | None = None, observers: Sequence[Observer] = ()) -> None:
         super().__init__(clock or SystemClock(), Inbox())
         self.observers: list[Observer] = list(observers)
         self.settings = settings
@@ -119,8 +121,11 @@ class Daemon(RestartLoop):
         self.inventory = gpus
         self.timing = timing or Timing()
         self.args: VllmArgs = plan.args
-        self.engine_client = engine_client or EngineClient(
-            engine_base_url(self.args.host, self.args.port), profile.served_name, self.args.api_key)
+        # The front door owns the profile's address; the engine listens privately behind it.
+        self.door = door or (FrontDoor(profile.frontdoor) if plan.frontdoor else None)
+        self.engine_port = plan.engine_port
+        self.engine_client = engine_client or EngineClient(self.engine_url, profile.served_name, self.args.api_key)
+        self.ready_seconds: float | None = None  # the last launch's time to ready: the front door's estimate
 
         self.started_at = self.clock.time()
         self.attempt = 0
@@ -140,6 +145,7 @@ class Daemon(RestartLoop):
         self.message = ""
         self.metrics_kv_tokens: int | None = None
         self.placement_applied: str | None = None
+        self.seen_vllm_version: str | None = None
         self.exit_code = EXIT_OK
         self.gave_up_line = ""
         self._launched_at = 0.0
@@ -177,7 +183,16 @@ class Daemon(RestartLoop):
 
     @property
     def engine_url(self) -> str:
-        return engine_base_url(self.args.host, self.args.port)
+        """Where the engine answers (behind the front door: its private address)."""
+        listen = self.plan.listen_args(self.args, self.engine_port)
+        return engine_base_url(listen.host, listen.port)
+
+    def _time_to_ready(self) -> float | None:
+        """What the front door tells clients to wait for: the last launch's time to ready here."""
+        if self.ready_seconds is not None:
+            return self.ready_seconds
+        last = (self.plan.last_good or {}).get("ready_seconds")
+        return float(last) if isinstance(last, (int, float)) and last > 0 else None
 
     def status(self) -> dict[str, Any]:
         """The snapshot the REST API serves: plain attributes only, never awaits anything."""
@@ -196,7 +211,7 @@ class Daemon(RestartLoop):
             "daemon_pid": os.getpid(),
             "uptime_s": round(now - self.ready_at, 1) if self.ready_at and self.state is State.READY else 0.0,
             "daemon_uptime_s": round(now - self.started_at, 1),
-            "argv": redact_argv(self.plan.argv_for(self.args)),
+            "argv": redact_argv(self.plan.argv_for(self.args, self.engine_port)),
             "attempt": self.attempt,
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
@@ -207,10 +222,14 @@ class Daemon(RestartLoop):
             "max_model_len": self.args.max_model_len or f.max_model_len,
             "gpu_memory_utilization": self.args.gpu_memory_utilization,
             "engine_url": self.engine_url,
+            "url": f"http://{self.args.host}:{self.args.port}" if ":" not in self.args.host
+                   else f"http://[{self.args.host}]:{self.args.port}",
+            "frontdoor": {"enabled": True, **self.door.stats()} if self.door else {"enabled": False},
             "gpus": self.gpus,
             "cpus": list(self.plan.placement.cpus),
             "placement": {**self.plan.placement.to_json(), "applied": self.placement_applied},
             "facts": f.contract() | {"vllm_version": f.vllm_version, "compile_cached": f.compile_cached},
+            "vllm": self._vllm_status(),
             "phase": self._phase(),
             "target": self.profile.target.model_dump() if self.profile.target else None,
             "message": self.message,
@@ -231,6 +250,23 @@ class Daemon(RestartLoop):
     def log_path(self) -> Any:
         """The engine's output, all attempts (rotated): `supervisor logs` reads it."""
         return self.settings.logs / f"{self.profile.name}.log"
+
+    def _vllm_status(self) -> dict[str, Any]:
+        """Which vLLM: what the plan expected, what the engine printed, the accounting in use."""
+        printed = self.parser.facts.vllm_version or self.seen_vllm_version
+        version = printed or self.plan.vllm_version
+        return {"version": version, "printed": printed, "planned": self.plan.vllm_version,
+                "planned_source": self.plan.engine_version.source,
+                "accounting": str(accounting_for(version, self.args.extra_args))}
+
+    def _note_version(self, printed: str) -> None:
+        """The engine printed its version: recovery reasons about that one from now on."""
+        self.seen_vllm_version = printed
+        if self.fit is not None and self.fit.vllm_version != printed:
+            if self.fit.version.split("+")[0] != printed.split("+")[0]:
+                log.warning("the engine runs vLLM %s; the plan was made for %s: recovery reasons with %s from now on",
+                            printed, self.fit.version, printed)
+            self.fit = self.fit.with_version(printed)
 
     def command(self, name: str) -> None:
         """What the REST API's admin routes call."""
@@ -285,6 +321,8 @@ class Daemon(RestartLoop):
             self.notifier.status(f"attempt {self.attempt}: {text}")
             self.notifier.extend_timeout(300)
             self._progress(text)
+        elif kind == "fact" and data.get("name") == "vllm_version":
+            self._note_version(str(data.get("value")))
         elif kind == "fact" and data.get("name") in FACTS_SHOWN:
             if data.get("name") in ("kv_cache_tokens", "max_concurrency") and f.kv_cache_tokens and f.max_concurrency:
                 ctx = f.max_concurrency_context or self.args.max_model_len
@@ -321,14 +359,18 @@ class Daemon(RestartLoop):
             summary += " (SIMULATED)"
         self.message = summary
         started = self.engine_started_at if self.engine_started_at is not None else self.clock.monotonic()
-        took = self.clock.monotonic() - started
-        log.info("%s (attempt %d, %.1f s after launch)", summary, self.attempt, took, extra=SHOWN)
-        self._emit(Ready(self.attempt, self.clock.monotonic(), summary, took))
+        self.ready_seconds = round(self.clock.monotonic() - started, 1)
+        if self.door is not None:
+            self.door.engine_ready(self.engine_url)
+        log.info("%s (attempt %d, %.1f s after launch)", summary, self.attempt, self.ready_seconds, extra=SHOWN)
+        self._emit(Ready(self.attempt, self.clock.monotonic(), summary, self.ready_seconds))
         self.notifier.ready(summary)
         self._event("ready", reason=summary)
         self.store.remember_ready(self.key, {k: getattr(self.profile.vllm, k) for k in RECOVERABLE_KEYS},
-                                  {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}, f.contract())
+                                  {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}, f.contract(),
+                                  ready_seconds=self.ready_seconds)
         self._target_check()
+        self._device_bound_check()
         await asyncio.to_thread(self.store.save)
         await self._learn_overhead()
         metrics = await client.metrics()
@@ -355,6 +397,21 @@ class Daemon(RestartLoop):
             return
         if self.fit is not None and entry.tensor_parallel == self.args.tensor_parallel_size:
             self.fit = self.fit.with_calibration(entry)
+
+    def _device_bound_check(self) -> None:
+        """vLLM 0.34 starts when other processes hold memory and sizes a smaller cache: say so."""
+        f = self.parser.facts
+        if not (f.kv_measured_after_warmup and f.free_gpu_gib is not None and f.free_after_warmup_gib is not None
+                and f.requested_gib is not None):
+            return
+        sizing = extensible_sizing_from_log(f.free_gpu_gib, f.free_after_warmup_gib, f.kv_committed_gib or 0.0,
+                                            f.requested_gib, f.transient_gib or 0.0)
+        if sizing.bound == "device" and sizing.by_budget_gib - sizing.by_device_gib >= 0.5:
+            text = (f"KV cache limited by free GPU memory, not by gpu_memory_utilization: "
+                    f"{sizing.by_budget_gib - sizing.by_device_gib:.2f} GiB less than the utilization allows "
+                    f"({f.free_gpu_gib:.2f} GiB was free at start; other processes hold memory)")
+            log.warning(text)
+            self.message += f"; {text}"
 
     def _target_check(self) -> None:
         target = self.profile.target
@@ -425,7 +482,12 @@ class Daemon(RestartLoop):
         self.metrics_kv_tokens = None
         self.last_output = self.clock.monotonic()
         self._launched_at = self.clock.time()
-        argv = self.plan.argv_for(self.args)
+        if self.door is not None:
+            if self.attempt > 1:  # a fresh private port: never one an engine of before may still hold
+                self.engine_port = free_loopback_port()
+            self.engine_client.retarget(self.engine_url)
+            self.door.engine_starting(self._time_to_ready())
+        argv = self.plan.argv_for(self.args, self.engine_port)
         self.message = f"attempt {self.attempt}: launching"
         log.info("launch attempt %d: %s", self.attempt, " ".join(redact_argv(argv)), extra=SHOWN)
         self._event("launch", reason=" ".join(redact_argv(argv[len(self.plan.command):])))
@@ -492,6 +554,11 @@ class Daemon(RestartLoop):
                 self.enter(State.STOPPING if requested is Command.STOP else State.RESTARTING, f"{requested} requested")
             self.notifier.status("stopping vLLM" if requested is Command.STOP
                                  else f"restarting: {requested or failure.message}")  # type: ignore[union-attr]
+            planned = requested is Command.RESTART or (failure is not None and bool(failure.values.get("hang")))
+            if self.door is not None and planned and reached_ready:
+                # a planned restart: what the engine is answering may finish; new requests wait
+                drained = await self.door.drain()
+                log.info("front door drained before the restart: %s", drained)
             asked_at = self.clock.monotonic()
             exit_info = await engine.stop(self.settings.stop_timeout_s)
             waited = self.clock.monotonic() - asked_at
@@ -512,6 +579,9 @@ class Daemon(RestartLoop):
         if failure is None and not requested:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
+            if self.door is not None:  # clients see the engine is gone; what it had not answered waits
+                self.door.engine_down("the model server stopped unexpectedly and is being restarted",
+                                      self._time_to_ready())
         # The kind only: the decision line that follows says it with its numbers, the history keeps
         # vLLM's whole message.
         log.log(level, "attempt %d: engine %s%s", self.attempt, described, f" ({failure.kind})" if failure else "",
@@ -575,6 +645,10 @@ class Daemon(RestartLoop):
         self.notifier.status(self.message[:200])
 
     def on_give_up(self, outcome: Outcome, decision: GiveUp) -> None:
+        if self.door is not None:
+            self.door.engine_failed(f"the model server failed to start and is not being restarted "
+                                    f"({FailureKind(outcome.failure.kind).value if outcome.failure else 'stopped'}); "
+                                    "ask its operator")
         self.message = f"failed: {decision.reason}"
         failure = outcome.failure
         line = _first_sentence(decision.reason.removeprefix("giving up: "))
@@ -617,6 +691,8 @@ class Daemon(RestartLoop):
         engine. No signals, no REST API: `run()` adds those."""
         for warning in self.store.warnings:
             log.warning("%s", warning)
+        if self.door is not None:
+            await self.door.start(self.args.host, self.args.port)
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
                                                     self._publish_gpus), name="gpu-poll"),
                       asyncio.create_task(keep_watchdog(self.notifier, self.clock), name="watchdog"),
@@ -637,6 +713,8 @@ class Daemon(RestartLoop):
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
                 self.enter(State.STOPPED, "engine stopped")
+            if self.door is not None:
+                await self.door.stop()
             self._event("stop", reason=f"daemon exiting with code {code}")
             await asyncio.to_thread(self.store.save)
             line = (f"daemon exiting with code {code}, gave up: {self.gave_up_line}"
@@ -660,7 +738,8 @@ class Daemon(RestartLoop):
 
     async def run(self) -> int:
         """`supervisor up`: signals, the REST API, and the loop."""
-        async with served(self.settings, self.status, self.command, self._on_signal,
+        collectors = [self.door.collector()] if self.door is not None else []
+        async with served(self.settings, self.status, self.command, self._on_signal, collectors,
                           series=self.series.to_json, logs=self.open_logs):
             return await self.serve()
 
@@ -772,8 +851,8 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
         for warning in plan.warnings + plan.placement.warnings:
             log.warning("plan: %s", warning)
         log_placement(plan.placement)
-        check_engine_port(plan.args)
-        settings.logs.mkdir(parents=True, exist_ok=True)
+        if not plan.frontdoor:  # with the front door, binding the public address says it (at start)
+            check_engine_port(plan.args)
         daemon = (daemon_class or Daemon)(settings, profile, plan, store=store)  # cluster.head.HeadDaemon on a head
         log.info("engine output: %s (`supervisor logs -f` follows it)", daemon.log_path)
         if progress is None:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llm_supervisor.runtime.clock import Clock
+from llm_supervisor.clock import Clock
 from llm_supervisor.vllm.metrics import EngineMetrics
 
 log = logging.getLogger("llm_supervisor")
