@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
 # llm-supervisor on top of the official vLLM OpenAI image: the image's own Python, torch and
-# vLLM stay exactly as vLLM pinned them; we add our package, the shipped profiles and tini.
+# vLLM stay exactly as vLLM pinned them; we add our package (with the shipped profiles) and tini.
 #
 #   docker build -t llm-supervisor .
 #   docker run --gpus all --ipc=host --cap-add SYS_NICE --stop-timeout 45 \
@@ -36,9 +36,11 @@ RUN --mount=type=bind,target=/tmp/llm-supervisor-src,rw \
          echo "installing llm-supervisor changed the packages listed above" >&2; exit 1; \
        fi \
     && supervisor --help > /dev/null \
+    && supervisor profiles | grep -q 4090d-qwen3-4b \
     && rm -f /tmp/before.txt /tmp/after.txt
 
-COPY profiles/ /etc/llm-supervisor/profiles/
+# The shipped profiles are in the package too; this copy is the folder to add your own to.
+COPY llm_supervisor/data/profiles/ /etc/llm-supervisor/profiles/
 
 # One volume at /var/lib/llm-supervisor keeps the known-good arguments, the engine logs, the
 # model downloads and the compile caches (vLLM's, Triton's), so a new container starts warm.

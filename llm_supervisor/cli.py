@@ -23,22 +23,33 @@ app = typer.Typer(
     name="supervisor",
     help="Launch, pin, watch and recover vLLM's OpenAI server on bare GPU hosts.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: typer's rich help prints a type after every flag (`--simulate <bool>`).
+    rich_markup_mode=None,
 )
-profiles_app = typer.Typer(help="List or show hardware profiles.", invoke_without_command=True)
+profiles_app = typer.Typer(help="List or show hardware profiles.", invoke_without_command=True, rich_markup_mode=None)
 app.add_typer(profiles_app, name="profiles")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", help="shipped profile name or YAML path (default: LLM_SUPERVISOR_PROFILE)")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="model id or folder, overriding the profile's")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a profile key: vllm.max_model_len=10000 (repeatable)")]
+def _complete_profiles(incomplete: str) -> list[str]:
+    """Shell completion of --profile: the profile names found (never an error while typing)."""
+    try:
+        from llm_supervisor.config.loader import list_profile_names
+
+        return [n for n in list_profile_names(load_settings().profiles_dir) if n.startswith(incomplete)]
+    except Exception:  # noqa: BLE001
+        return []
+
+
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", metavar="NAME|PATH", autocompletion=_complete_profiles, help="shipped profile name or YAML path (default: LLM_SUPERVISOR_PROFILE)")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", metavar="ID|PATH", help="model id or folder, overriding the profile's")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="override a profile key: vllm.max_model_len=10000 (repeatable)")]
 SimulateOpt = Annotated[bool, typer.Option("--simulate", help="run the bundled vLLM simulator on a simulated GPU instead of vLLM")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-UrlOpt = Annotated[Optional[str], typer.Option("--url", help="daemon URL (default: from LLM_SUPERVISOR_API_HOST/PORT)")]
-TokenOpt = Annotated[Optional[str], typer.Option("--token", help="admin token (default: LLM_SUPERVISOR_API_TOKEN)", show_default=False)]
+UrlOpt = Annotated[Optional[str], typer.Option("--url", metavar="URL", help="daemon URL (default: from LLM_SUPERVISOR_API_HOST/PORT)")]
+TokenOpt = Annotated[Optional[str], typer.Option("--token", metavar="TOKEN", help="admin token (default: LLM_SUPERVISOR_API_TOKEN)", show_default=False)]
 IgnoreHwOpt = Annotated[bool, typer.Option("--ignore-hardware-mismatch", help="launch even when the GPUs do not match the profile")]
 
 
@@ -106,7 +117,12 @@ def up(
         raise typer.Exit(run_node(settings, prof, role=role, simulate=simulate, ignore_hardware=ignore_hardware))
     from llm_supervisor.runtime.daemon import run_daemon
 
-    raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware))
+    progress = None
+    if sys.stdout.isatty():  # a live line; elsewhere (systemd, Docker, pipes) timestamped log lines
+        from llm_supervisor.runtime.progress import TerminalProgress
+
+        progress = TerminalProgress(Console(highlight=False))
+    raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware, progress=progress))
 
 
 @app.command()
@@ -115,8 +131,8 @@ def plan(
     model: ModelOpt = None,
     set_: SetOpt = None,
     simulate: SimulateOpt = False,
-    gpu_memory_gib: Annotated[Optional[float], typer.Option("--gpu-memory-gib", help="plan for GPUs of this size instead of the ones found")] = None,
-    gpu_count: Annotated[Optional[int], typer.Option("--gpu-count", help="plan for this many GPUs instead of the ones found")] = None,
+    gpu_memory_gib: Annotated[Optional[float], typer.Option("--gpu-memory-gib", min=1, max=4096, help="plan for GPUs of this size instead of the ones found")] = None,
+    gpu_count: Annotated[Optional[int], typer.Option("--gpu-count", min=1, max=1024, help="plan for this many GPUs instead of the ones found")] = None,
     calibrate_from: Annotated[Optional[Path], typer.Option("--calibrate-from", help="learn this host's overhead from an earlier vLLM log")] = None,
     vllm_version: Annotated[Optional[str], typer.Option("--vllm-version", help="plan for this vLLM version instead of the engine's (e.g. 0.26.0)")] = None,
     ignore_hardware: IgnoreHwOpt = False,
@@ -180,6 +196,62 @@ def _admin(action: str, url: str | None, token: str | None) -> None:
     secret = token or (settings.api_token.get_secret_value() if settings.api_token else None)
     result = post_action(url or settings.url, action, secret)
     out.print(f"{action}: {result.get('detail', 'accepted')}")
+
+
+@app.command()
+def logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing what the engine writes next")] = False,
+    attempt: Annotated[Optional[int], typer.Option("--attempt", min=1, metavar="N", help="launch N of the newest run (default: the newest launch)")] = None,
+    profile: ProfileOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """The engine's output: through the daemon's API when it runs, else from its log file."""
+    from llm_supervisor.api.client import stream_logs
+    from llm_supervisor.errors import DaemonUnreachable
+
+    settings = _settings()
+    secret = token or (settings.api_token.get_secret_value() if settings.api_token else None)
+    sink = sys.stdout.buffer
+    try:
+        try:
+            for chunk in stream_logs(url or settings.url, secret, attempt, follow):
+                sink.write(chunk)
+                sink.flush()
+            return
+        except DaemonUnreachable as exc:
+            if url:
+                raise
+            from llm_supervisor.host.logfiles import attempt_section, follow_file, read_ranges
+
+            path = _engine_log(settings, profile)
+            err.print(f"{exc.message}; reading {path}", markup=False, style="dim")
+            _, ranges = attempt_section(path, attempt)
+            for chunk in read_ranges(ranges):
+                sink.write(chunk)
+            sink.flush()
+            if follow:
+                for chunk in follow_file(path):
+                    sink.write(chunk)
+                    sink.flush()
+    except BrokenPipeError:  # `supervisor logs | head`
+        sys.stderr.close()
+
+
+def _engine_log(settings: Settings, profile: str | None) -> Path:
+    """<LOG_DIR>/<profile>.log: the profile named (or LLM_SUPERVISOR_PROFILE), else the only log there."""
+    name = profile or settings.profile
+    if name:
+        if name.endswith((".yaml", ".yml")) or "/" in name:
+            name = _profile(settings, name, None, None).name
+        return settings.logs / f"{name}.log"
+    found = sorted(settings.logs.glob("*.log"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise BadInput("no engine log", [f"{settings.logs}: no engine log (no daemon has launched an engine with "
+                                         "this LLM_SUPERVISOR_STATE_DIR / LOG_DIR)"])
+    raise BadInput("which engine log", ["--profile: required: engine logs for " + ", ".join(p.stem for p in found)])
 
 
 @app.command()

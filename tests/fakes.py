@@ -470,6 +470,7 @@ class FakeVllm:
                 body = (f'vllm:cache_config_info{{kv_cache_size_tokens="{tokens}",kv_cache_max_concurrency="{conc}"}} 1.0\n'
                         f'vllm:num_requests_waiting{{engine="0"}} {engine.waiting}\n'
                         f'vllm:num_requests_running{{engine="0"}} 0.0\n'
+                        f'vllm:kv_cache_usage_perc{{engine="0"}} {engine.kv_usage}\n'
                         f'vllm:generation_tokens_total{{engine="0"}} {engine.generated}\n')
                 return httpx.Response(200, text=body)
             return httpx.Response(404)
@@ -499,6 +500,7 @@ class FakeEngine:
         self.requests = 0
         self.waiting = 0.0
         self.generated = 0.0
+        self.kv_usage = 0.0
         self.stops: list[float] = []
         self.ignore_sigterm = False
         self.exit_info: ExitInfo | None = None

@@ -257,6 +257,21 @@ def test_daemon_status_gives_engine_url_and_capacity(tmp_path: Path) -> None:
     assert report["engine_max_concurrency"] == 3.5
     assert report["engine_max_concurrency_context"] == 8192
     assert report["engine_max_concurrency_source"] == "daemon"
+    assert report["simulated"] is False
+
+
+def test_a_simulated_engine_is_named_so(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    with FakeEngine(rate=200.0, cap=8) as eng:
+        eng.status = {"state": "ready", "engine_url": eng.url, "served_model_name": "fake-model", "simulated": True}
+        settings = Settings(state_dir=tmp_path, api_port=eng.port)
+        report = run_bench(settings, users=1, requests=1, max_tokens=4, progress=False)
+    assert report["simulated"] is True
+    console = Console(record=True, width=160)
+    console.print(format_bench(report))
+    text = console.export_text()
+    assert text.lstrip().startswith("SIMULATED: the engine is the bundled vLLM simulator") and "SIMULATED bench" in text
 
 
 def test_api_key_is_sent_as_bearer(settings: Settings) -> None:

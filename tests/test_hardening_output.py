@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psutil
 
+import pytest
+
 from hardening_utils import FakeEngineRun, alive, poll
 
 RSS_BOUND_MB = 100  # CONTRACT: <= 80 MB in steady state; a little room for a burst being parsed
@@ -64,6 +66,7 @@ def test_a_line_of_megabytes_is_cut_and_the_daemon_goes_on(tmp_path: Path) -> No
         assert run.wait_exit(30) == 0
 
 
+@pytest.mark.slow  # a million lines through a real daemon: minutes on a loaded 2-core machine
 def test_a_flood_of_output_leaves_the_api_responsive(tmp_path: Path) -> None:
     max_bytes, backups = 5 * 1024 * 1024, 2
     with _fake(tmp_path, "flood", FAKE_ENGINE_LINES="1e6", LLM_SUPERVISOR_LOG_MAX_BYTES=str(max_bytes),
@@ -72,7 +75,7 @@ def test_a_flood_of_output_leaves_the_api_responsive(tmp_path: Path) -> None:
         run.wait_ready()
         answered = 0
         rss: list[float] = []
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         done = False
         while time.monotonic() < deadline and not done:
             r = run.get("/status")

@@ -143,4 +143,5 @@ def test_the_daemon_recovers_a_tp2_start_in_one_relaunch(tmp_path: Path, monkeyp
     assert launches[1].argv[launches[1].argv.index("--compilation-config") + 1] == OFF
     (relaunch,) = h.relaunches()
     assert relaunch["change"]["extra_args"] == [[], ["--compilation-config", OFF]]
+    assert "extra_args + --compilation-config" in relaunch["summary"]
     assert status["state"] == "ready"

@@ -395,7 +395,7 @@ def test_dockerfile_env_is_valid_settings_with_one_persistent_volume(
     for key in ("HF_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "XDG_CACHE_HOME"):
         assert is_under(env[key], [state]), f"{key}={env[key]} is outside the state volume {state}"
     copies = [shlex.split(args) for args in instruction("COPY")]
-    assert ["profiles/", "/etc/llm-supervisor/profiles/"] in copies
+    assert ["llm_supervisor/data/profiles/", "/etc/llm-supervisor/profiles/"] in copies
 
 
 def test_dockerfile_ports_and_healthcheck_match_the_defaults() -> None:

@@ -141,7 +141,7 @@ def test_plan_says_what_would_meet_an_unreachable_target(tmp_path: Path, capsys,
     with pytest.raises(SystemExit):
         cli.main(["plan", "--profile", str(profile), "--gpu-memory-gib", str(H200_TOTAL), "--vllm-version", VLLM])
     text = capsys.readouterr().out
-    assert "target 8 requests of 32,768 tokens: NOT met (7.81 fit at utilization 0.9)" in text
+    assert "target 8 requests of 32,768 tokens at once: NOT met (7.81 fit at utilization 0.9)" in text
     assert "it would with: recovery.max_gpu_memory_utilization ≥ 0.92; or target.context ≤ " in text
     assert "users at" not in text and "≥ 20 tok/s each:" in text
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from llm_supervisor.errors import BadInput, DaemonUnreachable, RuntimeFailure
 
-__all__ = ["ACTIONS", "format_status", "get_status", "post_action"]
+__all__ = ["ACTIONS", "format_status", "get_status", "post_action", "stream_logs"]
 
 ACTIONS = ("restart", "stop")
 TOKEN_HINT = "token missing/wrong (LLM_SUPERVISOR_API_TOKEN or --token)"
@@ -124,6 +125,49 @@ def post_action(url: str, action: str, token: str | None, timeout: float = 10,
     return _json(resp, base)
 
 
+def stream_logs(url: str, token: str | None, attempt: int | None = None, follow: bool = False, timeout: float = 10,
+                *, transport: httpx.BaseTransport | None = None) -> Iterator[bytes]:
+    """`GET /logs`: the engine's output as the daemon streams it (the admin actions' token rule).
+    DaemonUnreachable when no daemon answers (the caller may read the file instead)."""
+    base = _base(url)
+    params: dict[str, Any] = {}
+    if attempt is not None:
+        params["attempt"] = attempt
+    if follow:
+        params["follow"] = "true"
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        with httpx.Client(timeout=httpx.Timeout(timeout, read=None if follow else timeout), transport=transport,
+                          trust_env=not _is_loopback(base)) as client:
+            with client.stream("GET", base + "/logs", params=params, headers=headers) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    _logs_refused(resp, base)
+                yield from resp.iter_raw()
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        raise BadInput("bad daemon URL", [f"--url: {url!r} is not a usable http:// URL ({exc})"]) from None
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        raise DaemonUnreachable(f"no daemon answering at {base}") from None
+    except httpx.TimeoutException:
+        raise DaemonUnreachable(f"the daemon at {base} did not answer within {timeout:g} s") from None
+    except httpx.RemoteProtocolError:
+        return  # the daemon stopped while we followed it: its output ends here
+    except httpx.TransportError as exc:
+        raise DaemonUnreachable(f"the connection to the daemon at {base} failed: {exc or type(exc).__name__}") from None
+
+
+def _logs_refused(resp: httpx.Response, base: str) -> None:
+    if resp.status_code == 401:
+        raise RuntimeFailure(f"{TOKEN_HINT}: the daemon at {base} requires a token")
+    if resp.status_code == 403:
+        raise RuntimeFailure(f"{TOKEN_HINT}: the daemon at {base} refused: {_detail(resp)}")
+    if resp.status_code == 404 and _detail(resp) == "Not Found":  # no such route: the router's own answer
+        raise RuntimeFailure(f"the daemon at {base} has no /logs (an older llm-supervisor?)")
+    if resp.status_code in (404, 422):
+        raise BadInput("no such log", [_detail(resp)])
+    raise RuntimeFailure(f"the daemon at {base} answered {resp.status_code} to /logs: {_detail(resp)}")
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -193,9 +237,16 @@ def _failure(failure: Any) -> str:
         return ""
     if isinstance(failure, dict):
         kind = str(failure.get("kind") or "")
-        message = str(failure.get("message") or failure.get("reason") or "")
-        if len(message) > 70:
-            message = message[:69] + "…"
+        # The daemon's one line with the numbers; else the numbers vLLM printed; else the start of
+        # the message (vLLM's run to 500 characters and repeat themselves).
+        message = str(failure.get("brief") or "")
+        values = failure.get("values")
+        if not message and isinstance(values, dict) and values:
+            message = ", ".join(f"{k} {_int(v) if isinstance(v, int) else v}" for k, v in values.items())
+        if not message:
+            message = " ".join(str(failure.get("message") or failure.get("reason") or "").split())
+            if len(message) > 120:
+                message = message[:119] + "…"
         return f"{kind}: {message}" if kind and message else kind or message
     return str(failure)
 
@@ -298,7 +349,7 @@ def format_status(status: dict) -> RenderableType:
     engine = []
     if status.get("pid") is not None:
         engine.append(f"pid {status['pid']}")
-    if status.get("uptime_s") is not None:
+    if status.get("uptime_s") is not None and state in ("ready", "degraded"):  # only a serving engine is "up"
         engine.append(f"up {_duration(status['uptime_s'])}")
     if status.get("engine_url"):
         engine.append(str(status["engine_url"]))

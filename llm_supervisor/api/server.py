@@ -16,11 +16,11 @@ import contextlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Optional, Union
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -29,6 +29,7 @@ from pydantic_core import to_json
 
 from llm_supervisor import __version__
 from llm_supervisor.api.embedded import Address, EmbeddedServer, plain_host
+from llm_supervisor.api.page import render_page
 from llm_supervisor.errors import SettingsError, SupervisorError
 from llm_supervisor.states import State
 
@@ -49,6 +50,10 @@ log = logging.getLogger("llm_supervisor.api.server")
 
 StatusSource = Callable[[], dict]
 CommandSink = Callable[[str], None]
+SeriesSource = Callable[[], dict]
+# (attempt or None, follow) -> an async iterator of the engine's output; raises SupervisorError
+# (answered 404) when there is no such attempt.
+LogsSource = Callable[[Optional[int], bool], Awaitable[AsyncIterator[bytes]]]
 
 ACTIONS = ("restart", "stop")
 # No endpoint takes a body; anything larger than this is refused before it is read.
@@ -233,6 +238,18 @@ class StatusCollector:
         yield InfoMetricFamily("llm_supervisor", "what the daemon serves", value=info)
 
 
+def _host_name(host: str) -> str:
+    """'127.0.0.1:8900' → '127.0.0.1', '[::1]:8900' → '::1'."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _origin_of(request: Request) -> str:
+    """The origin a page served by this daemon would send: scheme://Host."""
+    return f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
 def _num(value: Any) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -337,12 +354,15 @@ class BodyLimitMiddleware:
 
 
 def create_app(status_source: StatusSource, command_sink: CommandSink, token: str | SecretStr | None,
-               collectors: Iterable[Any] = ()) -> FastAPI:
+               collectors: Iterable[Any] = (), *, series_source: SeriesSource | None = None,
+               logs_source: LogsSource | None = None) -> FastAPI:
     """Build the REST app over the daemon's snapshot reader and command queue.
 
     `status_source()` must be cheap and non-blocking (it returns the daemon's current snapshot).
     `command_sink(action)` must only enqueue; it may raise a SupervisorError to refuse the action
     (answered 409 with its message) or anything else when it cannot take commands (503).
+    `series_source()` (the last hour, for the status page) is as cheap; `logs_source(attempt,
+    follow)` streams the engine's output (`GET /logs`, which takes the admin actions' rule).
     """
     secret = _secret(token)
     secret_bytes = secret.encode("utf-8") if secret else None
@@ -370,7 +390,17 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
         return snap
 
     def authorize(request: Request) -> None:
+        # A web page elsewhere must not act through the visitor's browser (a cross-site form
+        # POST to 127.0.0.1, or a name rebound to it): browsers send Origin on such requests.
+        origin = request.headers.get("origin")
+        if origin is not None and origin != _origin_of(request):
+            raise HTTPException(403, f"refused: a request from the web page {origin[:100]!r} (cross-origin)")
         if secret_bytes is None:
+            # ...nor through a name of its own rebound to 127.0.0.1: a browser's request (it says
+            # Origin or Sec-Fetch-Site) must name this machine in its Host.
+            browser = origin is not None or request.headers.get("sec-fetch-site") is not None
+            if browser and not is_loopback_host(_host_name(request.headers.get("host", ""))):
+                raise HTTPException(403, "refused: a browser request for another host name without LLM_SUPERVISOR_API_TOKEN")
             host = request.client.host if request.client else None
             if not is_loopback_host(host):
                 raise HTTPException(
@@ -418,6 +448,64 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
         # Straight to JSON bytes: faster than dump + json.dumps, and a stray inf/NaN becomes null
         # instead of a 500 (JSON has no such numbers).
         return Response(model.model_dump_json(), media_type="application/json")
+
+    @app.get("/status/series", summary="The last hour, sampled by the daemon (for the status page)", tags=["status"],
+             responses={404: {"model": Detail, "description": "this daemon keeps no series"},
+                        503: {"model": Detail, "description": "the series is not available right now"}})
+    async def get_series() -> Response:
+        if series_source is None:
+            raise HTTPException(404, "this daemon keeps no series")
+        try:
+            body = to_json(series_source(), fallback=str, inf_nan_mode="null")
+        except Exception:
+            log.exception("series source failed")
+            raise HTTPException(503, "the series is not available right now") from None
+        return Response(body, media_type="application/json")
+
+    @app.get("/", response_class=HTMLResponse, summary="The status page", tags=["status"],
+             responses={503: {"model": Detail, "description": "status is not available right now"}})
+    async def page(request: Request) -> Response:
+        snap = snapshot()
+        series = None
+        if series_source is not None:
+            with contextlib.suppress(Exception):
+                series = series_source()
+        client = request.client.host if request.client else None
+        admin = "token" if secret_bytes is not None else ("loopback" if is_loopback_host(client) else "none")
+        html, nonce = render_page(snap, series, admin=admin)
+        return HTMLResponse(html, headers={
+            # everything comes from this daemon; scripts only with this response's nonce
+            "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                                       "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                                       "form-action 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        })
+
+    @app.get(
+        "/logs",
+        summary="The engine's output (admin rule: the token, or loopback without one)",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "the engine's output, as it wrote it"},
+                   401: {"model": Detail, "description": "token required (Authorization: Bearer <token>)"},
+                   403: {"model": Detail, "description": "wrong token, a non-loopback client while no token is set, "
+                                                         "or a request from another web page"},
+                   404: {"model": Detail, "description": "no such attempt, or no engine log yet"}},
+        tags=["admin"],
+    )
+    async def logs(request: Request,
+                   attempt: Optional[int] = Query(None, ge=1, le=1_000_000, description="launch N of this run (default: the newest)"),
+                   follow: bool = Query(False, description="keep streaming what the engine writes next")) -> Response:
+        authorize(request)
+        if logs_source is None:
+            raise HTTPException(404, "this daemon serves no engine log")
+        try:
+            stream = await logs_source(attempt, follow)
+        except SupervisorError as exc:
+            raise HTTPException(404, exc.message) from None
+        return StreamingResponse(stream, media_type="text/plain; charset=utf-8",
+                                 headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
 
     @app.get("/healthz", response_model=Health, summary="The daemon is alive", tags=["status"])
     async def healthz() -> dict:

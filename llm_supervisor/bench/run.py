@@ -478,6 +478,8 @@ def _report(
         "engine_max_concurrency": _r(engine_max, 2),
         "engine_max_concurrency_context": engine_ctx,
         "engine_max_concurrency_source": source,
+        # the daemon's word: the bundled simulator, not vLLM on a GPU (None: no daemon asked)
+        "simulated": bool(status.get("simulated")) if status else None,
     }
     report["comparison"] = compare_sentence(report)
     return report
@@ -552,5 +554,10 @@ def format_bench(report: dict[str, Any]) -> "Group":
     if report.get("engine_max_concurrency") is not None:
         ctx = report.get("engine_max_concurrency_context")
         table.add_row("engine max concurrency", f"{report['engine_max_concurrency']:.2f}×" + (f" at {ctx:,} tokens" if ctx else ""))
-    return Group(table, Text(report["comparison"]))
+    parts: list[Any] = [table, Text(report["comparison"])]
+    if report.get("simulated"):
+        parts.insert(0, Text(" SIMULATED: the engine is the bundled vLLM simulator on a simulated GPU; these figures "
+                             "say nothing about a real GPU ", style="bold black on yellow"))
+        table.title = f"SIMULATED {table.title}"
+    return Group(*parts)
 

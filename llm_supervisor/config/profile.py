@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from llm_supervisor.config.cluster import ClusterConfig, cluster_problems
 from llm_supervisor.config.frontdoor import FrontDoorConfig
@@ -99,6 +99,15 @@ class Affinity(_Strict):
             return parse_cpulist(value)
         if isinstance(value, int):
             return [value]
+        return value
+
+    @field_validator("cpus", "numa_nodes")
+    @classmethod
+    def _only_explicit(cls, value: Any, info: ValidationInfo) -> Any:
+        mode = info.data.get("mode")
+        if value is not None and mode in ("auto", "none"):
+            raise ValueError(f"used only with affinity.mode: explicit (mode is {mode}); set affinity.mode: "
+                             f"explicit (--set affinity.mode=explicit) or drop {info.field_name}")
         return value
 
     @model_validator(mode="after")

@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llm_supervisor.errors import SettingsError
 
+# The shipped profiles live in the package (so `pip install .`, the wheel and the Docker image
+# have them); the checkout's top-level profiles/ is a link to this folder, one copy of each.
 PACKAGE_PROFILES_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
-REPO_PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "profiles"
 
 
 def _default_state_dir() -> Path:
@@ -26,8 +27,8 @@ def _default_state_dir() -> Path:
 
 
 def _default_profiles_dir() -> Path:
-    """The checkout's profiles/ when run from source, else the copy shipped in the package."""
-    return REPO_PROFILES_DIR if REPO_PROFILES_DIR.is_dir() else PACKAGE_PROFILES_DIR
+    """The profiles shipped in the package (LLM_SUPERVISOR_PROFILES_DIR overrides)."""
+    return PACKAGE_PROFILES_DIR
 
 
 class Settings(BaseSettings):
@@ -55,6 +56,8 @@ class Settings(BaseSettings):
     stop_timeout_s: float = Field(default=15.0, gt=0, description="SIGTERM to SIGKILL deadline")
     failed_linger_s: float = Field(default=30.0, ge=0, description="after giving up, stay in `failed` this long "
                                    "(status shows why; `supervisor restart` tries again), then exit 3")
+    series_interval_s: float = Field(default=10.0, ge=0.2, le=3600, description="how often the status page's "
+                                     "plots sample the engine; 360 points are kept (an hour at 10 s)")
     log_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     log_backups: int = Field(default=5, ge=0)
 

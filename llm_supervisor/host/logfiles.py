@@ -1,7 +1,9 @@
-"""Saved vLLM logs on disk: their lines, split as vLLM wrote them, fed to the one log parser."""
+"""Saved vLLM logs on disk: their lines, split as vLLM wrote them, fed to the one log parser; and
+the daemon's engine log read by attempt (`supervisor logs`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -59,3 +61,135 @@ def read_log(path: str | Path) -> Iterator[str]:
 def diagnose_file(path: str | Path) -> dict[str, Any]:
     """`supervisor diagnose LOGFILE`: a saved vLLM log, diagnosed (vllm/diagnosis.py)."""
     return diagnose_lines(read_log(path), str(path))
+
+
+# ---------------------------------------------------------------- the engine's log, by attempt
+#
+# The daemon writes every launch's output to <LOG_DIR>/<profile>.log (rotated to .1 … .N), each
+# launch after a line `===== llm-supervisor attempt N at <time>: <argv>`. Attempt numbers start
+# at 1 again with every `supervisor up`: "attempt N" means the N-th launch of the newest run.
+
+_MARK_RE = re.compile(rb"^===== llm-supervisor attempt (\d+) at ")
+READ_CHUNK = 64 * 1024
+
+
+def engine_log_files(path: Path) -> list[Path]:
+    """The log and its rotated copies that exist, oldest first (`x.log.5` … `x.log.1`, `x.log`)."""
+    backups = []
+    for candidate in path.parent.glob(f"{path.name}.*"):
+        suffix = candidate.name[len(path.name) + 1:]
+        if suffix.isdigit():
+            backups.append((int(suffix), candidate))
+    return [p for _, p in sorted(backups, reverse=True)] + ([path] if path.exists() else [])
+
+
+def _marks(files: list[Path], limits: dict[int, int]) -> list[tuple[int, int, int]]:
+    """(attempt, file index, byte offset) of every attempt line, in order."""
+    marks = []
+    for index, file in enumerate(files):
+        limit = limits.get(index)
+        offset = 0
+        with file.open("rb") as fh:
+            for line in fh:
+                if limit is not None and offset >= limit:
+                    break
+                if line.startswith(b"====="):
+                    m = _MARK_RE.match(line)
+                    if m:
+                        marks.append((int(m.group(1)), index, offset))
+                offset += len(line)
+    return marks
+
+
+def attempt_section(path: Path, attempt: int | None = None, *, current: tuple[int, int] | None = None
+                    ) -> tuple[int, list[tuple[Path, int, int | None]]]:
+    """Which bytes hold `attempt` of the newest run (the newest attempt when None): its number
+    and (file, start, end) ranges. `current` = (inode, size) of the live file when the caller
+    saw it: nothing after that is included (a follower gets the rest as it is written), even
+    when the file was rotated in between. BadInput when there is no such attempt."""
+    files = engine_log_files(path)
+    limits: dict[int, int] = {}
+    if current is not None:
+        inode, size = current
+        for index, file in enumerate(files):
+            try:
+                if file.stat().st_ino == inode:
+                    limits[index] = size
+                    files = files[: index + 1]  # what came after the snapshot is the follower's
+                    break
+            except OSError:
+                continue
+    if not files:
+        raise _bad(f"{path}: no engine log yet (the daemon writes it from the first launch)")
+    marks = _marks(files, limits)
+    if not marks:
+        raise _bad(f"{path}: no launch recorded in the engine log")
+    run_start = max(i for i, m in enumerate(marks) if m[0] == 1) if any(m[0] == 1 for m in marks) else 0
+    run = marks[run_start:]
+    if attempt is None:
+        chosen = len(run) - 1
+    else:
+        found = [i for i, m in enumerate(run) if m[0] == attempt]
+        if not found:
+            have = f"attempts {run[0][0]}–{run[-1][0]}" if len(run) > 1 else f"attempt {run[0][0]}"
+            raise _bad(f"--attempt {attempt}: not in the engine log (the newest run has {have})")
+        chosen = found[-1]
+    number, first, start = run[chosen]
+    if chosen + 1 < len(run):
+        _, last, end = run[chosen + 1]
+    else:
+        last, end = len(files) - 1, limits.get(len(files) - 1)
+    ranges: list[tuple[Path, int, int | None]] = []
+    for index in range(first, last + 1):
+        ranges.append((files[index], start if index == first else 0,
+                       end if index == last else limits.get(index)))
+    return number, ranges
+
+
+def read_ranges(ranges: list[tuple[Path, int, int | None]]) -> Iterator[bytes]:
+    """The bytes of `attempt_section`'s ranges, in chunks."""
+    for file, start, end in ranges:
+        try:
+            fh = file.open("rb")
+        except FileNotFoundError:  # rotated away meanwhile: what it held is gone
+            continue
+        with fh:
+            fh.seek(start)
+            left = None if end is None else max(0, end - start)
+            while left is None or left > 0:
+                chunk = fh.read(READ_CHUNK if left is None else min(READ_CHUNK, left))
+                if not chunk:
+                    break
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
+
+
+def follow_file(path: Path, poll_s: float = 0.5) -> Iterator[bytes]:
+    """What is appended to `path` from now on (`tail -f`), across rotations; forever."""
+    import time
+
+    def identity() -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size
+
+    seen = identity()
+    inode, offset = seen if seen else (None, 0)
+    while True:
+        now = identity()
+        if now is not None:
+            if now[0] != inode:  # rotated or recreated: the new file from its start
+                inode, offset = now[0], 0
+            if now[1] < offset:  # truncated
+                offset = 0
+            if now[1] > offset:
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read(now[1] - offset)
+                offset += len(chunk)
+                yield chunk
+                continue
+        time.sleep(poll_s)

@@ -409,6 +409,13 @@ def format_speed(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _target_text(target: Any) -> str:
+    """{'min_concurrency': 8.0, 'context': 8192} → '8 requests of 8,192 tokens at once'."""
+    if isinstance(target, dict) and {"min_concurrency", "context"} <= target.keys():
+        return f"{target['min_concurrency']:g} requests of {int(target['context']):,} tokens at once"
+    return str(target)
+
+
 def format_plan(plan: LaunchPlan) -> str:
     """A short human summary of the plan (the JSON has everything)."""
     data = plan.to_json()
@@ -417,7 +424,14 @@ def format_plan(plan: LaunchPlan) -> str:
         lines.append("SIMULATED run: the bundled vLLM simulator on a simulated GPU (no real engine)")
     lines.append(f"profile   {plan.profile.name}  model {plan.profile.model.id}")
     hw = data["hardware"]
-    lines.append(f"hardware  {'matches' if hw['match'] else 'DOES NOT MATCH'}: " + "; ".join(hw["reasons"]))
+    found = [g.cuda_total_mib / 1024 for g in plan.chosen]
+    if found and (plan.gpu_count != len(found) or abs(plan.gpu_total_gib - min(found)) > 0.05):
+        # --gpu-memory-gib / --gpu-count: the prediction is for those GPUs, not the ones found
+        lines.append(f"hardware  planned for {plan.gpu_count}× {plan.gpu_name} with {plan.gpu_total_gib:.1f} GiB "
+                     f"(--gpu-memory-gib / --gpu-count); found {len(found)}× {plan.chosen[0].name} "
+                     f"with {min(found):.1f} GiB")
+    else:
+        lines.append(f"hardware  {'matches' if hw['match'] else 'DOES NOT MATCH'}: " + "; ".join(hw["reasons"]))
     pl = plan.placement
     cpus = data["placement"]["cpulist"] if pl.pinned else f"not pinned (allowed {data['placement']['allowed_cpus']})"
     ev = plan.engine_version
@@ -439,7 +453,7 @@ def format_plan(plan: LaunchPlan) -> str:
             t = p.target
             verdict = "met" if p.target_met else "NOT met"
             have = math.floor(p.concurrency_at(t["context"]) * 100) / 100
-            lines.append(f"          target {t['min_concurrency']:g} requests of {t['context']:,} tokens: {verdict}"
+            lines.append(f"          target {_target_text(t)}: {verdict}"
                          f" ({have:.2f} fit at utilization {plan.args.gpu_memory_utilization:g})")
             if plan.target_fit is not None and plan.target_fit.would:
                 lines.append("          it would with: " + "; or ".join(plan.target_fit.would))

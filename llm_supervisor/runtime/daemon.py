@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,19 +29,24 @@ from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
 from llm_supervisor.frontdoor import FrontDoor
+from llm_supervisor.host.logfiles import attempt_section, read_ranges
 from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port
 from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
 from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
+from llm_supervisor.runtime.events import (SHOWN, DaemonEvent, Decided, Exiting, GaveUp, Launched, Observer,
+                                           Progress, Ready, StateChanged)
 from llm_supervisor.runtime.notify import Notifier
+from llm_supervisor.runtime.series import Series, sample
 from llm_supervisor.runtime.service import daemon_process, keep_watchdog, log_placement, poll_gpus, served
 from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Outcome, RestartLoop
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
+from llm_supervisor.vllm.brief import change_brief, decision_brief, failure_brief
 from llm_supervisor.vllm.calibration import learn_from_facts
-from llm_supervisor.vllm.engine_args import redact_argv
+from llm_supervisor.vllm.engine_args import REDACTED, is_secret_env, redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
 from llm_supervisor.vllm.memory import accounting_for, extensible_sizing_from_log
@@ -59,6 +65,11 @@ PHASE_STATUS = {
 RING_LINES = 500
 ATTEMPTS_KEPT = 200  # what recovery sees of earlier launches (its streaks are far shorter)
 RING_LINE_CHARS = 2000  # a line kept for /status's log_tail; the log file keeps it whole
+# The engine's access-log lines for the daemon's own probes and Prometheus scrapes: in the log
+# file, not in /status's log_tail, where they would push out everything the engine said.
+PROBE_LINES = ('"GET /health HTTP/1.1"', '"GET /metrics HTTP/1.1"')
+FACTS_SHOWN = ("model_weights_gib", "kv_cache_tokens", "max_concurrency", "available_kv_cache_gib")
+FOLLOW_CHUNKS = 1024  # output chunks a `supervisor logs -f` may fall behind before it is cut off
 
 
 @dataclass(frozen=True)
@@ -91,8 +102,9 @@ class Daemon(RestartLoop):
                  engine_client: EngineClient | None = None, notifier: Notifier | None = None,
                  store: StateStore | None = None, calibration: Calibration | None = None,
                  gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None,
-                 door: FrontDoor | None = None) -> None:
+                 door: FrontDoor | None = None, observers: Sequence[Observer] = ()) -> None:
         super().__init__(clock or SystemClock(), Inbox())
+        self.observers: list[Observer] = list(observers)
         self.settings = settings
         self.profile = profile
         self.plan = plan
@@ -136,14 +148,36 @@ class Daemon(RestartLoop):
         self.placement_applied: str | None = None
         self.seen_vllm_version: str | None = None
         self.exit_code = EXIT_OK
+        self.gave_up_line = ""
         self._launched_at = 0.0
         self._log: launching.RotatingLog | None = None
+        self.series = Series(settings.series_interval_s)
+        self._followers: set[asyncio.Queue[bytes | None]] = set()
 
     # ------------------------------------------------------------ records
+    def _emit(self, event: DaemonEvent) -> None:
+        """Tell every observer; one that raises is dropped (a view must not stop the loop)."""
+        for observer in list(self.observers):
+            try:
+                observer(event)
+            except Exception as exc:  # noqa: BLE001
+                self.observers.remove(observer)
+                log.warning("dropped a progress observer that failed: %r", exc)
+
+    def enter(self, new: State, why: str = "") -> None:
+        before = self.state
+        super().enter(new, why)
+        if self.state is not before:
+            self._emit(StateChanged(self.clock.monotonic(), new.value, why))
+
     def _event(self, event: str, failure: Failure | None = None, change: dict[str, Any] | None = None,
                reason: str = "") -> None:
+        shown = None
+        if failure is not None:
+            # the whole message stays; `brief` is the line with its numbers that people read
+            shown = failure.to_json() | {"brief": failure_brief(str(failure.kind), failure.values, failure.message)}
         entry = {"at": iso(self.clock.time()), "event": event, "attempt": self.attempt,
-                 "failure": failure.to_json() if failure else None, "change": change or None, "reason": reason}
+                 "failure": shown, "change": change or None, "reason": reason}
         self.history.append(entry)
         del self.history[:-100]
         self.store.record(self.key, entry)
@@ -197,13 +231,27 @@ class Daemon(RestartLoop):
             "placement": {**self.plan.placement.to_json(), "applied": self.placement_applied},
             "facts": f.contract() | {"vllm_version": f.vllm_version, "compile_cached": f.compile_cached},
             "vllm": self._vllm_status(),
-            "phase": self.parser.phase,
+            "phase": self._phase(),
             "target": self.profile.target.model_dump() if self.profile.target else None,
             "capacity": capacity_summary(self.capacity),
             "message": self.message,
             "history": list(self.history[-50:]),
             "log_tail": list(self.ring)[-20:],
+            "log_path": str(self.log_path),
         }
+
+    def _phase(self) -> str | None:
+        """vLLM's startup phase while it starts; `ready` once it serves; nothing between launches."""
+        if self.state is State.STARTING:
+            return self.parser.phase or "launching"
+        if self.state in (State.READY, State.DEGRADED):
+            return "ready"
+        return None
+
+    @property
+    def log_path(self) -> Any:
+        """The engine's output, all attempts (rotated): `supervisor logs` reads it."""
+        return self.settings.logs / f"{self.profile.name}.log"
 
     def _vllm_status(self) -> dict[str, Any]:
         """Which vLLM: what the plan expected, what the engine printed, the accounting in use."""
@@ -236,16 +284,29 @@ class Daemon(RestartLoop):
         self.handle_restart()
 
     # ------------------------------------------------------------ output
+    def _write_log(self, data: bytes) -> None:
+        """The engine log file, and every `supervisor logs -f` following it."""
+        if self._log is not None:
+            self._log.write(data)
+        for queue in list(self._followers):
+            try:
+                queue.put_nowait(data)
+            except asyncio.QueueFull:  # a follower that cannot keep up is cut off, not waited for
+                self._followers.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(b"\n===== llm-supervisor: this follower fell behind the engine's output; follow again\n")
+                queue.put_nowait(None)
+
     def _on_output(self, raw: bytes, lines: list[str]) -> None:
-        if raw and self._log is not None:
-            self._log.write(raw)
+        if raw:
+            self._write_log(raw)
         if not lines:
             return
         self.last_output = self.clock.monotonic()
         # A multi-megabyte line arrives as 64 KiB pieces: kept whole, 20 of them would make
         # every /status a megabyte and the ring 30 MB.
         self.ring.extend(line if len(line) <= RING_LINE_CHARS else line[:RING_LINE_CHARS] + " […]"
-                         for line in lines[-RING_LINES:])
+                         for line in lines[-RING_LINES:] if not any(p in line for p in PROBE_LINES))
         feed = self.parser.feed
         for line in lines:
             for event in feed(line):
@@ -258,17 +319,28 @@ class Daemon(RestartLoop):
             if data.get("phase") == "kv_cache" and f.kv_cache_tokens:
                 text = f"KV cache: {f.kv_cache_tokens:,} tokens"
             self.message = text
+            log.info("attempt %d: %s", self.attempt, text, extra=SHOWN)
             self.notifier.status(f"attempt {self.attempt}: {text}")
             self.notifier.extend_timeout(300)
+            self._progress(text)
         elif kind == "fact" and data.get("name") == "vllm_version":
             self._note_version(str(data.get("value")))
-        elif kind == "fact" and data.get("name") in ("kv_cache_tokens", "max_concurrency"):
-            if f.kv_cache_tokens and f.max_concurrency:
+        elif kind == "fact" and data.get("name") in FACTS_SHOWN:
+            if data.get("name") in ("kv_cache_tokens", "max_concurrency") and f.kv_cache_tokens and f.max_concurrency:
                 ctx = f.max_concurrency_context or self.args.max_model_len
                 self.message = f"KV cache: {f.kv_cache_tokens:,} tokens, {f.max_concurrency:.2f}x at {ctx:,}"
                 log.info("vLLM reports %s KV-cache tokens, max concurrency %.2fx at %s tokens",
-                         f"{f.kv_cache_tokens:,}", f.max_concurrency, f"{ctx:,}")
+                         f"{f.kv_cache_tokens:,}", f.max_concurrency, f"{ctx:,}", extra=SHOWN)
                 self.notifier.status(self.message)
+            self._progress(PHASE_STATUS.get(self.parser.phase or "", self.parser.phase or "starting"))
+
+    def _progress(self, text: str) -> None:
+        f = self.parser.facts
+        facts = {"weights_gib": f.model_weights_gib, "available_kv_cache_gib": f.available_kv_cache_gib,
+                 "kv_cache_tokens": f.kv_cache_tokens, "max_concurrency": f.max_concurrency,
+                 "context": f.max_concurrency_context or self.args.max_model_len}
+        self._emit(Progress(self.attempt, self.clock.monotonic(), self.parser.phase, text,
+                            {k: v for k, v in facts.items() if v is not None}))
 
     # ------------------------------------------------------------ readiness and watching
     async def _wait_ready(self) -> None:
@@ -292,7 +364,8 @@ class Daemon(RestartLoop):
         self.ready_seconds = round(self.clock.monotonic() - started, 1)
         if self.door is not None:
             self.door.engine_ready(self.engine_url)
-        log.info("%s (attempt %d, %.1f s after launch)", summary, self.attempt, self.ready_seconds)
+        log.info("%s (attempt %d, %.1f s after launch)", summary, self.attempt, self.ready_seconds, extra=SHOWN)
+        self._emit(Ready(self.attempt, self.clock.monotonic(), summary, self.ready_seconds))
         self.notifier.ready(summary)
         self._event("ready", reason=summary)
         self.store.remember_ready(self.key, {k: getattr(self.profile.vllm, k) for k in RECOVERABLE_KEYS},
@@ -421,20 +494,23 @@ class Daemon(RestartLoop):
             self.engine_client.retarget(self.engine_url)
             self.door.engine_starting(self._time_to_ready())
         argv = self.plan.argv_for(self.args, self.engine_port)
-        log.info("launch attempt %d: %s", self.attempt, " ".join(redact_argv(argv)))
+        self.message = f"attempt {self.attempt}: launching"
+        log.info("launch attempt %d: %s", self.attempt, " ".join(redact_argv(argv)), extra=SHOWN)
         self._event("launch", reason=" ".join(redact_argv(argv[len(self.plan.command):])))
         cpus, mems, policy = self.plan.placement.apply_args()
         spec = launching.LaunchSpec(argv=argv, env=self.plan.env_for(self.args), cpus=cpus, mems=mems,
                                     mempolicy=policy, stop_timeout=self.settings.stop_timeout_s)
-        self._log = launching.RotatingLog(self.settings.logs / f"{self.profile.name}.log",
-                                          self.settings.log_max_bytes, self.settings.log_backups)
-        self._log.write(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
+        self._log = launching.RotatingLog(self.log_path, self.settings.log_max_bytes, self.settings.log_backups)
+        self._write_log(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
                         f"{' '.join(redact_argv(argv))}\n".encode())
         self.engine_started_at = self.clock.monotonic()
+        self._emit(Launched(self.attempt, self.engine_started_at, " ".join(redact_argv(argv[len(self.plan.command):])),
+                            str(self.log_path)))
         self.engine = engine = await self.launcher.start(spec, self._on_output)
         if engine.placement:
             self.placement_applied = engine.placement
-            log.info("placement: %s", engine.placement)
+            if engine.placement != "none":
+                log.info("placement: %s", engine.placement)
         self.notifier.status(f"attempt {self.attempt}: starting vLLM (pid {engine.engine_pid})")
         return engine
 
@@ -478,6 +554,8 @@ class Daemon(RestartLoop):
                     task.cancel()
         reached_ready = self.ready_at is not None
         if requested or failure is not None:
+            self.message = ("stopping" if requested is Command.STOP else f"restarting: {requested} requested" if requested
+                            else f"restarting: {failure.kind}")  # type: ignore[union-attr]
             if requested:
                 self.enter(State.STOPPING if requested is Command.STOP else State.RESTARTING, f"{requested} requested")
             self.notifier.status("stopping vLLM" if requested is Command.STOP
@@ -501,15 +579,19 @@ class Daemon(RestartLoop):
                          "(LLM_SUPERVISOR_STOP_TIMEOUT_S) and was killed")
             level = logging.WARNING
         if self._log is not None:
-            self._log.write(f"===== engine {described}\n".encode())
+            self._write_log(f"===== engine {described}\n".encode())
             self._log.close()
+            self._log = None
         if failure is None and not requested:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
             if self.door is not None:  # clients see the engine is gone; what it had not answered waits
                 self.door.engine_down("the model server stopped unexpectedly and is being restarted",
                                       self._time_to_ready())
-        log.log(level, "engine %s%s", described, f": {failure.kind} — {failure.message}" if failure else "")
+        # The kind only: the decision line that follows says it with its numbers, the history keeps
+        # vLLM's whole message.
+        log.log(level, "attempt %d: engine %s%s", self.attempt, described, f" ({failure.kind})" if failure else "",
+                extra=SHOWN if level == logging.INFO else None)
         if requested is not Command.STOP and not self.stop_requested:
             del self.attempts[:-ATTEMPTS_KEPT]
             self.attempts.append(Attempt(at=self._launched_at, args=self.args,
@@ -541,7 +623,14 @@ class Daemon(RestartLoop):
     def on_restart_requested(self, outcome: Outcome) -> None:
         self.restarts += 1
         self.restarts_by_reason["admin"] += 1
+        self.message = "restarting: requested"
         self._event("restart", reason="restart requested through the API")
+
+    def decision_text(self, decision: Relaunch | GiveUp) -> str:  # type: ignore[override]
+        """The state line's reason: what changes, not the policy's whole reasoning again."""
+        if isinstance(decision, Relaunch):
+            return f"relaunch with {change_brief(decision.change) or 'the same arguments'}"
+        return _first_sentence(decision.reason.removeprefix("giving up: "))
 
     def on_relaunch(self, outcome: Outcome, decision: Relaunch) -> None:  # type: ignore[override]
         failure = outcome.failure
@@ -550,13 +639,16 @@ class Daemon(RestartLoop):
         self.restarts += 1
         self.restarts_by_reason[str(failure.kind)] += 1
         self._event("relaunch", failure=failure, change=decision.change, reason=decision.reason)
-        log.warning("relaunching: %s", decision.reason)
+        line = decision_brief(str(failure.kind), failure.values, failure.message, decision.change, decision.delay_s)
+        self.history[-1]["summary"] = line
+        log.warning("attempt %d failed: %s", self.attempt, line, extra=SHOWN)
+        self._emit(Decided(self.attempt, self.clock.monotonic(), line, decision.delay_s))
         self.args = decision.args
         if decision.delay_s > 0:
-            self.message = f"backoff {decision.delay_s:g} s after {failure.kind}: {decision.reason}"
-            self.notifier.status(self.message[:200])
+            self.message = f"backoff {decision.delay_s:g} s after {line}"
         else:
-            self.notifier.status(f"restarting after {failure.kind}: {decision.reason}"[:200])
+            self.message = f"relaunching after {line}"
+        self.notifier.status(self.message[:200])
 
     def on_give_up(self, outcome: Outcome, decision: GiveUp) -> None:
         if self.door is not None:
@@ -564,10 +656,20 @@ class Daemon(RestartLoop):
                                     f"({FailureKind(outcome.failure.kind).value if outcome.failure else 'stopped'}); "
                                     "ask its operator")
         self.message = f"failed: {decision.reason}"
-        log.error("giving up: %s", decision.reason)
-        self.notifier.status(f"failed: {decision.reason}"[:200])
-        self._event("give_up", failure=outcome.failure, reason=decision.reason)
+        failure = outcome.failure
+        line = _first_sentence(decision.reason.removeprefix("giving up: "))
+        if failure is not None and str(failure.kind) not in line:
+            line = f"{failure.kind}: {failure_brief(str(failure.kind), failure.values, failure.message)}; {line}"
+        log.error("giving up: %s", line, extra=SHOWN)
+        self.notifier.status(f"failed: {line}"[:200])
+        self._event("give_up", failure=failure, reason=decision.reason)
+        self.history[-1]["summary"] = line
+        self.gave_up_line = line
         self.exit_code = EXIT_GAVE_UP
+        linger = self.settings.failed_linger_s
+        if linger <= 0 or (self.notifier.enabled and self.ready_count == 0):
+            linger = 0.0
+        self._emit(GaveUp(self.attempt, self.clock.monotonic(), line, linger))
 
     async def linger(self) -> bool:
         """Stay in `failed` for LLM_SUPERVISOR_FAILED_LINGER_S so status, /metrics and a person see
@@ -577,8 +679,8 @@ class Daemon(RestartLoop):
         linger = self.settings.failed_linger_s
         if linger <= 0 or (self.notifier.enabled and self.ready_count == 0):
             return False
-        log.info("staying in failed for %g s (LLM_SUPERVISOR_FAILED_LINGER_S); `supervisor restart` tries again",
-                 linger)
+        log.info("staying in failed for %g s (LLM_SUPERVISOR_FAILED_LINGER_S), then exiting with code %d; "
+                 "`supervisor restart` tries again", linger, EXIT_GAVE_UP)
         if await self.pause(linger) is not Command.RESTART:
             return False
         self.attempts.clear()
@@ -600,7 +702,9 @@ class Daemon(RestartLoop):
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
                                                     self._publish_gpus), name="gpu-poll"),
                       asyncio.create_task(keep_watchdog(self.notifier, self.clock), name="watchdog"),
-                      asyncio.create_task(self.dispatch_commands(), name="commands")]
+                      asyncio.create_task(self.dispatch_commands(), name="commands"),
+                      asyncio.create_task(sample(self.series, self.clock, lambda: self.gpus, self.engine_client.metrics,
+                                                 lambda: self.state in (State.READY, State.DEGRADED)), name="series")]
         code = EXIT_OK
         try:
             code = await self.supervise()
@@ -619,8 +723,15 @@ class Daemon(RestartLoop):
                 await self.door.stop()
             self._event("stop", reason=f"daemon exiting with code {code}")
             await asyncio.to_thread(self.store.save)
+            line = (f"daemon exiting with code {code}, gave up: {self.gave_up_line}"
+                    if code == EXIT_GAVE_UP and self.gave_up_line else f"daemon exiting with code {code}")
+            (log.error if code else log.info)("%s", line, extra=SHOWN)
+            self._emit(Exiting(self.clock.monotonic(), code, line))
             for task in background:
                 task.cancel()
+            for queue in list(self._followers):
+                queue.put_nowait(None)
+            self._followers.clear()
             await self.engine_client.aclose()
         return code
 
@@ -634,8 +745,84 @@ class Daemon(RestartLoop):
     async def run(self) -> int:
         """`supervisor up`: signals, the REST API, and the loop."""
         collectors = [self.door.collector()] if self.door is not None else []
-        async with served(self.settings, self.status, self.command, self._on_signal, collectors):
+        async with served(self.settings, self.status, self.command, self._on_signal, collectors,
+                          series=self.series.to_json, logs=self.open_logs):
             return await self.serve()
+
+    # ------------------------------------------------------------ the engine's log, for the API
+    def secrets(self) -> list[str]:
+        """Values that must never leave the daemon in the engine's output."""
+        values = [self.args.api_key.get_secret_value() if self.args.api_key else None,
+                  self.settings.api_token.get_secret_value() if self.settings.api_token else None]
+        values += [v for k, v in self.plan.env_for(self.args).items() if is_secret_env(k)]
+        return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
+
+    async def open_logs(self, attempt: int | None, follow: bool) -> AsyncIterator[bytes]:
+        """`GET /logs`: attempt N of this run (the newest when None) from the log file, then, with
+        `follow`, what the engine writes next, until the daemon stops. Raises BadInput (before
+        anything is sent) when there is no such attempt."""
+        queue: asyncio.Queue[bytes | None] | None = None
+        current = None
+        if follow:
+            # no await between subscribing and the snapshot: every byte is read once, from the
+            # file or from the queue
+            queue = asyncio.Queue(maxsize=FOLLOW_CHUNKS)
+            self._followers.add(queue)
+            try:
+                st = os.stat(self.log_path)
+                current = (st.st_ino, st.st_size)
+            except OSError:
+                current = (-1, 0)
+        try:
+            number, ranges = await asyncio.to_thread(attempt_section, self.log_path, attempt, current=current)
+        except BaseException:
+            if queue is not None:
+                self._followers.discard(queue)
+            raise
+        if queue is not None and attempt is not None and number != self.attempt:
+            self._followers.discard(queue)  # an earlier attempt has ended: nothing to follow
+            queue = None
+        return self._stream_logs(ranges, queue)
+
+    async def _stream_logs(self, ranges: list[Any], queue: asyncio.Queue[bytes | None] | None) -> AsyncIterator[bytes]:
+        secrets = self.secrets()
+        pending = b""
+
+        def clean(data: bytes, final: bool = False) -> bytes:
+            nonlocal pending
+            data = pending + data
+            cut = len(data) if final else data.rfind(b"\n") + 1
+            pending = data[cut:]
+            text = data[:cut].decode("utf-8", "replace")
+            for secret in secrets:
+                text = text.replace(secret, REDACTED)
+            return text.encode()
+
+        chunks = read_ranges(ranges)
+        try:
+            while True:
+                chunk = await asyncio.to_thread(next, chunks, None)
+                if chunk is None:
+                    break
+                if out := clean(chunk):
+                    yield out
+            while queue is not None:
+                chunk = await queue.get()
+                if chunk is None:
+                    break
+                if out := clean(chunk):
+                    yield out
+            if out := clean(b"", final=True):
+                yield out
+        finally:
+            if queue is not None:
+                self._followers.discard(queue)
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """A policy reason's first sentence (they go on with the numbers' derivation)."""
+    head = text.split("; ", 1)[0].split(". ", 1)[0].strip()
+    return head if len(head) <= limit else head[: limit - 1] + "…"
 
 
 def capacity_summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -675,9 +862,12 @@ def check_engine_port(args: VllmArgs) -> None:
 
 
 def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False,
-               daemon_class: type[Daemon] | None = None) -> int:
-    """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
+               daemon_class: type[Daemon] | None = None, progress: Any = None) -> int:
+    """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up.
+    `progress` (runtime/progress.TerminalProgress, on a terminal) draws the events and the log."""
     with daemon_process(settings):
+        if progress is not None:
+            logging.getLogger("llm_supervisor").handlers[:] = [progress.handler()]
         store = StateStore(settings.state_dir)
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
                           store=store, for_launch=True)
@@ -692,4 +882,9 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
         if not plan.frontdoor:  # with the front door, binding the public address says it (at start)
             check_engine_port(plan.args)
         daemon = (daemon_class or Daemon)(settings, profile, plan, store=store)  # cluster.head.HeadDaemon on a head
-        return asyncio.run(daemon.run())
+        log.info("engine output: %s (`supervisor logs -f` follows it)", daemon.log_path)
+        if progress is None:
+            return asyncio.run(daemon.run())
+        daemon.observers.append(progress)
+        with progress:
+            return asyncio.run(daemon.run())

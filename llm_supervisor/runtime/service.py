@@ -61,17 +61,20 @@ def log_placement(placement: Any, what: str = "placement") -> None:
 
 @contextlib.asynccontextmanager
 async def served(settings: Settings, status: Callable[[], dict[str, Any]], command: Callable[[str], None],
-                 on_signal: Callable[[signal.Signals], None], collectors: Iterable[Any] = ()
+                 on_signal: Callable[[signal.Signals], None], collectors: Iterable[Any] = (), *,
+                 series: Callable[[], dict[str, Any]] | None = None, logs: Callable[..., Any] | None = None
                  ) -> AsyncIterator[EmbeddedServer]:
     """SIGTERM, SIGINT and SIGHUP to `on_signal` (which only records), and the REST API over
-    `status` and `command` (and more Prometheus `collectors`), for as long as the block runs."""
+    `status` and `command` (and more Prometheus `collectors`, the status page's `series`, the
+    engine's `logs`), for as long as the block runs."""
     loop = asyncio.get_running_loop()
     for sig in SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         token = settings.api_token.get_secret_value() if settings.api_token else None
-        api = await start_api(create_app(status, command, token, collectors), settings.api_host, settings.api_port)
-        log.info("REST API on %s (status: %s/status)", settings.url, settings.url)
+        api = await start_api(create_app(status, command, token, collectors, series_source=series, logs_source=logs),
+                              settings.api_host, settings.api_port)
+        log.info("REST API on %s (status page: %s/)", settings.url, settings.url)
         try:
             yield api
         finally:

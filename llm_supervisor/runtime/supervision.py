@@ -73,7 +73,8 @@ class RestartLoop:
             self.reason = why or self.reason
             return
         check_transition(self.state, new)
-        log.info("%sstate %s -> %s%s", self._prefix(), self.state.value, new.value, f": {why}" if why else "")
+        log.info("%sstate %s -> %s%s", self._prefix(), self.state.value, new.value, f": {why}" if why else "",
+                 extra={"event": True})  # a live view shows the state itself (runtime/events.py)
         self.state = new
         self.reason = why
         if self.on_state is not None:
@@ -142,6 +143,10 @@ class RestartLoop:
         """What the STARTING state says when a launch begins."""
         return f"starting {self.name}"
 
+    def decision_text(self, decision: Retry | GiveUp) -> str:
+        """What the RESTARTING or FAILED state says about the policy's decision."""
+        return decision.reason
+
     def backoff_reason(self, decision: Retry) -> str:
         """What the BACKOFF state says while it waits."""
         return f"waiting {decision.delay_s:g} s"
@@ -163,7 +168,7 @@ class RestartLoop:
                 continue
             decision = await self.decide(outcome)
             if isinstance(decision, GiveUp):
-                self.enter(State.FAILED, decision.reason)
+                self.enter(State.FAILED, self.decision_text(decision))
                 self.on_give_up(outcome, decision)
                 if await self.linger():
                     continue
@@ -175,5 +180,5 @@ class RestartLoop:
                 if await self.pause(decision.delay_s) is Command.STOP:
                     break
             else:
-                self.enter(State.RESTARTING, decision.reason)
+                self.enter(State.RESTARTING, self.decision_text(decision))
         return EXIT_OK

@@ -16,6 +16,7 @@ binary ones).
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from typing import Any, Iterable
 
@@ -28,7 +29,10 @@ from llm_supervisor.vllm.recovery import GiveUp, Relaunch, decide
 
 # Each vLLM start prints one of these first; a second one in the same file starts a new run.
 _RUN_MARKERS = ("vLLM API server version", "vLLM server version")
-_VLLM_HINTS = ("EngineCore", "APIServer", "VllmWorker", "Worker_TP", "vllm/", "vllm serve", "vLLM API server", "vLLM server")
+# A frame of a traceback through vLLM's own code, as Python prints it.
+_VLLM_FRAME_RE = re.compile(r'^\s*File "[^"]*[/\\]vllm[/\\][^"]*", line \d+')
+# The last line of a Python traceback: `ValueError: …`, `torch.OutOfMemoryError: …`.
+_EXCEPTION_RE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception): ")
 _ARG_KEYS = (
     "host", "port", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "pipeline_parallel_size",
     "data_parallel_size", "max_num_seqs", "max_num_batched_tokens", "block_size", "enforce_eager",
@@ -48,11 +52,12 @@ def _bad(line: str) -> BadInput:
     return BadInput(line, [line])
 
 
-def _looks_like_vllm(proc: str | None, text: str) -> bool:
-    """A process prefix, vLLM's log header, or vLLM's names."""
-    if proc is not None or HEADER_RE.match(text):
-        return True
-    return any(h in text for h in _VLLM_HINTS)
+def _is_vllm_line(proc: str | None, text: str) -> bool:
+    """A line vLLM printed, by its form: a process prefix (`(EngineCore pid=7) `), vLLM's log
+    header (`INFO 12-03 10:00:00 [file.py:12] `), its start banner, or a traceback frame in vLLM's
+    code. Prose that only quotes vLLM's words (a README, an issue) has none of these."""
+    return (proc is not None or HEADER_RE.match(text) is not None or _run_start(text)
+            or _VLLM_FRAME_RE.match(text) is not None)
 
 
 def _run_start(line: str) -> bool:
@@ -146,13 +151,14 @@ def diagnose_lines(lines: Iterable[str], source: str) -> dict[str, Any]:
     substantive one counts."""
     classifier = FailureClassifier()
     parser = LogParser(sink=classifier)
-    vllm_seen = False
+    vllm_seen = exception_seen = False
     for line in lines:
         starts = _run_start(line)
         if not vllm_seen or starts:
             proc, text = split_line(line)
             if not vllm_seen and text:
-                vllm_seen = _looks_like_vllm(proc, text)
+                vllm_seen = _is_vllm_line(proc, text)
+                exception_seen = exception_seen or _EXCEPTION_RE.match(text) is not None
             if starts and _substantive(parser, classifier):
                 classifier = FailureClassifier()
                 parser = LogParser(sink=classifier)
@@ -160,8 +166,12 @@ def diagnose_lines(lines: Iterable[str], source: str) -> dict[str, Any]:
     facts = parser.facts
     precise = classifier.failure is not None and classifier.failure.kind not in (
         FailureKind.BAD_ARGUMENTS, FailureKind.UNKNOWN)
-    if not vllm_seen and not precise and not any(v is not None for v in facts.contract().values()):
-        raise _bad(f"{source}: does not look like a vLLM log (no vLLM log lines found)")
+    # No line of vLLM's: refused, even when the text quotes a failure (a README does). A bare
+    # paste of the exception line that ends vLLM's traceback (`ValueError: No available memory
+    # for the cache blocks…`) is still vLLM's output when it names a failure vLLM prints.
+    if not vllm_seen and not (exception_seen and precise):
+        raise _bad(f"{source}: does not look like a vLLM log (no line printed by vLLM: no process prefix, "
+                   "log header or traceback)")
     failure = classifier.classify(None, facts.server_started)
     outcome = "failed" if failure else ("ready" if facts.server_started else "incomplete")
     return {

@@ -49,7 +49,7 @@ class EngineMetrics:
     max_concurrency: float | None = None
     kv_cache_tokens: int | None = None
     context: int | None = None
-    kv_cache_usage: float | None = None       # 0..1, the fullest engine's
+    kv_cache_usage: float | None = None  # 0..1, the fullest engine's (`kv_cache_usage_perc`, before 0.10 `gpu_cache_usage_perc`)
     preemptions_total: float | None = None
 
 
@@ -75,6 +75,8 @@ def engine_metrics(text: str) -> EngineMetrics:
             out.running = _add(out.running, value)
         elif name == "vllm:num_requests_waiting":
             out.waiting = _add(out.waiting, value)
+        elif name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
+            out.kv_cache_usage = value if out.kv_cache_usage is None else max(out.kv_cache_usage, value)
         elif name == "vllm:generation_tokens_total":
             out.generation_tokens_total = _add(out.generation_tokens_total, value)
         elif name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):

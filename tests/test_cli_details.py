@@ -1,0 +1,113 @@
+"""What a new user trips over on the command line: the help text, `plan`'s hardware and target
+lines, bad `plan` numbers, an ignored `affinity.cpus`, prose given to `diagnose`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llm_supervisor.config.loader import load_profile
+from llm_supervisor.errors import BadInput
+from llm_supervisor.host.logfiles import diagnose_file
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ROOT / "profiles"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "120", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "llm_supervisor", *args], cwd=ROOT, env=full,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def plan_env(tmp_path: Path) -> dict[str, str]:
+    return {"LLM_SUPERVISOR_STATE_DIR": str(tmp_path / "state"), "LLM_SUPERVISOR_SIM_GPU_DIR": str(tmp_path / "gpu")}
+
+
+def test_help_shows_flags_as_flags() -> None:
+    proc = cli("up", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "<bool>" not in proc.stdout
+    simulate = next(line for line in proc.stdout.splitlines() if "--simulate" in line)
+    assert simulate.split()[0] == "--simulate" and simulate.split()[1] == "run"  # no value after the flag
+    assert "--set KEY=VALUE" in proc.stdout and "--profile NAME|PATH" in proc.stdout
+
+
+def test_shell_completion_is_offered(tmp_path: Path) -> None:
+    proc = cli("--help")
+    assert "--install-completion" in proc.stdout
+    proc = cli("--show-completion", env={"SHELL": "/bin/bash", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "complete" in proc.stdout and "_COMPLETE" in proc.stdout
+    from llm_supervisor.cli import _complete_profiles
+
+    assert _complete_profiles("40") == ["4090d-qwen3-4b"] and _complete_profiles("zz") == []
+
+
+@pytest.mark.parametrize("flag, value", [("--gpu-count", "0"), ("--gpu-count", "-2"), ("--gpu-memory-gib", "0")])
+def test_plan_refuses_impossible_hardware(flag: str, value: str, plan_env: dict[str, str]) -> None:
+    proc = cli("plan", "--profile", "4090d-qwen3-4b", "--simulate", flag, value, env=plan_env)
+    assert proc.returncode == 2
+    assert flag in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plan_says_which_gpu_it_planned_for_and_the_target_in_words(plan_env: dict[str, str]) -> None:
+    proc = cli("plan", "--profile", "4090d-qwen3-4b", "--simulate", "--gpu-memory-gib", "80",
+               "--set", "target={min_concurrency: 8, context: 8192}", env=plan_env)
+    assert proc.returncode == 0, proc.stderr
+    hardware = next(line for line in proc.stdout.splitlines() if line.startswith("hardware"))
+    assert "planned for 1× RTX 4090 D with 80.0 GiB" in hardware and "found 1×" in hardware
+    assert "target 8 requests of 8,192 tokens at once: met" in proc.stdout
+    assert "{'min_concurrency'" not in proc.stdout
+    plain = cli("plan", "--profile", "4090d-qwen3-4b", "--simulate", env=plan_env)
+    assert "hardware  matches:" in plain.stdout and "80.0 GiB" not in plain.stdout
+
+
+def test_affinity_cpus_without_explicit_mode_is_refused() -> None:
+    with pytest.raises(BadInput) as info:
+        load_profile("4090d-qwen3-4b", PROFILES, overrides=["affinity.cpus=[2,3]"])
+    (line,) = info.value.lines()
+    assert line.startswith("--set affinity.cpus: used only with affinity.mode: explicit (mode is auto)")
+    assert "--set affinity.mode=explicit" in line
+    prof = load_profile("4090d-qwen3-4b", PROFILES, overrides=["affinity.mode=explicit", "affinity.cpus=[2,3]"])
+    assert prof.affinity.cpus == [2, 3]
+    with pytest.raises(BadInput) as info:
+        load_profile("4090d-qwen3-4b", PROFILES, overrides=["affinity.mode=none", "affinity.numa_nodes=[0]"])
+    assert info.value.lines() == ["--set affinity.numa_nodes: used only with affinity.mode: explicit (mode is none); "
+                                  "set affinity.mode: explicit (--set affinity.mode=explicit) or drop numa_nodes"]
+
+
+PROSE = """# Recovery
+To see recovery at work, ask for a context that cannot fit:
+    supervisor up --profile 4090d-qwen3-4b --simulate
+# vLLM:  "… (5.62 GiB KV cache is needed, which is larger than the available KV cache memory
+#         (1.61 GiB). Based on the available memory, the estimated maximum model length is 11744."
+The EngineCore and the APIServer of `vllm serve` print to vllm/logs.
+"""
+
+
+def test_diagnose_refuses_prose_that_quotes_a_vllm_failure(tmp_path: Path) -> None:
+    path = tmp_path / "README.md"
+    path.write_text(PROSE, encoding="utf-8")
+    with pytest.raises(BadInput) as info:
+        diagnose_file(path)
+    assert info.value.exit_code == 2 and len(info.value.lines()) == 1
+    assert "does not look like a vLLM log" in info.value.lines()[0]
+    proc = cli("diagnose", str(path))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and "does not look like a vLLM log" in proc.stderr
+
+
+def test_diagnose_still_reads_a_traceback_through_vllm(tmp_path: Path) -> None:
+    path = tmp_path / "tb.log"
+    path.write_text('Traceback (most recent call last):\n'
+                    '  File "/usr/lib/python3/site-packages/vllm/v1/worker/gpu_worker.py", line 560, in f\n'
+                    '    raise ValueError(msg)\n'
+                    'ValueError: No available memory for the cache blocks. Try increasing '
+                    '`gpu_memory_utilization` when initializing the engine.\n', encoding="utf-8")
+    assert diagnose_file(path)["failure"]["kind"] == "no_kv_cache_memory"
