@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llm_supervisor.config.profile import Profile
+from llm_supervisor.config.redaction import is_secret_name
 from llm_supervisor.errors import ProfileError
 
 SHOWN_INPUT_CHARS = 80
@@ -29,8 +30,7 @@ def _is_secret_loc(loc: str) -> bool:
 
 
 def _is_secret_name(name: str) -> bool:
-    upper = name.upper()
-    return any(word in upper for word in ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"))
+    return is_secret_name(name)
 
 
 def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tuple[str, ...] = ()) -> list[str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_supervisor.config.profile import Profile, VllmArgs
+from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
@@ -33,6 +34,7 @@ from llm_supervisor.runtime.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
 from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
 from llm_supervisor.runtime.notify import Notifier
+from llm_supervisor.runtime.outputlog import EngineLog, check_log_dir
 from llm_supervisor.runtime.service import daemon_process, keep_watchdog, log_placement, poll_gpus, served
 from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Outcome, RestartLoop
@@ -88,17 +90,25 @@ class Daemon(RestartLoop):
                  launcher: launching.Launcher | None = None, clock: Clock | None = None,
                  engine_client: EngineClient | None = None, notifier: Notifier | None = None,
                  store: StateStore | None = None, calibration: Calibration | None = None,
-                 gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None) -> None:
+                 gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None,
+                 redactor: Redactor | None = None, engine_log: EngineLog | None = None) -> None:
         super().__init__(clock or SystemClock(), Inbox())
         self.settings = settings
         self.profile = profile
         self.plan = plan
         self.fit = plan.fit
+        # What every output of the daemon passes through: its log, the engine's log file, the
+        # state file, /status (and what is built from it), sd_notify.
+        self.redactor = redactor or Redactor.from_inputs(settings, profile, os.environ)
         self.launcher = launcher or launching.GuardLauncher()
         self.notifier = notifier or Notifier.from_env()
+        if isinstance(self.notifier, Notifier):
+            self.notifier.redact = self.redactor.text
         # run_daemon's store, when given: a second load would find a corrupt file already set
         # aside and lose the warning that says so
-        self.store = store or StateStore(settings.state_dir)
+        self.store = store or StateStore(settings.state_dir, self.redactor)
+        if not self.store.redactor:
+            self.store.redactor = self.redactor
         self.calibration = calibration or Calibration.in_state_dir(settings.state_dir)
         self.key = host_key(profile.name, [g.name for g in plan.chosen])
         if gpus is None and plan.chosen:
@@ -127,9 +137,14 @@ class Daemon(RestartLoop):
         self.message = ""
         self.metrics_kv_tokens: int | None = None
         self.placement_applied: str | None = None
+        self.backstop: str | None = None
         self.exit_code = EXIT_OK
         self._launched_at = 0.0
-        self._log: launching.RotatingLog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._log = engine_log
+        if engine_log is not None:
+            engine_log.on_change = self._log_changed_elsewhere
+            engine_log.redactor = self.redactor
 
     # ------------------------------------------------------------ records
     def _event(self, event: str, failure: Failure | None = None, change: dict[str, Any] | None = None,
@@ -139,6 +154,7 @@ class Daemon(RestartLoop):
         self.history.append(entry)
         del self.history[:-100]
         self.store.record(self.key, entry)
+        self.store.save_soon()  # on disk now (in a thread), not only at the next ready or stop
 
     @property
     def engine_url(self) -> str:
@@ -149,7 +165,7 @@ class Daemon(RestartLoop):
         f = self.parser.facts
         now = self.clock.time()
         running = self.engine is not None and self.engine.running
-        return {
+        return self.redactor.value({
             "state": self.state.value,
             "ready": self.state is State.READY,
             "profile": self.profile.name,
@@ -181,7 +197,9 @@ class Daemon(RestartLoop):
             "message": self.message,
             "history": list(self.history[-50:]),
             "log_tail": list(self.ring)[-20:],
-        }
+            "engine_log": self._log.status() if self._log is not None else None,
+            "backstop": self.backstop,
+        })
 
     def command(self, name: str) -> None:
         """What the REST API's admin routes call."""
@@ -197,6 +215,27 @@ class Daemon(RestartLoop):
         self.handle_restart()
 
     # ------------------------------------------------------------ output
+    def _engine_log(self) -> EngineLog:
+        if self._log is None:
+            self._log = EngineLog(self.settings.logs / f"{self.profile.name}.log", self.settings.log_max_bytes,
+                                  self.settings.log_backups, redactor=self.redactor,
+                                  on_change=self._log_changed_elsewhere)
+        return self._log
+
+    def _log_changed_elsewhere(self, kind: str, text: str) -> None:
+        """From the log's writer thread: hop to the loop, which records it."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            log.warning("%s", text)
+            return
+        loop.call_soon_threadsafe(self._log_changed, kind, text)
+
+    def _log_changed(self, kind: str, text: str) -> None:
+        """The engine log failed, works again, or was written anew: said once each, in the log,
+        the history (so the state file) and /status's `engine_log`."""
+        (log.error if kind == "failed" else log.warning)("%s", text)
+        self._event(f"engine_log_{kind}", reason=text)
+
     def _on_output(self, raw: bytes, lines: list[str]) -> None:
         if raw and self._log is not None:
             self._log.write(raw)
@@ -254,7 +293,7 @@ class Daemon(RestartLoop):
         self.store.remember_ready(self.key, {k: getattr(self.profile.vllm, k) for k in RECOVERABLE_KEYS},
                                   {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}, f.contract())
         self._target_check()
-        await asyncio.to_thread(self.store.save)
+        self.store.save_soon()
         await self._learn_overhead()
         metrics = await client.metrics()
         tokens = metrics.kv_cache_tokens if metrics else None
@@ -356,15 +395,17 @@ class Daemon(RestartLoop):
         cpus, mems, policy = self.plan.placement.apply_args()
         spec = launching.LaunchSpec(argv=argv, env=self.plan.env_for(self.args), cpus=cpus, mems=mems,
                                     mempolicy=policy, stop_timeout=self.settings.stop_timeout_s)
-        self._log = launching.RotatingLog(self.settings.logs / f"{self.profile.name}.log",
-                                          self.settings.log_max_bytes, self.settings.log_backups)
-        self._log.write(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
-                        f"{' '.join(redact_argv(argv))}\n".encode())
+        self._engine_log().write(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
+                                 f"{' '.join(redact_argv(argv))}\n".encode())
         self.engine_started_at = self.clock.monotonic()
         self.engine = engine = await self.launcher.start(spec, self._on_output)
         if engine.placement:
             self.placement_applied = engine.placement
             log.info("placement: %s", engine.placement)
+        backstop = getattr(engine, "backstop", None)
+        if backstop and backstop != self.backstop:
+            self.backstop = backstop
+            log.info("orphan backstop for the engine tree: %s", backstop)
         self.notifier.status(f"attempt {self.attempt}: starting vLLM (pid {engine.engine_pid})")
         return engine
 
@@ -427,7 +468,10 @@ class Daemon(RestartLoop):
             level = logging.WARNING
         if self._log is not None:
             self._log.write(f"===== engine {described}\n".encode())
-            self._log.close()
+        if failure is None and not requested and exit_info.guard_lost:
+            # Whatever the engine printed last, it did not end by itself: its guard was killed.
+            failure = Failure(FailureKind.ENGINE_DEAD, f"the engine {exit_info.description}", {"guard_lost": 1},
+                              "runtime" if reached_ready else None)
         if failure is None and not requested:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
@@ -511,6 +555,7 @@ class Daemon(RestartLoop):
     async def serve(self) -> int:
         """The loop and its background tasks, until a stop or a give-up; then a staged stop of the
         engine. No signals, no REST API: `run()` adds those."""
+        self._loop = asyncio.get_running_loop()
         for warning in self.store.warnings:
             log.warning("%s", warning)
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
@@ -532,10 +577,12 @@ class Daemon(RestartLoop):
                     self.enter(State.STOPPING, "daemon stopping")
                 self.enter(State.STOPPED, "engine stopped")
             self._event("stop", reason=f"daemon exiting with code {code}")
-            await asyncio.to_thread(self.store.save)
+            await asyncio.to_thread(self.store.flush, 10.0)
             for task in background:
                 task.cancel()
             await self.engine_client.aclose()
+            if self._log is not None:
+                await asyncio.to_thread(self._log.close, 2.0)
         return code
 
     def _publish_gpus(self, gpus: list[dict[str, Any]]) -> None:
@@ -566,10 +613,11 @@ def check_engine_port(args: VllmArgs) -> None:
 
 
 def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False,
-               daemon_class: type[Daemon] | None = None) -> int:
+               daemon_class: type[Daemon] | None = None, redactor: Redactor | None = None) -> int:
     """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
-    with daemon_process(settings):
-        store = StateStore(settings.state_dir)
+    redactor = redactor or Redactor.from_inputs(settings, profile, os.environ)
+    with daemon_process(settings, redactor):
+        store = StateStore(settings.state_dir, redactor)
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
                           store=store, for_launch=True)
         if simulate:
@@ -581,6 +629,8 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
             log.warning("plan: %s", warning)
         log_placement(plan.placement)
         check_engine_port(plan.args)
-        settings.logs.mkdir(parents=True, exist_ok=True)
-        daemon = (daemon_class or Daemon)(settings, profile, plan, store=store)  # cluster.head.HeadDaemon on a head
+        check_log_dir(settings.logs / f"{profile.name}.log",
+                      "LLM_SUPERVISOR_LOG_DIR" if settings.log_dir else "LLM_SUPERVISOR_STATE_DIR")
+        daemon = (daemon_class or Daemon)(settings, profile, plan, store=store,  # cluster.head.HeadDaemon on a head
+                                          redactor=redactor)
         return asyncio.run(daemon.run())
