@@ -152,11 +152,13 @@ def test_kill9_during_recovery_leaves_nothing_and_keeps_the_decision(daemons) ->
     kv_cache_too_small; the daemon decides a shorter context and relaunches. `kill -9` of the
     daemon right after the decision: nothing is left, and state.json already has the decision."""
     r = random.Random(os.environ.get("HARDENING_SEED", "recovery"))
-    run: DaemonRun = daemons(startup_s=0.6, sets=["vllm.gpu_memory_utilization=0.4",
-                                                   "recovery.min_gpu_memory_utilization=0.3",
-                                                   "recovery.plan_first_launch=false"]).start()
-    poll(lambda: "relaunch" in saved_events(run), 45, 0.01, "the relaunch decision in state.json")
+    run: DaemonRun = daemons(startup_s=4, sets=["vllm.gpu_memory_utilization=0.4",
+                                                 "recovery.min_gpu_memory_utilization=0.3",
+                                                 "recovery.plan_first_launch=false"]).start()
+    poll(lambda: "relaunch" in saved_events(run), 60, 0.01, "the relaunch decision in state.json")
     time.sleep(r.uniform(0, 0.5))  # somewhere in the relaunch
+    status = run.status() or {}
+    assert status.get("attempt") == 2 and status.get("state") != "ready", status.get("state")  # not saved by a ready
     run.signal(signal.SIGKILL)
     assert run.wait_exit(10) == -signal.SIGKILL
     assert_clean(run, "kill -9 of the daemon during recovery")

@@ -34,7 +34,7 @@ from llm_supervisor.runtime.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
 from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
 from llm_supervisor.runtime.notify import Notifier
-from llm_supervisor.runtime.outputlog import EngineLog, check_log_dir
+from llm_supervisor.runtime.outputlog import EngineLog, check_log_dir, check_log_path
 from llm_supervisor.runtime.service import daemon_process, keep_watchdog, log_placement, poll_gpus, served
 from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Outcome, RestartLoop
@@ -616,6 +616,9 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
                daemon_class: type[Daemon] | None = None, redactor: Redactor | None = None) -> int:
     """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
     redactor = redactor or Redactor.from_inputs(settings, profile, os.environ)
+    log_file = settings.logs / f"{profile.name}.log"
+    log_setting = "LLM_SUPERVISOR_LOG_DIR" if settings.log_dir else "LLM_SUPERVISOR_STATE_DIR"
+    check_log_path(log_file, log_setting)  # bad input first, before the daemon says anything
     with daemon_process(settings, redactor):
         store = StateStore(settings.state_dir, redactor)
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
@@ -629,8 +632,7 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
             log.warning("plan: %s", warning)
         log_placement(plan.placement)
         check_engine_port(plan.args)
-        check_log_dir(settings.logs / f"{profile.name}.log",
-                      "LLM_SUPERVISOR_LOG_DIR" if settings.log_dir else "LLM_SUPERVISOR_STATE_DIR")
+        check_log_dir(log_file, log_setting)
         daemon = (daemon_class or Daemon)(settings, profile, plan, store=store,  # cluster.head.HeadDaemon on a head
                                           redactor=redactor)
         return asyncio.run(daemon.run())

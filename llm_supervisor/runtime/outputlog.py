@@ -175,8 +175,12 @@ class EngineLog:
     def _check_removed(self) -> None:
         """A log file (or its folder) removed under us: writes would go to a file nobody can see."""
         try:
-            same = os.path.samestat(os.stat(self.path), os.fstat(self._file.fileno()))
+            ours = os.fstat(self._file.fileno())
         except (OSError, AttributeError, ValueError):
+            return  # nothing to compare with (not a file of ours)
+        try:
+            same = os.path.samestat(os.stat(self.path), ours)
+        except OSError:
             same = False
         if not same:
             self._close_file()
@@ -217,13 +221,26 @@ class EngineLog:
             self._file = None
 
 
+def check_log_path(path: Path, setting: str) -> None:
+    """The engine log's path can be a log file: no part of it is a file where a folder must be,
+    and it is not a folder itself (SettingsError, exit 2). Touches nothing."""
+    folder = path.parent
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = f"{folder} is a file" if part == folder else f"{part} (in {folder}) is a file"
+                raise SettingsError("log dir is not a folder", [f"settings: {setting}: {where}, not a folder"])
+            break
+    if path.is_dir():
+        raise SettingsError("engine log is a folder", [f"settings: {setting}: {path} is a folder, not a log file"])
+
+
 def check_log_dir(path: Path, setting: str) -> None:
-    """Before `up` starts anything: the engine log's folder exists (or can be made) and takes a
+    """Before `up` launches anything: the engine log's folder exists (or can be made) and takes a
     write. A bad path is bad input (SettingsError, exit 2); a full or read-only disk a runtime
     failure (exit 1); each one line."""
+    check_log_path(path, setting)
     folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise SettingsError("log dir is not a folder", [f"settings: {setting}: {folder} is a file, not a folder"])
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -232,8 +249,6 @@ def check_log_dir(path: Path, setting: str) -> None:
     except OSError as exc:
         raise RuntimeFailure(f"log dir {folder}: cannot create it ({_problem(exc)}); fix it or set {setting}") from None
     try:
-        if path.exists() and path.is_dir():
-            raise SettingsError("engine log is a folder", [f"settings: {setting}: {path} is a folder, not a log file"])
         with open(path, "ab") as fh:
             fh.write(f"===== llm-supervisor (pid {os.getpid()}) starting at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n"
                      .encode())
