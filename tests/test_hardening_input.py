@@ -244,7 +244,7 @@ def valid_variants(draw: st.DrawFn) -> str:
     v["enforce_eager"] = draw(st.booleans())
     data["hardware"]["gpu_memory_gib"] = draw(st.floats(0.5, 1024))
     data["model"]["id"] = draw(st.sampled_from(["Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-32B-AWQ", "Nobody/Unknown-1B"]))
-    data["recovery"]["startup_timeout_s"] = draw(st.floats(0.001, 1e12))
+    data["recovery"]["startup_timeout_s"] = draw(st.floats(0.001, 7 * 86400))  # bounded: at most a week
     data["target"] = draw(st.one_of(st.none(), st.fixed_dictionaries(
         {"min_concurrency": st.floats(0.001, 100000), "context": st.integers(16, 10**7)})))
     return yaml.safe_dump(data, sort_keys=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from typing import Any
 from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
-from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
+from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
 from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan
 from llm_supervisor.runtime import launcher as launching
@@ -599,15 +600,30 @@ class Daemon(RestartLoop):
 
 
 def check_engine_port(args: VllmArgs) -> None:
+    """Can the engine listen where the profile says? A port in use is a runtime failure (exit 1);
+    a host that is no address of this machine, or no name at all, is bad input (exit 2)."""
     host = "127.0.0.1" if args.host in ("0.0.0.0", "", "::") else args.host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, args.port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BadInput("engine host", [f"vllm.host {host}: cannot resolve it ({getattr(exc, 'strerror', None) or exc}) "
+                                       "(allowed: an address of this machine, 0.0.0.0, or a name that resolves "
+                                       "to one)"]) from None
+    with socket.socket(family, kind, proto) as sock:
         # As vLLM's server binds: connections of a just-stopped engine linger in TIME_WAIT on
         # this port for a minute; without SO_REUSEADDR they would look like another server.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, args.port))
+            sock.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise BadInput("engine host", [f"vllm.host {host}: not an address of this machine "
+                                               "(allowed: 127.0.0.1, 0.0.0.0, ::1, or one of this host's "
+                                               "addresses)"]) from None
+            if exc.errno == errno.EACCES:
+                raise RuntimeFailure(f"engine port {args.port} on {host}: permission denied (ports below 1024 need "
+                                     "root or CAP_NET_BIND_SERVICE); set --set vllm.port=…") from None
             raise RuntimeFailure(f"engine port {args.port} on {host} is in use ({exc.strerror}): another vLLM? "
                                  "stop it or set --set vllm.port=…") from None
 

@@ -314,6 +314,9 @@ def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
             "check model.id (a Hugging Face id or a local folder with config.json), HF_TOKEN for gated "
             "models, and network access or HF_HOME for offline use"
         )
+    if kind is FailureKind.BAD_ARGUMENTS and ctx.failure.values.get("engine_command"):
+        return GiveUp(f"the engine command {msg}; no argument change fixes that: check LLM_SUPERVISOR_ENGINE_COMMAND "
+                      "(is vLLM installed in the daemon's environment, and on its PATH?)")
     if kind is FailureKind.BAD_ARGUMENTS:
         return GiveUp(f"vLLM rejected its arguments ({msg}); fix the profile's vllm section or extra_args")
     if kind is FailureKind.PORT_IN_USE:
