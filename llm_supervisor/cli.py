@@ -104,6 +104,7 @@ def up(
     simulate: SimulateOpt = False,
     ignore_hardware: IgnoreHwOpt = False,
     role: Annotated[Optional[str], typer.Option("--role", help="head|worker, for a profile with a cluster section (default: LLM_SUPERVISOR_ROLE, then cluster.role)")] = None,
+    end_foreign_engines: Annotated[bool, typer.Option("--end-foreign-engines", help="end leftover vLLM engine processes that are not this supervisor's but hold memory on its GPUs, before each launch (recovery.end_foreign_engines)")] = False,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     settings = _settings()
@@ -115,7 +116,7 @@ def up(
     from llm_supervisor.runtime.daemon import run_daemon
 
     raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware,
-                                redactor=_redactor(settings, prof)))
+                                redactor=_redactor(settings, prof), end_foreign_engines=end_foreign_engines))
 
 
 @app.command()

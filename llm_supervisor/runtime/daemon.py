@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
+from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants
 from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan
 from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.runtime.clock import Clock, SystemClock, iso
@@ -72,6 +74,7 @@ class Timing:
     gpu_poll_s: float = 5.0
     ready_poll_s: float = 0.5
     startup_tick_s: float = 1.0
+    tenants_poll_s: float = 10.0
 
 
 def _task_failure(task: asyncio.Task, what: str) -> Failure | None:
@@ -92,7 +95,8 @@ class Daemon(RestartLoop):
                  engine_client: EngineClient | None = None, notifier: Notifier | None = None,
                  store: StateStore | None = None, calibration: Calibration | None = None,
                  gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None,
-                 redactor: Redactor | None = None, engine_log: EngineLog | None = None) -> None:
+                 redactor: Redactor | None = None, engine_log: EngineLog | None = None,
+                 end_foreign_engines: bool = False) -> None:
         super().__init__(clock or SystemClock(), Inbox())
         self.settings = settings
         self.profile = profile
@@ -139,6 +143,15 @@ class Daemon(RestartLoop):
         self.metrics_kv_tokens: int | None = None
         self.placement_applied: str | None = None
         self.backstop: str | None = None
+        # Who else holds the GPUs, and their health: read before each launch, after each failure
+        # and every Timing.tenants_poll_s; a fault counts when it is newer than the GPU's last
+        # proof of health (an engine that became ready: `_health_baseline`, `_faults_since`).
+        self.end_foreign = end_foreign_engines or profile.recovery.end_foreign_engines
+        self.tenants: list[dict[str, Any]] = []
+        self.gpu_health: list[dict[str, Any]] = []
+        self._health_baseline: dict[str, host_gpus.GpuHealth] = {}
+        self._faults_since = 0.0
+        self._foreign_said: frozenset[tuple[int, float | None]] = frozenset()
         self.exit_code = EXIT_OK
         self._launched_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -200,6 +213,8 @@ class Daemon(RestartLoop):
             "log_tail": list(self.ring)[-20:],
             "engine_log": self._log.status() if self._log is not None else None,
             "backstop": self.backstop,
+            "gpu_tenants": self.tenants,
+            "gpu_health": self.gpu_health,
         })
 
     def command(self, name: str) -> None:
@@ -295,6 +310,7 @@ class Daemon(RestartLoop):
                                   {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}, f.contract())
         self._target_check()
         self.store.save_soon()
+        await self._gpus_proved_usable()
         await self._learn_overhead()
         metrics = await client.metrics()
         tokens = metrics.kv_cache_tokens if metrics else None
@@ -382,7 +398,75 @@ class Daemon(RestartLoop):
                                "(recovery.startup_timeout_s)", {"hang": 1})
 
     # ------------------------------------------------------------ one attempt
+    # ------------------------------------------------------------ who holds the GPU, and its health
+    def _read_gpus(self) -> tuple[list[Tenant], list[host_gpus.GpuHealth]]:
+        """The GPUs' processes (named) and health. Blocking: NVML and /proc; run it in a thread."""
+        if self.inventory is None or not self.plan.chosen:
+            return [], []
+        indexes = {g.index for g in self.plan.chosen}
+        guard = self.engine.guard_pid if self.engine is not None and self.engine.running else None
+        ours = set(launching.session_members(guard)) if guard else set()
+        try:
+            tenants = gpu_tenants(self.inventory, indexes, ours)
+        except Exception as exc:  # noqa: BLE001 - NVML hiccups must not stop a launch
+            log.debug("cannot list the GPUs' processes: %s", exc)
+            tenants = []
+        health_of = getattr(self.inventory, "health", None)
+        try:
+            health = [h for h in health_of() if h.index in indexes] if callable(health_of) else []
+        except Exception as exc:  # noqa: BLE001
+            log.debug("cannot read the GPUs' health: %s", exc)
+            health = []
+        return tenants, health
+
+    def _publish_tenants(self, tenants: list[Tenant], health: list[host_gpus.GpuHealth]) -> None:
+        self.tenants = [t.to_json() for t in tenants]
+        self.gpu_health = [h.to_json() for h in health]
+
+    async def _watch_tenants(self) -> None:
+        while True:
+            await self.clock.sleep(self.timing.tenants_poll_s)
+            self._publish_tenants(*await asyncio.to_thread(self._read_gpus))
+
+    def _faults(self, health: list[host_gpus.GpuHealth]) -> list[str]:
+        return [f for h in health for f in h.faults_since(self._health_baseline.get(h.uuid), self._faults_since)]
+
+    async def _gpus_proved_usable(self) -> None:
+        """An engine became ready (or a person said to try again): what the GPUs report now is
+        their usable state; only faults newer than this count against the next failure."""
+        tenants, health = await asyncio.to_thread(self._read_gpus)
+        self._publish_tenants(tenants, health)
+        self._health_baseline = {h.uuid: h for h in health}
+        self._faults_since = time.time()
+
+    async def _before_launch(self) -> None:
+        """Who holds the GPUs before a launch: leftover vLLM engines that are not ours are named
+        (once per set) and ended only when the profile or `up --end-foreign-engines` says so;
+        other programs are named."""
+        tenants, health = await asyncio.to_thread(self._read_gpus)
+        self._publish_tenants(tenants, health)
+        foreign = [t for t in tenants if t.vllm and not t.ours]
+        others = [t for t in tenants if not t.vllm and not t.ours]
+        said = frozenset((t.pid, t.started) for t in foreign + others)
+        if foreign and self.end_foreign:
+            text = describe(foreign)
+            log.warning("ending leftover vLLM engine processes that are not ours (recovery.end_foreign_engines): %s",
+                        text)
+            left = await asyncio.to_thread(launching.end_foreign, foreign, self.settings.stop_timeout_s)
+            self._event("foreign_engines_ended", reason=f"ended {text}" + (f"; still there: {left}" if left else ""))
+            said = frozenset((t.pid, t.started) for t in others)
+        elif foreign and said != self._foreign_said:
+            text = describe(foreign)
+            log.warning("leftover vLLM engine processes that are not ours hold GPU memory: %s; end them, or set "
+                        "recovery.end_foreign_engines: true (or `up --end-foreign-engines`) to have them ended "
+                        "before each launch", text)
+            self._event("foreign_engines", reason=text)
+        if others and said != self._foreign_said:
+            log.info("other processes on the GPU: %s", describe(others))
+        self._foreign_said = said
+
     async def _launch(self) -> launching.EngineHandle:
+        await self._before_launch()
         self.attempt += 1
         self.parser = LogParser(sink=FailureClassifier(), block_size=self.args.effective_block_size)
         self.classifier = self.parser.sink  # type: ignore[assignment]
@@ -502,8 +586,11 @@ class Daemon(RestartLoop):
         if not outcome.reached_ready:
             await self._learn_overhead()
         free, total = await asyncio.to_thread(self._gpu_memory)
+        tenants, health = await asyncio.to_thread(self._read_gpus)
+        self._publish_tenants(tenants, health)
         return decide(failure, self.args, self.profile, self.attempts, self.parser.facts,
-                      gpu_free_mib=free, gpu_total_mib=total, fit=self.fit)
+                      gpu_free_mib=free, gpu_total_mib=total, fit=self.fit, gpu_faults=self._faults(health),
+                      gpu_tenants=[t.describe() for t in tenants if not t.ours])
 
     def on_restart_requested(self, outcome: Outcome) -> None:
         self.restarts += 1
@@ -546,6 +633,7 @@ class Daemon(RestartLoop):
             return False
         self.attempts.clear()
         self.args = self.plan.args
+        await self._gpus_proved_usable()  # a person looked and said to try again
         self.restarts += 1
         self.restarts_by_reason["admin"] += 1
         self.exit_code = EXIT_OK
@@ -562,6 +650,7 @@ class Daemon(RestartLoop):
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
                                                     self._publish_gpus), name="gpu-poll"),
                       asyncio.create_task(keep_watchdog(self.notifier, self.clock), name="watchdog"),
+                      asyncio.create_task(self._watch_tenants(), name="gpu-tenants"),
                       asyncio.create_task(self.dispatch_commands(), name="commands")]
         code = EXIT_OK
         try:
@@ -629,7 +718,8 @@ def check_engine_port(args: VllmArgs) -> None:
 
 
 def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False,
-               daemon_class: type[Daemon] | None = None, redactor: Redactor | None = None) -> int:
+               daemon_class: type[Daemon] | None = None, redactor: Redactor | None = None,
+               end_foreign_engines: bool = False) -> int:
     """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
     redactor = redactor or Redactor.from_inputs(settings, profile, os.environ)
     log_file = settings.logs / f"{profile.name}.log"
@@ -650,5 +740,5 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
         check_engine_port(plan.args)
         check_log_dir(log_file, log_setting)
         daemon = (daemon_class or Daemon)(settings, profile, plan, store=store,  # cluster.head.HeadDaemon on a head
-                                          redactor=redactor)
+                                          redactor=redactor, end_foreign_engines=end_foreign_engines)
         return asyncio.run(daemon.run())

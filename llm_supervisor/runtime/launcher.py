@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import psutil
 
 MAX_LINE = 64 * 1024  # longer lines are cut (and marked) so one line never holds memory hostage
 READ_CHUNK = 256 * 1024
@@ -321,6 +323,32 @@ def end_session(sid: int, term_timeout: float) -> int:
         while session_members(sid) and time.monotonic() < deadline:
             time.sleep(0.05)
     return len(members)
+
+
+def end_foreign(tenants: list[Any], timeout: float) -> str:
+    """End processes that are not ours (host/tenants.Tenant: pid and start time), each only if the
+    pid is still the process that was named: SIGTERM, wait up to `timeout`, SIGKILL. Blocking;
+    returns what could not be ended, said in words ('' when all are gone)."""
+    procs = []
+    refused = []
+    for tenant in tenants:
+        try:
+            proc = psutil.Process(tenant.pid)
+            if tenant.started is not None and abs(proc.create_time() - tenant.started) > 0.01:
+                continue  # that process is gone; the pid is another one's now
+            proc.terminate()
+            procs.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied:
+            refused.append(f"pid {tenant.pid} (not allowed: another user's)")
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    refused += [f"pid {p.pid} (survived SIGKILL)" for p in alive]
+    return ", ".join(refused)
 
 
 def guard_argv(spec: LaunchSpec, control_fd: int, output_fd: int | None = None) -> list[str]:

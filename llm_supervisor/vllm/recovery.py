@@ -12,6 +12,11 @@ vLLM that becomes ready and dies again and again (flapping) therefore exhausts t
 `history` is every launch of this supervisor run, oldest first; the attempt that just failed may
 be its last element (matched by arguments) or absent, in which case it is added here.
 
+What the GPU said is an input too, read by the caller: `gpu_faults` (hardware faults that
+coincide with the failure: Xid events, new uncorrectable ECC errors, pages waiting for a reset)
+stop the restart loop, since relaunching on a faulty GPU makes things worse; `gpu_tenants`
+(other processes holding memory on the GPU) are named in the reason of a memory decision.
+
 `fit`, the plan's FitContext, lets the policy use the same memory model as the plan. With it,
 two rules make a relaunch the last one:
 
@@ -27,11 +32,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Sequence, Union
 
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
 from llm_supervisor.vllm import memory
-from llm_supervisor.vllm.failures import Failure, FailureKind
+from llm_supervisor.vllm.failures import MEMORY_KINDS, Failure, FailureKind
 from llm_supervisor.vllm.fit import FitContext, overhead_for
 from llm_supervisor.vllm.logparse import StartupFacts
 from llm_supervisor.vllm.memory import (
@@ -202,6 +207,8 @@ def decide(
     fit: FitContext | None = None,
     kv_bytes_per_token: float | None = None,
     hardware_total: bool = True,
+    gpu_faults: Sequence[str] = (),
+    gpu_tenants: Sequence[str] = (),
 ) -> Relaunch | GiveUp:
     """The next launch after `failure` of a launch with `args`, or why there is none.
 
@@ -210,7 +217,8 @@ def decide(
     host learned), when the model's config is known. kv_bytes_per_token: from the model's config
     when there is no fit context. hardware_total: whether the profile's `hardware.gpu_memory_gib`
     may stand in for the GPU's total when neither NVML nor the log gives it (False for profiles
-    made up from a log).
+    made up from a log). gpu_faults: hardware faults seen since the GPU last proved usable, one
+    phrase each. gpu_tenants: the other processes holding memory on the GPU, one phrase each.
     """
     kind = FailureKind(failure.kind)
     facts = facts or StartupFacts()
@@ -237,6 +245,27 @@ def decide(
         per_token = facts.kv_bytes_per_token / 1024**3
     ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token, fit)
 
+    if gpu_faults:
+        return GiveUp(
+            f"GPU hardware fault: {'; '.join(gpu_faults)}; the failure ({kind.value}: {_cut(failure.message)}) "
+            "coincides with it, and relaunching on a faulty GPU makes things worse, so no relaunch: check "
+            "`nvidia-smi -q -d ECC,PAGE_RETIREMENT,ROW_REMAPPER` and the kernel log (`dmesg | grep -i xid`), reset "
+            "the GPU (`nvidia-smi -r`) or reboot, then start the supervisor again"
+        )
+    decision = _decide(ctx, kind, failure, streak, rec)
+    if gpu_tenants and kind in MEMORY_KINDS:
+        others = f"; other processes hold memory on the GPU: {'; '.join(gpu_tenants)}"
+        if isinstance(decision, GiveUp):
+            return GiveUp(decision.reason + others)
+        decision.reason += others
+    return decision
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _decide(ctx: _Ctx, kind: FailureKind, failure: Failure, streak: list[Attempt], rec: Recovery) -> Relaunch | GiveUp:
     fatal = _non_recoverable(ctx)
     if fatal is not None:
         return fatal
