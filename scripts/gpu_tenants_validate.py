@@ -53,7 +53,8 @@ class Run:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.profile = str(args.profile)
-        self.model = args.model
+        # the simulator knows Qwen3-4B by its Hugging Face id; the profile names a folder on the GPU host
+        self.model = args.model or ("Qwen/Qwen3-4B" if args.simulate else None)
         self.api_port = free_port()
         self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                     "PYTHONUNBUFFERED": "1", "LLM_SUPERVISOR_STATE_DIR": str(self.out / "state"),
@@ -86,13 +87,16 @@ class Run:
         except httpx.HTTPError:
             return None
 
-    def wait_status(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
+    def wait_status(self, predicate: Any, timeout: float, what: str,
+                    daemon: subprocess.Popen[Any] | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             last = self.status()
             if last is not None and predicate(last):
                 return last
+            if daemon is not None and daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({daemon.returncode}) while waiting for {what}")
             time.sleep(0.5)
         raise RuntimeError(f"timed out waiting for {what}; last state {last and last.get('state')}")
 
@@ -142,7 +146,7 @@ def t1_other_process(run: Run) -> None:
         named_in_doctor = f"pid {other.pid} (" in line
         daemon = run.daemon(sets=("recovery.plan_first_launch=false",))
         st = run.wait_status(lambda s: any(h.get("event") in ("relaunch", "give_up") for h in s.get("history", [])),
-                             600, "the first decision")
+                             600, "the first decision", daemon)
         decision = next(h for h in st["history"] if h.get("event") in ("relaunch", "give_up"))
         tenants = [t for t in st.get("gpu_tenants", []) if t.get("pid") == other.pid]
         run.stop_daemon(daemon)
@@ -159,7 +163,7 @@ def t1_other_process(run: Run) -> None:
 
 def leftover_engine(run: Run) -> psutil.Process:
     port = free_port()
-    model = run.model or ("Qwen/Qwen3-4B" if run.simulate else "/tmp/models/qwen3-4b")
+    model = run.model or "/tmp/models/qwen3-4b"
     argv = ([sys.executable, "-m", "llm_supervisor.simulator"] if run.simulate else ["vllm"]) + [
         "serve", model, "--port", str(port), "--gpu-memory-utilization", "0.2", "--max-model-len", "4096"]
     if not run.simulate:
@@ -194,14 +198,14 @@ def t2_leftover_engine(run: Run) -> None:
         line = next((ln for ln in doctor.stdout.splitlines() if "gpu processes" in ln), "")
         daemon = run.daemon()
         st = run.wait_status(lambda s: any(t.get("pid") == core.pid for t in s.get("gpu_tenants", [])), 600,
-                             "the leftover in /status")
+                             "the leftover in /status", daemon)
         reported = next(t for t in st["gpu_tenants"] if t.get("pid") == core.pid)
         time.sleep(2)
         run.stop_daemon(daemon)
         daemon_log = (run.out / f"daemon-{len(run.started) - 1}.log").read_text(errors="replace")
         still_there = core.is_running() and core.status() != psutil.STATUS_ZOMBIE
         second = run.daemon("--end-foreign-engines")
-        st2 = run.wait_status(lambda s: s.get("state") in ("ready", "failed"), 900, "ready with the GPU freed")
+        st2 = run.wait_status(lambda s: s.get("state") in ("ready", "failed"), 900, "ready with the GPU freed", second)
         ended = [h for h in st2.get("history", []) if h.get("event") == "foreign_engines_ended"]
         gone = not (core.is_running() and core.status() != psutil.STATUS_ZOMBIE)
         run.stop_daemon(second)
