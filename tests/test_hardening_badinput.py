@@ -274,3 +274,26 @@ def test_no_known_secret_survives_redaction(secrets: list[str], around: str, cut
         if all(secret not in REDACTED for _ in [0]):
             assert secret not in masked
             assert secret not in json.dumps(data, ensure_ascii=False)
+
+
+def test_an_ipv6_api_host_in_brackets_serves_and_status_reads_it(tmp_path: Path) -> None:
+    """`LLM_SUPERVISOR_API_HOST=[::1]` was logged as http://[[::1]]:… and broke `supervisor status`."""
+    import socket as socketlib
+
+    from daemon_harness import DaemonRun, run_cli
+
+    try:
+        with socketlib.socket(socketlib.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    run = DaemonRun(tmp_path / "run", env={"LLM_SUPERVISOR_API_HOST": "[::1]"})
+    run.url = f"http://[::1]:{run.api_port}"
+    with run:
+        run.start()
+        run.wait_ready()
+        result = run_cli(["status", "--json"], run.env)
+        assert result.returncode == 0 and json.loads(result.stdout)["state"] == "ready", result.stderr[-1000:]
+        assert f"REST API on http://[::1]:{run.api_port} " in run.stderr()
+        run.signal(signal.SIGTERM)
+        assert run.wait_exit(30) == 0
