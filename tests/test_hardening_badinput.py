@@ -276,6 +276,7 @@ def test_no_known_secret_survives_redaction(secrets: list[str], around: str, cut
             assert secret not in json.dumps(data, ensure_ascii=False)
 
 
+@pytest.mark.slow
 def test_an_ipv6_api_host_in_brackets_serves_and_status_reads_it(tmp_path: Path) -> None:
     """`LLM_SUPERVISOR_API_HOST=[::1]` was logged as http://[[::1]]:… and broke `supervisor status`."""
     import socket as socketlib

@@ -255,6 +255,7 @@ def _leftover_engine(run: DaemonRun) -> tuple[subprocess.Popen[bytes], psutil.Pr
     return server, engine_core
 
 
+@pytest.mark.slow
 def test_a_leftover_engine_is_reported_and_ended_only_when_asked(daemons) -> None:
     first: DaemonRun = daemons()
     server, core = _leftover_engine(first)

@@ -116,6 +116,7 @@ def test_kill9_of_the_guard_is_seen_at_once_and_the_engine_relaunched(daemons) -
     print(f"guard kill -9 → ready again in {took:.2f} s")
 
 
+@pytest.mark.slow
 def test_a_child_that_ignores_sighup_is_ended_by_the_daemon(tmp_path: Path) -> None:
     """What the kernel backstop cannot end (a process that ignores SIGHUP) the daemon ends when
     it sees its guard die: every process of the guard's session."""
@@ -136,7 +137,7 @@ def test_a_child_that_ignores_sighup_is_ended_by_the_daemon(tmp_path: Path) -> N
         assert not alive(pids_from(pidfile)[0] + pids_from(pidfile)[1])
 
 
-@pytest.mark.parametrize("delay_s", [0.0, 0.3])
+@pytest.mark.parametrize("delay_s", [0.0, pytest.param(0.3, marks=pytest.mark.slow)])
 def test_kill9_of_the_guard_then_the_daemon_leaves_nothing(daemons, delay_s: float) -> None:
     run: DaemonRun = daemons(startup_s=0.3).start()
     status = run.wait_ready()

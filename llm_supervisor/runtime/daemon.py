@@ -585,8 +585,7 @@ class Daemon(RestartLoop):
         self._event("exit", failure=failure, reason=outcome.exit.description if outcome.exit else "")
         if not outcome.reached_ready:
             await self._learn_overhead()
-        free, total = await asyncio.to_thread(self._gpu_memory)
-        tenants, health = await asyncio.to_thread(self._read_gpus)
+        (free, total), (tenants, health) = await asyncio.to_thread(lambda: (self._gpu_memory(), self._read_gpus()))
         self._publish_tenants(tenants, health)
         return decide(failure, self.args, self.profile, self.attempts, self.parser.facts,
                       gpu_free_mib=free, gpu_total_mib=total, fit=self.fit, gpu_faults=self._faults(health),
@@ -667,9 +666,9 @@ class Daemon(RestartLoop):
                     self.enter(State.STOPPING, "daemon stopping")
                 self.enter(State.STOPPED, "engine stopped")
             self._event("stop", reason=f"daemon exiting with code {code}")
-            await asyncio.to_thread(self.store.flush, 10.0)
             for task in background:
                 task.cancel()
+            await asyncio.to_thread(self.store.flush, 10.0)
             await self.engine_client.aclose()
             if self._log is not None:
                 await asyncio.to_thread(self._log.close, 2.0)
