@@ -349,6 +349,75 @@ class Hog:
         self.log.close()
 
 
+# ---------------------------------------------------------------- clients through the front door
+
+
+class Load:
+    """`n` clients, each streaming one chat completion after another at the profile's address
+    (the front door), in a thread; every request's start, end and outcome kept: ok, refused,
+    connect, http_<status>, error_event, cut."""
+
+    BODY = json.dumps({"model": SERVED, "stream": True, "max_tokens": 32,
+                       "messages": [{"role": "user", "content": "Count to twenty."}]}).encode()
+
+    def __init__(self, url: str, n: int) -> None:
+        import threading
+
+        self.url = url
+        self.n = n
+        self.outcomes: list[tuple[float, float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def one(http: httpx.AsyncClient) -> None:
+            start = now()
+            try:
+                async with http.stream("POST", self.url + "/v1/chat/completions", content=self.BODY,
+                                       headers={"content-type": "application/json"}) as resp:
+                    data = b"".join([c async for c in resp.aiter_bytes()])
+                    kind = (f"http_{resp.status_code}" if resp.status_code != 200 else
+                            "error_event" if b'data: {"error"' in data else "ok" if b"data: [DONE]" in data else "cut")
+            except httpx.ConnectError as exc:
+                kind = "refused" if "refused" in str(exc).lower() else "connect"
+            except httpx.HTTPError:
+                kind = "cut"
+            self.outcomes.append((start, now(), kind))
+
+        async def client() -> None:
+            async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5), trust_env=False) as http:
+                while not self._stop.is_set():
+                    await one(http)
+
+        async def main() -> None:
+            await asyncio.gather(*(client() for _ in range(self.n)))
+
+        asyncio.run(main())
+
+    def start(self) -> "Load":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(300)
+
+    def window(self, t0: float, t1: float | None = None) -> dict[str, Any]:
+        """Requests that ended after t0 (and started before t1): counts by outcome, and how many
+        of those that started after t0 failed (had not started when the engine went away)."""
+        chosen = [o for o in self.outcomes if o[1] >= t0 and (t1 is None or o[0] < t1)]
+        kinds: dict[str, int] = {}
+        for _s, _e, k in chosen:
+            kinds[k] = kinds.get(k, 0) + 1
+        started_after = [o for o in chosen if o[0] > t0 + 0.05]
+        waits = [o[1] - o[0] for o in started_after if o[2] == "ok"]
+        return {"requests": len(chosen), "by_outcome": kinds,
+                "failed_not_started": sum(o[2] != "ok" for o in started_after),
+                "longest_held_request_s": round(max(waits), 1) if waits else None}
+
+
 # ---------------------------------------------------------------- the daemon under test
 
 
@@ -721,6 +790,9 @@ def lifetime_a(ctx: Ctx, only: set[str]) -> None:
                                    + "; ".join(describe(p) for p in d.tree()))
             else:
                 before = st.get("attempt", 1)
+                load = Load(f"http://127.0.0.1:{d.engine_port}", 16).start() if "9" in only else None
+                if load is not None:  # a steady load through the front door before the kill
+                    d.wait(lambda s: len(load.outcomes) >= 32, 120, 0.5, "the load to run")
                 t = now()
                 core[0].kill()
                 st2 = d.wait(lambda s: s.get("state") != "ready" or s.get("attempt", 0) > before, 60, 0.1,
@@ -741,6 +813,27 @@ def lifetime_a(ctx: Ctx, only: set[str]) -> None:
                 })
                 r5["ok"] = st4.get("state") == "ready"
                 st = st4
+                if load is not None:
+                    r9 = ctx.results["9"] = {"scenario": "9 front door: 16 clients across an EngineCore kill and a "
+                                                         "restart", "ok": False, "notes": []}
+                    killed_at = t
+                    time.sleep(10)  # the load on the relaunched engine
+                    restart_at = now()
+                    httpx.post(d.url + "/restart", timeout=10)
+                    st5 = d.wait_ready(attempt=before + 2, timeout=READY_TIMEOUT)
+                    restart_ready_s = round(now() - restart_at, 1)
+                    time.sleep(10)
+                    load.stop()
+                    d.save("status-ready-3.json", st5)
+                    kill = load.window(killed_at, restart_at)
+                    restart = load.window(restart_at)
+                    r9.update({"engine_killed": kill, "restart": restart, "restart_ready_s": restart_ready_s,
+                               "outage_s": r5.get("ready_again_s"), "frontdoor": st5.get("frontdoor")})
+                    d.save("load-outcomes.json", load.outcomes)
+                    bad = {"refused", "connect"}
+                    r9["ok"] = (kill["failed_not_started"] == 0 and not set(kill["by_outcome"]) & bad
+                                and restart["by_outcome"].keys() <= {"ok"} and restart["requests"] > 0)
+                    st = st5
 
         if "6" in only:
             r6 = ctx.results.setdefault("6", {"scenario": "6 no orphans: kill -9 / SIGTERM of the daemon",
@@ -998,6 +1091,12 @@ def summary_table(ctx: Ctx) -> str:
     row("5", f"noticed {fmt(r.get('noticed_s'))} s, relaunch {fmt(r.get('relaunch_s'))} s, ready again "
              f"{fmt(r.get('ready_again_s'))} s after the kill (warm start {fmt(r.get('time_to_ready_warm_s'))} s), "
              f"kind {fmt(r.get('failure_kind'))}")
+    r = R.get("9", {})
+    k, rs = r.get("engine_killed") or {}, r.get("restart") or {}
+    row("9", f"EngineCore killed: {fmt(k.get('requests'))} requests, {fmt(k.get('by_outcome'))}, "
+             f"{fmt(k.get('failed_not_started'))} failures of requests not yet started, longest held "
+             f"{fmt(k.get('longest_held_request_s'))} s; restart: {fmt(rs.get('requests'))} requests, "
+             f"{fmt(rs.get('by_outcome'))} (ready again {fmt(r.get('restart_ready_s'))} s)")
     r = R.get("6", {})
     k9 = r.get("kill9") or {}
     terms = r.get("sigterm") or []
@@ -1040,7 +1139,7 @@ def main() -> int:
     ap.add_argument("--out", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "gpu-validate-out"))
     ap.add_argument("--cache", default=None, help="compile cache folder shared by all scenarios")
     ap.add_argument("--model", default="/tmp/models/qwen3-4b")
-    ap.add_argument("--only", default="1,8,5,6,2,3,4")
+    ap.add_argument("--only", default="1,8,5,9,6,2,3,4")
     ap.add_argument("--ignore-hardware-mismatch", action="store_true")
     ap.add_argument("--hog", nargs=1, help=argparse.SUPPRESS)
     args = ap.parse_args()

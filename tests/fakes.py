@@ -69,6 +69,12 @@ class VirtualClock:
             self._driver = asyncio.create_task(self._drive())
         await fut
 
+    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.Task:
+        async def later() -> None:
+            await self.sleep(when - self.now)
+            callback()
+        return asyncio.create_task(later())
+
     async def _drive(self) -> None:
         while True:
             for _ in range(IDLE_SPINS):  # let every runnable task run before time moves
@@ -417,6 +423,42 @@ class RecordingNotifier:
         return [s for s in self.sent if s[1] == key]
 
 
+class RecordingDoor:
+    """The front door as a list of the calls the daemon made (its own behaviour is tested in
+    tests/test_frontdoor_*.py)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def start(self, host: str, port: int) -> None:
+        self.calls.append(("start", host, port))
+
+    async def stop(self) -> None:
+        self.calls.append(("stop",))
+
+    def engine_starting(self, eta_s: float | None) -> None:
+        self.calls.append(("starting", eta_s))
+
+    def engine_ready(self, upstream: str) -> None:
+        self.calls.append(("ready", upstream))
+
+    def engine_down(self, reason: str, eta_s: float | None) -> None:
+        self.calls.append(("down", reason, eta_s))
+
+    def engine_failed(self, reason: str) -> None:
+        self.calls.append(("failed", reason))
+
+    async def drain(self, grace_s: float | None = None) -> dict[str, Any]:
+        self.calls.append(("drain",))
+        return {"completed": 0, "cut": 0}
+
+    def stats(self) -> dict[str, Any]:
+        return {"held": 0, "in_flight": 0}
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
 class FakeGpus:
     """NVML over the fake vLLM's GPU (with the uuid the plan chose)."""
 
@@ -453,12 +495,14 @@ class Harness:
         self.store = StateStore(self.settings.state_dir)
         self.plan = build_plan(self.settings, self.profile, simulate=True, for_launch=True, store=self.store)
         self.notifier = RecordingNotifier(self.clock, watchdog_s, enabled=notify)
+        self.door = RecordingDoor()
         self.launcher = FakeLauncher(self.vllm, self.clock)
         self.daemon = Daemon(self.settings, self.profile, self.plan, launcher=self.launcher, clock=self.clock,
                              engine_client=EngineClient("http://engine", self.profile.served_name,
                                                         transport=self.vllm.transport()),
                              notifier=self.notifier, store=self.store,  # type: ignore[arg-type]
-                             gpus=FakeGpus(self.vllm, self.plan.chosen[0].uuid))
+                             gpus=FakeGpus(self.vllm, self.plan.chosen[0].uuid),
+                             door=self.door if self.plan.frontdoor else None)  # type: ignore[arg-type]
         self.task: asyncio.Task | None = None
 
     def start(self) -> "Harness":

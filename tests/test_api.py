@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from llm_supervisor.api.embedded import EmbeddedServer
 from llm_supervisor.api.server import (
-    EmbeddedServer,
     check_bind_allowed,
     create_app,
     is_loopback_host,
@@ -360,7 +360,7 @@ def test_embedded_server_serves_in_the_callers_loop_and_leaves_signals_alone() -
         try:
             server = await start_api(app, "127.0.0.1", port)
             try:
-                assert isinstance(server, EmbeddedServer) and server.started and server.port == port
+                assert isinstance(server, EmbeddedServer) and server.server.started and server.port == port
                 # uvicorn did not replace the loop's handlers
                 assert {sig: signal.getsignal(sig) for sig in before} == before
                 url = f"http://127.0.0.1:{port}"
@@ -374,7 +374,7 @@ def test_embedded_server_serves_in_the_callers_loop_and_leaves_signals_alone() -
                 while not got and time.monotonic() < deadline:
                     await asyncio.sleep(0.01)
                 assert got == ["term"]
-                assert not server.should_exit
+                assert not server.server.should_exit
                 assert (await asyncio.to_thread(get_status, url))["state"] == "ready"
 
                 result = await asyncio.to_thread(post_action, url, "restart", TOKEN)

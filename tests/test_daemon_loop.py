@@ -294,3 +294,55 @@ def test_an_exception_in_the_readiness_probe_relaunches_instead_of_crashing(make
         assert await h.exit_code() == 0
         assert not any(e.running for e in h.vllm.engines)
     asyncio.run(scenario())
+
+
+def test_the_front_door_is_told_what_the_engine_does(make) -> None:
+    """Held from the first second, released at ready, re-sent on a death, drained before a planned
+    restart, honest when recovery gives up, closed last."""
+    async def scenario() -> None:
+        h = make().start()
+        await h.ready()
+        door = h.door
+        public = (h.profile.vllm.host, h.profile.vllm.port)
+        assert door.calls[0] == ("start", *public)
+        assert door.names()[:3] == ["start", "starting", "ready"]
+        assert door.calls[1] == ("starting", None)  # no launch measured yet on this host
+        engine_url = door.calls[2][1]
+        assert engine_url == h.daemon.engine_url and not engine_url.endswith(f":{public[1]}")
+        assert h.daemon.status()["frontdoor"]["enabled"] is True
+        first_ready_s = h.daemon.ready_seconds
+
+        h.engine.die()
+        await h.ready(attempt=2)
+        assert door.names()[3:6] == ["down", "starting", "ready"]
+        assert door.calls[4][1] == first_ready_s > 0  # the measured time to ready, for the holds
+        assert door.calls[5][1] != engine_url  # a fresh private port
+
+        h.daemon.command("restart")
+        await h.ready(attempt=3)
+        assert door.names()[6:9] == ["drain", "starting", "ready"]
+
+        h.daemon.inbox.put(Command.STOP)
+        assert await h.exit_code() == 0
+        assert door.names()[-1] == "stop" and "drain" not in door.names()[9:]  # a stop does not wait
+    asyncio.run(scenario())
+
+
+def test_the_front_door_answers_honestly_when_recovery_gives_up(make) -> None:
+    async def scenario() -> None:
+        h = make(FakeVllm(fault="model_not_found")).start()
+        assert await h.exit_code() == 3
+        failed = [c for c in h.door.calls if c[0] == "failed"]
+        assert len(failed) == 1 and "not being restarted" in failed[0][1]
+        assert h.door.names()[-1] == "stop"
+    asyncio.run(scenario())
+
+
+def test_without_the_front_door_the_engine_listens_on_the_profiles_address(make) -> None:
+    async def scenario() -> None:
+        h = make(sets=["frontdoor.enabled=false"]).start()
+        status = await h.ready()
+        assert h.door.calls == [] and status["frontdoor"] == {"enabled": False}
+        argv = h.launcher.specs[0].argv
+        assert argv[argv.index("--port") + 1] == str(h.profile.vllm.port)
+    asyncio.run(scenario())

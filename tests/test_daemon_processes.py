@@ -44,7 +44,10 @@ def test_up_reaches_ready_reports_facts_and_sigterm_leaves_nothing(daemons) -> N
     assert status["attempt"] == 1 and status["restarts"] == 0
     assert history_events(status) == ["launch", "ready"]
     assert status["max_model_len"] == 40960
-    assert "--port" in status["argv"] and str(run.engine_port) in status["argv"]
+    # clients use the profile's address (the front door); the engine listens privately behind it
+    assert status["url"] == f"http://127.0.0.1:{run.engine_port}" and status["frontdoor"]["enabled"] is True
+    private = int(status["argv"][status["argv"].index("--port") + 1])
+    assert private != run.engine_port and status["engine_url"] == f"http://127.0.0.1:{private}"
     tokens, conc = status["kv_cache_tokens"], status["max_concurrency"]
     assert isinstance(tokens, int) and tokens > 40960
     assert conc == pytest.approx(tokens / 40960, abs=0.01)
@@ -72,7 +75,7 @@ def test_up_reaches_ready_reports_facts_and_sigterm_leaves_nothing(daemons) -> N
     t0 = time.monotonic()
     run.signal(signal.SIGTERM)
     code = run.wait_exit(30)
-    gone = wait_until(lambda: not run.tree() and port_free(run.engine_port), 10, 0.02,
+    gone = wait_until(lambda: not run.tree() and port_free(run.engine_port) and port_free(private), 10, 0.02,
                       "the tree to end and the port to be free")
     elapsed = time.monotonic() - t0
     assert code == 0, run.stderr_tail()
@@ -240,7 +243,8 @@ def test_engine_death_after_ready_restarts_with_the_same_arguments(daemons) -> N
     os.kill(core.pid, signal.SIGKILL)
     after = run.wait_status(lambda s: s["state"] == "ready" and s["attempt"] == 2, 60, "ready again")
 
-    assert after["argv"] == before["argv"]
+    port = before["argv"].index("--port") + 1  # the same arguments; a fresh private port
+    assert after["argv"][:port] + after["argv"][port + 1:] == before["argv"][:port] + before["argv"][port + 1:]
     assert after["pid"] != before["pid"]
     assert after["restarts"] == 1 and after["restarts_by_reason"] == {"engine_dead": 1}
     assert history_events(after) == ["launch", "ready", "exit", "relaunch", "launch", "ready"]
@@ -263,16 +267,18 @@ def test_missing_model_folder_is_bad_input(daemons) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: --model /nonexistent/folder: no such folder")
 
 
-def test_engine_port_in_use_is_refused_before_launch(daemons) -> None:
-    run = daemons()
+@pytest.mark.parametrize("door", [True, False])
+def test_engine_port_in_use_is_refused_before_launch(daemons, door: bool) -> None:
+    run = daemons(sets=[] if door else ["frontdoor.enabled=false"])
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", run.engine_port))
         holder.listen()
         run.start()
         assert run.wait_exit(30) == 1
     lines = [ln for ln in run.stderr().splitlines() if ln.startswith("error:")]
-    assert lines == [ln for ln in lines if f"engine port {run.engine_port} on 127.0.0.1 is in use" in ln]
-    assert len(lines) == 1
+    expected = (f"vllm.port={run.engine_port}: front door port {run.engine_port} is in use on 127.0.0.1" if door
+                else f"engine port {run.engine_port} on 127.0.0.1 is in use")
+    assert len(lines) == 1 and expected in lines[0], lines
     assert "Traceback" not in run.stderr()
     assert not (run.state_dir / "logs").exists()  # no engine was ever launched
     assert port_free(run.engine_port)

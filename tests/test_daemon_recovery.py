@@ -187,7 +187,10 @@ def test_engine_death_after_ready_restarts_with_the_same_arguments(make) -> None
         before = await h.ready()
         h.engine.die()
         after = await h.ready(attempt=2)
-        assert after["argv"] == before["argv"] and after["pid"] != before["pid"]
+        # the same arguments; behind the front door the engine listens on a fresh private port
+        port = before["argv"].index("--port") + 1
+        assert after["argv"][:port] + after["argv"][port + 1:] == before["argv"][:port] + before["argv"][port + 1:]
+        assert after["argv"][port] != before["argv"][port] and after["pid"] != before["pid"]
         assert after["restarts"] == 1 and after["restarts_by_reason"] == {"engine_dead": 1}
         assert [e for e, _ in h.events()] == ["launch", "ready", "exit", "relaunch", "launch", "ready"]
         assert h.daemon.history[2]["failure"]["kind"] == "engine_dead"
@@ -209,8 +212,10 @@ def test_unknown_model_fails_at_once_with_exit_3(make) -> None:
 
 
 def test_engine_port_taken_by_another_server_gives_up_without_a_loop(make) -> None:
+    """Without the front door the engine listens on the profile's port: another server on it is
+    not something a relaunch fixes."""
     async def scenario() -> None:
-        h = make(FakeVllm(fault="port_in_use")).start()
+        h = make(FakeVllm(fault="port_in_use"), sets=["frontdoor.enabled=false"]).start()
         assert await h.exit_code() == 3
         assert [e for e, _ in h.events()] == ["launch", "exit", "give_up", "stop"]
         assert h.daemon.history[1]["failure"]["kind"] == "port_in_use"
@@ -264,4 +269,16 @@ def test_failed_linger_ends_on_its_own(make) -> None:
         failed_at = h.clock.monotonic()
         assert await h.exit_code() == 3
         assert 30 <= h.clock.monotonic() - failed_at < 40  # virtual time also runs while a thread saves state
+    run(scenario())
+
+
+def test_behind_the_front_door_a_taken_private_port_is_a_relaunch_on_a_fresh_one(make) -> None:
+    async def scenario() -> None:
+        h = make(FakeVllm(faults={1: "port_in_use"})).start()
+        status = await h.ready(attempt=2)
+        assert [e for e, _ in h.events()] == ["launch", "exit", "relaunch", "launch", "ready"]
+        assert h.daemon.history[1]["failure"]["kind"] == "port_in_use"
+        first, second = (spec.argv[spec.argv.index("--port") + 1] for spec in h.launcher.specs)
+        assert first != second and str(h.profile.vllm.port) not in (first, second)
+        assert status["url"].endswith(f":{h.profile.vllm.port}")
     run(scenario())

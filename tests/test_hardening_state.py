@@ -131,6 +131,6 @@ def test_second_daemon_on_the_same_engine_port_refuses(daemons) -> None:
     first: DaemonRun = daemons().start()
     first.wait_ready()
     second = daemons(engine_port=first.engine_port)
-    line = _refuses(second, first, f"engine port {first.engine_port}", "in use")
+    line = _refuses(second, first, f"vllm.port={first.engine_port}", "in use")
     print(line)
     poll(lambda: first.status()["state"] == "ready", 5, what="the first still ready")

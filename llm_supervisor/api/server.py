@@ -6,24 +6,19 @@ engine, NVML or the disk. Handlers are `async def` on purpose: they run on the d
 loop thread, so the daemon's snapshot and its (non thread-safe) asyncio queue are only touched from
 that thread, and no worker thread pool is involved.
 
-`EmbeddedServer` runs uvicorn inside the caller's loop without taking SIGTERM/SIGINT (the daemon
-owns signals, as vLLM does with its own no-op `capture_signals`), and never calls `sys.exit`.
+The server runs inside the daemon's loop (api/embedded.py): it takes no signals and never calls
+`sys.exit`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
 import hmac
 import ipaddress
 import logging
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional, Union
 
-import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
@@ -33,13 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_core import to_json
 
 from llm_supervisor import __version__
-from llm_supervisor.errors import RuntimeFailure, SettingsError, SupervisorError
+from llm_supervisor.api.embedded import Address, EmbeddedServer, plain_host
+from llm_supervisor.errors import SettingsError, SupervisorError
 from llm_supervisor.states import State
 
 __all__ = [
     "ACTIONS",
     "MAX_BODY_BYTES",
-    "EmbeddedServer",
     "GpuStatus",
     "HistoryEntry",
     "StatusResponse",
@@ -129,19 +124,12 @@ class Health(BaseModel):
 # --------------------------------------------------------------------------- addresses
 
 
-def _plain_host(host: str) -> str:
-    host = host.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host.split("%", 1)[0]  # drop an IPv6 zone id
-
-
 def is_loopback_host(host: str | None) -> bool:
     """True for localhost, 127.0.0.0/8, ::1 (and ::ffff:127.x). Anything else is not loopback,
     including 0.0.0.0, ::, the empty host (all interfaces) and names we would have to resolve."""
     if not host:
         return False
-    plain = _plain_host(host)
+    plain = plain_host(host)
     if plain.lower().rstrip(".") in ("localhost", "ip6-localhost", "ip6-loopback"):
         return True
     try:
@@ -348,7 +336,8 @@ class BodyLimitMiddleware:
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(status_source: StatusSource, command_sink: CommandSink, token: str | SecretStr | None) -> FastAPI:
+def create_app(status_source: StatusSource, command_sink: CommandSink, token: str | SecretStr | None,
+               collectors: Iterable[Any] = ()) -> FastAPI:
     """Build the REST app over the daemon's snapshot reader and command queue.
 
     `status_source()` must be cheap and non-blocking (it returns the daemon's current snapshot).
@@ -367,6 +356,8 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status_source))
+    for collector in collectors:  # the front door's, for one
+        registry.register(collector)
 
     def snapshot() -> dict:
         try:
@@ -492,171 +483,16 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
 # --------------------------------------------------------------------------- embedded server
 
 
-class EmbeddedServer(uvicorn.Server):
-    """uvicorn inside the daemon's loop. It takes no signals (the daemon owns SIGTERM/SIGINT,
-    as vLLM does with its own no-op `capture_signals`) and never exits the process."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.task: asyncio.Task[None] | None = None  # the serving task, once started
-        self.failure: str | None = None               # why serving ended early, if it did
-        self.sockets: list[socket.socket] = []
-        self._port: int | None = None
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29 called this from serve()
-        return None
-
-    @property
-    def port(self) -> int | None:
-        """The port actually bound (useful with port 0); kept after the server stops."""
-        if self._port is None:
-            for sock in getattr(self, "sockets", []) or []:
-                with contextlib.suppress(OSError):
-                    self._port = int(sock.getsockname()[1])
-                    break
-        return self._port
-
-    async def _run(self) -> None:
-        try:
-            await self.serve(sockets=self.sockets)
-        except SystemExit as exc:  # uvicorn still calls sys.exit on some startup failures
-            self.failure = f"the API server stopped during startup (exit {exc.code})"
-            log.error("%s", self.failure)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.failure = f"the API server failed: {exc}"
-            log.exception("API server failed")
-        finally:
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-
-def _bind_sockets(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
-    """Bind the listening sockets ourselves, so a busy port is a clear error here and not a
-    `sys.exit` inside uvicorn."""
-    try:
-        infos = socket.getaddrinfo(_plain_host(host) or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise SettingsError(
-            f"cannot resolve API host {host}",
-            [f"LLM_SUPERVISOR_API_HOST={host}: cannot resolve this address ({exc.strerror})"],
-        ) from None
-
-    seen: set[tuple[int, Any]] = set()
-    sockets: list[socket.socket] = []
-    skipped: list[OSError] = []
-    bound_port = port
-    for family, socktype, proto, _name, sockaddr in infos:
-        if (family, sockaddr) in seen:
-            continue
-        seen.add((family, sockaddr))
-        sock = socket.socket(family, socktype, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            addr = (sockaddr[0], bound_port, *sockaddr[2:])
-            sock.bind(addr)
-            sock.listen(backlog)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                skipped.append(exc)  # e.g. "localhost" -> ::1 on a host without IPv6
-                continue
-            for s in sockets:
-                s.close()
-            raise _bind_error(host, port, exc) from None
-        sockets.append(sock)
-        if bound_port == 0:
-            bound_port = sock.getsockname()[1]
-    if not sockets:
-        raise _bind_error(host, port, skipped[0] if skipped else OSError(errno.EADDRNOTAVAIL, "no usable address"))
-    return sockets
-
-
-def _bind_error(host: str, port: int, exc: OSError) -> RuntimeFailure:
-    if exc.errno == errno.EADDRINUSE:
-        return RuntimeFailure(
-            f"API port {port} is in use",
-            [f"API port {port} is in use on {host} (another supervisor running? set LLM_SUPERVISOR_API_PORT)"],
-        )
-    if exc.errno == errno.EACCES:
-        return RuntimeFailure(
-            f"API port {port}: permission denied",
-            [f"API port {port}: permission denied binding {host}:{port} (ports below 1024 need privileges)"],
-        )
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return RuntimeFailure(
-            f"API host {host} is not an address of this machine",
-            [f"LLM_SUPERVISOR_API_HOST={host}: not an address of this machine"],
-        )
-    return RuntimeFailure(f"cannot serve the API on {host}:{port}: {exc.strerror or exc}")
-
-
-async def start_api(
-    app: Any,
-    host: str,
-    port: int,
-    log_level: str = "warning",
-    *,
-    access_log: bool = False,
-    startup_timeout_s: float = 10.0,
-) -> EmbeddedServer:
-    """Serve `app` as a task in the running loop; return once it is listening.
-
-    Raises RuntimeFailure ("API port 8900 is in use", …) instead of exiting. The returned server's
-    `.task` is the serving task (the daemon may watch it) and `.port` the bound port.
-    """
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        log_config=None,        # leave the daemon's logging configuration alone
-        access_log=access_log,  # the daemon logs what matters itself
-        lifespan="off",         # nothing to start; a lifespan failure would sys.exit
-        ws="none",
-        timeout_graceful_shutdown=3,
-        server_header=False,
-    )
-    server = EmbeddedServer(config)
-    server.sockets = _bind_sockets(host, port, backlog=config.backlog)
-    _ = server.port  # remember the bound port before uvicorn closes the sockets on shutdown
-    server.task = asyncio.get_running_loop().create_task(server._run(), name="llm-supervisor-api")
-
-    deadline = time.monotonic() + startup_timeout_s
-    while not server.started:
-        if server.task.done():
-            raise RuntimeFailure(server.failure or f"the API server on {host}:{port} stopped before listening")
-        if time.monotonic() > deadline:
-            await stop_api(server)
-            raise RuntimeFailure(f"the API server on {host}:{port} did not start within {startup_timeout_s:g} s")
-        await asyncio.sleep(0.01)
+async def start_api(app: Any, host: str, port: int, *, startup_timeout_s: float = 10.0) -> EmbeddedServer:
+    """Serve `app` as a task in the running loop; return once it is listening. Raises
+    RuntimeFailure ("API port 8900 is in use", …) or BadInput instead of exiting. The returned
+    server's `.task` is the serving task and `.port` the bound port."""
+    server = EmbeddedServer(app, Address(host, port, "API", "LLM_SUPERVISOR_API_HOST", "LLM_SUPERVISOR_API_PORT"),
+                            log_level="warning", timeout_graceful_shutdown=3)
+    await server.start(startup_timeout_s)
     return server
 
 
 async def stop_api(server: EmbeddedServer, timeout_s: float = 5.0) -> None:
     """Stop serving: graceful first, then forced; never raises for a server already gone."""
-    task = server.task
-    server.should_exit = True
-    if task is None or task.done():
-        return
-    try:
-        await asyncio.wait_for(asyncio.shield(task), timeout=timeout_s)
-    except asyncio.TimeoutError:
-        server.force_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=2.0)
-        except asyncio.TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    except Exception:  # _run already recorded and logged why serving ended
-        pass
+    await server.stop(timeout_s)

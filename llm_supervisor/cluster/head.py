@@ -28,7 +28,7 @@ from llm_supervisor.config.profile import Profile
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, BadInput
 from llm_supervisor.planning.launch import LaunchPlan
-from llm_supervisor.runtime.clock import iso
+from llm_supervisor.clock import iso
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.runtime.daemon import Daemon
 from llm_supervisor.states import State

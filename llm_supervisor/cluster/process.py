@@ -19,8 +19,8 @@ from typing import Any
 
 from llm_supervisor.cluster.probe import port_open
 from llm_supervisor.runtime import launcher as launching
+from llm_supervisor.clock import Clock, iso
 from llm_supervisor.runtime.outputlog import EngineLog
-from llm_supervisor.runtime.clock import Clock, iso
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Again, Outcome, RestartLoop

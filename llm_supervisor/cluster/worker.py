@@ -22,7 +22,7 @@ from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK
 from llm_supervisor.host import gpus as hardware
 from llm_supervisor.planning.launch import LaunchPlan
-from llm_supervisor.runtime.clock import SystemClock, iso
+from llm_supervisor.clock import SystemClock, iso
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.runtime.notify import Notifier
 from llm_supervisor.runtime.service import keep_watchdog, poll_gpus, served

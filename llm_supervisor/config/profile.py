@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from llm_supervisor.config.cluster import ClusterConfig, cluster_problems
+from llm_supervisor.config.frontdoor import FrontDoorConfig
 
 
 MAX_CPU_ID = 16383  # beyond any kernel's NR_CPUS (8192 with MAXSMP)
@@ -188,7 +189,9 @@ class Profile(_Strict):
     recovery: Recovery = Field(default_factory=Recovery)
     target: Target | None = None
     env: dict[str, str] = Field(default_factory=dict)
-    cluster: ClusterConfig | None = Field(default=None, description="a deployment across hosts on Ray (cluster.py)")
+    cluster: ClusterConfig | None = Field(default=None, description="a deployment across hosts on Ray (cluster/)")
+    frontdoor: FrontDoorConfig = Field(default_factory=FrontDoorConfig,
+                                       description="the served address: clients reach the engine through it")
 
     @field_validator("env")
     @classmethod

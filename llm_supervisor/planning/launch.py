@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,14 @@ from llm_supervisor.vllm.modelshape import SafetensorsError
 
 RECOVERABLE_KEYS = ("max_model_len", "gpu_memory_utilization", "enforce_eager", "max_num_seqs")
 SIMULATOR_COMMAND = [sys.executable, "-m", "llm_supervisor.simulator", "serve"]
+ENGINE_HOST = "127.0.0.1"  # where the engine listens behind the front door
+
+
+def free_loopback_port() -> int:
+    """A TCP port on the loopback that nobody listens on now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((ENGINE_HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def engine_command(command: str, simulate: bool) -> list[str]:
@@ -60,11 +69,24 @@ class LaunchPlan:
     extra_env: dict[str, str]
     sim_config: simgpu.SimGpuConfig | None = None
     last_good: dict[str, Any] | None = None
+    # With the front door the profile's vllm.host/port are the front door's, and the engine listens
+    # on 127.0.0.1:engine_port (a fresh free port for each launch; this one for the first).
+    engine_port: int | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def argv_for(self, args: VllmArgs) -> list[str]:
-        return engine_args.engine_argv(self.profile, args, self.command)
+    @property
+    def frontdoor(self) -> bool:
+        return self.engine_port is not None
+
+    def listen_args(self, args: VllmArgs, engine_port: int | None = None) -> VllmArgs:
+        """`args` as the engine is launched with them: behind the front door it listens privately."""
+        if not self.frontdoor:
+            return args
+        return args.model_copy(update={"host": ENGINE_HOST, "port": engine_port or self.engine_port})
+
+    def argv_for(self, args: VllmArgs, engine_port: int | None = None) -> list[str]:
+        return engine_args.engine_argv(self.profile, self.listen_args(args, engine_port), self.command)
 
     def env_for(self, args: VllmArgs) -> dict[str, str]:
         return engine_args.engine_env(self.profile, args, self.base_env, self.extra_env)
@@ -83,6 +105,9 @@ class LaunchPlan:
             "simulated": self.simulate,
             "model": self.profile.model.id,
             "argv": engine_args.redact_argv(self.argv_for(self.args)),
+            "frontdoor": ({"enabled": True, "host": self.args.host, "port": self.args.port,
+                           "engine": f"{ENGINE_HOST}:{self.engine_port} (a fresh port at each launch)"}
+                          if self.frontdoor else {"enabled": False}),
             "env": engine_args.redact_env(env),
             "cpus": list(self.placement.cpus),
             "memory_policy": {"mode": self.placement.memory_policy, "nodes": list(self.placement.nodes)},
@@ -267,6 +292,7 @@ def build_plan(
         gpus=gpus, chosen=chosen, hardware_match=match, placement=placement, fit=fit, prediction=prediction,
         gpu_total_gib=total_gib, gpu_count=count, gpu_name=gpu_name, base_env=base_env, extra_env=extra_env,
         sim_config=sim_config, last_good=last_good, notes=notes, warnings=warnings,
+        engine_port=free_loopback_port() if profile.frontdoor.enabled else None,
     )
 
 
@@ -291,6 +317,12 @@ def format_plan(plan: LaunchPlan) -> str:
                      f"largest context that fits {p.largest_context:,}")
         if p.target is not None:
             lines.append(f"          target {p.target}: {'met' if p.target_met else 'NOT met'}")
+    door = data["frontdoor"]
+    if door["enabled"]:
+        lines.append(f"serving   clients at {door['host']}:{door['port']} through the front door; the engine listens on "
+                     f"{door['engine']}")
+    else:
+        lines.append(f"serving   clients at {plan.args.host}:{plan.args.port}, the engine itself (frontdoor.enabled: false)")
     lines.append("argv      " + " ".join(data["argv"]))
     if data["env"]:
         lines.append("env       " + " ".join(f"{k}={v}" for k, v in sorted(data["env"].items())

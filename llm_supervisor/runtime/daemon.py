@@ -30,10 +30,11 @@ from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
+from llm_supervisor.frontdoor import FrontDoor
 from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants
-from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan
+from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port
 from llm_supervisor.runtime import launcher as launching
-from llm_supervisor.runtime.clock import Clock, SystemClock, iso
+from llm_supervisor.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
 from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
 from llm_supervisor.runtime.notify import Notifier
@@ -95,8 +96,8 @@ class Daemon(RestartLoop):
                  engine_client: EngineClient | None = None, notifier: Notifier | None = None,
                  store: StateStore | None = None, calibration: Calibration | None = None,
                  gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None,
-                 redactor: Redactor | None = None, engine_log: EngineLog | None = None,
-                 end_foreign_engines: bool = False) -> None:
+                 door: FrontDoor | None = None, redactor: Redactor | None = None,
+                 engine_log: EngineLog | None = None, end_foreign_engines: bool = False) -> None:
         super().__init__(clock or SystemClock(), Inbox())
         self.settings = settings
         self.profile = profile
@@ -121,8 +122,11 @@ class Daemon(RestartLoop):
         self.inventory = gpus
         self.timing = timing or Timing()
         self.args: VllmArgs = plan.args
-        self.engine_client = engine_client or EngineClient(
-            engine_base_url(self.args.host, self.args.port), profile.served_name, self.args.api_key)
+        # The front door owns the profile's address; the engine listens privately behind it.
+        self.door = door or (FrontDoor(profile.frontdoor) if plan.frontdoor else None)
+        self.engine_port = plan.engine_port
+        self.engine_client = engine_client or EngineClient(self.engine_url, profile.served_name, self.args.api_key)
+        self.ready_seconds: float | None = None  # the last launch's time to ready: the front door's estimate
 
         self.started_at = self.clock.time()
         self.attempt = 0
@@ -172,7 +176,16 @@ class Daemon(RestartLoop):
 
     @property
     def engine_url(self) -> str:
-        return engine_base_url(self.args.host, self.args.port)
+        """Where the engine answers (behind the front door: its private address)."""
+        listen = self.plan.listen_args(self.args, self.engine_port)
+        return engine_base_url(listen.host, listen.port)
+
+    def _time_to_ready(self) -> float | None:
+        """What the front door tells clients to wait for: the last launch's time to ready here."""
+        if self.ready_seconds is not None:
+            return self.ready_seconds
+        last = (self.plan.last_good or {}).get("ready_seconds")
+        return float(last) if isinstance(last, (int, float)) and last > 0 else None
 
     def status(self) -> dict[str, Any]:
         """The snapshot the REST API serves: plain attributes only, never awaits anything."""
@@ -191,7 +204,7 @@ class Daemon(RestartLoop):
             "daemon_pid": os.getpid(),
             "uptime_s": round(now - self.ready_at, 1) if self.ready_at and self.state is State.READY else 0.0,
             "daemon_uptime_s": round(now - self.started_at, 1),
-            "argv": redact_argv(self.plan.argv_for(self.args)),
+            "argv": redact_argv(self.plan.argv_for(self.args, self.engine_port)),
             "attempt": self.attempt,
             "restarts": self.restarts,
             "restarts_by_reason": dict(self.restarts_by_reason),
@@ -202,6 +215,9 @@ class Daemon(RestartLoop):
             "max_model_len": self.args.max_model_len or f.max_model_len,
             "gpu_memory_utilization": self.args.gpu_memory_utilization,
             "engine_url": self.engine_url,
+            "url": f"http://{self.args.host}:{self.args.port}" if ":" not in self.args.host
+                   else f"http://[{self.args.host}]:{self.args.port}",
+            "frontdoor": {"enabled": True, **self.door.stats()} if self.door else {"enabled": False},
             "gpus": self.gpus,
             "cpus": list(self.plan.placement.cpus),
             "placement": {**self.plan.placement.to_json(), "applied": self.placement_applied},
@@ -303,11 +319,15 @@ class Daemon(RestartLoop):
             summary += " (SIMULATED)"
         self.message = summary
         started = self.engine_started_at if self.engine_started_at is not None else self.clock.monotonic()
-        log.info("%s (attempt %d, %.1f s after launch)", summary, self.attempt, self.clock.monotonic() - started)
+        self.ready_seconds = round(self.clock.monotonic() - started, 1)
+        if self.door is not None:
+            self.door.engine_ready(self.engine_url)
+        log.info("%s (attempt %d, %.1f s after launch)", summary, self.attempt, self.ready_seconds)
         self.notifier.ready(summary)
         self._event("ready", reason=summary)
         self.store.remember_ready(self.key, {k: getattr(self.profile.vllm, k) for k in RECOVERABLE_KEYS},
-                                  {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}, f.contract())
+                                  {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}, f.contract(),
+                                  ready_seconds=self.ready_seconds)
         self._target_check()
         self.store.save_soon()
         await self._gpus_proved_usable()
@@ -474,7 +494,12 @@ class Daemon(RestartLoop):
         self.metrics_kv_tokens = None
         self.last_output = self.clock.monotonic()
         self._launched_at = self.clock.time()
-        argv = self.plan.argv_for(self.args)
+        if self.door is not None:
+            if self.attempt > 1:  # a fresh private port: never one an engine of before may still hold
+                self.engine_port = free_loopback_port()
+            self.engine_client.retarget(self.engine_url)
+            self.door.engine_starting(self._time_to_ready())
+        argv = self.plan.argv_for(self.args, self.engine_port)
         log.info("launch attempt %d: %s", self.attempt, " ".join(redact_argv(argv)))
         self._event("launch", reason=" ".join(redact_argv(argv[len(self.plan.command):])))
         cpus, mems, policy = self.plan.placement.apply_args()
@@ -538,6 +563,11 @@ class Daemon(RestartLoop):
                 self.enter(State.STOPPING if requested is Command.STOP else State.RESTARTING, f"{requested} requested")
             self.notifier.status("stopping vLLM" if requested is Command.STOP
                                  else f"restarting: {requested or failure.message}")  # type: ignore[union-attr]
+            planned = requested is Command.RESTART or (failure is not None and bool(failure.values.get("hang")))
+            if self.door is not None and planned and reached_ready:
+                # a planned restart: what the engine is answering may finish; new requests wait
+                drained = await self.door.drain()
+                log.info("front door drained before the restart: %s", drained)
             asked_at = self.clock.monotonic()
             exit_info = await engine.stop(self.settings.stop_timeout_s)
             waited = self.clock.monotonic() - asked_at
@@ -560,6 +590,9 @@ class Daemon(RestartLoop):
         if failure is None and not requested:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
+            if self.door is not None:  # clients see the engine is gone; what it had not answered waits
+                self.door.engine_down("the model server stopped unexpectedly and is being restarted",
+                                      self._time_to_ready())
         log.log(level, "engine %s%s", described, f": {failure.kind} — {failure.message}" if failure else "")
         if requested is not Command.STOP and not self.stop_requested:
             del self.attempts[:-ATTEMPTS_KEPT]
@@ -612,6 +645,10 @@ class Daemon(RestartLoop):
             self.notifier.status(f"restarting after {failure.kind}: {decision.reason}"[:200])
 
     def on_give_up(self, outcome: Outcome, decision: GiveUp) -> None:
+        if self.door is not None:
+            self.door.engine_failed(f"the model server failed to start and is not being restarted "
+                                    f"({FailureKind(outcome.failure.kind).value if outcome.failure else 'stopped'}); "
+                                    "ask its operator")
         self.message = f"failed: {decision.reason}"
         log.error("giving up: %s", decision.reason)
         self.notifier.status(f"failed: {decision.reason}"[:200])
@@ -646,6 +683,8 @@ class Daemon(RestartLoop):
         self._loop = asyncio.get_running_loop()
         for warning in self.store.warnings:
             log.warning("%s", warning)
+        if self.door is not None:
+            await self.door.start(self.args.host, self.args.port)
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
                                                     self._publish_gpus), name="gpu-poll"),
                       asyncio.create_task(keep_watchdog(self.notifier, self.clock), name="watchdog"),
@@ -665,6 +704,8 @@ class Daemon(RestartLoop):
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
                 self.enter(State.STOPPED, "engine stopped")
+            if self.door is not None:
+                await self.door.stop()
             self._event("stop", reason=f"daemon exiting with code {code}")
             for task in background:
                 task.cancel()
@@ -683,7 +724,8 @@ class Daemon(RestartLoop):
 
     async def run(self) -> int:
         """`supervisor up`: signals, the REST API, and the loop."""
-        async with served(self.settings, self.status, self.command, self._on_signal):
+        collectors = [self.door.collector()] if self.door is not None else []
+        async with served(self.settings, self.status, self.command, self._on_signal, collectors):
             return await self.serve()
 
 
@@ -736,7 +778,8 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
         for warning in plan.warnings + plan.placement.warnings:
             log.warning("plan: %s", warning)
         log_placement(plan.placement)
-        check_engine_port(plan.args)
+        if not plan.frontdoor:  # with the front door, binding the public address says it (at start)
+            check_engine_port(plan.args)
         check_log_dir(log_file, log_setting)
         daemon = (daemon_class or Daemon)(settings, profile, plan, store=store,  # cluster.head.HeadDaemon on a head
                                           redactor=redactor, end_foreign_engines=end_foreign_engines)

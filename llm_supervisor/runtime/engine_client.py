@@ -37,6 +37,11 @@ class EngineClient:
         self._http = httpx.AsyncClient(base_url=base_url, headers=self._headers, transport=transport,
                                        timeout=httpx.Timeout(5.0, connect=2.0), trust_env=False)
 
+    def retarget(self, base_url: str) -> None:
+        """The next engine listens elsewhere (behind the front door, a fresh port each launch)."""
+        self.base_url = base_url
+        self._http.base_url = httpx.URL(base_url)
+
     async def health(self) -> bool:
         """`GET /health` answered 200."""
         try:

@@ -11,14 +11,15 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from llm_supervisor.api.server import EmbeddedServer, check_bind_allowed, create_app, start_api, stop_api
+from llm_supervisor.api.embedded import EmbeddedServer
+from llm_supervisor.api.server import check_bind_allowed, create_app, start_api, stop_api
 from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.host import gpus as host_gpus
-from llm_supervisor.runtime.clock import Clock
+from llm_supervisor.clock import Clock
 from llm_supervisor.runtime.notify import Notifier
 from llm_supervisor.store.lock import DaemonLock
 
@@ -83,15 +84,16 @@ def log_placement(placement: Any, what: str = "placement") -> None:
 
 @contextlib.asynccontextmanager
 async def served(settings: Settings, status: Callable[[], dict[str, Any]], command: Callable[[str], None],
-                 on_signal: Callable[[signal.Signals], None]) -> AsyncIterator[EmbeddedServer]:
+                 on_signal: Callable[[signal.Signals], None], collectors: Iterable[Any] = ()
+                 ) -> AsyncIterator[EmbeddedServer]:
     """SIGTERM, SIGINT and SIGHUP to `on_signal` (which only records), and the REST API over
-    `status` and `command`, for as long as the block runs."""
+    `status` and `command` (and more Prometheus `collectors`), for as long as the block runs."""
     loop = asyncio.get_running_loop()
     for sig in SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         token = settings.api_token.get_secret_value() if settings.api_token else None
-        api = await start_api(create_app(status, command, token), settings.api_host, settings.api_port)
+        api = await start_api(create_app(status, command, token, collectors), settings.api_host, settings.api_port)
         log.info("REST API on %s (status: %s/status)", settings.url, settings.url)
         try:
             yield api

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK
-from llm_supervisor.runtime.clock import Clock, SystemClock, first_of
+from llm_supervisor.clock import Clock, SystemClock, first_of
 from llm_supervisor.runtime.commands import Command, Inbox
 from llm_supervisor.states import State, check_transition
 from llm_supervisor.vllm.recovery import GiveUp

@@ -149,9 +149,12 @@ class StateStore:
         entry = self.data["profiles"].get(key)
         return self._valid_last_good(entry.get("last_good")) if isinstance(entry, dict) else None
 
-    def remember_ready(self, key: str, requested: dict[str, Any], args: dict[str, Any], facts: dict[str, Any]) -> None:
-        """The arguments that reached ready (in memory: `save()` writes them)."""
-        self.entry(key)["last_good"] = {"requested": requested, "args": args, "facts": facts, "at": time.time()}
+    def remember_ready(self, key: str, requested: dict[str, Any], args: dict[str, Any], facts: dict[str, Any],
+                       ready_seconds: float | None = None) -> None:
+        """The arguments that reached ready, and how long the launch took to (in memory: `save()`
+        writes them)."""
+        self.entry(key)["last_good"] = {"requested": requested, "args": args, "facts": facts, "at": time.time(),
+                                        "ready_seconds": ready_seconds}
 
     def record(self, key: str, event: dict[str, Any]) -> None:
         history = self.entry(key).setdefault("history", [])

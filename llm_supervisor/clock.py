@@ -1,8 +1,9 @@
-"""Time as the daemon sees it: a seam, so its behaviour over minutes is tested in milliseconds.
+"""Time as the daemon and the front door see it: a seam, so behaviour over minutes is tested in
+milliseconds. A leaf (stdlib only).
 
-`SystemClock` is the real one. Tests pass a virtual clock (tests/fakes.py) whose `sleep`
-returns when virtual time has advanced that far; nothing in the runtime reads `time` or calls
-`asyncio.sleep` directly.
+`SystemClock` is the real one. Tests pass a virtual clock (tests/fakes.py, whose `sleep` returns
+when virtual time has advanced that far; tests/frontdoor_fakes.py, whose timers fire when the test
+moves time); nothing in the runtime or the front door reads `time` or sleeps directly.
 """
 
 from __future__ import annotations
@@ -10,21 +11,34 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Awaitable, Protocol, TypeVar
 
 T = TypeVar("T")
 
 
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
+class Timer(Protocol):
+    def cancel(self) -> None: ...
 
-    def time(self) -> float: ...
+
+class Clock(Protocol):
+    def monotonic(self) -> float:
+        """Seconds, only ever increasing."""
+        ...
+
+    def time(self) -> float:
+        """Wall time, epoch seconds."""
+        ...
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        """Run `callback` once `monotonic()` reaches `when` (from the running event loop)."""
+        ...
+
 
 class SystemClock:
-    """The machine's clocks and asyncio's sleep."""
+    """The machine's clocks, asyncio's sleep and the running loop's timers."""
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -34,6 +48,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(max(0.0, when - time.monotonic()), callback)
 
 
 async def first_of(clock: Clock, awaitable: Awaitable[T], seconds: float) -> tuple[bool, T | None]:
