@@ -685,6 +685,9 @@ class Daemon(RestartLoop):
             log.warning("%s", warning)
         if self.door is not None:
             await self.door.start(self.args.host, self.args.port)
+        if self._log is None:  # the engine log takes a write, or one line says why (before any launch)
+            await asyncio.to_thread(check_log_dir, self.settings.logs / f"{self.profile.name}.log",
+                                    "LLM_SUPERVISOR_LOG_DIR" if self.settings.log_dir else "LLM_SUPERVISOR_STATE_DIR")
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
                                                     self._publish_gpus), name="gpu-poll"),
                       asyncio.create_task(keep_watchdog(self.notifier, self.clock), name="watchdog"),
@@ -763,9 +766,8 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
                end_foreign_engines: bool = False) -> int:
     """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up."""
     redactor = redactor or Redactor.from_inputs(settings, profile, os.environ)
-    log_file = settings.logs / f"{profile.name}.log"
-    log_setting = "LLM_SUPERVISOR_LOG_DIR" if settings.log_dir else "LLM_SUPERVISOR_STATE_DIR"
-    check_log_path(log_file, log_setting)  # bad input first, before the daemon says anything
+    check_log_path(settings.logs / f"{profile.name}.log",  # bad input first, before the daemon says anything
+                   "LLM_SUPERVISOR_LOG_DIR" if settings.log_dir else "LLM_SUPERVISOR_STATE_DIR")
     with daemon_process(settings, redactor):
         store = StateStore(settings.state_dir, redactor)
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
@@ -780,7 +782,6 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
         log_placement(plan.placement)
         if not plan.frontdoor:  # with the front door, binding the public address says it (at start)
             check_engine_port(plan.args)
-        check_log_dir(log_file, log_setting)
         daemon = (daemon_class or Daemon)(settings, profile, plan, store=store,  # cluster.head.HeadDaemon on a head
                                           redactor=redactor, end_foreign_engines=end_foreign_engines)
         return asyncio.run(daemon.run())
