@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from daemon_harness import DaemonRun, port_free, wait_until  # noqa: E402
-from hardening_utils import FakeEngineRun, clean_env, cli  # noqa: E402
+from hardening_utils import clean_env, cli  # noqa: E402
 
 CLEAN_DEADLINE_S = 20.0
 DOCS = REPO / "docs" / "reliability.md"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -146,9 +145,12 @@ def check_load(path: Path, overrides: list[str] | None = None) -> Profile | list
 def _comparable(profile: Profile) -> dict[str, Any]:
     data = profile.model_dump(mode="json")
     data["vllm"].pop("api_key", None)
-    data["env"] = {k: ("***" if re.search("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", k.upper()) else v)
-                   for k, v in data["env"].items()}
-    return data
+    from llm_supervisor.config.redaction import Redactor
+
+    redactor = Redactor.from_inputs(None, profile)  # what `profiles show` masks: the same one redaction
+    data["env"] = redactor.env(data["env"])
+    data["vllm"]["extra_args"] = redactor.argv(data["vllm"]["extra_args"])
+    return redactor.value(data)
 
 
 def write(text: str, name: str = "p.yaml") -> Path:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llm_supervisor.config.profile import Profile
-from llm_supervisor.config.redaction import is_secret_name
+from llm_supervisor.config.redaction import Redactor, is_secret_name
 from llm_supervisor.errors import ProfileError
 
 SHOWN_INPUT_CHARS = 80
@@ -298,7 +298,7 @@ def profile_to_yaml(profile: Profile) -> str:
     data = profile.model_dump(mode="json", exclude_none=True)
     if profile.vllm.api_key is not None:
         data["vllm"]["api_key"] = "***"
-    for name, value in data.get("env", {}).items():
-        if value and _is_secret_name(name):
-            data["env"][name] = "***"
-    return yaml.safe_dump(data, sort_keys=False)
+    redactor = Redactor.from_inputs(None, profile)  # by name, by shape and by value (config/redaction.py)
+    data["env"] = redactor.env(data.get("env", {}))
+    data["vllm"]["extra_args"] = redactor.argv(data["vllm"].get("extra_args", []))
+    return yaml.safe_dump(redactor.value(data), sort_keys=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from llm_supervisor.config.profile import Profile, VllmArgs
-from llm_supervisor.config.redaction import REDACTED, SECRET_FLAGS, Redactor, is_secret_name
+from llm_supervisor.config.redaction import REDACTED, SECRET_FLAGS, Redactor, is_secret_name  # noqa: F401 - re-exported
 
 # Variables that belong to the daemon's own service manager, never to the engine.
 DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
