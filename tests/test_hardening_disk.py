@@ -282,3 +282,16 @@ def test_a_full_tmpfs_log_dir_never_hangs_the_engine_or_the_stop(tmp_path: Path)
         assert took <= stop_timeout + 5, took
         assert "Traceback" not in run.stderr()
         print(f"tmpfs full: {status['engine_log']['dropped_bytes']:,} bytes dropped; SIGTERM took {took:.2f} s")
+
+
+def test_a_state_dir_that_takes_no_write_is_one_line(tmp_path: Path) -> None:
+    from llm_supervisor.store.lock import DaemonLock
+
+    (tmp_path / "daemon.lock").symlink_to("/dev/full")
+    with pytest.raises(RuntimeFailure) as failed:
+        DaemonLock(tmp_path).acquire()
+    assert len(failed.value.lines()) == 1 and "LLM_SUPERVISOR_STATE_DIR" in failed.value.lines()[0]
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SettingsError) as bad:
+        DaemonLock(tmp_path / "afile" / "state").acquire()
+    assert bad.value.lines()[0].startswith("settings: LLM_SUPERVISOR_STATE_DIR: ")
