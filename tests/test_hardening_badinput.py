@@ -259,7 +259,7 @@ def test_cpu_lists_parse_within_bounds_or_fail_cleanly(text: str) -> None:
     assert all(0 <= c <= MAX_CPU_ID for c in cpus) and cpus == sorted(set(cpus))
 
 
-secrets_st = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=6, max_size=30).filter(
+secrets_st = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=8, max_size=30).filter(
     lambda s: s.strip() == s and "*" not in s)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 REDACTED = "***"
-MIN_SECRET_CHARS = 6
+MIN_SECRET_CHARS = 8
 SECRET_NAME_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIAL", "PRIVATE")
 NOT_SECRET_NAMES = ("PWD", "OLDPWD")  # the shell's working directories
 # vLLM's (and huggingface-cli's) flags that take a secret; any other flag whose name looks secret too.
