@@ -23,7 +23,9 @@ from llm_supervisor.config.frontdoor import FrontDoorConfig
 MAX_CPU_ID = 16383  # beyond any kernel's NR_CPUS (8192 with MAXSMP)
 MAX_NODE_ID = 1023  # the kernel's MAX_NUMNODES at most
 MAX_CONTEXT = 10_000_000  # tokens: above the longest context any model offers
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+# RFC 1123 labels, with `_` allowed as container runtimes' service names use it
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
+                          r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
 
 CpuId = Annotated[int, Field(ge=0, le=MAX_CPU_ID)]
 NodeId = Annotated[int, Field(ge=0, le=MAX_NODE_ID)]
