@@ -2,7 +2,7 @@
 of the guard, of the guard then the daemon, and during recovery, each checked for orphans; a full
 log disk; every class of bad input; the secret sweep of every output.
 
-    python scripts/reliability_trials.py                  # the counts in the docs (~10 minutes on 2 cores)
+    python scripts/reliability_trials.py                  # the counts in the docs (~5 minutes on 2 cores)
     python scripts/reliability_trials.py --quick          # a few of each
     python scripts/reliability_trials.py --write-docs     # also rewrite the table in docs/reliability.md
 
