@@ -201,8 +201,8 @@ def tmpdir(prefix: str) -> Iterator[Path]:
 
 def daemon_available() -> str | None:
     """None when the daemon module exists, else why the daemon benchmarks cannot run."""
-    if not (REPO / "llm_supervisor" / "daemon.py").is_file():
-        return "llm_supervisor/daemon.py does not exist yet"
+    if not (REPO / "llm_supervisor" / "runtime" / "daemon.py").is_file():
+        return "llm_supervisor/runtime/daemon.py does not exist yet"
     if not (REPO / "llm_supervisor" / "simulator").is_dir():
         return "llm_supervisor/simulator does not exist yet"
     return None

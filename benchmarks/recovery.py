@@ -1,8 +1,10 @@
-"""Recovery from the four startup memory failures: ours against a naive policy and vLLM auto-fit.
+"""Recovery from the startup memory failures: ours against a naive policy and vLLM auto-fit, for
+each vLLM version the simulator speaks (0.26's fixed budget, 0.34's extensible KV cache).
 
 Each scenario starts the bundled vLLM simulator (real processes, real log text, a simulated
-24 GB RTX 4090 D) with arguments that fail one way, then lets a policy relaunch it until it is
-ready or the policy stops:
+24 GB RTX 4090 D) with arguments that fail one way (on 0.26; 0.34 may not fail the same way, or
+at all: that is what the comparison shows), then lets a policy relaunch it until it is ready or
+the policy stops:
 
 * daemon:   the whole product, `supervisor up --simulate`: the planner picks the first launch's
             arguments from the model and the GPU, then recovery handles what still fails.
@@ -20,10 +22,12 @@ utilization, KV-cache tokens, the concurrency vLLM reports at that context, and 
 as a share of the largest that fits at the final utilization (min(model limit, KV-cache tokens)).
 Policy backoff delays are reported, not slept.
 
-    python benchmarks/recovery.py [--only kv_cache_too_small] [--startup-s 1]
+    python benchmarks/recovery.py [--only kv_cache_too_small] [--startup-s 1] [--vllm-versions 0.34.0,0.26.0]
 
-Prints one JSON line. CONTRACT: kv_cache_too_small recovers in one relaunch keeping ≥ 95% of
-the largest context that fits.
+Prints one JSON line: per version its scenarios (`versions`), the first version's also as
+`scenarios`, and `relaunches`: per scenario and version, the daemon's and the policy's relaunches
+and the failures seen. CONTRACT: kv_cache_too_small recovers in one relaunch keeping ≥ 95% of
+the largest context that fits (checked for every version).
 """
 
 from __future__ import annotations
@@ -55,16 +59,23 @@ from llm_supervisor.config.settings import Settings  # noqa: E402
 PROFILE = "4090d-qwen3-4b"
 TARGET_KEPT = 0.95
 
+VERSIONS = ("0.34.0", "0.26.0")
+
 # name → (profile overrides, simulated-GPU environment, what a user did to get there)
 SCENARIOS: dict[str, tuple[list[str], dict[str, str], str]] = {
     "kv_cache_too_small": (["vllm.gpu_memory_utilization=0.5"], {},
                            "util 0.5 to share the card, full 40,960 context"),
     "insufficient_free_memory": ([], {"LLM_SUPERVISOR_SIM_GPU_OTHER_MIB": "6144"},
                                  "another process holds 6 GiB, util 0.9"),
+    "free_memory_short": (["recovery.min_gpu_memory_utilization=0.3"], {"LLM_SUPERVISOR_SIM_GPU_OTHER_MIB": "12288"},
+                          "another process holds 12 GiB, util 0.9 (bounds 0.3-0.92): what is free cannot hold "
+                          "40,960 tokens"),
     "no_kv_cache_memory": (["vllm.gpu_memory_utilization=0.33"], {},
                            "util 0.33: the 7.9 GiB budget holds the 7.6 GiB of weights and nothing more"),
     "cuda_oom": (["vllm.gpu_memory_utilization=0.95"], {},
-                 "util 0.95: CUDA graphs no longer fit above the budget"),
+                 "util 0.95: on 0.26 CUDA graphs no longer fit above the budget"),
+    "cuda_oom_at_graph_capture": ([], {"LLM_SUPERVISOR_SIM_FAULT": "oom_at_graph_capture"},
+                                  "graph capture runs out of memory whatever the utilization (a fault)"),
 }
 
 
@@ -187,7 +198,7 @@ def _result(launches: list[Launch], args: VllmArgs | None, derived: int, delays:
     return out
 
 
-def policy_ours(profile: Profile, env: dict[str, str], derived: int, kv_per_token: float | None) -> dict[str, Any]:
+def policy_ours(profile: Profile, env: dict[str, str], derived: int, fit: Any) -> dict[str, Any]:
     from llm_supervisor.vllm.recovery import Attempt, GiveUp, decide
 
     args = profile.vllm
@@ -209,8 +220,7 @@ def policy_ours(profile: Profile, env: dict[str, str], derived: int, kv_per_toke
             break
         history.append(Attempt(at, args, launch.failure.kind, change, reason, ended_at=time.time()))
         free, total = gpu_memory(env)
-        decision = decide(launch.failure, args, profile, history, launch.facts, free, total,
-                          kv_bytes_per_token=kv_per_token)
+        decision = decide(launch.failure, args, profile, history, launch.facts, free, total, fit=fit)
         if isinstance(decision, GiveUp):
             gave_up = decision.reason
             break
@@ -240,11 +250,11 @@ def _launch_args(reason: str) -> dict[str, Any]:
 
 
 def policy_daemon(sets: list[str], gpu_env: dict[str, str], tmp: Path, startup_s: float,
-                  derived: int) -> dict[str, Any]:
+                  derived: int, version: str) -> dict[str, Any]:
     """`supervisor up --simulate` with the scenario's overrides; read the outcome from /status."""
     from _common import Daemon
 
-    env = {"LLM_SUPERVISOR_SIM_STARTUP_S": f"{startup_s:g}", **gpu_env}
+    env = {"LLM_SUPERVISOR_SIM_STARTUP_S": f"{startup_s:g}", "LLM_SUPERVISOR_SIM_VLLM_VERSION": version, **gpu_env}
     t0 = time.monotonic()
     with Daemon(tmp, sets=sets, env=env) as daemon:
         try:
@@ -314,8 +324,10 @@ def policy_auto(profile: Profile, env: dict[str, str], derived: int) -> dict[str
     return _result([launch], args, derived, 0.0, [], gave_up)
 
 
-def run_scenario(name: str, tmp: Path, startup_s: float) -> dict[str, Any]:
+def run_scenario(name: str, tmp: Path, startup_s: float, version: str) -> dict[str, Any]:
     from llm_supervisor.host.modelfiles import load_shape
+    from llm_supervisor.host.simgpu import load_config
+    from llm_supervisor.planning.launch import fit_context
 
     sets, gpu_env, story = SCENARIOS[name]
     port = free_port()
@@ -323,20 +335,23 @@ def run_scenario(name: str, tmp: Path, startup_s: float) -> dict[str, Any]:
     profile = load_profile(PROFILE, settings.profiles_dir, overrides=[*sets, f"vllm.port={port}"])
     shape = load_shape(profile.model.id)
     derived = int(getattr(shape, "context_limit", 0) or shape.max_position_embeddings)
-    kv_per_token = float(shape.kv_bytes_per_token(profile.vllm.tensor_parallel_size, profile.vllm.kv_cache_dtype))
+    # the plan's fit context for this version, as the daemon hands it to the policy
+    gpu = load_config({"LLM_SUPERVISOR_SIM_GPU_NAME": "NVIDIA GeForce RTX 4090 D", "LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": "24564"})
+    fit = fit_context(profile, gpu.total_mib / 1024, 1, gpu_name=gpu.name, vllm_version=version)
     out: dict[str, Any] = {"scenario": story, "start": {"gpu_memory_utilization": profile.vllm.gpu_memory_utilization,
                                                         "max_model_len": profile.vllm.max_model_len}}
     policies: dict[str, Callable[[dict[str, str]], dict[str, Any]]] = {
-        "daemon": lambda env: policy_daemon(sets, gpu_env, tmp / f"{name}-daemon", startup_s, derived),
-        "recovery": lambda env: policy_ours(profile, env, derived, kv_per_token),
+        "daemon": lambda env: policy_daemon(sets, gpu_env, tmp / f"{version}-{name}-daemon", startup_s, derived, version),
+        "recovery": lambda env: policy_ours(profile, env, derived, fit),
         "naive": lambda env: policy_naive(profile, env, derived),
         "auto": lambda env: policy_auto(profile, env, derived),
     }
     for policy, fn in policies.items():
         # a fresh simulated GPU per policy: no leftovers between them
-        env = base_env(tmp / f"{name}-{policy}", LLM_SUPERVISOR_SIM_STARTUP_S=f"{startup_s:g}",
-                       VLLM_CACHE_ROOT=str(tmp / "vllm-cache"), **gpu_env)
-        log(f"recovery: {name}: {policy}")
+        env = base_env(tmp / f"{version}-{name}-{policy}", LLM_SUPERVISOR_SIM_STARTUP_S=f"{startup_s:g}",
+                       VLLM_CACHE_ROOT=str(tmp / f"vllm-cache-{version}"), LLM_SUPERVISOR_SIM_VLLM_VERSION=version,
+                       **gpu_env)
+        log(f"recovery: {version}: {name}: {policy}")
         try:
             out[policy] = fn(env)
         except Exception as exc:  # report the broken policy, keep the others
@@ -350,19 +365,43 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only these scenarios")
     ap.add_argument("--startup-s", type=float, default=1.0, help="simulated warm start time")
+    ap.add_argument("--vllm-versions", default=",".join(VERSIONS), help="the simulator's versions, comma-separated")
     args = ap.parse_args()
+    versions = [v.strip() for v in args.vllm_versions.split(",") if v.strip()]
     result: dict[str, Any] = {"benchmark": "recovery", "machine": machine_info(), "profile": PROFILE,
-                              "target_context_kept": TARGET_KEPT}
+                              "target_context_kept": TARGET_KEPT, "vllm_versions": versions}
     if not (REPO / "llm_supervisor" / "simulator" / "__main__.py").is_file():
         emit({**result, "error": "llm_supervisor/simulator is not runnable yet"})
         return
     with tmpdir("recovery") as tmp:
-        result["scenarios"] = {name: run_scenario(name, tmp, args.startup_s) for name in (args.only or SCENARIOS)}
-    kv = result["scenarios"].get("kv_cache_too_small", {}).get("recovery", {})
-    if kv:
-        result["meets_target"] = bool(kv.get("ready") and kv.get("relaunches") == 1
-                                      and (kv.get("context_kept") or 0) >= TARGET_KEPT)
+        result["versions"] = {
+            version: {"scenarios": {name: run_scenario(name, tmp, args.startup_s, version)
+                                    for name in (args.only or SCENARIOS)}}
+            for version in versions}
+    result["scenarios"] = result["versions"][versions[0]]["scenarios"]
+    result["relaunches"] = relaunch_counts(result["versions"])
+    met = []
+    for version in versions:
+        kv = result["versions"][version]["scenarios"].get("kv_cache_too_small", {}).get("recovery", {})
+        if kv:
+            met.append(bool(kv.get("ready") and kv.get("relaunches") == 1
+                            and (kv.get("context_kept") or 0) >= TARGET_KEPT))
+    if met:
+        result["meets_target"] = all(met)
     emit(result)
+
+
+def relaunch_counts(by_version: dict[str, Any]) -> dict[str, Any]:
+    """Per scenario and version: relaunches until ready (daemon and policy alone) and the failures seen."""
+    out: dict[str, Any] = {}
+    for version, data in by_version.items():
+        for name, sc in data["scenarios"].items():
+            row = out.setdefault(name, {})
+            row[version] = {policy: {"ready": sc.get(policy, {}).get("ready"),
+                                     "relaunches": sc.get(policy, {}).get("relaunches"),
+                                     "failures": sc.get(policy, {}).get("failures")}
+                            for policy in ("daemon", "recovery")}
+    return out
 
 
 if __name__ == "__main__":

@@ -111,11 +111,31 @@ def contract_rows(res: dict[str, dict[str, Any]]) -> list[list[str]]:
                  f"left alive: {len(ds.get('left_alive') or [])}",
                  _ok(dmet.get("shutdown"))])
     rc = res.get("recovery", {})
-    kv = (rc.get("scenarios") or {}).get("kv_cache_too_small", {}).get("recovery", {})
+    by_version = rc.get("versions") or {"": {"scenarios": rc.get("scenarios") or {}}}
+    measured = []
+    for version, data in by_version.items():
+        kv = (data.get("scenarios") or {}).get("kv_cache_too_small", {}).get("recovery", {})
+        measured.append(_err(kv) or f"{'vLLM ' + version + ': ' if version else ''}{kv.get('relaunches')} relaunch(es), "
+                        f"context {_n(kv.get('max_model_len'))} of {_n(kv.get('largest_fitting_context'))} "
+                        f"({_n(kv.get('context_kept'), '{:.1%}')})")
     rows.append(["kv_cache_too_small recovery", "1 relaunch, ≥ 95% of the largest fitting context",
-                 _err(rc) or _err(kv) or f"{kv.get('relaunches')} relaunch(es), context {_n(kv.get('max_model_len'))} of "
-                 f"{_n(kv.get('largest_fitting_context'))} ({_n(kv.get('context_kept'), '{:.1%}')})",
-                 _ok(rc.get("meets_target"))])
+                 _err(rc) or "; ".join(measured), _ok(rc.get("meets_target"))])
+    return rows
+
+
+def version_rows(rc: dict[str, Any]) -> list[list[str]]:
+    """Per scenario: relaunches to ready on each vLLM version (daemon and the policy alone)."""
+    versions = list(rc.get("vllm_versions") or [])
+    rows = []
+    for name, per in (rc.get("relaunches") or {}).items():
+        row = [name]
+        for policy in ("daemon", "recovery"):
+            for version in versions:
+                p = (per.get(version) or {}).get(policy) or {}
+                seen = _runs(p.get("failures") or []) or "none"
+                done = p.get("relaunches") if p.get("ready") else "gave up"
+                row.append(f"{done} ({seen})")
+        rows.append(row)
     return rows
 
 
@@ -215,11 +235,27 @@ def render(res: dict[str, dict[str, Any]], machine: dict[str, Any], quick: bool)
         parts.append(_err(rc) or "")
     else:
         scen = rc.get("scenarios") or {}
-        parts.append(table(["scenario", "policy", "outcome", "launches", "failures seen", "max_model_len", "util",
-                            "KV tokens", "concurrency", "context kept"], recovery_rows(rc)))
-        parts.append("")
+        versions = list(rc.get("vllm_versions") or [])
+        if versions:
+            parts += [
+                "### Relaunches to ready, per vLLM version",
+                "",
+                "The same scenario on the simulator speaking each version (`LLM_SUPERVISOR_SIM_VLLM_VERSION`); "
+                "relaunches (failures seen). 0.34's extensible KV cache starts where 0.26 refuses a short free "
+                "memory, and sizes the cache after CUDA-graph capture, so some failures do not happen at all.",
+                "",
+                table(["scenario", *[f"daemon, {v}" for v in versions], *[f"recovery, {v}" for v in versions]],
+                      version_rows(rc)),
+                "",
+            ]
+        for version in versions or [""]:
+            data = (rc.get("versions") or {}).get(version) or {"scenarios": scen}
+            if version:
+                parts += [f"### vLLM {version}", ""]
+            parts.append(table(["scenario", "policy", "outcome", "launches", "failures seen", "max_model_len", "util",
+                                "KV tokens", "concurrency", "context kept"], recovery_rows(data)))
+            parts += ["", *recovery_notes(data), ""]
         parts.append("Scenarios: " + "; ".join(f"`{k}`: {v.get('scenario')}" for k, v in scen.items()) + ".")
-        parts += ["", *recovery_notes(rc)]
     parts += ["", "## Raw", "", "Every figure above, with more detail, is in `benchmarks/results.json`.", ""]
     return "\n".join(parts)
 

@@ -2,11 +2,12 @@
 """Print the planner's prediction for every shipped profile on its stated hardware, as a markdown
 table (the README's "what fits" figures come from here, never typed by hand).
 
-usage: python3 scripts/planner_table.py [--profiles-dir profiles] [--vllm-version 0.26.0]
+usage: python3 scripts/planner_table.py [--profiles-dir profiles] [--vllm-version 0.34.0,0.26.0]
                                         [--write docs/planner.md]
 
---write replaces the text between the `<!-- planner-table:start -->` and
-`<!-- planner-table:end -->` markers of that file.
+One table per vLLM version (default: the newest supported, which `plan` assumes when it cannot
+tell, and 0.26.0, the version checked on real GPUs). --write replaces the text between the
+`<!-- planner-table:start -->` and `<!-- planner-table:end -->` markers of that file.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
                                recovery=profile.recovery, model=profile.model.id, gpu_name=gpu)
         conc = []
         for ctx in CONTEXTS:
-            fits = pred.blocks_per_request(ctx) <= pred.num_gpu_blocks and ctx <= shape.context_limit
+            fits = pred.fits_context(ctx) and ctx <= shape.context_limit
             conc.append(f"{pred.concurrency_at(ctx):.1f}" if fits else "—")
         par = f"TP {args.tensor_parallel_size}"
         if args.pipeline_parallel_size > 1:
@@ -68,8 +69,10 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
                          f" ({pred.concurrency_at(pred.target['context']):.2f} fit)")
         if not pred.fits:
             notes.append(f"- `{name}`: does NOT fit as configured")
+    accounting = memory.accounting_for(vllm_version)
     out = [
-        f"Predicted with vLLM {vllm_version} memory accounting, no calibration (torch.compile cache cold),"
+        f"**vLLM {vllm_version}** (`{accounting}`): predicted with that version's memory accounting, no calibration"
+        " (torch.compile cache cold),"
         " bundled config.json facts (no checkpoint on disk), vLLM's default max_num_batched_tokens /"
         " max_num_seqs for a GPU under 70 GiB (2048 / 256). Concurrency counts requests of that many"
         " tokens held in the KV cache at once (all data-parallel replicas together).",
@@ -81,13 +84,19 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def build_tables(profiles_dir: Path, versions: list[str]) -> str:
+    """One table per version, one after the other."""
+    return "\n".join(build_table(profiles_dir, v) for v in versions)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles-dir", type=Path, default=ROOT / "profiles")
-    parser.add_argument("--vllm-version", default=memory.DEFAULT_VLLM_VERSION)
+    parser.add_argument("--vllm-version", default=f"{memory.DEFAULT_VLLM_VERSION},0.26.0",
+                        help="comma-separated versions, one table each")
     parser.add_argument("--write", type=Path, help="replace the table between the markers in this file")
     opts = parser.parse_args(argv)
-    table = build_table(opts.profiles_dir, opts.vllm_version)
+    table = build_tables(opts.profiles_dir, [v.strip() for v in opts.vllm_version.split(",") if v.strip()])
     if opts.write is None:
         sys.stdout.write(table)
         return 0

@@ -3,10 +3,11 @@ FakeClock and FakeProcess, httpx's MockTransport):
 
 * `VirtualClock`: `sleep` returns when virtual time has advanced; time moves only when every task
   is waiting, so minutes of backoff, hang timeouts and watchdog pings take milliseconds.
-* `FakeVllm`: a vLLM 0.26 stand-in. From each launch's argv it decides, with its own small memory
-  model, what real vLLM would print and how it would end (the lines are vLLM 0.26's, as in the
-  H100 fixtures), and it answers `/health`, the 1-token probe and `/metrics` through an
-  `httpx.MockTransport` while it serves.
+* `FakeVllm`: a vLLM 0.26 or 0.34 stand-in (`version`). From each launch's argv it decides, with
+  its own small memory model, what real vLLM would print and how it would end (0.26's lines as in
+  the H100 fixtures; 0.34's as in the logs generated from its source: the extensible KV cache,
+  sized after warm-up, no free-memory check), and it answers `/health`, the 1-token probe and
+  `/metrics` through an `httpx.MockTransport` while it serves.
 * `FakeLauncher` / `FakeEngine`: the launcher seam; each engine runs as a task on the virtual clock.
 * `RecordingNotifier`, `FakeGpus`: sd_notify and NVML as lists the test can read.
 """
@@ -127,9 +128,11 @@ CORE = "(EngineCore pid=101) {level} 12-03 10:00:00 [{src}] {msg}"
 
 @dataclass
 class FakeVllm:
-    """A vLLM 0.26 on one GPU, with a transparent memory model: budget = total × utilization;
-    KV = budget − weights − overhead (cold compile: `cold_overhead_gib`, warm: `warm_overhead_gib`);
-    CUDA graphs `graph_gib` above the budget; `other_gib` held by other processes.
+    """A vLLM 0.26 (or 0.34) on one GPU, with a transparent memory model: budget = total ×
+    utilization; KV = budget − weights − overhead (cold compile: `cold_overhead_gib`, warm:
+    `warm_overhead_gib`); CUDA graphs `graph_gib` above the budget; `other_gib` held by other
+    processes. With version 0.34 that KV is only the pre-warm-up estimate; after warm-up the cache
+    gets min(budget, free at start − 1 GiB margin) − weights − non-torch − graphs − activation.
 
     `faults`: per launch number (1-based), a fault name, e.g. {1: "oom_at_load"}; `fault` applies
     to every launch. Names: oom_at_load, oom_at_graph_capture (unless --enforce-eager),
@@ -147,6 +150,8 @@ class FakeVllm:
     model_limit: int = 40960
     block: int = 16
     line_interval_s: float = 0.2
+    non_torch_gib: float = 0.22
+    version: str = "0.26.0"
     fault: str | None = None
     faults: dict[int, str] = field(default_factory=dict)
     compiled: set[int] = field(default_factory=set)  # max_model_len values with a warm compile cache
@@ -161,9 +166,25 @@ class FakeVllm:
     def available_gib(self, launch: Launch) -> float:
         return launch.util * self.total_gib - self.weights_gib - self.overhead_gib(launch)
 
+    @property
+    def extensible(self) -> bool:
+        return self.version.startswith("0.34")
+
+    def blocks(self, gib: float) -> int:
+        return int(max(gib, 0) * GIB // (self.kv_bytes_per_token * self.block))
+
+    def after_warmup_gib(self, launch: Launch, free_at_start: float) -> float:
+        """0.34: what the cache gets after warm-up (the margin binds where the device does)."""
+        act = self.overhead_gib(launch) - self.non_torch_gib
+        graphs = 0.0 if launch.enforce_eager else self.graph_gib
+        non_kv = self.weights_gib + self.non_torch_gib + graphs
+        margin = max(1.0, 0.75 * act)
+        return min(launch.util * self.total_gib - non_kv, free_at_start - non_kv - margin) - act
+
     def kv_tokens(self, launch: Launch) -> int:
-        avail = self.available_gib(launch)
-        return int(max(avail, 0) * GIB // (self.kv_bytes_per_token * self.block)) * self.block
+        if self.extensible:
+            return self.blocks(self.after_warmup_gib(launch, self.free_gib())) * self.block
+        return self.blocks(self.available_gib(launch)) * self.block
 
     def free_gib(self) -> float:
         held = sum(e.held_gib for e in self.engines if e.running)
@@ -176,6 +197,8 @@ class FakeVllm:
     # -------------------------------------------------------- what it prints
     def script(self, number: int, launch: Launch) -> tuple[list[str], int | None, float]:
         """(lines to print, exit code or None to serve, GPU memory held) for one launch."""
+        if self.extensible:
+            return self.script_0_34(number, launch)
         fault = self.faults.get(number, self.fault)
         lines = [API.format(level="INFO", src="api_utils.py:345", msg="vLLM API server version 0.26.0"),
                  API.format(level="INFO", src="api_utils.py:273",
@@ -263,6 +286,120 @@ class FakeVllm:
         self.compiled.add(launch.max_model_len)
         return lines, None, requested + graphs
 
+    def script_0_34(self, number: int, launch: Launch) -> tuple[list[str], int | None, float]:
+        """vLLM 0.34 with its extensible KV cache: no free-memory check at start; a pre-warm-up
+        estimate checked first; the cache sized after warm-up and checked again."""
+        fault = self.faults.get(number, self.fault)
+        lines = [API.format(level="INFO", src="startup.py:38",
+                            msg=" ▄▄ ▄█ █     █     █ ▀▄▀ █  version 0.34.0"),
+                 API.format(level="INFO", src="startup.py:96",
+                            msg=f"non-default args: {{'gpu_memory_utilization': {launch.util}, "
+                                f"'max_model_len': {launch.max_model_len}}}")]
+        failed = API.format(level="ERROR", src="utils.py:1477",
+                            msg="RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}")
+        if fault == "model_not_found":
+            return lines + [API.format(level="ERROR", src="api_server.py:90",
+                                       msg="OSError: Invalid repository ID or local directory specified")], 1, 0.0
+        if launch.max_model_len > self.model_limit:
+            return lines + [API.format(
+                level="ERROR", src="model.py:2214",
+                msg=f"pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+                    f"  Value error, User-specified max_model_len ({launch.max_model_len}) is greater than the "
+                    f"derived max_model_len (max_position_embeddings={self.model_limit} or model_max_length=None "
+                    "in model's config.json).")], 1, 0.0
+        free = self.free_gib()
+        requested = launch.util * self.total_gib
+        lines.append(CORE.format(level="INFO", src="model_runner.py:412", msg="Loading model from scratch..."))
+        if fault == "oom_at_load" or free < self.weights_gib:
+            return lines + [CORE.format(
+                level="ERROR", src="core.py:1757",
+                msg=f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 304.00 MiB. GPU 0 has a total "
+                    f"capacity of {self.total_gib:.2f} GiB of which 120.00 MiB is free."), failed], 1, min(free, self.weights_gib)
+        lines.append(CORE.format(level="INFO", src="model_runner.py:441",
+                                 msg=f"Model loading took {self.weights_gib:.2f} GiB memory and 1.74 seconds"))
+        if launch.max_model_len in self.compiled:
+            lines.append(CORE.format(level="INFO", src="backends.py:314",
+                                     msg="Directly load the compiled graph(s) for compile range (1, 2048) from the cache"))
+        else:
+            lines.append(CORE.format(level="INFO", src="backends.py:421",
+                                     msg="Compiling a graph for compile range (1, 2048) takes 9.93 s"))
+        if fault == "hang_startup":
+            return lines, -1, self.weights_gib
+        pre = self.available_gib(launch)
+        lines.append(CORE.format(level="INFO", src="gpu_worker.py:795", msg=f"Available KV cache memory: {pre:.2f} GiB"))
+        hint = (f"The KV cache gets what is left after the model and its activations within `gpu_memory_utilization`="
+                f"{launch.util}; increase it (with the extensible KV cache it defaults to 1.0) or decrease `max_model_len`"
+                " or `max_num_seqs`.")
+        if pre <= 0:
+            return lines + [CORE.format(
+                level="ERROR", src="core.py:1757",
+                msg=f"ValueError: No available memory for the cache blocks. {hint} See "
+                    "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."), failed], 1, requested
+        usable = self.blocks(pre) - 1  # the null block
+        need_gib = launch.max_model_len * self.kv_bytes_per_token / GIB
+        if usable * self.block < launch.max_model_len:
+            return lines + [self._kv_error(launch, need_gib, usable, hint), failed], 1, self.weights_gib + self.non_torch_gib
+        if fault == "oom_at_graph_capture" and not launch.enforce_eager:
+            return lines + [CORE.format(
+                level="ERROR", src="core.py:1757",
+                msg=f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB. GPU 0 has a total "
+                    f"capacity of {self.total_gib:.2f} GiB of which 200.00 MiB is free."), failed], 1, self.weights_gib
+        graphs = 0.0 if launch.enforce_eager else self.graph_gib
+        if not launch.enforce_eager:
+            lines.append(CORE.format(level="INFO", src="model_runner.py:1216",
+                                     msg=f"Graph capturing finished in 4 secs, took {self.graph_gib:.2f} GiB"))
+        act = self.overhead_gib(launch) - self.non_torch_gib
+        lines.append(CORE.format(
+            level="INFO", src="gpu_worker.py:1175",
+            msg=f"Free memory on device ({free:.2f}/{self.total_gib:.2f} GiB) on startup. Desired GPU memory utilization "
+                f"is ({launch.util}, {requested:.2f} GiB). Actual usage is {self.weights_gib + self.non_torch_gib:.2f} GiB "
+                f"for consumed memory (weights + non-torch), {act:.2f} GiB for peak activation, and {graphs:.2f} GiB for "
+                f"CUDAGraph memory. Current kv cache memory in use is {pre:.2f} GiB."))
+        after = self.after_warmup_gib(launch, free)
+        blocks = self.blocks(after)
+        free_after = free - self.weights_gib - self.non_torch_gib - graphs - 0.07
+        lines.append(CORE.format(
+            level="INFO", src="extensible_kv_cache.py:693",
+            msg=f"Memory after warmup: {free_after:.2f} GiB free, 0.07 GiB committed to the KV cache, {act:.2f} GiB kept "
+                f"for transient activations ({act:.2f} GiB allocated at peak, 0.0 GiB of torch reservation growth); "
+                f"{blocks} KV cache blocks ({blocks * self.block * self.kv_bytes_per_token / GIB:.2f} GiB) fit within the "
+                f"requested {requested:.2f} GiB. Torch may reserve up to 9.0 GiB."))
+        if (blocks - 1) * self.block < launch.max_model_len:
+            after_hint = hint.replace("the model and its activations", "the model, its activations, CUDA graphs and warmup")
+            return lines + [self._kv_error(launch, need_gib, blocks - 1, after_hint), failed], 1, requested
+        tokens = blocks * self.block
+        kv = tokens * self.kv_bytes_per_token / GIB
+        conc = tokens / launch.max_model_len
+        lines += [CORE.format(level="INFO", src="kv_cache_utils.py:1168",
+                              msg=f"GPU KV cache size: {tokens:,} tokens, Maximum concurrency for "
+                                  f"{launch.max_model_len:,} tokens per request: {conc:.2f}x"),
+                  CORE.format(level="INFO", src="extensible_kv_cache.py:536",
+                              msg=f"Extended KV cache to {blocks} blocks ({kv:.2f} GiB)."),
+                  CORE.format(level="INFO", src="core.py:451",
+                              msg="init engine (profile, create kv cache, warmup model) took 21.92 s (compilation: 9.93 s)"),
+                  API.format(level="INFO", src="entry.py:139", msg=f"Starting vLLM server on http://0.0.0.0:{launch.port}"),
+                  "INFO:     Application startup complete."]
+        held = self.weights_gib + self.non_torch_gib + graphs + act + kv
+        if fault == "exit_before_ready":
+            return lines, 1, held
+        if fault == "port_in_use":
+            return lines[:-1] + ["ERROR:    [Errno 98] error while attempting to bind on address "
+                                 f"('0.0.0.0', {launch.port}): address already in use"], 1, 0.0
+        self.compiled.add(launch.max_model_len)
+        return lines, None, held
+
+    def _kv_error(self, launch: Launch, need_gib: float, usable_blocks: int, hint: str) -> str:
+        usable = max(usable_blocks, 0)
+        estimate = min(usable * self.block, launch.max_model_len)
+        est = f"Based on the available memory, the estimated maximum model length is {estimate}. " if estimate > 0 else ""
+        return CORE.format(
+            level="ERROR", src="core.py:1757",
+            msg=f"ValueError: To serve at least one request with the model's max seq len ({launch.max_model_len}), "
+                f"({need_gib:.2f} GiB KV cache is needed, which is larger than the available KV cache memory "
+                f"({usable * self.block * self.kv_bytes_per_token / GIB:.2f} GiB). {est}{hint} Decreasing `max_model_len`"
+                " also reduces what is needed. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for"
+                " more details.")
+
     # -------------------------------------------------------- its HTTP side
     def transport(self) -> httpx.MockTransport:
         def handle(request: httpx.Request) -> httpx.Response:
@@ -348,9 +485,18 @@ class FakeEngine:
         self._exited.set()
 
     def die(self) -> None:
-        """EngineCore killed while serving: vLLM 0.26's API server logs it and exits with 0."""
+        """EngineCore killed while serving: vLLM's API server (0.26 and 0.34 alike) logs it and exits with 0."""
         self._print(CORE.format(level="ERROR", src="core.py:900", msg="EngineCore encountered an issue. See stack trace"),
                     API.format(level="ERROR", src="async_llm.py:480", msg="EngineDeadError: EngineCore encountered an issue."))
+        self._exit(ExitInfo(0))
+
+    def runtime_oom(self) -> None:
+        """A CUDA OOM while serving: EngineCore logs it and dies; the API server exits 0."""
+        self._print(CORE.format(level="ERROR", src="core.py:1759", msg="EngineCore encountered a fatal error."),
+                    CORE.format(level="ERROR", src="core.py:1759",
+                                msg="torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 304.00 MiB. GPU 0 has a "
+                                    f"total capacity of {self.vllm.total_gib:.2f} GiB of which 101.00 MiB is free."),
+                    API.format(level="ERROR", src="async_llm.py:957", msg="EngineDeadError: EngineCore encountered an issue."))
         self._exit(ExitInfo(0))
 
     async def wait(self) -> ExitInfo:
@@ -493,7 +639,8 @@ class Harness:
         self.settings = load_settings(**base)
         self.profile = load_profile("4090d-qwen3-4b", PROFILES, overrides=list(sets))
         self.store = StateStore(self.settings.state_dir)
-        self.plan = build_plan(self.settings, self.profile, simulate=True, for_launch=True, store=self.store)
+        self.plan = build_plan(self.settings, self.profile, simulate=True, for_launch=True, store=self.store,
+                               vllm_version=self.vllm.version)
         self.notifier = RecordingNotifier(self.clock, watchdog_s, enabled=notify)
         self.door = RecordingDoor()
         self.launcher = FakeLauncher(self.vllm, self.clock)

@@ -60,6 +60,26 @@ def test_results_markdown_comes_from_the_json() -> None:
     assert "| naive | gave up | 5 |" in md and "error: ValueError: boom" in md
 
 
+def test_recovery_per_vllm_version_is_compared() -> None:
+    res = _results()
+    kv = res["recovery"]["scenarios"]
+    res["recovery"].update({
+        "vllm_versions": ["0.34.0", "0.26.0"],
+        "versions": {"0.34.0": {"scenarios": kv}, "0.26.0": {"scenarios": kv}},
+        "relaunches": {"kv_cache_too_small": {
+            "0.34.0": {"daemon": {"ready": True, "relaunches": 0, "failures": []},
+                       "recovery": {"ready": True, "relaunches": 1, "failures": ["kv_cache_too_small"]}},
+            "0.26.0": {"daemon": {"ready": True, "relaunches": 0, "failures": []},
+                       "recovery": {"ready": False, "relaunches": 4, "failures": ["cuda_oom"] * 5}}}},
+    })
+    md = run_all.render(res, {}, quick=False)
+    assert "| scenario | daemon, 0.34.0 | daemon, 0.26.0 | recovery, 0.34.0 | recovery, 0.26.0 |" in md
+    assert "| kv_cache_too_small | 0 (none) | 0 (none) | 1 (kv_cache_too_small) | gave up (cuda_oom ×5) |" in md
+    assert "### vLLM 0.34.0" in md and "### vLLM 0.26.0" in md
+    kv_row = next(x for x in md.splitlines() if x.startswith("| kv_cache_too_small recovery"))
+    assert "vLLM 0.34.0: 1 relaunch(es)" in kv_row and "vLLM 0.26.0: 1 relaunch(es)" in kv_row
+
+
 def test_chatty_stream_is_understood_by_the_parser() -> None:
     from llm_supervisor.vllm.logparse import LogParser
 

@@ -46,8 +46,8 @@ def test_simulate_on_this_machine(tmp_path, sim_env):
     checks = run_doctor(settings_for(tmp_path), profile, simulate=True)
     got = by_name(checks)
     assert list(got) == ["gpu driver", "gpus vs profile", "gpu processes", "gpu health", "cpus", "numa_balancing",
-                         "placement", "numactl",
-                         "mempolicy", "engine command", "api port", "engine port", "state dir", "log dir"]
+                         "placement", "numactl", "mempolicy", "engine command", "engine version", "api port",
+                         "engine port", "state dir", "log dir"]
     assert all(c.status in ("ok", "warn", "fail") for c in checks)
     assert got["gpu driver"].status == "ok" and "simulated GPU" in got["gpu driver"].detail
     assert "NVIDIA GeForce RTX 4090 D" in got["gpu driver"].detail

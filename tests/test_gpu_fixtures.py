@@ -252,7 +252,7 @@ def test_engine_death_relaunches_the_same_arguments_after_the_backoff():
 
 
 def fit_for(prof) -> FitContext:
-    return fit_context(prof, NVML_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3")
+    return fit_context(prof, NVML_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3", vllm_version="0.26.0")
 
 
 def test_kv_too_small_after_a_warm_start_is_cut_for_the_cold_relaunch():
@@ -391,9 +391,11 @@ def test_planner_predicts_the_cold_ready_run_from_the_cuda_visible_total():
     assert on_gpu["gpu_total_gib"] == 79.18 and on_gpu["compile_cold"] is True
     assert (on_gpu["available_kv_cache_gib"], on_gpu["kv_cache_tokens"]) == (12.79, 93104)
     args = VllmArgs(gpu_memory_utilization=0.27, max_model_len=40960)
-    here = predict(load_shape("Qwen/Qwen3-4B"), args, CUDA_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3")
+    here = predict(load_shape("Qwen/Qwen3-4B"), args, CUDA_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3",
+                   vllm_version="0.26.0")
     assert here.kv_cache_tokens == on_gpu["kv_cache_tokens"]
     assert abs(here.available_kv_cache_gib - printed.available_kv_cache_gib) < 0.02
     assert abs(here.kv_cache_tokens - printed.kv_cache_tokens) < 0.001 * printed.kv_cache_tokens
-    old = predict(load_shape("Qwen/Qwen3-4B"), args, NVML_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3")
+    old = predict(load_shape("Qwen/Qwen3-4B"), args, NVML_TOTAL_MIB / 1024, 1, gpu_name="NVIDIA H100 80GB HBM3",
+                  vllm_version="0.26.0")
     assert old.kv_cache_tokens - printed.kv_cache_tokens > 800  # the error the fix removed (94,032)

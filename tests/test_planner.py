@@ -1,5 +1,6 @@
 """The fit planner against real vLLM 0.26.0 numbers (H100 fixtures), its calibration store and
-its launch checks."""
+its launch checks. Predictions here are for vLLM 0.26.0 (the version of those fixtures); the other
+versions' accounting is tested against their generated logs in tests/test_vllm_versions.py."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from llm_supervisor.errors import BadInput
 from llm_supervisor.vllm.modelshape import GIB, ModelShape
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.vllm.calibration import CalibrationError
-from llm_supervisor.vllm.fit import check_launch, predict
+from llm_supervisor.vllm.fit import check_launch
 from llm_supervisor.config.loader import load_profile
 from llm_supervisor.planning.launch import fit_context
 from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs
@@ -34,6 +35,13 @@ H100 = "NVIDIA H100 80GB HBM3"
 H100_TOTAL = 79.18  # "Free memory on device (78.66/79.18 GiB)"
 MODEL = "Qwen/Qwen3-4B"
 QWEN3_4B = modelfiles.load_shape(MODEL)
+V026 = "0.26.0"
+
+
+def predict(*args: object, **kwargs: object) -> fit.Prediction:
+    """fit.predict for vLLM 0.26.0 unless a test names another version."""
+    kwargs.setdefault("vllm_version", V026)
+    return fit.predict(*args, **kwargs)  # type: ignore[arg-type]
 
 
 def within(value: float, expected: float, fraction: float) -> bool:
@@ -282,7 +290,7 @@ def test_headroom_warning_for_cuda_graphs():
 
 
 def test_concurrency_table():
-    rows = fit.concurrency_table(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.9), 23.99, 1)
+    rows = fit.concurrency_table(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.9), 23.99, 1, vllm_version=V026)
     assert [r["context"] for r in rows] == [4096, 8192, 32768]
     tokens = rows[0]["kv_cache_tokens"]
     for r in rows:
@@ -290,7 +298,7 @@ def test_concurrency_table():
     text = fit.format_concurrency_table(rows)
     assert "| 8,192 |" in text
     tight = fit.concurrency_table(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.12), H100_TOTAL, 1,
-                                      gpu_name=H100)
+                                  gpu_name=H100, vllm_version=V026)
     assert [r["fits"] for r in tight] == [True, False, False]
 
 
@@ -303,7 +311,7 @@ def test_fit_context_of_a_profile_reads_safetensors_headers(tmp_path):
     (tmp_path / "config.json").write_text((modelfiles.BUNDLED_DIR / "Qwen--Qwen3-4B.json").read_text())
     write_safetensors(tmp_path / "model.safetensors", qwen3_tensors(QWEN3_4B))
     prof = profile_for(str(tmp_path), gpu_memory_utilization=0.3, max_model_len=10000)
-    p = fit_context(prof, H100_TOTAL, 1, gpu_name=H100).predict(prof.vllm)
+    p = fit_context(prof, H100_TOTAL, 1, gpu_name=H100, vllm_version=V026).predict(prof.vllm)
     assert p.weights_source == "safetensors" and within(p.weights_gib, 7.56, 0.01)
     assert within(p.kv_cache_tokens, 110464, 0.02)
 
@@ -314,7 +322,8 @@ def test_shipped_profiles_fit_their_stated_hardware():
         total = cards.stated_total_gib(prof.hardware)
         shape = modelfiles.load_shape(prof.model.id)
         assert check_launch(shape, prof, prof.vllm, total, prof.hardware.gpu_count) == []
-        p = fit_context(prof, total, prof.hardware.gpu_count, gpu_name=cards.gpu_label(prof.hardware.gpu_name)).predict(prof.vllm)
+        p = fit_context(prof, total, prof.hardware.gpu_count, gpu_name=cards.gpu_label(prof.hardware.gpu_name),
+                        vllm_version=V026).predict(prof.vllm)
         assert p.fits and p.max_model_len == prof.vllm.max_model_len, (name, p.notes)
         assert p.target_met in (None, True)
     assert cards.stated_total_gib(load_profile("a10x8-qwen3-32b-awq", PROFILES).hardware) == pytest.approx(22.49, abs=0.01)

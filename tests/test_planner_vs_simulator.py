@@ -1,5 +1,6 @@
 """The planner and the simulator agree: the planner's prediction for a launch is what the
-simulator (which follows vLLM 0.26's memory math) prints when it starts with those arguments."""
+simulator prints when it starts with those arguments, for each vLLM version the simulator speaks
+(0.26's budget accounting, 0.34's extensible KV cache). The two keep separate memory models."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def simulated_kv_tokens(tmp_path: Path, model: str, total_mib: int, count: int, name: str, args: list[str]) -> int:
+def simulated_kv_tokens(tmp_path: Path, model: str, total_mib: int, count: int, name: str, args: list[str],
+                        version: str) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_SUPERVISOR_SIM_GPU_DIR": str(tmp_path / "gpu"),
+           "LLM_SUPERVISOR_SIM_VLLM_VERSION": version,
            "LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": str(total_mib), "LLM_SUPERVISOR_SIM_GPU_COUNT": str(count),
            "LLM_SUPERVISOR_SIM_GPU_NAME": name, "LLM_SUPERVISOR_SIM_STARTUP_S": "0.2",
            "VLLM_CACHE_ROOT": str(tmp_path / "cache")}  # a fresh cache: a cold compile, as the planner assumes
@@ -58,12 +61,20 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("version", ["0.26.0", "0.34.0"])
 @pytest.mark.parametrize("model,total_mib,count,name,tp,util,length", CASES)
-def test_planner_predicts_what_the_simulator_prints(tmp_path, model, total_mib, count, name, tp, util, length) -> None:
+def test_planner_predicts_what_the_simulator_prints(tmp_path, model, total_mib, count, name, tp, util, length,
+                                                    version) -> None:
     args = VllmArgs(gpu_memory_utilization=util, max_model_len=length, tensor_parallel_size=tp)
     shape = modelfiles.load_shape(model)
-    predicted = fit.predict(shape, args, total_mib / 1024, count, gpu_name=name, model=model)
+    predicted = fit.predict(shape, args, total_mib / 1024, count, gpu_name=name, model=model, vllm_version=version)
     printed = simulated_kv_tokens(tmp_path, model, total_mib, count, name,
                                   ["--gpu-memory-utilization", str(util), "--max-model-len", str(length),
-                                   "--tensor-parallel-size", str(tp)])
+                                   "--tensor-parallel-size", str(tp)], version)
+    if version == "0.34.0" and tp > 1:
+        # CUDA graphs sit inside 0.34's budget; how they scale with tensor parallelism was never
+        # measured: the planner keeps its per-layer figure (1.00 GiB per 36 layers), the simulator
+        # divides by TP. The planner errs low (the safe side), by less than 4%.
+        assert printed * 0.96 <= predicted.kv_cache_tokens <= printed, (predicted.kv_cache_tokens, printed)
+        return
     assert predicted.kv_cache_tokens == pytest.approx(printed, rel=0.02), (predicted.kv_cache_tokens, printed)

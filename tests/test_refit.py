@@ -49,7 +49,8 @@ def test_context_recovery_chose_is_not_refitted() -> None:
     profile = load_profile("4090d-qwen3-4b", PROFILES)
     kv = Failure(FailureKind.KV_CACHE_TOO_SMALL, "ValueError: To serve at least one request …",
                  {"needed_gib": 5.62, "available_gib": 0.92, "max_model_len": 40960, "estimated_max_model_len": 6688})
-    fit = fit_context(profile, TOTAL_4090D_MIB / 1024, 1, gpu_name=GPU)
+    # vLLM 0.26's numbers (on 0.34 this error, raised before warm-up, would leave no room after it)
+    fit = fit_context(profile, TOTAL_4090D_MIB / 1024, 1, gpu_name=GPU, vllm_version="0.26.0")
     args = profile.vllm.model_copy(update={"gpu_memory_utilization": 0.35})
     out = decide(kv, args, profile, [], StartupFacts(compile_cached=False), gpu_total_mib=TOTAL_4090D_MIB, fit=fit)
     assert isinstance(out, Relaunch)

@@ -69,6 +69,8 @@ class Sim:
             "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
             "LLM_SUPERVISOR_SIM_GPU_DIR": str(self.gpu_dir), "VLLM_CACHE_ROOT": str(tmp / "vllm-cache"),
             "LLM_SUPERVISOR_SIM_STARTUP_S": "0.2", "LLM_SUPERVISOR_SIM_DEATH_GRACE_S": "1",
+            # these tests hold the simulator to the real 0.26.0 logs; 0.34 has tests/test_simulator_versions.py
+            "LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.26.0",
         })
         full_env.update(env or {})
         self.env = full_env

@@ -315,6 +315,12 @@ def format_status(status: dict) -> RenderableType:
     if status.get("engine_url"):
         engine.append(str(status["engine_url"]))
     row("engine", ", ".join(engine))
+    vllm = status.get("vllm") if isinstance(status.get("vllm"), dict) else {}
+    if vllm.get("version"):
+        how = "printed by the engine" if vllm.get("printed") else f"planned ({vllm.get('planned_source') or 'default'})"
+        planned = (f", planned for {vllm['planned']}" if vllm.get("printed") and vllm.get("planned")
+                   and vllm["planned"] != vllm["printed"] else "")
+        row("vLLM", f"{vllm['version']} ({how}{planned}); KV accounting {vllm.get('accounting') or '?'}")
     attempts = []
     if status.get("attempt") is not None:
         attempts.append(f"attempt {status['attempt']}")

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from llm_supervisor.host import gpus as hardware
+from llm_supervisor.host import engineversion, gpus as hardware
 from llm_supervisor.host.placement import plan_placement
 from llm_supervisor.host.tenants import describe, gpu_tenants
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.errors import SupervisorError
 from llm_supervisor.host.numa import format_cpulist
+from llm_supervisor.vllm import memory
 from llm_supervisor.config.profile import Profile
 from llm_supervisor.config.settings import Settings
 
@@ -56,6 +57,7 @@ def run_doctor(settings: Settings, profile: Profile | None, simulate: bool, root
     _guard(checks, "numactl", lambda: checks.append(_check_numactl()))
     _guard(checks, "mempolicy", lambda: checks.append(_check_mempolicy(topo)))
     _guard(checks, "engine command", lambda: checks.append(_check_engine(settings, simulate)))
+    _guard(checks, "engine version", lambda: checks.append(_check_engine_version(settings, simulate)))
     _guard(checks, "api port", lambda: checks.append(_check_port(
         "api port", settings.api_host, settings.api_port, "LLM_SUPERVISOR_API_PORT")))
     if profile is not None:
@@ -301,6 +303,30 @@ def _check_engine(settings: Settings, simulate: bool) -> Check:
         return Check("engine command", "ok", f"{settings.engine_command} ({path})")
     return Check("engine command", "fail", f"{argv[0] if argv else '(empty)'} not found on PATH",
                  "pip install vllm in this environment, or set LLM_SUPERVISOR_ENGINE_COMMAND")
+
+
+def _check_engine_version(settings: Settings, simulate: bool) -> Check:
+    """Which vLLM the engine command runs, and whether this supervisor knows its log and memory
+    accounting (host/engineversion.py; the planner sizes the KV cache the way that version does)."""
+    if simulate:
+        found = engineversion.simulator_version(default=memory.NEWEST_SUPPORTED_VERSION)
+    else:
+        try:
+            argv = shlex.split(settings.engine_command)
+        except ValueError:
+            return Check("engine version", "warn", "the engine command cannot be parsed", "see the engine command check")
+        found = engineversion.detect(argv, state_dir=settings.state_dir)
+    if found.version is None:
+        return Check("engine version", "warn", f"unknown ({found.detail}): `plan` assumes the newest supported,"
+                     f" {memory.NEWEST_SUPPORTED_VERSION}, until the engine prints its own",
+                     "install vLLM in the engine command's environment (pip install vllm)")
+    accounting = memory.accounting_for(found.version)
+    detail = f"vLLM {found.describe()}; KV cache accounting {accounting}"
+    caveats = memory.version_notes(found.version)
+    if caveats:
+        return Check("engine version", "warn", detail + "; " + "; ".join(caveats),
+                     f"versions read and tested: {', '.join(memory.SUPPORTED_VERSIONS)}")
+    return Check("engine version", "ok", detail)
 
 
 def port_free(host: str, port: int) -> tuple[bool, str]:

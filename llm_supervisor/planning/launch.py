@@ -20,13 +20,14 @@ from typing import Any
 from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
-from llm_supervisor.host import gpus as hardware, simgpu
+from llm_supervisor.host import engineversion, gpus as hardware, simgpu
+from llm_supervisor.host.engineversion import EngineVersion
 from llm_supervisor.host.modelfiles import ModelConfigNotFound, load_shape, load_weight_inventory
 from llm_supervisor.host.placement import Placement, plan_placement
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
-from llm_supervisor.vllm import engine_args
+from llm_supervisor.vllm import engine_args, memory
 from llm_supervisor.vllm.cards import gpu_label, stated_total_gib
 from llm_supervisor.vllm.fit import FitContext, Prediction, check_launch
 from llm_supervisor.vllm.modelshape import SafetensorsError
@@ -74,6 +75,17 @@ class LaunchPlan:
     engine_port: int | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    engine_version: EngineVersion = field(default_factory=lambda: EngineVersion(None, "unknown"))
+
+    @property
+    def vllm_version(self) -> str:
+        """The vLLM version planned for: the engine's, else the newest supported."""
+        return self.engine_version.version or memory.DEFAULT_VLLM_VERSION
+
+    @property
+    def accounting(self) -> memory.Accounting:
+        """How that version sizes the KV cache with the launch's arguments."""
+        return memory.accounting_for(self.vllm_version, self.args.extra_args)
 
     @property
     def frontdoor(self) -> bool:
@@ -104,6 +116,9 @@ class LaunchPlan:
             "profile": self.profile.name,
             "simulated": self.simulate,
             "model": self.profile.model.id,
+            "vllm_version": self.vllm_version,
+            "vllm_version_source": self.engine_version.to_json(),
+            "accounting": str(self.accounting),
             "argv": engine_args.redact_argv(self.argv_for(self.args)),
             "frontdoor": ({"enabled": True, "host": self.args.host, "port": self.args.port,
                            "engine": f"{ENGINE_HOST}:{self.engine_port} (a fresh port at each launch)"}
@@ -196,9 +211,11 @@ def build_plan(
     store: StateStore | None = None,
     for_launch: bool = False,
     root: Path = Path("/"),
+    vllm_version: str | None = None,
 ) -> LaunchPlan:
     """Everything needed to launch. `for_launch` turns soft findings (no GPU, hardware
-    mismatch) into errors, as `up` needs; `plan` reports them instead."""
+    mismatch) into errors, as `up` needs; `plan` reports them instead. `vllm_version` names the
+    engine's vLLM instead of finding it (host/engineversion.py; with `simulate`, the simulator's)."""
     base_env = dict(os.environ)
     notes: list[str] = []
     warnings: list[str] = []
@@ -246,6 +263,18 @@ def build_plan(
         extra_env.update(hardware.cuda_env(chosen))
     if sim_config is not None:
         extra_env.update(sim_config.env())
+
+    # Which vLLM will run: the plan sizes the KV cache the way that version does.
+    command = engine_command(settings.engine_command, simulate)
+    if vllm_version is not None:
+        engine = EngineVersion(vllm_version, "given")
+    elif simulate:
+        engine = engineversion.simulator_version(base_env, memory.NEWEST_SUPPORTED_VERSION)
+    else:
+        engine = engineversion.detect(command, state_dir=settings.state_dir, env=base_env)
+    if simulate and engine.version:
+        extra_env[engineversion.SIM_VERSION_ENV] = engine.version
+
     hf_home = extra_env.get("HF_HOME") or base_env.get("HF_HOME")
 
     calibration = Calibration.in_state_dir(settings.state_dir)
@@ -268,7 +297,7 @@ def build_plan(
     prediction = fit = None
     try:
         fit = fit_context(profile, total_gib, count, calibration, gpu_name=gpu_name, hf_home=hf_home,
-                          tensor_parallel=args.tensor_parallel_size)
+                          tensor_parallel=args.tensor_parallel_size, vllm_version=engine.version)
         problems = check_launch(fit.shape, profile, args, total_gib, count)
         if problems:
             raise PlanRefused("the launch cannot work", problems)
@@ -288,10 +317,10 @@ def build_plan(
 
     return LaunchPlan(
         settings=settings, profile=profile, simulate=simulate,
-        command=engine_command(settings.engine_command, simulate), args=args,
+        command=command, args=args,
         gpus=gpus, chosen=chosen, hardware_match=match, placement=placement, fit=fit, prediction=prediction,
         gpu_total_gib=total_gib, gpu_count=count, gpu_name=gpu_name, base_env=base_env, extra_env=extra_env,
-        sim_config=sim_config, last_good=last_good, notes=notes, warnings=warnings,
+        sim_config=sim_config, last_good=last_good, notes=notes, warnings=warnings, engine_version=engine,
         engine_port=free_loopback_port() if profile.frontdoor.enabled else None,
     )
 
@@ -307,16 +336,25 @@ def format_plan(plan: LaunchPlan) -> str:
     lines.append(f"hardware  {'matches' if hw['match'] else 'DOES NOT MATCH'}: " + "; ".join(hw["reasons"]))
     pl = plan.placement
     cpus = data["placement"]["cpulist"] if pl.pinned else f"not pinned (allowed {data['placement']['allowed_cpus']})"
+    ev = plan.engine_version
+    known = ev.describe() if ev.version else f"{ev.describe()}: planned as {plan.vllm_version}"
+    lines.append(f"vllm      {known}; KV cache accounting {plan.accounting}")
     lines.append(f"cpus      {cpus}; memory policy {pl.memory_policy}{' ' + ','.join(map(str, pl.nodes)) if pl.nodes and pl.memory_policy != 'none' else ''}")
     p = plan.prediction
     if p is not None:
         lines.append(f"predicted weights {p.weights_gib:.2f} GiB/GPU, KV {p.available_kv_cache_gib:.2f} GiB/GPU "
                      f"= {p.kv_cache_tokens:,} tokens ({p.kv_bytes_per_token / 1024:g} KiB/token)")
+        if p.available_kv_cache_gib_before_warmup is not None:
+            lines.append(f"          (vLLM prints {p.available_kv_cache_gib_before_warmup:.2f} GiB as 'Available KV cache"
+                         f" memory' before warm-up, then sizes the cache after it; CUDA graphs {p.cuda_graph_gib:.2f} GiB)")
         ctx = plan.args.max_model_len or p.max_model_len
         lines.append(f"          max concurrency {p.concurrency_at(ctx):.2f}x at {ctx:,} tokens; "
                      f"largest context that fits {p.largest_context:,}")
         if p.target is not None:
             lines.append(f"          target {p.target}: {'met' if p.target_met else 'NOT met'}")
+        for note in p.notes:
+            if note not in data["notes"]:
+                lines.append(f"          · {note}")
     door = data["frontdoor"]
     if door["enabled"]:
         lines.append(f"serving   clients at {door['host']}:{door['port']} through the front door; the engine listens on "

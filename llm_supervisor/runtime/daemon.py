@@ -48,6 +48,7 @@ from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
+from llm_supervisor.vllm.memory import accounting_for, extensible_sizing_from_log
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
 
 log = logging.getLogger("llm_supervisor")
@@ -156,6 +157,7 @@ class Daemon(RestartLoop):
         self._health_baseline: dict[str, host_gpus.GpuHealth] = {}
         self._faults_since = 0.0
         self._foreign_said: frozenset[tuple[int, float | None]] = frozenset()
+        self.seen_vllm_version: str | None = None
         self.exit_code = EXIT_OK
         self._launched_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -222,6 +224,7 @@ class Daemon(RestartLoop):
             "cpus": list(self.plan.placement.cpus),
             "placement": {**self.plan.placement.to_json(), "applied": self.placement_applied},
             "facts": f.contract() | {"vllm_version": f.vllm_version, "compile_cached": f.compile_cached},
+            "vllm": self._vllm_status(),
             "phase": self.parser.phase,
             "target": self.profile.target.model_dump() if self.profile.target else None,
             "message": self.message,
@@ -232,6 +235,23 @@ class Daemon(RestartLoop):
             "gpu_tenants": self.tenants,
             "gpu_health": self.gpu_health,
         })
+
+    def _vllm_status(self) -> dict[str, Any]:
+        """Which vLLM: what the plan expected, what the engine printed, the accounting in use."""
+        printed = self.parser.facts.vllm_version or self.seen_vllm_version
+        version = printed or self.plan.vllm_version
+        return {"version": version, "printed": printed, "planned": self.plan.vllm_version,
+                "planned_source": self.plan.engine_version.source,
+                "accounting": str(accounting_for(version, self.args.extra_args))}
+
+    def _note_version(self, printed: str) -> None:
+        """The engine printed its version: recovery reasons about that one from now on."""
+        self.seen_vllm_version = printed
+        if self.fit is not None and self.fit.vllm_version != printed:
+            if self.fit.version.split("+")[0] != printed.split("+")[0]:
+                log.warning("the engine runs vLLM %s; the plan was made for %s: recovery reasons with %s from now on",
+                            printed, self.fit.version, printed)
+            self.fit = self.fit.with_version(printed)
 
     def command(self, name: str) -> None:
         """What the REST API's admin routes call."""
@@ -292,6 +312,8 @@ class Daemon(RestartLoop):
             self.message = text
             self.notifier.status(f"attempt {self.attempt}: {text}")
             self.notifier.extend_timeout(300)
+        elif kind == "fact" and data.get("name") == "vllm_version":
+            self._note_version(str(data.get("value")))
         elif kind == "fact" and data.get("name") in ("kv_cache_tokens", "max_concurrency"):
             if f.kv_cache_tokens and f.max_concurrency:
                 ctx = f.max_concurrency_context or self.args.max_model_len
@@ -329,6 +351,7 @@ class Daemon(RestartLoop):
                                   {k: getattr(self.args, k) for k in RECOVERABLE_KEYS}, f.contract(),
                                   ready_seconds=self.ready_seconds)
         self._target_check()
+        self._device_bound_check()
         self.store.save_soon()
         await self._gpus_proved_usable()
         await self._learn_overhead()
@@ -356,6 +379,21 @@ class Daemon(RestartLoop):
             return
         if self.fit is not None and entry.tensor_parallel == self.args.tensor_parallel_size:
             self.fit = self.fit.with_calibration(entry)
+
+    def _device_bound_check(self) -> None:
+        """vLLM 0.34 starts when other processes hold memory and sizes a smaller cache: say so."""
+        f = self.parser.facts
+        if not (f.kv_measured_after_warmup and f.free_gpu_gib is not None and f.free_after_warmup_gib is not None
+                and f.requested_gib is not None):
+            return
+        sizing = extensible_sizing_from_log(f.free_gpu_gib, f.free_after_warmup_gib, f.kv_committed_gib or 0.0,
+                                            f.requested_gib, f.transient_gib or 0.0)
+        if sizing.bound == "device" and sizing.by_budget_gib - sizing.by_device_gib >= 0.5:
+            text = (f"KV cache limited by free GPU memory, not by gpu_memory_utilization: "
+                    f"{sizing.by_budget_gib - sizing.by_device_gib:.2f} GiB less than the utilization allows "
+                    f"({f.free_gpu_gib:.2f} GiB was free at start; other processes hold memory)")
+            log.warning(text)
+            self.message += f"; {text}"
 
     def _target_check(self) -> None:
         target = self.profile.target

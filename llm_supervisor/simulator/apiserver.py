@@ -92,7 +92,7 @@ class ApiServer:
         self.ns = ns
         self.shown = shown
         self.d = dialect
-        self.log = Log(dialect.api_name, ansi=dialect.ansi_prefix)
+        self.log = Log(dialect.api_name, ansi=dialect.ansi_prefix, raw_prefix=not dialect.unprefixed_raw)
         self.faults = Faults.from_env()
         self.engines: list[EngineHandle] = []
         self.sock: socket.socket | None = None
@@ -140,7 +140,7 @@ class ApiServer:
             log.info(d.src("arch"), f"Resolved architecture: {cfg.architecture}")
         log.info(d.src("max_len"), f"Using max model len {cfg.max_model_len if cfg.max_model_len != -1 else cfg.derived_max_model_len}")
         log.info(d.src("chunked"), f"Chunked prefill is enabled with max_num_batched_tokens={cfg.max_num_batched_tokens}.")
-        if d.at_least(0, 22):
+        if d.v2_runner_line:
             log.info(d.src("async_sched"), "Asynchronous scheduling is enabled.")
         sleep(cfg.timing.phase("api_pre"))
         for dp_rank in range(cfg.dp):

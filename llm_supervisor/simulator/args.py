@@ -94,7 +94,9 @@ def _expand_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str
     return head + extra + out[len(head):]
 
 
-def build_parser(default_util: float = 0.92) -> argparse.ArgumentParser:
+def build_parser(default_util: float | None = 0.92, extensible: bool = False) -> argparse.ArgumentParser:
+    """vLLM's `serve` parser; `extensible`: the version has 0.34's --[no-]enable-extensible-kv-cache
+    (whose default utilization is None: 1.0 with the extensible KV cache, 0.92 without)."""
     p = VllmArgumentParser(prog="vllm serve", usage="vllm serve [model_tag] [options]",
                            description="Launch a local OpenAI-compatible API server to serve LLM completions "
                                        "via HTTP (simulated: no GPU is used).")
@@ -148,6 +150,8 @@ def build_parser(default_util: float = 0.92) -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=None, choices=[1, 8, 16, 32, 64, 128, 256])
     p.add_argument("--gpu-memory-utilization", type=float, default=default_util)
     p.add_argument("--kv-cache-memory-bytes", type=human_readable_int, default=None)
+    if extensible:
+        p.add_argument("--enable-extensible-kv-cache", action=b, default=None)
     p.add_argument("--swap-space", type=float, default=4)
     p.add_argument("--kv-cache-dtype", default="auto",
                    choices=["auto", "bfloat16", "fp8", "fp8_ds_mla", "fp8_e4m3", "fp8_e5m2", "fp8_inc"])
@@ -168,13 +172,18 @@ def build_parser(default_util: float = 0.92) -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: list[str], default_util: float = 0.92) -> tuple[argparse.Namespace, dict[str, Any]]:
+def parse(argv: list[str], default_util: float | None = 0.92,
+          extensible: bool = False) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Parse `serve` arguments; returns (namespace, non-default args in vLLM's print order)."""
-    parser = build_parser(default_util)
+    parser = build_parser(default_util, extensible)
     ns = parser.parse_args(argv)
+    if not extensible:
+        ns.enable_extensible_kv_cache = False
     model = ns.model_tag or ns.model or DEFAULT_MODEL
     ns.model = model
-    defaults = vars(build_parser(default_util).parse_args([]))
+    defaults = vars(build_parser(default_util, extensible).parse_args([]))
+    if not extensible:
+        defaults["enable_extensible_kv_cache"] = False
     shown: dict[str, Any] = {}
     if ns.model_tag is not None:
         shown["model_tag"] = ns.model_tag

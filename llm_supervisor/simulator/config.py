@@ -8,7 +8,9 @@ Environment (all optional):
   LLM_SUPERVISOR_SIM_DEATH_GRACE_S   how long /health answers 503 after EngineCore died, default 3
   LLM_SUPERVISOR_SIM_MAX_RUNNING     cap on requests running at once (default: only vLLM's limits,
                                      max_num_seqs and the KV blocks)
-  LLM_SUPERVISOR_SIM_VLLM_VERSION    log dialect: 0.8.5, 0.11.0 or 0.26.0 (default)
+  LLM_SUPERVISOR_SIM_VLLM_VERSION    the vLLM to imitate (log dialect, memory accounting, failures):
+                                     0.8.5, 0.11.0, 0.26.0 or 0.34.0 (default, the newest); others
+                                     behave as the nearest below (`--vllm-version` overrides it)
   LLM_SUPERVISOR_SIM_FAULT           comma-separated faults (see FAULTS)
   LLM_SUPERVISOR_SIM_GPU_*           the simulated GPU (llm_supervisor.host.simgpu)
   VLLM_CACHE_ROOT                    compile cache (cold vs warm start), default ~/.cache/vllm
@@ -163,6 +165,9 @@ class SimConfig:
     port: int
     api_keys: tuple[str, ...] = ()
     executor_backend: str | None = None  # "ray": the ranks are Ray actors (raymode.py)
+    extensible: bool = False  # 0.34's extensible KV cache: sized after warm-up from measured memory
+    graph_estimate: bool = False  # 0.30+ (0.34 with the extensible cache off): graphs estimated into the budget
+    util_given: bool = True  # --gpu-memory-utilization was passed (0.34's warning compares with "unset")
 
     @property
     def world_size(self) -> int:
@@ -270,7 +275,12 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
 
     tp, pp, dp = ns.tensor_parallel_size, ns.pipeline_parallel_size, ns.data_parallel_size
     gpu = simgpu.load_config()
-    util = ns.gpu_memory_utilization
+    # 0.34: the extensible KV cache is on unless turned off or sized by hand (VllmConfig
+    # ._resolve_extensible_kv_cache); then utilization defaults to 1.0, else 0.92
+    extensible = (dialect.extensible_kv_cache and getattr(ns, "enable_extensible_kv_cache", None) is not False
+                  and not ns.kv_cache_memory_bytes and not ns.num_gpu_blocks_override)
+    util_given = ns.gpu_memory_utilization is not None
+    util = ns.gpu_memory_utilization if util_given else (1.0 if extensible else 0.92)
     if not (0 < util <= 1):
         bound = "greater than 0" if util <= 0 else "less than or equal to 1"
         kind = "greater_than" if util <= 0 else "less_than_equal"
@@ -338,9 +348,11 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         num_layers=shape.num_layers, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
         num_heads=shape.num_heads, num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,
         vocab_size=shape.vocab_size, dtype_bytes=dtype_bytes)
-    # vLLM's batch defaults for the API server: larger on ≥70 GiB GPUs other than the A100
+    # vLLM's batch defaults for the API server: larger on ≥70 GiB GPUs other than the A100, and
+    # from 0.28 larger again on ≥160 GiB
     big = gpu.total_mib / 1024 >= 70 and "a100" not in gpu.name.lower()
-    batched = ns.max_num_batched_tokens or (8192 if big else 2048)
+    huge = dialect.large_gpu_batch_default and gpu.total_mib / 1024 >= 160
+    batched = ns.max_num_batched_tokens or (16384 if huge else 8192 if big else 2048)
     seqs = ns.max_num_seqs or (1024 if big else 256)
     keys = tuple(ns.api_key or ()) or ((os.environ["VLLM_API_KEY"],) if os.environ.get("VLLM_API_KEY") else ())
     return SimConfig(
@@ -357,7 +369,8 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         timing=Timing(env_float("STARTUP_S", 1.5)), faults=Faults.from_env(), cache_root=default_cache_root(),
         tokens_per_s=max(0.1, env_float("TOKENS_PER_S", 50.0)),
         response_tokens=max(1, int(env_float("RESPONSE_TOKENS", 16))), host=ns.host, port=ns.port,
-        api_keys=keys, executor_backend=ns.distributed_executor_backend)
+        api_keys=keys, executor_backend=ns.distributed_executor_backend, extensible=extensible,
+        graph_estimate=dialect.estimates_graphs and not extensible, util_given=util_given)
 
 
 def invalid_repo_message(model: str) -> str:

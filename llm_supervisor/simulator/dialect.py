@@ -1,8 +1,13 @@
-"""What differs between vLLM versions in what the simulator prints (LLM_SUPERVISOR_SIM_VLLM_VERSION).
+"""What differs between vLLM versions in what the simulator prints and how it sizes memory
+(`--vllm-version`, else LLM_SUPERVISOR_SIM_VLLM_VERSION).
 
-Thresholds follow the source history in the project's vLLM reference (§1-§4); the three versions
-the simulator is tested with are 0.8.5, 0.11.0 and 0.26.0 (the default, matching the real
-H100 logs). Other versions get the behaviour of the nearest threshold below them.
+Thresholds follow the source history in the project's vLLM reference (§1-§4) and
+docs/vllm-versions.md (0.26 → 0.34, read from the wheels); the versions the simulator is tested
+with are 0.8.5, 0.11.0, 0.26.0 (matching the real H100 logs) and 0.34.0 (the default, the newest
+release, matching the logs generated from its source: tests/fixtures/generated/vllm-0.34.0).
+Other versions get the behaviour of the nearest threshold below them. File:line of a 0.34 line
+the generated fixtures do not show is read from the 0.34.0 wheel's source; where 0.34 has no
+such line any more, the simulator does not print it.
 """
 
 from __future__ import annotations
@@ -10,7 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-DEFAULT_VERSION = "0.26.0"
+DEFAULT_VERSION = "0.34.0"
+TESTED_VERSIONS = ("0.8.5", "0.11.0", "0.26.0", "0.34.0")
 DOCS_MEMORY = "https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
 
 
@@ -87,6 +93,47 @@ class Dialect:
         return self.at_least(0, 22)
 
     @property
+    def v2_runner_line(self) -> bool:
+        """"Using V2 Model Runner" and "Asynchronous scheduling is enabled": gone in 0.34."""
+        return self.at_least(0, 22) and not self.at_least(0, 34)
+
+    @property
+    def load_oom_line(self) -> bool:
+        """"Failed to load model - not enough GPU memory …": 0.13 to 0.33."""
+        return self.at_least(0, 13) and not self.at_least(0, 34)
+
+    @property
+    def unprefixed_raw(self) -> bool:
+        """From 0.31 only logger records carry `(Name pid=N)`: uvicorn, tqdm and raw tracebacks do not."""
+        return self.at_least(0, 31)
+
+    @property
+    def consumed_summary(self) -> bool:
+        """0.28+: "Actual usage is X GiB for consumed memory (weights + non-torch), …"."""
+        return self.at_least(0, 28)
+
+    @property
+    def estimates_graphs(self) -> bool:
+        """0.30+: model runner V2 profiles CUDA-graph memory and takes it out of the budget
+        (0.34 too, but only with the extensible KV cache off)."""
+        return self.at_least(0, 30)
+
+    @property
+    def extensible_kv_cache(self) -> bool:
+        """0.34: the extensible KV cache exists (on by default on CUDA)."""
+        return self.at_least(0, 34)
+
+    @property
+    def null_block_reserved(self) -> bool:
+        """0.30+: the KV fit check and the estimated length leave out one block (the null block)."""
+        return self.at_least(0, 30)
+
+    @property
+    def large_gpu_batch_default(self) -> bool:
+        """0.28+: GPUs of 160 GiB or more default to 16,384 batched tokens."""
+        return self.at_least(0, 28)
+
+    @property
     def available_kv_line(self) -> bool:
         return self.at_least(0, 9, 2)
 
@@ -148,13 +195,18 @@ class Dialect:
     # ------------------------------------------------------------ source locations
 
     def src(self, key: str) -> str:
-        table = SRC_0_26 if self.at_least(0, 22) else SRC_0_11 if self.at_least(0, 10) else SRC_0_8
-        return table.get(key) or SRC_0_26[key]
+        if self.at_least(0, 34):
+            table = SRC_0_34
+        else:
+            table = SRC_0_26 if self.at_least(0, 22) else SRC_0_11 if self.at_least(0, 10) else SRC_0_8
+        return table.get(key) or SRC_0_26.get(key) or SRC_0_34[key]
 
     # ------------------------------------------------------------ startup lines
 
     def model_loading(self, nbytes: int, seconds: float) -> str:
         gib = nbytes / (1 << 30)
+        if self.at_least(0, 28):
+            return f"Model loading took {round(gib, 2)} GiB memory and {seconds:.6f} seconds"
         if self.v2_runner:
             return f"Model loading took {round(gib, 2)} GiB and {seconds:.6f} seconds"
         if self.at_least(0, 14):
@@ -192,8 +244,25 @@ class Dialect:
 
     # ------------------------------------------------------------ failure messages (§2, §3)
 
-    def no_kv_memory(self) -> str:
+    def kv_hint(self, util: float, extensible: bool, after_warmup: bool) -> str:
+        """0.34's `_more_kv_cache_memory_hint` (v1/core/kv_cache_planning.py)."""
+        if not extensible:
+            return ("Try increasing `gpu_memory_utilization` when initializing the engine (this flag also controls CPU"
+                    " memory reservation on the CPU backend, despite its name).")
+        used_by = "the model, its activations, CUDA graphs and warmup" if after_warmup else "the model and its activations"
+        graphs = (" CUDA graphs take less with fewer or smaller capture sizes in the compilation config."
+                  if after_warmup else "")
+        if util < 1.0:
+            return (f"The KV cache gets what is left after {used_by} within `gpu_memory_utilization`={util}; increase it"
+                    " (with the extensible KV cache it defaults to 1.0) or decrease `max_model_len` or `max_num_seqs`."
+                    + graphs)
+        return (f"The extensible KV cache already takes all device memory left after {used_by}; decrease"
+                " `max_model_len` or `max_num_seqs`, or the model needs a device with more memory." + graphs)
+
+    def no_kv_memory(self, hint: str | None = None) -> str:
         base = "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine"
+        if self.at_least(0, 34):
+            return f"No available memory for the cache blocks. {hint or self.kv_hint(0.92, False, False)} See {DOCS_MEMORY} for more details."
         if self.at_least(0, 22):
             return (base + " (this flag also controls CPU memory reservation on the CPU backend, despite its name)."
                     f" See {DOCS_MEMORY} for more details.")
@@ -201,7 +270,8 @@ class Dialect:
             return base + f". See {DOCS_MEMORY} for more details."
         return base + "."
 
-    def kv_too_small(self, max_model_len: int, needed: int, available: int, estimate: int) -> str:
+    def kv_too_small(self, max_model_len: int, needed: int, available: int, estimate: int,
+                     hint: str | None = None) -> str:
         gib = 1 << 30
         if self.at_least(0, 14):
             need_s, avail_s = f"{round(needed / gib, 2)}", f"{round(available / gib, 2)}"
@@ -210,6 +280,10 @@ class Dialect:
         who = "model's" if self.at_least(0, 22) else "models's"
         head = (f"To serve at least one request with the {who} max seq len ({max_model_len}), "
                 f"({need_s} GiB KV cache is needed, which is larger than the available KV cache memory ({avail_s} GiB).")
+        if self.at_least(0, 34):
+            est = f" Based on the available memory, the estimated maximum model length is {estimate}." if estimate > 0 else ""
+            return (head + est + f" {hint or self.kv_hint(0.92, False, False)} Decreasing `max_model_len` also reduces"
+                    f" what is needed. See {DOCS_MEMORY} for more details.")
         if self.at_least(0, 22):
             est = f" Based on the available memory, the estimated maximum model length is {estimate}." if estimate > 0 else ""
             return (head + est + " Try increasing `gpu_memory_utilization` (which also controls CPU memory on the CPU"
@@ -303,4 +377,29 @@ SRC_0_8 = {
     "starting": "api_server.py:1090", "routes": "launcher.py:28", "route": "launcher.py:36",
     "failed_start": "core.py:390", "fatal": "core.py:387", "output_handler": "async_llm.py:375",
     "proc_died": "core_client.py:420",
+}
+# 0.34.0: the generated fixtures' file:line (tests/fixtures/generated/vllm-0.34.0/*.sources.txt), the
+# rest read from the 0.34.0 wheel's source (the first line of each logging call).
+SRC_0_34 = {
+    "logo": "startup.py:38", "args": "startup.py:96", "arch": "model.py:761", "max_len": "model.py:2214",
+    "chunked": "scheduler.py:354", "engine_init": "core.py:153", "loading": "model_runner.py:412",
+    "load_took": "model_runner.py:441", "compile_total": "monitor.py:62", "profile_run": "monitor.py:91",
+    "available_kv": "gpu_worker.py:795", "graphs": "model_runner.py:1216", "mem_summary": "gpu_worker.py:1175",
+    "warmup": "extensible_kv_cache.py:693", "extended": "extensible_kv_cache.py:536",
+    "util_warning": "extensible_kv_cache.py:662", "kv_size": "kv_cache_utils.py:1168", "kv_conc": "kv_cache_utils.py:1168",
+    "init_took": "core.py:451", "tasks": "entry.py:135", "starting": "entry.py:139", "routes": "launcher.py:188",
+    "route": "launcher.py:197", "failed_start": "core.py:1757", "fatal": "core.py:1759",
+    "output_handler": "async_llm.py:957", "dead_client": "core_client.py:869",
+    "sd_triggered": "launcher.py:256", "sd_stopping": "launcher.py:269", "mp_start": "core_client.py:822",
+    "mp_stopping": "core_client.py:824", "mp_stopped": "core_client.py:826", "mp_cleanup": "core_client.py:827",
+    "mp_complete": "core_client.py:829", "force_kill": "utils.py:648", "client_stopped": "launcher.py:278",
+    "signal_http": "launcher.py:281", "shutdown_http": "launcher.py:304", "dynamo": "backends.py:1167",
+    "cache_graph": "backends.py:405", "compiling": "backends.py:421", "load_graph": "backends.py:314",
+    "cache_dir": "backends.py:1110", "aot_saved": "decorators.py:752", "aot_load": "decorators.py:326",
+    "flash_attn": "flash_attn.py:1131", "attn_backend": "cuda.py:549", "ps_rank": "parallel_state.py:2394",
+    "worker_parent": "multiproc_executor.py:978", "ec_signal": "core.py:1698", "ec_start": "core.py:1889",
+    "ec_teardown": "core.py:1920", "ec_exit": "core.py:1746", "override_blocks": "kv_cache_planning.py:1627",
+    "sampler": "topk_topp_sampler.py:89", "graph_estimate": "gpu_worker.py:809", "graph_pool": "gpu_worker.py:1112",
+    "worker_failed": "multiproc_executor.py:1091", "worker_exc": "multiproc_executor.py:1223",
+    "auto_fit": "kv_cache_planning.py:1478", "auto_fit_after": "kv_cache_planning.py:1506",
 }

@@ -42,7 +42,8 @@ def worker_main(cfg: SimConfig, dp_rank: int, rank: int, sock: socket.socket) ->
     d = cfg.dialect
     tp_rank, pp_rank = rank % cfg.tp, rank // cfg.tp
     set_title("VLLM::" + Dialect("0.26.0").worker_name(rank, tp_rank, pp_rank, cfg.pp, cfg.tp, dp_rank, cfg.dp))
-    log = Log(d.worker_name(rank, tp_rank, pp_rank, cfg.pp, cfg.tp, dp_rank, cfg.dp), ansi=d.ansi_prefix)
+    log = Log(d.worker_name(rank, tp_rank, pp_rank, cfg.pp, cfg.tp, dp_rank, cfg.dp), ansi=d.ansi_prefix,
+              raw_prefix=not d.unprefixed_raw)
     me = Rank(cfg, log, dp_rank, rank)
     chan = Channel(sock)
 
@@ -221,7 +222,7 @@ class EngineCore:
         self.dp_rank = dp_rank
         d = cfg.dialect
         self.name = d.engine_name(dp_rank, cfg.dp)
-        self.log = Log(self.name, ansi=d.ansi_prefix)
+        self.log = Log(self.name, ansi=d.ansi_prefix, raw_prefix=not d.unprefixed_raw)
         self.api = Channel(sock)
         self.ranks: Ranks | None = None
         self.ready_at: float | None = None
@@ -264,33 +265,46 @@ class EngineCore:
         sizings = [memory.KvSizing(available, kv, cfg.block_size, n)
                    for kv, n in zip(cfg.kv_bytes_per_token, cfg.layers_per_stage)]
         sizing = min(sizings, key=lambda s: s.num_blocks) if sizings else memory.KvSizing(available, first, cfg.block_size, layers0)
+        hint = d.kv_hint(cfg.util, cfg.extensible, after_warmup=False)
         max_len = cfg.max_model_len
         if available <= 0:
-            raise SimFailure("no_kv", "ValueError: " + d.no_kv_memory(), in_worker=False)
+            raise SimFailure("no_kv", "ValueError: " + d.no_kv_memory(hint), in_worker=False)
+        # from 0.30 the check leaves out one block (the null block); what it prints is one block less
+        checked = [self._usable(s) for s in sizings]
         if max_len == -1:
             full = cfg.derived_max_model_len
-            if all(s.fits(full) for s in sizings):
+            if all(s.fits(full) for s in checked):
                 max_len = full
+                tentative = "; the final length is set after CUDA graph capture and warmup" if cfg.extensible else ""
                 log.info(d.src("auto_fit"), f"Auto-fit max_model_len: full model context length {full} fits in "
-                         "available GPU memory")
+                         "available GPU memory" if not d.extensible_kv_cache else
+                         f"Auto-fit max_model_len: full model context length {full} fits in available KV cache memory "
+                         f"({format_gib(available)} GiB GPU){tentative}")
             else:
-                max_len = min(s.estimate_max_model_len(full) for s in sizings)
+                max_len = min(s.estimate_max_model_len(full) for s in checked)
                 if max_len <= 0:
                     raise SimFailure("auto_fit", "ValueError: Cannot auto-fit max_model_len: not enough GPU memory "
                                      "available to serve even a single token. Try increasing "
                                      "`gpu_memory_utilization`.", in_worker=False)
-                log.info(d.src("auto_fit"), f"Auto-fit max_model_len: reduced from {full} to {max_len} to fit in "
-                         f"available GPU memory ({format_gib(available)} GiB available for KV cache)")
-        for s in sizings:
+                if d.extensible_kv_cache:
+                    tentative = "; the final length is set after CUDA graph capture and warmup" if cfg.extensible else ""
+                    log.info(d.src("auto_fit"), f"Auto-fit max_model_len: reduced from {full} to {max_len} to fit in "
+                             f"available KV cache memory ({format_gib(available)} GiB GPU){tentative}")
+                else:
+                    log.info(d.src("auto_fit"), f"Auto-fit max_model_len: reduced from {full} to {max_len} to fit in "
+                             f"available GPU memory ({format_gib(available)} GiB available for KV cache)")
+        for s in checked:
             if not s.fits(max_len):
                 raise SimFailure("kv_check", "ValueError: " + d.kv_too_small(
-                    max_len, s.request_bytes(max_len), s.available_bytes, s.estimate_max_model_len(max_len)),
+                    max_len, s.request_bytes(max_len), s.available_bytes, s.estimate_max_model_len(max_len), hint),
                     in_worker=False)
         num_blocks = sizing.num_blocks
         if cfg.num_gpu_blocks_override:
             log.info(d.src("override_blocks"), f"Overriding num_gpu_blocks={num_blocks} with "
                      f"num_gpu_blocks_override={cfg.num_gpu_blocks_override}")
             num_blocks = cfg.num_gpu_blocks_override
+        if cfg.extensible:
+            num_blocks, max_len = self._size_after_warmup(num_blocks, max_len)
         tokens = num_blocks * cfg.block_size
         concurrency = memory.max_concurrency(num_blocks, cfg.block_size, max_len)
         repeats = cfg.world_size if d.kv_lines_per_worker else 1
@@ -300,14 +314,56 @@ class EngineCore:
             if len(lines) > 1:
                 log.info(d.src("kv_conc"), lines[1])
         sleep(cfg.timing.phase("kv"))
-        self.ranks.call("allocate_kv", {"num_blocks": num_blocks})
-        self.ranks.call("capture_graphs")
+        if cfg.extensible:
+            self.ranks.call("extend_kv", {"num_blocks": num_blocks})
+        else:
+            self.ranks.call("allocate_kv", {"num_blocks": num_blocks})
+            self.ranks.call("capture_graphs")
         if "hang_startup" in cfg.faults and cfg.faults.active["hang_startup"] == "warmup":
             _hang_forever()
         sleep(cfg.timing.phase("warmup"))
         log.info(d.src("init_took"), d.init_engine(time.monotonic() - t0, compile_s))
         return {"op": "ready", "num_gpu_blocks": num_blocks, "kv_tokens": tokens, "concurrency": concurrency,
                 "max_model_len": max_len, "block_size": cfg.block_size, "pid": os.getpid()}
+
+    def _usable(self, sizing: memory.KvSizing) -> memory.KvSizing:
+        """What one request may use: from 0.30 all but the null block."""
+        if not self.cfg.dialect.null_block_reserved or sizing.available_bytes <= 0:
+            return sizing
+        block = sizing.page_bytes * sizing.num_layers
+        return memory.KvSizing(sizing.available_bytes - block, sizing.kv_bytes_per_token, sizing.block_size,
+                               sizing.num_layers)
+
+    def _size_after_warmup(self, capacity: int, max_len: int) -> tuple[int, int]:
+        """0.34's extensible KV cache: commit the null block, capture CUDA graphs and warm up, then
+        size the cache from the memory measured (the minimum over ranks) and check once more that
+        one request fits (finalize_extensible_kv_cache); returns (blocks, max_model_len)."""
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        assert self.ranks is not None
+        self.ranks.call("commit_kv", {"num_blocks": 1})
+        self.ranks.call("capture_graphs")
+        blocks = min(r["blocks"] for r in self.ranks.call("measure_kv", {"capacity": capacity}))
+        hint = d.kv_hint(cfg.util, True, after_warmup=True)
+        kv, layers = cfg.kv_bytes_per_token[0], cfg.layers_per_stage[0]
+        usable = self._usable(memory.KvSizing(blocks * (kv // layers * cfg.block_size) * layers, kv, cfg.block_size, layers))
+        if blocks <= 1:
+            raise SimFailure("kv_check", "ValueError: " + d.no_kv_memory(hint), in_worker=False)
+        if cfg.max_model_len == -1 and not usable.fits(max_len):
+            fitted = usable.estimate_max_model_len(max_len)
+            left = f"{format_gib(usable.available_bytes)} GiB GPU left for the KV cache after CUDA graph capture and warmup"
+            if fitted >= 8192:
+                log.info(d.src("auto_fit_after"), f"--max-model-len auto reduced max_model_len from {max_len} to {fitted} ({left}).")
+            elif fitted > 0:
+                advice = ("Increase `gpu_memory_utilization` or set --max-model-len explicitly." if cfg.util < 1.0
+                          else "Use more GPUs or set --max-model-len explicitly.")
+                log.warning(d.src("auto_fit_after"), f"--max-model-len auto reduced max_model_len from {max_len} to "
+                            f"{fitted} ({left}). Requests longer than {fitted} tokens will be rejected. {advice}")
+            max_len = fitted if fitted > 0 else max_len
+        if not usable.fits(max_len):
+            raise SimFailure("kv_check", "ValueError: " + d.kv_too_small(
+                max_len, usable.request_bytes(max_len), usable.available_bytes, usable.estimate_max_model_len(max_len),
+                hint), in_worker=False)
+        return blocks, max_len
 
     # ------------------------------------------------------------ failure output
 

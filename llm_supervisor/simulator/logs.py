@@ -1,9 +1,11 @@
 """Log output in vLLM's format, written the way vLLM writes it.
 
 vLLM's logger: `{LEVEL} {mm-dd HH:MM:SS} [{file}:{line}] {message}`; a message with newlines
-becomes one record whose lines are joined by `\\r\\n` + the header again. Every line a process
-writes, log or raw traceback, starts with its `({name} pid={pid}) ` prefix (ANSI cyan before
-v0.16). Logs go to stdout, tracebacks and uvicorn's own lines to stderr.
+becomes one record whose lines are joined by `\\r\\n` + the header again. Until 0.30 every line a
+process writes, log or raw traceback, starts with its `({name} pid={pid}) ` prefix (ANSI cyan
+before v0.16); from 0.31 the prefix is part of the log format only, so uvicorn's lines, tqdm bars
+and raw tracebacks come without it (`raw_prefix=False`). Logs go to stdout, tracebacks and
+uvicorn's own lines to stderr.
 
 Writes go straight to the file descriptor, one `os.write` per record and unbuffered, so lines
 from several processes sharing a pipe stay whole, and a closed pipe (an orphaned EngineCore
@@ -23,11 +25,17 @@ STDERR = 2
 class Log:
     """One process's log writer."""
 
-    def __init__(self, name: str | None, ansi: bool = False, pid: int | None = None) -> None:
+    def __init__(self, name: str | None, ansi: bool = False, pid: int | None = None, raw_prefix: bool = True) -> None:
         self.pid = pid or os.getpid()
         self.name = name
         self.ansi = ansi
+        self.raw_prefix = raw_prefix
         self.dead: set[int] = set()
+
+    @property
+    def stream_prefix(self) -> str:
+        """The prefix of lines written outside logging (tracebacks, tqdm, uvicorn)."""
+        return self.prefix if self.raw_prefix else ""
 
     @property
     def prefix(self) -> str:
@@ -72,7 +80,7 @@ class Log:
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines.pop()
-        self.write(fd, "".join(self.prefix + line + "\n" for line in lines))
+        self.write(fd, "".join(self.stream_prefix + line + "\n" for line in lines))
 
     def bare(self, text: str, fd: int = STDERR) -> None:
         """Output that never had vLLM's prefix (C++ warnings, the resource tracker)."""
@@ -80,7 +88,7 @@ class Log:
 
     def uvicorn(self, message: str, fd: int = STDERR, level: str = "INFO") -> None:
         """uvicorn's `%(levelprefix)s %(message)s` ("INFO:     ...")."""
-        self.write(fd, f"{self.prefix}{(level + ':').ljust(9)} {message}\n")
+        self.write(fd, f"{self.stream_prefix}{(level + ':').ljust(9)} {message}\n")
 
 
 def traceback_text(frames: list[tuple[str, int, str, str]], final: str, carets: bool = True) -> str:

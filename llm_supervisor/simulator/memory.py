@@ -175,3 +175,51 @@ class KvSizing:
 def max_concurrency(num_blocks: int, block_size: int, max_model_len: int) -> float:
     """Requests of max_model_len the cache holds at once: num_blocks / blocks per request."""
     return num_blocks / cdiv(max_model_len, block_size)
+
+
+# ---------------------------------------------------------------- vLLM 0.30-0.33: the CUDA-graph estimate
+
+# V2's profile_cudagraph_memory() captures a throwaway graph set before the KV cache is sized;
+# its estimate came out 4% under the real pool ("CUDA graph pool memory: 1.0 GiB (actual), 0.96 GiB
+# (estimated)") in the generated 0.30-0.33 logs.
+GRAPH_ESTIMATE_FRACTION = 0.96
+
+
+def graph_estimate_bytes(graph_bytes: int) -> int:
+    return int(graph_bytes * GRAPH_ESTIMATE_FRACTION)
+
+
+# ---------------------------------------------------------------- vLLM 0.34: the extensible KV cache
+# (v1/worker/extensible_kv_cache.py: measure_kv_cache_bytes, blocks_within, physical_bytes_for)
+
+KV_CACHE_MARGIN_FLOOR_BYTES = 1 << 30
+KV_CACHE_MARGIN_FRACTION = 0.75
+KV_CACHE_NON_TORCH_RESERVE_BYTES = 1 << 29
+GRANULE_BYTES = 2 * MIB  # the CUDA VMM allocation granularity each layer's segment is rounded to
+WITHHELD_WARNING_BYTES = 1 << 30
+
+
+def physical_bytes_for(num_blocks: int, page_bytes: int, num_layers: int) -> int:
+    """What committing `num_blocks` maps: one segment per layer, rounded up to the granule."""
+    per_layer = cdiv(num_blocks * page_bytes, GRANULE_BYTES) * GRANULE_BYTES
+    return per_layer * num_layers
+
+
+def blocks_within(num_bytes: int, page_bytes: int, num_layers: int, capacity: int) -> int:
+    """The most blocks (≤ capacity) whose committed footprint fits `num_bytes`."""
+    blocks = min(max(num_bytes, 0) // (page_bytes * num_layers), capacity)
+    while blocks > 0 and physical_bytes_for(blocks, page_bytes, num_layers) > num_bytes:
+        blocks -= 1
+    return max(blocks, 0)
+
+
+def measure_kv_cache_bytes(init_free: int, free: int, committed: int, requested: int, transient: int,
+                           growth: int = 0) -> int:
+    """Bytes the KV cache may take after warm-up: the rest of the budget, capped by the device's
+    headroom less a margin, less the transient peak."""
+    non_kv_used = init_free - free - committed
+    headroom = free + committed
+    margin = max(KV_CACHE_MARGIN_FLOOR_BYTES, int(transient * KV_CACHE_MARGIN_FRACTION))
+    available = min(requested - non_kv_used, headroom - margin)
+    available -= max(transient, growth)
+    return max(available, 0)

@@ -73,6 +73,7 @@ class Rank:
         self.activation = 0
         self.non_torch = 0
         self.graphs = 0
+        self.estimate = 0  # 0.30+: the CUDA-graph estimate taken out of the budget
         self.available = 0
 
     # ------------------------------------------------------------ memory
@@ -130,10 +131,11 @@ class Rank:
         if fault is not None:  # CUDA refuses a GPU with a hardware fault (Xid 79, uncorrectable ECC)
             raise SimFailure("init_device", fault)
         self.init_free = self.free_bytes()
-        if d.free_memory_check and self.init_free < self.requested:
+        # 0.34 skips this check while the extensible KV cache is on: the budget is only a cap
+        if d.free_memory_check and not cfg.extensible and self.init_free < self.requested:
             raise SimFailure("init_device", "ValueError: " + d.free_memory(
                 self.local, self.init_free, self.total, cfg.util, self.requested))
-        if d.v2_runner:
+        if d.v2_runner_line:
             log.info(d.src("v2_runner"), "Using V2 Model Runner")
         self._hang_if("init_device")
         return {}
@@ -159,7 +161,7 @@ class Rank:
         try:
             self.alloc("weights", self.weights, cfg.largest_weight, "load", forced=forced)
         except SimFailure as exc:
-            if d.at_least(0, 13):
+            if d.load_oom_line:
                 log.error(d.src("load_oom"), "Failed to load model - not enough GPU memory. Try lowering "
                           "--gpu-memory-utilization to free memory for weights, increasing --tensor-parallel-size, "
                           "or using --quantization. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
@@ -239,8 +241,19 @@ class Rank:
             self.available = int(cfg.kv_cache_memory_bytes)
         else:
             self.available = self.requested - self.weights - self.activation - self.non_torch
+            if cfg.graph_estimate and not cfg.enforce_eager:
+                # 0.30+: a throwaway capture estimates the graphs, taken out before the cache is sized
+                self.estimate = memory.graph_estimate_bytes(memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False))
+                self.available -= self.estimate
         if self.prints and d.available_kv_line:
             log.info(d.src("available_kv"), d.available_kv(self.available))
+            if self.estimate:
+                shift = self.estimate / self.total
+                log.info(d.src("graph_estimate"), "CUDA graph memory profiling is enabled (default since v0.21.0). The "
+                         f"current --gpu-memory-utilization={cfg.util:.4f} is equivalent to --gpu-memory-utilization="
+                         f"{cfg.util - shift:.4f} without CUDA graph memory profiling. To maintain the same effective KV "
+                         f"cache size as before, increase --gpu-memory-utilization to {cfg.util + shift:.4f}. To disable, "
+                         "set VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0.")
         return {"available": self.available}
 
     def page_bytes(self) -> int:
@@ -251,6 +264,63 @@ class Rank:
         nbytes = num_blocks * self.page_bytes() * self.layers
         per_layer = num_blocks * self.page_bytes()
         self.alloc("kv", nbytes, per_layer, "kv_alloc")
+        return {}
+
+    # ------------------------------------------------------------ 0.34: the extensible KV cache
+
+    def commit_kv(self, num_blocks: int) -> dict[str, Any]:
+        """Map physical pages for the first `num_blocks` blocks (the address space is reserved)."""
+        self._hang_if("kv")
+        target = memory.physical_bytes_for(num_blocks, self.page_bytes(), self.layers)
+        more = target - self.parts.get("kv", 0)
+        if more > 0:
+            self.alloc("kv", more, max(more // self.layers, memory.GRANULE_BYTES), "kv_alloc")
+        return {}
+
+    def measure_kv(self, capacity: int) -> dict[str, Any]:
+        """After warm-up and graph capture: size the cache from the memory measured now
+        (measure_kv_cache_blocks): the budget's rest, capped by the free memory less a margin."""
+        cfg, d, log = self.cfg, self.cfg.dialect, self.log
+        # torch.accelerator.empty_cache(): the profiling peak's cached blocks go back first
+        self.parts.pop("activation", None)
+        self._publish()
+        free = self.free_bytes()
+        committed = self.parts.get("kv", 0)
+        transient = self.activation
+        available = memory.measure_kv_cache_bytes(self.init_free, free, committed, self.requested, transient)
+        if cfg.util_given and 0.7 < cfg.util < 1.0 and self.prints:
+            withheld = memory.measure_kv_cache_bytes(self.init_free, free, committed, self.init_free, transient) - available
+            if withheld >= memory.WITHHELD_WARNING_BYTES:
+                log.warning(d.src("util_warning"), f"gpu_memory_utilization={cfg.util} caps this instance at "
+                            f"{format_gib(self.requested)} GiB, keeping {format_gib(withheld)} GiB of free device memory "
+                            "out of the KV cache. The extensible KV cache is sized from the memory measured after warmup "
+                            "and CUDA graph capture, so vLLM's own use needs no headroom below 1.0. Leave "
+                            "gpu_memory_utilization unset unless it leaves room for memory vLLM does not measure: other "
+                            "processes sharing the GPU (including ones that allocate on it later), the CPU on a "
+                            "unified-memory device, weight transfer buffers for weight updates, or a KV connector's own "
+                            "device buffers.")
+        page = self.page_bytes()
+        blocks = memory.blocks_within(available, page, self.layers, capacity)
+        left_free = (free - (memory.physical_bytes_for(blocks, page, self.layers) - committed)
+                     - memory.KV_CACHE_NON_TORCH_RESERVE_BYTES)
+        torch_limit = self.weights + self.graphs + max(left_free, 0)
+        if self.prints:
+            log.info(d.src("warmup"), f"Memory after warmup: {format_gib(free)} GiB free, {format_gib(committed)} GiB "
+                     f"committed to the KV cache, {format_gib(transient)} GiB kept for transient activations "
+                     f"({format_gib(transient)} GiB allocated at peak, 0.0 GiB of torch reservation growth); {blocks} KV "
+                     f"cache blocks ({format_gib(blocks * page * self.layers)} GiB) fit within the requested "
+                     f"{format_gib(self.requested)} GiB. Torch may reserve up to {format_gib(torch_limit)} GiB.")
+        return {"blocks": blocks}
+
+    def extend_kv(self, num_blocks: int) -> dict[str, Any]:
+        """Commit the measured cache, then torch takes its activations back as requests run."""
+        d, log = self.cfg.dialect, self.log
+        self.commit_kv(num_blocks)
+        if self.prints:
+            log.info(d.src("extended"), f"Extended KV cache to {num_blocks} blocks "
+                     f"({num_blocks * self.page_bytes() * self.layers / GIB:.2f} GiB).")
+        self.parts["activation"] = self.activation
+        self._publish()
         return {}
 
     def capture_graphs(self) -> dict[str, Any]:
@@ -270,20 +340,33 @@ class Rank:
         if self.prints:
             log.info(d.src("graphs"), f"Graph capturing finished in {time.monotonic() - start:.0f} secs, "
                      f"took {self.graphs / GIB:.2f} GiB")
+            if self.estimate:
+                diff = self.graphs - self.estimate
+                log.info(d.src("graph_pool"), f"CUDA graph pool memory: {format_gib(self.graphs)} GiB (actual), "
+                         f"{format_gib(self.estimate)} GiB (estimated), difference: {format_gib(diff)} GiB "
+                         f"({100 * diff / max(self.graphs, 1):.1f}%).")
             if d.memory_summary_line:
                 log.info(d.src("mem_summary"), self.summary())
         return {}
 
     def summary(self) -> str:
-        """The 0.26 INFO line about memory use and `--kv-cache-memory` suggestions."""
-        non_kv = self.weights + self.activation + self.non_torch + self.graphs
+        """The INFO line about memory use and `--kv-cache-memory` suggestions (0.26's split, or
+        0.28+'s "consumed memory"; from 0.30 "peak activation" includes the graph estimate)."""
+        peak = self.activation + self.estimate
+        non_kv = self.weights + peak + self.non_torch + self.graphs
         fit = self.requested - non_kv - memory.REDUNDANCY_BUFFER_BYTES
         full = self.init_free - non_kv - memory.REDUNDANCY_BUFFER_BYTES
+        if self.cfg.dialect.consumed_summary:
+            usage = (f"Actual usage is {format_gib(self.weights + self.non_torch)} GiB for consumed memory (weights + "
+                     f"non-torch), {format_gib(peak)} GiB for peak activation, and {format_gib(self.graphs)} GiB for "
+                     "CUDAGraph memory.")
+        else:
+            usage = (f"Actual usage is {format_gib(self.weights)} GiB for weight, {format_gib(self.activation)} GiB for peak "
+                     f"activation, {format_gib(self.non_torch)} GiB for non-torch memory, and {format_gib(self.graphs)} GiB "
+                     "for CUDAGraph memory.")
         return (f"Free memory on device ({round(self.init_free / GIB, 2)}/{round(self.total / GIB, 2)} GiB) on startup. "
                 f"Desired GPU memory utilization is ({self.cfg.util}, {round(self.requested / GIB, 2)} GiB). "
-                f"Actual usage is {format_gib(self.weights)} GiB for weight, {format_gib(self.activation)} GiB for peak "
-                f"activation, {format_gib(self.non_torch)} GiB for non-torch memory, and {format_gib(self.graphs)} GiB "
-                f"for CUDAGraph memory. Replace gpu_memory_utilization config with `--kv-cache-memory={fit}` "
+                f"{usage} Replace gpu_memory_utilization config with `--kv-cache-memory={fit}` "
                 f"({format_gib(fit)} GiB) to fit into requested memory, or `--kv-cache-memory={full}` "
                 f"({format_gib(full)} GiB) to fully utilize gpu memory. Current kv cache memory in use is "
                 f"{format_gib(self.available)} GiB.")
@@ -293,6 +376,12 @@ class Rank:
               "capture_graphs": self.capture_graphs}.get(op)
         if op == "allocate_kv":
             return self.allocate_kv(int(args["num_blocks"]))
+        if op == "commit_kv":
+            return self.commit_kv(int(args["num_blocks"]))
+        if op == "measure_kv":
+            return self.measure_kv(int(args["capacity"]))
+        if op == "extend_kv":
+            return self.extend_kv(int(args["num_blocks"]))
         if fn is None:
             raise ValueError(f"unknown op {op}")
         return fn()

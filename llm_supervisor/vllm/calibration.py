@@ -175,6 +175,9 @@ _FACT_ALIASES: dict[str, tuple[str, ...]] = {
     "peak_activation_gib": ("peak_activation_gib", "activation_gib", "peak_activation"),
     "non_torch_gib": ("non_torch_gib", "non_torch_memory_gib", "non_torch"),
     "cuda_graph_gib": ("cuda_graph_gib",),
+    "consumed_gib": ("consumed_gib",),
+    "cuda_graph_estimate_gib": ("cuda_graph_estimate_gib",),
+    "available_kv_cache_gib_before_warmup": ("available_kv_cache_gib_before_warmup",),
     "compile_cached": ("compile_cached",),
     "max_num_batched_tokens": ("max_num_batched_tokens",),
     "max_num_seqs": ("max_num_seqs",),
@@ -217,9 +220,12 @@ def learn_from_facts(
     names) into an Observation. Explicit keyword values win over the facts; `now` is when it was
     learned (epoch seconds, on the caller's clock: the newest observation of a key wins).
 
-    Overhead = peak activation + non-torch when vLLM printed them (0.26's "Actual usage is …"),
-    else requested − weights − available KV, with requested = util × total (the more precise)
-    or the printed "Desired … (0.3, 23.75 GiB)"."""
+    Overhead = peak activation + non-torch when vLLM printed them (0.26's "Actual usage is …";
+    from 0.28 non-torch = "consumed memory (weights + non-torch)" − weights, and 0.30-0.33's "peak
+    activation" less the CUDA-graph estimate they add to it), else requested − weights − available
+    KV, with requested = util × total (the more precise) or the printed "Desired … (0.3, 23.75
+    GiB)", and available KV the budget's (0.34: the pre-warm-up estimate; 0.30-0.33: plus the
+    graph estimate). The overhead means the same for every version: CUDA graphs are not in it."""
     weights = _fact(facts, "model_weights_gib")
     available = _fact(facts, "available_kv_cache_gib")
     util = gpu_memory_utilization if gpu_memory_utilization is not None else _fact(facts, "gpu_memory_utilization")
@@ -227,11 +233,23 @@ def learn_from_facts(
     printed_req = requested_gib if requested_gib is not None else _fact(facts, "requested_gib")
     act = _fact(facts, "peak_activation_gib")
     nt = _fact(facts, "non_torch_gib")
+    estimate = _fact(facts, "cuda_graph_estimate_gib")
+    consumed = _fact(facts, "consumed_gib")
+    if nt is None and consumed is not None and weights is not None:
+        nt = round(max(float(consumed) - float(weights), 0.0), 4)
+    if act is not None and estimate:
+        act = round(max(float(act) - float(estimate), 0.0), 4)
+    budget_kv = available  # the KV memory the budget left, for the overhead below
+    before = _fact(facts, "available_kv_cache_gib_before_warmup")
+    if before is not None:
+        budget_kv = before  # 0.34: the budget's figure; the measured cache also lost the graphs
+    elif available is not None and estimate:
+        budget_kv = float(available) + float(estimate)
     requested = float(util) * float(total) if util is not None and total is not None else printed_req
     if act is not None and nt is not None:
         overhead = float(act) + float(nt)
-    elif weights is not None and available is not None and requested is not None:
-        overhead = float(requested) - float(weights) - float(available)
+    elif weights is not None and budget_kv is not None and requested is not None:
+        overhead = float(requested) - float(weights) - float(budget_kv)
     else:
         missing = [n for n, v in (("model weights (\"Model loading took\")", weights),
                                   ("available KV cache (\"Available KV cache memory\")", available),

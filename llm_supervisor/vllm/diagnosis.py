@@ -2,7 +2,8 @@
 
 The remedy is what the recovery policy would do next, computed with a profile rebuilt from the
 log itself: the API server's "non-default args: {…}" (or the old "args: Namespace(…)") line,
-else what vLLM reported using, else vLLM's defaults (utilization 0.9, 0.92 from v0.21). The
+else what vLLM reported using, else vLLM's defaults (utilization 0.9, 0.92 from v0.21, 1.0 with
+0.34's extensible KV cache; 0.9 when the log names no version). The
 bounds are wide (utilization 0.05–0.95, context ≥ min(2048, the log's)) since a log says nothing
 about the user's limits; the remedy is advice, the daemon applies the profile's own bounds.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from llm_supervisor.errors import BadInput
+from llm_supervisor.vllm import memory
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import CONTRACT_FACTS, HEADER_RE, LogParser, StartupFacts, split_line
 from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, VllmArgs
@@ -54,14 +56,6 @@ def _run_start(line: str) -> bool:
     return any(m in line for m in _RUN_MARKERS) or ("█" in line and " version " in line)
 
 
-def _version_tuple(version: str | None) -> tuple[int, int]:
-    try:
-        major, minor = (version or "").split(".")[:2]
-        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-    except ValueError:
-        return (0, 0)
-
-
 def _args_from_log(facts: StartupFacts, failure: Failure | None) -> VllmArgs:
     cli = facts.cli_args or {}
     data: dict[str, Any] = {}
@@ -76,7 +70,12 @@ def _args_from_log(facts: StartupFacts, failure: Failure | None) -> VllmArgs:
     if "gpu_memory_utilization" not in data:
         util = facts.requested_utilization or values.get("requested_utilization")
         if util is None:
-            util = 0.92 if _version_tuple(facts.vllm_version) >= (0, 21) else 0.9
+            # what turns 0.34's extensible KV cache (and its default of 1.0) off
+            off = [flag for flag, on in (("--no-enable-extensible-kv-cache", cli.get("enable_extensible_kv_cache") is False),
+                                         ("--kv-cache-memory-bytes", bool(cli.get("kv_cache_memory_bytes"))),
+                                         ("--num-gpu-blocks-override", bool(cli.get("num_gpu_blocks_override"))))
+                   if on]
+            util = memory.default_utilization(facts.vllm_version, off) if facts.vllm_version else 0.9
         data["gpu_memory_utilization"] = util
     if "max_model_len" not in data:
         length = facts.max_model_len or values.get("max_model_len")

@@ -2,9 +2,13 @@
 
 The three memory errors need opposite fixes (lower utilization when free memory is short; raise it
 or cut context when the KV cache does not fit), so the classifier keeps them apart and parses the
-numbers each message carries, in every wording vLLM used from 0.8.5 to the newest (see
-shared reference vllm.md §2/§3): the `models's` typo, the 0.8.4/0.8.5 message that lost its
-estimate (double space), `format_gib` numbers (`24.0`), the docs URL, the CPU-backend note.
+numbers each message carries, in every wording vLLM used from 0.8.5 to 0.34 (see
+docs/vllm-versions.md §3): the `models's` typo, the 0.8.4/0.8.5 message that lost its
+estimate (double space), `format_gib` numbers (`24.0`), the docs URL, the CPU-backend note,
+0.32's free-memory check against "the engine's budget after excluding external process's
+weights" and its "Externally held weights … exceed" (a budget too small even for the weights:
+`no_kv_cache_memory`), 0.34's hints about the extensible KV cache, and 0.34's KV errors raised
+after warm-up (the same texts; the facts say whether the "Memory after warmup" line came first).
 
 Lines repeat: every TP worker raises the same error, and each traceback appears twice (prefixed on
 stdout by vLLM's logger, raw on stderr from multiprocessing). A failure is recorded once; a later
@@ -100,8 +104,14 @@ _V0_KV_RE = re.compile(
     r"max seq len \((\d+)\) is larger than the maximum number of tokens that can be stored in KV cache \((\d+)\)"
 )
 _FREE_RE = re.compile(
-    r"Free memory on device(?: \S+)? \(" + _NUM + r"/" + _NUM + r" ?GiB\) on startup is less than desired "
-    r"GPU memory utilization \(" + _NUM + r", " + _NUM + r" ?GiB\)"
+    r"Free memory on device(?: \S+)? \(" + _NUM + r"/" + _NUM + r" ?GiB\) on startup is less than (?:desired "
+    r"GPU memory utilization|the engine's budget after excluding external process's weights) \(" + _NUM + r", "
+    + _NUM + r" ?GiB\)"
+)
+# 0.32+ with weights held by another process (`--load-format ipc_cache`): the budget cannot hold them
+_EXTERNAL_RE = re.compile(
+    r"Externally held weights on device(?: \S+)? \(" + _NUM + r"/" + _NUM + r" ?GiB\) exceed the desired GPU memory "
+    r"utilization \(" + _NUM + r", " + _NUM + r" ?GiB\)"
 )
 _UNIT = r"(bytes|[KMGT]i?B)"
 _OOM_TRIED_RE = re.compile(r"Tried to allocate " + _NUM + r" ?" + _UNIT)
@@ -293,7 +303,15 @@ class FailureClassifier:
                     values["estimated_max_model_len"] = tokens
             self._record(FailureKind.KV_CACHE_TOO_SMALL, msg, values)
             return True
-        if "on startup is less than desired" in msg:
+        if "Externally held weights on device" in msg:
+            m = _EXTERNAL_RE.search(msg)
+            values = {}
+            if m:
+                values = {"external_weights_gib": float(m.group(1)), "total_gib": float(m.group(2)),
+                          "requested_utilization": float(m.group(3)), "requested_gib": float(m.group(4))}
+            self._record(FailureKind.NO_KV_CACHE_MEMORY, msg, values)
+            return True
+        if "on startup is less than desired" in msg or "on startup is less than the engine's budget" in msg:
             m = _FREE_RE.search(msg)
             values = {}
             if m:

@@ -98,11 +98,33 @@ class FitContext:
 
     @property
     def version(self) -> str:
+        """The vLLM version planned for: the engine's, else the newest supported."""
         return self.vllm_version or memory.DEFAULT_VLLM_VERSION
+
+    def accounting(self, args: VllmArgs) -> memory.Accounting:
+        """How this vLLM sizes the KV cache with these arguments."""
+        return memory.accounting_for(self.version, args.extra_args)
 
     def with_calibration(self, entry: CalibrationEntry | None) -> "FitContext":
         """The same context after this host learned more (the daemon, after a boot)."""
         return replace(self, calibration=entry)
+
+    def with_version(self, vllm_version: str | None) -> "FitContext":
+        """The same context for another vLLM version (the engine printed a different one)."""
+        return replace(self, vllm_version=vllm_version)
+
+    def graph_gib(self, args: VllmArgs) -> tuple[float, str]:
+        """CUDA-graph memory on one GPU of the largest stage and where the figure comes from: an
+        earlier start of this configuration on this host, else the per-layer estimate."""
+        if args.enforce_eager:
+            return 0.0, "enforce_eager: no CUDA graphs"
+        entry = self.entry_for(args)
+        seen = [o.cuda_graph_gib for o in (entry.observations if entry else [])
+                if (o.cuda_graph_gib or 0) > 0 and not o.enforce_eager]
+        if seen:
+            return max(seen), "measured on this host"  # type: ignore[type-var]
+        layers = max(self.shape.layers_per_stage(args.pipeline_parallel_size))
+        return memory.estimate_graph_gib(layers), "estimated"
 
     def batch_limits(self, args: VllmArgs) -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) this launch runs with."""
@@ -180,12 +202,27 @@ class Prediction:
     target: dict[str, Any] | None = None
     gpu_total_gib: float = 0.0
     headroom_gib: float = 0.0
+    vllm_version: str = memory.DEFAULT_VLLM_VERSION
+    accounting: str = str(memory.Accounting.BUDGET_0_26)
+    cuda_graph_gib: float = 0.0
+    available_kv_cache_gib_before_warmup: float | None = None  # extensible-0.34: "Available KV cache memory"
+    kv_cache_bound: str | None = None    # extensible-0.34: "budget" (utilization) or "device" (free memory)
     # per-request blocks as a function of context: kept for concurrency_at()
     _sliding: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def overhead_gib(self) -> float:
         return self.activation_gib + self.non_torch_gib
+
+    @property
+    def usable_blocks(self) -> int:
+        """Blocks one request may use (from vLLM 0.30 the null block is not one of them)."""
+        reserved = memory.null_block_reserved(memory.Accounting(self.accounting))
+        return max(self.num_gpu_blocks - 1, 0) if reserved and self.num_gpu_blocks else self.num_gpu_blocks
+
+    def fits_context(self, context: int) -> bool:
+        """One request of `context` tokens fits the KV cache."""
+        return self.blocks_per_request(context) <= self.usable_blocks
 
     def blocks_per_request(self, context: int) -> int:
         return memory.blocks_needed(context, self.block_size, self._sliding)
@@ -198,6 +235,8 @@ class Prediction:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "vllm_version": self.vllm_version,
+            "accounting": self.accounting,
             "weights_gib": round(self.weights_gib, 2),
             "kv_bytes_per_token": self.kv_bytes_per_token,
             "available_kv_cache_gib": round(self.available_kv_cache_gib, 2),
@@ -223,6 +262,10 @@ class Prediction:
             "target_met": self.target_met,
             "gpu_total_gib": round(self.gpu_total_gib, 2),
             "headroom_gib": round(self.headroom_gib, 2),
+            "cuda_graph_gib": round(self.cuda_graph_gib, 2),
+            "available_kv_cache_gib_before_warmup": (None if self.available_kv_cache_gib_before_warmup is None
+                                                     else round(self.available_kv_cache_gib_before_warmup, 2)),
+            "kv_cache_bound": self.kv_cache_bound,
             "notes": list(self.notes),
             "assumptions": list(self.assumptions),
         }
@@ -277,8 +320,18 @@ def weights_per_gpu(ctx: FitContext, args: VllmArgs) -> Weights:
 class Budget:
     requested_gib: float       # total × utilization
     overhead: Overhead         # peak activation + non-torch
-    available_gib: float       # KV cache on the tightest GPU
+    available_gib: float       # KV cache on the tightest GPU (what vLLM prints as the cache's size)
     blocks: int                # KV blocks there
+    accounting: memory.Accounting = memory.Accounting.BUDGET_0_26
+    graph_gib: float = 0.0     # CUDA graphs per GPU (inside the budget from budget-0.30 on)
+    before_warmup_gib: float | None = None   # extensible: the pre-warm-up estimate (the capacity)
+    bound: str | None = None   # extensible: "budget" or "device"
+    withheld_gib: float = 0.0  # extensible: free memory the utilization keeps out of the cache
+
+    @property
+    def usable_blocks(self) -> int:
+        """Blocks one request may use: from 0.30 the null block is not one of them."""
+        return max(self.blocks - 1, 0) if memory.null_block_reserved(self.accounting) and self.blocks else self.blocks
 
 
 def overhead_for(ctx: FitContext, args: VllmArgs, cold: bool) -> Overhead:
@@ -292,25 +345,47 @@ def overhead_for(ctx: FitContext, args: VllmArgs, cold: bool) -> Overhead:
 
 
 def kv_budget(ctx: FitContext, args: VllmArgs, weights: Weights, overhead: Overhead) -> Budget:
-    """The KV cache on the tightest GPU: (total × utilization − weights − overhead), in blocks;
-    `--kv-cache-memory-bytes` and `--num-gpu-blocks-override` replace what they replace."""
+    """The KV cache on the tightest GPU, as this vLLM version sizes it (memory.Accounting):
+    (total × utilization − weights − overhead [− CUDA graphs]) in blocks, or 0.34's post-warm-up
+    sizing; `--kv-cache-memory-bytes` and `--num-gpu-blocks-override` replace what they replace."""
     requested = ctx.gpu_total_gib * args.gpu_memory_utilization
     block = args.effective_block_size
+    accounting = ctx.accounting(args)
     kv_override = extra_arg(args, "--kv-cache-memory-bytes") or extra_arg(args, "--kv-cache-memory")
     blocks_override = extra_arg(args, "--num-gpu-blocks-override")
-    best: tuple[float, int] | None = None
+    graphs, _ = ctx.graph_gib(args)
+    init_free = ctx.gpu_total_gib - memory.CUDA_CONTEXT_GIB  # no other process on the GPU
+    best: Budget | None = None
     for w, layers in zip(weights.per_stage_gib, ctx.shape.layers_per_stage(args.pipeline_parallel_size)):
         per_token = ctx.shape.kv_bytes_per_token(args.tensor_parallel_size, args.kv_cache_dtype, args.dtype, layers=layers)
-        avail = requested - w - overhead.total_gib
+        before = requested - w - overhead.total_gib
+        pre = None
+        bound = None
+        withheld = 0.0
+        if accounting is memory.Accounting.BUDGET_0_8:
+            avail = before - memory.CUDA_CONTEXT_GIB
+        elif accounting is memory.Accounting.BUDGET_0_30:
+            avail = before - graphs
+        elif accounting is memory.Accounting.EXTENSIBLE_0_34:
+            pre = before
+            sizing = memory.extensible_sizing(requested, init_free, w + overhead.non_torch_gib + graphs,
+                                              overhead.activation_gib)
+            bound, withheld = sizing.bound, sizing.withheld_gib
+            capacity = memory.kv_blocks(before, per_token, block)
+            nblocks = memory.extensible_blocks(sizing.available_gib, per_token, block, layers, capacity)
+            avail = nblocks * block * per_token / GIB if before > 0 else before
+        else:
+            avail = before
         if kv_override and _parse_size(kv_override):
             avail = _parse_size(kv_override) / GIB  # type: ignore[operator]
-        nblocks = memory.kv_blocks(avail, per_token, block)
+        if accounting is not memory.Accounting.EXTENSIBLE_0_34 or avail <= 0:
+            nblocks = memory.kv_blocks(avail, per_token, block)
         if blocks_override and blocks_override.isdigit():
             nblocks = int(blocks_override)
-        if best is None or nblocks < best[1]:
-            best = (avail, nblocks)
+        if best is None or nblocks < best.blocks:
+            best = Budget(requested, overhead, avail, nblocks, accounting, graphs, pre, bound, withheld)
     assert best is not None
-    return Budget(requested, overhead, best[0], best[1])
+    return best
 
 
 # ---------------------------------------------------------------- step 3: the context
@@ -331,10 +406,12 @@ def _sliding(ctx: FitContext, args: VllmArgs) -> tuple[int, int] | None:
     return None
 
 
-def choose_context(ctx: FitContext, args: VllmArgs, nblocks: int) -> ContextChoice:
+def choose_context(ctx: FitContext, args: VllmArgs, nblocks: int, usable: int | None = None) -> ContextChoice:
     """The context to launch with for a pool of `nblocks`: the profile's when one request of it
-    fits, else the largest that does; with a target, the longest that still keeps the target's
-    concurrency (never shorter than the target's own context)."""
+    fits (in `usable` blocks: from vLLM 0.30 the null block is not usable), else the largest that
+    does; with a target, the longest that still keeps the target's concurrency (never shorter
+    than the target's own context)."""
+    fit_blocks = nblocks if usable is None else usable
     shape, recovery, target = ctx.shape, ctx.recovery, ctx.target
     block = args.effective_block_size
     sliding = _sliding(ctx, args)
@@ -345,11 +422,11 @@ def choose_context(ctx: FitContext, args: VllmArgs, nblocks: int) -> ContextChoi
     min_len = recovery.min_max_model_len
     dp = args.data_parallel_size
     notes: list[str] = []
-    largest = memory.largest_fitting(nblocks, block, limit if not long_ok else max(limit, asked), sliding)
+    largest = memory.largest_fitting(fit_blocks, block, limit if not long_ok else max(limit, asked), sliding)
 
     def plain() -> int:
         """The profile's context if one request of it fits, else the largest that does."""
-        if memory.blocks_needed(cap, block, sliding) <= nblocks:
+        if memory.blocks_needed(cap, block, sliding) <= fit_blocks:
             if cap < asked:
                 notes.append(f"max_model_len capped at recovery.max_max_model_len {_fmt_int(cap)}")
             return cap
@@ -378,7 +455,8 @@ def choose_context(ctx: FitContext, args: VllmArgs, nblocks: int) -> ContextChoi
         notes.append(f"target not met: {conc(tctx):.2f} requests of {_fmt_int(tctx)} tokens fit at once,"
                      f" the profile wants {want:g}; launching with {_fmt_int(max(length, min_len))}")
         return ContextChoice(max(length, min_len), largest, False, notes)
-    length = memory.largest_fitting(nblocks, block, cap, sliding, enough=lambda c: conc(c) + 1e-9 >= want)
+    length = memory.largest_fitting(fit_blocks, block, cap, sliding,
+                                    enough=lambda c: conc(c) + 1e-9 >= want and memory.blocks_needed(c, block, sliding) <= fit_blocks)
     if length < cap:
         length = length // block * block
         notes.append(f"profile asks for {_fmt_int(asked)}; {_fmt_int(length)} keeps {want:g} requests of"
@@ -400,10 +478,10 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
     tokens, seqs = ctx.batch_limits(args)
     entry = ctx.entry_for(args)
     model_name = ctx.model or shape.name or "the model"
-    notes: list[str] = []
+    accounting = ctx.accounting(args)
+    notes: list[str] = list(memory.version_notes(ctx.vllm_version))
     assumptions: list[str] = [
-        f"vLLM {ctx.version} memory accounting: available KV = GPU total × gpu_memory_utilization − weights"
-        " − peak activation − non-torch memory; CUDA graphs and the CUDA context use the memory above that budget",
+        f"vLLM {ctx.version} memory accounting ({accounting}): {accounting.describe()}",
         f"GPU total {ctx.gpu_total_gib:.2f} GiB each (as NVML reports it), block size {block}",
         f"max_num_batched_tokens {tokens}{'' if args.max_num_batched_tokens else ' (vLLM default here)'},"
         f" max_num_seqs {seqs}{'' if args.max_num_seqs else ' (vLLM default here)'}",
@@ -429,7 +507,7 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
 
     def fit(cold: bool) -> tuple[Budget, ContextChoice]:
         budget = kv_budget(ctx, args, weights, overhead_for(ctx, args, cold))
-        return budget, choose_context(ctx, args, budget.blocks)
+        return budget, choose_context(ctx, args, budget.blocks, budget.usable_blocks)
 
     if compile_cached is not None:
         # the caller knows the compile cache's state for this launch
@@ -464,24 +542,45 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
     kv_tokens = nblocks * block
     need = memory.blocks_needed(length, block, sliding)
     per_replica = nblocks / need if need else 0.0
-    fits = avail > 0 and nblocks > 0 and need <= nblocks and (recovery.allow_long_context or length <= limit)
+    fits = avail > 0 and nblocks > 0 and need <= budget.usable_blocks and (recovery.allow_long_context or length <= limit)
     if avail <= 0:
+        graph_part = f" − {_gib(budget.graph_gib)} CUDA graphs" if budget.accounting.graphs_in_budget and budget.graph_gib else ""
         notes.append(f"no memory left for the KV cache: {_gib(budget.requested_gib)} budget − {_gib(weights.largest_gib)}"
-                     f" weights − {_gib(ov.total_gib)} overhead = {_gib(avail)}; raise gpu_memory_utilization or use more GPUs")
-    elif need > nblocks and not any("min_max_model_len" in n for n in notes):
+                     f" weights − {_gib(ov.total_gib)} overhead{graph_part} ≤ 0; raise gpu_memory_utilization or use more GPUs")
+    elif need > budget.usable_blocks and not any("min_max_model_len" in n for n in notes):
         notes.append(f"even {_fmt_int(length)} tokens (recovery.min_max_model_len {_fmt_int(recovery.min_max_model_len)})"
                      f" do not fit: the KV cache holds {_fmt_int(kv_tokens)} tokens")
 
-    # --- headroom above the budget: CUDA graphs and the CUDA context live there
     headroom = ctx.gpu_total_gib - budget.requested_gib
-    seen_graphs = max([o.cuda_graph_gib for o in (entry.observations if entry else []) if (o.cuda_graph_gib or 0) > 0],
-                      default=None)
-    graphs = memory.graph_headroom_gib(args.enforce_eager, seen_graphs)
-    if headroom < graphs + memory.CUDA_CONTEXT_GIB:
-        safe = memory.safe_utilization(ctx.gpu_total_gib, graphs)
-        notes.append(f"only {_gib(headroom)} stays outside the {args.gpu_memory_utilization:g} budget; CUDA graphs"
-                     f" (~{graphs:.1f} GiB) and the CUDA context (~{memory.CUDA_CONTEXT_GIB} GiB) need more: graph capture may run"
-                     f" out of memory (gpu_memory_utilization ≤ {math.floor(safe * 100) / 100:.2f} or enforce_eager avoids it)")
+    graphs, graph_source = ctx.graph_gib(args)
+    if accounting.graphs_in_budget and not args.enforce_eager:
+        how = ("vLLM subtracts its estimate of them before sizing the cache" if accounting is memory.Accounting.BUDGET_0_30
+               else "measured after capture, before the cache is sized")
+        assumptions.append(f"CUDA graphs {graphs:.2f} GiB per GPU ({graph_source}), inside the budget: {how}")
+        if graph_source == "estimated":
+            notes.append(f"vLLM {ctx.version} counts CUDA-graph memory inside the budget; the planner's"
+                         f" {graphs:.2f} GiB for it is an estimate (1.00 GiB per 36 layers, measured on one model"
+                         f"{' on one GPU; not with tensor parallelism' if tp > 1 else ''}): KV memory may differ by a few"
+                         f" tenths of a GiB until a start on this host is learned")
+    if accounting is memory.Accounting.EXTENSIBLE_0_34:
+        assumptions.append(f"no other process on the GPU: {ctx.gpu_total_gib - memory.CUDA_CONTEXT_GIB:.2f} GiB free at start"
+                           " (vLLM 0.34 no longer refuses to start when less is free: its KV cache comes out smaller)")
+        if budget.bound == "device":
+            notes.append(f"vLLM {ctx.version} keeps max(1 GiB, 0.75 × peak activation) of device memory free after warm-up:"
+                         f" at gpu_memory_utilization {args.gpu_memory_utilization:g} the free device memory, not the"
+                         " utilization, limits the KV cache")
+        elif (0.7 < args.gpu_memory_utilization < 1.0
+              and budget.withheld_gib >= memory.EXTENSIBLE_WITHHELD_WARNING_GIB):
+            notes.append(f"gpu_memory_utilization {args.gpu_memory_utilization:g} keeps ~{budget.withheld_gib:.2f} GiB of"
+                         f" free device memory out of the KV cache; vLLM {ctx.version} warns about it (its extensible KV"
+                         " cache needs no headroom below 1.0 unless other processes share the GPU)")
+    elif not accounting.graphs_in_budget:
+        # --- headroom above the budget: CUDA graphs and the CUDA context live there
+        if headroom < graphs + memory.CUDA_CONTEXT_GIB:
+            safe = memory.safe_utilization(ctx.gpu_total_gib, graphs)
+            notes.append(f"only {_gib(headroom)} stays outside the {args.gpu_memory_utilization:g} budget; CUDA graphs"
+                         f" (~{graphs:.1f} GiB) and the CUDA context (~{memory.CUDA_CONTEXT_GIB} GiB) need more: graph capture may run"
+                         f" out of memory (gpu_memory_utilization ≤ {math.floor(safe * 100) / 100:.2f} or enforce_eager avoids it)")
     if dp > 1:
         assumptions.append(f"{dp} data-parallel replicas: KV tokens are per replica, concurrency counts all replicas")
     assumptions.append("torch.compile cache " + ("warm (this configuration was compiled before)" if warm else "cold"))
@@ -516,6 +615,11 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
         target={"min_concurrency": target.min_concurrency, "context": target.context} if target else None,
         gpu_total_gib=ctx.gpu_total_gib,
         headroom_gib=headroom,
+        vllm_version=ctx.version,
+        accounting=str(accounting),
+        cuda_graph_gib=graphs,
+        available_kv_cache_gib_before_warmup=budget.before_warmup_gib,
+        kv_cache_bound=budget.bound,
         _sliding=sliding,
     )
 
@@ -610,7 +714,7 @@ def concurrency_table(
     limit = shape.context_limit
     rows = []
     for ctx in contexts:
-        ok = base.blocks_per_request(ctx) <= base.num_gpu_blocks and ctx <= limit
+        ok = base.fits_context(ctx) and ctx <= limit
         rows.append({"context": int(ctx), "max_concurrency": round(base.concurrency_at(ctx), 2) if ok else 0.0,
                      "fits": ok, "kv_cache_tokens": base.kv_cache_tokens})
     return rows

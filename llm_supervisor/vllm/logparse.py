@@ -12,6 +12,16 @@ looking at lines at all.
 
 With tensor parallelism some lines repeat once per worker; a fact is set once (first value),
 except the KV-cache size and concurrency, where the minimum wins as in vLLM (min over ranks).
+
+What changed between versions (docs/vllm-versions.md): from 0.28 the KV size and the concurrency
+share one line and the memory summary reads "… for consumed memory (weights + non-torch) …";
+0.30-0.33 print the CUDA-graph estimate they subtracted ("CUDA graph pool memory: … (estimated)");
+from 0.31 uvicorn, tqdm and raw traceback lines carry no process prefix; with HiSparse (0.32+) the
+size line reads "GPU + host KV cache size"; in 0.34 (extensible KV cache) "Available KV cache
+memory" is only the pre-warm-up estimate and the cache's size is the "(S GiB)" of the "Memory
+after warmup" line, so `available_kv_cache_gib` takes that value once it is printed (the
+estimate stays in `available_kv_cache_gib_before_warmup`). A fact a version does not print stays
+None.
 """
 
 from __future__ import annotations
@@ -75,6 +85,16 @@ class StartupFacts:
     peak_activation_gib: float | None = None
     non_torch_gib: float | None = None
     cudagraph_memory_gib: float | None = None
+    consumed_gib: float | None = None               # 0.28+: "… for consumed memory (weights + non-torch)"
+    cuda_graph_estimate_gib: float | None = None    # 0.30-0.33: the estimate subtracted from the budget
+    external_weights_gib: float | None = None       # 0.32+: weights held by another process (ipc_cache)
+    # vLLM 0.34's extensible KV cache: the pre-warm-up estimate and the post-warm-up measurement
+    available_kv_cache_gib_before_warmup: float | None = None
+    kv_cache_blocks: int | None = None
+    free_after_warmup_gib: float | None = None
+    kv_committed_gib: float | None = None
+    transient_gib: float | None = None
+    kv_measured_after_warmup: bool = False
     non_kv_cache_gib: float | None = None
     suggested_kv_cache_memory_bytes: int | None = None
     cli_args: dict[str, Any] | None = None
@@ -166,7 +186,7 @@ def tp_rank(proc: str) -> int | None:
 _NUM = r"(-?\d+(?:\.\d+)?)"
 _WEIGHTS_RE = re.compile(r"Model loading took " + _NUM + r" ?Gi?B(?: memory)? and " + _NUM + r" ?s")
 _AVAIL_RE = re.compile(r"Available KV cache memory: " + _NUM + r" ?GiB")
-_KV_TOKENS_RE = re.compile(r"GPU KV cache size: ([\d,]+) tokens")
+_KV_TOKENS_RE = re.compile(r"(?:GPU|GPU \+ host|\w+) KV cache size: ([\d,]+) tokens")
 _CONC_RE = re.compile(r"Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x")
 _BLOCKS_RE = re.compile(r"# (?:cuda|GPU|gpu|CUDA|npu|xpu|hpu|tpu|neuron) blocks: (\d+)")
 _GRAPH_RE = re.compile(r"Graph capturing finished in " + _NUM + r" secs?, took " + _NUM + r" ?GiB")
@@ -203,6 +223,17 @@ _ACTUAL_RE = re.compile(
     r"Actual usage is " + _NUM + r" ?GiB for weight, " + _NUM + r" ?GiB for peak activation, "
     + _NUM + r" ?GiB for non-torch memory(?:, and " + _NUM + r" ?GiB for CUDAGraph memory)?"
 )
+_CONSUMED_RE = re.compile(
+    r"Actual usage is " + _NUM + r" ?GiB for consumed memory \(weights \+ non-torch\), " + _NUM
+    + r" ?GiB for peak activation(?:, and " + _NUM + r" ?GiB for CUDAGraph memory)?"
+)
+_GRAPH_POOL_RE = re.compile(r"CUDA graph pool memory: " + _NUM + r" ?GiB \(actual\), " + _NUM + r" ?GiB \(estimated\)")
+_WARMUP_RE = re.compile(
+    r"Memory after warmup: " + _NUM + r" ?GiB free, " + _NUM + r" ?GiB committed to the KV cache, " + _NUM
+    + r" ?GiB kept for transient activations.*?; (\d+) KV cache blocks \(" + _NUM + r" ?GiB\) fit within the requested "
+    + _NUM + r" ?GiB"
+)
+_EXTERNAL_RE = re.compile(r"of the " + _NUM + r" ?GiB utilization budget, " + _NUM + r" ?GiB is externally held")
 _SUGGEST_RE = re.compile(r"--kv-cache-memory=(\d+)`? \(" + _NUM + r" ?GiB\) to fit into requested memory")
 _V1_PROFILE_RE = re.compile(
     r"Total non KV cache memory: " + _NUM + r" ?GiB; torch peak memory increase: " + _NUM
@@ -218,7 +249,10 @@ _V0_PARTS_RE = re.compile(
     + r" ?GiB; the rest of the memory reserved for KV Cache is " + _NUM + r" ?GiB"
 )
 _MAX_LEN_RE = re.compile(r"Using max model len (\d+)")
-_AUTOFIT_RE = re.compile(r"Auto-fit max_model_len: (?:reduced from \d+ to (\d+)|full model context length (\d+))")
+_AUTOFIT_RE = re.compile(
+    r"(?:Auto-fit max_model_len: (?:reduced from \d+ to (\d+)|full model context length (\d+)|using max_model_len=(\d+))"
+    r"|--max-model-len auto reduced max_model_len from \d+ to (\d+))"
+)
 _BATCHED_RE = re.compile(r"max_num_batched_tokens=(\d+)")
 _LISTEN_RE = re.compile(r"(?:Starting vLLM (?:API )?server(?: \d+)? on|Uvicorn running on) (\S+)")
 _NAMESPACE_KEYS = (
@@ -242,7 +276,7 @@ _PHASE_MARKERS: tuple[tuple[str, str], ...] = (
     ("Initial profiling/warmup run", "profiling"),
     ("Memory profiling takes", "profiling"),
     ("Available KV cache memory", "kv_cache"),
-    ("GPU KV cache size", "kv_cache"),
+    ("KV cache size:", "kv_cache"),
     (" blocks: ", "kv_cache"),
     ("Capturing CUDA graph", "capturing_graphs"),
     ("Capturing cudagraphs", "capturing_graphs"),
@@ -406,7 +440,37 @@ class LogParser:
     def _h_avail(self, text: str, events: list[Event]) -> None:
         m = _AVAIL_RE.search(text)
         if m:
-            self._set("available_kv_cache_gib", _f(m.group(1)), events, mode="min")
+            value = _f(m.group(1))
+            self._set("available_kv_cache_gib_before_warmup", value, events, mode="min")
+            if not self.facts.kv_measured_after_warmup:
+                self._set("available_kv_cache_gib", value, events, mode="min")
+
+    def _h_warmup(self, text: str, events: list[Event]) -> None:
+        """0.34: the cache's size, measured after warm-up, replaces the pre-warm-up estimate."""
+        m = _WARMUP_RE.search(text)
+        if not m:
+            return
+        size = _f(m.group(5))
+        if not self.facts.kv_measured_after_warmup:
+            self.facts.kv_measured_after_warmup = True
+            self.facts.available_kv_cache_gib = None
+            self.facts.kv_cache_blocks = None
+        self._set("available_kv_cache_gib", size, events, mode="min")
+        self._set("kv_cache_blocks", int(m.group(4)), events, mode="min")
+        self._set("free_after_warmup_gib", _f(m.group(1)), events)
+        self._set("kv_committed_gib", _f(m.group(2)), events)
+        self._set("transient_gib", _f(m.group(3)), events)
+        self._set("requested_gib", _f(m.group(6)), events)
+
+    def _h_graph_pool(self, text: str, events: list[Event]) -> None:
+        m = _GRAPH_POOL_RE.search(text)
+        if m:
+            self._set("cuda_graph_estimate_gib", _f(m.group(2)), events)
+
+    def _h_external(self, text: str, events: list[Event]) -> None:
+        m = _EXTERNAL_RE.search(text)
+        if m:
+            self._set("external_weights_gib", _f(m.group(2)), events)
 
     def _h_kv_tokens(self, text: str, events: list[Event]) -> None:
         m = _KV_TOKENS_RE.search(text)
@@ -522,6 +586,14 @@ class LogParser:
                 self._set("non_torch_gib", _f(m.group(3)), events)
                 if m.group(4) is not None:
                     self._set("cudagraph_memory_gib", _f(m.group(4)), events)
+            m = _CONSUMED_RE.search(text)
+            if m:
+                # 0.28+: weights and non-torch together; "peak activation" includes the CUDA-graph
+                # estimate where the version applies one (0.30-0.33)
+                self._set("consumed_gib", _f(m.group(1)), events)
+                self._set("peak_activation_gib", _f(m.group(2)), events)
+                if m.group(3) is not None:
+                    self._set("cudagraph_memory_gib", _f(m.group(3)), events)
             m = _SUGGEST_RE.search(text)
             if m:
                 self._set("suggested_kv_cache_memory_bytes", int(m.group(1)), events)
@@ -572,7 +644,7 @@ class LogParser:
     def _h_autofit(self, text: str, events: list[Event]) -> None:
         m = _AUTOFIT_RE.search(text)
         if m:
-            value = int(m.group(1) or m.group(2))
+            value = int(next(g for g in m.groups() if g is not None))
             if self.facts.max_model_len != value:
                 self.facts.max_model_len = value
                 events.append(Event("fact", {"name": "max_model_len", "value": value}))
@@ -600,7 +672,10 @@ _Handler = Callable[[LogParser, str, list[Event]], None]
 _HANDLERS: tuple[tuple[str, _Handler], ...] = (
     ("Model loading took", LogParser._h_weights),
     ("Available KV cache memory", LogParser._h_avail),
-    ("GPU KV cache size", LogParser._h_kv_tokens),
+    ("Memory after warmup", LogParser._h_warmup),
+    ("CUDA graph pool memory", LogParser._h_graph_pool),
+    ("is externally held", LogParser._h_external),
+    ("KV cache size:", LogParser._h_kv_tokens),
     ("Maximum concurrency for", LogParser._h_concurrency),
     (" blocks: ", LogParser._h_blocks),
     ("Graph capturing finished", LogParser._h_graph),
@@ -620,6 +695,7 @@ _HANDLERS: tuple[tuple[str, _Handler], ...] = (
     ("args: Namespace(", LogParser._h_cli_args),
     ("Using max model len", LogParser._h_max_len),
     ("Auto-fit max_model_len", LogParser._h_autofit),
+    ("--max-model-len auto reduced", LogParser._h_autofit),
     ("Chunked prefill is enabled with", LogParser._h_batched),
     ("Starting vLLM", LogParser._h_listen),
     ("Uvicorn running on", LogParser._h_listen),

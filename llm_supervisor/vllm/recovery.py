@@ -12,6 +12,14 @@ vLLM that becomes ready and dies again and again (flapping) therefore exhausts t
 `history` is every launch of this supervisor run, oldest first; the attempt that just failed may
 be its last element (matched by arguments) or absent, in which case it is added here.
 
+One policy for every vLLM version, with version-specific inputs (`_Ctx.accounting`, from the
+version the log printed, else the plan's): where CUDA graphs sit (above the budget in 0.26, inside
+it from 0.30, measured after warm-up in 0.34), whether vLLM refuses a start when free memory is
+below the budget (0.9-0.33; 0.34's extensible KV cache does not: a short free memory shows as a
+smaller cache or a KV error after warm-up, which a higher or lower utilization does not fix), and
+whether a KV error's numbers are 0.34's pre-warm-up estimate (the cache after warm-up will be
+smaller by the CUDA graphs) or the measurement after it.
+
 What the GPU said is an input too, read by the caller: `gpu_faults` (hardware faults that
 coincide with the failure: Xid events, new uncorrectable ECC errors, pages waiting for a reset)
 stop the restart loop, since relaunching on a faulty GPU makes things worse; `gpu_tenants`
@@ -123,6 +131,27 @@ class _Ctx:
     total_gib: float | None
     kv_gib_per_token: float | None
     fit: FitContext | None = None
+    accounting: memory.Accounting = memory.Accounting.BUDGET_0_26
+    graph_gib: float = memory.CUDA_GRAPH_ESTIMATE_GIB   # CUDA graphs to expect with these arguments
+    version: str | None = None
+
+    @property
+    def extensible(self) -> bool:
+        return self.accounting is memory.Accounting.EXTENSIBLE_0_34
+
+    @property
+    def before_warmup(self) -> bool:
+        """0.34: the failure came before the post-warm-up measurement (its numbers are the estimate)."""
+        return self.extensible and not self.facts.kv_measured_after_warmup
+
+    def measured(self) -> memory.ExtensibleSizing | None:
+        """0.34: the post-warm-up measurement as the log printed it, when it did."""
+        f = self.facts
+        if not (self.extensible and f.kv_measured_after_warmup and f.free_gpu_gib is not None
+                and f.free_after_warmup_gib is not None and f.requested_gib is not None):
+            return None
+        return memory.extensible_sizing_from_log(f.free_gpu_gib, f.free_after_warmup_gib, f.kv_committed_gib or 0.0,
+                                                 f.requested_gib, f.transient_gib or 0.0)
 
     @property
     def failed_keys(self) -> set[str]:
@@ -138,17 +167,26 @@ class _Ctx:
         change = {k: [getattr(self.args, k), v] for k, v in changes.items() if getattr(self.args, k) != v}
         return Relaunch(new, float(delay_s), reason, change)
 
+    def _free_margin(self) -> float:
+        """Free memory a budget must leave: vLLM's refusal margin, or with 0.34's extensible cache
+        (which never refuses) the new engine's CUDA context and the 1 GiB it keeps free: above that
+        a higher budget adds nothing to the cache."""
+        if self.extensible:
+            return CUDA_CONTEXT_GIB + memory.KV_MARGIN_FLOOR_GIB
+        return FREE_CHECK_MARGIN_GIB
+
     def free_allows(self, util: float) -> bool:
-        """vLLM refuses to start unless free memory ≥ utilization × total."""
+        """vLLM refuses to start unless free memory ≥ utilization × total (0.9-0.33); 0.34 starts,
+        but gives the cache no more than the free memory holds."""
         if self.free_gib is None or self.total_gib is None:
             return True
-        return util * self.total_gib <= self.free_gib - FREE_CHECK_MARGIN_GIB
+        return util * self.total_gib <= self.free_gib - self._free_margin()
 
     def max_free_util(self) -> float:
         """The highest utilization within bounds that the free memory allows."""
         top = self.rec.max_gpu_memory_utilization
         if self.free_gib is not None and self.total_gib:
-            top = min(top, _floor2((self.free_gib - FREE_CHECK_MARGIN_GIB) / self.total_gib))
+            top = min(top, _floor2((self.free_gib - self._free_margin()) / self.total_gib))
         return top
 
     def delay(self) -> float:
@@ -243,7 +281,23 @@ def decide(
         per_token = kv_bytes_per_token / 1024**3
     elif facts.kv_bytes_per_token:
         per_token = facts.kv_bytes_per_token / 1024**3
-    ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token, fit)
+    version = facts.vllm_version or (fit.vllm_version if fit is not None else None)
+    if facts.kv_measured_after_warmup:
+        accounting = memory.Accounting.EXTENSIBLE_0_34  # the log shows the post-warm-up measurement
+    elif version is not None or fit is not None:
+        accounting = memory.accounting_for(version, args.extra_args)
+    else:
+        accounting = memory.Accounting.BUDGET_0_26  # a log that never says which vLLM wrote it
+    if args.enforce_eager:
+        graphs = 0.0
+    elif facts.cuda_graph_gib:
+        graphs = float(facts.cuda_graph_gib)
+    elif fit is not None:
+        graphs = fit.graph_gib(args)[0]
+    else:
+        graphs = memory.estimate_graph_gib()
+    ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token, fit,
+               accounting, graphs, version)
 
     if gpu_faults:
         return GiveUp(
@@ -422,6 +476,22 @@ def _kv_too_small(ctx: _Ctx) -> Relaunch | GiveUp:
     else:
         return GiveUp(f"the KV cache is too small for max_model_len {length or 'default'} but vLLM printed "
                       f"no numbers to fit it by ({ctx.failure.message}); set vllm.max_model_len lower by hand")
+    room = avail  # the KV memory a relaunch at this utilization will have for one request
+    if ctx.before_warmup and per_token:
+        # 0.34 checked its pre-warm-up estimate; after warm-up it sizes the cache again from
+        # measured memory, without the CUDA graphs that estimate still counts and in whole pages
+        lost = ctx.graph_gib + memory.committed_null_block_gib(_layers(ctx))
+        base = avail if avail is not None else fit * per_token
+        room = max(base - PRINT_ROUNDING_GIB - lost, 0.0)
+        after = min(fit, int(room / per_token))
+        how += (f"; vLLM {ctx.version or '0.34'} sizes the cache again after warm-up, without the ~{lost:.2f} GiB of "
+                f"CUDA graphs and page rounding that estimate still counts: {after} tokens")
+        fit = after
+    device = ctx.measured()
+    if device is not None and device.bound == "device":
+        released = _released_for(ctx, device, need)
+        if released is not None:
+            return released
     fit_b = fit // bs * bs
     upper = (length - 1) // bs * bs if length else fit_b
     if rec.max_max_model_len is not None:
@@ -429,10 +499,13 @@ def _kv_too_small(ctx: _Ctx) -> Relaunch | GiveUp:
     what = (f"one {length}-token request needs {_fmt(need)} GiB of KV cache but only {_fmt(avail)} GiB is "
             f"available (utilization {_fmt(u)})" if need and avail is not None
             else f"max_model_len {length} does not fit in the KV cache (utilization {_fmt(u)})")
+    if device is not None and device.bound == "device":
+        what += (f"; after warm-up free device memory, not the utilization, limited the cache (other processes hold "
+                 f"GPU memory: {_fmt(ctx.facts.free_gpu_gib or 0)} GiB was free at start)")
 
     target = ctx.profile.target
     if target is not None:
-        return _kv_fit_target(ctx, fit, fit_b, upper, per_token, avail, what, how)
+        return _kv_fit_target(ctx, fit, fit_b, upper, per_token, room, what, how)
 
     new_len = min(fit_b, upper)
     if new_len >= rec.min_max_model_len:
@@ -448,7 +521,7 @@ def _kv_too_small(ctx: _Ctx) -> Relaunch | GiveUp:
                              + f" (one block less: {new_len + bs} already failed)")
             if r is not None:
                 return r
-    return _raise_util_for(ctx, rec.min_max_model_len, per_token, avail, what,
+    return _raise_util_for(ctx, rec.min_max_model_len, per_token, room, what,
                            f"even recovery.min_max_model_len ({rec.min_max_model_len}) does not fit ({how})")
 
 
@@ -480,7 +553,7 @@ def _kv_fit_target(ctx: _Ctx, fit: int, fit_b: int, upper: int, per_token: float
     if per_token and avail is not None and ctx.total_gib:
         need_gib = conc * per_request * per_token
         util = _ceil2(args.gpu_memory_utilization + (need_gib - max(avail - PRINT_ROUNDING_GIB, 0)) / ctx.total_gib + 0.01)
-        if util <= ctx.rec.max_gpu_memory_utilization and ctx.free_allows(util):
+        if util <= ctx.rec.max_gpu_memory_utilization and ctx.free_allows(util) and not _device_bound(ctx):
             new_len = min(max(context, rec.min_max_model_len), upper if upper >= context else context)
             reason = (f"{what}; {how}; {goal} ({need_gib:.2f} GiB), so gpu_memory_utilization "
                       f"{_fmt(args.gpu_memory_utilization)} → {_fmt(util)} and max_model_len → {new_len}")
@@ -499,11 +572,50 @@ def _kv_fit_target(ctx: _Ctx, fit: int, fit_b: int, upper: int, per_token: float
     return r if r is not None else GiveUp(reason + "; that already failed")
 
 
+def _layers(ctx: _Ctx) -> int:
+    """Layers on one GPU (the fit context's model; else a large model's, for a safe rounding)."""
+    if ctx.fit is not None:
+        return max(ctx.fit.shape.layers_per_stage(ctx.args.pipeline_parallel_size))
+    return 64
+
+
+def _released_for(ctx: _Ctx, device: memory.ExtensibleSizing, need_gib: float | None) -> Relaunch | None:
+    """0.34, cache bound by free device memory: when NVML now shows enough memory released for
+    the same arguments, retry them (a lower or higher utilization would not change that bound)."""
+    f = ctx.facts
+    if ctx.free_gib is None or f.free_gpu_gib is None or f.free_after_warmup_gib is None or not need_gib:
+        return None
+    non_kv = f.free_gpu_gib - f.free_after_warmup_gib - (f.kv_committed_gib or 0.0)
+    transient = f.transient_gib or 0.0
+    now = memory.extensible_sizing(f.requested_gib or 0.0, ctx.free_gib - CUDA_CONTEXT_GIB, non_kv, transient)
+    if now.available_gib < need_gib + PRINT_ROUNDING_GIB:
+        return None
+    delay = ctx.delay()
+    return Relaunch(ctx.args, delay,
+                    f"after warm-up only {device.by_device_gib:.2f} GiB of free device memory was left for the KV cache "
+                    f"(other processes held memory), but {ctx.free_gib:.2f} GiB is free now, enough for "
+                    f"{_fmt(need_gib)} GiB; retrying the same arguments in {_fmt(delay)} s", {})
+
+
+def _device_bound(ctx: _Ctx) -> bool:
+    device = ctx.measured()
+    return device is not None and device.bound == "device"
+
+
 def _raise_util_for(ctx: _Ctx, want_len: int, per_token: float | None, avail: float | None,
                     what: str, why: str) -> Relaunch | GiveUp:
     """Raise utilization just enough for `want_len` tokens, within bounds and free memory."""
     args, rec = ctx.args, ctx.rec
     bs = args.effective_block_size
+    if _device_bound(ctx):
+        device = ctx.measured()
+        assert device is not None
+        return GiveUp(
+            f"{what}; {why}: after warm-up vLLM {ctx.version or '0.34'} found only {device.by_device_gib:.2f} GiB of free "
+            f"device memory for the KV cache (its {_fmt(args.gpu_memory_utilization)} budget would allow "
+            f"{device.by_budget_gib:.2f} GiB): other processes hold the GPU's memory, and no utilization changes that; "
+            "free it (see nvidia-smi) or lower recovery.min_max_model_len"
+        )
     if not per_token or avail is None or not ctx.total_gib:
         return GiveUp(f"{what}; {why}, and the numbers to compute a higher utilization are missing; "
                       "raise vllm.gpu_memory_utilization or lower recovery.min_max_model_len")
@@ -553,10 +665,13 @@ def _insufficient_free(ctx: _Ctx) -> Relaunch | GiveUp:
                          f"not enough free GPU memory for utilization {_fmt(u)}; stepping down to {_fmt(step)}")
         return r or GiveUp(f"not enough free GPU memory for utilization {_fmt(u)}; {_fmt(step)} already failed")
     requested = v.get("requested_gib") or u * total
+    # 0.32+ with weights held by another process: the check compares free memory with the budget
+    # less those weights ("the engine's budget after excluding external process's weights")
+    external = u * total - requested if v.get("requested_gib") and u * total - requested > 0.05 else 0.0
     # vLLM 0.26 captures CUDA graphs outside the utilization budget (the H100 fixtures: 1.0 GiB
-    # above 23.75 GiB requested), so the new budget must leave room for them too.
-    seen = ctx.facts.cuda_graph_gib or 0.0
-    graphs = memory.graph_headroom_gib(args.enforce_eager, seen)
+    # above 23.75 GiB requested), so the new budget must leave room for them too; from 0.30 they
+    # are inside it.
+    graphs = 0.0 if ctx.accounting.graphs_in_budget else memory.graph_headroom_gib(args.enforce_eager, None, ctx.graph_gib)
     margin = max(0.5, 0.02 * total) + graphs
     if ctx.free_gib is not None and ctx.free_gib >= requested + margin:
         delay = ctx.delay()
@@ -570,11 +685,12 @@ def _insufficient_free(ctx: _Ctx) -> Relaunch | GiveUp:
         # far apart: the other process let go meanwhile, so NVML's, less a context.
         close = ctx.free_gib - reported_free <= 2 * CUDA_CONTEXT_GIB
         free = min(ctx.free_gib, reported_free) if close else ctx.free_gib - CUDA_CONTEXT_GIB
-    util = min(_floor2((free - margin) / total), rec.max_gpu_memory_utilization)
+    util = min(_floor2((free - margin + external) / total), rec.max_gpu_memory_utilization)
     if util >= u:
         util = _floor2(u - 0.01)
     head = (f"only {_fmt(free)} of {_fmt(total)} GiB is free on the GPU, less than utilization {_fmt(u)} asks "
-            f"({_fmt(requested)} GiB)")
+            f"({_fmt(requested)} GiB" + (f" besides {external:.2f} GiB of weights another process holds" if external else "")
+            + ")")
     if util < rec.min_gpu_memory_utilization:
         return GiveUp(
             f"{head}; keeping a {margin:.2f} GiB margin leaves utilization {_fmt(max(util, 0))}, below "
@@ -582,7 +698,8 @@ def _insufficient_free(ctx: _Ctx) -> Relaunch | GiveUp:
             "used by other processes (see nvidia-smi) or lower the minimum"
         )
     reason = (f"{head}; gpu_memory_utilization {_fmt(u)} → {_fmt(util)} = ({_fmt(free)} − {margin:.2f} GiB margin"
-              f"{f', {graphs:.2f} of it for CUDA graphs' if graphs else ''}) / {_fmt(total)} GiB, rounded down")
+              f"{f', {graphs:.2f} of it for CUDA graphs' if graphs else ''}"
+              f"{f' + {external:.2f} GiB of external weights' if external else ''}) / {_fmt(total)} GiB, rounded down")
     r = ctx.relaunch({"gpu_memory_utilization": util}, reason)
     if r is None:
         util = _floor2(util - 0.01)
@@ -598,8 +715,14 @@ def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
     args, rec, facts = ctx.args, ctx.rec, ctx.facts
     u = args.gpu_memory_utilization
     total = ctx.total_gib
-    weights = facts.model_weights_gib or facts.profile_weights_gib
+    v = ctx.failure.values
+    weights = facts.model_weights_gib or facts.profile_weights_gib or v.get("external_weights_gib")
     head = f"no memory is left for the KV cache at utilization {_fmt(u)}"
+    # 0.34: the cache also gives up what CUDA graphs take (measured after warm-up); its
+    # pre-warm-up estimate does not count them yet
+    graphs_after = ctx.graph_gib if ctx.before_warmup else 0.0
+    graph_text = f" and {graphs_after:.2f} GiB of CUDA graphs after warm-up" if graphs_after else ""
+    measured = ctx.measured()
     if weights and total and weights >= rec.max_gpu_memory_utilization * total:
         return GiveUp(
             f"{head}: the weights alone take {_fmt(weights)} GiB, more than "
@@ -607,19 +730,24 @@ def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
             "quantized model, tensor parallelism over more GPUs, or a larger GPU"
         )
     non_kv = None
-    if total and facts.available_kv_cache_gib is not None and facts.available_kv_cache_gib <= 0:
-        non_kv = u * total - facts.available_kv_cache_gib
-        how = f"{non_kv:.2f} GiB goes to weights, activations and graphs"
+    if total and measured is not None:
+        non_kv = u * total - measured.by_budget_gib
+        how = (f"after warm-up {non_kv:.2f} GiB goes to weights, non-torch memory, CUDA graphs and activations "
+               "(as vLLM measured them)")
+    elif total and facts.available_kv_cache_gib is not None and facts.available_kv_cache_gib <= 0:
+        non_kv = u * total - facts.available_kv_cache_gib + graphs_after
+        how = f"{non_kv:.2f} GiB goes to weights, activations{graph_text or ' and graphs'}"
     elif total and weights and facts.peak_activation_gib is not None and facts.non_torch_gib is not None:
         overhead = facts.peak_activation_gib + facts.non_torch_gib
-        non_kv = weights + overhead
+        non_kv = weights + overhead + graphs_after
         how = (f"the weights take {_fmt(weights)} GiB, plus {overhead:.2f} GiB of peak activation and non-torch "
-               "memory (as vLLM measured them)")
+               f"memory (as vLLM measured them){graph_text}")
     elif total and weights and ctx.fit is not None:
         overhead = overhead_for(ctx.fit, args, cold=True).total_gib
-        non_kv = weights + overhead
+        non_kv = weights + overhead + (ctx.graph_gib if ctx.accounting.graphs_in_budget else 0.0)
         how = (f"the weights take {_fmt(weights)} GiB, plus about {overhead:.2f} GiB of peak activation and "
-               "non-torch memory (the memory model's estimate)")
+               "non-torch memory (the memory model's estimate)"
+               + (f" and {ctx.graph_gib:.2f} GiB of CUDA graphs" if ctx.accounting.graphs_in_budget and ctx.graph_gib else ""))
     options: list[tuple[dict[str, Any], str]] = []
     if non_kv is not None and total:
         want_len = min(args.max_model_len or ctx.facts.max_model_len or rec.min_max_model_len, rec.min_max_model_len)
@@ -693,6 +821,12 @@ def _cuda_oom(ctx: _Ctx) -> Relaunch | GiveUp:
     ]
     if ctx.failure.stage and ctx.failure.stage.endswith("_warmup"):
         options = [options[2], options[0], options[1]]
+    if ctx.extensible and not runtime:
+        # 0.34 sizes the KV cache after loading, profiling, graph capture and warm-up, from what is
+        # left: a lower utilization frees nothing before then, so it is not a step here
+        why = (f" (vLLM {ctx.version or '0.34'} sizes its KV cache after warm-up from what is left, so a lower "
+               "utilization would free nothing before then)")
+        options = [(o[0], o[1] + why) for o in options if o is not None and "gpu_memory_utilization" not in o[0]]
     # How many step-downs this streak already took: launches after an OOM with other arguments.
     prior = sum(
         1 for before, after in zip(ctx.streak, ctx.streak[1:])

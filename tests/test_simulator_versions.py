@@ -1,0 +1,183 @@
+"""The simulator speaking vLLM 0.34.0 (its default) against the logs generated from 0.34.0's own
+source (tests/fixtures/generated/vllm-0.34.0): the same lines (prefix or none, level, file:line,
+wording) and, on the generated scenario's GPU and arguments, the same numbers: the extensible KV
+cache sized after warm-up, no free-memory check, the KV error after warm-up. Real processes, as
+in tests/test_simulator.py (whose helpers this reuses; those tests pin 0.26.0)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_simulator import H100, H100_MIB, ROOT, Sim, lines, shape_regex, wait_for
+from llm_supervisor.host import simgpu
+from llm_supervisor.host.logfiles import diagnose_file
+
+GENERATED = Path(__file__).resolve().parent / "fixtures" / "generated" / "vllm-0.34.0"
+EXPECTED = json.loads((GENERATED / "expected.json").read_text(encoding="utf-8"))["scenarios"]
+ARGS = ["Qwen/Qwen3-4B", "--served-model-name", "qwen3-4b", "--gpu-memory-utilization", "0.3", "--max-model-len", "10000"]
+V034 = {**H100, "LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.34.0"}
+# The generated scenario's free memory at start: 78.66 GiB on an idle H100; another process takes
+# it down to 18.15 GiB (insufficient-free-memory) or 11.5 GiB (kv-cache-too-small-after-warmup).
+# The simulated GPU's driver baseline (300 MiB) and the engine's CUDA context (227 MiB) come first.
+OTHER_FOR_18_15_GIB = str(H100_MIB - 527 - round(18.15 * 1024))
+OTHER_FOR_11_5_GIB = str(H100_MIB - 527 - round(11.5 * 1024))
+
+
+@pytest.fixture
+def sims(tmp_path):
+    started: list[Sim] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> Sim:
+        sim = Sim(tmp_path, args, {**V034, **(env or {})})
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.kill()
+
+
+def generated_line(name: str, needle: str) -> str:
+    for line in (GENERATED / name).read_text(encoding="utf-8").splitlines():
+        if needle in line:
+            return line.rstrip("\r")
+    raise AssertionError(f"{needle!r} not in {name}")
+
+
+def message(line: str) -> str:
+    return line.split("] ", 1)[1] if "] " in line else line
+
+
+def facts_of(sim: Sim) -> dict:
+    result = diagnose_file(sim.log_path)
+    return {"outcome": result["outcome"], "facts": result["facts"],
+            "failure": result["failure"] and {"kind": result["failure"]["kind"], "values": result["failure"]["values"]}}
+
+
+def expected(name: str, **drop: object) -> dict:
+    entry = EXPECTED[name]
+    facts = {k: v for k, v in entry["facts"].items() if k != "engine_init_seconds"}
+    failure = entry["failure"] and {"kind": entry["failure"]["kind"], "values": entry["failure"]["values"]}
+    return {"outcome": entry["outcome"], "facts": facts, "failure": failure}
+
+
+def without_timing(got: dict) -> dict:
+    got["facts"].pop("engine_init_seconds", None)
+    if got["failure"]:
+        got["failure"]["values"].pop("gpu", None)
+    return got
+
+
+def test_ready_start_prints_what_vllm_0_34_prints(sims) -> None:
+    sim = sims(ARGS)
+    sim.wait_ready()
+    out = lines(sim.log)
+    assert re.search(r"^\(APIServer pid=\d+\) INFO \S+ \S+ \[startup\.py:96\] non-default args: \{", sim.log, re.M)
+    for needle in ("Using max model len", "Model loading took",
+                   "Available KV cache memory", "Graph capturing finished", "Free memory on device",
+                   "Memory after warmup", "GPU KV cache size", "Extended KV cache to", "init engine (profile",
+                   "Starting vLLM server on", "Application startup complete."):
+        pattern = shape_regex(generated_line("ready.log", needle))
+        assert any(pattern.match(ln) for ln in out), f"no line shaped like {pattern.pattern}"
+    for needle in ("Available KV cache memory", "Memory after warmup", "GPU KV cache size", "Extended KV cache to"):
+        mine = next(ln for ln in out if needle in ln)
+        assert message(mine) == message(generated_line("ready.log", needle)), needle  # the same numbers
+    # from 0.31, uvicorn's lines and tqdm's bars carry no process prefix
+    assert "INFO:     Application startup complete." in out
+    assert any(ln.startswith("Capturing CUDA graphs (FULL):") for ln in out)
+    assert not any("Using V2 Model Runner" in ln or "Asynchronous scheduling" in ln for ln in out)
+    assert without_timing(facts_of(sim)) == expected("ready.log")
+    assert httpx.get(sim.url + "/version", timeout=5).json() == {"version": "0.34.0", "simulated": True}
+    # the engine holds weights, non-torch, graphs, activations and the measured cache
+    cfg = simgpu.load_config({"LLM_SUPERVISOR_SIM_GPU_DIR": str(sim.gpu_dir), **H100})
+    assert 7.56 + 1.0 + 14.13 < simgpu.held_mib(cfg, 0) / 1024 < 24.5
+
+
+@pytest.mark.parametrize("name,args,env", [
+    ("kv-cache-too-small.log", ["Qwen/Qwen3-4B", "--served-model-name", "qwen3-4b", "--gpu-memory-utilization", "0.14"], {}),
+    ("no-kv-cache-memory.log", [*ARGS[:4], "0.08", *ARGS[5:]], {}),
+    ("kv-cache-too-small-after-warmup.log", ARGS, {"LLM_SUPERVISOR_SIM_GPU_OTHER_MIB": OTHER_FOR_11_5_GIB}),
+])
+def test_failures_read_as_vllm_0_34_writes_them(sims, name: str, args: list[str], env: dict[str, str]) -> None:
+    sim = sims(args, env)
+    assert sim.wait_exit(30) == 1
+    mine = next(ln for ln in lines(sim.log) if "ValueError: " in ln)
+    real = generated_line(name, "ValueError: ")
+    assert message(mine) == message(real)  # the same text, hint and numbers
+    assert without_timing(facts_of(sim)) == expected(name)
+    assert re.search(r"^RuntimeError: Engine core initialization failed\. See root cause above\. Failed core proc\(s\): \{\}$",
+                     sim.log, re.M)  # unprefixed from 0.31
+    assert not sim.group_pids()
+
+
+def test_short_free_memory_is_a_smaller_cache_not_a_refusal(sims) -> None:
+    """0.34 skips 'Free memory … less than desired GPU memory utilization': it starts, and the
+    cache gets what the device leaves after warm-up."""
+    sim = sims(ARGS, {"LLM_SUPERVISOR_SIM_GPU_OTHER_MIB": OTHER_FOR_18_15_GIB})
+    sim.wait_ready()
+    assert "less than desired GPU memory utilization" not in sim.log
+    mine = next(ln for ln in lines(sim.log) if "Memory after warmup" in ln)
+    assert message(mine) == message(generated_line("insufficient-free-memory.log", "Memory after warmup"))
+    assert without_timing(facts_of(sim)) == expected("insufficient-free-memory.log")
+
+
+def test_engine_death_exits_0_like_0_34(sims) -> None:
+    sim = sims(ARGS)
+    sim.wait_ready()
+    engine = sim.tree()[0]
+    engine.kill()
+    assert wait_for(lambda: sim.health() == 503, 5)
+    assert sim.wait_exit(10) == 0
+    assert "[core_client.py:869] [shutdown] MPClient: engine core exited unexpectedly; starting cleanup" in sim.log
+    got = without_timing(facts_of(sim))
+    assert got == expected("engine-dead.log")
+
+
+def test_extensible_cache_off_sizes_as_0_33(sims) -> None:
+    """--no-enable-extensible-kv-cache: the free-memory check, the CUDA-graph estimate taken out of
+    the budget, default utilization 0.92."""
+    sim = sims([*ARGS, "--no-enable-extensible-kv-cache"])
+    sim.wait_ready()
+    text = sim.log
+    assert "Available KV cache memory: 14.21 GiB" in text  # 0.30-0.33's number for this scenario
+    assert "CUDA graph memory profiling is enabled" in text and "0.96 GiB (estimated)" in text
+    assert "GPU KV cache size: 103,472 tokens, Maximum concurrency for 10,000 tokens per request: 10.35x" in text
+    assert "Memory after warmup" not in text
+    short = sims([*ARGS, "--no-enable-extensible-kv-cache"], {"LLM_SUPERVISOR_SIM_GPU_OTHER_MIB": OTHER_FOR_18_15_GIB})
+    assert short.wait_exit(30) == 1
+    assert "on startup is less than desired GPU memory utilization (0.3, 23.75 GiB)" in short.log
+
+
+def test_unset_utilization_takes_the_whole_device_and_a_high_one_warns(sims) -> None:
+    whole = sims([a for a in ARGS if a not in ("--gpu-memory-utilization", "0.3")])
+    whole.wait_ready()
+    assert re.search(r"Desired GPU memory utilization is \(1\.0, 79\.18 GiB\)", whole.log)
+    warmup = message(next(ln for ln in lines(whole.log) if "Memory after warmup" in ln))
+    # bound by the device: 78.66 free − 8.78 non-KV − 1 GiB margin − 0.8 transient
+    assert re.search(r"KV cache blocks \(68\.0\d GiB\)", warmup), warmup
+    whole.kill()
+    high = sims([*ARGS[:4], "0.9", *ARGS[5:]])
+    high.wait_ready()
+    assert re.search(r"WARNING \S+ \S+ \[extensible_kv_cache\.py:662\] gpu_memory_utilization=0\.9 caps this instance"
+                     r" at 71\.26 GiB, keeping \d+\.\d+ GiB of free device memory out of the KV cache", high.log)
+
+
+def test_the_simulators_own_version_flag(tmp_path) -> None:
+    env = {"PYTHONPATH": str(ROOT), "LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.26.0"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "llm_supervisor.simulator", *a], env=env, cwd=ROOT,
+                                    capture_output=True, text=True, timeout=30)
+    assert run("--version").stdout.strip() == "0.26.0"  # the environment's
+    assert run("--vllm-version", "0.34.0", "--version").stdout.strip() == "0.34.0"  # the flag wins
+    assert run("--vllm-version=0.8.5", "-v").stdout.strip() == "0.8.5"
+    bad = run("--vllm-version", "newest", "serve", "m")
+    assert bad.returncode == 2 and "--vllm-version" in bad.stderr
+    # 0.33 has no extensible KV cache and so no flag for it
+    old = run("--vllm-version", "0.33.0", "serve", "Qwen/Qwen3-4B", "--no-enable-extensible-kv-cache")
+    assert old.returncode == 2 and "unrecognized arguments: --no-enable-extensible-kv-cache" in old.stderr
