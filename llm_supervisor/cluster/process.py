@@ -102,7 +102,7 @@ class ProcessLoop(RestartLoop):
                 "placement": self.placement_applied, "log_tail": list(self.ring)[-10:]}
 
     # ------------------------------------------------------------ the loop's parts
-    def _on_output(self, raw: bytes, lines: list[str]) -> None:
+    def _on_output(self, raw: bytes, lines: list[str]) -> Any:
         if raw and self._log is not None:
             self._log.write(raw)
         for line in lines:
@@ -112,6 +112,7 @@ class ProcessLoop(RestartLoop):
                 self.ring.append(line)
             if not self.ready and self.ready_marker and self.ready_marker in line:
                 self._up(f"{self.name} is up (pid {self.pid})")
+        return self._log.room() if self._log is not None and self._log.backlogged() else None
 
     def _up(self, why: str) -> None:
         self.ready = True

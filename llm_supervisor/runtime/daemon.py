@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,11 +289,12 @@ class Daemon(RestartLoop):
         (log.error if kind == "failed" else log.warning)("%s", text)
         self._event(f"engine_log_{kind}", reason=text)
 
-    def _on_output(self, raw: bytes, lines: list[str]) -> None:
+    def _on_output(self, raw: bytes, lines: list[str]) -> Awaitable[None] | None:
         if raw and self._log is not None:
             self._log.write(raw)
+        paced = self._log.room() if self._log is not None and self._log.backlogged() else None
         if not lines:
-            return
+            return paced
         self.last_output = self.clock.monotonic()
         # A multi-megabyte line arrives as 64 KiB pieces: kept whole, 20 of them would make
         # every /status a megabyte and the ring 30 MB.
@@ -302,6 +304,7 @@ class Daemon(RestartLoop):
         for line in lines:
             for event in feed(line):
                 self._on_event(event.kind, event.data)
+        return paced
 
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         f = self.parser.facts

@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -133,7 +133,9 @@ def split_lines(buffer: bytes, chunk: bytes) -> tuple[list[str], bytes]:
     return lines, rest
 
 
-OutputCallback = Callable[[bytes, list[str]], None]
+# Called with each chunk and its complete lines. It may return an awaitable to pace the reading:
+# the next chunk is read once it is done (the daemon's log writer uses it while it catches up).
+OutputCallback = Callable[[bytes, list[str]], "Awaitable[None] | None"]
 
 
 class EngineHandle(Protocol):
@@ -278,16 +280,20 @@ class EngineProcess:
                 self.control.close()
 
 
-async def _drain(stream: asyncio.StreamReader, on_output: Callable[[bytes, list[str]], None]) -> None:
+async def _drain(stream: asyncio.StreamReader, on_output: OutputCallback) -> None:
     rest = b""
     while True:
         chunk = await stream.read(READ_CHUNK)
         if not chunk:
             break
         lines, rest = split_lines(rest, chunk)
-        on_output(chunk, lines)
+        paced = on_output(chunk, lines)
+        if paced is not None:
+            await paced
     if rest:
-        on_output(b"", [rest.decode("utf-8", "replace")])
+        paced = on_output(b"", [rest.decode("utf-8", "replace")])
+        if paced is not None:
+            await paced
 
 
 def session_members(sid: int) -> list[int]:

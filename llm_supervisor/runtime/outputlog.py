@@ -2,7 +2,10 @@
 
 vLLM blocks on its stdout once the pipe is full, so the daemon must drain it whatever the disk
 does. `EngineLog.write` only queues (it never touches the disk and never raises); one writer
-thread redacts, writes and rotates (launcher.RotatingLog). When a write fails (a full disk, an I/O
+thread redacts, writes and rotates (launcher.RotatingLog). While the writer is behind but moving
+(a flood faster than the disk), `room()` paces the reader, so output is slowed as a direct write
+would slow it, not lost, and memory stays bounded; a writer that finished nothing for STUCK_S is
+not waited for. When a write fails (a full disk, an I/O
 error, a log folder that was removed and cannot be made again) the output is dropped and counted,
 the failure is reported once through `on_change` and `status()`, and writing is tried again every
 `retry_s`; when it works again that is reported once too, with what was dropped meanwhile. A writer
@@ -14,6 +17,7 @@ next one, so a secret split across two reads is still found whole.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import errno
@@ -32,6 +36,8 @@ from llm_supervisor.runtime.launcher import RotatingLog
 log = logging.getLogger("llm_supervisor")
 
 MAX_PENDING_BYTES = 32 * 1024 * 1024
+HIGH_WATER_BYTES = 4 * 1024 * 1024  # above this the reader is paced (while the writer makes progress)
+STUCK_S = 2.0  # a writer that finished nothing for this long is stuck: no more pacing, only dropping
 RETRY_S = 5.0
 CHECK_REMOVED_S = 2.0
 # kind ("failed", "resumed", "reopened") and a sentence that says what happened
@@ -66,6 +72,8 @@ class EngineLog:
         self._thread: threading.Thread | None = None
         self._file: Any = None
         self._tail = b""
+        self._progress_at = time.monotonic()
+        self.high_water = HIGH_WATER_BYTES
         self._retry_at = 0.0
         self._checked_at = 0.0
         self._dropped_since_failure = 0
@@ -90,6 +98,16 @@ class EngineLog:
                 self._thread = threading.Thread(target=self._run, name="engine-log", daemon=True)
                 self._thread.start()
             self._cond.notify()
+
+    def backlogged(self) -> bool:
+        return self._pending > self.high_water
+
+    async def room(self) -> None:
+        """Until the writer is below its high water, as long as it keeps making progress."""
+        while self._pending > self.high_water and not self._closing:
+            if time.monotonic() - self._progress_at > STUCK_S:
+                return  # a stuck disk: the engine is not held up, write() drops
+            await asyncio.sleep(0.005)
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued (for at most `timeout` s: a hung disk is abandoned), then close."""
@@ -119,12 +137,14 @@ class EngineLog:
                 self._pending = 0
                 closing = self._closing
             data = b"".join(chunks)
+            self._progress_at = time.monotonic()
             if closing:
                 data, self._tail = self._tail + data, b""
                 self._put(self.redactor.bytes(data) if self.redactor else data)
                 self._close_file()
                 return
             self._put(self._redact(data))
+            self._progress_at = time.monotonic()
 
     def _redact(self, data: bytes) -> bytes:
         """Mask secrets; keep back the bytes that could be the start of a secret the next chunk
