@@ -8,6 +8,7 @@ problem on stderr, the class's exit code, no traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -17,6 +18,7 @@ from rich.console import Console
 
 from llm_supervisor import __version__
 from llm_supervisor.errors import EXIT_BAD_INPUT, BadInput, SupervisorError
+from llm_supervisor.config.redaction import Redactor, is_secret_name
 from llm_supervisor.config.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -55,6 +57,12 @@ IgnoreHwOpt = Annotated[bool, typer.Option("--ignore-hardware-mismatch", help="l
 
 def _settings(**overrides: Any) -> Settings:
     return load_settings(**overrides)
+
+
+def _redactor(settings: Settings, prof: Any = None) -> Redactor:
+    """The one redaction of everything written (config/redaction.py): every secret value the
+    settings, the profile and this environment hold."""
+    return Redactor.from_inputs(settings, prof, os.environ)
 
 
 def _profile(settings: Settings, name: str | None, model: str | None, sets: list[str] | None,
@@ -107,6 +115,7 @@ def up(
     simulate: SimulateOpt = False,
     ignore_hardware: IgnoreHwOpt = False,
     role: Annotated[Optional[str], typer.Option("--role", help="head|worker, for a profile with a cluster section (default: LLM_SUPERVISOR_ROLE, then cluster.role)")] = None,
+    end_foreign_engines: Annotated[bool, typer.Option("--end-foreign-engines", help="end leftover vLLM engine processes that are not this supervisor's but hold memory on its GPUs, before each launch (recovery.end_foreign_engines)")] = False,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT."""
     settings = _settings()
@@ -122,7 +131,8 @@ def up(
         from llm_supervisor.runtime.progress import TerminalProgress
 
         progress = TerminalProgress(Console(highlight=False))
-    raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware, progress=progress))
+    raise typer.Exit(run_daemon(settings, prof, simulate=simulate, ignore_hardware=ignore_hardware, progress=progress,
+                                redactor=_redactor(settings, prof), end_foreign_engines=end_foreign_engines))
 
 
 @app.command()
@@ -152,12 +162,13 @@ def plan(
         calibrate_from=calibrate_from, ignore_hardware=ignore_hardware, vllm_version=vllm_version,
     )
     section = cluster_spec.plan_section(prof, result.hf_home) if prof.cluster is not None else None
+    redactor = _redactor(settings, prof)
     if as_json:
-        _print_json(result.to_json() | ({"cluster": section} if section else {}))
+        _print_json(redactor.value(result.to_json() | ({"cluster": section} if section else {})))
     else:
-        out.print(format_plan(result))
+        out.print(redactor.text(format_plan(result)))
         if section:
-            out.print(cluster_spec.format_plan_section(section), markup=False)
+            out.print(redactor.text(cluster_spec.format_plan_section(section)), markup=False)
 
 
 @app.command()
@@ -406,7 +417,6 @@ def _bench_capacity(settings: Settings, slo_text: str | None, find: bool, *, url
 
 
 _SECRET_OPTIONS = (b"--token", b"--api-key")
-_SECRET_WORDS = (b"KEY", b"TOKEN", b"SECRET", b"PASSWORD", b"CREDENTIAL")
 
 
 def mask_secret_args(args: list[bytes]) -> list[bytes]:
@@ -422,7 +432,7 @@ def mask_secret_args(args: list[bytes]) -> list[bytes]:
             out[i] = flag + b"=" + b"*" * len(value)
         elif arg.startswith(b"--set=") or (i > 0 and args[i - 1] == b"--set"):
             key, eq, value = arg.removeprefix(b"--set=").partition(b"=")
-            if eq and value and any(word in key.rsplit(b".", 1)[-1].upper() for word in _SECRET_WORDS):
+            if eq and value and is_secret_name(key.rsplit(b".", 1)[-1].decode(errors="replace")):
                 out[i] = arg[: len(arg) - len(value)] + b"*" * len(value)
     return out
 

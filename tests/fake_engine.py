@@ -10,14 +10,20 @@ It serves what the daemon asks of an engine (/health, /v1/models, /v1/chat/compl
                 (default 1e6) lines as fast as it can, then "flood done"
 
 It writes its pid to $FAKE_ENGINE_PIDFILE when set (appending: one line per launch).
+
+FAKE_ENGINE_CHILD=1 forks a child that stays (like EngineCore) and holds every descriptor the
+engine has, duplicated; with FAKE_ENGINE_CHILD_IGNORES_HUP=1 it ignores SIGHUP too. Its pid goes
+to the pid file as `child PID`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -98,6 +104,26 @@ def start_flood() -> None:
         threading.Thread(target=flood, args=(lines,), daemon=True).start()
 
 
+def start_child() -> None:
+    """A child that outlives nothing on purpose: it holds a copy of every descriptor it got and
+    sleeps; only a signal ends it."""
+    pid = os.fork()
+    if pid:
+        if os.environ.get("FAKE_ENGINE_PIDFILE"):
+            with open(os.environ["FAKE_ENGINE_PIDFILE"], "a") as fh:
+                fh.write(f"child {pid}\n")
+        return
+    if os.environ.get("FAKE_ENGINE_CHILD_IGNORES_HUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.dup(int(name))
+        except OSError:
+            pass
+    while True:
+        time.sleep(1)
+
+
 def main() -> int:
     global SERVED
     argv = sys.argv[1:]
@@ -107,6 +133,8 @@ def main() -> int:
     if os.environ.get("FAKE_ENGINE_PIDFILE"):
         with open(os.environ["FAKE_ENGINE_PIDFILE"], "a") as fh:
             fh.write(f"{os.getpid()}\n")
+    if os.environ.get("FAKE_ENGINE_CHILD"):
+        start_child()
     if mode == "close_stdout":
         say("fake engine: closing stdout and stderr now\n")
         os.close(1)

@@ -45,12 +45,14 @@ def test_simulate_on_this_machine(tmp_path, sim_env):
     profile = load_profile("4090d-qwen3-4b", PROFILES, overrides=[f"vllm.port={free_port()}"])
     checks = run_doctor(settings_for(tmp_path), profile, simulate=True)
     got = by_name(checks)
-    assert list(got) == ["gpu driver", "gpus vs profile", "cpus", "numa_balancing", "placement", "numactl",
-                         "mempolicy", "engine command", "engine version", "api port", "engine port", "state dir", "log dir"]
+    assert list(got) == ["gpu driver", "gpus vs profile", "gpu processes", "gpu health", "cpus", "numa_balancing",
+                         "placement", "numactl", "mempolicy", "engine command", "engine version", "api port",
+                         "engine port", "state dir", "log dir"]
     assert all(c.status in ("ok", "warn", "fail") for c in checks)
     assert got["gpu driver"].status == "ok" and "simulated GPU" in got["gpu driver"].detail
     assert "NVIDIA GeForce RTX 4090 D" in got["gpu driver"].detail
     assert got["gpus vs profile"].status == "ok"
+    assert got["gpu processes"].status == "ok" and got["gpu health"].status == "ok"
     assert got["cpus"].status in ("ok", "warn")
     assert got["mempolicy"].status in ("ok", "warn")
     simulator = importlib.util.find_spec("llm_supervisor.simulator") is not None

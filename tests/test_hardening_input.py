@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -146,9 +145,12 @@ def check_load(path: Path, overrides: list[str] | None = None) -> Profile | list
 def _comparable(profile: Profile) -> dict[str, Any]:
     data = profile.model_dump(mode="json")
     data["vllm"].pop("api_key", None)
-    data["env"] = {k: ("***" if re.search("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", k.upper()) else v)
-                   for k, v in data["env"].items()}
-    return data
+    from llm_supervisor.config.redaction import Redactor
+
+    redactor = Redactor.from_inputs(None, profile)  # what `profiles show` masks: the same one redaction
+    data["env"] = redactor.env(data["env"])
+    data["vllm"]["extra_args"] = redactor.argv(data["vllm"]["extra_args"])
+    return redactor.value(data)
 
 
 def write(text: str, name: str = "p.yaml") -> Path:
@@ -244,7 +246,7 @@ def valid_variants(draw: st.DrawFn) -> str:
     v["enforce_eager"] = draw(st.booleans())
     data["hardware"]["gpu_memory_gib"] = draw(st.floats(0.5, 1024))
     data["model"]["id"] = draw(st.sampled_from(["Qwen/Qwen3-4B", "Qwen/Qwen3-8B", "Qwen/Qwen3-32B-AWQ", "Nobody/Unknown-1B"]))
-    data["recovery"]["startup_timeout_s"] = draw(st.floats(0.001, 1e12))
+    data["recovery"]["startup_timeout_s"] = draw(st.floats(0.001, 7 * 86400))  # bounded: at most a week
     data["target"] = draw(st.one_of(st.none(), st.fixed_dictionaries(
         {"min_concurrency": st.floats(0.001, 100000), "context": st.integers(16, 10**7)})))
     return yaml.safe_dump(data, sort_keys=False)

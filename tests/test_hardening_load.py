@@ -21,7 +21,7 @@ from hardening_load import run_load
 RPS = float(os.environ.get("HARDENING_LOAD_RPS", "500"))
 SECONDS = float(os.environ.get("HARDENING_LOAD_S", "20"))
 RSS_GROWTH_MB = float(os.environ.get("HARDENING_LOAD_RSS_MB", "5"))
-TOKEN = "tok-load-test"
+TOKEN = "tok-load-test-0123456789"
 
 
 @pytest.mark.slow

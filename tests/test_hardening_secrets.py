@@ -133,3 +133,44 @@ def test_mask_secret_args_touches_only_secret_values() -> None:
                       b"--set=env.HF_TOKEN=****", b"--set", b"vllm.port=1", b"--token", b"***", b"--api-key=**",
                       b"--set", b"env.MY_PASSWORD=", b"--token"]
     assert [len(a) for a in masked] == [len(a) for a in args]  # the argv area keeps its layout
+
+
+def test_secrets_known_by_value_never_leak_through_the_engines_own_errors(daemons, tmp_path: Path) -> None:
+    """vLLM's argparse error echoes a secret passed in `extra_args`; `env` values named DB_PASS or
+    MY_PASSWD say nothing to a list of words. The daemon knows the values (config/redaction.py) and
+    masks them wherever they come back: its log, the engine log file, state.json, /status,
+    /metrics, the page, `status`, `plan`."""
+    extra = "xa-" + secrets.token_hex(10)
+    db_pass, passwd, api_key = ("db-" + secrets.token_hex(8), "pw-" + secrets.token_hex(8),
+                                "key-" + secrets.token_hex(8))
+    text = (REPO / "profiles" / "4090d-qwen3-4b.yaml").read_text()
+    text = text.replace('extra_args: ["--max-log-len", "100"]', "")
+    profile = tmp_path / "p.yaml"
+    profile.write_text(text + f"env:\n  DB_PASS: {db_pass}\n  MY_PASSWD: {passwd}\n")
+    sets = [f"vllm.extra_args=--db-password {extra}"]
+    env = {"LLM_SUPERVISOR_API_TOKEN": TOKEN, "LLM_SUPERVISOR_FAILED_LINGER_S": "60",
+           "LLM_SUPERVISOR_ENGINE_API_KEY": api_key}
+    everything = (extra, db_pass, passwd, api_key, TOKEN)
+    run: DaemonRun = daemons(profile=str(profile), sets=sets, env=env).start()
+    status = run.wait_state("failed")
+    # the engine did say it (its argparse error), and the daemon understood why it failed
+    assert any("unrecognized arguments" in h.get("reason", "") + str(h.get("failure"))
+               for h in status["history"]), status["history"]
+    seen: dict[str, str | bytes] = {}
+    for path in ("/status", "/metrics", "/", "/readyz"):
+        seen[path] = run.get(path).text
+    cli_env = clean_env(tmp_path, LLM_SUPERVISOR_API_PORT=str(run.api_port), **env)
+    for label, args in {"status": ["status"], "status --json": ["status", "--json"],
+                        "plan": ["plan", "--profile", str(profile), "--simulate", "--set", sets[0]],
+                        "plan --json": ["plan", "--profile", str(profile), "--simulate", "--json", "--set", sets[0]],
+                        "profiles show": ["profiles", "show", str(profile)]}.items():
+        result = cli(args, cli_env)
+        seen[f"`{label}`"] = result.stdout + result.stderr
+    run.signal(signal.SIGTERM)
+    assert run.wait_exit(30) == 3
+    seen["daemon stderr"] = run.stderr()
+    for path in run.state_dir.rglob("*"):
+        if path.is_file() and "cache" not in path.parts:
+            seen[str(path.relative_to(run.state_dir))] = path.read_bytes()
+    assert "unrecognized arguments: --db-password ***" in seen["logs/4090d-qwen3-4b.log"].decode()
+    assert find_secrets(everything, seen) == []

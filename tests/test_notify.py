@@ -152,6 +152,15 @@ def test_newlines_cannot_inject_extra_assignments(path_listener: Listener) -> No
     assert path_listener.lines() == ["STATUS=backoff 4 s READY=1"]
 
 
+def test_status_lines_pass_the_redaction(path_listener: Listener) -> None:
+    from llm_supervisor.config.redaction import Redactor
+
+    notifier = path_listener.notifier()
+    notifier.redact = Redactor(["hunter2-secret"]).text
+    assert notifier.status("failed: unrecognized arguments: --db-password hunter2-secret") is True
+    assert path_listener.lines() == ["STATUS=failed: unrecognized arguments: --db-password ***"]
+
+
 def test_without_notify_socket_everything_is_a_quiet_no_op() -> None:
     notifier = Notifier.from_env({"WATCHDOG_USEC": "60000000"})
     assert not notifier.enabled

@@ -187,7 +187,8 @@ def test_up_in_a_real_terminal_shows_the_phases_advance_and_the_ready_summary(tm
             screen = subprocess.run(["tmux", "-L", session, "capture-pane", "-p", "-t", session],
                                     capture_output=True, text=True).stdout
             screens.append(screen)
-            if "✓ ready:" in screen and "● ready" in screen:
+            # the live line's "●" depends on the terminal's locale; its words do not
+            if "✓ ready:" in screen and "ready · attempt 1 · up" in screen:
                 break
             time.sleep(0.1)
         final = screens[-1]

@@ -368,7 +368,7 @@ def test_dockerfile_runs_the_daemon_under_an_init() -> None:
     (entrypoint,) = instruction("ENTRYPOINT")
     argv = json.loads(entrypoint)
     assert Path(argv[0]).name == "tini" and argv[1] == "--" and argv[2] == "supervisor"
-    assert pyproject_value("project.scripts", "supervisor") == "llm_supervisor.cli:main"
+    assert pyproject_value("project.scripts", "supervisor") == "llm_supervisor.__main__:main"
 
 
 def test_dockerfile_default_command_is_valid_for_its_default_profile(clean_settings_env: None) -> None:

@@ -337,6 +337,18 @@ def format_status(status: dict) -> RenderableType:
     for gpu in status.get("gpus") or []:
         if isinstance(gpu, dict):
             row(f"GPU {gpu.get('index', '?')}", _gpu_line(gpu))
+    faults = [f for h in status.get("gpu_health") or [] if isinstance(h, dict) for f in h.get("faults") or []]
+    if faults:
+        row("GPU faults", Text("; ".join(str(f) for f in faults), style="bold red"))
+    others = [t for t in status.get("gpu_tenants") or [] if isinstance(t, dict) and not t.get("ours")]
+    if others:
+        row("GPU also used by", "; ".join(
+            f"pid {t.get('pid')} ({t.get('name')}{', vLLM not ours' if t.get('vllm') else ''}) "
+            f"{_int(t.get('used_mib'))} MiB" for t in others))
+    log_state = status.get("engine_log")
+    if isinstance(log_state, dict) and log_state.get("ok") is False:
+        row("engine log", Text(f"{log_state.get('error')}; {_int(log_state.get('dropped_bytes'))} bytes dropped",
+                               style="bold red"))
     if status.get("cpus") is not None:
         cpus = status["cpus"]
         count = f" ({len(cpus)})" if isinstance(cpus, (list, tuple)) else ""

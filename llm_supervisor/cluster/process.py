@@ -20,6 +20,7 @@ from typing import Any
 from llm_supervisor.cluster.probe import port_open
 from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.clock import Clock, iso
+from llm_supervisor.runtime.outputlog import EngineLog
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Again, Outcome, RestartLoop
@@ -66,7 +67,7 @@ class ProcessLoop(RestartLoop):
         self.placement_applied: str | None = None
         self.ring: collections.deque[str] = collections.deque(maxlen=RING_LINES)
         self._task: asyncio.Task | None = None
-        self._log: launching.RotatingLog | None = None
+        self._log: EngineLog | None = None
 
     # ------------------------------------------------------------ control
     def start(self) -> asyncio.Task:
@@ -101,7 +102,7 @@ class ProcessLoop(RestartLoop):
                 "placement": self.placement_applied, "log_tail": list(self.ring)[-10:]}
 
     # ------------------------------------------------------------ the loop's parts
-    def _on_output(self, raw: bytes, lines: list[str]) -> None:
+    def _on_output(self, raw: bytes, lines: list[str]) -> Any:
         if raw and self._log is not None:
             self._log.write(raw)
         for line in lines:
@@ -111,6 +112,7 @@ class ProcessLoop(RestartLoop):
                 self.ring.append(line)
             if not self.ready and self.ready_marker and self.ready_marker in line:
                 self._up(f"{self.name} is up (pid {self.pid})")
+        return self._log.room() if self._log is not None and self._log.backlogged() else None
 
     def _up(self, why: str) -> None:
         self.ready = True
@@ -183,7 +185,8 @@ class ProcessLoop(RestartLoop):
 
     async def _run(self) -> None:
         if self.log_path is not None:
-            self._log = launching.RotatingLog(self.log_path, self.log_max_bytes, self.log_backups)
+            # never holds Ray up on a full disk: dropped, counted and said once (runtime/outputlog.py)
+            self._log = EngineLog(self.log_path, self.log_max_bytes, self.log_backups)
         dispatcher = asyncio.create_task(self.dispatch_commands())
         try:
             await self.supervise()
@@ -197,4 +200,4 @@ class ProcessLoop(RestartLoop):
                     self.enter(State.STOPPING, f"stopping {self.name}")
                 self.enter(State.STOPPED, f"{self.name} stopped")
             if self._log is not None:
-                self._log.close()
+                await asyncio.to_thread(self._log.close, 2.0)

@@ -1,6 +1,11 @@
 """Profiles from YAML files: finding them by name or path, `--set` overrides, validation into the
 schema (config/profile.py), and errors as one line per problem naming the file or the `--set`
 and the key; the effective profile back as YAML with secrets masked.
+
+Reading is bounded, so no file can cost minutes or gigabytes to refuse: at most
+MAX_PROFILE_BYTES, nesting at most MAX_DEPTH levels, MAX_NODES values (aliases counted as what
+they stand for), integers of at most MAX_INT_DIGITS digits; a key given twice in one mapping is
+refused (YAML would silently keep the last one, dropping what the first set).
 """
 
 from __future__ import annotations
@@ -13,9 +18,101 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from llm_supervisor.config.profile import Profile
+from llm_supervisor.config.redaction import Redactor, is_secret_name
 from llm_supervisor.errors import ProfileError
 
 SHOWN_INPUT_CHARS = 80
+MAX_PROFILE_BYTES = 256 * 1024  # the shipped profiles are about 1 KB
+MAX_DEPTH = 20
+MAX_NODES = 20_000
+MAX_INT_DIGITS = 18
+
+
+class TooManyDigits:
+    """An integer too long to be meant: every field refuses it, and the error line says what it was."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    def __repr__(self) -> str:
+        return f"a number of {self.digits:,} digits (at most {MAX_INT_DIGITS})"
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the bounds above and duplicate keys refused. Each problem is a
+    MarkedYAMLError, so it is reported with its line and column like any YAML error."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+        self._sizes: dict[int, int] = {}
+
+    def _refuse(self, problem: str, mark: Any) -> None:
+        raise yaml.constructor.ConstructorError(None, None, problem, mark)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            self._nodes += self._sizes.get(id(node), 1)
+            if self._nodes > MAX_NODES:
+                self._refuse(f"more than {MAX_NODES:,} values (aliases count as what they stand for)", event.start_mark)
+            return node
+        self._depth += 1
+        start = self._nodes
+        try:
+            if self._depth > MAX_DEPTH:
+                self._refuse(f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+            self._nodes += 1
+            if self._nodes > MAX_NODES:
+                self._refuse(f"more than {MAX_NODES:,} values", self.peek_event().start_mark)
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._sizes[id(node)] = self._nodes - start
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    if key_node.value in seen and key_node.tag != "tag:yaml.org,2002:merge":
+                        first = seen[key_node.value]
+                        self._refuse(f"key {key_node.value!r} appears twice in one mapping (first at line "
+                                     f"{first.line + 1}); YAML would keep only the last", key_node.start_mark)
+                    seen[key_node.value] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        digits = sum(ch.isdigit() for ch in str(node.value))
+        if digits > MAX_INT_DIGITS:
+            # Not converted (Python refuses past 4,300 digits, slowly before): a value no field
+            # accepts, so validation names the key it was given for.
+            return TooManyDigits(digits)
+        return super().construct_yaml_int(node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_yaml_int)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text within the bounds above (raises yaml.YAMLError)."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise yaml.YAMLError("nested too deep") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["not valid YAML"])[0]
+    return f"{where}: {problem}"
 
 
 def _shown(value: Any) -> str:
@@ -29,8 +126,7 @@ def _is_secret_loc(loc: str) -> bool:
 
 
 def _is_secret_name(name: str) -> bool:
-    upper = name.upper()
-    return any(word in upper for word in ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL"))
+    return is_secret_name(name)
 
 
 def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tuple[str, ...] = ()) -> list[str]:
@@ -53,9 +149,15 @@ def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tupl
             msg = f"{msg} (got {shown})"
         msg = " ".join(msg.removeprefix("Value error, ").split())
         covering = [k for k in set_keys if loc == k or loc.startswith(k + ".")]
+        # A check across keys (a section's, or the whole profile's) that a --set took part in:
+        # the --set is named first, with the file it was applied to.
+        within = [k for k in set_keys if k.startswith(loc + ".")] if loc != "(top level)" else \
+            [k for k in set_keys if k in msg]
         if covering:
             key = max(covering, key=len)
             lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {loc}: {msg}")
+        elif within:
+            lines.append(f"--set {', '.join(within)} (with {source}): {loc}: {msg}")
         else:
             lines.append(f"{source}: {loc}: {msg}")
     return lines
@@ -104,16 +206,18 @@ def list_profile_names(profiles_dir: Path) -> list[str]:
 
 def read_profile_data(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_PROFILE_BYTES + 1)
+        if len(raw) > MAX_PROFILE_BYTES:
+            raise ProfileError("profile too large", [f"{path}: larger than {MAX_PROFILE_BYTES // 1024} KiB; a profile "
+                                                     "is a few hundred lines at most"])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError("unreadable profile", [f"{path}: cannot read ({exc.__class__.__name__}: {exc})"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ProfileError("invalid YAML", [f"{path}: not valid YAML{where}: {problem}"]) from None
+        raise ProfileError("invalid YAML", [f"{path}: not valid YAML{_yaml_problem(exc)}"]) from None
     if not isinstance(data, dict):
         raise ProfileError("invalid profile", [f"{path}: (top level): must be a mapping of keys, got {type(data).__name__}"])
     return data
@@ -134,8 +238,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
         raise ProfileError("bad --set", [f"--set {_plain(key)}: not a dotted key (e.g. vllm.max_model_len)"])
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise ProfileError("bad --set", [f"--set {'.'.join(parts)}: a value of {len(raw):,} characters is too long"])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except yaml.constructor.ConstructorError as exc:  # within YAML's syntax, beyond our bounds
+        problem = getattr(exc, "problem", None) or "not a usable value"
+        raise ProfileError("bad --set", [f"--set {'.'.join(parts)}: {problem}"]) from None
     except yaml.YAMLError:
         value = raw
     if parts[-1] == "api_key" or parts[-1] == "extra_args" and isinstance(value, str):
@@ -189,7 +298,7 @@ def profile_to_yaml(profile: Profile) -> str:
     data = profile.model_dump(mode="json", exclude_none=True)
     if profile.vllm.api_key is not None:
         data["vllm"]["api_key"] = "***"
-    for name, value in data.get("env", {}).items():
-        if value and _is_secret_name(name):
-            data["env"][name] = "***"
-    return yaml.safe_dump(data, sort_keys=False)
+    redactor = Redactor.from_inputs(None, profile)  # by name, by shape and by value (config/redaction.py)
+    data["env"] = redactor.env(data.get("env", {}))
+    data["vllm"]["extra_args"] = redactor.argv(data["vllm"].get("extra_args", []))
+    return yaml.safe_dump(redactor.value(data), sort_keys=False)

@@ -1,19 +1,24 @@
 """Daemon settings from the environment (LLM_SUPERVISOR_*) and an optional env file.
 
-Built by the CLI and passed down; no module-level instance.
+Built by the CLI and passed down; no module-level instance. Every value is checked here, once:
+numbers finite and bounded, the API host an address, the engine command one a shell could split,
+the API token a real one (at least MIN_TOKEN_CHARS printable characters, no spaces).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llm_supervisor.config.profile import check_host
 from llm_supervisor.errors import SettingsError
 
+MIN_TOKEN_CHARS = 16  # `openssl rand -hex 16` gives 32
 # The shipped profiles live in the package (so `pip install .`, the wheel and the Docker image
 # have them); the checkout's top-level profiles/ is a link to this folder, one copy of each.
 PACKAGE_PROFILES_DIR = Path(__file__).resolve().parent.parent / "data" / "profiles"
@@ -37,6 +42,7 @@ class Settings(BaseSettings):
         env_file=os.environ.get("LLM_SUPERVISOR_ENV_FILE") or None,
         env_ignore_empty=True,
         extra="ignore",
+        allow_inf_nan=False,
     )
 
     profile: str | None = Field(default=None, description="profile name or YAML path")
@@ -53,19 +59,44 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("LLM_SUPERVISOR_ENGINE_API_KEY", "VLLM_API_KEY", "engine_api_key"))
     engine_command: str = Field(default="vllm serve", description="command that starts the engine")
     role: Literal["head", "worker"] | None = Field(default=None, description="this host's role for a profile with a cluster section (default: the profile's cluster.role)")
-    stop_timeout_s: float = Field(default=15.0, gt=0, description="SIGTERM to SIGKILL deadline")
-    failed_linger_s: float = Field(default=30.0, ge=0, description="after giving up, stay in `failed` this long "
-                                   "(status shows why; `supervisor restart` tries again), then exit 3")
+    stop_timeout_s: float = Field(default=15.0, gt=0, le=3600, description="SIGTERM to SIGKILL deadline")
+    failed_linger_s: float = Field(default=30.0, ge=0, le=86400, description="after giving up, stay in `failed` this "
+                                   "long (status shows why; `supervisor restart` tries again), then exit 3")
     series_interval_s: float = Field(default=10.0, ge=0.2, le=3600, description="how often the status page's "
                                      "plots sample the engine; 360 points are kept (an hour at 10 s)")
-    log_max_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    log_backups: int = Field(default=5, ge=0)
+    log_max_bytes: int = Field(default=20 * 1024 * 1024, ge=64 * 1024, le=1 << 40)
+    log_backups: int = Field(default=5, ge=0, le=1000)
 
     @field_validator("engine_command")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.split():
+        if len(value) > 4096:
+            raise ValueError(f"{len(value):,} characters (at most 4,096)")
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into words like a shell would ({exc}); quote it as in a shell") from None
+        if not words:
             raise ValueError("must name a command")
+        return value
+
+    @field_validator("api_host")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_host(value)
+
+    @field_validator("api_token")
+    @classmethod
+    def _real_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if any(ch.isspace() or not ch.isprintable() for ch in token):
+            raise ValueError("contains spaces or control characters (allowed: printable characters only, e.g. "
+                             "the output of `openssl rand -hex 32`)")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"{len(token)} characters is too short to guard the admin API (at least "
+                             f"{MIN_TOKEN_CHARS}; e.g. `openssl rand -hex 32`)")
         return value
 
     @property
@@ -111,5 +142,5 @@ def load_settings(**overrides: object) -> Settings:
         problems = []
         for err in exc.errors():
             key = "LLM_SUPERVISOR_" + "_".join(str(p) for p in err["loc"]).upper()
-            problems.append(f"settings: {key}: {err['msg']}")
+            problems.append(f"settings: {key}: {' '.join(err['msg'].removeprefix('Value error, ').split())}")
         raise SettingsError("invalid settings", problems) from None

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from llm_supervisor.host import engineversion, gpus as hardware
 from llm_supervisor.host.placement import plan_placement
+from llm_supervisor.host.tenants import describe, gpu_tenants
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.errors import SupervisorError
 from llm_supervisor.host.numa import format_cpulist
@@ -44,6 +45,9 @@ def run_doctor(settings: Settings, profile: Profile | None, simulate: bool, root
     checks: list[Check] = []
     gpus = _guard(checks, "gpu driver", lambda: _check_nvml(checks, simulate))
     _guard(checks, "gpus vs profile", lambda: checks.append(_check_profile(profile, gpus)))
+    if gpus:
+        _guard(checks, "gpu processes", lambda: checks.append(_check_tenants(simulate)))
+        _guard(checks, "gpu health", lambda: checks.append(_check_health(simulate, root)))
     topo = _guard(checks, "cpus", lambda: Topology.read(root, bus_ids=[g.sysfs_bus_id for g in gpus or []]))
     if topo is not None:
         _guard(checks, "cpus", lambda: checks.append(_check_cpus(topo)))
@@ -124,6 +128,85 @@ def _check_profile(profile: Profile | None, gpus: list[hardware.Gpu] | None) -> 
         return Check("gpus vs profile", "ok", f"profile {profile.name}: " + "; ".join(result.reasons))
     return Check("gpus vs profile", "fail", f"profile {profile.name}: " + "; ".join(result.reasons),
                  "pick a profile written for these GPUs (supervisor profiles), or edit its hardware section")
+
+
+def _check_tenants(simulate: bool) -> Check:
+    """Who holds the GPUs: a leftover vLLM engine (another launcher's, or an orphan) fails the
+    check, other programs warn; each with pid, name and memory."""
+    inv = hardware.inventory(simulate)
+    try:
+        tenants = gpu_tenants(inv)
+    finally:
+        close = getattr(inv, "close", None)
+        if callable(close):
+            close()
+    if not tenants:
+        return Check("gpu processes", "ok", "no process holds GPU memory")
+    engines = [t for t in tenants if t.vllm]
+    others = [t for t in tenants if not t.vllm]
+    parts = ([f"vLLM engine processes: {describe(engines)}"] if engines else []) + \
+            ([f"other processes: {describe(others)}"] if others else [])
+    if engines:
+        return Check("gpu processes", "fail", "; ".join(parts),
+                     "a running supervisor's engine is fine; otherwise end them (kill PID), or start with "
+                     "`up --end-foreign-engines` (recovery.end_foreign_engines: true) to end them before launching")
+    return Check("gpu processes", "warn", "; ".join(parts),
+                 "memory they hold is not available to vLLM: lower vllm.gpu_memory_utilization or stop them")
+
+
+def xids_from_kernel_log(root: Path = Path("/")) -> tuple[list[str], str | None]:
+    """NVIDIA's Xid lines from the kernel's log (/dev/kmsg, read without waiting), or why not
+    (reading it needs CAP_SYSLOG where kernel.dmesg_restrict is 1)."""
+    path = root / "dev" / "kmsg"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        return [], f"kernel log not readable ({exc.strerror})"
+    found: list[str] = []
+    try:
+        for _ in range(200_000):
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE: records overwritten while reading; go on
+                continue
+            if not record:
+                break
+            text = record.decode(errors="replace")
+            if "NVRM: Xid" in text:
+                found.append(" ".join(text.split(";", 1)[-1].split()))
+    finally:
+        os.close(fd)
+    return found[-20:], None
+
+
+def _check_health(simulate: bool, root: Path) -> Check:
+    """ECC errors, retired or pending pages, row remapping (NVML), and Xids in the kernel log."""
+    inv = hardware.inventory(simulate)
+    try:
+        health = inv.health() if callable(getattr(inv, "health", None)) else []
+    finally:
+        close = getattr(inv, "close", None)
+        if callable(close):
+            close()
+    faults = [f for h in health for f in h.faults()]
+    xids, why = ([], None) if simulate else xids_from_kernel_log(root)
+    retired = sum(h.retired_pages or 0 for h in health)
+    detail = "; ".join(faults) if faults else f"no fault on {len(health)} GPU(s)"
+    if retired:
+        detail += f"; {retired} page(s) retired so far"
+    if xids:
+        detail += f"; kernel log: {len(xids)} Xid line(s), the last: {xids[-1]}"
+    elif why:
+        detail += f"; {why}, Xids not checked"
+    if faults:
+        return Check("gpu health", "fail", detail, "check `nvidia-smi -q -d ECC,PAGE_RETIREMENT,ROW_REMAPPER` and "
+                     "`dmesg | grep -i xid`; reset the GPU (`nvidia-smi -r`) or reboot before starting vLLM")
+    if xids:
+        return Check("gpu health", "warn", detail, "look at the Xid lines (`dmesg | grep -i xid`): a GPU that "
+                     "logged hardware Xids may fail again")
+    return Check("gpu health", "ok", detail)
 
 
 def _check_cpus(topo: Topology) -> Check:

@@ -7,6 +7,12 @@ by UUID and PCI bus id, and the engine gets `CUDA_VISIBLE_DEVICES=GPU-<uuid>,…
 `pynvml` is the module of the `nvidia-ml-py` distribution (the `pynvml` distribution on PyPI is
 deprecated and only re-exports it); it is imported lazily so a host without a driver can still
 plan, diagnose and simulate.
+
+Besides memory, an inventory may say who holds each GPU (`processes()`: NVML's running compute
+and graphics processes, by pid; host/tenants.py names them) and how healthy it is (`health()`:
+Xid events seen since it started watching, volatile uncorrectable ECC errors, retired pages and
+pages pending retirement, row remapping). Both are optional: an inventory without them reports
+nothing rather than failing.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,6 +69,82 @@ class Gpu:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class GpuProcess:
+    """A process with memory on a GPU, as NVML lists it (no name: NVML knows pids only)."""
+
+    gpu_index: int
+    gpu_uuid: str
+    pid: int
+    used_mib: int | None = None  # None: the driver does not say (WDDM, some containers)
+    title: str = ""  # what the simulated GPU was told the process is; empty from NVML
+
+
+# Xids that are a GPU's or its driver's hardware trouble, not an application's mistake (NVIDIA's
+# Xid catalogue: 13, 31, 43, 45 and 69 are raised by faulty CUDA programs, 68 by video decoders).
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 69})
+XID_NAMES = {
+    48: "double-bit ECC error", 63: "ECC page retirement or row remapping", 64: "ECC page retirement or row "
+    "remapping failure", 74: "NVLink error", 79: "the GPU has fallen off the bus", 92: "high single-bit ECC "
+    "error rate", 94: "contained ECC error", 95: "uncontained ECC error", 119: "GSP RPC timeout",
+    120: "GSP error", 140: "unrecovered ECC error",
+}
+XIDS_KEPT = 100
+
+
+@dataclass
+class GpuHealth:
+    """One GPU's health as NVML reports it; None where the GPU or driver does not say."""
+
+    index: int
+    uuid: str
+    xids: list[tuple[int, float]] = field(default_factory=list)  # (Xid, epoch seconds), since watching began
+    ecc_uncorrected: int | None = None  # volatile: since the driver last loaded
+    retired_pages: int | None = None
+    retired_pending: bool | None = None
+    remap_pending: bool | None = None
+    remap_failure: bool | None = None
+    lost: str | None = None  # NVML cannot reach the GPU at all
+
+    def faults(self, since: float = 0.0) -> list[str]:
+        """The hardware faults, one phrase each: conditions present now, and hardware Xids seen at
+        or after `since` (epoch seconds)."""
+        out = []
+        where = f"GPU {self.index}"
+        if self.lost:
+            out.append(f"{where} is lost ({self.lost})")
+        for xid, at in self.xids:
+            if xid not in APPLICATION_XIDS and at >= since:
+                name = XID_NAMES.get(xid)
+                out.append(f"{where}: Xid {xid}" + (f" ({name})" if name else "") + f" at {time.strftime('%H:%M:%S', time.localtime(at))}")
+        if self.ecc_uncorrected:
+            out.append(f"{where}: {self.ecc_uncorrected} uncorrectable ECC error(s) since the driver loaded")
+        if self.retired_pending:
+            out.append(f"{where}: memory pages are pending retirement (a reset or reboot retires them)")
+        if self.remap_pending:
+            out.append(f"{where}: memory rows are pending remapping (a reset or reboot remaps them)")
+        if self.remap_failure:
+            out.append(f"{where}: row remapping failed (the GPU needs service)")
+        return out
+
+    def faults_since(self, baseline: "GpuHealth | None", since: float) -> list[str]:
+        """What is wrong now that was not when the GPU last proved usable (`baseline`, taken when
+        an engine became ready; None: never): lost, hardware Xids at or after `since`, more
+        uncorrectable ECC errors than then, pages or rows waiting for a reset, a failed remap."""
+        out = [f for f in self.faults(since) if "uncorrectable ECC" not in f]
+        before = (baseline.ecc_uncorrected or 0) if baseline is not None else 0
+        if self.ecc_uncorrected and self.ecc_uncorrected > before:
+            out.append(f"GPU {self.index}: {self.ecc_uncorrected - before} new uncorrectable ECC error(s)"
+                       + (f" ({self.ecc_uncorrected} since the driver loaded)" if before else ""))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["xids"] = [{"xid": x, "at": at} for x, at in self.xids]
+        data["faults"] = self.faults()
+        return data
 
 
 @runtime_checkable
@@ -133,6 +216,8 @@ class NvmlInventory:
         self._lock = threading.Lock()
         self._handles: list[Any] = []
         self._names: list[str] = []
+        self._events: Any = None  # NVML event set for Xids (False: not available)
+        self._xids: dict[int, list[tuple[int, float]]] = {}
 
     def _lib(self) -> Any:
         """Load and initialise NVML once; NoGpuFound says why it could not."""
@@ -211,6 +296,81 @@ class NvmlInventory:
             out.append({"index": index, "name": self._names[index], "memory_used_mib": used, "memory_total_mib": total})
         return out
 
+    def _uuid(self, index: int, handle: Any) -> str:
+        return str(_optional(lambda: _text(self._nvml.nvmlDeviceGetUUID(handle))) or f"GPU {index}")
+
+    def processes(self) -> list[GpuProcess]:
+        """Every process NVML sees on each GPU (compute and graphics), with its memory."""
+        nvml = self._lib()
+        out = []
+        for index, handle in enumerate(self._handles):
+            uuid = self._uuid(index, handle)
+            seen: dict[int, int | None] = {}
+            for getter in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                for proc in _optional(lambda g=getter: getattr(nvml, g)(handle)) or []:
+                    used = getattr(proc, "usedGpuMemory", None)
+                    mib = int(used) // MIB if used is not None and 0 <= int(used) < 1 << 62 else None
+                    pid = int(proc.pid)
+                    seen[pid] = mib if seen.get(pid) is None else max(seen[pid] or 0, mib or 0)
+            out += [GpuProcess(index, uuid, pid, mib) for pid, mib in sorted(seen.items())]
+        return out
+
+    def _poll_xids(self) -> None:
+        """Xid events since the last look (registered on the first: NVML reports only later ones)."""
+        nvml = self._nvml
+        if self._events is None:
+            try:
+                events = nvml.nvmlEventSetCreate()
+                registered = 0
+                for handle in self._handles:
+                    try:
+                        nvml.nvmlDeviceRegisterEvents(handle, nvml.nvmlEventTypeXidCriticalError, events)
+                        registered += 1
+                    except Exception:  # NotSupported on some GPUs and in some containers
+                        pass
+                self._events = events if registered else False
+            except Exception:
+                self._events = False
+        if not self._events:
+            return
+        for _ in range(1000):
+            try:
+                data = nvml.nvmlEventSetWait_v2(self._events, 0)
+            except Exception:  # NVMLError_Timeout: nothing more
+                return
+            index = _optional(lambda: int(nvml.nvmlDeviceGetIndex(data.device)))
+            if index is not None:
+                kept = self._xids.setdefault(index, [])
+                kept.append((int(data.eventData), time.time()))
+                del kept[:-XIDS_KEPT]
+
+    def health(self) -> list[GpuHealth]:
+        nvml = self._lib()
+        with self._lock:
+            self._poll_xids()
+        out = []
+        for index, handle in enumerate(self._handles):
+            h = GpuHealth(index, self._uuid(index, handle), list(self._xids.get(index, [])))
+            try:
+                nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception as exc:  # GPU is lost, unknown error: the GPU cannot be reached
+                h.lost = _nvml_reason(exc)
+                out.append(h)
+                continue
+            h.ecc_uncorrected = _optional(lambda: int(nvml.nvmlDeviceGetTotalEccErrors(
+                handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC)))
+            pages = [_optional(lambda c=cause: len(nvml.nvmlDeviceGetRetiredPages(handle, c)))
+                     for cause in (nvml.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS,
+                                   nvml.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR)]
+            h.retired_pages = sum(p for p in pages if p is not None) if any(p is not None for p in pages) else None
+            h.retired_pending = _optional(lambda: int(nvml.nvmlDeviceGetRetiredPagesPendingStatus(handle))
+                                          == int(nvml.NVML_FEATURE_ENABLED))
+            rows = _optional(lambda: nvml.nvmlDeviceGetRemappedRows(handle))
+            if rows is not None and len(rows) >= 4:
+                h.remap_pending, h.remap_failure = bool(rows[2]), bool(rows[3])
+            out.append(h)
+        return out
+
     def close(self) -> None:
         with self._lock:
             if self._ready:
@@ -244,6 +404,18 @@ class SimulatedInventory:
 
     def driver_version(self) -> str | None:
         return "simulated"
+
+    def processes(self) -> list[GpuProcess]:
+        return [GpuProcess(g.index, g.uuid, h.pid, h.mib, h.title)
+                for g in simgpu.gpus(self.config) for h in simgpu.holders(self.config, g.index)]
+
+    def health(self) -> list[GpuHealth]:
+        out = []
+        for g in simgpu.gpus(self.config):
+            f = simgpu.faults(self.config, g.index)
+            out.append(GpuHealth(g.index, g.uuid, list(f.xids), f.ecc_uncorrected, f.retired_pages,
+                                 f.retired_pending, False, False))
+        return out
 
     def gpus(self) -> list[Gpu]:
         out = []

@@ -44,6 +44,10 @@ class Inbox:
         if self.closed:
             raise RuntimeFailure("the daemon is already stopping")
         self._queue.put_nowait(command)
+        if command is Command.STOP:
+            # From now on nothing else is taken (a restart after a stop would be answered 202 and
+            # then dropped by a daemon on its way out).
+            self.closed = True
 
     def put(self, command: Command) -> None:
         """From a signal handler: always taken (a second SIGTERM is harmless)."""

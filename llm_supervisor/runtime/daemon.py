@@ -16,20 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from llm_supervisor.config.profile import Profile, VllmArgs
+from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
-from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, RuntimeFailure, SupervisorError
+from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
 from llm_supervisor.frontdoor import FrontDoor
 from llm_supervisor.host.logfiles import attempt_section, read_ranges
+from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants
 from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port
 from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.clock import Clock, SystemClock, iso
@@ -38,6 +42,7 @@ from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
 from llm_supervisor.runtime.events import (SHOWN, DaemonEvent, Decided, Exiting, GaveUp, Launched, Observer,
                                            Progress, Ready, StateChanged)
 from llm_supervisor.runtime.notify import Notifier
+from llm_supervisor.runtime.outputlog import EngineLog, check_log_dir, check_log_path
 from llm_supervisor.runtime.series import Series, sample
 from llm_supervisor.runtime.service import daemon_process, keep_watchdog, log_placement, poll_gpus, served
 from llm_supervisor.states import State
@@ -46,7 +51,7 @@ from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
 from llm_supervisor.vllm.brief import change_brief, decision_brief, failure_brief
 from llm_supervisor.vllm.calibration import learn_from_facts
-from llm_supervisor.vllm.engine_args import REDACTED, is_secret_env, redact_argv
+from llm_supervisor.vllm.engine_args import redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
 from llm_supervisor.vllm.memory import accounting_for, extensible_sizing_from_log
@@ -82,6 +87,7 @@ class Timing:
     gpu_poll_s: float = 5.0
     ready_poll_s: float = 0.5
     startup_tick_s: float = 1.0
+    tenants_poll_s: float = 10.0
 
 
 def _task_failure(task: asyncio.Task, what: str) -> Failure | None:
@@ -102,18 +108,26 @@ class Daemon(RestartLoop):
                  engine_client: EngineClient | None = None, notifier: Notifier | None = None,
                  store: StateStore | None = None, calibration: Calibration | None = None,
                  gpus: host_gpus.GpuInventory | None = None, timing: Timing | None = None,
-                 door: FrontDoor | None = None, observers: Sequence[Observer] = ()) -> None:
+                 door: FrontDoor | None = None, observers: Sequence[Observer] = (), redactor: Redactor | None = None,
+                 engine_log: EngineLog | None = None, end_foreign_engines: bool = False) -> None:
         super().__init__(clock or SystemClock(), Inbox())
         self.observers: list[Observer] = list(observers)
         self.settings = settings
         self.profile = profile
         self.plan = plan
         self.fit = plan.fit
+        # What every output of the daemon passes through: its log, the engine's log file, the
+        # state file, /status (and what is built from it), sd_notify.
+        self.redactor = redactor or Redactor.from_inputs(settings, profile, os.environ)
         self.launcher = launcher or launching.GuardLauncher()
         self.notifier = notifier or Notifier.from_env()
+        if isinstance(self.notifier, Notifier):
+            self.notifier.redact = self.redactor.text
         # run_daemon's store, when given: a second load would find a corrupt file already set
         # aside and lose the warning that says so
-        self.store = store or StateStore(settings.state_dir)
+        self.store = store or StateStore(settings.state_dir, self.redactor)
+        if not self.store.redactor:
+            self.store.redactor = self.redactor
         self.calibration = calibration or Calibration.in_state_dir(settings.state_dir)
         self.key = host_key(profile.name, [g.name for g in plan.chosen])
         if gpus is None and plan.chosen:
@@ -146,13 +160,30 @@ class Daemon(RestartLoop):
         self.metrics_kv_tokens: int | None = None
         self.capacity: dict[str, Any] | None = self.store.capacity(profile.name)
         self.placement_applied: str | None = None
+        self.backstop: str | None = None
+        # Who else holds the GPUs, and their health: read before each launch, after each failure
+        # and every Timing.tenants_poll_s; a fault counts when it is newer than the GPU's last
+        # proof of health (an engine that became ready: `_health_baseline`, `_faults_since`).
+        self.end_foreign = end_foreign_engines or profile.recovery.end_foreign_engines
+        self.tenants: list[dict[str, Any]] = []
+        self.gpu_health: list[dict[str, Any]] = []
+        self._health_baseline: dict[str, host_gpus.GpuHealth] = {}
+        self._faults_since = 0.0
+        self._foreign_said: frozenset[tuple[int, float | None]] = frozenset()
         self.seen_vllm_version: str | None = None
         self.exit_code = EXIT_OK
         self.gave_up_line = ""
         self._launched_at = 0.0
-        self._log: launching.RotatingLog | None = None
         self.series = Series(settings.series_interval_s)
-        self._followers: set[asyncio.Queue[bytes | None]] = set()
+        # `supervisor logs -f`: each follower's queue gets ((inode, size after), bytes) as the log
+        # writer puts them in the file, so a follower reads every byte once (file or queue)
+        self._followers: set[asyncio.Queue[tuple[tuple[int, int], bytes] | None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._log = engine_log
+        if engine_log is not None:
+            engine_log.on_change = self._log_changed_elsewhere
+            engine_log.on_written = self._written_elsewhere
+            engine_log.redactor = self.redactor
 
     # ------------------------------------------------------------ records
     def _emit(self, event: DaemonEvent) -> None:
@@ -181,6 +212,7 @@ class Daemon(RestartLoop):
         self.history.append(entry)
         del self.history[:-100]
         self.store.record(self.key, entry)
+        self.store.save_soon()  # on disk now (in a thread), not only at the next ready or stop
 
     @property
     def engine_url(self) -> str:
@@ -200,7 +232,7 @@ class Daemon(RestartLoop):
         f = self.parser.facts
         now = self.clock.time()
         running = self.engine is not None and self.engine.running
-        return {
+        return self.redactor.value({
             "state": self.state.value,
             "ready": self.state is State.READY,
             "profile": self.profile.name,
@@ -238,7 +270,11 @@ class Daemon(RestartLoop):
             "history": list(self.history[-50:]),
             "log_tail": list(self.ring)[-20:],
             "log_path": str(self.log_path),
-        }
+            "engine_log": self._log.status() if self._log is not None else None,
+            "backstop": self.backstop,
+            "gpu_tenants": self.tenants,
+            "gpu_health": self.gpu_health,
+        })
 
     def _phase(self) -> str | None:
         """vLLM's startup phase while it starts; `ready` once it serves; nothing between launches."""
@@ -284,24 +320,50 @@ class Daemon(RestartLoop):
         self.handle_restart()
 
     # ------------------------------------------------------------ output
-    def _write_log(self, data: bytes) -> None:
-        """The engine log file, and every `supervisor logs -f` following it."""
-        if self._log is not None:
-            self._log.write(data)
+    def _engine_log(self) -> EngineLog:
+        if self._log is None:
+            self._log = EngineLog(self.log_path, self.settings.log_max_bytes, self.settings.log_backups,
+                                  redactor=self.redactor, on_change=self._log_changed_elsewhere,
+                                  on_written=self._written_elsewhere)
+        return self._log
+
+    def _log_changed_elsewhere(self, kind: str, text: str) -> None:
+        """From the log's writer thread: hop to the loop, which records it."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            log.warning("%s", text)
+            return
+        loop.call_soon_threadsafe(self._log_changed, kind, text)
+
+    def _log_changed(self, kind: str, text: str) -> None:
+        """The engine log failed, works again, or was written anew: said once each, in the log,
+        the history (so the state file) and /status's `engine_log`."""
+        (log.error if kind == "failed" else log.warning)("%s", text)
+        self._event(f"engine_log_{kind}", reason=text)
+
+    def _written_elsewhere(self, position: tuple[int, int], data: bytes) -> None:
+        """From the log's writer thread, after `data` reached the file: to every follower."""
+        loop = self._loop
+        if self._followers and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._to_followers, position, data)
+
+    def _to_followers(self, position: tuple[int, int], data: bytes) -> None:
         for queue in list(self._followers):
             try:
-                queue.put_nowait(data)
+                queue.put_nowait((position, data))
             except asyncio.QueueFull:  # a follower that cannot keep up is cut off, not waited for
                 self._followers.discard(queue)
                 queue.get_nowait()
-                queue.put_nowait(b"\n===== llm-supervisor: this follower fell behind the engine's output; follow again\n")
+                queue.put_nowait(((-1, 0), b"\n===== llm-supervisor: this follower fell behind the engine's output; "
+                                            b"follow again\n"))
                 queue.put_nowait(None)
 
-    def _on_output(self, raw: bytes, lines: list[str]) -> None:
-        if raw:
-            self._write_log(raw)
+    def _on_output(self, raw: bytes, lines: list[str]) -> Awaitable[None] | None:
+        if raw and self._log is not None:
+            self._log.write(raw)
+        paced = self._log.room() if self._log is not None and self._log.backlogged() else None
         if not lines:
-            return
+            return paced
         self.last_output = self.clock.monotonic()
         # A multi-megabyte line arrives as 64 KiB pieces: kept whole, 20 of them would make
         # every /status a megabyte and the ring 30 MB.
@@ -311,6 +373,7 @@ class Daemon(RestartLoop):
         for line in lines:
             for event in feed(line):
                 self._on_event(event.kind, event.data)
+        return paced
 
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
         f = self.parser.facts
@@ -373,7 +436,8 @@ class Daemon(RestartLoop):
                                   ready_seconds=self.ready_seconds)
         self._target_check()
         self._device_bound_check()
-        await asyncio.to_thread(self.store.save)
+        self.store.save_soon()
+        await self._gpus_proved_usable()
         await self._learn_overhead()
         metrics = await client.metrics()
         tokens = metrics.kv_cache_tokens if metrics else None
@@ -480,7 +544,75 @@ class Daemon(RestartLoop):
                                "(recovery.startup_timeout_s)", {"hang": 1})
 
     # ------------------------------------------------------------ one attempt
+    # ------------------------------------------------------------ who holds the GPU, and its health
+    def _read_gpus(self) -> tuple[list[Tenant], list[host_gpus.GpuHealth]]:
+        """The GPUs' processes (named) and health. Blocking: NVML and /proc; run it in a thread."""
+        if self.inventory is None or not self.plan.chosen:
+            return [], []
+        indexes = {g.index for g in self.plan.chosen}
+        guard = self.engine.guard_pid if self.engine is not None and self.engine.running else None
+        ours = set(launching.session_members(guard)) if guard else set()
+        try:
+            tenants = gpu_tenants(self.inventory, indexes, ours)
+        except Exception as exc:  # noqa: BLE001 - NVML hiccups must not stop a launch
+            log.debug("cannot list the GPUs' processes: %s", exc)
+            tenants = []
+        health_of = getattr(self.inventory, "health", None)
+        try:
+            health = [h for h in health_of() if h.index in indexes] if callable(health_of) else []
+        except Exception as exc:  # noqa: BLE001
+            log.debug("cannot read the GPUs' health: %s", exc)
+            health = []
+        return tenants, health
+
+    def _publish_tenants(self, tenants: list[Tenant], health: list[host_gpus.GpuHealth]) -> None:
+        self.tenants = [t.to_json() for t in tenants]
+        self.gpu_health = [h.to_json() for h in health]
+
+    async def _watch_tenants(self) -> None:
+        while True:
+            await self.clock.sleep(self.timing.tenants_poll_s)
+            self._publish_tenants(*await asyncio.to_thread(self._read_gpus))
+
+    def _faults(self, health: list[host_gpus.GpuHealth]) -> list[str]:
+        return [f for h in health for f in h.faults_since(self._health_baseline.get(h.uuid), self._faults_since)]
+
+    async def _gpus_proved_usable(self) -> None:
+        """An engine became ready (or a person said to try again): what the GPUs report now is
+        their usable state; only faults newer than this count against the next failure."""
+        tenants, health = await asyncio.to_thread(self._read_gpus)
+        self._publish_tenants(tenants, health)
+        self._health_baseline = {h.uuid: h for h in health}
+        self._faults_since = time.time()
+
+    async def _before_launch(self) -> None:
+        """Who holds the GPUs before a launch: leftover vLLM engines that are not ours are named
+        (once per set) and ended only when the profile or `up --end-foreign-engines` says so;
+        other programs are named."""
+        tenants, health = await asyncio.to_thread(self._read_gpus)
+        self._publish_tenants(tenants, health)
+        foreign = [t for t in tenants if t.vllm and not t.ours]
+        others = [t for t in tenants if not t.vllm and not t.ours]
+        said = frozenset((t.pid, t.started) for t in foreign + others)
+        if foreign and self.end_foreign:
+            text = describe(foreign)
+            log.warning("ending leftover vLLM engine processes that are not ours (recovery.end_foreign_engines): %s",
+                        text)
+            left = await asyncio.to_thread(launching.end_foreign, foreign, self.settings.stop_timeout_s)
+            self._event("foreign_engines_ended", reason=f"ended {text}" + (f"; still there: {left}" if left else ""))
+            said = frozenset((t.pid, t.started) for t in others)
+        elif foreign and said != self._foreign_said:
+            text = describe(foreign)
+            log.warning("leftover vLLM engine processes that are not ours hold GPU memory: %s; end them, or set "
+                        "recovery.end_foreign_engines: true (or `up --end-foreign-engines`) to have them ended "
+                        "before each launch", text)
+            self._event("foreign_engines", reason=text)
+        if others and said != self._foreign_said:
+            log.info("other processes on the GPU: %s", describe(others))
+        self._foreign_said = said
+
     async def _launch(self) -> launching.EngineHandle:
+        await self._before_launch()
         self.attempt += 1
         self.parser = LogParser(sink=FailureClassifier(), block_size=self.args.effective_block_size)
         self.classifier = self.parser.sink  # type: ignore[assignment]
@@ -500,9 +632,8 @@ class Daemon(RestartLoop):
         cpus, mems, policy = self.plan.placement.apply_args()
         spec = launching.LaunchSpec(argv=argv, env=self.plan.env_for(self.args), cpus=cpus, mems=mems,
                                     mempolicy=policy, stop_timeout=self.settings.stop_timeout_s)
-        self._log = launching.RotatingLog(self.log_path, self.settings.log_max_bytes, self.settings.log_backups)
-        self._write_log(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
-                        f"{' '.join(redact_argv(argv))}\n".encode())
+        self._engine_log().write(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
+                                 f"{' '.join(redact_argv(argv))}\n".encode())
         self.engine_started_at = self.clock.monotonic()
         self._emit(Launched(self.attempt, self.engine_started_at, " ".join(redact_argv(argv[len(self.plan.command):])),
                             str(self.log_path)))
@@ -511,6 +642,10 @@ class Daemon(RestartLoop):
             self.placement_applied = engine.placement
             if engine.placement != "none":
                 log.info("placement: %s", engine.placement)
+        backstop = getattr(engine, "backstop", None)
+        if backstop and backstop != self.backstop:
+            self.backstop = backstop
+            log.info("orphan backstop for the engine tree: %s", backstop)
         self.notifier.status(f"attempt {self.attempt}: starting vLLM (pid {engine.engine_pid})")
         return engine
 
@@ -579,9 +714,11 @@ class Daemon(RestartLoop):
                          "(LLM_SUPERVISOR_STOP_TIMEOUT_S) and was killed")
             level = logging.WARNING
         if self._log is not None:
-            self._write_log(f"===== engine {described}\n".encode())
-            self._log.close()
-            self._log = None
+            self._log.write(f"===== engine {described}\n".encode())
+        if failure is None and not requested and exit_info.guard_lost:
+            # Whatever the engine printed last, it did not end by itself: its guard was killed.
+            failure = Failure(FailureKind.ENGINE_DEAD, f"the engine {exit_info.description}", {"guard_lost": 1},
+                              "runtime" if reached_ready else None)
         if failure is None and not requested:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
@@ -616,9 +753,11 @@ class Daemon(RestartLoop):
         self._event("exit", failure=failure, reason=outcome.exit.description if outcome.exit else "")
         if not outcome.reached_ready:
             await self._learn_overhead()
-        free, total = await asyncio.to_thread(self._gpu_memory)
+        (free, total), (tenants, health) = await asyncio.to_thread(lambda: (self._gpu_memory(), self._read_gpus()))
+        self._publish_tenants(tenants, health)
         return decide(failure, self.args, self.profile, self.attempts, self.parser.facts,
-                      gpu_free_mib=free, gpu_total_mib=total, fit=self.fit)
+                      gpu_free_mib=free, gpu_total_mib=total, fit=self.fit, gpu_faults=self._faults(health),
+                      gpu_tenants=[t.describe() for t in tenants if not t.ours])
 
     def on_restart_requested(self, outcome: Outcome) -> None:
         self.restarts += 1
@@ -685,6 +824,7 @@ class Daemon(RestartLoop):
             return False
         self.attempts.clear()
         self.args = self.plan.args
+        await self._gpus_proved_usable()  # a person looked and said to try again
         self.restarts += 1
         self.restarts_by_reason["admin"] += 1
         self.exit_code = EXIT_OK
@@ -695,13 +835,18 @@ class Daemon(RestartLoop):
     async def serve(self) -> int:
         """The loop and its background tasks, until a stop or a give-up; then a staged stop of the
         engine. No signals, no REST API: `run()` adds those."""
+        self._loop = asyncio.get_running_loop()
         for warning in self.store.warnings:
             log.warning("%s", warning)
         if self.door is not None:
             await self.door.start(self.args.host, self.args.port)
+        if self._log is None:  # the engine log takes a write, or one line says why (before any launch)
+            await asyncio.to_thread(check_log_dir, self.settings.logs / f"{self.profile.name}.log",
+                                    "LLM_SUPERVISOR_LOG_DIR" if self.settings.log_dir else "LLM_SUPERVISOR_STATE_DIR")
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
                                                     self._publish_gpus), name="gpu-poll"),
                       asyncio.create_task(keep_watchdog(self.notifier, self.clock), name="watchdog"),
+                      asyncio.create_task(self._watch_tenants(), name="gpu-tenants"),
                       asyncio.create_task(self.dispatch_commands(), name="commands"),
                       asyncio.create_task(sample(self.series, self.clock, lambda: self.gpus, self.engine_client.metrics,
                                                  lambda: self.state in (State.READY, State.DEGRADED)), name="series")]
@@ -722,17 +867,22 @@ class Daemon(RestartLoop):
             if self.door is not None:
                 await self.door.stop()
             self._event("stop", reason=f"daemon exiting with code {code}")
-            await asyncio.to_thread(self.store.save)
             line = (f"daemon exiting with code {code}, gave up: {self.gave_up_line}"
                     if code == EXIT_GAVE_UP and self.gave_up_line else f"daemon exiting with code {code}")
             (log.error if code else log.info)("%s", line, extra=SHOWN)
             self._emit(Exiting(self.clock.monotonic(), code, line))
             for task in background:
                 task.cancel()
+            await asyncio.to_thread(self.store.flush, 10.0)
+            await self.engine_client.aclose()
+            if self._log is not None:
+                await asyncio.to_thread(self._log.close, 2.0)
+            await asyncio.sleep(0)  # the log's last writes reach the followers first
             for queue in list(self._followers):
+                if queue.full():
+                    queue.get_nowait()
                 queue.put_nowait(None)
             self._followers.clear()
-            await self.engine_client.aclose()
         return code
 
     def _publish_gpus(self, gpus: list[dict[str, Any]]) -> None:
@@ -750,22 +900,15 @@ class Daemon(RestartLoop):
             return await self.serve()
 
     # ------------------------------------------------------------ the engine's log, for the API
-    def secrets(self) -> list[str]:
-        """Values that must never leave the daemon in the engine's output."""
-        values = [self.args.api_key.get_secret_value() if self.args.api_key else None,
-                  self.settings.api_token.get_secret_value() if self.settings.api_token else None]
-        values += [v for k, v in self.plan.env_for(self.args).items() if is_secret_env(k)]
-        return sorted({v for v in values if v and len(v) >= 4}, key=len, reverse=True)
-
     async def open_logs(self, attempt: int | None, follow: bool) -> AsyncIterator[bytes]:
         """`GET /logs`: attempt N of this run (the newest when None) from the log file, then, with
         `follow`, what the engine writes next, until the daemon stops. Raises BadInput (before
         anything is sent) when there is no such attempt."""
-        queue: asyncio.Queue[bytes | None] | None = None
+        queue: asyncio.Queue[tuple[tuple[int, int], bytes] | None] | None = None
         current = None
         if follow:
-            # no await between subscribing and the snapshot: every byte is read once, from the
-            # file or from the queue
+            # no await between subscribing and the snapshot: a byte is in the file as of the
+            # snapshot, or comes through the queue marked with the file size after it
             queue = asyncio.Queue(maxsize=FOLLOW_CHUNKS)
             self._followers.add(queue)
             try:
@@ -782,10 +925,11 @@ class Daemon(RestartLoop):
         if queue is not None and attempt is not None and number != self.attempt:
             self._followers.discard(queue)  # an earlier attempt has ended: nothing to follow
             queue = None
-        return self._stream_logs(ranges, queue)
+        return self._stream_logs(ranges, queue, current)
 
-    async def _stream_logs(self, ranges: list[Any], queue: asyncio.Queue[bytes | None] | None) -> AsyncIterator[bytes]:
-        secrets = self.secrets()
+    async def _stream_logs(self, ranges: list[Any], queue: asyncio.Queue[tuple[tuple[int, int], bytes] | None] | None,
+                           snapshot: tuple[int, int] | None) -> AsyncIterator[bytes]:
+        redactor = self.redactor
         pending = b""
 
         def clean(data: bytes, final: bool = False) -> bytes:
@@ -793,10 +937,7 @@ class Daemon(RestartLoop):
             data = pending + data
             cut = len(data) if final else data.rfind(b"\n") + 1
             pending = data[cut:]
-            text = data[:cut].decode("utf-8", "replace")
-            for secret in secrets:
-                text = text.replace(secret, REDACTED)
-            return text.encode()
+            return redactor.bytes(data[:cut])  # the file is masked already; older files may not be
 
         chunks = read_ranges(ranges)
         try:
@@ -807,9 +948,12 @@ class Daemon(RestartLoop):
                 if out := clean(chunk):
                     yield out
             while queue is not None:
-                chunk = await queue.get()
-                if chunk is None:
+                item = await queue.get()
+                if item is None:
                     break
+                (inode, end), chunk = item
+                if snapshot is not None and inode == snapshot[0] and end <= snapshot[1]:
+                    continue  # already read from the file
                 if out := clean(chunk):
                     yield out
             if out := clean(b"", final=True):
@@ -848,27 +992,46 @@ def capacity_summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def check_engine_port(args: VllmArgs) -> None:
+    """Can the engine listen where the profile says? A port in use is a runtime failure (exit 1);
+    a host that is no address of this machine, or no name at all, is bad input (exit 2)."""
     host = "127.0.0.1" if args.host in ("0.0.0.0", "", "::") else args.host
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, args.port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BadInput("engine host", [f"vllm.host {host}: cannot resolve it ({getattr(exc, 'strerror', None) or exc}) "
+                                       "(allowed: an address of this machine, 0.0.0.0, or a name that resolves "
+                                       "to one)"]) from None
+    with socket.socket(family, kind, proto) as sock:
         # As vLLM's server binds: connections of a just-stopped engine linger in TIME_WAIT on
         # this port for a minute; without SO_REUSEADDR they would look like another server.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, args.port))
+            sock.bind(address)
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise BadInput("engine host", [f"vllm.host {host}: not an address of this machine "
+                                               "(allowed: 127.0.0.1, 0.0.0.0, ::1, or one of this host's "
+                                               "addresses)"]) from None
+            if exc.errno == errno.EACCES:
+                raise RuntimeFailure(f"engine port {args.port} on {host}: permission denied (ports below 1024 need "
+                                     "root or CAP_NET_BIND_SERVICE); set --set vllm.port=…") from None
             raise RuntimeFailure(f"engine port {args.port} on {host} is in use ({exc.strerror}): another vLLM? "
                                  "stop it or set --set vllm.port=…") from None
 
 
 def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_hardware: bool = False,
-               daemon_class: type[Daemon] | None = None, progress: Any = None) -> int:
+               daemon_class: type[Daemon] | None = None, progress: Any = None, redactor: Redactor | None = None,
+               end_foreign_engines: bool = False) -> int:
     """`supervisor up`: plan, lock the state dir, run the loop until SIGTERM/SIGINT or give-up.
     `progress` (runtime/progress.TerminalProgress, on a terminal) draws the events and the log."""
-    with daemon_process(settings):
+    redactor = redactor or Redactor.from_inputs(settings, profile, os.environ)
+    check_log_path(settings.logs / f"{profile.name}.log",  # bad input first, before the daemon says anything
+                   "LLM_SUPERVISOR_LOG_DIR" if settings.log_dir else "LLM_SUPERVISOR_STATE_DIR")
+    with daemon_process(settings, redactor):
         if progress is not None:
             logging.getLogger("llm_supervisor").handlers[:] = [progress.handler()]
-        store = StateStore(settings.state_dir)
+        store = StateStore(settings.state_dir, redactor)
         plan = build_plan(settings, profile, simulate=simulate, ignore_hardware=ignore_hardware,
                           store=store, for_launch=True)
         if simulate:
@@ -881,7 +1044,8 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
         log_placement(plan.placement)
         if not plan.frontdoor:  # with the front door, binding the public address says it (at start)
             check_engine_port(plan.args)
-        daemon = (daemon_class or Daemon)(settings, profile, plan, store=store)  # cluster.head.HeadDaemon on a head
+        daemon = (daemon_class or Daemon)(settings, profile, plan, store=store,  # cluster.head.HeadDaemon on a head
+                                          redactor=redactor, end_foreign_engines=end_foreign_engines)
         log.info("engine output: %s (`supervisor logs -f` follows it)", daemon.log_path)
         if progress is None:
             return asyncio.run(daemon.run())

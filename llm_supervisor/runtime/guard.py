@@ -13,10 +13,25 @@ The daemon starts the guard in a new session; the guard
 * when the engine's main process exits, stops whatever is left of its tree (SIGTERM, a
   deadline, SIGKILL, reap), reports the exit status and exits with it.
 
-Protocol to the daemon, one line each: `pid N`, `placement TEXT`, `exit CODE SIGNAL`.
+The guard itself must not be lost silently. The engine holds none of the guard's descriptors:
+its output goes to a pipe of its own (`--output-fd`, which the daemon reads) and the control
+socket is close-on-exec, so the daemon sees the guard's death at once (its process exits,
+nothing keeps a pipe of it open) and ends what the guard left. Two kernel backstops act even
+when the daemon is gone too:
 
-Usage: python -m llm_supervisor.runtime.guard --control-fd FD [--cpus LIST] [--mems LIST]
-       [--mempolicy none|preferred|bind] [--stop-timeout S] -- COMMAND ARGS…
+* the engine's main process gets PR_SET_PDEATHSIG = SIGKILL pointing at the guard;
+* the guard is the controlling process of a pseudo-terminal whose foreground process group is
+  the engine's group: when the guard dies, however, the kernel hangs the terminal up and sends
+  SIGHUP to every process of that group (EngineCore, workers), which vLLM leaves at its default
+  action (terminate). What escapes both (a process that ignores SIGHUP, or one that left the
+  group with setsid) is left to systemd's KillMode=mixed under the unit.
+
+Protocol to the daemon, one line each: `pid N`, `placement TEXT`, `backstop TEXT`,
+`exit CODE SIGNAL`.
+
+Usage: python -m llm_supervisor.runtime.guard --control-fd FD [--output-fd FD]
+       [--parent-pid PID] [--cpus LIST] [--mems LIST] [--mempolicy none|preferred|bind]
+       [--stop-timeout S] -- COMMAND ARGS…
 """
 
 from __future__ import annotations
@@ -24,11 +39,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
+import fcntl
 import os
 import select
 import signal
 import socket
 import sys
+import termios
 import time
 
 PR_SET_PDEATHSIG = 1
@@ -84,10 +101,29 @@ def _debug(text: str) -> None:
         os.write(2, f"guard: {text}\n".encode())
 
 
+def controlling_terminal() -> tuple[int, int] | str:
+    """A new pseudo-terminal made this session's controlling terminal: (master, slave), or why
+    not. Both ends stay open in the guard only (close-on-exec): the engine never sees them."""
+    try:
+        master, slave = os.openpty()
+    except OSError as exc:
+        return f"no pseudo-terminal ({exc.strerror})"
+    try:
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    except OSError as exc:
+        os.close(master)
+        os.close(slave)
+        return f"cannot take a controlling terminal ({exc.strerror})"
+    return master, slave
+
+
 class Guard:
-    def __init__(self, control: socket.socket, stop_timeout: float) -> None:
+    def __init__(self, control: socket.socket, stop_timeout: float, output_fd: int | None = None) -> None:
         self.control = control
         self.stop_timeout = stop_timeout
+        self.output_fd = output_fd
+        self.tty: tuple[int, int] | None = None
+        self.parent_pid = os.getppid()
         self.engine_pid = 0
         self.engine_status: int | None = None
         self.stop_requested = False
@@ -105,14 +141,30 @@ class Guard:
     # ------------------------------------------------------------ engine
     def spawn(self, argv: list[str], cpus: list[int] | None, mems: list[int] | None, policy: str) -> None:
         result_r, result_w = os.pipe()
+        backstops = []
+        tty = controlling_terminal()
+        if isinstance(tty, tuple):
+            self.tty = tty
+            backstops.append("hangup")
+        guard_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # child: own process group, placement, exec
             try:
                 os.close(result_r)
                 os.setpgid(0, 0)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGPIPE):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP, signal.SIGPIPE,
+                            signal.SIGTTOU, signal.SIGTTIN, signal.SIGTSTP):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
+                if self.output_fd is not None:  # the engine's own pipe: the guard holds none of it
+                    os.dup2(self.output_fd, 1)
+                    os.dup2(self.output_fd, 2)
+                    if self.output_fd > 2:
+                        os.close(self.output_fd)
+                # Killed with the guard, however the guard dies; if it already died, do not start.
+                _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != guard_pid:
+                    os._exit(127)
                 text = "none"
                 if cpus or (mems and policy != "none"):
                     from llm_supervisor.host.numa import apply_placement
@@ -127,12 +179,23 @@ class Guard:
                 finally:
                     os._exit(127)
         os.close(result_w)
+        if self.output_fd is not None:
+            os.close(self.output_fd)
+            self.output_fd = None
         try:
             os.setpgid(pid, pid)  # also from the parent, to close the race
         except OSError:
             pass
+        if self.tty is not None:
+            try:  # the engine's group in the foreground: the terminal's hangup reaches all of it
+                os.tcsetpgrp(self.tty[1], pid)
+            except OSError as exc:
+                backstops.remove("hangup")
+                tty = f"cannot give the terminal to the engine's group ({exc.strerror})"
         self.engine_pid = pid
         self.tell(f"pid {pid}")
+        self.tell("backstop " + " and ".join(["pdeathsig", *backstops])
+                  + ("" if isinstance(tty, tuple) else f" (no hangup: {tty})"))
         chunks = []
         while True:
             chunk = os.read(result_r, 4096)
@@ -222,9 +285,9 @@ class Guard:
                     _debug("control socket closed: the daemon is gone")
                 elif b"stop" in data:
                     self.stop_requested = True
-            if os.getppid() == 1:
+            if os.getppid() != self.parent_pid:
                 parent_gone = True
-                _debug("reparented to init: the daemon is gone")
+                _debug("reparented: the daemon is gone")
         status = self.engine_status or 0
         if os.WIFSIGNALED(status):
             code, sig = 128 + os.WTERMSIG(status), os.WTERMSIG(status)
@@ -237,6 +300,8 @@ class Guard:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm_supervisor.runtime.guard")
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--output-fd", type=int, help="the engine's stdout and stderr (default: the guard's)")
+    parser.add_argument("--parent-pid", type=int, help="the daemon: if it is no longer our parent, do nothing")
     parser.add_argument("--cpus")
     parser.add_argument("--mems")
     parser.add_argument("--mempolicy", default="none", choices=["none", "preferred", "bind"])
@@ -249,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
 
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    os.set_inheritable(args.control_fd, False)  # the engine must not keep the daemon's socket open
+    if args.output_fd is not None:
+        os.set_inheritable(args.output_fd, False)  # dup2'ed onto 1 and 2 in the child only
     control = socket.socket(fileno=args.control_fd)
-    guard = Guard(control, args.stop_timeout)
+    guard = Guard(control, args.stop_timeout, args.output_fd)
 
     def on_stop(signum: int, frame: object) -> None:
         guard.stop_requested = True
@@ -261,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, on_stop)
     signal.signal(signal.SIGCHLD, lambda s, f: None)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # tcsetpgrp from what becomes a background group
     signal.set_wakeup_fd(guard.wake_w)
-    if os.getppid() == 1:  # the daemon died before we got here
+    # The daemon died before PR_SET_PDEATHSIG was armed: nobody would ever stop us.
+    if os.getppid() == 1 or (args.parent_pid and os.getppid() != args.parent_pid):
         return 1
     try:
         guard.spawn(command, _parse_list(args.cpus), _parse_list(args.mems), args.mempolicy)

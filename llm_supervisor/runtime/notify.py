@@ -28,7 +28,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._last_status: str | None = None
+        # Masks secrets in what goes to systemd (STATUS= lines carry failure messages).
+        self.redact: Callable[[str], str] | None = None
 
     @classmethod
     def from_env(cls, env: MutableMapping[str, str] | Mapping[str, str] = os.environ, *, unset: bool = False) -> "Notifier":
@@ -114,6 +116,8 @@ class Notifier:
         if self._address is None or not lines:
             return False
         try:
+            if self.redact is not None:
+                lines = tuple(self.redact(line) for line in lines)
             payload = "\n".join(_one_line(line) for line in lines).encode("utf-8", "replace")
             with self._lock:
                 if self._sock is None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from llm_supervisor.api.embedded import EmbeddedServer
 from llm_supervisor.api.server import check_bind_allowed, create_app, start_api, stop_api
+from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.host import gpus as host_gpus
 from llm_supervisor.clock import Clock
@@ -27,11 +28,33 @@ log = logging.getLogger("llm_supervisor")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def configure_logging() -> None:
+class RedactingFilter(logging.Filter):
+    """Every record's message with the known secrets masked (config/redaction.py)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.redactor:
+            message = record.getMessage()
+            masked = self.redactor.text(message)
+            if masked != message or record.args:
+                record.msg, record.args = masked, ()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = self.redactor.text(logging.Formatter().formatException(record.exc_info))
+            elif record.exc_text:
+                record.exc_text = self.redactor.text(record.exc_text)
+        return True
+
+
+def configure_logging(redactor: Redactor | None = None) -> None:
     level = os.environ.get("LLM_SUPERVISOR_LOG_LEVEL", "INFO").upper()
     handler = logging.StreamHandler()
     fmt = "%(levelname)s %(message)s" if os.environ.get("INVOCATION_ID") else "%(asctime)s %(levelname)s %(message)s"
     handler.setFormatter(logging.Formatter(fmt, "%Y-%m-%d %H:%M:%S"))
+    if redactor:
+        handler.addFilter(RedactingFilter(redactor))
     root = logging.getLogger("llm_supervisor")
     root.handlers[:] = [handler]
     root.setLevel(level if level in logging._nameToLevel else "INFO")
@@ -39,10 +62,10 @@ def configure_logging() -> None:
 
 
 @contextlib.contextmanager
-def daemon_process(settings: Settings) -> Iterator[None]:
-    """What every long-running role does first: logging, the bind check for the admin API, and
-    the lock that keeps one daemon per state dir (held until the block ends)."""
-    configure_logging()
+def daemon_process(settings: Settings, redactor: Redactor | None = None) -> Iterator[None]:
+    """What every long-running role does first: logging (secrets masked), the bind check for the
+    admin API, and the lock that keeps one daemon per state dir (held until the block ends)."""
+    configure_logging(redactor or Redactor.from_inputs(settings, None, os.environ))
     token = settings.api_token.get_secret_value() if settings.api_token else None
     check_bind_allowed(settings.api_host, token)
     lock = DaemonLock(settings.state_dir)

@@ -127,6 +127,9 @@ class Rank:
         if d.at_least(0, 11):
             log.info(d.src("ps_rank"), f"rank {self.rank} in world size {world} is assigned as DP rank {self.dp_rank}, "
                      f"PP rank {self.pp_rank}, PCP rank 0, TP rank {self.tp_rank}, EP rank N/A, EPLB rank N/A")
+        fault = simgpu.faults(cfg.gpu, self.gpu_index).cuda_error()
+        if fault is not None:  # CUDA refuses a GPU with a hardware fault (Xid 79, uncorrectable ECC)
+            raise SimFailure("init_device", fault)
         self.init_free = self.free_bytes()
         # 0.34 skips this check while the extensible KV cache is on: the budget is only a cap
         if d.free_memory_check and not cfg.extensible and self.init_free < self.requested:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,15 @@ class Calibration:
                 self._warn(f"{self.path}: cannot read calibration ({exc.__class__.__name__}); ignoring it")
             return None
         try:
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except RecursionError:
+                raise ValueError("nested too deep") from None
             if not isinstance(data, dict) or not isinstance(data["entries"], dict):
                 raise ValueError("entries is not an object")
-        except (ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, planning goes on
             if not quiet:
-                self._warn(f"{self.path}: calibration file is corrupt ({exc}); ignoring it")
+                self._set_aside(f"calibration file is corrupt ({str(exc)[:200] or type(exc).__name__})")
             return None
         return data
 
@@ -86,11 +90,21 @@ class Calibration:
         for key, value in raw.items():
             try:
                 entry = CalibrationEntry.from_json(value)
-            except (ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a bad entry is skipped, whatever is wrong with it
                 self._warn(f"{self.path}: skipping a bad calibration entry {key!r} ({exc})")
                 continue
             out[calibration_key(entry.model, entry.vllm_version, entry.gpu_name, entry.tensor_parallel)] = entry
         return out
+
+    def _set_aside(self, why: str) -> None:
+        """Move a corrupt file out of the way (kept for a person to look at), with a warning; the
+        next observation starts a new file."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        try:
+            os.replace(self.path, aside)
+            self._warn(f"{self.path}: {why}; moved to {aside.name}, learning afresh")
+        except OSError:
+            self._warn(f"{self.path}: {why}; ignoring it")
 
     def _warn(self, text: str) -> None:
         self.warnings.append(text)

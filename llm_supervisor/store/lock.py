@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llm_supervisor.errors import RuntimeFailure
+from llm_supervisor.errors import RuntimeFailure, SettingsError
 
 
 class DaemonLock:
@@ -21,6 +21,10 @@ class DaemonLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(self.path, "a+")
+        except (FileExistsError, NotADirectoryError):
+            raise SettingsError("state dir is not a folder", [
+                f"settings: LLM_SUPERVISOR_STATE_DIR: {self.path.parent}: a part of this path is a file, not a "
+                "folder"]) from None
         except OSError as exc:
             raise RuntimeFailure(f"state dir {self.path.parent} is not writable: {exc.strerror} "
                                  "(set LLM_SUPERVISOR_STATE_DIR)") from None
@@ -32,10 +36,15 @@ class DaemonLock:
             fh.close()
             raise RuntimeFailure(f"another llm-supervisor (pid {holder}) is running with state dir "
                                  f"{self.path.parent}; stop it or set LLM_SUPERVISOR_STATE_DIR") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+        except OSError as exc:  # a full disk: say so in one line, not a traceback
+            fh.close()
+            raise RuntimeFailure(f"state dir {self.path.parent}: cannot write ({exc.strerror or exc}): free space "
+                                 "there or set LLM_SUPERVISOR_STATE_DIR") from None
         self._fh = fh
 
     def release(self) -> None:

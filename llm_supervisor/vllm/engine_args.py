@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from llm_supervisor.config.profile import Profile, VllmArgs
+from llm_supervisor.config.redaction import REDACTED, SECRET_FLAGS, Redactor, is_secret_name  # noqa: F401 - re-exported
 
-REDACTED = "***"
-SECRET_FLAGS = ("--api-key", "--hf-token", "--token")
-SECRET_ENV_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 # Variables that belong to the daemon's own service manager, never to the engine.
 DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
 
@@ -58,33 +56,17 @@ def engine_argv(profile: Profile, args: VllmArgs, command: list[str]) -> list[st
 
 
 def redact_argv(argv: list[str]) -> list[str]:
-    """Mask the value of any secret flag (`--api-key X` or `--api-key=X`)."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            out.append(REDACTED)
-            hide_next = False
-            continue
-        flag = arg.split("=", 1)[0]
-        if flag in SECRET_FLAGS:
-            if "=" in arg:
-                out.append(f"{flag}={REDACTED}")
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(arg)
-    return out
+    """Mask the value of any secret-looking flag (`--api-key X`, `--hf-token=X`, `--db-password X`);
+    config/redaction.py has the rules (a Redactor with the known values masks them too)."""
+    return Redactor().argv(argv)
 
 
 def is_secret_env(name: str) -> bool:
-    upper = name.upper()
-    return any(word in upper for word in SECRET_ENV_WORDS)
+    return is_secret_name(name)
 
 
 def redact_env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: (REDACTED if is_secret_env(k) and v else v) for k, v in env.items()}
+    return Redactor().env(env)
 
 
 def engine_env(profile: Profile, args: VllmArgs, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:

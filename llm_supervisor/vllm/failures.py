@@ -79,6 +79,8 @@ _PRIORITY = {
 }
 
 MAX_MESSAGE = 2000
+# What the guard prints when the engine command cannot be executed (runtime/guard.py).
+ENGINE_CANNOT_START = "llm-supervisor guard: cannot start "
 
 
 @dataclass
@@ -205,6 +207,7 @@ class FailureClassifier:
         self._death_values: dict[str, Any] = {}
         self._root: str | None = None
         self._last_error: str | None = None
+        self._last_other: str | None = None  # the last line that was not INFO/DEBUG: a cause of last resort
         self._fatal = False
         self._shutdown_requested = False
         self._pending: dict[str | None, tuple[str, str | None, int]] = {}
@@ -245,6 +248,8 @@ class FailureClassifier:
                     self._allreduce = m.group(1)
             return
         level, msg = strip_header(text)
+        if msg.strip() and not msg.startswith(("Traceback", "  ", "\t")):
+            self._last_other = msg
         if msg.startswith(" ") or msg.startswith("\t"):
             # Traceback body (source lines, carets) or pydantic detail lines.
             if self._pending and proc in self._pending:
@@ -292,6 +297,10 @@ class FailureClassifier:
 
     def _signature(self, proc: str | None, msg: str, exc: re.Match[str] | None) -> bool:
         """Record a precise failure if `msg` carries one; True when it did."""
+        if msg.startswith(ENGINE_CANNOT_START):
+            # The guard could not exec the engine command (exit 127): no argument change helps.
+            self._record(FailureKind.BAD_ARGUMENTS, msg.removeprefix("llm-supervisor guard: "), {"engine_command": 1})
+            return True
         if "KV cache is needed" in msg:
             m = _KV_RE.search(msg)
             values: dict[str, Any] = {}
@@ -526,4 +535,6 @@ class FailureClassifier:
             if self._shutdown_requested:
                 message = "vLLM shut down on a signal before it was ready"
             return Failure(FailureKind.UNKNOWN, message, values)
+        if cause is None and self._last_other:
+            cause = _clean(f"vLLM exited with code {exit_code} before it was ready; its last words: {self._last_other}")
         return Failure(FailureKind.UNKNOWN, cause or f"vLLM exited with code {exit_code} before it was ready", values)

@@ -23,6 +23,11 @@ smaller by the CUDA graphs) or the measurement after it.
 GPUs that cannot set up their collectives (`multi_gpu_comm`) get the fragile all-reduce paths
 turned off one at a time (llm_supervisor.vllm.allreduce), never a memory change.
 
+What the GPU said is an input too, read by the caller: `gpu_faults` (hardware faults that
+coincide with the failure: Xid events, new uncorrectable ECC errors, pages waiting for a reset)
+stop the restart loop, since relaunching on a faulty GPU makes things worse; `gpu_tenants`
+(other processes holding memory on the GPU) are named in the reason of a memory decision.
+
 `fit`, the plan's FitContext, lets the policy use the same memory model as the plan. With it,
 a model that does not fit the card at all (no KV cache memory, or out of memory while loading
 the weights) gets the low-memory planner's answer (llm_supervisor.vllm.lowmem): the least CPU
@@ -41,11 +46,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Sequence, Union
 
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
 from llm_supervisor.vllm import allreduce, memory
-from llm_supervisor.vllm.failures import Failure, FailureKind
+from llm_supervisor.vllm.failures import MEMORY_KINDS, Failure, FailureKind
 from llm_supervisor.vllm.fit import FitContext, overhead_for
 from llm_supervisor.vllm.logparse import StartupFacts
 from llm_supervisor.vllm.lowmem import plan_low_memory
@@ -247,6 +252,8 @@ def decide(
     fit: FitContext | None = None,
     kv_bytes_per_token: float | None = None,
     hardware_total: bool = True,
+    gpu_faults: Sequence[str] = (),
+    gpu_tenants: Sequence[str] = (),
 ) -> Relaunch | GiveUp:
     """The next launch after `failure` of a launch with `args`, or why there is none.
 
@@ -255,7 +262,8 @@ def decide(
     host learned), when the model's config is known. kv_bytes_per_token: from the model's config
     when there is no fit context. hardware_total: whether the profile's `hardware.gpu_memory_gib`
     may stand in for the GPU's total when neither NVML nor the log gives it (False for profiles
-    made up from a log).
+    made up from a log). gpu_faults: hardware faults seen since the GPU last proved usable, one
+    phrase each. gpu_tenants: the other processes holding memory on the GPU, one phrase each.
     """
     kind = FailureKind(failure.kind)
     facts = facts or StartupFacts()
@@ -298,6 +306,27 @@ def decide(
     ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token, fit,
                accounting, graphs, version)
 
+    if gpu_faults:
+        return GiveUp(
+            f"GPU hardware fault: {'; '.join(gpu_faults)}; the failure ({kind.value}: {_cut(failure.message)}) "
+            "coincides with it, and relaunching on a faulty GPU makes things worse, so no relaunch: check "
+            "`nvidia-smi -q -d ECC,PAGE_RETIREMENT,ROW_REMAPPER` and the kernel log (`dmesg | grep -i xid`), reset "
+            "the GPU (`nvidia-smi -r`) or reboot, then start the supervisor again"
+        )
+    decision = _decide(ctx, kind, failure, streak, rec)
+    if gpu_tenants and kind in MEMORY_KINDS:
+        others = f"; other processes hold memory on the GPU: {'; '.join(gpu_tenants)}"
+        if isinstance(decision, GiveUp):
+            return GiveUp(decision.reason + others)
+        decision.reason += others
+    return decision
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _decide(ctx: _Ctx, kind: FailureKind, failure: Failure, streak: list[Attempt], rec: Recovery) -> Relaunch | GiveUp:
     fatal = _non_recoverable(ctx)
     if fatal is not None:
         return fatal
@@ -432,6 +461,9 @@ def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
             "check model.id (a Hugging Face id or a local folder with config.json), HF_TOKEN for gated "
             "models, and network access or HF_HOME for offline use"
         )
+    if kind is FailureKind.BAD_ARGUMENTS and ctx.failure.values.get("engine_command"):
+        return GiveUp(f"the engine command {msg}; no argument change fixes that: check LLM_SUPERVISOR_ENGINE_COMMAND "
+                      "(is vLLM installed in the daemon's environment, and on its PATH?)")
     if kind is FailureKind.BAD_ARGUMENTS:
         return GiveUp(f"vLLM rejected its arguments ({msg}); fix the profile's vllm section or extra_args")
     if kind is FailureKind.PORT_IN_USE:

@@ -1,0 +1,102 @@
+"""Who holds the GPU: the processes with memory on each GPU (the inventory lists pids, as NVML
+does), named through psutil, and what they are: a vLLM engine (this supervisor's or not) or
+another program. Reading only; ending a process is the runtime's business.
+
+A leftover vLLM engine of another launcher (an EngineCore that outlived its `vllm serve`, a
+worker of a crashed run) holds its memory until it is ended, and vLLM's own memory checks count
+it against the next start; other programs (a notebook, a training job) make free memory short.
+Both are named before each launch, in `doctor` and in `/status`, and in the reason of a
+free-memory recovery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psutil
+
+from llm_supervisor.host.gpus import GpuInventory, GpuProcess
+
+# What vLLM's processes look like to `ps`: setproctitle titles (VLLM::EngineCore, VLLM::Worker_TP0),
+# the API server's command line, Ray's worker actors, and the bundled simulator standing in for vLLM.
+_VLLM_TITLES = ("VLLM::", "RayWorkerWrapper", "llm_supervisor.simulator serve")
+_VLLM_MODULES = ("vllm.entrypoints",)
+
+
+@dataclass
+class Tenant:
+    gpu_index: int
+    pid: int
+    used_mib: int | None
+    name: str  # the process title or command name
+    cmdline: str  # cut to 200 characters
+    user: str | None
+    vllm: bool  # a vLLM engine process
+    ours: bool  # in this supervisor's engine tree
+    visible: bool  # psutil could look at it (a pid of another pid namespace cannot be)
+    started: float | None = None  # psutil's create_time: the same pid later is another process
+
+    def describe(self) -> str:
+        what = self.name if self.visible else "not visible from here"
+        who = f", user {self.user}" if self.user else ""
+        mem = f"{self.used_mib:,} MiB" if self.used_mib is not None else "memory unknown"
+        return f"pid {self.pid} ({what}{who}) holds {mem} on GPU {self.gpu_index}"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kind"] = "vllm" if self.vllm else "other"
+        return data
+
+
+def is_vllm(name: str, cmdline: list[str]) -> bool:
+    """Does a process look like one of vLLM's (API server, EngineCore, worker)?"""
+    text = " ".join(cmdline)
+    if any(t in name or t in text for t in _VLLM_TITLES) or any(m in text for m in _VLLM_MODULES):
+        return True
+    words = [w.rsplit("/", 1)[-1] for w in cmdline[:4]]
+    return "vllm" in words and "serve" in cmdline[:6]
+
+
+def name_process(proc: GpuProcess, ours: Collection[int] = ()) -> Tenant:
+    try:
+        ps = psutil.Process(proc.pid)
+        with ps.oneshot():
+            cmdline = ps.cmdline()
+            if not cmdline:
+                name = ps.name() or proc.title
+            elif cmdline[0].startswith("VLLM::") or len(cmdline) == 1:  # a title (setproctitle)
+                name = cmdline[0].split(" ")[0] if cmdline[0].startswith("VLLM::") else cmdline[0]
+            else:
+                name = " ".join(w.rsplit("/", 1)[-1] for w in cmdline[:3])
+            name = name[:80]
+            try:
+                user: str | None = ps.username()
+            except (psutil.Error, KeyError):
+                user = None
+            started = ps.create_time()
+        return Tenant(proc.gpu_index, proc.pid, proc.used_mib, name, " ".join(cmdline)[:200], user,
+                      is_vllm(name, cmdline), proc.pid in ours, True, started)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return Tenant(proc.gpu_index, proc.pid, proc.used_mib, proc.title or "gone", "", None,
+                      is_vllm(proc.title, [proc.title]), proc.pid in ours, False)
+    except (psutil.AccessDenied, OSError):
+        return Tenant(proc.gpu_index, proc.pid, proc.used_mib, proc.title or "access denied", "", None,
+                      is_vllm(proc.title, [proc.title]), proc.pid in ours, False)
+
+
+def gpu_tenants(inventory: GpuInventory | None, gpu_indexes: Iterable[int] | None = None,
+                ours: Collection[int] = ()) -> list[Tenant]:
+    """The processes holding memory on these GPUs (all when None), named. Blocking (NVML, /proc):
+    run it in a thread. An inventory that cannot list processes lists none."""
+    listing = getattr(inventory, "processes", None)
+    if not callable(listing):
+        return []
+    wanted = None if gpu_indexes is None else set(gpu_indexes)
+    procs = [p for p in listing() if wanted is None or p.gpu_index in wanted]
+    return [name_process(p, ours) for p in procs]
+
+
+def describe(tenants: Iterable[Tenant]) -> str:
+    return "; ".join(t.describe() for t in tenants)

@@ -1,0 +1,262 @@
+"""GPU validation of "who holds the GPU": the supervisor against real vLLM on one GPU.
+
+  T1  another process (not ours) holds GPU memory: `doctor` names it (pid, command, MiB), and a
+      first launch that finds free memory short relaunches with a reason that names it
+  T2  a leftover EngineCore of a `vllm serve` started by hand (its API server killed -9): `doctor`
+      fails naming it, `up` reports it (log, /status gpu_tenants, history) and leaves it alone,
+      `up --end-foreign-engines` ends it and the launch gets the GPU to itself
+  T3  `doctor`'s GPU health line (NVML ECC / retired pages / row remapping, kernel-log Xids)
+
+With --simulate the same scenarios run against the bundled simulator on a simulated GPU (the other
+process is `gpu_validate.py --hog sim`, the hand-started server the simulator's `serve`), to check
+this script without GPU time. Every process it starts is ended; logs and the summary (Markdown,
+then JSON) go to OUT/.
+
+usage: python scripts/gpu_tenants_validate.py [--simulate] [--out DIR] [--profile YAML] [--model PATH]
+       (real run: `. /tmp/vllm-env.sh` first, as for scripts/gpu-validate.sh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE = REPO / "scripts" / "profiles" / "h100-qwen3-4b.yaml"
+HOG = REPO / "scripts" / "gpu_validate.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.simulate = args.simulate
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.profile = str(args.profile)
+        # the simulator knows Qwen3-4B by its Hugging Face id; the profile names a folder on the GPU host
+        self.model = args.model or ("Qwen/Qwen3-4B" if args.simulate else None)
+        self.api_port = free_port()
+        self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    "PYTHONUNBUFFERED": "1", "LLM_SUPERVISOR_STATE_DIR": str(self.out / "state"),
+                    "LLM_SUPERVISOR_API_PORT": str(self.api_port), "LLM_SUPERVISOR_FAILED_LINGER_S": "30"}
+        if self.simulate:
+            self.env["LLM_SUPERVISOR_SIM_GPU_DIR"] = str(self.out / "simgpu")
+            self.env["LLM_SUPERVISOR_SIM_GPU_NAME"] = "NVIDIA H100 80GB HBM3"
+            self.env["LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB"] = "81559"
+            self.env["LLM_SUPERVISOR_SIM_STARTUP_S"] = "1"
+        self.started: list[subprocess.Popen[Any]] = []
+        self.results: dict[str, Any] = {}
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        extra = ["--simulate"] if self.simulate and args[0] in ("up", "plan", "doctor") else []
+        model = ["--model", self.model] if self.model and args[0] in ("up", "plan") else []
+        return subprocess.run([sys.executable, "-m", "llm_supervisor", *args, *extra, *model], env=self.env,
+                              cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
+
+    def spawn(self, argv: list[str], logname: str, **kw: Any) -> subprocess.Popen[Any]:
+        fh = (self.out / logname).open("ab")
+        proc = subprocess.Popen(argv, env=kw.pop("env", self.env), cwd=str(REPO), stdout=kw.pop("stdout", fh),
+                                stderr=fh, start_new_session=True, **kw)
+        self.started.append(proc)
+        return proc
+
+    def status(self) -> dict[str, Any] | None:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{self.api_port}/status", timeout=5, trust_env=False)
+            return r.json() if r.status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    def wait_status(self, predicate: Any, timeout: float, what: str,
+                    daemon: subprocess.Popen[Any] | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.status()
+            if last is not None and predicate(last):
+                return last
+            if daemon is not None and daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({daemon.returncode}) while waiting for {what}")
+            time.sleep(0.5)
+        raise RuntimeError(f"timed out waiting for {what}; last state {last and last.get('state')}")
+
+    def daemon(self, *extra: str, sets: tuple[str, ...] = ()) -> subprocess.Popen[Any]:
+        argv = [sys.executable, "-m", "llm_supervisor", "up", "--profile", self.profile, *extra]
+        for item in sets:
+            argv += ["--set", item]
+        if self.simulate:
+            argv.append("--simulate")
+        if self.model:
+            argv += ["--model", self.model]
+        return self.spawn(argv, f"daemon-{len(self.started)}.log")
+
+    def stop_daemon(self, proc: subprocess.Popen[Any]) -> int | None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return None
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def hog(run: Run, gib: float) -> subprocess.Popen[str]:
+    proc = run.spawn([sys.executable, str(HOG), "--hog", "sim" if run.simulate else "torch"], "hog.log",
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdout.readline()  # armed
+    proc.stdin.write(f"grab {int(gib * 1024)}\n")
+    proc.stdin.flush()
+    log(f"other process pid {proc.pid}: {proc.stdout.readline().strip()}")
+    return proc
+
+
+def t1_other_process(run: Run) -> None:
+    total_gib = 79.6
+    other = hog(run, 0.75 * total_gib)  # leaves ~20 GiB: less than the profile's 21.4 GiB budget
+    try:
+        doctor = run.cli("doctor", "--profile", run.profile)
+        line = next((ln for ln in doctor.stdout.splitlines() if "gpu processes" in ln), "")
+        named_in_doctor = f"pid {other.pid} (" in line
+        daemon = run.daemon(sets=("recovery.plan_first_launch=false",))
+        st = run.wait_status(lambda s: any(h.get("event") in ("relaunch", "give_up") for h in s.get("history", [])),
+                             600, "the first decision", daemon)
+        decision = next(h for h in st["history"] if h.get("event") in ("relaunch", "give_up"))
+        tenants = [t for t in st.get("gpu_tenants", []) if t.get("pid") == other.pid]
+        run.stop_daemon(daemon)
+        run.results["T1"] = {
+            "doctor_line": line, "named_in_doctor": named_in_doctor,
+            "decision": decision.get("event"), "failure": (decision.get("failure") or {}).get("kind"),
+            "named_in_reason": f"pid {other.pid} (" in decision.get("reason", ""), "reason": decision.get("reason"),
+            "in_status": tenants, "ok": named_in_doctor and f"pid {other.pid} (" in decision.get("reason", "")
+            and bool(tenants)}
+    finally:
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait(30)
+
+
+def leftover_engine(run: Run) -> psutil.Process:
+    port = free_port()
+    model = run.model or "/tmp/models/qwen3-4b"
+    argv = ([sys.executable, "-m", "llm_supervisor.simulator"] if run.simulate else ["vllm"]) + [
+        "serve", model, "--port", str(port), "--gpu-memory-utilization", "0.2", "--max-model-len", "4096"]
+    if not run.simulate:
+        argv += ["--load-format", "dummy"]
+    server = run.spawn(argv, "hand-started-vllm.log")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2, trust_env=False).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        raise RuntimeError("the hand-started vllm serve never answered /health")
+    cores = [p for p in psutil.Process(server.pid).children(recursive=True)
+             if "EngineCore" in " ".join(p.cmdline()) or p.name().startswith("VLLM::")]
+    server.send_signal(signal.SIGKILL)  # its API server only: vLLM's EngineCore outlives it
+    server.wait(30)
+    time.sleep(3)
+    left = [p for p in cores if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if not left:
+        raise RuntimeError("the EngineCore did not outlive its API server (nothing left to find)")
+    log(f"leftover EngineCore pid {left[0].pid}")
+    return left[0]
+
+
+def t2_leftover_engine(run: Run) -> None:
+    core = leftover_engine(run)
+    try:
+        doctor = run.cli("doctor", "--profile", run.profile)
+        line = next((ln for ln in doctor.stdout.splitlines() if "gpu processes" in ln), "")
+        daemon = run.daemon()
+        st = run.wait_status(lambda s: any(t.get("pid") == core.pid for t in s.get("gpu_tenants", [])), 600,
+                             "the leftover in /status", daemon)
+        reported = next(t for t in st["gpu_tenants"] if t.get("pid") == core.pid)
+        time.sleep(2)
+        run.stop_daemon(daemon)
+        daemon_log = (run.out / f"daemon-{len(run.started) - 1}.log").read_text(errors="replace")
+        still_there = core.is_running() and core.status() != psutil.STATUS_ZOMBIE
+        second = run.daemon("--end-foreign-engines")
+        st2 = run.wait_status(lambda s: s.get("state") in ("ready", "failed"), 900, "ready with the GPU freed", second)
+        ended = [h for h in st2.get("history", []) if h.get("event") == "foreign_engines_ended"]
+        gone = not (core.is_running() and core.status() != psutil.STATUS_ZOMBIE)
+        run.stop_daemon(second)
+        run.results["T2"] = {
+            "doctor_line": line, "doctor_fails_naming_it": line.startswith("fail") and f"pid {core.pid} (" in line,
+            "in_status": reported, "warned": f"pid {core.pid} (" in daemon_log and "not ours" in daemon_log,
+            "left_alone_without_the_flag": still_there, "ended_with_the_flag": gone and bool(ended),
+            "then": st2.get("state"), "ok": f"pid {core.pid} (" in line and reported.get("vllm") is True
+            and still_there and gone and bool(ended)}
+    finally:
+        if core.is_running():
+            core.kill()
+
+
+def t3_health(run: Run) -> None:
+    doctor = run.cli("doctor", "--profile", run.profile)
+    line = next((ln for ln in doctor.stdout.splitlines() if "gpu health" in ln), "")
+    run.results["T3"] = {"doctor_line": line, "ok": bool(line)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--simulate", action="store_true")
+    parser.add_argument("--out", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "gpu-tenants-out"))
+    parser.add_argument("--profile", default=str(PROFILE))
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--only", default="T1,T2,T3")
+    args = parser.parse_args()
+    run = Run(args)
+    try:
+        for name, scenario in (("T3", t3_health), ("T1", t1_other_process), ("T2", t2_leftover_engine)):
+            if name not in args.only.split(","):
+                continue
+            log(f"== {name}")
+            try:
+                scenario(run)
+            except Exception as exc:  # noqa: BLE001 - one scenario's failure is a row, not the end
+                run.results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        run.cleanup()
+    rows = ["| scenario | ok | what was seen |", "|---|---|---|"]
+    for name, res in run.results.items():
+        seen = res.get("error") or res.get("reason") or res.get("doctor_line") or ""
+        rows.append(f"| {name} | {'yes' if res.get('ok') else 'NO'} | {str(seen)[:300].replace('|', '/')} |")
+    table = "\n".join(rows)
+    (run.out / "summary.md").write_text(table + "\n")
+    (run.out / "summary.json").write_text(json.dumps(run.results, indent=1, default=str))
+    print(table)
+    print(json.dumps(run.results, default=str))
+    return 0 if all(r.get("ok") for r in run.results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
