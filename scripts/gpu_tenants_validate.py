@@ -106,6 +106,8 @@ class Run:
             argv += ["--set", item]
         if self.simulate:
             argv.append("--simulate")
+        else:  # the profile names an H100; on another card the scenario is the same
+            argv.append("--ignore-hardware-mismatch")
         if self.model:
             argv += ["--model", self.model]
         return self.spawn(argv, f"daemon-{len(self.started)}.log")
