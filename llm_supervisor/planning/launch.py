@@ -28,7 +28,7 @@ from llm_supervisor.host.placement import Placement, plan_placement
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
-from llm_supervisor.vllm import engine_args, memory, speed
+from llm_supervisor.vllm import engine_args, memory, runner, speed
 from llm_supervisor.vllm.cards import gpu_label, stated_total_gib
 from llm_supervisor.vllm.fit import FitContext, Prediction, check_launch
 from llm_supervisor.vllm.lowmem import LowMemoryPlan, plan_low_memory
@@ -108,7 +108,9 @@ class LaunchPlan:
         return engine_args.engine_argv(self.profile, self.listen_args(args, engine_port), self.command)
 
     def env_for(self, args: VllmArgs) -> dict[str, str]:
-        return engine_args.engine_env(self.profile, args, self.base_env, self.extra_env)
+        extra = {**self.extra_env, **runner.offload_env(self.engine_version.version, args.cpu_offload_gb,
+                                                         self.profile.env)}
+        return engine_args.engine_env(self.profile, args, self.base_env, extra)
 
     @property
     def hf_home(self) -> str:
@@ -357,6 +359,10 @@ def build_plan(
         if model is None:
             notes.append(f"no speed prediction: {gpu_name or 'this GPU'} is not in the GPU table (vllm/gpuspecs.py)")
 
+    if runner.offload_env(engine.version, args.cpu_offload_gb, profile.env):
+        notes.append(f"--cpu-offload-gb needs vLLM's V1 model runner "
+                     f"{'on vLLM ' + engine.version if engine.version else 'when the version is not known'} "
+                     f"(the default V2 runner offloads only from 0.28): the engine runs with {runner.RUNNER_ENV}=0")
     return LaunchPlan(
         settings=settings, profile=profile, simulate=simulate,
         command=command, args=args,

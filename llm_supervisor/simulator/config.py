@@ -177,6 +177,7 @@ class SimConfig:
     graph_estimate: bool = False  # 0.30+ (0.34 with the extensible cache off): graphs estimated into the budget
     util_given: bool = True  # --gpu-memory-utilization was passed (0.34's warning compares with "unset")
     fused_allreduce: bool = False  # pass_config.fuse_allreduce_rms in effect (TP > 1, Hopper/Blackwell, 0.26+)
+    v2_runner: bool = False  # the V2 model runner: the default from 0.22 unless VLLM_USE_V2_MODEL_RUNNER=0
 
     @property
     def world_size(self) -> int:
@@ -363,7 +364,11 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         except TypeError:
             kv_per_token.append(shape.kv_bytes_per_token(tp, kv_elem) * n // shape.num_layers)
     weights, largest = _weights(shape, model, tp, pp, dtype_name.replace("torch.", ""), quant)
-    offloaded = [memory.offloaded_bytes(_layer_params(shape, tp, dtype_bytes), n, int((ns.cpu_offload_gb or 0) * memory.GIB))
+    v2_runner = dialect.v2_runner and os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower() not in (
+        "0", "false")
+    # before 0.28 the V2 runner never installs the weight offloader: --cpu-offload-gb is ignored
+    offload_gb = 0.0 if v2_runner and not dialect.at_least(0, 28) else (ns.cpu_offload_gb or 0)
+    offloaded = [memory.offloaded_bytes(_layer_params(shape, tp, dtype_bytes), n, int(offload_gb * memory.GIB))
                  for n in layers]
     offloaded = [min(o, max(0, w - memory.LOAD_OVERHEAD_BYTES)) for o, w in zip(offloaded, weights)]
     weights = [w - o for w, o in zip(weights, offloaded)]
@@ -383,7 +388,7 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         dialect=dialect, model=model, served_names=tuple(ns.served_model_name or [model]),
         architecture=shape.architecture, shape=facts, dtype_name=dtype_name, quantization=effective_quant,
         kv_bytes_per_token=tuple(kv_per_token), layers_per_stage=tuple(layers), weights_per_stage=tuple(weights),
-        offloaded_per_stage=tuple(offloaded), cpu_offload_gb=float(ns.cpu_offload_gb or 0),
+        offloaded_per_stage=tuple(offloaded), cpu_offload_gb=float(ns.cpu_offload_gb or 0), v2_runner=v2_runner,
         swap_space=float(ns.swap_space),
         largest_weight=largest, max_model_len=max_len, derived_max_model_len=derived,
         block_size=ns.block_size or 16, util=util, tp=tp, pp=pp, dp=dp, max_num_seqs=seqs,

@@ -203,11 +203,11 @@ class Dialect:
 
     # ------------------------------------------------------------ startup lines
 
-    def model_loading(self, nbytes: int, seconds: float) -> str:
+    def model_loading(self, nbytes: int, seconds: float, v2_runner: bool) -> str:
         gib = nbytes / (1 << 30)
         if self.at_least(0, 28):
             return f"Model loading took {round(gib, 2)} GiB memory and {seconds:.6f} seconds"
-        if self.v2_runner:
+        if v2_runner:
             return f"Model loading took {round(gib, 2)} GiB and {seconds:.6f} seconds"
         if self.at_least(0, 14):
             return f"Model loading took {round(gib, 2)} GiB memory and {seconds:.6f} seconds"
@@ -355,7 +355,7 @@ SRC_0_26 = {
     "ec_start": "core.py:1432", "ec_teardown": "core.py:1463", "ec_exit": "core.py:1326",
     "client_stopped": "launcher.py:125", "signal_http": "launcher.py:128", "shutdown_http": "launcher.py:149",
     "proc_died": "core_client.py:564", "sampler": "topk_topp_sampler.py:39", "simulated": "simulator.py:1",
-    "quant_convert": "awq_marlin.py:117", "version": "api_server.py:1839",
+    "quant_convert": "awq_marlin.py:117", "version": "api_server.py:1839", "offloaded": "uva.py:58",
 }
 SRC_0_11 = {
     "version": "api_server.py:1839", "args": "utils.py:233", "arch": "model.py:547", "max_len": "model.py:1510",
@@ -383,7 +383,7 @@ SRC_0_8 = {
 # 0.34.0: the generated fixtures' file:line (tests/fixtures/generated/vllm-0.34.0/*.sources.txt), the
 # rest read from the 0.34.0 wheel's source (the first line of each logging call).
 SRC_0_34 = {
-    "fi_ar_failed": "flashinfer_all_reduce.py:109",
+    "fi_ar_failed": "flashinfer_all_reduce.py:109", "offloaded": "uva.py:68",
     "logo": "startup.py:38", "args": "startup.py:96", "arch": "model.py:761", "max_len": "model.py:2214",
     "chunked": "scheduler.py:354", "engine_init": "core.py:153", "loading": "model_runner.py:412",
     "load_took": "model_runner.py:441", "compile_total": "monitor.py:62", "profile_run": "monitor.py:91",

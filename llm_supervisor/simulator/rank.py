@@ -135,14 +135,14 @@ class Rank:
         if d.free_memory_check and not cfg.extensible and self.init_free < self.requested:
             raise SimFailure("init_device", "ValueError: " + d.free_memory(
                 self.local, self.init_free, self.total, cfg.util, self.requested))
-        if d.v2_runner_line:
+        if d.v2_runner_line and cfg.v2_runner:
             log.info(d.src("v2_runner"), "Using V2 Model Runner")
         self._hang_if("init_device")
         return {}
 
     def load(self) -> dict[str, Any]:
         cfg, d, log = self.cfg, self.cfg.dialect, self.log
-        if d.v2_runner:
+        if cfg.v2_runner:
             log.info(d.src("loading"), "Loading model from scratch...")
         else:
             log.info(d.src("loading"), f"Starting to load model {cfg.model}...")
@@ -154,6 +154,9 @@ class Rank:
                  "['FLASH_ATTN', 'FLASHINFER', 'TRITON_ATTN', 'FLEX_ATTENTION'].")
         if d.at_least(0, 11):
             log.info(d.src("flash_attn"), f"Using FlashAttention version {3 if fa3 else 2}")
+        offloaded = cfg.offloaded_per_stage[self.pp_rank]
+        if offloaded and self.prints and d.at_least(0, 26):
+            log.info(d.src("offloaded"), f"Total CPU offloaded parameters: {round(offloaded / (1 << 30), 2)}")
         self._hang_if("load")
         start = time.monotonic()
         sleep(cfg.timing.phase("load"))
@@ -168,8 +171,8 @@ class Rank:
                           f" for more tips. (original error: {exc.message})")
             raise
         if self.prints:
-            log.info(d.src("load_took"), d.model_loading(self.weights, time.monotonic() - start))
-        if d.v2_runner and self.rank == 0:
+            log.info(d.src("load_took"), d.model_loading(self.weights, time.monotonic() - start, cfg.v2_runner))
+        if cfg.v2_runner and self.rank == 0:
             log.info(d.src("sampler"), "FlashInfer top-p/top-k sampling disabled via VLLM_USE_FLASHINFER_SAMPLER=0.")
         return {}
 

@@ -37,6 +37,7 @@ _ARG_KEYS = (
     "host", "port", "gpu_memory_utilization", "max_model_len", "tensor_parallel_size", "pipeline_parallel_size",
     "data_parallel_size", "max_num_seqs", "max_num_batched_tokens", "block_size", "enforce_eager",
     "enable_prefix_caching", "dtype", "kv_cache_dtype", "quantization", "load_format", "disable_custom_all_reduce",
+    "cpu_offload_gb",
 )
 _FLAGS = (
     ("max_model_len", "--max-model-len"),

@@ -58,6 +58,8 @@ class StartupFacts:
     model: str | None = None
     model_weights_gib: float | None = None
     model_load_seconds: float | None = None
+    model_runner: str | None = None                 # "v2": "Using V2 Model Runner" (0.22–0.33 print it)
+    cpu_offloaded_gib: float | None = None          # "Total CPU offloaded parameters: 42.0" (GiB)
     available_kv_cache_gib: float | None = None
     kv_cache_tokens: int | None = None
     max_concurrency: float | None = None
@@ -184,6 +186,7 @@ def tp_rank(proc: str) -> int | None:
 # ---------------------------------------------------------------- patterns
 
 _NUM = r"(-?\d+(?:\.\d+)?)"
+_OFFLOADED_RE = re.compile(r"Total CPU offloaded parameters: " + _NUM)
 _WEIGHTS_RE = re.compile(r"Model loading took " + _NUM + r" ?Gi?B(?: memory)? and " + _NUM + r" ?s")
 _AVAIL_RE = re.compile(r"Available KV cache memory: " + _NUM + r" ?GiB")
 _KV_TOKENS_RE = re.compile(r"(?:GPU|GPU \+ host|\w+) KV cache size: ([\d,]+) tokens")
@@ -437,6 +440,14 @@ class LogParser:
             self._set("model_weights_gib", _f(m.group(1)), events)
             self._set("model_load_seconds", _f(m.group(2)), events)
 
+    def _h_runner(self, text: str, events: list[Event]) -> None:
+        self._set("model_runner", "v2", events)
+
+    def _h_offloaded(self, text: str, events: list[Event]) -> None:
+        m = _OFFLOADED_RE.search(text)
+        if m:
+            self._set("cpu_offloaded_gib", _f(m.group(1)), events)
+
     def _h_avail(self, text: str, events: list[Event]) -> None:
         m = _AVAIL_RE.search(text)
         if m:
@@ -671,6 +682,8 @@ _Handler = Callable[[LogParser, str, list[Event]], None]
 # the KV size and the concurrency on one line).
 _HANDLERS: tuple[tuple[str, _Handler], ...] = (
     ("Model loading took", LogParser._h_weights),
+    ("Using V2 Model Runner", LogParser._h_runner),
+    ("Total CPU offloaded parameters", LogParser._h_offloaded),
     ("Available KV cache memory", LogParser._h_avail),
     ("Memory after warmup", LogParser._h_warmup),
     ("CUDA graph pool memory", LogParser._h_graph_pool),

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence, Union
 
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
-from llm_supervisor.vllm import allreduce, memory
+from llm_supervisor.vllm import allreduce, memory, runner
 from llm_supervisor.vllm.failures import MEMORY_KINDS, Failure, FailureKind
 from llm_supervisor.vllm.fit import FitContext, overhead_for
 from llm_supervisor.vllm.logparse import StartupFacts
@@ -466,6 +466,8 @@ def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
                       "(is vLLM installed in the daemon's environment, and on its PATH?)")
     if kind is FailureKind.BAD_ARGUMENTS:
         return GiveUp(f"vLLM rejected its arguments ({msg}); fix the profile's vllm section or extra_args")
+    if kind in MEMORY_KINDS and runner.offload_ignored(ctx.facts, ctx.args.cpu_offload_gb):
+        return GiveUp(runner.offload_ignored_reason(ctx.facts, float(ctx.args.cpu_offload_gb or 0)))
     if kind is FailureKind.PORT_IN_USE:
         port = ctx.failure.values.get("port")
         if port is not None and port != ctx.args.port:

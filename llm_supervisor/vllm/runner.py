@@ -1,0 +1,59 @@
+"""Which model runner vLLM runs a model with, and what that means for CPU weight offload. Pure.
+
+From vLLM 0.22 the V2 model runner is the default for dense models ("Using V2 Model Runner" in the
+log). Until 0.28 that runner never installs vLLM's weight offloader: `--cpu-offload-gb` is
+accepted, listed in "non-default args", and ignored, so every weight is loaded on the GPU. Read
+from vLLM 0.26.0's and 0.27.0's source (only the V1 runner calls `set_offloader`; the V2 runner
+does from 0.28.0), and seen on an H200 with 0.26.0: Qwen3-32B with `--cpu-offload-gb 42` printed
+"Model loading took 61.03 GiB", then "Available KV cache memory: -41.48 GiB" and "No available
+memory for the cache blocks". The V1 runner, chosen with VLLM_USE_V2_MODEL_RUNNER=0, offloads
+and says so: "Total CPU offloaded parameters: 42.0" (GiB, printed before "Model loading took").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from llm_supervisor.vllm.logparse import StartupFacts
+from llm_supervisor.vllm.memory import parse_version
+
+RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+V2_DEFAULT_FROM = (0, 22, 0)   # the V2 model runner is the default for dense models
+V2_OFFLOAD_FROM = (0, 28, 0)   # ... and installs the weight offloader
+
+
+def v2_ignores_offload(vllm_version: str | None) -> bool:
+    """Whether this vLLM's default runner ignores --cpu-offload-gb (None: not known)."""
+    v = parse_version(vllm_version)
+    return v is not None and V2_DEFAULT_FROM <= v < V2_OFFLOAD_FROM
+
+
+def offload_env(vllm_version: str | None, cpu_offload_gb: float | None, profile_env: Mapping[str, str]) -> dict[str, str]:
+    """The engine environment that makes `--cpu-offload-gb` take effect: the V1 runner on a vLLM
+    whose V2 runner ignores it, or whose version is not known (the V1 runner offloads on every
+    version). Nothing when the profile chooses the runner itself."""
+    if not cpu_offload_gb or RUNNER_ENV in profile_env:
+        return {}
+    v = parse_version(vllm_version)
+    if v is not None and not v2_ignores_offload(vllm_version):
+        return {}
+    return {RUNNER_ENV: "0"}
+
+
+def offload_ignored(facts: StartupFacts, cpu_offload_gb: float | None) -> bool:
+    """The log shows vLLM loaded the weights on its V2 runner without offloading although
+    `--cpu-offload-gb` asked for it."""
+    if not cpu_offload_gb or facts.model_runner != "v2" or facts.model_weights_gib is None:
+        return False
+    if facts.cpu_offloaded_gib:
+        return False
+    v = parse_version(facts.vllm_version)
+    return v is None or v < V2_OFFLOAD_FROM
+
+
+def offload_ignored_reason(facts: StartupFacts, cpu_offload_gb: float) -> str:
+    version = f"vLLM {facts.vllm_version}" if facts.vllm_version else "this vLLM"
+    return (f"{version} ignored --cpu-offload-gb {cpu_offload_gb:g}: its V2 model runner loads every weight on the "
+            f"GPU (\"Model loading took {facts.model_weights_gib:g} GiB\") and offloads only from vLLM 0.28; no "
+            f"argument change fixes that: run it with {RUNNER_ENV}=0 (the supervisor sets that whenever it offloads, "
+            "unless the profile's env sets the variable) or use vLLM 0.28 or newer")

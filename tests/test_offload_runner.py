@@ -1,0 +1,158 @@
+"""`--cpu-offload-gb` on vLLM 0.22–0.27, whose default V2 model runner ignores it: the engine gets
+the V1 runner, and a log that shows the offload ignored ends in a stop with the reason, never in a
+relaunch with more offload that the engine would ignore again.
+
+The real log: Qwen3-32B (dummy weights) on an H200 with vLLM 0.26.0 and `--cpu-offload-gb 42`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon_harness import DaemonRun, run_cli
+from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, VllmArgs
+from llm_supervisor.host.logfiles import diagnose_file
+from llm_supervisor.vllm import runner
+from llm_supervisor.vllm.failures import FailureClassifier, FailureKind
+from llm_supervisor.vllm.logparse import LogParser
+from llm_supervisor.vllm.recovery import GiveUp, decide
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_LOG = Path(__file__).parent / "fixtures" / "vllm-0.26.0" / "offload-ignored-by-v2-runner.log"
+H200_MIB = 143771  # 140.4 GiB as NVML reports an H200
+H200 = {"LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": str(H200_MIB), "LLM_SUPERVISOR_SIM_GPU_NAME": "NVIDIA H200"}
+# what the real run asked for: 21.4 GiB of a 140 GiB card, 42 GiB of Qwen3-32B's 61 GiB in CPU memory
+REAL_ARGS = ["Qwen/Qwen3-32B", "--gpu-memory-utilization", "0.153", "--max-model-len", "2064",
+             "--load-format", "dummy", "--cpu-offload-gb", "42"]
+
+
+def parse(path: Path) -> tuple[LogParser, FailureClassifier]:
+    classifier = FailureClassifier()
+    parser = LogParser(sink=classifier)
+    for line in path.read_text().splitlines():
+        parser.feed(line)
+    return parser, classifier
+
+
+def test_the_real_log_shows_weights_loaded_on_the_gpu_despite_the_offload() -> None:
+    parser, classifier = parse(REAL_LOG)
+    facts = parser.facts
+    assert (facts.vllm_version, facts.model_runner, facts.model_weights_gib) == ("0.26.0", "v2", 61.03)
+    assert facts.cpu_offloaded_gib is None
+    assert facts.available_kv_cache_gib == -41.48
+    assert runner.offload_ignored(facts, 42.0)
+    assert not runner.offload_ignored(facts, 0)
+    failure = classifier.classify(None, facts.server_started)
+    assert failure is not None and failure.kind is FailureKind.NO_KV_CACHE_MEMORY
+
+
+def test_an_offload_that_took_effect_is_not_called_ignored() -> None:
+    parser = LogParser()
+    for line in ("(EngineCore pid=7) INFO 12-03 12:26:15 [gpu_worker.py:378] Using V2 Model Runner",
+                 "(EngineCore pid=7) INFO 12-03 12:26:18 [uva.py:58] Total CPU offloaded parameters: 42.0",
+                 "(EngineCore pid=7) INFO 12-03 12:26:19 [gpu_model_runner.py:5347] Model loading took 19.07 GiB "
+                 "memory and 3.3 seconds"):
+        parser.feed(line)
+    assert parser.facts.cpu_offloaded_gib == 42.0 and parser.facts.model_weights_gib == 19.07
+    assert not runner.offload_ignored(parser.facts, 42.0)
+    parser.facts.vllm_version = "0.28.0"  # the V2 runner offloads from 0.28, line or not
+    parser.facts.cpu_offloaded_gib = None
+    assert not runner.offload_ignored(parser.facts, 42.0)
+
+
+def test_recovery_stops_with_the_reason_instead_of_asking_for_more_offload() -> None:
+    parser, classifier = parse(REAL_LOG)
+    failure = classifier.classify(None, False)
+    assert failure is not None
+    profile = Profile(name="h200-qwen3-32b-offload", hardware=Hardware(gpu_name="H200", gpu_count=1, gpu_memory_gib=141),
+                      model=Model(id="Qwen/Qwen3-32B"),
+                      vllm=VllmArgs(gpu_memory_utilization=0.153, max_model_len=2064, cpu_offload_gb=42),
+                      recovery=Recovery(max_cpu_offload_gb=48, min_gpu_memory_utilization=0.1,
+                                        max_gpu_memory_utilization=0.16))
+    decision = decide(failure, profile.vllm, profile, [], parser.facts, gpu_total_mib=H200_MIB)
+    assert isinstance(decision, GiveUp)
+    assert decision.reason.startswith("vLLM 0.26.0 ignored --cpu-offload-gb 42: its V2 model runner")
+    assert "VLLM_USE_V2_MODEL_RUNNER=0" in decision.reason and "0.28" in decision.reason
+
+
+def test_diagnose_explains_the_ignored_offload() -> None:
+    result = diagnose_file(REAL_LOG)
+    assert result["failure"]["kind"] == "no_kv_cache_memory"
+    assert set(result["remedy"]) == {"why"}  # no utilization to try: it would fail the same way
+    assert "ignored --cpu-offload-gb 42" in result["remedy"]["why"]
+
+
+@pytest.mark.parametrize(("version", "profile_env", "offload", "expected"), [
+    ("0.26.0", {}, 42.0, {"VLLM_USE_V2_MODEL_RUNNER": "0"}),
+    ("0.27.0", {}, 1.0, {"VLLM_USE_V2_MODEL_RUNNER": "0"}),
+    ("0.22.0", {}, 1.0, {"VLLM_USE_V2_MODEL_RUNNER": "0"}),
+    (None, {}, 1.0, {"VLLM_USE_V2_MODEL_RUNNER": "0"}),      # not known: the V1 runner offloads everywhere
+    ("0.21.0", {}, 1.0, {}),                                  # the V1 runner was the default
+    ("0.28.0", {}, 42.0, {}),
+    ("0.34.0", {}, 42.0, {}),
+    ("0.26.0", {}, 0.0, {}),
+    ("0.26.0", {"VLLM_USE_V2_MODEL_RUNNER": "1"}, 42.0, {}),  # the profile chose its runner
+])
+def test_the_engine_environment_chooses_a_runner_that_offloads(version, profile_env, offload, expected) -> None:
+    assert runner.offload_env(version, offload, profile_env) == expected
+
+
+def test_plan_runs_an_offloading_engine_with_the_v1_runner_on_vllm_0_26(tmp_path: Path) -> None:
+    sets = ["--set", "model.id=Qwen/Qwen3-32B", "--set", "recovery.max_cpu_offload_gb=48"]
+    base = ["plan", "--profile", "4090d-qwen3-4b", "--simulate", *sets, "--json"]
+    env = {"LLM_SUPERVISOR_STATE_DIR": str(tmp_path / "state"), "LLM_SUPERVISOR_SIM_HOST_AVAILABLE_GIB": "100"}
+    plans = {}
+    for version in ("0.26.0", "0.34.0"):
+        done = run_cli(base, {**env, "LLM_SUPERVISOR_SIM_VLLM_VERSION": version})
+        assert done.returncode == 0, done.stderr
+        plans[version] = json.loads(done.stdout)
+    old, new = plans["0.26.0"], plans["0.34.0"]
+    assert old["low_memory"]["offload_gib"] > 0 and new["low_memory"]["offload_gib"] > 0
+    assert old["env"].get("VLLM_USE_V2_MODEL_RUNNER") == "0"
+    assert any("V1 model runner" in n for n in old["notes"])
+    assert "VLLM_USE_V2_MODEL_RUNNER" not in new["env"]
+
+
+def run_simulator(tmp_path: Path, env: dict[str, str]) -> tuple[int, str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_SUPERVISOR_SIM_", "VLLM_"))}
+    full.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "LLM_SUPERVISOR_SIM_GPU_DIR": str(tmp_path / "gpu"),
+                 "VLLM_CACHE_ROOT": str(tmp_path / "cache"), "LLM_SUPERVISOR_SIM_STARTUP_S": "0.2",
+                 "LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.26.0", **H200, **env})
+    done = subprocess.run([sys.executable, "-m", "llm_supervisor.simulator", "serve", *REAL_ARGS, "--port", "9"],
+                          cwd=ROOT, env=full, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_the_simulator_ignores_the_offload_on_the_v2_runner_like_vllm_0_26(tmp_path: Path) -> None:
+    rc, log = run_simulator(tmp_path, {})
+    assert rc == 1
+    assert "Using V2 Model Runner" in log and "Total CPU offloaded parameters" not in log
+    assert "Model loading took 61.0" in log and "No available memory for the cache blocks" in log
+    parser = LogParser()
+    for line in log.splitlines():
+        parser.feed(line)
+    assert runner.offload_ignored(parser.facts, 42.0)
+    assert parser.facts.available_kv_cache_gib == pytest.approx(-41.48, abs=1.0)  # the real log's figure
+
+
+def test_the_supervisor_starts_the_offloading_engine_on_vllm_0_26_at_the_first_launch(tmp_path: Path) -> None:
+    """A real `up --simulate` of a 32B model on a 24 GB card with vLLM 0.26: the supervisor plans
+    the offload and launches with the V1 runner, the simulated engine offloads and is ready."""
+    env = {"LLM_SUPERVISOR_SIM_HOST_AVAILABLE_GIB": "100", "LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.26.0"}
+    sets = ["model.id=Qwen/Qwen3-32B", "recovery.max_cpu_offload_gb=48"]
+    with DaemonRun(tmp_path / "run", sets=sets, env=env) as run:
+        run.start()
+        status = run.wait_ready(timeout=90)
+        assert status["attempt"] == 1
+        log = run.engine_log()
+        offloaded = [ln for ln in log.splitlines() if "Total CPU offloaded parameters" in ln]
+        assert offloaded and "Using V2 Model Runner" not in log
+        argv = status["argv"]
+        asked = float(argv[argv.index("--cpu-offload-gb") + 1])
+        # vLLM moves whole parameters until the budget is reached: a little more, never less
+        assert asked <= float(offloaded[0].rsplit(": ", 1)[1]) < asked + 1
