@@ -139,9 +139,18 @@ def hog(run: Run, gib: float) -> subprocess.Popen[str]:
     return proc
 
 
+def gpu_total_gib(run: Run) -> float:
+    """GPU 0's memory as NVML reports it (the simulated H100's 79.18 GiB with --simulate)."""
+    if run.simulate:
+        return 79.18
+    out = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return int(out.split()[0]) / 1024
+
+
 def t1_other_process(run: Run) -> None:
-    total_gib = 79.6
-    other = hog(run, 0.75 * total_gib)  # leaves ~20 GiB: less than the profile's 21.4 GiB budget
+    total_gib = gpu_total_gib(run)
+    other = hog(run, total_gib - 20.0)  # leaves ~20 GiB: less than the profile's budget (0.27 of the GPU)
     try:
         doctor = run.cli("doctor", "--profile", run.profile)
         line = next((ln for ln in doctor.stdout.splitlines() if "gpu processes" in ln), "")
