@@ -84,7 +84,8 @@ def test_typed_flags_reach_the_argv_and_not_extra_args() -> None:
 
 def test_offload_crosses_pcie_every_step() -> None:
     ctx = ctx_32b()
-    args = VllmArgs(cpu_offload_gb=41, gpu_memory_utilization=0.92)
+    # on vLLM 0.26 the offloading V1 runner counts its graph estimate in the budget: eager, as the plan does
+    args = VllmArgs(cpu_offload_gb=41, gpu_memory_utilization=0.92, enforce_eager=True)
     m = speed.speed_model(ctx, args, ctx.predict(args))
     assert m is not None
     off = offloaded_per_stage_gib(QWEN3_32B, args)[0] * 1024**3

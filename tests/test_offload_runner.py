@@ -17,10 +17,13 @@ import pytest
 from daemon_harness import DaemonRun, run_cli
 from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, VllmArgs
 from llm_supervisor.host.logfiles import diagnose_file
-from llm_supervisor.vllm import runner
+from llm_supervisor.host.modelfiles import load_shape
+from llm_supervisor.vllm import memory, runner
+from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.failures import FailureClassifier, FailureKind
+from llm_supervisor.vllm.fit import FitContext
 from llm_supervisor.vllm.logparse import LogParser
-from llm_supervisor.vllm.recovery import GiveUp, decide
+from llm_supervisor.vllm.recovery import GiveUp, Relaunch, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_LOG = Path(__file__).parent / "fixtures" / "vllm-0.26.0" / "offload-ignored-by-v2-runner.log"
@@ -156,3 +159,76 @@ def test_the_supervisor_starts_the_offloading_engine_on_vllm_0_26_at_the_first_l
         asked = float(argv[argv.index("--cpu-offload-gb") + 1])
         # vLLM moves whole parameters until the budget is reached: a little more, never less
         assert asked <= float(offloaded[0].rsplit(": ", 1)[1]) < asked + 1
+
+
+# ---------------------------------------------------------------- the V1 runner's memory accounting
+
+V1_LOG = Path(__file__).parent / "fixtures" / "vllm-0.26.0" / "offload-v1-runner-recovered.log"
+
+
+def first_attempt(path: Path) -> list[str]:
+    lines = path.read_text().splitlines()
+    return lines[:next(i for i, ln in enumerate(lines) if ln.startswith("===== engine exited"))]
+
+
+def test_on_the_v1_runner_vllm_0_26_takes_its_graph_estimate_out_of_the_budget() -> None:
+    """The real first launch with the V1 runner: -0.86 GiB = 21.39 − 18.59 weights − 2.23
+    activation − 0.34 non-torch − 1.09 estimated graphs; the V2 runner's estimate is 0 before 0.30."""
+    classifier = FailureClassifier()
+    parser = LogParser(sink=classifier)
+    for line in first_attempt(V1_LOG):
+        parser.feed(line)
+    f = parser.facts
+    assert (f.cpu_offloaded_gib, f.model_weights_gib, f.cuda_graph_estimate_gib) == (42.44, 18.59, 1.09)
+    assert f.model_runner is None and not runner.offload_ignored(f, 42.0)
+    assert f.available_kv_cache_gib == -0.86
+    assert round(21.39 - 18.59 - 2.23 - 0.34 - 1.09, 2) == f.available_kv_cache_gib
+    assert runner.v1_runner("0.26.0", 42.0) and not runner.v1_runner("0.26.0", 0)
+    assert not runner.v1_runner("0.28.0", 42.0) and runner.v1_runner("0.21.0", 0)
+    assert runner.v1_runner("0.34.0", 0, runner_env="0") and not runner.v1_runner("0.26.0", 42.0, runner_env="1")
+    assert memory.accounting_for("0.26.0", (), v1_runner=True) is memory.Accounting.BUDGET_0_26_V1
+    assert memory.accounting_for("0.26.0", (), v1_runner=False) is memory.Accounting.BUDGET_0_26
+    assert memory.accounting_for("0.20.0", (), v1_runner=True) is memory.Accounting.BUDGET_0_26
+    assert memory.accounting_for("0.30.0", (), v1_runner=True) is memory.Accounting.BUDGET_0_30
+    assert memory.Accounting.BUDGET_0_26_V1.graphs_in_budget and memory.Accounting.BUDGET_0_26_V1.graph_estimate
+    assert not memory.null_block_reserved(memory.Accounting.BUDGET_0_26_V1)  # the null block is 0.30's
+
+
+def test_recovery_of_the_real_v1_failure_makes_room_for_the_graph_estimate_too() -> None:
+    """The relaunch must free at least what was missing (0.86 GiB), counting the 1.09 GiB of
+    graphs vLLM took out of the budget: more offload, or eager mode, which drops the estimate."""
+    classifier = FailureClassifier()
+    parser = LogParser(sink=classifier)
+    for line in first_attempt(V1_LOG):
+        parser.feed(line)
+    failure = classifier.classify(None, False)
+    assert failure is not None and failure.kind is FailureKind.NO_KV_CACHE_MEMORY
+    args = VllmArgs(gpu_memory_utilization=0.153, max_model_len=2064, cpu_offload_gb=42)
+    profile = Profile(name="h200-qwen3-32b-offload", hardware=Hardware(gpu_name="H200", gpu_count=1, gpu_memory_gib=141),
+                      model=Model(id="Qwen/Qwen3-32B"), vllm=args,
+                      recovery=Recovery(max_cpu_offload_gb=48, min_gpu_memory_utilization=0.1,
+                                        max_gpu_memory_utilization=0.153, min_max_model_len=2048))
+    # what the daemon does after a failed boot: learn the overhead it showed (not the weights: offloaded)
+    obs = learn_from_facts(parser.facts, model="Qwen/Qwen3-32B", gpu_name="NVIDIA H200", gpu_total_gib=139.8,
+                           tensor_parallel=1, gpu_memory_utilization=0.153, now=0.0)
+    obs.weights_gib = None
+    assert obs.overhead_gib == pytest.approx(2.23 + 0.34, abs=0.02)  # the graph estimate is not overhead
+    fit = FitContext.of(load_shape("Qwen/Qwen3-32B"), 139.8, 1, obs, vllm_version="0.26.0", recovery=profile.recovery,
+                        model="Qwen/Qwen3-32B", gpu_name="NVIDIA H200", host_available_gib=120.0)
+    decision = decide(failure, args, profile, [], parser.facts, gpu_total_mib=H200_MIB, fit=fit)
+    assert isinstance(decision, Relaunch), decision
+    new = decision.args
+    freed = (new.cpu_offload_gb or 0) - 42 + (1.09 if new.enforce_eager else 0.0)
+    assert freed >= 0.86 + 0.5, decision.reason  # the shortfall and the 2,048 tokens' 0.5 GiB
+
+
+def test_plan_counts_the_graphs_inside_the_budget_when_the_v1_runner_offloads(tmp_path: Path) -> None:
+    sets = ["--set", "model.id=Qwen/Qwen3-32B", "--set", "recovery.max_cpu_offload_gb=48"]
+    env = {"LLM_SUPERVISOR_STATE_DIR": str(tmp_path / "state"), "LLM_SUPERVISOR_SIM_HOST_AVAILABLE_GIB": "100",
+           "LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.26.0"}
+    done = run_cli(["plan", "--profile", "4090d-qwen3-4b", "--simulate", *sets, "--json"], env)
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)
+    assert plan["accounting"] == "budget-0.26-v1"
+    done = run_cli(["plan", "--profile", "4090d-qwen3-4b", "--simulate", "--json"], env)
+    assert json.loads(done.stdout)["accounting"] == "budget-0.26"  # no offload: the V2 runner

@@ -92,7 +92,13 @@ class LaunchPlan:
     @property
     def accounting(self) -> memory.Accounting:
         """How that version sizes the KV cache with the launch's arguments."""
-        return memory.accounting_for(self.vllm_version, self.args.extra_args)
+        return self.accounting_of(self.engine_version.version, self.args)
+
+    def accounting_of(self, version: str | None, args: VllmArgs) -> memory.Accounting:
+        """How `version` (None: the newest supported) sizes the KV cache with `args`, on the model
+        runner those arguments run on."""
+        return memory.accounting_for(version or memory.DEFAULT_VLLM_VERSION, args.extra_args, runner.v1_runner(
+            version, args.cpu_offload_gb, self.profile.env.get(runner.RUNNER_ENV)))
 
     @property
     def frontdoor(self) -> bool:
@@ -209,7 +215,7 @@ def fit_context(profile: Profile, gpu_total_gib: float, gpu_count: int, calibrat
     return FitContext.of(shape, gpu_total_gib, gpu_count, calibration, profile.target, vllm_version,
                          recovery=profile.recovery, model=profile.model.id, gpu_name=gpu_name, inventory=inventory,
                          tensor_parallel=tensor_parallel or profile.vllm.tensor_parallel_size, notes=notes,
-                         host_available_gib=host_available_gib)
+                         host_available_gib=host_available_gib, runner_env=profile.env.get(runner.RUNNER_ENV))
 
 
 def build_plan(

@@ -54,7 +54,7 @@ from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
-from llm_supervisor.vllm.memory import accounting_for, extensible_sizing_from_log
+from llm_supervisor.vllm.memory import extensible_sizing_from_log
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
 
 log = logging.getLogger("llm_supervisor")
@@ -295,7 +295,7 @@ class Daemon(RestartLoop):
         version = printed or self.plan.vllm_version
         return {"version": version, "printed": printed, "planned": self.plan.vllm_version,
                 "planned_source": self.plan.engine_version.source,
-                "accounting": str(accounting_for(version, self.args.extra_args))}
+                "accounting": str(self.plan.accounting_of(version, self.args))}
 
     def _note_version(self, printed: str) -> None:
         """The engine printed its version: recovery reasons about that one from now on."""

@@ -405,7 +405,9 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
                           tensor_parallel=tp, kv_bytes_per_token=float(sum(kv_per_token))),
         response_tokens=max(1, int(env_float("RESPONSE_TOKENS", 16))), host=ns.host, port=ns.port,
         api_keys=keys, executor_backend=ns.distributed_executor_backend, extensible=extensible,
-        graph_estimate=dialect.estimates_graphs and not extensible, util_given=util_given,
+        # the V1 model runner estimates the graphs into the budget from 0.21; the V2 runner from 0.30
+        graph_estimate=(dialect.estimates_graphs or (not v2_runner and dialect.at_least(0, 21))) and not extensible,
+        util_given=util_given,
         fused_allreduce=_fused_allreduce(dialect, gpu.name, tp, ns.compilation_config))
 
 

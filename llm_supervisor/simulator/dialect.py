@@ -356,6 +356,7 @@ SRC_0_26 = {
     "client_stopped": "launcher.py:125", "signal_http": "launcher.py:128", "shutdown_http": "launcher.py:149",
     "proc_died": "core_client.py:564", "sampler": "topk_topp_sampler.py:39", "simulated": "simulator.py:1",
     "quant_convert": "awq_marlin.py:117", "version": "api_server.py:1839", "offloaded": "uva.py:58",
+    "v1_graph_estimate": "gpu_model_runner.py:6737",
 }
 SRC_0_11 = {
     "version": "api_server.py:1839", "args": "utils.py:233", "arch": "model.py:547", "max_len": "model.py:1510",

@@ -268,6 +268,8 @@ class Rank:
                 # 0.30+: a throwaway capture estimates the graphs, taken out before the cache is sized
                 self.estimate = memory.graph_estimate_bytes(memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False))
                 self.available -= self.estimate
+                if self.prints and not cfg.v2_runner and not d.at_least(0, 34):
+                    log.info(d.src("v1_graph_estimate"), f"Estimated CUDA graph memory: {self.estimate / (1 << 30):.2f} GiB total")
         if self.prints and d.available_kv_line:
             log.info(d.src("available_kv"), d.available_kv(self.available))
             if self.estimate:

@@ -237,14 +237,16 @@ def learn_from_facts(
     consumed = _fact(facts, "consumed_gib")
     if nt is None and consumed is not None and weights is not None:
         nt = round(max(float(consumed) - float(weights), 0.0), 4)
-    if act is not None and estimate:
+    version = memory.parse_version(vllm_version or _fact(facts, "vllm_version"))
+    if act is not None and estimate and (version is None or version >= (0, 30)):
+        # 0.30-0.33 print the estimate inside "peak activation"; 0.21-0.29's V1 runner does not
         act = round(max(float(act) - float(estimate), 0.0), 4)
     budget_kv = available  # the KV memory the budget left, for the overhead below
     before = _fact(facts, "available_kv_cache_gib_before_warmup")
     if before is not None:
         budget_kv = before  # 0.34: the budget's figure; the measured cache also lost the graphs
-    elif available is not None and estimate:
-        budget_kv = float(available) + float(estimate)
+    if budget_kv is not None and estimate:
+        budget_kv = float(budget_kv) + float(estimate)  # the graph estimate came out of it too
     requested = float(util) * float(total) if util is not None and total is not None else printed_req
     if act is not None and nt is not None:
         overhead = float(act) + float(nt)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs
-from llm_supervisor.vllm import memory
+from llm_supervisor.vllm import memory, runner
 from llm_supervisor.vllm.calibration import CalibrationEntry, Observation
 from llm_supervisor.vllm.memory import GIB, Overhead
 from llm_supervisor.vllm.modelshape import ModelShape, WeightInventory, linear_bytes_per_element
@@ -82,6 +82,7 @@ class FitContext:
     target: Target | None = None
     notes: tuple[str, ...] = ()          # what the plan found while gathering (unreadable headers, …)
     host_available_gib: float | None = None  # host RAM free for offloaded weights (host/), when read
+    runner_env: str | None = None        # the profile's VLLM_USE_V2_MODEL_RUNNER, when it sets one
 
     @classmethod
     def of(cls, shape: ModelShape, gpu_total_gib: float, gpu_count: int,
@@ -89,13 +90,14 @@ class FitContext:
            target: Target | None = None, vllm_version: str | None = None, *,
            recovery: Recovery | None = None, model: str | None = None, gpu_name: str | None = None,
            inventory: WeightInventory | None = None, tensor_parallel: int = 1,
-           notes: Iterable[str] = (), host_available_gib: float | None = None) -> "FitContext":
+           notes: Iterable[str] = (), host_available_gib: float | None = None,
+           runner_env: str | None = None) -> "FitContext":
         """A context for a shape on GPUs of `gpu_total_gib`. calibration: a store (looked up by
         model, vLLM version, GPU name and `tensor_parallel`), one entry, or one observation."""
         name = model or shape.name
         entry = _resolve_entry(calibration, name, vllm_version, gpu_name, tensor_parallel)
         return cls(shape, gpu_total_gib, gpu_count, name, gpu_name, vllm_version, inventory, entry,
-                   recovery or Recovery(), target, tuple(notes), host_available_gib)
+                   recovery or Recovery(), target, tuple(notes), host_available_gib, runner_env)
 
     @property
     def version(self) -> str:
@@ -103,8 +105,9 @@ class FitContext:
         return self.vllm_version or memory.DEFAULT_VLLM_VERSION
 
     def accounting(self, args: VllmArgs) -> memory.Accounting:
-        """How this vLLM sizes the KV cache with these arguments."""
-        return memory.accounting_for(self.version, args.extra_args)
+        """How this vLLM sizes the KV cache with these arguments (and the model runner they run on)."""
+        return memory.accounting_for(self.version, args.extra_args,
+                                     runner.v1_runner(self.vllm_version, args.cpu_offload_gb, self.runner_env))
 
     def with_calibration(self, entry: CalibrationEntry | None) -> "FitContext":
         """The same context after this host learned more (the daemon, after a boot)."""
@@ -439,7 +442,7 @@ def kv_budget(ctx: FitContext, args: VllmArgs, weights: Weights, overhead: Overh
         withheld = 0.0
         if accounting is memory.Accounting.BUDGET_0_8:
             avail = before - memory.CUDA_CONTEXT_GIB
-        elif accounting is memory.Accounting.BUDGET_0_30:
+        elif accounting.graph_estimate:
             avail = before - graphs
         elif accounting is memory.Accounting.EXTENSIBLE_0_34:
             pre = before
@@ -633,7 +636,7 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
     headroom = ctx.gpu_total_gib - budget.requested_gib
     graphs, graph_source = ctx.graph_gib(args)
     if accounting.graphs_in_budget and not args.enforce_eager:
-        how = ("vLLM subtracts its estimate of them before sizing the cache" if accounting is memory.Accounting.BUDGET_0_30
+        how = ("vLLM subtracts its estimate of them before sizing the cache" if accounting.graph_estimate
                else "measured after capture, before the cache is sized")
         assumptions.append(f"CUDA graphs {graphs:.2f} GiB per GPU ({graph_source}), inside the budget: {how}")
         if graph_source == "estimated":

@@ -88,7 +88,7 @@ class StartupFacts:
     non_torch_gib: float | None = None
     cudagraph_memory_gib: float | None = None
     consumed_gib: float | None = None               # 0.28+: "… for consumed memory (weights + non-torch)"
-    cuda_graph_estimate_gib: float | None = None    # 0.30-0.33: the estimate subtracted from the budget
+    cuda_graph_estimate_gib: float | None = None    # the estimate subtracted from the budget (0.30-0.33; V1 runner 0.21+)
     external_weights_gib: float | None = None       # 0.32+: weights held by another process (ipc_cache)
     # vLLM 0.34's extensible KV cache: the pre-warm-up estimate and the post-warm-up measurement
     available_kv_cache_gib_before_warmup: float | None = None
@@ -230,6 +230,7 @@ _CONSUMED_RE = re.compile(
     r"Actual usage is " + _NUM + r" ?GiB for consumed memory \(weights \+ non-torch\), " + _NUM
     + r" ?GiB for peak activation(?:, and " + _NUM + r" ?GiB for CUDAGraph memory)?"
 )
+_GRAPH_ESTIMATE_RE = re.compile(r"Estimated CUDA graph memory: " + _NUM + r" ?GiB")
 _GRAPH_POOL_RE = re.compile(r"CUDA graph pool memory: " + _NUM + r" ?GiB \(actual\), " + _NUM + r" ?GiB \(estimated\)")
 _WARMUP_RE = re.compile(
     r"Memory after warmup: " + _NUM + r" ?GiB free, " + _NUM + r" ?GiB committed to the KV cache, " + _NUM
@@ -478,6 +479,11 @@ class LogParser:
         if m:
             self._set("cuda_graph_estimate_gib", _f(m.group(2)), events)
 
+    def _h_graph_estimate(self, text: str, events: list[Event]) -> None:
+        m = _GRAPH_ESTIMATE_RE.search(text)
+        if m:
+            self._set("cuda_graph_estimate_gib", _f(m.group(1)), events)
+
     def _h_external(self, text: str, events: list[Event]) -> None:
         m = _EXTERNAL_RE.search(text)
         if m:
@@ -687,6 +693,7 @@ _HANDLERS: tuple[tuple[str, _Handler], ...] = (
     ("Available KV cache memory", LogParser._h_avail),
     ("Memory after warmup", LogParser._h_warmup),
     ("CUDA graph pool memory", LogParser._h_graph_pool),
+    ("Estimated CUDA graph memory", LogParser._h_graph_estimate),
     ("is externally held", LogParser._h_external),
     ("KV cache size:", LogParser._h_kv_tokens),
     ("Maximum concurrency for", LogParser._h_concurrency),

@@ -111,6 +111,7 @@ class Accounting(str, Enum):
 
     BUDGET_0_8 = "budget-0.8"
     BUDGET_0_26 = "budget-0.26"
+    BUDGET_0_26_V1 = "budget-0.26-v1"
     BUDGET_0_30 = "budget-0.30"
     EXTENSIBLE_0_34 = "extensible-0.34"
 
@@ -120,13 +121,18 @@ class Accounting(str, Enum):
     @property
     def graphs_in_budget(self) -> bool:
         """CUDA-graph memory comes out of the utilization budget (estimated or measured)."""
-        return self in (Accounting.BUDGET_0_30, Accounting.EXTENSIBLE_0_34)
+        return self in (Accounting.BUDGET_0_26_V1, Accounting.BUDGET_0_30, Accounting.EXTENSIBLE_0_34)
+
+    @property
+    def graph_estimate(self) -> bool:
+        """vLLM estimates the CUDA graphs with a throwaway capture and subtracts that from the budget."""
+        return self in (Accounting.BUDGET_0_26_V1, Accounting.BUDGET_0_30)
 
     @property
     def free_memory_check(self) -> bool:
         """vLLM refuses to start when free memory is below the budget ("… on startup is less than
         desired GPU memory utilization"): from 0.9 while the budget is fixed at start."""
-        return self in (Accounting.BUDGET_0_26, Accounting.BUDGET_0_30)
+        return self in (Accounting.BUDGET_0_26, Accounting.BUDGET_0_26_V1, Accounting.BUDGET_0_30)
 
     def describe(self) -> str:
         return _ACCOUNTING_TEXT[self]
@@ -137,6 +143,8 @@ _ACCOUNTING_TEXT = {
                             " memory in use on the GPU (the CUDA context included); CUDA graphs above that budget"),
     Accounting.BUDGET_0_26: ("available KV = GPU total × gpu_memory_utilization − weights − peak activation − non-torch"
                              " memory; CUDA graphs and the CUDA context use the memory above that budget"),
+    Accounting.BUDGET_0_26_V1: ("available KV = GPU total × gpu_memory_utilization − weights − peak activation −"
+                                " non-torch memory − the V1 model runner's estimate of the CUDA-graph memory"),
     Accounting.BUDGET_0_30: ("available KV = GPU total × gpu_memory_utilization − weights − peak activation − non-torch"
                              " memory − vLLM's estimate of the CUDA-graph memory"),
     Accounting.EXTENSIBLE_0_34: ("extensible KV cache: sized after warm-up from measured memory, KV = min(GPU total ×"
@@ -156,16 +164,19 @@ def parse_version(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(g) for g in m.groups(default="0"))
 
 
-def accounting_for(vllm_version: str | None, extra_args: tuple[str, ...] | list[str] = ()) -> Accounting:
+def accounting_for(vllm_version: str | None, extra_args: tuple[str, ...] | list[str] = (),
+                   v1_runner: bool = False) -> Accounting:
     """The accounting `vllm_version` (None: the default, the newest supported) uses with these extra
     arguments: 0.34's extensible KV cache is off with --no-enable-extensible-kv-cache,
-    --kv-cache-memory-bytes or --num-gpu-blocks-override (then it sizes as 0.33 did)."""
+    --kv-cache-memory-bytes or --num-gpu-blocks-override (then it sizes as 0.33 did). v1_runner:
+    the engine runs on vLLM's V1 model runner (vllm/runner.py says when), which from 0.21 takes
+    its CUDA-graph estimate out of the budget; the V2 runner does so only from 0.30."""
     version = parse_version(vllm_version or DEFAULT_VLLM_VERSION) or parse_version(DEFAULT_VLLM_VERSION)
     assert version is not None
     if version < (0, 9):
         return Accounting.BUDGET_0_8
     if version < (0, 30):
-        return Accounting.BUDGET_0_26
+        return Accounting.BUDGET_0_26_V1 if v1_runner and version >= (0, 21) else Accounting.BUDGET_0_26
     if version < (0, 34):
         return Accounting.BUDGET_0_30
     flags = {str(a).split("=", 1)[0] for a in extra_args}

@@ -292,11 +292,16 @@ def decide(
     if facts.kv_measured_after_warmup:
         accounting = memory.Accounting.EXTENSIBLE_0_34  # the log shows the post-warm-up measurement
     elif version is not None or fit is not None:
-        accounting = memory.accounting_for(version, args.extra_args)
+        # the V1 runner's graph estimate shows in the log before the KV line ("Estimated CUDA graph memory")
+        v1 = runner.v1_runner(version, args.cpu_offload_gb, profile.env.get(runner.RUNNER_ENV)) or (
+            facts.cuda_graph_estimate_gib is not None and facts.model_runner != "v2")
+        accounting = memory.accounting_for(version, args.extra_args, v1)
     else:
         accounting = memory.Accounting.BUDGET_0_26  # a log that never says which vLLM wrote it
     if args.enforce_eager:
         graphs = 0.0
+    elif accounting.graph_estimate and facts.cuda_graph_estimate_gib:
+        graphs = float(facts.cuda_graph_estimate_gib)  # what vLLM took out of the budget
     elif facts.cuda_graph_gib:
         graphs = float(facts.cuda_graph_gib)
     elif fit is not None:
@@ -424,8 +429,10 @@ def _offload(ctx: _Ctx, head: str, why: str, only_if_needed: bool = False) -> Re
         return ctx.relaunch({"cpu_offload_gb": x}, text) or GiveUp(text + ", and that already failed")
     if only_if_needed and low.fits and not low.offload_gib:
         return None
-    if low.fits and low.offload_gib and extra > 0:
-        low.offload_gib += extra
+    if low.fits and extra > 0 and (low.offload_gib or low.args.cpu_offload_gb):
+        # the plan (new offload, or levers on top of the offload already asked) holds for the
+        # model's weights: offload what vLLM measured beyond them too
+        low.offload_gib = float((low.args.cpu_offload_gb or 0) + extra)
         low.args = low.args.model_copy(update={"cpu_offload_gb": low.offload_gib})
         if low.offload_gib > ctx.rec.max_cpu_offload_gb and low.allowed:
             low.allowed = False
@@ -858,8 +865,8 @@ def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
                "non-torch memory (the memory model's estimate)"
                + (f" and {ctx.graph_gib:.2f} GiB of CUDA graphs" if ctx.accounting.graphs_in_budget and ctx.graph_gib else ""))
     options: list[tuple[dict[str, Any], str]] = []
+    want_len = min(args.max_model_len or ctx.facts.max_model_len or rec.min_max_model_len, rec.min_max_model_len)
     if non_kv is not None and total:
-        want_len = min(args.max_model_len or ctx.facts.max_model_len or rec.min_max_model_len, rec.min_max_model_len)
         want_kv = want_len * ctx.kv_gib_per_token if ctx.kv_gib_per_token else max(1.0, 0.05 * total)
         util = _ceil2((non_kv + want_kv) / total + 0.01)
         if u < util <= rec.max_gpu_memory_utilization and ctx.free_allows(util):
@@ -874,7 +881,12 @@ def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
     top = max(ctx.max_free_util(), u)
     top_change: dict[str, Any] = {"gpu_memory_utilization": top} if top > u else {}
     top_text = f" at utilization {_fmt(top)}" if top > u else ""
-    if not args.enforce_eager:
+    # where the graphs were inside the budget and the numbers are known, eager mode is tried only
+    # when what it frees holds the usable context (else the next launch fails the same way)
+    eager_short = (non_kv is not None and total and ctx.accounting.graphs_in_budget and ctx.graph_gib
+                   and ctx.kv_gib_per_token
+                   and top * total - (non_kv - ctx.graph_gib) < want_len * ctx.kv_gib_per_token)
+    if not args.enforce_eager and not eager_short:
         options.append(({**top_change, "enforce_eager": True},
                         f"{head}; enforce_eager saves the CUDA-graph memory{top_text}"))
     seqs = args.max_num_seqs or DEFAULT_MAX_NUM_SEQS

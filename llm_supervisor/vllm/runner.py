@@ -7,7 +7,13 @@ from vLLM 0.26.0's and 0.27.0's source (only the V1 runner calls `set_offloader`
 does from 0.28.0), and seen on an H200 with 0.26.0: Qwen3-32B with `--cpu-offload-gb 42` printed
 "Model loading took 61.03 GiB", then "Available KV cache memory: -41.48 GiB" and "No available
 memory for the cache blocks". The V1 runner, chosen with VLLM_USE_V2_MODEL_RUNNER=0, offloads
-and says so: "Total CPU offloaded parameters: 42.0" (GiB, printed before "Model loading took").
+and says so: "Total CPU offloaded parameters: 42.44" (GiB, printed before "Model loading took").
+
+The runner also decides the memory accounting before 0.30: the V1 runner estimates the CUDA
+graphs with a throwaway capture and takes that out of the KV budget (default since 0.21); the V2
+runner's estimate is 0 until 0.30. On the same H200 with the V1 runner: "Estimated CUDA graph
+memory: 1.09 GiB total", then "Available KV cache memory: -0.86 GiB" = 21.39 budget − 18.59
+weights − 2.23 activation − 0.34 non-torch − 1.09 graphs.
 """
 
 from __future__ import annotations
@@ -38,6 +44,19 @@ def offload_env(vllm_version: str | None, cpu_offload_gb: float | None, profile_
     if v is not None and not v2_ignores_offload(vllm_version):
         return {}
     return {RUNNER_ENV: "0"}
+
+
+def v1_runner(vllm_version: str | None, cpu_offload_gb: float | None, runner_env: str | None = None) -> bool:
+    """Whether the engine runs on vLLM's V1 model runner: before 0.22 always; on 0.22–0.27 when it
+    offloads (offload_env chooses it); on any version when the profile's env says
+    VLLM_USE_V2_MODEL_RUNNER=0 (runner_env: that variable's value in the profile, None when unset).
+    Unknown versions: False (planned as the newest supported, whose V2 runner offloads)."""
+    if runner_env is not None:
+        return runner_env.strip().lower() in ("0", "false")
+    v = parse_version(vllm_version)
+    if v is None:
+        return False
+    return v < V2_DEFAULT_FROM or (bool(cpu_offload_gb) and v2_ignores_offload(vllm_version))
 
 
 def offload_ignored(facts: StartupFacts, cpu_offload_gb: float | None) -> bool:
