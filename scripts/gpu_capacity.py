@@ -11,7 +11,8 @@ bundled simulator on a simulated H200, to check this script without spending GPU
        allowed up to 48 GiB: the supervisor plans the offload; ready on the first launch;
        predicted against measured KV tokens and decode tokens/s (a short bench)
 
-Each daemon lifetime has a hard limit (SIGALRM) and ends every process it started. Logs and state
+Each daemon lifetime has a hard limit (SIGALRM) and ends every process it started, also when the
+script itself gets SIGTERM. Logs and state
 go to WORK (default $TMPDIR/gpu-capacity-work); OUT receives only a few files (the device
 machine returns at most 8): versions.json, capacity-<scenario>.json per scenario, summary.json
 and summary.md. The summary (Markdown, then one JSON line) is printed last.
@@ -456,6 +457,8 @@ def main() -> int:
     args = ap.parse_args()
     ctx = build_ctx(args)
     signal.signal(signal.SIGALRM, _alarm)
+    # killed from outside (`timeout`, Ctrl-C): unwind, so each scenario's `finally` stops its daemon
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = versions(ctx)
     (ctx.out / "versions.json").write_text(json.dumps(info, indent=1))
     print("versions:", json.dumps(info), flush=True)

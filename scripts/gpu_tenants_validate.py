@@ -246,6 +246,7 @@ def main() -> int:
     parser.add_argument("--only", default="T1,T2,T3")
     args = parser.parse_args()
     run = Run(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed from outside: still end what it started
     try:
         for name, scenario in (("T3", t3_health), ("T1", t1_other_process), ("T2", t2_leftover_engine)):
             if name not in args.only.split(","):
