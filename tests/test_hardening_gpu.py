@@ -131,6 +131,33 @@ def test_tenants_are_named_and_vllm_is_told_apart() -> None:
     assert not gone.visible and gone.vllm and "not visible from here" in gone.describe()
 
 
+def test_an_engine_of_another_running_supervisor_is_not_foreign(tmp_path) -> None:
+    """Two supervisors sharing a GPU: each sees the other's engine, run by its guard, as that
+    supervisor's (never ended by --end-foreign-engines); once that supervisor is gone, the engine
+    left behind is an orphan like any other."""
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', "
+            "'VLLM::EngineCore']); time.sleep(120)")
+    guard = subprocess.Popen([sys.executable, "-c", code, "llm_supervisor.runtime.guard", "--parent-pid",
+                              str(daemon.pid)], start_new_session=True)
+    try:
+        engine = wait_until(lambda: psutil.Process(guard.pid).children(), 30, what="the engine")[0]
+        seen = name_process(GpuProcess(0, "u", engine.pid, 900))
+        assert seen.vllm and not seen.ours and seen.supervisor_pid == daemon.pid and not seen.foreign_engine
+        assert f"run by llm-supervisor pid {daemon.pid}" in seen.describe()
+        assert name_process(GpuProcess(0, "u", engine.pid, 900), me=daemon.pid).supervisor_pid is None
+        daemon.kill()
+        daemon.wait(30)
+        orphan = name_process(GpuProcess(0, "u", engine.pid, 900))
+        assert orphan.supervisor_pid is None and orphan.foreign_engine
+    finally:
+        os.killpg(guard.pid, signal.SIGKILL)
+        guard.wait(30)
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(30)
+
+
 # ---------------------------------------------------------------- the policy: faults and tenants are inputs
 
 
@@ -285,3 +312,24 @@ def test_a_leftover_engine_is_reported_and_ended_only_when_asked(daemons) -> Non
     finally:
         if alive([core.pid]):
             core.kill()
+
+
+def test_end_foreign_engines_leaves_another_running_supervisors_engine_alone(daemons) -> None:
+    """Seen on a real H200: a second supervisor started with --end-foreign-engines ended the
+    engine of a running one on the same GPU. Now it names that engine as the other supervisor's."""
+    first: DaemonRun = daemons()
+    first.start()
+    ready = first.wait_ready()
+    engine_pid = ready["pid"]
+    second: DaemonRun = daemons(args=["--end-foreign-engines"])
+    second.gpu_dir, second.env["LLM_SUPERVISOR_SIM_GPU_DIR"] = first.gpu_dir, str(first.gpu_dir)
+    second.start()
+    status = second.wait_status(lambda s: s["attempt"] >= 1 and s["gpu_tenants"], what="the tenants")
+    theirs = [t for t in status["gpu_tenants"] if t["supervisor_pid"] == first.proc.pid]
+    assert theirs and all(t["vllm"] and not t["ours"] for t in theirs)
+    assert not any(h["event"] == "foreign_engines_ended" for h in status["history"])
+    assert "ending leftover vLLM engine" not in second.stderr()
+    assert alive([engine_pid]) and first.status()["state"] == "ready"
+    second.signal(signal.SIGTERM)
+    second.wait_exit(30)
+    assert alive([engine_pid])

@@ -142,14 +142,17 @@ def _check_tenants(simulate: bool) -> Check:
             close()
     if not tenants:
         return Check("gpu processes", "ok", "no process holds GPU memory")
-    engines = [t for t in tenants if t.vllm]
+    engines = [t for t in tenants if t.foreign_engine]
+    supervised = [t for t in tenants if t.vllm and not t.foreign_engine]
     others = [t for t in tenants if not t.vllm]
-    parts = ([f"vLLM engine processes: {describe(engines)}"] if engines else []) + \
+    parts = ([f"vLLM engine processes nobody supervises: {describe(engines)}"] if engines else []) + \
+            ([f"engines of running supervisors: {describe(supervised)}"] if supervised else []) + \
             ([f"other processes: {describe(others)}"] if others else [])
     if engines:
         return Check("gpu processes", "fail", "; ".join(parts),
-                     "a running supervisor's engine is fine; otherwise end them (kill PID), or start with "
-                     "`up --end-foreign-engines` (recovery.end_foreign_engines: true) to end them before launching")
+                     "end them (kill PID), or start with `up --end-foreign-engines` "
+                     "(recovery.end_foreign_engines: true) to end them before launching; engines of running "
+                     "supervisors are never ended")
     return Check("gpu processes", "warn", "; ".join(parts),
                  "memory they hold is not available to vLLM: lower vllm.gpu_memory_utilization or stop them")
 

@@ -3,7 +3,8 @@ does), named through psutil, and what they are: a vLLM engine (this supervisor's
 another program. Reading only; ending a process is the runtime's business.
 
 A leftover vLLM engine of another launcher (an EngineCore that outlived its `vllm serve`, a
-worker of a crashed run) holds its memory until it is ended, and vLLM's own memory checks count
+worker of a crashed run) holds its memory until it is ended; an engine of another running
+llm-supervisor (two profiles sharing a GPU) is that supervisor's and is never ended from here, and vLLM's own memory checks count
 it against the next start; other programs (a notebook, a training job) make free memory short.
 Both are named before each launch, in `doctor` and in `/status`, and in the reason of a
 free-memory recovery.
@@ -37,12 +38,20 @@ class Tenant:
     ours: bool  # in this supervisor's engine tree
     visible: bool  # psutil could look at it (a pid of another pid namespace cannot be)
     started: float | None = None  # psutil's create_time: the same pid later is another process
+    supervisor_pid: int | None = None  # another live llm-supervisor daemon whose engine tree this is
+
+    @property
+    def foreign_engine(self) -> bool:
+        """A vLLM engine nobody supervises (an orphan, a `vllm serve` started by hand): not ours,
+        not another running supervisor's."""
+        return self.vllm and not self.ours and self.supervisor_pid is None
 
     def describe(self) -> str:
         what = self.name if self.visible else "not visible from here"
         who = f", user {self.user}" if self.user else ""
         mem = f"{self.used_mib:,} MiB" if self.used_mib is not None else "memory unknown"
-        return f"pid {self.pid} ({what}{who}) holds {mem} on GPU {self.gpu_index}"
+        by = f", run by llm-supervisor pid {self.supervisor_pid}" if self.supervisor_pid else ""
+        return f"pid {self.pid} ({what}{who}{by}) holds {mem} on GPU {self.gpu_index}"
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -59,7 +68,43 @@ def is_vllm(name: str, cmdline: list[str]) -> bool:
     return "vllm" in words and "serve" in cmdline[:6]
 
 
-def name_process(proc: GpuProcess, ours: Collection[int] = ()) -> Tenant:
+_GUARD_MODULE = "llm_supervisor.runtime.guard"
+_MAX_ANCESTORS = 8
+
+
+def _is_daemon(cmdline: list[str]) -> bool:
+    """`supervisor up …` or `python -m llm_supervisor up …`."""
+    head = [w.rsplit("/", 1)[-1] for w in cmdline[:4]]
+    return "up" in cmdline[1:6] and ("supervisor" in head or "llm_supervisor" in head or "llm-supervisor" in head)
+
+
+def supervisor_of(ps: psutil.Process, me: int | None = None) -> int | None:
+    """The live llm-supervisor daemon (other than `me`) whose engine tree `ps` is in: its guard
+    names it (`--parent-pid N`), or the daemon is an ancestor itself. None for an orphan (its
+    guard and daemon gone: reparented to init) or a process nobody supervises."""
+    try:
+        parents = ps.parents()[:_MAX_ANCESTORS]
+    except (psutil.Error, OSError):
+        return None
+    for parent in parents:
+        try:
+            cmdline = parent.cmdline()
+        except (psutil.Error, OSError):
+            continue
+        pid = None
+        if any(_GUARD_MODULE in part for part in cmdline):
+            try:
+                pid = int(cmdline[cmdline.index("--parent-pid") + 1])
+            except (ValueError, IndexError):
+                pid = parent.pid
+        elif _is_daemon(cmdline):
+            pid = parent.pid
+        if pid is not None:
+            return pid if pid != me and psutil.pid_exists(pid) else None
+    return None
+
+
+def name_process(proc: GpuProcess, ours: Collection[int] = (), me: int | None = None) -> Tenant:
     try:
         ps = psutil.Process(proc.pid)
         with ps.oneshot():
@@ -76,8 +121,10 @@ def name_process(proc: GpuProcess, ours: Collection[int] = ()) -> Tenant:
             except (psutil.Error, KeyError):
                 user = None
             started = ps.create_time()
+        vllm, mine = is_vllm(name, cmdline), proc.pid in ours
+        by = supervisor_of(ps, me) if vllm and not mine else None
         return Tenant(proc.gpu_index, proc.pid, proc.used_mib, name, " ".join(cmdline)[:200], user,
-                      is_vllm(name, cmdline), proc.pid in ours, True, started)
+                      vllm, mine, True, started, by)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return Tenant(proc.gpu_index, proc.pid, proc.used_mib, proc.title or "gone", "", None,
                       is_vllm(proc.title, [proc.title]), proc.pid in ours, False)
@@ -87,15 +134,16 @@ def name_process(proc: GpuProcess, ours: Collection[int] = ()) -> Tenant:
 
 
 def gpu_tenants(inventory: GpuInventory | None, gpu_indexes: Iterable[int] | None = None,
-                ours: Collection[int] = ()) -> list[Tenant]:
+                ours: Collection[int] = (), me: int | None = None) -> list[Tenant]:
     """The processes holding memory on these GPUs (all when None), named. Blocking (NVML, /proc):
-    run it in a thread. An inventory that cannot list processes lists none."""
+    run it in a thread. An inventory that cannot list processes lists none. me: the calling
+    daemon's pid (its own engines are `ours`, never another supervisor's)."""
     listing = getattr(inventory, "processes", None)
     if not callable(listing):
         return []
     wanted = None if gpu_indexes is None else set(gpu_indexes)
     procs = [p for p in listing() if wanted is None or p.gpu_index in wanted]
-    return [name_process(p, ours) for p in procs]
+    return [name_process(p, ours, me) for p in procs]
 
 
 def describe(tenants: Iterable[Tenant]) -> str:

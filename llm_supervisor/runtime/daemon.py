@@ -553,7 +553,7 @@ class Daemon(RestartLoop):
         guard = self.engine.guard_pid if self.engine is not None and self.engine.running else None
         ours = set(launching.session_members(guard)) if guard else set()
         try:
-            tenants = gpu_tenants(self.inventory, indexes, ours)
+            tenants = gpu_tenants(self.inventory, indexes, ours, os.getpid())
         except Exception as exc:  # noqa: BLE001 - NVML hiccups must not stop a launch
             log.debug("cannot list the GPUs' processes: %s", exc)
             tenants = []
@@ -591,8 +591,8 @@ class Daemon(RestartLoop):
         other programs are named."""
         tenants, health = await asyncio.to_thread(self._read_gpus)
         self._publish_tenants(tenants, health)
-        foreign = [t for t in tenants if t.vllm and not t.ours]
-        others = [t for t in tenants if not t.vllm and not t.ours]
+        foreign = [t for t in tenants if t.foreign_engine]
+        others = [t for t in tenants if not t.ours and not t.foreign_engine]  # programs, other supervisors' engines
         said = frozenset((t.pid, t.started) for t in foreign + others)
         if foreign and self.end_foreign:
             text = describe(foreign)
