@@ -1,0 +1,310 @@
+"""Multi-GPU validation: the shipped multi-GPU profiles against real `vllm serve` on a machine with
+2 or 8 GPUs, every scenario in one run (or, with --simulate, against the bundled simulator on
+simulated GPUs, to check this script without GPU time).
+
+  tp2        `3080x2-qwen3-8b` at a 20 GB budget per GPU (utilization from the GPUs' real total),
+             TP 2 with --disable-custom-all-reduce: ready; KV tokens and concurrency from the log
+             vs /status vs the planner; memory on each GPU; `kill -9` of the TP 1 worker → engine
+             death noticed and recovered (timed); `kill -9` of the daemon → no worker left, memory
+             freed on both GPUs (timed)
+  allreduce  the same model with vLLM's all-reduce paths left on (custom all-reduce, flashinfer's
+             fused all-reduce where vLLM picks it): ready, or a collectives failure
+             (`CUBLAS_STATUS_INTERNAL_ERROR` at worker start was seen on two H200s) classified and
+             recovered by a computed change (fusion off, then custom all-reduce off)
+  tp8        `a10x8-qwen3-32b-awq` at a 24 GB budget per GPU, TP 8 (8 GPUs): ready, KV per rank,
+             `bench --users 64`
+  tp4dp2     the same as TP 4 × DP 2 with one replica per NUMA node: ready, each replica's
+             placement, KV per replica, `bench --users 64`
+
+A scenario needing more GPUs than the machine has is skipped with a note. Every process is kept
+under NCCL_NVLS_ENABLE=0, TORCH_SYMM_MEM_DISABLE_MULTICAST=1 and NVSHMEM_DISABLE_NVLS=1. Each
+daemon lifetime has a hard limit (SIGALRM), SIGTERM unwinds, and everything started is ended.
+Logs go to OUT/<scenario>/ (engine logs copied next to the daemon's); the summary (Markdown, then
+one JSON line) is printed last and saved as OUT/summary.md and OUT/summary.json.
+
+usage: python scripts/gpu_multi.py [--simulate] [--out DIR] [--models DIR] [--only tp2,allreduce,tp8,tp4dp2]
+       (real run: `. /tmp/vllm-env.sh` first; /tmp/models/qwen3-8b and qwen3-32b from make-model.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+import gpu_validate as gv  # noqa: E402 - the single-GPU script's daemon, stop timing and summary helpers
+
+REPO = gv.REPO
+PROFILES = REPO / "llm_supervisor" / "data" / "profiles"
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+LIMITS = {"tp2": 900, "allreduce": 900, "tp8": 1200, "tp4dp2": 1200}
+NEEDS = {"tp2": 2, "allreduce": 2, "tp8": 8, "tp4dp2": 8}
+BUDGET_20GB = 18.0   # 0.9 of a 20 GB RTX 3080
+BUDGET_24GB = 21.38  # 0.9 of a 24 GB A10
+H200_MIB = 143771
+
+
+@dataclass
+class MultiCtx(gv.Ctx):
+    """gv.Ctx for a shipped profile and its model folder, on `gpus` GPUs."""
+
+    profile: Path = PROFILES / "3080x2-qwen3-8b.yaml"
+    gpus: int = 1
+
+    def profile_args(self, sets: list[str]) -> list[str]:
+        out = ["--profile", str(self.profile), "--model", self.model]
+        for s in sets:
+            out += ["--set", s]
+        if self.simulate:
+            out.append("--simulate")
+        return out + ["--ignore-hardware-mismatch"]  # H200s stand in for the profiles' cards
+
+
+def gpu_count(simulate: bool) -> int:
+    if simulate:
+        return 8
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired, ValueError):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout
+        return len([ln for ln in out.splitlines() if ln.strip()])
+    return 0
+
+
+def used_per_gpu(ctx: MultiCtx) -> list[int]:
+    """MiB in use on each GPU (NVML's view; the simulator's with --simulate)."""
+    if ctx.simulate:
+        from llm_supervisor.host import simgpu
+
+        return [g.used_mib for g in simgpu.gpus(simgpu.load_config(ctx.env))]
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired, ValueError):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=30).stdout
+        return [int(x) for x in out.split()]
+    return []
+
+
+def context(base: gv.Ctx, profile: str, model: str, gpus: int) -> MultiCtx:
+    fields = {k: getattr(base, k) for k in ("out", "simulate", "python", "ignore_hw")}
+    return MultiCtx(**fields, env=dict(base.env), model=model, profile=PROFILES / f"{profile}.yaml", gpus=gpus,
+                    total_gib=base.total_gib)
+
+
+def model_folder(base: gv.Ctx, models: Path, name: str, hf_id: str) -> str:
+    """The real run's config-only folder (`--load-format dummy`); the simulator knows the HF id."""
+    return hf_id if base.simulate else str(models / name)
+
+
+def engine_text(d: gv.Daemon) -> str:
+    ctx = d.ctx
+    path = d.state / "logs" / f"{ctx.profile.stem if isinstance(ctx, MultiCtx) else 'engine'}.log"
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def kv_figures(d: gv.Daemon, st: dict[str, Any], plan: dict[str, Any] | None, since: float) -> dict[str, Any]:
+    """What vLLM printed, what /status says and what the planner predicted; `since`: when the
+    wait for ready began (gv.now())."""
+    segments = gv.attempts_in(engine_text(d))
+    printed = gv.printed(segments[-1]) if segments else {}
+    pred = gv.predicted(plan)
+    return {"status_kv_tokens": st.get("kv_cache_tokens"), "status_concurrency": st.get("max_concurrency"),
+            "log_kv_tokens": printed.get("kv_cache_tokens"), "log_concurrency": printed.get("max_concurrency"),
+            "predicted_kv_tokens": pred.get("kv_cache_tokens"), "predicted_kv_gib": pred.get("available_kv_cache_gib"),
+            "log_kv_gib": printed.get("available_kv_cache_gib"), "time_to_ready_s": round(gv.now() - since, 1),
+            "attempt": st.get("attempt")}
+
+
+def failures(st: dict[str, Any]) -> list[tuple[Any, str]]:
+    """(failure kind, the decision's reason) for each relaunch or stop in the history."""
+    return [((h.get("failure") or {}).get("kind"), (h.get("reason") or "")[:300])
+            for h in st.get("history") or [] if h.get("event") in ("relaunch", "give_up")]
+
+
+def worker(d: gv.Daemon, title: str) -> psutil.Process | None:
+    for p in gv.alive(d.tree()):
+        with contextlib.suppress(psutil.Error):
+            if title in " ".join(p.cmdline()):
+                return p
+    return None
+
+
+def bench(ctx: MultiCtx, d: gv.Daemon, users: int) -> dict[str, Any]:
+    cmd = ctx.cli("bench", "--users", str(users), "--requests", str(users * 2), "--max-tokens", "64", "--json")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=d.env, cwd=REPO)
+    (d.dir / f"bench-{users}.out").write_text(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    with contextlib.suppress(ValueError):
+        b = json.loads(r.stdout)
+        return {k: b.get(k) for k in ("succeeded", "failed", "tokens_per_s", "per_user_tokens_per_s",
+                                      "peak_concurrency_observed")} | {"ttft_p50_s": (b.get("ttft_s") or {}).get("p50")}
+    return {"error": r.stderr.strip()[-300:]}
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+def scenario_tp2(base: gv.Ctx, models: Path) -> dict[str, Any]:
+    ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 2)
+    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "recovery.min_gpu_memory_utilization=0.05",
+            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "vllm.load_format=dummy"]
+    r: dict[str, Any] = {"scenario": "tp2: 3080x2-qwen3-8b at 20 GB per GPU, TP 2, custom all-reduce off", "ok": False}
+    baseline = used_per_gpu(ctx)
+    d = gv.Daemon(ctx, "tp2", sets)
+    try:
+        plan = d.plan()
+        d.start()
+        st = d.wait_ready(timeout=600)
+        r["ready"] = kv_figures(d, st, plan, d.t0)
+        r["gpu_used_mib_ready"] = used_per_gpu(ctx)
+        first = st.get("attempt", 1)
+        victim = worker(d, "VLLM::Worker_TP1")
+        r["worker_killed"] = gv.describe(victim) if victim else None
+        t0 = gv.now()
+        if victim is not None:
+            victim.kill()
+        noticed = d.wait(lambda s: s.get("state") != "ready" or s.get("attempt", 1) > first, 120, 0.05, "the death")
+        r["death_noticed_s"] = round(gv.now() - t0, 2)
+        again = d.wait_ready(attempt=first + 1, timeout=600)
+        r["death_kind"] = (failures(again) or [(noticed.get("state"), "")])[-1][0]
+        r["ready_again_s"] = round(gv.now() - t0, 2)
+        r["ready_again"] = kv_figures(d, again, None, t0)
+        r["stop"] = d.measure_stop(signal.SIGKILL, sum(baseline) if baseline else None)
+        r["gpu_used_mib_after"] = used_per_gpu(ctx)
+        freed = all(u <= b + gv.MEM_TOLERANCE_MIB for u, b in zip(r["gpu_used_mib_after"], baseline))
+        r["ok"] = bool(victim) and again.get("state") == "ready" and not r["stop"]["left_over"] and freed
+    finally:
+        d.cleanup()
+    return r
+
+
+def scenario_allreduce(base: gv.Ctx, models: Path) -> dict[str, Any]:
+    ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 2)
+    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "recovery.min_gpu_memory_utilization=0.05",
+            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "vllm.load_format=dummy",
+            "vllm.disable_custom_all_reduce=false"]
+    if base.simulate:
+        ctx.env["LLM_SUPERVISOR_SIM_FAULT"] = "allreduce_fusion"  # what two H200s showed once
+    r: dict[str, Any] = {"scenario": "allreduce: TP 2 with vLLM's all-reduce paths on", "ok": False}
+    d = gv.Daemon(ctx, "allreduce", sets)
+    try:
+        d.plan()
+        d.start()
+        st = d.wait_ready(timeout=800)
+        r["ready"] = kv_figures(d, st, None, d.t0)
+        r["failures"] = failures(st)
+        r["changes"] = [h.get("change") for h in gv.history_events(st, "relaunch")]
+        r["ok"] = st.get("state") == "ready"
+    finally:
+        d.cleanup()
+    return r
+
+
+def scenario_a10x8(base: gv.Ctx, models: Path, tp: int, dp: int) -> dict[str, Any]:
+    key = f"tp{tp}" + (f"dp{dp}" if dp > 1 else "")
+    ctx = context(base, "a10x8-qwen3-32b-awq", model_folder(base, models, "qwen3-32b-awq", "Qwen/Qwen3-32B-AWQ"), 8)
+    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_24GB)}", "recovery.min_gpu_memory_utilization=0.05",
+            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_24GB)}", "vllm.load_format=dummy",
+            f"vllm.tensor_parallel_size={tp}", f"vllm.data_parallel_size={dp}"]
+    r: dict[str, Any] = {"scenario": f"{key}: a10x8-qwen3-32b-awq at 24 GB per GPU, TP {tp} × DP {dp}", "ok": False}
+    d = gv.Daemon(ctx, key, sets)
+    try:
+        plan = d.plan()
+        r["placement"] = (plan or {}).get("placement", {}).get("layout")
+        d.start()
+        st = d.wait_ready(timeout=900)
+        r["ready"] = kv_figures(d, st, plan, d.t0)
+        r["gpu_used_mib_ready"] = used_per_gpu(ctx)
+        r["bench_64"] = bench(ctx, d, 64)
+        r["ok"] = st.get("state") == "ready" and (r["bench_64"].get("succeeded") or 0) > 0
+    finally:
+        d.cleanup()
+    return r
+
+
+SCENARIOS: dict[str, Callable[[gv.Ctx, Path], dict[str, Any]]] = {
+    "tp2": scenario_tp2, "allreduce": scenario_allreduce,
+    "tp8": lambda c, m: scenario_a10x8(c, m, 8, 1), "tp4dp2": lambda c, m: scenario_a10x8(c, m, 4, 2),
+}
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    lines = ["| scenario | result | figures |", "|---|---|---|"]
+    for r in results.values():
+        res = "SKIP" if r.get("skipped") else ("PASS" if r.get("ok") else "FAIL")
+        figs = []
+        for tag in ("ready", "ready_again"):
+            k = r.get(tag) or {}
+            if k:
+                figs.append(f"{tag}: attempt {k.get('attempt')}, {gv.fmt(k.get('time_to_ready_s'))} s, KV tokens status "
+                            f"{gv.fmt(k.get('status_kv_tokens'))} / log {gv.fmt(k.get('log_kv_tokens'))} / planner "
+                            f"{gv.fmt(k.get('predicted_kv_tokens'))}")
+        for key in ("death_noticed_s", "death_kind", "ready_again_s", "gpu_used_mib_ready", "gpu_used_mib_after", "failures",
+                    "changes", "bench_64", "skipped", "error"):
+            if r.get(key) not in (None, [], {}):
+                figs.append(f"{key} {r[key]}")
+        stop = r.get("stop") or {}
+        if stop:
+            figs.append(f"kill -9 of the daemon: no engine process after {gv.fmt(stop.get('no_engine_process_s'))} s, "
+                        f"memory freed after {gv.fmt(stop.get('gpu_memory_freed_s'))} s, left {stop.get('left_over')}")
+        lines.append(f"| {r.get('scenario')} | {res} | {'; '.join(str(f) for f in figs)[:1500]} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--simulate", action="store_true", help="the bundled simulator on 8 simulated H200s")
+    ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/gpu-multi-out")
+    ap.add_argument("--models", default="/tmp/models")
+    ap.add_argument("--cache", default="")
+    ap.add_argument("--only", default=",".join(SCENARIOS))
+    args = ap.parse_args()
+    args.model, args.ignore_hardware_mismatch = "", True
+    base = gv.build_ctx(args)
+    base.env.update(NO_MULTICAST)
+    os.environ.update(NO_MULTICAST)
+    if args.simulate:
+        base.env.update({"LLM_SUPERVISOR_SIM_GPU_NAME": "NVIDIA H200", "LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": str(H200_MIB),
+                         "LLM_SUPERVISOR_SIM_GPU_COUNT": "8"})
+        base.total_gib = H200_MIB / 1024
+    else:
+        base.total_gib = float(subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.mem_get_info(0)[1] / 2**30)"],
+            capture_output=True, text=True, timeout=300, env=base.env).stdout.strip() or 139.8)
+    signal.signal(signal.SIGALRM, gv._alarm)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    have = gpu_count(args.simulate)
+    results: dict[str, Any] = {}
+    for key in [k.strip() for k in args.only.split(",") if k.strip() in SCENARIOS]:
+        if have < NEEDS[key]:
+            results[key] = {"scenario": key, "ok": False, "skipped": f"needs {NEEDS[key]} GPUs, {have} here"}
+            continue
+        print(f"--- {key} (hard limit {LIMITS[key]} s)", flush=True)
+        signal.alarm(LIMITS[key])
+        try:
+            results[key] = SCENARIOS[key](base, Path(args.models))
+        except (Exception, gv.ScenarioTimeout) as exc:  # noqa: BLE001 - one scenario's failure is a row
+            (base.out / f"error-{key}.txt").write_text("".join(traceback.format_exception(exc)))
+            results[key] = {"scenario": key, "ok": False, "error": repr(exc)[:300]}
+        finally:
+            signal.alarm(0)
+        print(f"    {key}: {'PASS' if results[key].get('ok') else 'FAIL'}", flush=True)
+    table = summary_table(results)
+    (base.out / "summary.md").write_text(table + "\n")
+    (base.out / "summary.json").write_text(json.dumps(results, indent=1, default=str))
+    print(table)
+    print(json.dumps({k: {"ok": v.get("ok"), "skipped": v.get("skipped")} for k, v in results.items()}))
+    return 0 if all(v.get("ok") or v.get("skipped") for v in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
