@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "overhead": ([], ["--idle-seconds", "8", "--lines", "200000", "--parse-lines", "100000"]),
     "status_latency": ([], ["--seconds", "5"]),
     "detection": ([], ["--repeats", "1"]),
+    "frontdoor": ([], ["--seconds", "6", "--rounds", "1", "--clients", "32", "--failover-s", "10"]),
 }
 
 
@@ -195,6 +196,37 @@ def recovery_notes(rc: dict[str, Any]) -> list[str]:
     return notes
 
 
+def frontdoor_section(fd: dict[str, Any]) -> list[str]:
+    """The front door's cost (streaming through it against straight at the engine) and what it
+    saves (failed requests across an engine kill and a restart, without and with it)."""
+    bad = _err(fd)
+    if bad:
+        return [bad]
+    out: list[str] = []
+    p = fd.get("passthrough") or {}
+    if p:
+        out += [table(["clients", "tokens/s direct", "tokens/s through the door", "ratio", "TTFT p50 added",
+                       "CPU per streamed token", "goals met"],
+                      [[_n(p.get("clients")), _n(p.get("tokens_per_s_direct")), _n(p.get("tokens_per_s_door")),
+                        _n(p.get("tokens_per_s_ratio"), "{:.3f}×"), _n(p.get("ttft_p50_added_ms"), "{:+.1f} ms"),
+                        _n(p.get("door_cpu_us_per_token"), "{:.0f} µs"),
+                        ", ".join(f"{k} {_ok(v)}" for k, v in (p.get("meets_goal") or {}).items())]]), ""]
+    f = fd.get("failover") or {}
+    rows = []
+    for label, key in (("vLLM alone on the address", "direct"), ("through the front door", "through_door")):
+        run = f.get(key) or {}
+        cells = [label]
+        for window in ("engine_killed", "restart"):
+            w = run.get(window) or {}
+            kinds = ", ".join(f"{k} {v}" for k, v in (w.get("failures") or {}).items())
+            cells.append(f"{_n(w.get('failed'))} of {_n(w.get('requests'))} ({_n(w.get('failed_not_started'))} not"
+                         f" started){': ' + kinds if kinds else ''}")
+        rows.append(cells)
+    if f:
+        out += [table(["", "engine killed: failed (not yet started)", "`supervisor restart`: failed"], rows), ""]
+    return out
+
+
 def table(head: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
@@ -256,6 +288,11 @@ def render(res: dict[str, dict[str, Any]], machine: dict[str, Any], quick: bool)
                                 "KV tokens", "concurrency", "context kept"], recovery_rows(data)))
             parts += ["", *recovery_notes(data), ""]
         parts.append("Scenarios: " + "; ".join(f"`{k}`: {v.get('scenario')}" for k, v in scen.items()) + ".")
+    parts += ["", "## The front door", "",
+              "`frontdoor.py`: streaming chat clients straight at the simulated engine and through the front door; then "
+              "clients streaming at the profile's address while the EngineCore is SIGKILLed and while `supervisor "
+              "restart` runs, with `frontdoor.enabled: false` and with the front door.", "",
+              *frontdoor_section(res.get("frontdoor", {}))]
     parts += ["", "## Raw", "", "Every figure above, with more detail, is in `benchmarks/results.json`.", ""]
     return "\n".join(parts)
 
