@@ -64,6 +64,8 @@ class Run:
             self.env["LLM_SUPERVISOR_SIM_GPU_NAME"] = "NVIDIA H100 80GB HBM3"
             self.env["LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB"] = "81559"
             self.env["LLM_SUPERVISOR_SIM_STARTUP_S"] = "1"
+            # the GPU machine runs vLLM 0.26, whose free-memory check T1 is about (0.34 starts anyway)
+            self.env.setdefault("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.26.0")
         self.started: list[subprocess.Popen[Any]] = []
         self.results: dict[str, Any] = {}
 
