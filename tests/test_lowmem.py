@@ -90,7 +90,7 @@ def test_offload_crosses_pcie_every_step() -> None:
     assert m is not None
     off = offloaded_per_stage_gib(QWEN3_32B, args)[0] * 1024**3
     assert m.step(1, 0).pcie == pytest.approx(off / (31.5e9 * speed.PCIE_EFFICIENCY))
-    assert 0.4 < m.at(1).per_user_tokens_per_s < 0.7  # 41 GiB over PCIe 4.0 x16: about 1.8 s a token
+    assert 0.3 < m.at(1).per_user_tokens_per_s < 0.5  # 41 GiB over PCIe 4.0 x16: about 2.5 s a token
 
 
 # ---------------------------------------------------------------- the low-memory plan
@@ -104,11 +104,11 @@ def test_a_model_bigger_than_the_card_gets_the_least_offload_and_its_cost() -> N
     assert ctx_32b().predict(one_less).largest_context < 4096  # 40 GiB would not hold recovery.min_max_model_len
     assert low.prediction.largest_context >= 4096 and low.context == low.prediction.max_model_len
     assert low.host_ram_gib == 41 + SWAP_SPACE_DEFAULT_GIB
-    assert low.tokens_per_s is not None and 0.4 < low.tokens_per_s < 0.7
+    assert low.tokens_per_s is not None and 0.3 < low.tokens_per_s < 0.5
     text = low.summary()
     assert text.startswith("does not fit: 61.1 GiB of weights per GPU, 21.6 GiB budget (0.9 × 23.99 GiB); with 41 GiB"
                            " offloaded to CPU")
-    assert "about 0.56 tokens/s, needs 45 GiB of host RAM (110 GiB available)" in text
+    assert "about 0.39 tokens/s, needs 45 GiB of host RAM (110 GiB available)" in text
 
 
 def test_offload_not_allowed_says_why_and_what_would_fit() -> None:
@@ -155,7 +155,8 @@ def test_the_h200_at_a_24_gb_budget() -> None:
         host_available_gib=120)
     low = plan_low_memory(ctx, VllmArgs(gpu_memory_utilization=0.153, max_model_len=8192))
     assert low is not None and low.usable_now and 42 <= low.offload_gib <= 44
-    assert low.tokens_per_s is not None and 0.9 < low.tokens_per_s < 1.4  # twice the PCIe 4.0 rate
+    # twice the PCIe 4.0 rate; real vLLM 0.26 on an H200 decoded 0.72 tokens/s with 44.26 GiB offloaded
+    assert low.tokens_per_s is not None and 0.6 < low.tokens_per_s < 0.9
 
 
 # ---------------------------------------------------------------- the recovery policy

@@ -55,7 +55,9 @@ from llm_supervisor.vllm.modelshape import GIB, linear_bytes_per_element
 BANDWIDTH_EFFICIENCY = 0.80     # share of the memory bandwidth decode kernels reach
 COMPUTE_EFFICIENCY = 0.50       # share of the dense tensor rate small-batch GEMMs reach
 PREFILL_EFFICIENCY = 0.60       # … and prefill's large GEMMs
-PCIE_EFFICIENCY = 0.80          # share of the PCIe rate a zero-copy read of pinned memory reaches
+# share of the PCIe rate a zero-copy read of pinned memory reaches: vLLM 0.26's UVA offload of 44.26
+# GiB on an H200 (PCIe 5.0 x16, 63 GB/s) decoded 0.72 tokens/s, ~34.6 GB/s over the bus
+PCIE_EFFICIENCY = 0.55
 STEP_OVERHEAD_S = 1.5e-3        # per step: scheduler, sampler, CUDA-graph replay, output processing
 EAGER_PER_LAYER_S = 30e-6       # per layer and step without CUDA graphs: kernel launches
 FRONTEND_S = 0.010              # per request: HTTP, tokenizing, the first chunk's way out
