@@ -105,7 +105,9 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
     if args.simulate:
         env.update({"LLM_SUPERVISOR_SIM_GPU_NAME": "NVIDIA H200", "LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": str(H200_MIB),
                     "LLM_SUPERVISOR_SIM_GPU_DIR": str(work / "simgpu"),
-                    "LLM_SUPERVISOR_SIM_STARTUP_S": env.get("LLM_SUPERVISOR_SIM_STARTUP_S", "3")})
+                    "LLM_SUPERVISOR_SIM_STARTUP_S": env.get("LLM_SUPERVISOR_SIM_STARTUP_S", "3"),
+                    # the GPU machine's vLLM (its offload runs on the V1 model runner)
+                    "LLM_SUPERVISOR_SIM_VLLM_VERSION": env.get("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.26.0")})
         models = work / "models"
         for name, bundled in (("qwen3-4b", "Qwen--Qwen3-4B"), ("qwen3-32b", "Qwen--Qwen3-32B")):
             (models / name).mkdir(parents=True, exist_ok=True)

@@ -275,6 +275,7 @@ def main() -> int:
     if args.simulate:
         base.env.update({"LLM_SUPERVISOR_SIM_GPU_NAME": "NVIDIA H200", "LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": str(H200_MIB),
                          "LLM_SUPERVISOR_SIM_GPU_COUNT": "8"})
+        # gv.build_ctx pins the simulator to the GPU machine's vLLM 0.26 (the recipe's version)
         base.total_gib = H200_MIB / 1024
     else:
         base.total_gib = float(subprocess.run(

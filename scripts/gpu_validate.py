@@ -151,6 +151,8 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
             "LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": "81559",
             "LLM_SUPERVISOR_SIM_GPU_DIR": str(out / "simgpu"),
             "LLM_SUPERVISOR_SIM_STARTUP_S": env.get("LLM_SUPERVISOR_SIM_STARTUP_S", "8"),
+            # the GPU machine's vLLM: scenario 3 needs 0.26's free-memory check (0.34 starts anyway)
+            "LLM_SUPERVISOR_SIM_VLLM_VERSION": env.get("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.26.0"),
         })
         if not Path(model).joinpath("config.json").is_file():
             folder = out / "models" / "qwen3-4b"
