@@ -315,3 +315,40 @@ def test_cuda_total_is_nvml_total_less_the_driver_reserve():
     assert (g_h100.memory_total_mib, g_h100.memory_reserved_mib, g_h100.cuda_total_mib) == (81559, 480, 81079)
     assert round(g_h100.cuda_total_mib / 1024, 2) == 79.18
     assert (g_old.memory_reserved_mib, g_old.cuda_total_mib) == (0, g_old.memory_total_mib)
+
+
+# ---------------------------------------------------------------- the supervisor's own CUDA_VISIBLE_DEVICES
+
+
+def test_the_daemons_cuda_visible_devices_keeps_it_to_those_gpus() -> None:
+    """NVML lists every GPU whatever CUDA_VISIBLE_DEVICES says; two supervisors on one host keep
+    to their own cards through it: indexes (nvidia-smi's), UUIDs or unique prefixes, in order."""
+    cards = [card(i, "NVIDIA GeForce RTX 3080", 20480) for i in range(4)]
+    cards[2] = Gpu(**{**cards[2].__dict__, "uuid": "GPU-3a1f0c9e-77aa"})
+    assert hardware.visible_to_us(cards, {}) == (cards, None)
+    assert hardware.visible_to_us(cards, {"CUDA_VISIBLE_DEVICES": " "})[0] == cards
+    picked, note = hardware.visible_to_us(cards, {"CUDA_VISIBLE_DEVICES": "3,1"})
+    assert [g.index for g in picked] == [3, 1]
+    assert note == "CUDA_VISIBLE_DEVICES=3,1: using GPU 3, 1 of the 4 found (NVML index, PCI order)"
+    assert [g.index for g in hardware.visible_to_us(cards, {"CUDA_VISIBLE_DEVICES": "GPU-3a1"})[0]] == [2]
+    # like CUDA, the list ends at the first entry that names no GPU
+    assert [g.index for g in hardware.visible_to_us(cards, {"CUDA_VISIBLE_DEVICES": "0,7,1"})[0]] == [0]
+    assert hardware.visible_to_us(cards, {"CUDA_VISIBLE_DEVICES": "GPU-"})[0] == []  # ambiguous prefix
+    match = hardware.match_profile(hardware.visible_to_us(cards, {"CUDA_VISIBLE_DEVICES": "2,3"})[0], P3080X2)
+    assert match.match and [g.index for g in match.chosen] == [2, 3]
+    assert hardware.cuda_visible_devices(match.chosen) == "GPU-3a1f0c9e-77aa,GPU-3"
+
+
+def test_plan_uses_the_gpu_the_daemons_environment_names(tmp_path) -> None:
+    from daemon_harness import run_cli
+
+    env = {"LLM_SUPERVISOR_STATE_DIR": str(tmp_path / "state"), "LLM_SUPERVISOR_SIM_GPU_COUNT": "2",
+           "LLM_SUPERVISOR_SIM_GPU_DIR": str(tmp_path / "gpu"), "CUDA_VISIBLE_DEVICES": "1"}
+    done = run_cli(["plan", "--profile", "4090d-qwen3-4b", "--simulate", "--json"], env)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    plan = json.loads(done.stdout)
+    sim = simgpu.gpus(simgpu.load_config(env))
+    assert plan["env"]["CUDA_VISIBLE_DEVICES"] == hardware.cuda_visible_devices([sim[1]])
+    assert any(n.startswith("CUDA_VISIBLE_DEVICES=1: using GPU 1 of the 2 found") for n in plan["notes"])

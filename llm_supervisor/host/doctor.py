@@ -98,7 +98,7 @@ def format_checks(checks: list[Check]) -> str:
 def _check_nvml(checks: list[Check], simulate: bool) -> list[hardware.Gpu] | None:
     inv = hardware.inventory(simulate)
     try:
-        gpus = inv.gpus()
+        gpus, visible_note = hardware.visible_to_us(inv.gpus(), os.environ)
         driver = inv.driver_version()
     except hardware.NoGpuFound as exc:
         checks.append(Check("gpu driver", "fail", exc.message,
@@ -109,11 +109,12 @@ def _check_nvml(checks: list[Check], simulate: bool) -> list[hardware.Gpu] | Non
         if callable(close):
             close()
     if not gpus:
-        checks.append(Check("gpu driver", "fail", "no NVIDIA GPU found", "check `nvidia-smi`"))
+        checks.append(Check("gpu driver", "fail", visible_note or "no NVIDIA GPU found",
+                            "fix CUDA_VISIBLE_DEVICES (NVML indexes or GPU UUIDs)" if visible_note else "check `nvidia-smi`"))
         return None
     what = "simulated GPU" if simulate else f"NVML, driver {driver or 'unknown'}"
     listing = "; ".join(f"{g.index}: {g.name}, {g.memory_total_gib:.1f} GiB, {g.memory_used_mib} MiB used" for g in gpus)
-    checks.append(Check("gpu driver", "ok", f"{what}: {listing}"))
+    checks.append(Check("gpu driver", "ok", f"{what}: {listing}" + (f" ({visible_note})" if visible_note else "")))
     return gpus
 
 

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from llm_supervisor.host import simgpu
@@ -181,6 +182,31 @@ def nvml_to_sysfs_bus_id(bus_id: str) -> str:
         raise ValueError(f"not a PCI bus id: {bus_id!r}")
     domain, bus, device, function = match.groups()
     return f"{int(domain, 16):04x}:{bus.lower()}:{device.lower()}.{function}"
+
+
+def visible_to_us(gpus: list[Gpu], env: Mapping[str, str]) -> tuple[list[Gpu], str | None]:
+    """The GPUs the supervisor may use: all, or those its own CUDA_VISIBLE_DEVICES names (NVML
+    ignores the variable, so two supervisors on one host need it to keep to their own cards),
+    in the order given, and a note saying so. Entries are NVML indexes (PCI order, as nvidia-smi
+    numbers them) or UUIDs (a unique prefix, as CUDA accepts: `GPU-3a1…`); like CUDA, the list
+    stops at the first entry that names no GPU."""
+    raw = env.get("CUDA_VISIBLE_DEVICES")
+    if raw is None or not raw.strip():
+        return gpus, None
+    picked: list[Gpu] = []
+    for item in (x.strip() for x in raw.split(",")):
+        found = None
+        if item.isdigit():
+            found = next((g for g in gpus if g.index == int(item)), None)
+        elif item:
+            matches = [g for g in gpus if g.uuid.startswith(item) or f"GPU-{g.uuid}".startswith(item)]
+            found = matches[0] if len(matches) == 1 else None
+        if found is None:
+            break
+        if found not in picked:
+            picked.append(found)
+    shown = ", ".join(str(g.index) for g in picked) or "none of them"
+    return picked, f"CUDA_VISIBLE_DEVICES={raw}: using GPU {shown} of the {len(gpus)} found (NVML index, PCI order)"
 
 
 def cuda_visible_devices(chosen: list[Gpu]) -> str:

@@ -245,7 +245,9 @@ def build_plan(
     if simulate:
         notes.append("SIMULATED: the bundled vLLM simulator runs on a simulated GPU; no real engine or GPU is used")
     try:
-        gpus = hardware.inventory(simulate, sim_config).gpus()
+        gpus, visible_note = hardware.visible_to_us(hardware.inventory(simulate, sim_config).gpus(), base_env)
+        if visible_note:
+            notes.append(visible_note)
     except RuntimeFailure as exc:
         if for_launch and not gpu_memory_gib:
             raise
