@@ -11,6 +11,11 @@ simulated GPUs, to check this script without GPU time).
              fused all-reduce where vLLM picks it): ready, or a collectives failure
              (`CUBLAS_STATUS_INTERNAL_ERROR` at worker start was seen on two H200s) classified and
              recovered by a computed change (fusion off, then custom all-reduce off)
+  ray2       two Ray nodes on this host, one GPU each (each run by `supervisor up --role head|worker`,
+             kept to its GPU by CUDA_VISIBLE_DEVICES; the worker at 127.0.0.2), vLLM with
+             `--distributed-executor-backend ray`, PP 2 across them (the supervisor keeps TP within a
+             host): ready; the worker's supervisor
+             `kill -9`ed → the head goes `degraded` (timed); the worker back → ready again (timed)
   tp8        `a10x8-qwen3-32b-awq` at a 24 GB budget per GPU, TP 8 (8 GPUs): ready, KV per rank,
              `bench --users 64`
   tp4dp2     the same as TP 4 × DP 2 with one replica per NUMA node: ready, each replica's
@@ -22,7 +27,7 @@ daemon lifetime has a hard limit (SIGALRM), SIGTERM unwinds, and everything star
 Logs go to OUT/<scenario>/ (engine logs copied next to the daemon's); the summary (Markdown, then
 one JSON line) is printed last and saved as OUT/summary.md and OUT/summary.json.
 
-usage: python scripts/gpu_multi.py [--simulate] [--out DIR] [--models DIR] [--only tp2,allreduce,tp8,tp4dp2]
+usage: python scripts/gpu_multi.py [--simulate] [--out DIR] [--models DIR] [--only tp2,allreduce,ray2,tp8,tp4dp2]
        (real run: `. /tmp/vllm-env.sh` first; /tmp/models/qwen3-8b and qwen3-32b from make-model.py)
 """
 
@@ -36,12 +41,15 @@ import signal
 import subprocess
 import sys
 import time
+import shutil
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
+import yaml
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import gpu_validate as gv  # noqa: E402 - the single-GPU script's daemon, stop timing and summary helpers
@@ -49,8 +57,9 @@ import gpu_validate as gv  # noqa: E402 - the single-GPU script's daemon, stop t
 REPO = gv.REPO
 PROFILES = REPO / "llm_supervisor" / "data" / "profiles"
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-LIMITS = {"tp2": 900, "allreduce": 900, "tp8": 1200, "tp4dp2": 1200}
-NEEDS = {"tp2": 2, "allreduce": 2, "tp8": 8, "tp4dp2": 8}
+LIMITS = {"tp2": 900, "allreduce": 900, "ray2": 1200, "tp8": 1200, "tp4dp2": 1200}
+NEEDS = {"tp2": 2, "allreduce": 2, "ray2": 2, "tp8": 8, "tp4dp2": 8}
+WORKER_IP = "127.0.0.2"  # the worker "host": a second loopback address
 BUDGET_20GB = 18.0   # 0.9 of a 20 GB RTX 3080
 BUDGET_24GB = 21.38  # 0.9 of a 24 GB A10
 H200_MIB = 143771
@@ -107,9 +116,9 @@ def model_folder(base: gv.Ctx, models: Path, name: str, hf_id: str) -> str:
 
 
 def engine_text(d: gv.Daemon) -> str:
-    ctx = d.ctx
-    path = d.state / "logs" / f"{ctx.profile.stem if isinstance(ctx, MultiCtx) else 'engine'}.log"
-    return path.read_text(errors="replace") if path.is_file() else ""
+    """The engine log the daemon wrote (`<state>/logs/<profile name>.log`)."""
+    logs = sorted((d.state / "logs").glob("*.log"), key=lambda p: p.stat().st_size) if (d.state / "logs").is_dir() else []
+    return logs[-1].read_text(errors="replace") if logs else ""
 
 
 def kv_figures(d: gv.Daemon, st: dict[str, Any], plan: dict[str, Any] | None, since: float) -> dict[str, Any]:
@@ -231,8 +240,75 @@ def scenario_a10x8(base: gv.Ctx, models: Path, tp: int, dp: int) -> dict[str, An
     return r
 
 
+def ray_profile(ctx: MultiCtx, gcs_port: int, ray_tmp: str) -> Path:
+    """The 3080x2 profile as two hosts of one GPU each, PP 2 across them on Ray."""
+    data = yaml.safe_load(ctx.profile.read_text())
+    data["name"] = "3080x2-qwen3-8b-ray"
+    data["hardware"]["gpu_count"] = 1
+    # the supervisor keeps tensor parallelism within a host (vLLM's advice for Ray): PP 2 spans the two
+    data["vllm"].update({"tensor_parallel_size": 1, "pipeline_parallel_size": 2})
+    data["cluster"] = {"nodes": 2, "head_address": f"127.0.0.1:{gcs_port}", "temp_dir": ray_tmp,
+                       "ray_command": shutil.which("ray") or str(Path(sys.executable).parent / "ray"),
+                       "join_timeout_s": 600, "poll_interval_s": 1, "restart_backoff_initial_s": 1}
+    if ctx.simulate:  # keep Ray light on a small machine
+        data["cluster"].update({"num_cpus": 1, "object_store_memory_bytes": 80_000_000})
+    path = ctx.out / "ray2-profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def scenario_ray2(base: gv.Ctx, models: Path) -> dict[str, Any]:
+    ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 2)
+    r: dict[str, Any] = {"scenario": "ray2: two Ray nodes of one GPU each, PP 2 across them", "ok": False}
+    try:
+        import ray  # noqa: F401 - the `ray` command comes with it
+    except ImportError:
+        return r | {"skipped": "Ray is not installed here (pip install 'ray[default]')"}
+    ray_tmp = tempfile.mkdtemp(prefix="lsr", dir="/tmp")  # Ray's socket paths must stay short
+    ctx.profile = ray_profile(ctx, gv.free_port(), ray_tmp)
+    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "recovery.min_gpu_memory_utilization=0.05",
+            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "vllm.load_format=dummy"]
+    common = {"RAY_DISABLE_USAGE_STATS": "1", "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
+              "LLM_SUPERVISOR_SIM_RAY_PG_TIMEOUT_S": "60"}
+    head = gv.Daemon(ctx, "ray2-head", sets)
+    worker = gv.Daemon(ctx, "ray2-worker", [*sets, f"cluster.node_ip={WORKER_IP}"])
+    for i, node in enumerate((head, worker)):
+        node.env.update(common)
+        if ctx.simulate:  # each "host" has a simulated GPU of its own
+            node.env.update({"LLM_SUPERVISOR_SIM_GPU_DIR": str(node.dir / "gpu"), "LLM_SUPERVISOR_SIM_GPU_COUNT": "1"})
+        else:
+            node.env["CUDA_VISIBLE_DEVICES"] = str(i)
+    try:
+        head.start("--role", "head")
+        worker.start("--role", "worker")
+        st = head.wait_ready(timeout=900)
+        r["ready"] = kv_figures(head, st, None, head.t0)
+        r["nodes"] = [(n.get("address"), n.get("state"), n.get("gpus")) for n in st.get("nodes") or []]
+        r["argv_backend"] = (st.get("argv") or [])[(st.get("argv") or []).index("--distributed-executor-backend") + 1] \
+            if "--distributed-executor-backend" in (st.get("argv") or []) else None
+        r["gpu_used_mib_ready"] = used_per_gpu(ctx) if not ctx.simulate else None
+        t0 = gv.now()
+        assert worker.proc is not None
+        worker.proc.kill()  # the worker host's supervisor dies; its guard ends Ray there
+        worker.proc.wait(30)
+        st = head.wait(lambda s: s.get("state") == "degraded", 180, 0.2, "the head degraded")
+        r["degraded_after_s"] = round(gv.now() - t0, 2)
+        r["degraded_message"] = (st.get("message") or "")[:200]
+        worker.start("--role", "worker")
+        attempt = st.get("attempt", 1)
+        again = head.wait_ready(attempt=attempt + 1, timeout=900)
+        r["ready_again_s"] = round(gv.now() - t0, 2)
+        r["ready_again"] = kv_figures(head, again, None, t0)
+        r["ok"] = r["argv_backend"] == "ray" and bool(r["degraded_after_s"]) and again.get("state") == "ready"
+    finally:
+        worker.cleanup()
+        head.cleanup()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return r
+
+
 SCENARIOS: dict[str, Callable[[gv.Ctx, Path], dict[str, Any]]] = {
-    "tp2": scenario_tp2, "allreduce": scenario_allreduce,
+    "tp2": scenario_tp2, "allreduce": scenario_allreduce, "ray2": scenario_ray2,
     "tp8": lambda c, m: scenario_a10x8(c, m, 8, 1), "tp4dp2": lambda c, m: scenario_a10x8(c, m, 4, 2),
 }
 
@@ -248,7 +324,7 @@ def summary_table(results: dict[str, Any]) -> str:
                 figs.append(f"{tag}: attempt {k.get('attempt')}, {gv.fmt(k.get('time_to_ready_s'))} s, KV tokens status "
                             f"{gv.fmt(k.get('status_kv_tokens'))} / log {gv.fmt(k.get('log_kv_tokens'))} / planner "
                             f"{gv.fmt(k.get('predicted_kv_tokens'))}")
-        for key in ("death_noticed_s", "death_kind", "ready_again_s", "gpu_used_mib_ready", "gpu_used_mib_after", "failures",
+        for key in ("nodes", "argv_backend", "degraded_after_s", "death_noticed_s", "death_kind", "ready_again_s", "gpu_used_mib_ready", "gpu_used_mib_after", "failures",
                     "changes", "bench_64", "skipped", "error"):
             if r.get(key) not in (None, [], {}):
                 figs.append(f"{key} {r[key]}")

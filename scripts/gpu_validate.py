@@ -460,8 +460,8 @@ class Daemon:
             return data
         return None
 
-    def start(self) -> None:
-        cmd = self.ctx.cli("up", *self.ctx.profile_args(self.sets))
+    def start(self, *extra: str) -> None:
+        cmd = self.ctx.cli("up", *self.ctx.profile_args(self.sets), *extra)
         (self.dir / "command.txt").write_text(" ".join(cmd) + "\n")
         self.logf = (self.dir / "daemon.log").open("ab")
         self.t0 = now()
