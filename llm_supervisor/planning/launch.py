@@ -97,8 +97,7 @@ class LaunchPlan:
     def accounting_of(self, version: str | None, args: VllmArgs) -> memory.Accounting:
         """How `version` (None: the newest supported) sizes the KV cache with `args`, on the model
         runner those arguments run on."""
-        return memory.accounting_for(version or memory.DEFAULT_VLLM_VERSION, args.extra_args, runner.v1_runner(
-            version, args.cpu_offload_gb, self.profile.env.get(runner.RUNNER_ENV)))
+        return runner.accounting(version, args, self.profile.env.get(runner.RUNNER_ENV))
 
     @property
     def frontdoor(self) -> bool:

@@ -106,8 +106,7 @@ class FitContext:
 
     def accounting(self, args: VllmArgs) -> memory.Accounting:
         """How this vLLM sizes the KV cache with these arguments (and the model runner they run on)."""
-        return memory.accounting_for(self.version, args.extra_args,
-                                     runner.v1_runner(self.vllm_version, args.cpu_offload_gb, self.runner_env))
+        return runner.accounting(self.vllm_version, args, self.runner_env)
 
     def with_calibration(self, entry: CalibrationEntry | None) -> "FitContext":
         """The same context after this host learned more (the daemon, after a boot)."""

@@ -293,9 +293,8 @@ def decide(
         accounting = memory.Accounting.EXTENSIBLE_0_34  # the log shows the post-warm-up measurement
     elif version is not None or fit is not None:
         # the V1 runner's graph estimate shows in the log before the KV line ("Estimated CUDA graph memory")
-        v1 = runner.v1_runner(version, args.cpu_offload_gb, profile.env.get(runner.RUNNER_ENV)) or (
-            facts.cuda_graph_estimate_gib is not None and facts.model_runner != "v2")
-        accounting = memory.accounting_for(version, args.extra_args, v1)
+        seen = facts.cuda_graph_estimate_gib is not None and facts.model_runner != "v2"
+        accounting = runner.accounting(version, args, profile.env.get(runner.RUNNER_ENV), v1_seen=seen)
     else:
         accounting = memory.Accounting.BUDGET_0_26  # a log that never says which vLLM wrote it
     if args.enforce_eager:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from llm_supervisor.config.profile import VllmArgs
+from llm_supervisor.vllm import memory
 from llm_supervisor.vllm.logparse import StartupFacts
 from llm_supervisor.vllm.memory import parse_version
 
@@ -57,6 +59,14 @@ def v1_runner(vllm_version: str | None, cpu_offload_gb: float | None, runner_env
     if v is None:
         return False
     return v < V2_DEFAULT_FROM or (bool(cpu_offload_gb) and v2_ignores_offload(vllm_version))
+
+
+def accounting(vllm_version: str | None, args: VllmArgs, runner_env: str | None,
+               v1_seen: bool = False) -> memory.Accounting:
+    """How this vLLM (None: the newest supported) sizes the KV cache for a launch with `args`, on
+    the model runner that launch runs on; v1_seen: its log already showed the V1 runner at work."""
+    return memory.accounting_for(vllm_version, args.extra_args,
+                                 v1_seen or v1_runner(vllm_version, args.cpu_offload_gb, runner_env))
 
 
 def offload_ignored(facts: StartupFacts, cpu_offload_gb: float | None) -> bool:
