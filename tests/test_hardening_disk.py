@@ -275,13 +275,11 @@ def test_a_full_tmpfs_log_dir_never_hangs_the_engine_or_the_stop(tmp_path: Path)
         failed = [h for h in status["history"] if h["event"] == "engine_log_failed"]
         assert len(failed) == 1
         assert sum("No space left on device" in line for line in run.stderr().splitlines()) == 1
-        t0 = time.monotonic()
+        # the stop is staged (SIGTERM, STOP_TIMEOUT_S, SIGKILL), never the 66 s hang of a blocked
+        # writer: a generous deadline for that behaviour; how fast it is, benchmarks/detection.py
         run.signal(signal.SIGTERM)
         assert run.wait_exit(stop_timeout + 15) == 0
-        took = time.monotonic() - t0
-        assert took <= stop_timeout + 5, took
         assert "Traceback" not in run.stderr()
-        print(f"tmpfs full: {status['engine_log']['dropped_bytes']:,} bytes dropped; SIGTERM took {took:.2f} s")
 
 
 def test_a_state_dir_that_takes_no_write_is_one_line(tmp_path: Path) -> None:
