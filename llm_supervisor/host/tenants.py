@@ -68,7 +68,10 @@ def is_vllm(name: str, cmdline: list[str]) -> bool:
     return "vllm" in words and "serve" in cmdline[:6]
 
 
-_GUARD_MODULE = "llm_supervisor.runtime.guard"
+# How the daemon's guard looks to `ps` (runtime/launcher.py builds its command line from these),
+# so that another supervisor can tell whose engine tree a process is in.
+GUARD_MODULE = "llm_supervisor.runtime.guard"
+GUARD_PARENT_FLAG = "--parent-pid"
 _MAX_ANCESTORS = 8
 
 
@@ -92,9 +95,9 @@ def supervisor_of(ps: psutil.Process, me: int | None = None) -> int | None:
         except (psutil.Error, OSError):
             continue
         pid = None
-        if any(_GUARD_MODULE in part for part in cmdline):
+        if any(GUARD_MODULE in part for part in cmdline):
             try:
-                pid = int(cmdline[cmdline.index("--parent-pid") + 1])
+                pid = int(cmdline[cmdline.index(GUARD_PARENT_FLAG) + 1])
             except (ValueError, IndexError):
                 pid = parent.pid
         elif _is_daemon(cmdline):

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 import psutil
 
+from llm_supervisor.host.tenants import GUARD_MODULE, GUARD_PARENT_FLAG
+
 MAX_LINE = 64 * 1024  # longer lines are cut (and marked) so one line never holds memory hostage
 READ_CHUNK = 256 * 1024
 
@@ -362,8 +364,8 @@ def end_foreign(tenants: list[Any], timeout: float) -> str:
 
 
 def guard_argv(spec: LaunchSpec, control_fd: int, output_fd: int | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "llm_supervisor.runtime.guard", "--control-fd", str(control_fd),
-            "--parent-pid", str(os.getpid()),
+    argv = [sys.executable, "-m", GUARD_MODULE, "--control-fd", str(control_fd),
+            GUARD_PARENT_FLAG, str(os.getpid()),
             "--stop-timeout", f"{spec.stop_timeout:g}", "--mempolicy", spec.mempolicy]
     if output_fd is not None:
         argv += ["--output-fd", str(output_fd)]
