@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from llm_supervisor.config.profile import VllmArgs
 from llm_supervisor.errors import BadInput
-from llm_supervisor.vllm import memory
+from llm_supervisor.vllm import memory, runner
 from llm_supervisor.vllm.modelshape import ModelShape
 
 class CalibrationError(BadInput):
@@ -54,6 +54,8 @@ class Observation:
     requested_gib: float | None = None
     gpu_memory_utilization: float | None = None
     gpu_total_gib: float | None = None
+    v1_sampler: bool | None = None   # ran on the V1 runner where V2 is the default (runner.v1_sampler_seen)
+    cpu_offloaded_gib: float | None = None  # weights vLLM kept in CPU memory ("Total CPU offloaded parameters")
     learned_at: float = 0.0
     source: str = ""
 
@@ -109,8 +111,8 @@ class CalibrationEntry:
 
     def add(self, obs: Observation) -> None:
         # an unknown compile state is filed as warm: predicting a cold launch from it then adds
-        # the cold delta, the conservative direction
-        if obs.compile_cold or obs.enforce_eager:
+        # the cold delta, the conservative direction; eager mode compiles nothing: warm
+        if obs.compile_cold and not obs.enforce_eager:
             self.cold = obs
         else:
             self.warm = obs
@@ -131,8 +133,12 @@ class CalibrationEntry:
                 setattr(entry, kind, Observation.from_json(data[kind]))
         return entry
 
-    def overhead(self, shape: ModelShape, tensor_parallel: int, tokens: int, seqs: int, cold: bool) -> memory.Overhead:
-        """The learned overhead for a launch at (tokens, seqs), cold or warm compile."""
+    def overhead(self, shape: ModelShape, tensor_parallel: int, tokens: int, seqs: int, cold: bool,
+                 v1_sampler: bool = False, cpu_offload: bool = False) -> memory.Overhead:
+        """The learned overhead for a launch at (tokens, seqs), cold or warm compile, on the V1
+        runner's sampler warm-up or not, offloading or not: the learned activation scaled by the
+        shape model's ratio between the launch and the start it was learned from, the non-torch
+        memory moved by the model's difference for offload."""
         base = (self.cold if cold else self.warm) or (self.warm if cold else self.cold)
         assert base is not None
         world = tensor_parallel * base.pipeline_parallel
@@ -141,28 +147,37 @@ class CalibrationEntry:
         else:
             nt = min(memory.estimate_non_torch_gib(world), base.overhead_gib)
             act = max(0.0, base.overhead_gib - nt)
-        base_cold = bool(base.compile_cold or base.enforce_eager)
-        notes = []
-        if base_cold and not cold:
-            act /= memory.COLD_ACTIVATION_FACTOR
-            notes.append("warm compile cache: learned cold activation ÷ 1.30")
-        elif cold and not base_cold:
-            act *= memory.COLD_ACTIVATION_FACTOR
-            notes.append("cold compile: learned warm activation × 1.30")
+        base_cold = bool(base.compile_cold and not base.enforce_eager)
         b_tokens = base.max_num_batched_tokens or tokens
         b_seqs = base.max_num_seqs or seqs
-        if (b_tokens, b_seqs) != (tokens, seqs):
-            ratio = (memory.estimate_activation_gib(shape, tensor_parallel, tokens, seqs, cold=False)
-                     / memory.estimate_activation_gib(shape, tensor_parallel, b_tokens, b_seqs, cold=False))
+        b_v1 = bool(base.v1_sampler)
+        notes = []
+        if (base_cold, b_tokens, b_seqs, b_v1) != (cold, tokens, seqs, v1_sampler):
+            ratio = (memory.estimate_activation_gib(shape, tensor_parallel, tokens, seqs, cold=cold, v1_sampler=v1_sampler)
+                     / memory.estimate_activation_gib(shape, tensor_parallel, b_tokens, b_seqs, cold=base_cold,
+                                                      v1_sampler=b_v1))
             act *= ratio
-            notes.append(f"activation scaled ×{ratio:.2f} from max_num_batched_tokens {b_tokens}, max_num_seqs {b_seqs}")
+            why = [w for w, differs in (
+                ("warm compile cache" if base_cold else "cold compile", base_cold != cold),
+                (f"max_num_batched_tokens {b_tokens} → {tokens}", b_tokens != tokens),
+                (f"max_num_seqs {b_seqs} → {seqs}", b_seqs != seqs),
+                ("V1 runner's sampler warm-up" if v1_sampler else "no V1 sampler warm-up", b_v1 != v1_sampler))
+                if differs]
+            notes.append(f"activation ×{ratio:.2f}: {', '.join(why)}")
+        offload_then = bool(base.cpu_offloaded_gib)
+        if cpu_offload != offload_then:
+            nt = max(0.0, nt + memory.estimate_non_torch_gib(world, cpu_offload)
+                     - memory.estimate_non_torch_gib(world, offload_then))
+            notes.append("non-torch " + ("+" if cpu_offload else "−") + f"{memory.NON_TORCH_OFFLOAD_GIB:g} GiB:"
+                         " CPU offload")
         note = f"overhead learned from {base.source or 'an earlier start'}" + (f" ({'; '.join(notes)})" if notes else "")
         return memory.Overhead(act, nt, cold, "calibration", note)
 
 
 # StartupFacts fields calibration reads under their own names.
 _PLAIN_FACTS = ("kv_cache_tokens", "max_concurrency_context", "vllm_version", "tensor_parallel_size",
-                "pipeline_parallel_size", "max_model_len", "enforce_eager", "kv_cache_dtype", "quantization")
+                "pipeline_parallel_size", "max_model_len", "enforce_eager", "kv_cache_dtype", "quantization",
+                "model_runner", "cpu_offloaded_gib")
 
 
 _FACT_ALIASES: dict[str, tuple[str, ...]] = {
@@ -290,6 +305,10 @@ def learn_from_facts(
         requested_gib=round(float(requested), 4) if requested is not None else None,
         gpu_memory_utilization=float(util) if util is not None else None,
         gpu_total_gib=float(total) if total is not None else None,
+        cpu_offloaded_gib=_fact(facts, "cpu_offloaded_gib"),
+        v1_sampler=runner.v1_sampler_seen({
+            "vllm_version": vllm_version or _fact(facts, "vllm_version"),
+            **{name: _fact(facts, name) for name in ("cpu_offloaded_gib", "cuda_graph_estimate_gib", "model_runner")}}) or None,
         learned_at=now,
         source=source,
     )

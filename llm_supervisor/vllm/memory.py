@@ -35,9 +35,23 @@ activation with a warm torch.compile cache, 0.80 GiB cold, 0.22 GiB non-torch):
                 hidden-size buffers; MoE: top-k experts' intermediates)
         S × vocab × 4 B: the sampler warm-up's float32 logits for S sequences
     activation (cold) = activation (warm) × 1.30   (0.80 / 0.62: compiling and autotuning
-        allocate on top of the warm peak; eager mode is counted as cold)
+        allocate on top of the warm peak; eager mode compiles nothing and peaks as warm: 0.63
+        GiB for Qwen3-4B, 1.52 for Qwen3-32B on an H200, against 0.62 and 1.50 modelled)
     non-torch         = 0.22 GiB on one GPU, + 0.30 GiB with several (NCCL, custom all-reduce;
                         not measured here)
+
+    V1 model runner chosen over the default V2 one (0.22+; the supervisor does so to offload on
+    0.22-0.27): its profiling run warms the whole sampler, twice, the second time through the
+    native top-k/top-p path with a generator (0.26's gpu_model_runner._dummy_sampler_run and
+    topk_topp_sampler.forward_native): the logits, their softmax, the exponential noise and
+    their quotient, four float32 [S, vocab] tensors at once, which compiling does not change:
+        activation = max(the above, 4 × S × vocab × 4 B + 0.02 GiB)
+    (Qwen3-32B at S = 1024 on an H200: 2.34 GiB; vLLM 0.26 printed 2.23 compiled or eager, 1.52
+    at S = 16 and on the V2 runner).
+
+    CPU offload (`--cpu-offload-gb`): non-torch + 0.12 GiB (vLLM 0.26 on an H200 printed 0.34 and
+    0.32 GiB with 42-43 GiB of Qwen3-32B offloaded, compiled and eager; 0.22 without offload on
+    either runner): the device's mappings of the pinned host memory the GPU reads.
     weights (vLLM)    = tensor bytes + 2 MiB per layer (allocator slack: 7.49 GiB of tensors
                         showed as 7.56 GiB)
 
@@ -66,6 +80,8 @@ ACTIVATION_SLACK_GIB = 0.02
 COLD_ACTIVATION_FACTOR = 1.30
 NON_TORCH_GIB = 0.22
 NON_TORCH_MULTI_GPU_GIB = 0.30
+V1_SAMPLER_BUFFERS = 4        # float32 [S, vocab] tensors the V1 runner's sampler warm-up holds
+NON_TORCH_OFFLOAD_GIB = 0.12  # with CPU offload (H200, vLLM 0.26: 0.32-0.34 GiB against 0.22)
 WEIGHT_SLACK_PER_LAYER_BYTES = 2 * MIB
 # What a new engine process's CUDA context takes before vLLM measures free memory (H100, CUDA
 # 13: NVML showed 0.52 GiB more free than vLLM's "Free memory on device" line).
@@ -248,26 +264,33 @@ def weights_gib(tensor_bytes: float, layers: int) -> float:
 
 
 def estimate_activation_gib(shape: ModelShape, tensor_parallel: int, max_num_batched_tokens: int,
-                            max_num_seqs: int, cold: bool = True) -> float:
-    """Peak activation of vLLM's profiling run on one GPU (see the module docstring)."""
+                            max_num_seqs: int, cold: bool = True, v1_sampler: bool = False) -> float:
+    """Peak activation of vLLM's profiling run on one GPU (see the module docstring); v1_sampler:
+    the V1 runner's full sampler warm-up runs (runner.v1_sampler_warmup)."""
     tokens = max(1, max_num_batched_tokens)
     seqs = max(1, min(max_num_seqs, tokens))
     forward = tokens * shape.activation_width(tensor_parallel) * ACTIVATION_BYTES
     sampler = seqs * shape.vocab_size * SAMPLER_LOGIT_BYTES
     warm = max(forward, sampler) / GIB + ACTIVATION_SLACK_GIB
-    return warm * COLD_ACTIVATION_FACTOR if cold else warm
+    act = warm * COLD_ACTIVATION_FACTOR if cold else warm
+    if v1_sampler:
+        act = max(act, V1_SAMPLER_BUFFERS * sampler / GIB + ACTIVATION_SLACK_GIB)
+    return act
 
 
 def cold_compile_extra_gib(shape: ModelShape, tensor_parallel: int, max_num_batched_tokens: int,
-                           max_num_seqs: int) -> float:
+                           max_num_seqs: int, v1_sampler: bool = False) -> float:
     """How much more activation a cold torch.compile takes than a warm one."""
-    warm = estimate_activation_gib(shape, tensor_parallel, max_num_batched_tokens, max_num_seqs, cold=False)
-    return warm * (COLD_ACTIVATION_FACTOR - 1)
+    args = (shape, tensor_parallel, max_num_batched_tokens, max_num_seqs)
+    return (estimate_activation_gib(*args, cold=True, v1_sampler=v1_sampler)
+            - estimate_activation_gib(*args, cold=False, v1_sampler=v1_sampler))
 
 
-def estimate_non_torch_gib(world_size: int) -> float:
-    """Memory outside PyTorch's allocator that grows during startup (cuBLAS workspaces, NCCL)."""
-    return NON_TORCH_GIB + (NON_TORCH_MULTI_GPU_GIB if world_size > 1 else 0.0)
+def estimate_non_torch_gib(world_size: int, cpu_offload: bool = False) -> float:
+    """Memory outside PyTorch's allocator that grows during startup (cuBLAS workspaces, NCCL;
+    with CPU offload, the mappings of the pinned weights)."""
+    return (NON_TORCH_GIB + (NON_TORCH_MULTI_GPU_GIB if world_size > 1 else 0.0)
+            + (NON_TORCH_OFFLOAD_GIB if cpu_offload else 0.0))
 
 
 @dataclass(frozen=True)
@@ -286,10 +309,15 @@ class Overhead:
 
 
 def modelled_overhead(shape: ModelShape, tensor_parallel: int, pipeline_parallel: int,
-                      max_num_batched_tokens: int, max_num_seqs: int, cold: bool) -> Overhead:
-    """The overhead from the shape model alone (no calibration)."""
-    act = estimate_activation_gib(shape, tensor_parallel, max_num_batched_tokens, max_num_seqs, cold=cold)
-    return Overhead(act, estimate_non_torch_gib(tensor_parallel * pipeline_parallel), cold, "model")
+                      max_num_batched_tokens: int, max_num_seqs: int, cold: bool,
+                      v1_sampler: bool = False, cpu_offload: bool = False) -> Overhead:
+    """The overhead from the shape model alone (no calibration); v1_sampler: the launch runs on
+    the V1 model runner where V2 is the default (its sampler warm-up); cpu_offload: it offloads
+    weights."""
+    act = estimate_activation_gib(shape, tensor_parallel, max_num_batched_tokens, max_num_seqs, cold=cold,
+                                  v1_sampler=v1_sampler)
+    nt = estimate_non_torch_gib(tensor_parallel * pipeline_parallel, cpu_offload=cpu_offload)
+    return Overhead(act, nt, cold, "model")
 
 
 # ---------------------------------------------------------------- KV blocks and contexts

@@ -292,9 +292,8 @@ def decide(
     if facts.kv_measured_after_warmup:
         accounting = memory.Accounting.EXTENSIBLE_0_34  # the log shows the post-warm-up measurement
     elif version is not None or fit is not None:
-        # the V1 runner's graph estimate shows in the log before the KV line ("Estimated CUDA graph memory")
-        seen = facts.cuda_graph_estimate_gib is not None and facts.model_runner != "v2"
-        accounting = runner.accounting(version, args, profile.env.get(runner.RUNNER_ENV), v1_seen=seen)
+        # the V1 runner shows in the log before the KV line ("Estimated CUDA graph memory", offload)
+        accounting = runner.accounting(version, args, profile.env.get(runner.RUNNER_ENV), v1_seen=runner.v1_seen(facts))
     else:
         accounting = memory.Accounting.BUDGET_0_26  # a log that never says which vLLM wrote it
     if args.enforce_eager:

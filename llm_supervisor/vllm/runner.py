@@ -61,6 +61,35 @@ def v1_runner(vllm_version: str | None, cpu_offload_gb: float | None, runner_env
     return v < V2_DEFAULT_FROM or (bool(cpu_offload_gb) and v2_ignores_offload(vllm_version))
 
 
+def v1_sampler_warmup(vllm_version: str | None, cpu_offload_gb: float | None, runner_env: str | None = None) -> bool:
+    """Whether the launch's profiling run warms the V1 runner's whole sampler (memory's V1 terms):
+    the V1 runner where V2 is the default (0.22 and newer, or a version not known), as read in
+    0.26's source; older versions' V1 runner is planned with the constants measured on V2."""
+    v = parse_version(vllm_version)
+    if v is not None and v < V2_DEFAULT_FROM:
+        return False
+    return v1_runner(vllm_version, cpu_offload_gb, runner_env)
+
+
+def _get(facts: StartupFacts | Mapping[str, object], name: str) -> object:
+    return facts.get(name) if isinstance(facts, Mapping) else getattr(facts, name, None)
+
+
+def v1_seen(facts: StartupFacts | Mapping[str, object]) -> bool:
+    """The log shows the V1 runner at work: it offloaded weights, or printed its CUDA-graph
+    estimate without naming the V2 runner (0.22-0.33 name it when it runs). `facts`: a
+    StartupFacts or a mapping with its names."""
+    return bool(_get(facts, "cpu_offloaded_gib")) or (
+        _get(facts, "cuda_graph_estimate_gib") is not None and _get(facts, "model_runner") != "v2")
+
+
+def v1_sampler_seen(facts: StartupFacts | Mapping[str, object]) -> bool:
+    """The start the log shows warmed the V1 runner's whole sampler (v1_sampler_warmup's rule)."""
+    version = _get(facts, "vllm_version")
+    v = parse_version(version if isinstance(version, str) else None)
+    return v1_seen(facts) and (v is None or v >= V2_DEFAULT_FROM)
+
+
 def accounting(vllm_version: str | None, args: VllmArgs, runner_env: str | None,
                v1_seen: bool = False) -> memory.Accounting:
     """How this vLLM (None: the newest supported) sizes the KV cache for a launch with `args`, on
