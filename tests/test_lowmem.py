@@ -21,7 +21,8 @@ from llm_supervisor import cli
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
 from llm_supervisor.host.modelfiles import load_shape
 from llm_supervisor.runtime.commands import Command
-from llm_supervisor.vllm import engine_args, speed
+from llm_supervisor.vllm import engine_args, lowmem, speed
+from llm_supervisor.vllm.calibration import Observation
 from llm_supervisor.vllm.failures import Failure, FailureKind
 from llm_supervisor.vllm.fit import FitContext, check_launch, decoder_gib_per_stage, offloaded_per_stage_gib
 from llm_supervisor.vllm.logparse import StartupFacts
@@ -137,7 +138,12 @@ def test_cheaper_levers_come_first() -> None:
     assert raised.changes == {"gpu_memory_utilization": [0.65, raised.args.gpu_memory_utilization]}
     assert "with gpu_memory_utilization 0.65 → " in raised.summary()
     offload = plan_low_memory(ctx(0.65, allow=8), args)
-    assert offload is not None and offload.usable_now and offload.offload_gib == 1
+    # the least whole GiB with which 4,096 tokens fit with the uncalibrated margin held back
+    # (offload's own non-torch memory counted)
+    assert offload is not None and offload.usable_now and offload.offload_gib == 2
+    less = offload.args.model_copy(update={"cpu_offload_gb": 1.0, "max_model_len": 4096})
+    p = ctx(0.65, allow=8).predict(less)
+    assert p.available_kv_cache_gib - 4096 * p.kv_bytes_per_token / 1024**3 < lowmem.OFFLOAD_MARGIN_GIB
     assert plan_low_memory(ctx(0.9), VllmArgs(gpu_memory_utilization=0.9)) is None  # fits as it is
 
 
@@ -281,7 +287,9 @@ def test_without_offload_allowed_recovery_stops_with_the_reason_and_no_crash_loo
     async def scenario() -> None:
         h = make(vllm, ["model.id=Qwen/Qwen3-8B", "vllm.gpu_memory_utilization=0.65", "vllm.max_model_len=16384",
                         "recovery.max_gpu_memory_utilization=0.65"])
-        assert any("set it to 1 or more" in n for n in h.plan.notes)
+        # before any start: the least offload with the uncalibrated margin; after vLLM's own
+        # numbers (the give-up below): the least offload without it
+        assert any("set it to 2 or more" in n for n in h.plan.notes)
         h.start()
         assert await h.exit_code() == 3
         kinds = [k for e, k in h.events() if e == "exit"]
@@ -328,9 +336,11 @@ def test_the_simulator_serves_a_model_bigger_than_its_gpu_with_the_planned_offlo
         assert rate == pytest.approx(plan["speed"]["points"][0]["per_user_tokens_per_s"], rel=0.25)
 
 
-def test_where_cuda_graphs_count_inside_the_budget_eager_is_a_lever_before_more_offload() -> None:
+def test_where_cuda_graphs_count_inside_the_budget_eager_is_a_lever_before_more_offload(monkeypatch) -> None:
     """From 0.30 the CUDA graphs come out of the budget, so eager mode frees budget for the KV
-    cache: the same offload then holds the minimum context with eager instead of an fp8 cache."""
+    cache: the same offload then holds the minimum context with eager instead of an fp8 cache
+    (compared without the uncalibrated margin, which the next test covers)."""
+    monkeypatch.setattr(lowmem, "OFFLOAD_MARGIN_GIB", 0.0)
     for version in ("0.30.0", "0.34.0"):
         ctx = fit_of(QWEN3_32B, TOTAL_4090D, 1, model="Qwen/Qwen3-32B", gpu_name=D4090, host_available_gib=110.0,
                      recovery=Recovery(max_cpu_offload_gb=48, min_max_model_len=4096, max_gpu_memory_utilization=0.92),
@@ -340,3 +350,32 @@ def test_where_cuda_graphs_count_inside_the_budget_eager_is_a_lever_before_more_
         assert low.args.enforce_eager and low.args.kv_cache_dtype in (None, "auto")
         assert 4096 <= low.context < 6192  # less than 0.26 holds: the graphs' budget is gone
         assert ctx.predict(low.args).largest_context >= 4096
+
+
+def test_an_uncalibrated_offload_holds_back_a_margin_for_the_overhead_and_a_learned_one_does_not() -> None:
+    """Until this host has been learned, the offload and the context are chosen as if the
+    overhead were OFFLOAD_MARGIN_GIB larger: a launch that misses by the model's error would pin
+    the CPU weights again. Learned, the least offload is chosen as the model says."""
+    rec = Recovery(max_cpu_offload_gb=48, min_max_model_len=2048, min_gpu_memory_utilization=0.1,
+                   max_gpu_memory_utilization=0.153)
+    args = VllmArgs(gpu_memory_utilization=0.153, max_model_len=8192)
+    ctx = fit_of(QWEN3_32B, 139.8, 1, gpu_name="NVIDIA H200", recovery=rec, host_available_gib=120, vllm_version="0.26.0")
+    low = plan_low_memory(ctx, args)
+    assert low is not None and low.usable_now and low.offload_gib
+    p = ctx.predict(low.args)
+    need = low.context * p.kv_bytes_per_token / 1024**3
+    assert p.available_kv_cache_gib - need >= lowmem.OFFLOAD_MARGIN_GIB  # the context leaves the margin free
+    assert low.context >= 2048 and low.args.max_model_len == low.context
+    one_less = low.args.model_copy(update={"cpu_offload_gb": low.offload_gib - 1, "max_model_len": 2048})
+    p_less = ctx.predict(one_less)
+    assert p_less.available_kv_cache_gib - 2048 * p_less.kv_bytes_per_token / 1024**3 < lowmem.OFFLOAD_MARGIN_GIB
+    # learned on this host (the overhead the model predicts, as if measured): no margin, less offload
+    obs = Observation(model="Qwen/Qwen3-32B", vllm_version="0.26.0", gpu_name="NVIDIA H200", tensor_parallel=1,
+                      overhead_gib=p.overhead_gib, activation_gib=p.overhead_gib - 0.22, non_torch_gib=0.22,
+                      compile_cold=True, enforce_eager=low.args.enforce_eager, max_num_batched_tokens=8192,
+                      max_num_seqs=low.args.max_num_seqs or 1024, max_model_len=low.context, v1_sampler=True)
+    learned = plan_low_memory(fit_of(QWEN3_32B, 139.8, 1, obs, gpu_name="NVIDIA H200", recovery=rec,
+                                     host_available_gib=120, vllm_version="0.26.0", model="Qwen/Qwen3-32B"), args)
+    assert learned is not None and learned.offload_gib <= low.offload_gib
+    # learned: the context is the largest the KV cache holds (up to the profile's 8,192)
+    assert learned.context == min(8192, learned.prediction.largest_context) > low.context

@@ -83,6 +83,7 @@ class FitContext:
     notes: tuple[str, ...] = ()          # what the plan found while gathering (unreadable headers, …)
     host_available_gib: float | None = None  # host RAM free for offloaded weights (host/), when read
     runner_env: str | None = None        # the profile's VLLM_USE_V2_MODEL_RUNNER, when it sets one
+    overhead_margin_gib: float = 0.0     # held back beyond the overhead (lowmem: an offload's first launch)
 
     @classmethod
     def of(cls, shape: ModelShape, gpu_total_gib: float, gpu_count: int,
@@ -107,6 +108,10 @@ class FitContext:
     def accounting(self, args: VllmArgs) -> memory.Accounting:
         """How this vLLM sizes the KV cache with these arguments (and the model runner they run on)."""
         return runner.accounting(self.vllm_version, args, self.runner_env)
+
+    def v1_sampler(self, args: VllmArgs) -> bool:
+        """The launch runs on the V1 model runner where V2 is the default (memory's V1 terms)."""
+        return runner.v1_sampler_warmup(self.vllm_version, args.cpu_offload_gb, self.runner_env)
 
     def with_calibration(self, entry: CalibrationEntry | None) -> "FitContext":
         """The same context after this host learned more (the daemon, after a boot)."""
@@ -146,9 +151,12 @@ class FitContext:
                    for n in self.shape.layers_per_stage(args.pipeline_parallel_size))
 
     def cold_compile_extra_gib(self, args: VllmArgs) -> float:
-        """How much more activation this launch takes when torch.compile's cache is cold."""
+        """How much more activation this launch takes when torch.compile's cache is cold (eager
+        mode compiles nothing: 0)."""
+        if args.enforce_eager:
+            return 0.0
         tokens, seqs = self.batch_limits(args)
-        return memory.cold_compile_extra_gib(self.shape, args.tensor_parallel_size, tokens, seqs)
+        return memory.cold_compile_extra_gib(self.shape, args.tensor_parallel_size, tokens, seqs, self.v1_sampler(args))
 
     def predict(self, args: VllmArgs, compile_cached: bool | None = None) -> "Prediction":
         return predict_args(self, args, compile_cached)
@@ -412,13 +420,23 @@ class Budget:
 
 
 def overhead_for(ctx: FitContext, args: VllmArgs, cold: bool) -> Overhead:
-    """The overhead of this launch: learned on this host when it can be, else the shape model."""
+    """The overhead of this launch: learned on this host when it can be, else the shape model;
+    plus the context's margin, when it holds one back. `cold`: torch.compile's cache does not
+    hold this configuration (eager mode compiles nothing: never cold)."""
     tokens, seqs = ctx.batch_limits(args)
     entry = ctx.entry_for(args)
+    v1, offload = ctx.v1_sampler(args), bool(args.cpu_offload_gb)
+    cold = cold and not args.enforce_eager
     if entry is not None and entry.observations:
-        return entry.overhead(ctx.shape, args.tensor_parallel_size, tokens, seqs, cold)
-    return memory.modelled_overhead(ctx.shape, args.tensor_parallel_size, args.pipeline_parallel_size,
-                                    tokens, seqs, cold)
+        ov = entry.overhead(ctx.shape, args.tensor_parallel_size, tokens, seqs, cold, v1_sampler=v1,
+                            cpu_offload=offload)
+    else:
+        ov = memory.modelled_overhead(ctx.shape, args.tensor_parallel_size, args.pipeline_parallel_size,
+                                      tokens, seqs, cold, v1_sampler=v1, cpu_offload=offload)
+    if ctx.overhead_margin_gib:
+        ov = replace(ov, non_torch_gib=ov.non_torch_gib + ctx.overhead_margin_gib,
+                     note=(ov.note + "; " if ov.note else "") + f"+{ctx.overhead_margin_gib:g} GiB margin")
+    return ov
 
 
 def kv_budget(ctx: FitContext, args: VllmArgs, weights: Weights, overhead: Overhead) -> Budget:
