@@ -39,6 +39,14 @@ LOAD_OVERHEAD_BYTES = 70 * MIB
 ACTIVATION_FACTOR = 1.3154
 # The first (cold) torch.compile leaves inductor workspaces behind: 0.80 GiB against 0.62 GiB.
 COLD_ACTIVATION_FACTOR = 1.3
+# vLLM's V1 model runner, where V2 is the default (0.22+; the supervisor picks it to offload on
+# 0.26), warms its whole sampler: top-k/top-p twice, the second time through the native path with
+# a generator (logits, softmax, exponential noise, quotient: float32 [seqs, vocab] each). Qwen3-32B
+# at 1,024 sequences printed 2.23 GiB of peak activation on an H200 (the forward pass: ~1.9).
+V1_SAMPLER_BYTES_PER_LOGIT = 2.23 * GIB / (1024 * 151936)
+# CPU offload: the GPU's mappings of the pinned host weights are memory outside torch's allocator
+# (0.32 GiB non-torch printed, eager, and 0.34 compiled, with 42-43 GiB offloaded; 0.22 without).
+OFFLOAD_NON_TORCH_BYTES = int(0.11 * GIB)
 # cuBLAS workspaces, NCCL and other memory outside torch's allocator.
 NON_TORCH_BYTES = int(0.22 * GIB)
 NON_TORCH_TP_BYTES = int(0.19 * GIB)  # NCCL communicators with TP/PP > 1
@@ -96,6 +104,11 @@ def activation_bytes(shape: ShapeFacts, tp: int, max_num_batched_tokens: int, co
     per_token = 2 * shape.intermediate_size / tp + qkv + 2 * shape.hidden_size
     warm = max_num_batched_tokens * per_token * shape.dtype_bytes * ACTIVATION_FACTOR
     return int(warm * (COLD_ACTIVATION_FACTOR if cold else 1.0))
+
+
+def v1_sampler_bytes(shape: ShapeFacts, max_num_seqs: int) -> int:
+    """The V1 runner's sampler warm-up peak on the last pipeline stage's GPU."""
+    return int(max_num_seqs * shape.vocab_size * V1_SAMPLER_BYTES_PER_LOGIT)
 
 
 def largest_activation_bytes(shape: ShapeFacts, tp: int, max_num_batched_tokens: int) -> int:
@@ -202,8 +215,13 @@ def max_concurrency(num_blocks: int, block_size: int, max_model_len: int) -> flo
 GRAPH_ESTIMATE_FRACTION = 0.96
 
 
-def graph_estimate_bytes(graph_bytes: int) -> int:
-    return int(graph_bytes * GRAPH_ESTIMATE_FRACTION)
+# The V1 runner's estimate (0.21-0.29: first capture + (n − 1) × the second's) reads lower: 1.09 GiB
+# for Qwen3-32B on an H200 with vLLM 0.26, whose graphs took 1.87 GiB when captured.
+V1_GRAPH_ESTIMATE_FRACTION = 1.09 / 1.87
+
+
+def graph_estimate_bytes(graph_bytes: int, v1_runner: bool = False) -> int:
+    return int(graph_bytes * (V1_GRAPH_ESTIMATE_FRACTION if v1_runner else GRAPH_ESTIMATE_FRACTION))
 
 
 # ---------------------------------------------------------------- vLLM 0.34: the extensible KV cache

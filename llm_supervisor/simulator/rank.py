@@ -254,6 +254,11 @@ class Rank:
         tp = cfg.tp
         self.activation = memory.activation_bytes(cfg.shape, tp, cfg.max_num_batched_tokens, self.cold)
         self.non_torch = memory.non_torch_bytes(cfg.world_size, cfg.disable_custom_all_reduce)
+        if not cfg.v2_runner and d.at_least(0, 22):
+            # the V1 runner where V2 is the default warms its whole sampler
+            self.activation = max(self.activation, memory.v1_sampler_bytes(cfg.shape, cfg.max_num_seqs))
+        if cfg.offloaded_per_stage[self.pp_rank]:
+            self.non_torch += memory.OFFLOAD_NON_TORCH_BYTES
         tried = memory.largest_activation_bytes(cfg.shape, tp, cfg.max_num_batched_tokens)
         forced = "oom_at_profile" in cfg.faults
         self.alloc("non_torch", self.non_torch, tried, "profile", forced=False)
@@ -266,7 +271,8 @@ class Rank:
             self.available = self.requested - self.weights - self.activation - self.non_torch
             if cfg.graph_estimate and not cfg.enforce_eager:
                 # 0.30+: a throwaway capture estimates the graphs, taken out before the cache is sized
-                self.estimate = memory.graph_estimate_bytes(memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False))
+                self.estimate = memory.graph_estimate_bytes(memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False),
+                                                            v1_runner=not cfg.v2_runner and not d.estimates_graphs)
                 self.available -= self.estimate
                 if self.prints and not cfg.v2_runner and not d.at_least(0, 34):
                     log.info(d.src("v1_graph_estimate"), f"Estimated CUDA graph memory: {self.estimate / (1 << 30):.2f} GiB total")
@@ -351,6 +357,9 @@ class Rank:
     def capture_graphs(self) -> dict[str, Any]:
         cfg, d, log = self.cfg, self.cfg.dialect, self.log
         if cfg.enforce_eager:
+            # no capture; vLLM still states its memory use (0 GiB of CUDA graphs)
+            if self.prints and d.memory_summary_line:
+                log.info(d.src("mem_summary"), self.summary())
             return {}
         self._hang_if("graphs")
         start = time.monotonic()
