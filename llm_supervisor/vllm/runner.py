@@ -52,12 +52,12 @@ def v1_runner(vllm_version: str | None, cpu_offload_gb: float | None, runner_env
     """Whether the engine runs on vLLM's V1 model runner: before 0.22 always; on 0.22–0.27 when it
     offloads (offload_env chooses it); on any version when the profile's env says
     VLLM_USE_V2_MODEL_RUNNER=0 (runner_env: that variable's value in the profile, None when unset).
-    Unknown versions: False (planned as the newest supported, whose V2 runner offloads)."""
+    Unknown versions: when it offloads (offload_env chooses the V1 runner then)."""
     if runner_env is not None:
         return runner_env.strip().lower() in ("0", "false")
     v = parse_version(vllm_version)
     if v is None:
-        return False
+        return bool(cpu_offload_gb)
     return v < V2_DEFAULT_FROM or (bool(cpu_offload_gb) and v2_ignores_offload(vllm_version))
 
 
