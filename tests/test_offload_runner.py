@@ -309,3 +309,20 @@ def test_the_plan_for_the_real_v1_launch_is_on_the_safe_side_of_what_vllm_printe
     # graph capture's non-torch memory come off
     eager = args.model_copy(update={"enforce_eager": True, "max_num_seqs": 16})
     assert learned.predict(eager).overhead_gib < 2.23 + 0.34 - 0.4
+
+
+def test_calibration_keeps_the_sequences_the_start_ran_with() -> None:
+    """A start at 16 sequences (from vLLM's non-default args line) is learned at 16, so a launch at
+    1,024 on the V1 runner scales the learned activation up by the sampler warm-up's share."""
+    parser = LogParser()
+    for line in first_attempt(FIXTURES / "h200-32b-v1-runner-eager-seqs16.log"):
+        parser.feed(line)
+    obs = learn_from_facts(parser.facts, model="Qwen/Qwen3-32B", gpu_name="NVIDIA H200", gpu_total_gib=139.8,
+                           tensor_parallel=1, vllm_version="0.26.0", now=0.0)
+    assert obs.max_num_seqs == 16 and obs.activation_gib == 1.52 and obs.enforce_eager
+    shape = load_shape("Qwen/Qwen3-32B")
+    ctx = FitContext.of(shape, 139.8, 1, obs, vllm_version="0.26.0", model="Qwen/Qwen3-32B", gpu_name="NVIDIA H200")
+    at_1024 = overhead_for(ctx, VllmArgs(gpu_memory_utilization=0.153, cpu_offload_gb=42, enforce_eager=True,
+                                         max_num_seqs=1024), cold=True)
+    assert at_1024.activation_gib == pytest.approx(2.23, abs=0.15)  # the seqs-1024 start printed 2.23
+    assert at_1024.non_torch_gib == pytest.approx(0.22 + memory.NON_TORCH_OFFLOAD_GIB)

@@ -456,6 +456,7 @@ class Daemon(RestartLoop):
             obs = learn_from_facts(
                 f, model=self.profile.model.id, gpu_name=self.plan.gpu_name, gpu_total_gib=self.plan.gpu_total_gib,
                 tensor_parallel=self.args.tensor_parallel_size, gpu_memory_utilization=self.args.gpu_memory_utilization,
+                max_num_batched_tokens=self.args.max_num_batched_tokens, max_num_seqs=self.args.max_num_seqs,
                 now=self.clock.time())
             if self.args.cpu_offload_gb:
                 obs.weights_gib = None  # only part of the weights was on the GPU: not the model's size
