@@ -3,6 +3,7 @@ lines, bad `plan` numbers, an ignored `affinity.cpus`, prose given to `diagnose`
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,28 @@ def test_diagnose_still_reads_a_traceback_through_vllm(tmp_path: Path) -> None:
                     'ValueError: No available memory for the cache blocks. Try increasing '
                     '`gpu_memory_utilization` when initializing the engine.\n', encoding="utf-8")
     assert diagnose_file(path)["failure"]["kind"] == "no_kv_cache_memory"
+
+
+def test_plan_starts_from_the_arguments_that_last_reached_ready_as_up_does(tmp_path: Path) -> None:
+    """`plan` shows what `up` would launch: after a ready start, the arguments that reached it
+    (when the profile still asks for the same); it reads the state file and never writes it."""
+    from llm_supervisor.planning.launch import RECOVERABLE_KEYS
+    from llm_supervisor.store.state import StateStore, host_key
+
+    env = {"LLM_SUPERVISOR_STATE_DIR": str(tmp_path / "state")}
+    first = cli("plan", "--profile", "4090d-qwen3-4b", "--simulate", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    plan = json.loads(first.stdout)
+    profile = load_profile("4090d-qwen3-4b", PROFILES)
+    key = host_key(profile.name, [g["name"] for g in plan["hardware"]["gpus"]])
+    store = StateStore(tmp_path / "state")
+    requested = {k: getattr(profile.vllm, k) for k in RECOVERABLE_KEYS}
+    store.remember_ready(key, requested, {**requested, "max_model_len": 12288, "enforce_eager": True}, {})
+    store.save()
+    before = (tmp_path / "state" / "state.json").read_bytes()
+    again = cli("plan", "--profile", "4090d-qwen3-4b", "--simulate", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    argv = json.loads(again.stdout)["argv"]
+    assert argv[argv.index("--max-model-len") + 1] == "12288" and "--enforce-eager" in argv
+    assert any("last reached ready" in n for n in json.loads(again.stdout)["notes"])
+    assert (tmp_path / "state" / "state.json").read_bytes() == before

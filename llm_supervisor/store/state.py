@@ -58,9 +58,12 @@ def host_key(profile_name: str, gpu_names: list[str]) -> str:
 
 
 class StateStore:
-    def __init__(self, state_dir: Path, redactor: Redactor | None = None) -> None:
+    def __init__(self, state_dir: Path, redactor: Redactor | None = None, *, readonly: bool = False) -> None:
+        """readonly: a reader beside a running daemon (`plan`): it sweeps no temporaries, sets no
+        corrupt file aside and never writes."""
         self.path = state_dir / "state.json"
         self.redactor = redactor or Redactor()
+        self.readonly = readonly
         self.warnings: list[str] = []
         self.data: dict[str, Any] = self._load()
         self._cond = threading.Condition()
@@ -80,7 +83,8 @@ class StateStore:
                 pass
 
     def _load(self) -> dict[str, Any]:
-        self._sweep_temporaries()
+        if not self.readonly:
+            self._sweep_temporaries()
         try:
             text = self.path.read_bytes()  # decoded by json.loads: bad UTF-8 is corruption too
         except FileNotFoundError:
@@ -98,6 +102,9 @@ class StateStore:
             self._sanitize(data["profiles"])
             return data
         except Exception as exc:  # noqa: BLE001 - whatever is in the file, it must not stop the daemon
+            if self.readonly:
+                self.warnings.append(f"{self.path}: corrupt ({exc}); ignoring it")
+                return {"version": 1, "profiles": {}}
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             try:
                 os.replace(self.path, aside)
@@ -252,6 +259,8 @@ class StateStore:
     def save_soon(self) -> None:
         """Snapshot now; the writer thread writes it (the newest snapshot wins). Never blocks on
         the disk."""
+        if self.readonly:
+            return
         text = self.dump()
         with self._cond:
             self._pending = text
