@@ -249,6 +249,7 @@ H200_EAGER = [
     ("h200-32b-v2-runner-eager-seqs1024.log", "Qwen/Qwen3-32B", False, 1024, False),
     ("h200-4b-eager.log", "Qwen/Qwen3-4B", False, 1024, False),
     ("offload-planned-ready-first-launch.log", "Qwen/Qwen3-32B", True, 1024, True),
+    ("offload-fp8-planned-ready-first-launch.log", "Qwen/Qwen3-32B", True, 16, True),
 ]
 
 
