@@ -42,7 +42,11 @@ def test_help_shows_flags_as_flags() -> None:
 def test_shell_completion_is_offered(tmp_path: Path) -> None:
     proc = cli("--help")
     assert "--install-completion" in proc.stdout
-    proc = cli("--show-completion", env={"SHELL": "/bin/bash", "HOME": str(tmp_path)})
+    # the completion script is for the shell the command runs in (found from its parent
+    # processes): run it from bash, whatever runs the tests
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "SHELL": "/bin/bash"}
+    proc = subprocess.run(["bash", "-c", '"$0" -m llm_supervisor --show-completion; exit $?', sys.executable],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "complete" in proc.stdout and "_COMPLETE" in proc.stdout
     from llm_supervisor.cli import _complete_profiles
