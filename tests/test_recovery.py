@@ -278,7 +278,7 @@ def test_startup_oom_steps_then_gives_up() -> None:
     assert seen == [
         {"gpu_memory_utilization": [0.9, 0.85]},
         {"enforce_eager": [False, True]},
-        {"max_num_seqs": [None, 128]},
+        {"max_num_seqs": [None, 512]},  # half of vLLM's default on this 79 GiB GPU (1,024)
         {"gpu_memory_utilization": [0.85, 0.8]},
     ]
     history.append(Attempt(at=5.0, args=args, failure=FailureKind.CUDA_OOM))

@@ -60,7 +60,7 @@ from llm_supervisor.vllm.memory import (
 
 STABLE_UPTIME_S = 600.0
 UTIL_STEP = 0.05
-DEFAULT_MAX_NUM_SEQS = 256
+DEFAULT_MAX_NUM_SEQS = 256  # vLLM's default when neither the GPU nor the version is known
 MIN_MAX_NUM_SEQS = 8
 GIB_PER_MIB = 1 / 1024
 
@@ -145,6 +145,17 @@ class _Ctx:
     @property
     def extensible(self) -> bool:
         return self.accounting is memory.Accounting.EXTENSIBLE_0_34
+
+    @property
+    def seqs(self) -> int:
+        """The max_num_seqs the failed launch ran with: its argument, else vLLM's default there."""
+        if self.args.max_num_seqs:
+            return self.args.max_num_seqs
+        if self.fit is not None:
+            return self.fit.batch_limits(self.args)[1]
+        if self.total_gib:
+            return memory.default_batch_limits(self.total_gib, None, self.facts.vllm_version)[1]
+        return DEFAULT_MAX_NUM_SEQS
 
     @property
     def before_warmup(self) -> bool:
@@ -887,7 +898,7 @@ def _no_kv_memory(ctx: _Ctx) -> Relaunch | GiveUp:
     if not args.enforce_eager and not eager_short:
         options.append(({**top_change, "enforce_eager": True},
                         f"{head}; enforce_eager saves the CUDA-graph memory{top_text}"))
-    seqs = args.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+    seqs = ctx.seqs
     if seqs // 2 >= MIN_MAX_NUM_SEQS:
         options.append(({**top_change, "enforce_eager": True, "max_num_seqs": seqs // 2},
                         f"{head}; fewer sequences ({seqs} → {seqs // 2}) shrink the warm-up activations{top_text}"))
@@ -935,7 +946,7 @@ def _cuda_oom(ctx: _Ctx) -> Relaunch | GiveUp:
     if ctx.free_gib is not None and ctx.total_gib and u * ctx.total_gib > ctx.free_gib - FREE_CHECK_MARGIN_GIB:
         margin = max(0.5, 0.02 * ctx.total_gib)
         step = min(step, _floor2((ctx.free_gib - margin) / ctx.total_gib))
-    seqs = args.max_num_seqs or DEFAULT_MAX_NUM_SEQS
+    seqs = ctx.seqs
     options: list[tuple[dict[str, Any], str] | None] = [
         ({"gpu_memory_utilization": step},
          f"{head}; gpu_memory_utilization {_fmt(u)} → {_fmt(step)} leaves more headroom outside vLLM's budget")
