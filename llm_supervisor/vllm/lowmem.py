@@ -14,8 +14,8 @@ levers, each tried on top of the ones before it until one fits:
        in CPU memory with which a usable context fits — only up to recovery.max_cpu_offload_gb.
        Of levers 2–4, only those that lower the offload are kept. Until a start on this host has
        been learned, the offload is chosen with OFFLOAD_MARGIN_GIB more overhead than the shape
-       model's, and the context with it: a launch that offloads pins its CPU weights (70–83 s for
-       42 GiB on an H200) before vLLM profiles, so a fit that misses by the model's error costs
+       model's, and the context with it: a launch that offloads pins its CPU weights (60–83 s for
+       42–44 GiB on an H200) before vLLM profiles, so a fit that misses by the model's error costs
        that again, while a GiB more offloaded costs about 2 % of the decode rate.
 
 Offload's cost is stated with it: every step reads the offloaded weights over PCIe (the speed
