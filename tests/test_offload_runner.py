@@ -19,7 +19,7 @@ from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, Vl
 from llm_supervisor.host.logfiles import diagnose_file
 from llm_supervisor.host.modelfiles import load_shape
 from llm_supervisor.vllm import memory, runner
-from llm_supervisor.vllm.calibration import learn_from_facts
+from llm_supervisor.vllm.calibration import calibration_facts, learn_from_facts
 from llm_supervisor.vllm.failures import FailureClassifier, FailureKind
 from llm_supervisor.vllm.fit import FitContext, overhead_for
 from llm_supervisor.vllm.logparse import LogParser
@@ -313,12 +313,13 @@ def test_the_plan_for_the_real_v1_launch_is_on_the_safe_side_of_what_vllm_printe
 
 
 def test_calibration_keeps_the_sequences_the_start_ran_with() -> None:
-    """A start at 16 sequences (from vLLM's non-default args line) is learned at 16, so a launch at
-    1,024 on the V1 runner scales the learned activation up by the sampler warm-up's share."""
+    """A start at 16 sequences (from vLLM's non-default args line, as a saved log is read) is
+    learned at 16, so a launch at 1,024 on the V1 runner scales the learned activation up by the
+    sampler warm-up's share."""
     parser = LogParser()
     for line in first_attempt(FIXTURES / "h200-32b-v1-runner-eager-seqs16.log"):
         parser.feed(line)
-    obs = learn_from_facts(parser.facts, model="Qwen/Qwen3-32B", gpu_name="NVIDIA H200", gpu_total_gib=139.8,
+    obs = learn_from_facts(calibration_facts(parser.facts), model="Qwen/Qwen3-32B", gpu_name="NVIDIA H200", gpu_total_gib=139.8,
                            tensor_parallel=1, vllm_version="0.26.0", now=0.0)
     assert obs.max_num_seqs == 16 and obs.activation_gib == 1.52 and obs.enforce_eager
     shape = load_shape("Qwen/Qwen3-32B")

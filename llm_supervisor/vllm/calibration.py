@@ -278,9 +278,8 @@ def learn_from_facts(
             " pass the GPU's total memory that run had"])
     cached = compile_cached if compile_cached is not None else _fact(facts, "compile_cached")
     tp = tensor_parallel or _fact(facts, "tensor_parallel_size") or 1
-    cli = (facts.get("cli_args") if isinstance(facts, Mapping) else getattr(facts, "cli_args", None)) or {}
-    tokens_t = max_num_batched_tokens or _fact(facts, "max_num_batched_tokens") or cli.get("max_num_batched_tokens")
-    seqs = max_num_seqs or _fact(facts, "max_num_seqs") or cli.get("max_num_seqs")
+    tokens_t = max_num_batched_tokens or _fact(facts, "max_num_batched_tokens")
+    seqs = max_num_seqs or _fact(facts, "max_num_seqs")
     if seqs is None and total is not None:
         seqs = memory.default_batch_limits(float(total), gpu_name, vllm_version or _fact(facts, "vllm_version"))[1]
     return Observation(
