@@ -30,6 +30,12 @@ V2_DEFAULT_FROM = (0, 22, 0)   # the V2 model runner is the default for dense mo
 V2_OFFLOAD_FROM = (0, 28, 0)   # ... and installs the weight offloader
 
 
+def _v2_is_default(vllm_version: str | None) -> bool:
+    """This vLLM (None: not known, planned as the newest) runs dense models on the V2 runner by default."""
+    v = parse_version(vllm_version)
+    return v is None or v >= V2_DEFAULT_FROM
+
+
 def v2_ignores_offload(vllm_version: str | None) -> bool:
     """Whether this vLLM's default runner ignores --cpu-offload-gb (None: not known)."""
     v = parse_version(vllm_version)
@@ -65,10 +71,7 @@ def v1_sampler_warmup(vllm_version: str | None, cpu_offload_gb: float | None, ru
     """Whether the launch's profiling run warms the V1 runner's whole sampler (memory's V1 terms):
     the V1 runner where V2 is the default (0.22 and newer, or a version not known), as read in
     0.26's source; older versions' V1 runner is planned with the constants measured on V2."""
-    v = parse_version(vllm_version)
-    if v is not None and v < V2_DEFAULT_FROM:
-        return False
-    return v1_runner(vllm_version, cpu_offload_gb, runner_env)
+    return _v2_is_default(vllm_version) and v1_runner(vllm_version, cpu_offload_gb, runner_env)
 
 
 def _get(facts: StartupFacts | Mapping[str, object], name: str) -> object:
@@ -86,8 +89,7 @@ def v1_seen(facts: StartupFacts | Mapping[str, object]) -> bool:
 def v1_sampler_seen(facts: StartupFacts | Mapping[str, object]) -> bool:
     """The start the log shows warmed the V1 runner's whole sampler (v1_sampler_warmup's rule)."""
     version = _get(facts, "vllm_version")
-    v = parse_version(version if isinstance(version, str) else None)
-    return v1_seen(facts) and (v is None or v >= V2_DEFAULT_FROM)
+    return v1_seen(facts) and _v2_is_default(version if isinstance(version, str) else None)
 
 
 def accounting(vllm_version: str | None, args: VllmArgs, runner_env: str | None,
