@@ -7,8 +7,8 @@ V2 runner, beside the memory model's figures for the same arguments.
   v1-16    the same at max_num_seqs 16: the sampler warm-up's share goes
   v2-1024  the default V2 runner, eager, max_num_seqs 1024
 
-Each is one `vllm serve` (dummy weights, util 0.9, max_model_len 4096), ended (its whole process
-group) once the memory line is printed or the start fails. Logs go to WORK; OUT receives
+Each is one `vllm serve` (dummy weights, util 0.9, max_model_len 4096), ended (its whole
+session) once the memory line is printed or the start fails. Logs go to WORK; OUT receives
 v1-runner.json and v1-runner-logs.tar.gz. The summary is printed last.
 
 usage: python scripts/gpu_v1_runner.py [--simulate] [--out DIR] [--work DIR] [--models DIR]
@@ -26,8 +26,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -35,12 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from llm_supervisor.host.modelfiles import load_shape  # noqa: E402
+from llm_supervisor.planning.launch import free_loopback_port  # noqa: E402
+from llm_supervisor.runtime.launcher import end_session  # noqa: E402
 from llm_supervisor.vllm import memory  # noqa: E402
 from llm_supervisor.vllm.logparse import LogParser  # noqa: E402
 
@@ -85,7 +83,10 @@ def run_one(name: str, cfg: dict[str, Any], args: argparse.Namespace, env: dict[
                 if any(m in line for m in DONE_MARKERS) or time.monotonic() > deadline:
                     break
         finally:
-            end_tree(proc)
+            # the engine's whole session (API server, EngineCore): SIGTERM, 30 s, SIGKILL
+            end_session(proc.pid, 30.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
     f = parser.facts
     shape = load_shape(str(model))
     tokens, _ = memory.default_batch_limits(f.total_gpu_gib or H200_MIB / 1024, "NVIDIA H200", f.vllm_version)
@@ -105,33 +106,6 @@ def run_one(name: str, cfg: dict[str, Any], args: argparse.Namespace, env: dict[
         out["non_torch_error_gib"] = round(model_ov.non_torch_gib - f.non_torch_gib, 3)
     out["ok"] = f.peak_activation_gib is not None
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def end_tree(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM to the engine's process group and every descendant (vLLM's EngineCore and workers
-    may run in sessions of their own), SIGKILL to what is left after 30 s."""
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    for p in tree:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(tree, timeout=30)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(alive, timeout=30)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
 
 
 def main() -> int:
@@ -163,7 +137,7 @@ def main() -> int:
             results.append({"config": name, "ok": False, "skipped": "time budget spent"})
             continue
         try:
-            results.append(run_one(name, CONFIGS[name], args, env, model, free_port(), start + args.budget_s + 240))
+            results.append(run_one(name, CONFIGS[name], args, env, model, free_loopback_port(), start + args.budget_s + 240))
         except Exception as exc:  # one configuration's failure must not lose the others'
             results.append({"config": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
     (out / "v1-runner.json").write_text(json.dumps(results, indent=1))
