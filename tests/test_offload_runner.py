@@ -285,6 +285,11 @@ def test_which_launches_warm_the_v1_sampler_and_what_compiling_changes() -> None
     assert runner.v1_sampler_warmup("0.26.0", 42.0) and not runner.v1_sampler_warmup("0.26.0", None)
     assert not runner.v1_sampler_warmup("0.21.0", 0) and not runner.v1_sampler_warmup("0.28.0", 42.0)
     assert runner.v1_sampler_warmup("0.34.0", None, runner_env="0")
+    # an eager launch compiles nothing: priced and reported as such
+    ctx = FitContext.of(shape, 139.8, 1, vllm_version="0.26.0", model="Qwen/Qwen3-32B", gpu_name="NVIDIA H200")
+    eager = ctx.predict(VllmArgs(gpu_memory_utilization=0.9, max_model_len=4096, enforce_eager=True, max_num_seqs=16))
+    assert not eager.compile_cold and eager.activation_gib == pytest.approx(1.50, abs=0.01)
+    assert ctx.predict(VllmArgs(gpu_memory_utilization=0.9, max_model_len=4096)).compile_cold
 
 
 def test_the_plan_for_the_real_v1_launch_is_on_the_safe_side_of_what_vllm_printed() -> None:

@@ -610,14 +610,14 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
 
     if compile_cached is not None:
         # the caller knows the compile cache's state for this launch
-        warm = bool(compile_cached) and not args.enforce_eager
+        warm = bool(compile_cached)
         budget, choice = fit(not warm)
     else:
         # Select the context with a cold compile (the conservative pool), then price the launch
         # with the compile state that context will really have: warm only when an earlier start
         # compiled exactly this configuration.
         budget, choice = fit(True)
-        warm = not args.enforce_eager and entry is not None and any(
+        warm = entry is not None and any(
             o.same_compile(args, choice.max_model_len, tokens, seqs) for o in entry.observations)
         if warm:
             w_budget, w_choice = fit(False)
@@ -682,7 +682,8 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
                          f" out of memory (gpu_memory_utilization ≤ {math.floor(safe * 100) / 100:.2f} or enforce_eager avoids it)")
     if dp > 1:
         assumptions.append(f"{dp} data-parallel replicas: KV tokens are per replica, concurrency counts all replicas")
-    assumptions.append("torch.compile cache " + ("warm (this configuration was compiled before)" if warm else "cold"))
+    assumptions.append("enforce_eager: nothing compiles (the activation peaks as a warm start's)" if args.enforce_eager
+                       else "torch.compile cache " + ("warm (this configuration was compiled before)" if warm else "cold"))
     notes.extend(ctx.notes)
 
     target = ctx.target
@@ -700,7 +701,7 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
         requested_gib=budget.requested_gib,
         activation_gib=ov.activation_gib,
         non_torch_gib=ov.non_torch_gib,
-        compile_cold=not warm,
+        compile_cold=ov.cold,  # overhead_for's decision: never for eager mode
         calibrated=ov.source == "calibration",
         weights_source=weights.source,
         num_gpu_blocks=nblocks,
