@@ -465,3 +465,14 @@ def test_cli_unusable_env_file_is_one_line(tmp_path: Path) -> None:
     good.write_text("LLM_SUPERVISOR_API_PORT=abc\n")
     (line,) = assert_bad_input(cli(["plan", "--profile", "4090d-qwen3-4b"], clean_env(tmp_path, LLM_SUPERVISOR_ENV_FILE=str(good))), 1)
     assert line.startswith("error: settings: LLM_SUPERVISOR_API_PORT: ")
+
+
+def test_a_key_with_a_carriage_return_is_named_on_one_line(tmp_path: Path) -> None:
+    """Found by the mutation test above: an unknown key "\\r" was written raw into the error line."""
+    path = tmp_path / "p.yaml"
+    path.write_text('name: x\nhardware: {gpu_count: 1}\nmodel: {id: a, "\\r": 1, "a\\nb": 2}\n')
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path), PROFILES)
+    lines = info.value.problems
+    assert f"{path}: model.'\\r': unknown key (allowed: id, served_name, revision, trust_remote_code)" in lines
+    assert all("\n" not in line and "\r" not in line for line in lines), lines

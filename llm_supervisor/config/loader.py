@@ -135,6 +135,7 @@ def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tupl
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        shown_loc = ".".join(_plain(str(p)) for p in err["loc"]) or "(top level)"  # a key may hold \r or \n
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             parent = _model_at(err["loc"][:-1])
@@ -155,11 +156,11 @@ def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tupl
             [k for k in set_keys if k in msg]
         if covering:
             key = max(covering, key=len)
-            lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {loc}: {msg}")
+            lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {shown_loc}: {msg}")
         elif within:
-            lines.append(f"--set {', '.join(within)} (with {source}): {loc}: {msg}")
+            lines.append(f"--set {', '.join(within)} (with {source}): {shown_loc}: {msg}")
         else:
-            lines.append(f"{source}: {loc}: {msg}")
+            lines.append(f"{source}: {shown_loc}: {msg}")
     return lines
 
 
