@@ -189,6 +189,15 @@ class FakeVllm:
     compiled: set[int] = field(default_factory=set)  # max_model_len values with a warm compile cache
     launches: list[Launch] = field(default_factory=list)
     engines: list["FakeEngine"] = field(default_factory=list)
+    reservation_growth: float = 1.0  # 0.34: torch's reservation growth kept past the activation peak
+
+    def __post_init__(self) -> None:
+        if self.extensible and (self.cold_overhead_gib, self.warm_overhead_gib, self.non_torch_gib, self.graph_gib,
+                                self.block) == (0.44, 0.39, 0.22, 1.0, 16):
+            # vLLM 0.34 as the planner has it (memory.ENGINE_0_34, measured on an H200): 0.80 GiB
+            # non-torch, 0.26 GiB of activation cold or warm, 0.69 GiB of graphs, 64-token blocks
+            self.non_torch_gib, self.graph_gib, self.block, self.reservation_growth = 0.80, 0.69, 64, 1.12
+            self.cold_overhead_gib = self.warm_overhead_gib = 0.80 + 0.26
 
     # -------------------------------------------------------- the engine's numbers
     def overhead_gib(self, launch: Launch) -> float:
@@ -224,7 +233,7 @@ class FakeVllm:
 
     def after_warmup_gib(self, launch: Launch, free_at_start: float) -> float:
         """0.34: what the cache gets after warm-up (the margin binds where the device does)."""
-        act = self.overhead_gib(launch) - self.non_torch_gib
+        act = (self.overhead_gib(launch) - self.non_torch_gib) * self.reservation_growth
         graphs = 0.0 if launch.enforce_eager else self.graph_gib
         non_kv = self.gpu_weights_gib(launch) + self.non_torch_gib + graphs
         margin = max(1.0, 0.75 * act)
@@ -412,8 +421,9 @@ class FakeVllm:
         free_after = free - weights - self.non_torch_gib - graphs - 0.07
         lines.append(CORE.format(
             level="INFO", src="extensible_kv_cache.py:693",
-            msg=f"Memory after warmup: {free_after:.2f} GiB free, 0.07 GiB committed to the KV cache, {act:.2f} GiB kept "
-                f"for transient activations ({act:.2f} GiB allocated at peak, 0.0 GiB of torch reservation growth); "
+            msg=f"Memory after warmup: {free_after:.2f} GiB free, 0.07 GiB committed to the KV cache, "
+                f"{act * self.reservation_growth:.2f} GiB kept for transient activations ({act:.2f} GiB allocated at peak, "
+                f"{act * self.reservation_growth if self.reservation_growth > 1 else 0.0:.2f} GiB of torch reservation growth); "
                 f"{blocks} KV cache blocks ({blocks * self.block * self.kv_bytes_per_token / GIB:.2f} GiB) fit within the "
                 f"requested {requested:.2f} GiB. Torch may reserve up to 9.0 GiB."))
         if (blocks - 1) * self.block < launch.max_model_len:

@@ -64,11 +64,11 @@ class Run:
         return self.classifier.classify(self.exit_code, self.facts.server_started)
 
 
-def runs(name: str) -> list[Run]:
-    raw = (FIXTURES / f"{name}.log").read_bytes()
+def runs(name: str, folder: Path = FIXTURES) -> list[Run]:
+    raw = (folder / f"{name}.log").read_bytes()
     out = []
     for seg in re.split(rb"(?m)^(?====== llm-supervisor attempt )", raw):
-        if not seg.startswith(b"====="):
+        if not seg.startswith(b"===== llm-supervisor attempt "):
             continue
         head = re.match(rb"===== llm-supervisor attempt (\d+) at \S+: (.*)", seg)
         assert head is not None

@@ -226,16 +226,17 @@ def test_plan_says_does_not_fit_and_with_what_offload_it_would(tmp_path: Path, c
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert "error: does not fit: 61.1 GiB of weights per GPU, 21.6 GiB budget" in err
-    assert "with 41 GiB offloaded to CPU" in err and "needs 45 GiB of host RAM (100 GiB available)" in err
-    assert "set it to 41 or more to allow it" in err and "tensor_parallel_size 4" in err
+    # vLLM 0.34 (the simulator's default) keeps 0.58 GiB more outside torch than 0.26: 42 GiB, not 41
+    assert "with 42 GiB offloaded to CPU" in err and "needs 46 GiB of host RAM (100 GiB available)" in err
+    assert "set it to 42 or more to allow it" in err and "tensor_parallel_size 4" in err
     with pytest.raises(SystemExit) as done:
         cli.main([*base, "--set", "recovery.max_cpu_offload_gb=48", "--json"])
     assert done.value.code == 0
     data = json.loads(capsys.readouterr().out)
     argv = data["argv"]
-    assert argv[argv.index("--cpu-offload-gb") + 1] == "41"
-    assert data["low_memory"]["offload_gib"] == 41 and data["low_memory"]["allowed"] is True
-    assert data["predicted"]["cpu_offload_gib"] >= 41 and data["predicted"]["fits"] is True
+    assert argv[argv.index("--cpu-offload-gb") + 1] == "42"
+    assert data["low_memory"]["offload_gib"] == 42 and data["low_memory"]["allowed"] is True
+    assert data["predicted"]["cpu_offload_gib"] >= 42 and data["predicted"]["fits"] is True
     assert data["speed"]["points"][0]["per_user_tokens_per_s"] < 1
 
 
@@ -341,14 +342,15 @@ def test_where_cuda_graphs_count_inside_the_budget_eager_is_a_lever_before_more_
     cache: the same offload then holds the minimum context with eager instead of an fp8 cache
     (compared without the uncalibrated margin, which the next test covers)."""
     monkeypatch.setattr(lowmem, "OFFLOAD_MARGIN_GIB", 0.0)
-    for version in ("0.30.0", "0.34.0"):
+    # (0.34 keeps 0.58 GiB more outside torch: one GiB more offloaded, whose room the context gets)
+    for version, offload, most in (("0.30.0", 41, 6192), ("0.34.0", 42, 8192)):
         ctx = fit_of(QWEN3_32B, TOTAL_4090D, 1, model="Qwen/Qwen3-32B", gpu_name=D4090, host_available_gib=110.0,
                      recovery=Recovery(max_cpu_offload_gb=48, min_max_model_len=4096, max_gpu_memory_utilization=0.92),
                      vllm_version=version)
         low = plan_low_memory(ctx, VllmArgs(gpu_memory_utilization=0.9, max_model_len=40960))
-        assert low is not None and low.usable_now and low.offload_gib == 41
+        assert low is not None and low.usable_now and low.offload_gib == offload
         assert low.args.enforce_eager and low.args.kv_cache_dtype in (None, "auto")
-        assert 4096 <= low.context < 6192  # less than 0.26 holds: the graphs' budget is gone
+        assert 4096 <= low.context < most
         assert ctx.predict(low.args).largest_context >= 4096
 
 

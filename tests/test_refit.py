@@ -21,7 +21,7 @@ FACTS = StartupFacts(model_weights_gib=7.56, available_kv_cache_gib=-0.1)
 
 def _decide(profile, **update):
     args = profile.vllm.model_copy(update=update)
-    fit = fit_context(profile, TOTAL_4090D_MIB / 1024, 1, gpu_name=GPU)
+    fit = fit_context(profile, TOTAL_4090D_MIB / 1024, 1, gpu_name=GPU, vllm_version="0.26.0")
     return fit, decide(NO_KV, args, profile, [], FACTS, gpu_total_mib=TOTAL_4090D_MIB, fit=fit)
 
 

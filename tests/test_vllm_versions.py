@@ -77,7 +77,8 @@ def test_0_34_remedies_follow_what_0_34_does() -> None:
     # the KV error after warm-up, bound by free device memory (another process): cut the context,
     # leave the utilization alone
     post = diagnose_file(GENERATED / "vllm-0.34.0" / "kv-cache-too-small-after-warmup.log")
-    assert post["remedy"]["max_model_len"] == 6640 and "gpu_memory_utilization" not in post["remedy"]
+    # (vLLM's estimate, 6640, in 0.34's 64-token blocks: 6592; the generated log keeps 16-token ones)
+    assert post["remedy"]["max_model_len"] == 6592 and "gpu_memory_utilization" not in post["remedy"]
     assert "free device memory, not the utilization" in post["remedy"]["why"]
     # 0.26 and 0.33 for the same situation: vLLM refused the start, and the fix is a lower utilization
     for version in ("0.26.0", "0.33.0"):
@@ -100,10 +101,12 @@ def test_external_weights_free_memory_check_counts_the_weights_back() -> None:
 @pytest.mark.parametrize("version,accounting", [
     ("0.8.5", Accounting.BUDGET_0_8), ("0.26.0", Accounting.BUDGET_0_26), ("0.28.0", Accounting.BUDGET_0_26),
     ("0.30.0", Accounting.BUDGET_0_30), ("0.31.0", Accounting.BUDGET_0_30), ("0.32.0", Accounting.BUDGET_0_30),
-    ("0.33.0", Accounting.BUDGET_0_30), ("0.34.0", Accounting.EXTENSIBLE_0_34),
+    ("0.33.0", Accounting.BUDGET_0_30),
 ])
 def test_planner_predicts_each_versions_generated_ready_log(version: str, accounting: Accounting) -> None:
-    """The generated scenario: Qwen3-4B on an H100, util 0.3, max-model-len 10000, cold compile."""
+    """The generated scenario: Qwen3-4B on an H100, util 0.3, max-model-len 10000, cold compile.
+    (0.34 spends differently beyond the weights, which the generated logs' fixed figures do not
+    show: its planner is checked against the real H200 log below.)"""
     want = expected(GENERATED / f"vllm-{version}", "ready.log")["facts"]
     p = fit.predict(QWEN3_4B, VllmArgs(gpu_memory_utilization=0.3, max_model_len=10000), H100_TOTAL, 1,
                     gpu_name=H100, model="Qwen/Qwen3-4B", vllm_version=version)
@@ -112,11 +115,32 @@ def test_planner_predicts_each_versions_generated_ready_log(version: str, accoun
     assert p.max_concurrency == pytest.approx(want["max_concurrency"], abs=0.04)
     if want["available_kv_cache_gib"] is not None:
         assert p.available_kv_cache_gib == pytest.approx(want["available_kv_cache_gib"], abs=0.06)
-    if accounting is Accounting.EXTENSIBLE_0_34:
-        # the post-warm-up sizing, page rounding included, and the pre-warm-up estimate vLLM prints
-        assert (p.kv_cache_tokens, round(p.available_kv_cache_gib, 2)) == (102912, 14.13)
-        assert round(p.available_kv_cache_gib_before_warmup or 0, 2) == 15.16
-        assert p.kv_cache_bound == "budget"
+
+
+REAL_0_34 = Path(__file__).resolve().parent / "fixtures" / "vllm-0.34.0-h200"
+
+
+@pytest.mark.parametrize("util, length, name, attempt, tokens, before, after", [
+    (0.15, 40960, "ready-enginecore-killed-daemon-killed.log", 1, 78848, 11.68, 10.83),
+    (0.09, 17856, "kv-cache-too-small-recovered.log", 3, 17920, 3.29, 2.46),
+])
+def test_planner_predicts_real_vllm_0_34_on_an_h200(tmp_path: Path, util: float, length: int, name: str, attempt: int,
+                                                    tokens: int, before: float, after: float) -> None:
+    """Qwen3-4B (dummy weights) on an H200 that torch sees as 139.8 GiB: the pre-warm-up estimate
+    vLLM printed, the cache it sized after warm-up (in whole 2 MiB pages of 64-token blocks) and its
+    tokens, exactly, with no calibration."""
+    text = (REAL_0_34 / name).read_text(encoding="utf-8")
+    part = text.split("===== llm-supervisor attempt ")[attempt]
+    (tmp_path / "attempt.log").write_text(part, encoding="utf-8")
+    printed = diagnose_file(tmp_path / "attempt.log")["facts"]
+    assert (printed["kv_cache_tokens"], printed["available_kv_cache_gib"]) == (tokens, after)
+    assert f"Available KV cache memory: {before} GiB" in part
+    p = fit.predict(QWEN3_4B, VllmArgs(gpu_memory_utilization=util, max_model_len=length), 139.8, 1,
+                    gpu_name="NVIDIA H200", model="Qwen/Qwen3-4B", vllm_version="0.34.0")
+    assert p.accounting == str(Accounting.EXTENSIBLE_0_34) and p.kv_cache_bound == "budget"
+    assert p.kv_cache_tokens == tokens
+    assert round(p.available_kv_cache_gib, 2) == after
+    assert p.available_kv_cache_gib_before_warmup == pytest.approx(before, abs=0.01)
 
 
 def test_accounting_follows_the_flags_that_turn_0_34s_extensible_cache_off() -> None:
@@ -156,17 +180,18 @@ def test_0_34_device_bound_and_the_withheld_warning() -> None:
 
 def test_graphs_inside_the_budget_are_said_to_be_an_estimate() -> None:
     args = VllmArgs(gpu_memory_utilization=0.9, max_model_len=8192)
-    for version, inside in (("0.26.0", False), ("0.30.0", True), ("0.34.0", True)):
+    # vLLM 0.34 captured 0.69 GiB where 0.26 took 1.00 (Qwen3-4B, H200)
+    for version, inside, graphs in (("0.26.0", False, 1.0), ("0.30.0", True, 1.0), ("0.34.0", True, 0.69)):
         p = fit.predict(QWEN3_4B, args, 23.99, 1, vllm_version=version)
         assert any("CUDA-graph memory inside the budget" in n for n in p.notes) == inside, version
-        assert p.cuda_graph_gib == 1.0
+        assert p.cuda_graph_gib == graphs
     big = load_shape("Qwen/Qwen3-32B")
     # linear through the two measurements: 1.00 GiB for 36 layers, 1.87 GiB for 64 (Qwen3-32B, H200)
-    assert fit.predict(big, VllmArgs(max_model_len=8192), H100_TOTAL * 2, 1, vllm_version="0.34.0").cuda_graph_gib \
+    assert fit.predict(big, VllmArgs(max_model_len=8192), H100_TOTAL * 2, 1, vllm_version="0.30.0").cuda_graph_gib \
         == pytest.approx(1.87, abs=0.01)
     # tensor parallel ranks share them (not measured): half each, never below 0.25 GiB
     assert fit.predict(big, VllmArgs(max_model_len=8192, tensor_parallel_size=2), H100_TOTAL, 2,
-                       vllm_version="0.34.0").cuda_graph_gib == pytest.approx(1.87 / 2, abs=0.01)
+                       vllm_version="0.30.0").cuda_graph_gib == pytest.approx(1.87 / 2, abs=0.01)
 
 
 @pytest.mark.parametrize("version", [p.name[5:] for p in VERSIONS if p.name != "vllm-0.8.5"])

@@ -117,10 +117,6 @@ class VllmArgs(_Strict):
                 raise ValueError(f"{flag} has its own key (vllm.{flag[2:].replace('-', '_')}); set it there")
         return value
 
-    @property
-    def effective_block_size(self) -> int:
-        return self.block_size or 16
-
 
 class Affinity(_Strict):
     mode: Literal["auto", "explicit", "none"] = "auto"

@@ -54,7 +54,7 @@ from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import LogParser
-from llm_supervisor.vllm.memory import extensible_sizing_from_log
+from llm_supervisor.vllm.memory import block_size_for, extensible_sizing_from_log
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
 
 log = logging.getLogger("llm_supervisor")
@@ -615,7 +615,8 @@ class Daemon(RestartLoop):
     async def _launch(self) -> launching.EngineHandle:
         await self._before_launch()
         self.attempt += 1
-        self.parser = LogParser(sink=FailureClassifier(), block_size=self.args.effective_block_size)
+        self.parser = LogParser(sink=FailureClassifier(),
+                                block_size=block_size_for(self.args.block_size, self.plan.vllm_version))
         self.classifier = self.parser.sink  # type: ignore[assignment]
         self.ready_at = None
         self.metrics_kv_tokens = None

@@ -391,7 +391,7 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         offloaded_per_stage=tuple(offloaded), cpu_offload_gb=float(ns.cpu_offload_gb or 0), v2_runner=v2_runner,
         swap_space=float(ns.swap_space),
         largest_weight=largest, max_model_len=max_len, derived_max_model_len=derived,
-        block_size=ns.block_size or 16, util=util, tp=tp, pp=pp, dp=dp, max_num_seqs=seqs,
+        block_size=ns.block_size or (memory.V034_BLOCK_SIZE if dialect.memory_0_34 else 16), util=util, tp=tp, pp=pp, dp=dp, max_num_seqs=seqs,
         max_num_batched_tokens=batched, enforce_eager=bool(ns.enforce_eager), kv_cache_dtype=kv_dtype,
         load_format=ns.load_format, enable_prefix_caching=ns.enable_prefix_caching is not False,
         disable_custom_all_reduce=bool(ns.disable_custom_all_reduce),

@@ -124,6 +124,13 @@ class Dialect:
         return self.at_least(0, 34)
 
     @property
+    def memory_0_34(self) -> bool:
+        """0.34 (torch 2.14): more non-torch memory, a larger activation peak that a cold compile
+        does not grow, torch's reservation growth kept for transients, smaller CUDA graphs, and
+        64-token blocks (memory.V034_*)."""
+        return self.at_least(0, 34)
+
+    @property
     def null_block_reserved(self) -> bool:
         """0.30+: the KV fit check and the estimated length leave out one block (the null block)."""
         return self.at_least(0, 30)

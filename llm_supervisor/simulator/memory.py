@@ -56,6 +56,15 @@ CUSTOM_ALL_REDUCE_BYTES = 64 * MIB  # IPC buffers unless --disable-custom-all-re
 GRAPH_MIN_BYTES = int(0.25 * GIB)
 GRAPH_PER_LAYER_BYTES = (1.87 - 1.00) / (64 - 36) * GIB
 GRAPH_OFFSET_BYTES = 1.00 * GIB - 36 * GRAPH_PER_LAYER_BYTES
+# vLLM 0.34 with torch 2.14, measured on an H200 (Qwen3-4B shape, tests/fixtures/vllm-0.34.0-h200):
+# "8.36 GiB for consumed memory (weights + non-torch), 0.93 GiB for peak activation, and 0.69 GiB
+# for CUDAGraph memory", "1.04 GiB kept for transient activations (0.93 GiB allocated at peak,
+# 1.04 GiB of torch reservation growth)", at util 0.15 and 0.09 alike, compiled cold or warm.
+V034_NON_TORCH_EXTRA_BYTES = int(0.58 * GIB)  # 0.80 GiB non-torch against 0.22
+V034_ACTIVATION_SCALE = 1.51                  # 0.93 GiB peak against 0.62 warm; no cold growth
+V034_RESERVATION_GROWTH = 1.12                # torch's reservation grows past the peak
+V034_GRAPH_SCALE = 0.69                       # 0.69 GiB of CUDA graphs against 1.00
+V034_BLOCK_SIZE = 64                          # CacheConfig.DEFAULT_BLOCK_SIZE (16 before)
 # The CUDA context each GPU process creates before vLLM measures free memory (outside the
 # budget): with the simulated GPU's 300 MiB driver baseline this gives the real
 # "Free memory on device (78.66/79.18 GiB)" on an idle H100.
@@ -98,11 +107,14 @@ class ShapeFacts:
     dtype_bytes: int
 
 
-def activation_bytes(shape: ShapeFacts, tp: int, max_num_batched_tokens: int, cold: bool) -> int:
-    """Peak activation memory of the profiling run on one GPU."""
+def activation_bytes(shape: ShapeFacts, tp: int, max_num_batched_tokens: int, cold: bool,
+                     v034: bool = False) -> int:
+    """Peak activation memory of the profiling run on one GPU (v034: vLLM 0.34's)."""
     qkv = (shape.num_heads / tp + 2 * max(1, shape.num_kv_heads // tp)) * shape.head_dim
     per_token = 2 * shape.intermediate_size / tp + qkv + 2 * shape.hidden_size
     warm = max_num_batched_tokens * per_token * shape.dtype_bytes * ACTIVATION_FACTOR
+    if v034:
+        return int(warm * V034_ACTIVATION_SCALE)
     return int(warm * (COLD_ACTIVATION_FACTOR if cold else 1.0))
 
 
@@ -117,8 +129,8 @@ def largest_activation_bytes(shape: ShapeFacts, tp: int, max_num_batched_tokens:
     return int(max_num_batched_tokens * 2 * shape.intermediate_size / tp * shape.dtype_bytes)
 
 
-def non_torch_bytes(world_size: int, disable_custom_all_reduce: bool) -> int:
-    extra = 0
+def non_torch_bytes(world_size: int, disable_custom_all_reduce: bool, v034: bool = False) -> int:
+    extra = V034_NON_TORCH_EXTRA_BYTES if v034 else 0
     if world_size > 1:
         extra += NON_TORCH_TP_BYTES
         if not disable_custom_all_reduce:
@@ -126,10 +138,11 @@ def non_torch_bytes(world_size: int, disable_custom_all_reduce: bool) -> int:
     return NON_TORCH_BYTES + extra
 
 
-def graph_bytes(shape: ShapeFacts, tp: int, layers: int, enforce_eager: bool) -> int:
+def graph_bytes(shape: ShapeFacts, tp: int, layers: int, enforce_eager: bool, v034: bool = False) -> int:
     if enforce_eager:
         return 0
-    return int(max(GRAPH_MIN_BYTES, (GRAPH_OFFSET_BYTES + GRAPH_PER_LAYER_BYTES * layers) / max(1, tp)))
+    one = (GRAPH_OFFSET_BYTES + GRAPH_PER_LAYER_BYTES * layers) * (V034_GRAPH_SCALE if v034 else 1.0)
+    return int(max(GRAPH_MIN_BYTES, one / max(1, tp)))
 
 
 def requested_bytes(total_mib: int, utilization: float) -> int:

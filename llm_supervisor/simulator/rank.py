@@ -252,8 +252,8 @@ class Rank:
         start = time.monotonic()
         sleep(cfg.timing.phase("profile"))
         tp = cfg.tp
-        self.activation = memory.activation_bytes(cfg.shape, tp, cfg.max_num_batched_tokens, self.cold)
-        self.non_torch = memory.non_torch_bytes(cfg.world_size, cfg.disable_custom_all_reduce)
+        self.activation = memory.activation_bytes(cfg.shape, tp, cfg.max_num_batched_tokens, self.cold, d.memory_0_34)
+        self.non_torch = memory.non_torch_bytes(cfg.world_size, cfg.disable_custom_all_reduce, d.memory_0_34)
         if not cfg.v2_runner and d.at_least(0, 22):
             # the V1 runner where V2 is the default warms its whole sampler
             self.activation = max(self.activation, memory.v1_sampler_bytes(cfg.shape, cfg.max_num_seqs))
@@ -271,7 +271,7 @@ class Rank:
             self.available = self.requested - self.weights - self.activation - self.non_torch
             if cfg.graph_estimate and not cfg.enforce_eager:
                 # 0.30+: a throwaway capture estimates the graphs, taken out before the cache is sized
-                self.estimate = memory.graph_estimate_bytes(memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False),
+                self.estimate = memory.graph_estimate_bytes(memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False, d.memory_0_34),
                                                             v1_runner=not cfg.v2_runner and not d.estimates_graphs)
                 self.available -= self.estimate
                 if self.prints and not cfg.v2_runner and not d.at_least(0, 34):
@@ -317,7 +317,9 @@ class Rank:
         self._publish()
         free = self.free_bytes()
         committed = self.parts.get("kv", 0)
-        transient = self.activation
+        peak = self.activation
+        growth = int(peak * memory.V034_RESERVATION_GROWTH) if d.memory_0_34 else 0
+        transient = max(peak, growth)
         available = memory.measure_kv_cache_bytes(self.init_free, free, committed, self.requested, transient)
         if cfg.util_given and 0.7 < cfg.util < 1.0 and self.prints:
             withheld = memory.measure_kv_cache_bytes(self.init_free, free, committed, self.init_free, transient) - available
@@ -338,7 +340,7 @@ class Rank:
         if self.prints:
             log.info(d.src("warmup"), f"Memory after warmup: {format_gib(free)} GiB free, {format_gib(committed)} GiB "
                      f"committed to the KV cache, {format_gib(transient)} GiB kept for transient activations "
-                     f"({format_gib(transient)} GiB allocated at peak, 0.0 GiB of torch reservation growth); {blocks} KV "
+                     f"({format_gib(peak)} GiB allocated at peak, {format_gib(growth)} GiB of torch reservation growth); {blocks} KV "
                      f"cache blocks ({format_gib(blocks * page * self.layers)} GiB) fit within the requested "
                      f"{format_gib(self.requested)} GiB. Torch may reserve up to {format_gib(torch_limit)} GiB.")
         return {"blocks": blocks}
@@ -363,7 +365,7 @@ class Rank:
             return {}
         self._hang_if("graphs")
         start = time.monotonic()
-        self.graphs = memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False)
+        self.graphs = memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False, d.memory_0_34)
         sizes = len(capture_sizes(cfg.max_num_seqs))
         if self.rank == 0 and self.dp_rank == 0:
             for mode in ("PIECEWISE", "FULL"):

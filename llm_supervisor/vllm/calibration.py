@@ -141,11 +141,12 @@ class CalibrationEntry:
         memory moved by the model's difference for offload."""
         base = (self.cold if cold else self.warm) or (self.warm if cold else self.cold)
         assert base is not None
+        engine = memory.engine_memory(self.vllm_version)  # e.g. 0.34's cold compile peaks as its warm one
         world = tensor_parallel * base.pipeline_parallel
         if base.activation_gib is not None and base.non_torch_gib is not None:
             act, nt = base.activation_gib, base.non_torch_gib
         else:
-            nt = min(memory.estimate_non_torch_gib(world), base.overhead_gib)
+            nt = min(memory.estimate_non_torch_gib(world, engine=engine), base.overhead_gib)
             act = max(0.0, base.overhead_gib - nt)
         base_cold = bool(base.compile_cold and not base.enforce_eager)
         b_tokens = base.max_num_batched_tokens or tokens
@@ -153,9 +154,10 @@ class CalibrationEntry:
         b_v1 = bool(base.v1_sampler)
         notes = []
         if (base_cold, b_tokens, b_seqs, b_v1) != (cold, tokens, seqs, v1_sampler):
-            ratio = (memory.estimate_activation_gib(shape, tensor_parallel, tokens, seqs, cold=cold, v1_sampler=v1_sampler)
+            ratio = (memory.estimate_activation_gib(shape, tensor_parallel, tokens, seqs, cold=cold, v1_sampler=v1_sampler,
+                                                    engine=engine)
                      / memory.estimate_activation_gib(shape, tensor_parallel, b_tokens, b_seqs, cold=base_cold,
-                                                      v1_sampler=b_v1))
+                                                      v1_sampler=b_v1, engine=engine))
             act *= ratio
             why = [w for w, differs in (
                 ("warm compile cache" if base_cold else "cold compile", base_cold != cold),
@@ -166,8 +168,8 @@ class CalibrationEntry:
             notes.append(f"activation ×{ratio:.2f}: {', '.join(why)}")
         offload_then = bool(base.cpu_offloaded_gib)
         if cpu_offload != offload_then:
-            nt = max(0.0, nt + memory.estimate_non_torch_gib(world, cpu_offload)
-                     - memory.estimate_non_torch_gib(world, offload_then))
+            nt = max(0.0, nt + memory.estimate_non_torch_gib(world, cpu_offload, engine)
+                     - memory.estimate_non_torch_gib(world, offload_then, engine))
             notes.append("non-torch " + ("+" if cpu_offload else "−") + f"{memory.NON_TORCH_OFFLOAD_GIB:g} GiB:"
                          " CPU offload")
         note = f"overhead learned from {base.source or 'an earlier start'}" + (f" ({'; '.join(notes)})" if notes else "")

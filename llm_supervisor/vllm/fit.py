@@ -105,6 +105,15 @@ class FitContext:
         """The vLLM version planned for: the engine's, else the newest supported."""
         return self.vllm_version or memory.DEFAULT_VLLM_VERSION
 
+    @property
+    def engine(self) -> memory.EngineMemory:
+        """How the version planned for spends memory beyond the weights (memory.engine_memory)."""
+        return memory.engine_memory(self.vllm_version)
+
+    def block_size(self, args: VllmArgs) -> int:
+        """The KV block size this launch runs with (`--block-size`, else the version's default)."""
+        return memory.block_size_for(args.block_size, self.vllm_version)
+
     def accounting(self, args: VllmArgs) -> memory.Accounting:
         """How this vLLM sizes the KV cache with these arguments (and the model runner they run on)."""
         return runner.accounting(self.vllm_version, args, self.runner_env)
@@ -132,7 +141,7 @@ class FitContext:
         if seen:
             return max(seen), "measured on this host"  # type: ignore[type-var]
         layers = max(self.shape.layers_per_stage(args.pipeline_parallel_size))
-        return memory.estimate_graph_gib(layers, args.tensor_parallel_size), "estimated"
+        return memory.estimate_graph_gib(layers, args.tensor_parallel_size, self.engine), "estimated"
 
     def batch_limits(self, args: VllmArgs) -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) this launch runs with."""
@@ -156,7 +165,8 @@ class FitContext:
         if args.enforce_eager:
             return 0.0
         tokens, seqs = self.batch_limits(args)
-        return memory.cold_compile_extra_gib(self.shape, args.tensor_parallel_size, tokens, seqs, self.v1_sampler(args))
+        return memory.cold_compile_extra_gib(self.shape, args.tensor_parallel_size, tokens, seqs, self.v1_sampler(args),
+                                             self.engine)
 
     def predict(self, args: VllmArgs, compile_cached: bool | None = None) -> "Prediction":
         return predict_args(self, args, compile_cached)
@@ -432,7 +442,7 @@ def overhead_for(ctx: FitContext, args: VllmArgs, cold: bool) -> Overhead:
                             cpu_offload=offload)
     else:
         ov = memory.modelled_overhead(ctx.shape, args.tensor_parallel_size, args.pipeline_parallel_size,
-                                      tokens, seqs, cold, v1_sampler=v1, cpu_offload=offload)
+                                      tokens, seqs, cold, v1_sampler=v1, cpu_offload=offload, engine=ctx.engine)
     if ctx.overhead_margin_gib:
         ov = replace(ov, non_torch_gib=ov.non_torch_gib + ctx.overhead_margin_gib,
                      note=(ov.note + "; " if ov.note else "") + f"+{ctx.overhead_margin_gib:g} GiB margin")
@@ -444,7 +454,7 @@ def kv_budget(ctx: FitContext, args: VllmArgs, weights: Weights, overhead: Overh
     (total × utilization − weights − overhead [− CUDA graphs]) in blocks, or 0.34's post-warm-up
     sizing; `--kv-cache-memory-bytes` and `--num-gpu-blocks-override` replace what they replace."""
     requested = ctx.gpu_total_gib * args.gpu_memory_utilization
-    block = args.effective_block_size
+    block = ctx.block_size(args)
     accounting = ctx.accounting(args)
     kv_override = extra_arg(args, "--kv-cache-memory-bytes") or extra_arg(args, "--kv-cache-memory")
     blocks_override = extra_arg(args, "--num-gpu-blocks-override")
@@ -464,7 +474,7 @@ def kv_budget(ctx: FitContext, args: VllmArgs, weights: Weights, overhead: Overh
         elif accounting is memory.Accounting.EXTENSIBLE_0_34:
             pre = before
             sizing = memory.extensible_sizing(requested, init_free, w + overhead.non_torch_gib + graphs,
-                                              overhead.activation_gib)
+                                              overhead.activation_gib * ctx.engine.reservation_growth)
             bound, withheld = sizing.bound, sizing.withheld_gib
             capacity = memory.kv_blocks(before, per_token, block)
             nblocks = memory.extensible_blocks(sizing.available_gib, per_token, block, layers, capacity)
@@ -508,7 +518,7 @@ def choose_context(ctx: FitContext, args: VllmArgs, nblocks: int, usable: int | 
     than the target's own context)."""
     fit_blocks = nblocks if usable is None else usable
     shape, recovery, target = ctx.shape, ctx.recovery, ctx.target
-    block = args.effective_block_size
+    block = ctx.block_size(args)
     sliding = _sliding(ctx, args)
     limit = shape.context_limit
     asked = args.max_model_len or limit
@@ -569,7 +579,7 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
     an earlier start on this host compiled exactly this configuration; otherwise cold)."""
     shape, recovery = ctx.shape, ctx.recovery
     tp, pp, dp = args.tensor_parallel_size, args.pipeline_parallel_size, args.data_parallel_size
-    block = args.effective_block_size
+    block = ctx.block_size(args)
     tokens, seqs = ctx.batch_limits(args)
     entry = ctx.entry_for(args)
     model_name = ctx.model or shape.name or "the model"
@@ -631,10 +641,11 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
         notes.append(ov.note)
     elif entry is None:
         assumptions.append("no calibration: overhead (peak activation, non-torch) from the shape model"
-                           " fitted to vLLM 0.26.0 on an H100")
+                           " fitted to vLLM 0.26.0 on an H100" + (f", with vLLM {ctx.version}'s own figures measured on an H200"
+                                                                   if ctx.engine != memory.BASELINE_ENGINE else ""))
     if ov.source == "model" and tp * pp > 1:
         assumptions.append(f"non-torch memory with {tp * pp} GPUs per replica: "
-                           f"{memory.estimate_non_torch_gib(tp * pp):.2f} GiB (NCCL and all-reduce buffers; not measured)")
+                           f"{memory.estimate_non_torch_gib(tp * pp, engine=ctx.engine):.2f} GiB (NCCL and all-reduce buffers; not measured)")
 
     sliding = _sliding(ctx, args)
     length, nblocks, avail = choice.max_model_len, budget.blocks, budget.available_gib
@@ -659,8 +670,9 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
         if graph_source == "estimated":
             notes.append(f"vLLM {ctx.version} counts CUDA-graph memory inside the budget; the planner's"
                          f" {graphs:.2f} GiB for it is an estimate (from 1.00 GiB for 36 layers and 1.87 GiB for 64, measured"
-                         f" on two models{' on one GPU each; shared by the tensor-parallel ranks, unmeasured' if tp > 1 else ''}): KV memory may differ by a few"
-                         f" tenths of a GiB until a start on this host is learned")
+                         f" on two models{' on one GPU each; shared by the tensor-parallel ranks, unmeasured' if tp > 1 else ''}"
+                         f"{f', × {ctx.engine.graph_factor:g} as vLLM {ctx.version} captured them' if ctx.engine.graph_factor != 1.0 else ''}): KV memory may"
+                         f" differ by a few tenths of a GiB until a start on this host is learned")
     if accounting is memory.Accounting.EXTENSIBLE_0_34:
         assumptions.append(f"no other process on the GPU: {ctx.gpu_total_gib - memory.CUDA_CONTEXT_GIB:.2f} GiB free at start"
                            " (vLLM 0.34 no longer refuses to start when less is free: its KV cache comes out smaller)")

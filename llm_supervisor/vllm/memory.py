@@ -59,6 +59,20 @@ activation with a warm torch.compile cache, 0.80 GiB cold, 0.22 GiB non-torch):
                         same rate gives 1.78 GiB for Qwen3-32B's 64 layers, where vLLM 0.26 on an
                         H200 took 1.87 GiB); not measured with tensor parallelism
 
+vLLM 0.34 (torch 2.14) spends differently beyond the weights; measured on an H200 (Qwen3-4B shape,
+util 0.15 and 0.09, 8192 batched tokens, 1024 sequences; tests/fixtures/vllm-0.34.0-h200), its
+"Actual usage is 8.36 GiB for consumed memory (weights + non-torch), 0.93 GiB for peak
+activation, and 0.69 GiB for CUDAGraph memory" and "1.04 GiB kept for transient activations
+(0.93 GiB allocated at peak, 1.04 GiB of torch reservation growth)" give, against the model above
+(EngineMemory, engine_memory):
+
+    non-torch          + 0.58 GiB   (0.80 against 0.22: weights 7.56 of the 8.36 consumed)
+    activation         × 1.5, compiled cold or warm alike (0.93 against 0.62 warm; a cold
+                       compile of a new max_model_len printed the same 0.93)
+    transient kept     × 1.12 of the peak (torch's reservation growth: 1.04 against 0.93)
+    CUDA graphs        × 0.69 (0.69 GiB against 1.00 for 36 layers)
+    block size         64 (CacheConfig.DEFAULT_BLOCK_SIZE; 16 before 0.34)
+
 vLLM keys its torch.compile cache by max_model_len (among others), so a launch with a context it
 has not compiled before compiles cold, and its profiling run peaks higher by the cold factor.
 """
@@ -108,6 +122,25 @@ PRINT_ROUNDING_GIB = 0.005
 # vLLM refuses to start unless free memory ≥ utilization × total; what we keep below that line.
 FREE_CHECK_MARGIN_GIB = 0.25
 DEFAULT_BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True)
+class EngineMemory:
+    """How one generation of vLLM (and the torch it pins) spends memory beyond the weights,
+    relative to the constants above (fitted on 0.26 with torch 2.11)."""
+
+    block_size: int = DEFAULT_BLOCK_SIZE
+    non_torch_extra_gib: float = 0.0
+    activation_factor: float = 1.0      # × the (warm) activation model
+    cold_factor: float = COLD_ACTIVATION_FACTOR
+    reservation_growth: float = 1.0     # transient kept / peak allocated (0.34's post-warm-up sizing)
+    graph_factor: float = 1.0
+
+
+BASELINE_ENGINE = EngineMemory()
+# vLLM 0.34.0 with torch 2.14 on an H200 (see the module docstring).
+ENGINE_0_34 = EngineMemory(block_size=64, non_torch_extra_gib=0.58, activation_factor=1.5, cold_factor=1.0,
+                           reservation_growth=1.12, graph_factor=0.69)
 
 # ---------------------------------------------------------------- versions and their accounting
 
@@ -201,6 +234,17 @@ def accounting_for(vllm_version: str | None, extra_args: tuple[str, ...] | list[
     return Accounting.EXTENSIBLE_0_34
 
 
+def engine_memory(vllm_version: str | None) -> EngineMemory:
+    """The memory figures of `vllm_version`'s generation (None: the newest supported)."""
+    version = parse_version(vllm_version or DEFAULT_VLLM_VERSION) or (0, 34, 0)
+    return ENGINE_0_34 if version >= (0, 34) else BASELINE_ENGINE
+
+
+def block_size_for(block_size: int | None, vllm_version: str | None) -> int:
+    """The KV block size a launch runs with: `--block-size`, else the version's default."""
+    return block_size or engine_memory(vllm_version).block_size
+
+
 def version_notes(vllm_version: str | None) -> list[str]:
     """What makes a prediction for this version less certain than for the versions read."""
     version = parse_version(vllm_version)
@@ -264,32 +308,35 @@ def weights_gib(tensor_bytes: float, layers: int) -> float:
 
 
 def estimate_activation_gib(shape: ModelShape, tensor_parallel: int, max_num_batched_tokens: int,
-                            max_num_seqs: int, cold: bool = True, v1_sampler: bool = False) -> float:
+                            max_num_seqs: int, cold: bool = True, v1_sampler: bool = False,
+                            engine: EngineMemory = BASELINE_ENGINE) -> float:
     """Peak activation of vLLM's profiling run on one GPU (see the module docstring); v1_sampler:
     the V1 runner's full sampler warm-up runs (runner.v1_sampler_warmup)."""
     tokens = max(1, max_num_batched_tokens)
     seqs = max(1, min(max_num_seqs, tokens))
     forward = tokens * shape.activation_width(tensor_parallel) * ACTIVATION_BYTES
     sampler = seqs * shape.vocab_size * SAMPLER_LOGIT_BYTES
-    warm = max(forward, sampler) / GIB + ACTIVATION_SLACK_GIB
-    act = warm * COLD_ACTIVATION_FACTOR if cold else warm
+    warm = (max(forward, sampler) / GIB + ACTIVATION_SLACK_GIB) * engine.activation_factor
+    act = warm * engine.cold_factor if cold else warm
     if v1_sampler:
         act = max(act, V1_SAMPLER_BUFFERS * sampler / GIB + ACTIVATION_SLACK_GIB)
     return act
 
 
 def cold_compile_extra_gib(shape: ModelShape, tensor_parallel: int, max_num_batched_tokens: int,
-                           max_num_seqs: int, v1_sampler: bool = False) -> float:
+                           max_num_seqs: int, v1_sampler: bool = False,
+                           engine: EngineMemory = BASELINE_ENGINE) -> float:
     """How much more activation a cold torch.compile takes than a warm one."""
     args = (shape, tensor_parallel, max_num_batched_tokens, max_num_seqs)
-    return (estimate_activation_gib(*args, cold=True, v1_sampler=v1_sampler)
-            - estimate_activation_gib(*args, cold=False, v1_sampler=v1_sampler))
+    return (estimate_activation_gib(*args, cold=True, v1_sampler=v1_sampler, engine=engine)
+            - estimate_activation_gib(*args, cold=False, v1_sampler=v1_sampler, engine=engine))
 
 
-def estimate_non_torch_gib(world_size: int, cpu_offload: bool = False) -> float:
+def estimate_non_torch_gib(world_size: int, cpu_offload: bool = False,
+                           engine: EngineMemory = BASELINE_ENGINE) -> float:
     """Memory outside PyTorch's allocator that grows during startup (cuBLAS workspaces, NCCL;
     with CPU offload, the mappings of the pinned weights)."""
-    return (NON_TORCH_GIB + (NON_TORCH_MULTI_GPU_GIB if world_size > 1 else 0.0)
+    return (NON_TORCH_GIB + engine.non_torch_extra_gib + (NON_TORCH_MULTI_GPU_GIB if world_size > 1 else 0.0)
             + (NON_TORCH_OFFLOAD_GIB if cpu_offload else 0.0))
 
 
@@ -310,13 +357,14 @@ class Overhead:
 
 def modelled_overhead(shape: ModelShape, tensor_parallel: int, pipeline_parallel: int,
                       max_num_batched_tokens: int, max_num_seqs: int, cold: bool,
-                      v1_sampler: bool = False, cpu_offload: bool = False) -> Overhead:
+                      v1_sampler: bool = False, cpu_offload: bool = False,
+                      engine: EngineMemory = BASELINE_ENGINE) -> Overhead:
     """The overhead from the shape model alone (no calibration); v1_sampler: the launch runs on
     the V1 model runner where V2 is the default (its sampler warm-up); cpu_offload: it offloads
     weights."""
     act = estimate_activation_gib(shape, tensor_parallel, max_num_batched_tokens, max_num_seqs, cold=cold,
-                                  v1_sampler=v1_sampler)
-    nt = estimate_non_torch_gib(tensor_parallel * pipeline_parallel, cpu_offload=cpu_offload)
+                                  v1_sampler=v1_sampler, engine=engine)
+    nt = estimate_non_torch_gib(tensor_parallel * pipeline_parallel, cpu_offload=cpu_offload, engine=engine)
     return Overhead(act, nt, cold, "model")
 
 
@@ -366,11 +414,12 @@ def largest_fitting(blocks: int, block: int, cap: int, sliding: tuple[int, int] 
 # ---------------------------------------------------------------- above the budget
 
 
-def estimate_graph_gib(layers: int | float | None = None, tensor_parallel: int = 1) -> float:
+def estimate_graph_gib(layers: int | float | None = None, tensor_parallel: int = 1,
+                       engine: EngineMemory = BASELINE_ENGINE) -> float:
     """CUDA-graph memory on one GPU holding `layers` layers (None: the reference model's) split
     `tensor_parallel` ways."""
     n = layers if layers and layers > 0 else CUDA_GRAPH_REFERENCE_LAYERS
-    one = CUDA_GRAPH_ESTIMATE_GIB + (n - CUDA_GRAPH_REFERENCE_LAYERS) * CUDA_GRAPH_GIB_PER_LAYER
+    one = (CUDA_GRAPH_ESTIMATE_GIB + (n - CUDA_GRAPH_REFERENCE_LAYERS) * CUDA_GRAPH_GIB_PER_LAYER) * engine.graph_factor
     return max(CUDA_GRAPH_MIN_GIB, one / max(1, tensor_parallel))
 
 

@@ -147,6 +147,17 @@ class _Ctx:
         return self.accounting is memory.Accounting.EXTENSIBLE_0_34
 
     @property
+    def engine(self) -> memory.EngineMemory:
+        """The memory figures of the vLLM that failed; a log that never says which vLLM wrote it
+        (and no plan to say) reads as 0.26, as its accounting does."""
+        return _engine_for(self.version, self.fit)
+
+    @property
+    def block_size(self) -> int:
+        """The KV block size the failed launch ran with (its argument, else the version's default)."""
+        return self.args.block_size or self.engine.block_size
+
+    @property
     def seqs(self) -> int:
         """The max_num_seqs the failed launch ran with: its argument, else vLLM's default there."""
         if self.args.max_num_seqs:
@@ -156,6 +167,19 @@ class _Ctx:
         if self.total_gib:
             return memory.default_batch_limits(self.total_gib, None, self.facts.vllm_version)[1]
         return DEFAULT_MAX_NUM_SEQS
+
+    def warmup_growth_gib(self) -> float:
+        """0.34: how far torch's reservation grows past the profiled activation peak, which the
+        cache gives up after warm-up (memory.EngineMemory.reservation_growth)."""
+        engine = self.engine
+        if engine.reservation_growth <= 1.0:
+            return 0.0
+        peak = self.facts.peak_activation_gib
+        if not peak and self.fit is not None:
+            tokens, seqs = self.fit.batch_limits(self.args)
+            peak = memory.estimate_activation_gib(self.fit.shape, self.args.tensor_parallel_size, tokens, seqs,
+                                                  engine=engine)
+        return (engine.reservation_growth - 1.0) * (peak or 0.0)
 
     @property
     def before_warmup(self) -> bool:
@@ -251,6 +275,12 @@ def _was_ready(failure: Failure) -> bool:
 # ---------------------------------------------------------------- the policy
 
 
+def _engine_for(version: str | None, fit: FitContext | None) -> memory.EngineMemory:
+    if version is None and fit is None:
+        return memory.BASELINE_ENGINE
+    return memory.engine_memory(version)
+
+
 def decide(
     failure: Failure,
     args: VllmArgs,
@@ -316,7 +346,7 @@ def decide(
     elif fit is not None:
         graphs = fit.graph_gib(args)[0]
     else:
-        graphs = memory.estimate_graph_gib()
+        graphs = memory.estimate_graph_gib(engine=_engine_for(version, fit))
     ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token, fit,
                accounting, graphs, version)
 
@@ -377,7 +407,7 @@ def _after_warm_start(ctx: _Ctx, decision: Relaunch) -> Relaunch:
         return decision
     extra_gib = fit.cold_compile_extra_gib(args)
     per_token = fit.kv_bytes_per_token(args) / 1024**3
-    bs = args.effective_block_size
+    bs = ctx.block_size
     new_len = (args.max_model_len - math.ceil(extra_gib / per_token)) // bs * bs
     if new_len < ctx.rec.min_max_model_len:
         return decision
@@ -569,7 +599,7 @@ def _kv_too_small(ctx: _Ctx) -> Relaunch | GiveUp:
     need = v.get("needed_gib")
     avail = v.get("available_gib")
     est = v.get("estimated_max_model_len")
-    bs = args.effective_block_size
+    bs = ctx.block_size
     u = args.gpu_memory_utilization
 
     per_token = ctx.kv_gib_per_token
@@ -597,12 +627,12 @@ def _kv_too_small(ctx: _Ctx) -> Relaunch | GiveUp:
     if ctx.before_warmup and per_token:
         # 0.34 checked its pre-warm-up estimate; after warm-up it sizes the cache again from
         # measured memory, without the CUDA graphs that estimate still counts and in whole pages
-        lost = ctx.graph_gib + memory.committed_null_block_gib(_layers(ctx))
+        lost = ctx.graph_gib + memory.committed_null_block_gib(_layers(ctx)) + ctx.warmup_growth_gib()
         base = avail if avail is not None else fit * per_token
-        room = max(base - PRINT_ROUNDING_GIB - lost, 0.0)
-        after = min(fit, int(room / per_token))
+        room = base - PRINT_ROUNDING_GIB - lost  # below 0 when even that estimate's rest goes to them
+        after = min(fit, int(max(room, 0.0) / per_token))
         how += (f"; vLLM {ctx.version or '0.34'} sizes the cache again after warm-up, without the ~{lost:.2f} GiB of "
-                f"CUDA graphs and page rounding that estimate still counts: {after} tokens")
+                f"CUDA graphs, torch's reservation growth and page rounding that estimate still counts: {after} tokens")
         fit = after
     device = ctx.measured()
     if device is not None and device.bound == "device":
@@ -653,7 +683,7 @@ def _kv_fit_target(ctx: _Ctx, fit: int, fit_b: int, upper: int, per_token: float
     """
     assert ctx.profile.target is not None
     rec, args = ctx.rec, ctx.args
-    bs = args.effective_block_size
+    bs = ctx.block_size
     conc, context = ctx.profile.target.min_concurrency, ctx.profile.target.context
     per_request = -(-context // bs) * bs
     len_for_target = int(fit / conc) // bs * bs
@@ -723,7 +753,7 @@ def _raise_util_for(ctx: _Ctx, want_len: int, per_token: float | None, avail: fl
                     what: str, why: str) -> Relaunch | GiveUp:
     """Raise utilization just enough for `want_len` tokens, within bounds and free memory."""
     args, rec = ctx.args, ctx.rec
-    bs = args.effective_block_size
+    bs = ctx.block_size
     if _device_bound(ctx):
         device = ctx.measured()
         assert device is not None
@@ -738,7 +768,9 @@ def _raise_util_for(ctx: _Ctx, want_len: int, per_token: float | None, avail: fl
                       "raise vllm.gpu_memory_utilization or lower recovery.min_max_model_len")
     want_b = -(-want_len // bs) * bs
     need_gib = want_b * per_token
-    avail_lo = max(avail - PRINT_ROUNDING_GIB, 0.0)
+    # a negative `avail` (0.34: the graphs and growth after warm-up exceed the estimate's rest) is
+    # a deficit the higher utilization must cover too
+    avail_lo = max(avail - PRINT_ROUNDING_GIB, 0.0) if avail >= 0 else avail
     util = _ceil2(args.gpu_memory_utilization + (need_gib - avail_lo) / ctx.total_gib + 0.01)
     if util > rec.max_gpu_memory_utilization:
         return GiveUp(

@@ -333,7 +333,7 @@ def step_cost(ctx: FitContext, args: VllmArgs, prediction: Prediction) -> StepCo
         layers=shape.num_layers, hidden=shape.hidden_size, tensor_parallel=tp,
         data_parallel=args.data_parallel_size, eager=args.enforce_eager, max_num_seqs=seqs,
         max_num_batched_tokens=tokens, kv_cache_tokens=prediction.kv_cache_tokens,
-        block_size=args.effective_block_size, sliding_window=window,
+        block_size=ctx.block_size(args), sliding_window=window,
     )
 
 

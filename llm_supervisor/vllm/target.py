@@ -173,7 +173,7 @@ def _what_would(ctx: FitContext, args: VllmArgs, best: Prediction, ceiling: Ceil
                        f" the GPU allows more than {ceiling.safe:g})")
         break
     # 2. a shorter context, or fewer requests
-    block = args.effective_block_size
+    block = ctx.block_size(args)
     fits = memory.largest_fitting(best.num_gpu_blocks, block, tctx, None,
                                   enough=lambda c: best.concurrency_at(c) + 1e-9 >= want)
     fits = fits // block * block
