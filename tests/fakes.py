@@ -22,7 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import httpx
 
@@ -170,16 +170,16 @@ class FakeVllm:
     total_gib: float = 24564 / 1024
     weights_gib: float = 7.56
     # peak activation + non-torch of Qwen3-4B at a 24 GB card's batch limits (2048 tokens, 256
-    # sequences), as the planner's memory model has it: 0.22 cold + 0.22, 0.17 warm + 0.22
-    cold_overhead_gib: float = 0.44
-    warm_overhead_gib: float = 0.39
-    graph_gib: float = 1.0
+    # sequences), graphs, blocks: None takes the version's own (VERSION_DEFAULTS)
+    cold_overhead_gib: float | None = None
+    warm_overhead_gib: float | None = None
+    graph_gib: float | None = None
     other_gib: float = 0.0
     kv_bytes_per_token: int = 147456
     model_limit: int = 40960
-    block: int = 16
+    block: int | None = None
     line_interval_s: float = 0.2
-    non_torch_gib: float = 0.22
+    non_torch_gib: float | None = None
     version: str = "0.26.0"
     # one decoder layer's parameters (GiB, in module order): `--cpu-offload-gb` moves whole ones, as
     # vLLM's offloader does (empty: exactly the asked amount)
@@ -189,15 +189,19 @@ class FakeVllm:
     compiled: set[int] = field(default_factory=set)  # max_model_len values with a warm compile cache
     launches: list[Launch] = field(default_factory=list)
     engines: list["FakeEngine"] = field(default_factory=list)
-    reservation_growth: float = 1.0  # 0.34: torch's reservation growth kept past the activation peak
+    reservation_growth: float | None = None  # 0.34: torch's reservation growth kept past the activation peak
+
+    # per field, (0.26, 0.34), as the planner's memory model has them: 0.26 spends 0.22 cold + 0.22
+    # non-torch, 0.17 warm + 0.22; 0.34 (memory.ENGINE_0_34, measured on an H200) 0.26 GiB of
+    # activation cold or warm + 0.80 non-torch, 0.69 GiB of graphs, 64-token blocks
+    VERSION_DEFAULTS: ClassVar[dict[str, tuple[float, float]]] = {
+        "cold_overhead_gib": (0.44, 0.80 + 0.26), "warm_overhead_gib": (0.39, 0.80 + 0.26),
+        "non_torch_gib": (0.22, 0.80), "graph_gib": (1.0, 0.69), "block": (16, 64), "reservation_growth": (1.0, 1.12)}
 
     def __post_init__(self) -> None:
-        if self.extensible and (self.cold_overhead_gib, self.warm_overhead_gib, self.non_torch_gib, self.graph_gib,
-                                self.block) == (0.44, 0.39, 0.22, 1.0, 16):
-            # vLLM 0.34 as the planner has it (memory.ENGINE_0_34, measured on an H200): 0.80 GiB
-            # non-torch, 0.26 GiB of activation cold or warm, 0.69 GiB of graphs, 64-token blocks
-            self.non_torch_gib, self.graph_gib, self.block, self.reservation_growth = 0.80, 0.69, 64, 1.12
-            self.cold_overhead_gib = self.warm_overhead_gib = 0.80 + 0.26
+        for name, (v026, v034) in self.VERSION_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, v034 if self.extensible else v026)
 
     # -------------------------------------------------------- the engine's numbers
     def overhead_gib(self, launch: Launch) -> float:

@@ -474,7 +474,7 @@ def kv_budget(ctx: FitContext, args: VllmArgs, weights: Weights, overhead: Overh
         elif accounting is memory.Accounting.EXTENSIBLE_0_34:
             pre = before
             sizing = memory.extensible_sizing(requested, init_free, w + overhead.non_torch_gib + graphs,
-                                              overhead.activation_gib * ctx.engine.reservation_growth)
+                                              ctx.engine.kept_for_transients_gib(overhead.activation_gib))
             bound, withheld = sizing.bound, sizing.withheld_gib
             capacity = memory.kv_blocks(before, per_token, block)
             nblocks = memory.extensible_blocks(sizing.available_gib, per_token, block, layers, capacity)

@@ -136,6 +136,11 @@ class EngineMemory:
     reservation_growth: float = 1.0     # transient kept / peak allocated (0.34's post-warm-up sizing)
     graph_factor: float = 1.0
 
+    def kept_for_transients_gib(self, peak_gib: float) -> float:
+        """What the cache leaves for transient activations after warm-up (0.34): the profiled
+        peak, grown as torch's reservation grows past it."""
+        return peak_gib * self.reservation_growth
+
 
 BASELINE_ENGINE = EngineMemory()
 # vLLM 0.34.0 with torch 2.14 on an H200 (see the module docstring).

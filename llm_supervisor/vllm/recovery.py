@@ -170,16 +170,12 @@ class _Ctx:
 
     def warmup_growth_gib(self) -> float:
         """0.34: how far torch's reservation grows past the profiled activation peak, which the
-        cache gives up after warm-up (memory.EngineMemory.reservation_growth)."""
-        engine = self.engine
-        if engine.reservation_growth <= 1.0:
-            return 0.0
+        cache gives up after warm-up (memory.EngineMemory.kept_for_transients_gib); the peak as
+        printed, else the plan's overhead for this launch."""
         peak = self.facts.peak_activation_gib
         if not peak and self.fit is not None:
-            tokens, seqs = self.fit.batch_limits(self.args)
-            peak = memory.estimate_activation_gib(self.fit.shape, self.args.tensor_parallel_size, tokens, seqs,
-                                                  engine=engine)
-        return (engine.reservation_growth - 1.0) * (peak or 0.0)
+            peak = overhead_for(self.fit, self.args, cold=True).activation_gib
+        return self.engine.kept_for_transients_gib(peak or 0.0) - (peak or 0.0)
 
     @property
     def before_warmup(self) -> bool:
