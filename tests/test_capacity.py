@@ -86,6 +86,17 @@ def test_synthetic_requests_are_exact_and_unique() -> None:
     assert len({tuple(s.body["prompt"][:16]) for s in specs}) == 20  # no shared first block: no prefix-cache hits
 
 
+def test_each_run_draws_new_prompts() -> None:
+    """A second search against the same engine must not find its prompts in vLLM's prefix cache
+    (seen on an H200: the second of two searches skipped most prefill and ran 1.5× faster)."""
+    first, second = Workload.synthetic("64", "8"), Workload.synthetic("64", "8")
+    a, b = next(first.stream("m")), next(second.stream("m"))
+    assert first.seed != second.seed and a.body["prompt"][:16] != b.body["prompt"][:16]
+    assert first.to_json()["seed"] == first.seed
+    again = next(Workload.synthetic("64", "8", seed=first.seed).stream("m"))  # a named seed replays a run
+    assert again.body["prompt"] == a.body["prompt"]
+
+
 def test_jsonl_workload(tmp_path: Path) -> None:
     path = tmp_path / "real.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}) + "\n\n"

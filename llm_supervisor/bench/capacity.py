@@ -25,7 +25,9 @@ SLO keys (`--slo KEY=VALUE[,KEY=VALUE…]`):
 
 Workloads: `--prompt-tokens` and `--output-tokens` take a number (1024), a range (512-2048,
 uniform) or a list to pick from (256,1024,4096); prompts are random token ids sent to
-/v1/completions, so the engine sees exactly that many prompt tokens and no prefix-cache hits.
+/v1/completions, so the engine sees exactly that many prompt tokens and no prefix-cache hits:
+each run draws from a new seed (in the result's `workload`), since vLLM's prefix cache would
+answer a second run's prompts, drawn alike, from the first run's blocks and skip their prefill.
 `--workload FILE.jsonl` replays real requests instead: one JSON object a line, with `messages`
 (sent to /v1/chat/completions) or `prompt` (/v1/completions), and `max_tokens` (else
 --output-tokens). Every request sets vLLM's `ignore_eos`, so it generates exactly its output
@@ -39,6 +41,7 @@ import json
 import math
 import random
 import re
+import secrets
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -221,15 +224,20 @@ class Workload:
     output: Lengths
     records: list[dict[str, Any]] = field(default_factory=list)   # a JSONL file's requests
     source: str = "synthetic"
-    seed: int = 0
+    seed: int | None = None   # None: a new one for each run (fresh prompts, no prefix-cache hits)
+
+    def __post_init__(self) -> None:
+        if self.seed is None:
+            self.seed = secrets.randbits(32)
 
     @classmethod
-    def synthetic(cls, prompt_tokens: str | int = 512, output_tokens: str | int = 128, seed: int = 0) -> "Workload":
+    def synthetic(cls, prompt_tokens: str | int = 512, output_tokens: str | int = 128,
+                  seed: int | None = None) -> "Workload":
         return cls(Lengths.parse(str(prompt_tokens), "--prompt-tokens"),
                    Lengths.parse(str(output_tokens), "--output-tokens"), seed=seed)
 
     @classmethod
-    def from_jsonl(cls, path: Path, output_tokens: str | int = 128, seed: int = 0) -> "Workload":
+    def from_jsonl(cls, path: Path, output_tokens: str | int = 128, seed: int | None = None) -> "Workload":
         problems: list[str] = []
         records: list[dict[str, Any]] = []
         try:
@@ -264,7 +272,8 @@ class Workload:
         if self.records:
             return {"source": self.source, "requests": len(self.records)}
         return {"source": "synthetic", "prompt_tokens": self.prompt.text, "output_tokens": self.output.text,
-                "mean_prompt_tokens": round(self.prompt.mean, 1), "mean_output_tokens": round(self.output.mean, 1)}
+                "mean_prompt_tokens": round(self.prompt.mean, 1), "mean_output_tokens": round(self.output.mean, 1),
+                "seed": self.seed}
 
     def stream(self, model: str) -> Iterator[RequestSpec]:
         """An endless stream of requests (each user draws the next one)."""
