@@ -45,7 +45,9 @@ IDLE_SPINS = 50
 
 class VirtualClock:
     """Virtual monotonic and wall time; `sleep` waits for virtual time, which a driver task moves
-    to the earliest pending deadline once the loop has nothing else to run."""
+    to the earliest pending deadline once the loop has nothing else to run, and no work it handed
+    to a thread is still under way (`watch_threads`): however slow the machine, the daemon's
+    thread work (file writes, GPU reads) takes no virtual time."""
 
     def __init__(self, epoch: float = 1_800_000_000.0) -> None:
         self.now = 0.0
@@ -53,6 +55,22 @@ class VirtualClock:
         self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
         self._driver: asyncio.Task | None = None
+        self._in_threads = 0
+
+    def watch_threads(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count the loop's executor calls (`asyncio.to_thread` goes through them) until each
+        one's result is back on the loop."""
+        submit = loop.run_in_executor
+
+        def counted(executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+            fut = submit(executor, func, *args)
+            self._in_threads += 1
+            fut.add_done_callback(self._thread_done)
+            return fut
+        loop.run_in_executor = counted  # type: ignore[method-assign]
+
+    def _thread_done(self, _fut: asyncio.Future[Any]) -> None:
+        self._in_threads -= 1
 
     def monotonic(self) -> float:
         return self.now
@@ -84,6 +102,9 @@ class VirtualClock:
                 heapq.heappop(self._timers)
             if not self._timers:
                 return
+            if self._in_threads:  # a thread works for the daemon: real time passes, virtual time not
+                await asyncio.sleep(0.001)
+                continue
             self.now = max(self.now, self._timers[0][0])
             while self._timers and self._timers[0][0] <= self.now:
                 fut = heapq.heappop(self._timers)[2]
@@ -721,6 +742,7 @@ class Harness:
         self.task: asyncio.Task | None = None
 
     def start(self) -> "Harness":
+        self.clock.watch_threads(asyncio.get_running_loop())
         self.task = asyncio.create_task(self.daemon.serve())
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fakes import FakeVllm, Harness
+from fakes import FakeGpus, FakeVllm, Harness
 from llm_supervisor.api.server import create_app
 from llm_supervisor.errors import RuntimeFailure
 from llm_supervisor.runtime.commands import Command
@@ -230,6 +231,24 @@ def test_a_hang_during_startup_is_an_engine_death(make) -> None:
         hung_from = h.vllm.engines[0].stops[0]
         assert 120 <= hung_from <= 125
     asyncio.run(scenario())
+
+
+def test_thread_work_takes_no_virtual_time(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the daemon hands to threads (GPU reads, state and log writes) costs real time only: on
+    a slow or busy machine the virtual timings these tests check are those of a fast one."""
+    async def hang_stopped_at() -> float:
+        h = make(FakeVllm(faults={1: "hang_startup"}), sets=["recovery.stall_timeout_s=120"]).start()
+        await h.ready(attempt=2)
+        return h.vllm.engines[0].stops[0]
+
+    fast = asyncio.run(hang_stopped_at())
+    read = FakeGpus.gpus
+
+    def slow(self: FakeGpus) -> list:
+        time.sleep(0.05)
+        return read(self)
+    monkeypatch.setattr(FakeGpus, "gpus", slow)
+    assert asyncio.run(hang_stopped_at()) == fast
 
 
 def test_a_ready_engine_with_requests_waiting_and_no_progress_is_restarted(make) -> None:
