@@ -18,7 +18,8 @@ machine returns at most 8): versions.json, capacity-<scenario>.json per scenario
 and summary.md. The summary (Markdown, then one JSON line) is printed last.
 
 usage: python scripts/gpu_capacity.py [--simulate] [--out DIR] [--work DIR] [--models DIR]
-                                      [--only 4b,32b,offload] [--max-users N]
+                                      [--only 4b,32b,offload] [--max-users N] [--limit S]
+                                      [--search-seconds S]
 
 Real run (GPU machine, after the shared recipe's device-install.sh and make-model.py, which write
 /tmp/models/qwen3-4b and /tmp/models/qwen3-32b): `. /tmp/vllm-env.sh; PYTHONUNBUFFERED=1
@@ -86,6 +87,8 @@ class Ctx:
     simulate: bool
     env: dict[str, str]
     max_users: int
+    search_s: float = 600.0
+    limits: dict[str, int] = field(default_factory=lambda: dict(LIMITS))
     results: dict[str, Any] = field(default_factory=dict)
 
     def cli(self, *args: str) -> list[str]:
@@ -120,7 +123,8 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
     # this process plans too (the speed model's inputs): it must see the same GPU and caches
     os.environ.update({k: v for k, v in env.items()
                        if k.startswith("LLM_SUPERVISOR_SIM_") or k in ("HF_HOME", "VLLM_CACHE_ROOT")})
-    return Ctx(out, work, models, args.simulate, env, max_users)
+    limits = {k: min(v, args.limit) if args.limit else v for k, v in LIMITS.items()}
+    return Ctx(out, work, models, args.simulate, env, max_users, args.search_seconds, limits)
 
 
 def write_profile(ctx: Ctx, name: str, model: str, vllm: dict[str, Any], recovery: dict[str, Any],
@@ -260,11 +264,13 @@ def compare(model: speed.SpeedModel | None, calibrated: speed.SpeedModel | None,
 def capacity_runs(ctx: Ctx, d: Daemon, r: dict[str, Any], model: speed.SpeedModel | None, plan: Any) -> None:
     """`bench --find-capacity` at both SLOs; predictions calibrated from the other SLO's levels."""
     r["planned_args"] = {k: getattr(plan.args, k) for k in ("gpu_memory_utilization", "max_model_len", "max_num_seqs")}
-    searches = []
+    searches: list[dict[str, Any]] = []
+    r["raw_searches"] = searches  # what was measured so far, should the scenario's time run out
     for slo in SLOS:
         res = d.bench("--find-capacity", "--slo", slo, "--prompt-tokens", str(PROMPT_TOKENS), "--output-tokens",
-                      str(OUTPUT_TOKENS), "--max-users", str(ctx.max_users), "--max-seconds", "600")
+                      str(OUTPUT_TOKENS), "--max-users", str(ctx.max_users), "--max-seconds", f"{ctx.search_s:g}")
         searches.append(res)
+    del r["raw_searches"]
     r["searches"] = []
     for i, res in enumerate(searches):
         other = searches[1 - i]
@@ -283,8 +289,8 @@ def capacity_runs(ctx: Ctx, d: Daemon, r: dict[str, Any], model: speed.SpeedMode
 # ---------------------------------------------------------------- scenarios
 
 
-def scenario_4b(ctx: Ctx) -> dict[str, Any]:
-    r: dict[str, Any] = {"scenario": "Qwen3-4B shape, whole H200, util 0.9", "ok": False, "notes": []}
+def scenario_4b(ctx: Ctx, r: dict[str, Any]) -> None:
+    r.update({"scenario": "Qwen3-4B shape, whole H200, util 0.9", "ok": False, "notes": []})
     profile = write_profile(ctx, "h200-qwen3-4b", "qwen3-4b", {"gpu_memory_utilization": 0.9, "max_model_len": 8192},
                             {"min_max_model_len": 2048})
     d = Daemon(ctx, "4b", profile)
@@ -298,12 +304,10 @@ def scenario_4b(ctx: Ctx) -> dict[str, Any]:
         capacity_runs(ctx, d, r, model, plan)
     finally:
         d.stop()
-    return r
 
 
-def scenario_32b(ctx: Ctx) -> dict[str, Any]:
-    r: dict[str, Any] = {"scenario": "Qwen3-32B shape, target 8 × 32,768, util 0.9, bound 0.95", "ok": False,
-                         "notes": []}
+def scenario_32b(ctx: Ctx, r: dict[str, Any]) -> None:
+    r.update({"scenario": "Qwen3-32B shape, target 8 × 32,768, util 0.9, bound 0.95", "ok": False, "notes": []})
     profile = write_profile(ctx, "h200-qwen3-32b", "qwen3-32b", {"gpu_memory_utilization": 0.9, "max_model_len": 32768},
                             {"max_gpu_memory_utilization": 0.95, "min_max_model_len": 8192},
                             {"min_concurrency": 8, "context": 32768})
@@ -329,14 +333,13 @@ def scenario_32b(ctx: Ctx) -> dict[str, Any]:
         r["ok"] = r["ok"] and r["target_met_first_launch"]
     finally:
         d.stop()
-    return r
 
 
-def scenario_offload(ctx: Ctx) -> dict[str, Any]:
+def scenario_offload(ctx: Ctx, r: dict[str, Any]) -> None:
     total = H200_MIB / 1024 if ctx.simulate else 139.8
     util = round(BUDGET_24GB_GIB / total, 3)
-    r: dict[str, Any] = {"scenario": f"Qwen3-32B shape at a 24 GB budget (util {util}), CPU offload allowed", "ok": False,
-                         "notes": []}
+    r.update({"scenario": f"Qwen3-32B shape at a 24 GB budget (util {util}), CPU offload allowed", "ok": False,
+              "notes": []})
     profile = write_profile(ctx, "h200-qwen3-32b-offload", "qwen3-32b", {"gpu_memory_utilization": util, "max_model_len": 8192},
                             {"min_gpu_memory_utilization": 0.1, "max_gpu_memory_utilization": util,
                              "min_max_model_len": 2048, "max_cpu_offload_gb": 48})
@@ -376,10 +379,9 @@ def scenario_offload(ctx: Ctx) -> dict[str, Any]:
             r["notes"].append(f"ready only at attempt {st.get('attempt')}")
     finally:
         d.stop()
-    return r
 
 
-SCENARIOS: dict[str, Callable[[Ctx], dict[str, Any]]] = {"4b": scenario_4b, "32b": scenario_32b,
+SCENARIOS: dict[str, Callable[[Ctx, dict[str, Any]], None]] = {"4b": scenario_4b, "32b": scenario_32b,
                                                         "offload": scenario_offload}
 
 
@@ -456,6 +458,9 @@ def main() -> int:
     ap.add_argument("--host-ram-gib", type=float, default=0, help="with --simulate: the simulated host's free RAM"
                     " (default 100)")
     ap.add_argument("--max-users", type=int, default=0, help="the search's ceiling (default 512; 48 simulated)")
+    ap.add_argument("--limit", type=int, default=0, help="each scenario's hard limit in seconds (default: 1500, 1800"
+                    " and 1200); what was measured before it is kept")
+    ap.add_argument("--search-seconds", type=float, default=600.0, help="each capacity search's time budget")
     args = ap.parse_args()
     ctx = build_ctx(args)
     signal.signal(signal.SIGALRM, _alarm)
@@ -469,13 +474,16 @@ def main() -> int:
         if key not in SCENARIOS:
             print(f"unknown scenario {key!r}; known: {', '.join(SCENARIOS)}", flush=True)
             continue
-        print(f"--- scenario {key} (hard limit {LIMITS[key]} s) at {time.monotonic() - t_all:.0f} s", flush=True)
-        signal.alarm(LIMITS[key])
+        print(f"--- scenario {key} (hard limit {ctx.limits[key]} s) at {time.monotonic() - t_all:.0f} s", flush=True)
+        signal.alarm(ctx.limits[key])
+        r: dict[str, Any] = {"scenario": key, "ok": False, "notes": []}
+        ctx.results[key] = r  # filled as the scenario goes: a timeout keeps what was measured
         try:
-            ctx.results[key] = SCENARIOS[key](ctx)
+            SCENARIOS[key](ctx, r)
         except (Exception, ScenarioTimeout) as exc:  # noqa: BLE001 - record and go on
             (ctx.work / f"error-{key}.txt").write_text("".join(traceback.format_exception(exc)))
-            ctx.results[key] = {"scenario": key, "ok": False, "notes": [f"error: {exc!r}"[:300]]}
+            r["ok"] = False
+            r.setdefault("notes", []).append(f"error: {exc!r}"[:300])
         finally:
             signal.alarm(0)
         (ctx.out / f"capacity-{key}.json").write_text(json.dumps(ctx.results[key], indent=1, default=str))
