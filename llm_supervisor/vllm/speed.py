@@ -2,38 +2,47 @@
 
 vLLM decodes in steps: every step reads the weights once, reads the KV cache of every running
 request, and runs the matrix work for every token in the step (one per decoding request, plus
-the prompt tokens being prefilled). With
+the prompt tokens being prefilled). A matrix product reads its weights and multiplies at once, so
+its time is the larger of the two (a roofline), not their sum. With
 
     W     weight bytes read from GPU memory per step (per GPU; an untied input embedding is only
           looked up, so it is not counted; MoE: the experts the step's tokens route to)
     W_off weight bytes offloaded to CPU memory (--cpu-offload-gb), read over PCIe every step
     kv    KV-cache bytes per token per GPU;  L  the mean context of a running request
-    F     2 × parameters touched per token (per GPU) + attention: 4 × layers × heads/TP × head_dim
+    F     2 × parameters touched per token (per GPU);  A  attention: 4 × layers × heads/TP × head_dim
           FLOPs per context token
     B     requests decoding in the step;  T_p  prompt tokens prefilled in the step
     BW, FLOPS, PCIE  the GPU's memory bandwidth, dense BF16 tensor rate, host link (gpuspecs.py)
 
 one step takes
 
-    t_step = t_fixed + (W + B·L·kv) / (BW·e_bw) + (F·(B + T_p) + attention) / (FLOPS·e_c)
+    t_step = t_fixed + max(W / (BW·e_bw), F·(B + T_p) / (FLOPS·e_c))            matrix products
+             + max(B·L·kv / (BW·e_bw), A·(B·L + T_p·L_p) / (FLOPS·e_c))          attention
              + W_off / (PCIE·e_pcie) + t_allreduce
-    t_fixed     = STEP_OVERHEAD_S (scheduling, sampling, CUDA-graph launch) + layers × EAGER_PER_LAYER_S
+    t_fixed     = STEP_OVERHEAD_S (scheduling, sampling, CUDA-graph replay) + layers × EAGER_PER_LAYER_S
                   without CUDA graphs
     t_allreduce = TP > 1: 2 × layers × (latency + 2(TP−1)/TP × tokens × hidden × 2 B / link)
+    e_c         = COMPUTE_EFFICIENCY for decode-only steps, PREFILL_EFFICIENCY with a prompt in them
 
 Serving U users of a workload (prompt P, output O tokens; each user sends the next request when
-the last one ends, as `bench` does):
+the last one ends, as `bench` does), a replica runs R = min(U, max_num_seqs, KV requests)
+requests at once (KV requests = KV tokens / (P + O/2): a request holds P tokens at first and
+P + O at the end). Most steps only decode (t_d: B = R, L = P + O/2); a prompt is prefilled in
+n = ⌈P / (max_num_batched_tokens − R)⌉ steps of its own beside the others' decodes (t_p: B = R − 1,
+T_p = P / n), and each of the R requests brings one prompt per O tokens. So
 
-    running   R = min(U, max_num_seqs, KV requests),  KV requests = KV tokens / (P + O/2)
-                  (a request holds P tokens at first and P + O at the end: P + O/2 on average)
-    step      t = t_step(B = R, L = P + O/2, T_p = R·P/O)   (each request's prompt, spread over its O steps)
-    per user  1 / t tokens/s (the decode rate a user sees);  total  R / t;  requests/s  R / (t·O)
-    TTFT      FRONTEND_S + t/2 + ⌈P / (max_num_batched_tokens − R)⌉ prefill steps (chunked prefill,
-              sharing steps with the R − 1 others); when U > R the others wait their turn as well:
-              + (U − R) × (O·t + prefill) / R
+    TPOT      t_d + (R − 1)·n/O × (t_p − t_d)      (the others' prompts slow a user's decode)
+    per user  1 / TPOT tokens/s (the decode rate a user sees)
+    TTFT      FRONTEND_S + t_d/2 + n × t_p; when U > R the others wait their turn as well:
+              + (U − R) × (O·TPOT + prefill) / R
+    total     R·O / (TTFT + (O − 1)·TPOT) tokens/s (Little's law, as `bench` counts it); requests/s ÷ O
+
+Real vLLM 0.26 on an H200 (Qwen3-32B shape, 512-token prompts, 128-token replies, 1 to 32 users):
+decode-only steps grew from 18.9 to 20.5 ms (the weights' 17 ms hide the batch's matrix work) while
+each 512-token prompt took a ~60 ms step of its own; this model came within 5 % of every level.
 
 Constants are engineering estimates until a host is calibrated (`bench --find-capacity` stores
-what it measured; `SpeedCalibration.fit` scales the memory-bound and the compute-bound parts of
+what it measured; `fit_calibration` scales the memory-bound and the compute-bound parts of
 the step and the TTFT to it). docs/planner.md holds the measured comparison.
 """
 
@@ -42,7 +51,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from llm_supervisor.config.profile import VllmArgs
 from llm_supervisor.vllm import memory
@@ -155,21 +164,55 @@ class LoadPoint:
 
 @dataclass(frozen=True)
 class StepTime:
+    """One step's parts, in seconds, before calibration: the matrix products' weight reads and
+    their arithmetic (which overlap), the attention's KV reads and its arithmetic (which overlap),
+    and the parts that add (fixed cost, PCIe, all-reduce)."""
+
     fixed: float
-    memory: float
-    compute: float
+    weights: float
+    matmul: float
+    kv: float
+    attention: float
     pcie: float
     allreduce: float
     calibration: SpeedCalibration
 
     @property
-    def memory_bound(self) -> float:
-        return self.fixed + self.memory + self.pcie + self.allreduce
+    def memory(self) -> float:
+        """Bytes read from GPU memory: weights and KV cache."""
+        return self.weights + self.kv
+
+    @property
+    def compute(self) -> float:
+        """Arithmetic: the matrix products and the attention."""
+        return self.matmul + self.attention
+
+    def scaled(self, memory_factor: float, compute_factor: float) -> float:
+        m, c = memory_factor, compute_factor
+        return (m * (self.fixed + self.pcie + self.allreduce) + max(m * self.weights, c * self.matmul)
+                + max(m * self.kv, c * self.attention))
 
     @property
     def total(self) -> float:
-        c = self.calibration
-        return self.memory_bound * c.memory_factor + self.compute * c.compute_factor
+        return self.scaled(self.calibration.memory_factor, self.calibration.compute_factor)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What serving `running` requests of a workload costs one replica: its decode-only step, the
+    step that carries a prompt (one of `chunks` for each prompt) and how often prompts come."""
+
+    running: int
+    decode: StepTime
+    prefill: StepTime
+    chunks: int
+    output_tokens: int
+
+    def tpot(self, memory_factor: float, compute_factor: float) -> float:
+        """Time per output token a user sees: decode steps, and the others' prompts among them."""
+        td = self.decode.scaled(memory_factor, compute_factor)
+        tp = self.prefill.scaled(memory_factor, compute_factor)
+        return td + (self.running - 1) * self.chunks / self.output_tokens * max(tp - td, 0.0)
 
 
 # ---------------------------------------------------------------- the model
@@ -195,18 +238,29 @@ class SpeedModel:
             weights -= c.expert_bytes * (1.0 - routed)
         ctx = min(context, c.sliding_window) if c.sliding_window else context
         pctx = min(prefill_context, c.sliding_window) if c.sliding_window else prefill_context
-        kv = decodes * ctx * c.kv_bytes_per_token
-        mem = (weights + kv) / (g.bandwidth * BANDWIDTH_EFFICIENCY)
-        flops = c.flops_per_token * tokens + c.attention_flops_per_context_token * (decodes * ctx + prefill_tokens * pctx)
-        comp = flops / (g.flops * compute_efficiency)
+        tokens = max(tokens, 1.0)
+        bandwidth, flops = g.bandwidth * BANDWIDTH_EFFICIENCY, g.flops * compute_efficiency
+        attention = c.attention_flops_per_context_token * (decodes * ctx + prefill_tokens * pctx)
         pcie = c.offloaded_bytes / (g.pcie * PCIE_EFFICIENCY) if c.offloaded_bytes else 0.0
         ar = 0.0
         if c.tensor_parallel > 1:
             link = NVLINK_BYTES_S if g.nvlink else g.pcie
-            volume = 2 * (c.tensor_parallel - 1) / c.tensor_parallel * max(tokens, 1.0) * c.hidden * ACTIVATION_BYTES
+            volume = 2 * (c.tensor_parallel - 1) / c.tensor_parallel * tokens * c.hidden * ACTIVATION_BYTES
             ar = 2 * c.layers * (ALLREDUCE_LATENCY_S[g.nvlink] + volume / link)
         fixed = STEP_OVERHEAD_S + (c.layers * EAGER_PER_LAYER_S if c.eager else 0.0)
-        return StepTime(fixed, mem, comp, pcie, ar, self.calibration)
+        return StepTime(fixed, weights / bandwidth, c.flops_per_token * tokens / flops,
+                        decodes * ctx * c.kv_bytes_per_token / bandwidth, attention / flops, pcie, ar, self.calibration)
+
+    def steps(self, running: int, workload: Workload) -> Steps:
+        """One replica running `running` requests: its decode-only step, and the steps that carry a
+        prompt (chunked by max_num_batched_tokens, beside the others' decodes)."""
+        w = workload
+        budget = max(1, self.cost.max_num_batched_tokens - max(running - 1, 0))
+        chunks = math.ceil(w.prompt_tokens / budget)
+        decode = self.step(running, w.mean_context)
+        prefill = self.step(max(running - 1, 0), w.mean_context, w.prompt_tokens / chunks, w.prompt_tokens / 2,
+                            PREFILL_EFFICIENCY)
+        return Steps(running, decode, prefill, chunks, w.output_tokens)
 
     # --- capacity of one replica
     def kv_requests(self, workload: Workload) -> int:
@@ -224,15 +278,6 @@ class SpeedModel:
             return kv, "kv_cache"
         return self.cost.max_num_seqs, "max_num_seqs"
 
-    def prefill_s(self, prompt: int, running: int, context: float) -> float:
-        """Time from a request's first scheduled step to its first token, sharing steps with
-        `running` decoding requests (chunked prefill with max_num_batched_tokens per step)."""
-        budget = max(1, self.cost.max_num_batched_tokens - running)
-        steps = math.ceil(prompt / budget)
-        chunk = prompt / steps
-        per = self.step(running, context, chunk, prompt / 2, PREFILL_EFFICIENCY).total
-        return steps * per
-
     def at(self, users: int, workload: Workload | None = None) -> LoadPoint:
         """Per-user and total speed for `users` concurrent users (all replicas)."""
         w = workload or Workload()
@@ -242,17 +287,17 @@ class SpeedModel:
         running = min(per_replica, slots)
         if running <= 0:
             return LoadPoint(users, 0, 0.0, 0.0, 0.0, math.inf, math.inf, cap if users else None)
-        t = self.step(running, w.mean_context, running * w.prompt_tokens / w.output_tokens, w.prompt_tokens / 2).total
-        others = running - 1
-        base = self.step(others, w.mean_context).total if others else 0.0
-        first = FRONTEND_S + base / 2 + self.prefill_s(w.prompt_tokens, others, w.mean_context)
-        first *= self.calibration.ttft_factor
+        cal = self.calibration
+        st = self.steps(running, w)
+        tpot = st.tpot(cal.memory_factor, cal.compute_factor)
+        first = (FRONTEND_S + st.decode.total / 2 + st.chunks * st.prefill.total) * cal.ttft_factor
+        total = running * dp * w.output_tokens / (first + (w.output_tokens - 1) * tpot)
         limited = None
         if per_replica > slots:
             limited = cap
-            first += (per_replica - slots) * (w.output_tokens * t + first) / slots
-        total = running * dp / t
-        return LoadPoint(users, min(users, running * dp), 1.0 / t, total, total / w.output_tokens, first, t, limited)
+            first += (per_replica - slots) * (w.output_tokens * tpot + first) / slots
+        return LoadPoint(users, min(users, running * dp), 1.0 / tpot, total, total / w.output_tokens, first, tpot,
+                         limited)
 
     def users_at_rate(self, rate: float, workload: Workload | None = None) -> tuple[int, str]:
         """The most users (none queueing) who each see at least `rate` tokens/s, and what stops
@@ -384,37 +429,54 @@ def _clamp(x: float) -> float:
     return min(max(x, FACTOR_RANGE[0]), FACTOR_RANGE[1])
 
 
+TIE = 1e-6   # pulls the two factors together where the points cannot tell them apart
+
+
+def _minimize(loss: Callable[[float, float], float], lo: float, hi: float) -> tuple[float, float]:
+    """The (x, y) in [lo, hi]² with the least loss: a coarse grid, then a pattern search."""
+    n = 24
+    grid = [lo + (hi - lo) * i / n for i in range(n + 1)]
+    best = min(((loss(x, y), x, y) for x in grid for y in grid))
+    f, x, y = best
+    step = (hi - lo) / n
+    while step > 1e-7:
+        moved = False
+        for dx, dy in ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step)):
+            nx, ny = min(max(x + dx, lo), hi), min(max(y + dy, lo), hi)
+            nf = loss(nx, ny)
+            if nf < f:
+                f, x, y, moved = nf, nx, ny, True
+                break
+        if not moved:
+            step /= 2
+    return x, y
+
+
 def fit_calibration(model: SpeedModel, points: Sequence[MeasuredPoint], source: str = "") -> SpeedCalibration:
-    """Factors that make the uncalibrated model match measured points (least squares on relative
-    error): the step's memory-bound and compute-bound parts separately when the points tell them
-    apart (different batch sizes), else one factor for both; TTFT from the unqueued points."""
+    """Factors that make the uncalibrated model match measured points (least squares on the
+    relative error of the time per output token): the step's memory-bound and compute-bound parts
+    separately where the points tell them apart (decode steps that only read the weights, steps
+    whose prompts keep the tensor cores busy), else one factor for both; TTFT from the unqueued
+    points."""
     base = model.with_calibration(None)
-    xs, ys = [], []
+    cases: list[tuple[Steps, float]] = []
     for p in points:
         if p.per_user_tokens_per_s <= 0:
             continue
         w = Workload(p.prompt_tokens, p.output_tokens)
         slots, _ = base.slots(w)
         running = p.running if p.running else min(math.ceil(p.users / max(1, base.cost.data_parallel)), max(slots, 1))
-        st = base.step(running, w.mean_context, running * w.prompt_tokens / w.output_tokens, w.prompt_tokens / 2)
-        measured = 1.0 / p.per_user_tokens_per_s
-        xs.append(st.memory_bound / measured)
-        ys.append(st.compute / measured)
-    if not xs:
+        cases.append((base.steps(running, w), 1.0 / p.per_user_tokens_per_s))
+    if not cases:
         return SpeedCalibration()
-    sxx, syy, sxy = sum(x * x for x in xs), sum(y * y for y in ys), sum(x * y for x, y in zip(xs, ys))
-    sx, sy = sum(xs), sum(ys)
-    det = sxx * syy - sxy * sxy
-    a = c = None
-    if len(xs) >= 2 and det > 1e-9 * max(sxx * syy, 1e-30):
-        a, c = (sx * syy - sy * sxy) / det, (sy * sxx - sx * sxy) / det
-        if a <= 0 or c <= 0:
-            a = c = None
-    if a is None or c is None:
-        zs = [x + y for x, y in zip(xs, ys)]
-        a = c = sum(zs) / sum(z * z for z in zs)
-    a, c = _clamp(a), _clamp(c)
-    stepped = base.with_calibration(SpeedCalibration(a, c, 1.0, len(xs)))
+
+    def loss(lm: float, lc: float) -> float:
+        m, c = math.exp(lm), math.exp(lc)
+        return sum((st.tpot(m, c) / t - 1.0) ** 2 for st, t in cases) + TIE * (lm - lc) ** 2
+
+    lm, lc = _minimize(loss, math.log(FACTOR_RANGE[0]), math.log(FACTOR_RANGE[1]))
+    a, c = _clamp(math.exp(lm)), _clamp(math.exp(lc))
+    stepped = base.with_calibration(SpeedCalibration(a, c, 1.0, len(cases)))
     ratios = []
     for p in points:
         if p.ttft_s and not p.queued:
@@ -422,4 +484,4 @@ def fit_calibration(model: SpeedModel, points: Sequence[MeasuredPoint], source: 
             if predicted > 0 and math.isfinite(predicted):
                 ratios.append(p.ttft_s / predicted)
     ttft = statistics.median(ratios) if ratios else 1.0
-    return SpeedCalibration(a, c, _clamp(ttft), len(xs), source)
+    return SpeedCalibration(a, c, _clamp(ttft), len(cases), source)
