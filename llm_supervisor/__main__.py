@@ -6,10 +6,29 @@ traceback, like one that lands later. While importing, SIGINT is only noted: rai
 KeyboardInterrupt inside a compiled extension's import (pydantic-core building a schema), Python
 may report it as "Exception ignored" and go on, and the command would start as if never
 interrupted.
+
+After that, Ctrl-C raises KeyboardInterrupt as usual (until the daemon's event loop takes the
+signal over), except inside Python's import machinery: a module imported on first use can be
+interrupted in a module lock's weakref callback, where Python also reports the exception as
+ignored and goes on. There the signal is sent again a moment later, once the import is done.
 """
 
+import os
 import signal
 import sys
+import threading
+from types import FrameType
+
+RESEND_S = 0.05
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT as KeyboardInterrupt, or, where Python would swallow that (inside the import
+    machinery), the same signal again in RESEND_S."""
+    if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+        threading.Timer(RESEND_S, os.kill, (os.getpid(), signum)).start()
+        return
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -19,7 +38,7 @@ def main() -> None:
         try:
             from llm_supervisor.cli import main as cli_main
         finally:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, interrupt if previous is signal.default_int_handler else previous)
         if interrupted:
             sys.exit(130)
         cli_main()
