@@ -483,7 +483,7 @@ def main() -> int:
         except (Exception, ScenarioTimeout) as exc:  # noqa: BLE001 - record and go on
             (ctx.work / f"error-{key}.txt").write_text("".join(traceback.format_exception(exc)))
             r["ok"] = False
-            r.setdefault("notes", []).append(f"error: {exc!r}"[:300])
+            r["notes"].append(f"error: {exc!r}"[:300])
         finally:
             signal.alarm(0)
         (ctx.out / f"capacity-{key}.json").write_text(json.dumps(ctx.results[key], indent=1, default=str))

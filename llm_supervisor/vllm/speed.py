@@ -28,13 +28,13 @@ Serving U users of a workload (prompt P, output O tokens; each user sends the ne
 the last one ends, as `bench` does), a replica runs R = min(U, max_num_seqs, KV requests)
 requests at once (KV requests = KV tokens / (P + O/2): a request holds P tokens at first and
 P + O at the end). Most steps only decode (t_d: B = R, L = P + O/2); a prompt is prefilled in
-n = ⌈P / (max_num_batched_tokens − R)⌉ steps of its own beside the others' decodes (t_p: B = R − 1,
+n = ⌈P / (max_num_batched_tokens − R + 1)⌉ steps of its own beside the others' decodes (t_p: B = R − 1,
 T_p = P / n), and each of the R requests brings one prompt per O tokens. So
 
     TPOT      t_d + (R − 1)·n/O × (t_p − t_d)      (the others' prompts slow a user's decode)
     per user  1 / TPOT tokens/s (the decode rate a user sees)
     TTFT      FRONTEND_S + t_d/2 + n × t_p; when U > R the others wait their turn as well:
-              + (U − R) × (O·TPOT + prefill) / R
+              + (U − R) × (O·TPOT + TTFT) / R
     total     R·O / (TTFT + (O − 1)·TPOT) tokens/s (Little's law, as `bench` counts it); requests/s ÷ O
 
 Real vLLM 0.26 on an H200 (Qwen3-32B shape, 512-token prompts, 128-token replies, 1 to 32 users):
