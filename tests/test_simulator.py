@@ -543,3 +543,38 @@ def test_ignore_sigterm_needs_sigkill(sims):
     assert all(alive(p) for p in pids) and sim.health() == 200
     os.killpg(sim.pgid, signal.SIGKILL)
     assert wait_for(lambda: not any(alive(p) for p in pids), 5)
+
+
+def test_accepted_connections_send_without_nagle_delay() -> None:
+    """The simulated API server's connections have Nagle's algorithm off, as real vLLM behaves:
+    with it on, a streamed answer's first chunk waited for the client's delayed ACK on a reused
+    keep-alive connection (the front door's way to the engine), ~30 ms that vLLM does not add."""
+    import asyncio
+
+    from llm_supervisor.simulator.apiserver import ApiServer
+    from llm_supervisor.simulator.dialect import Dialect
+
+    ns, _shown = parse(["/models/qwen3-4b", "--host", "127.0.0.1", "--port", "0"])
+    server = ApiServer(ns, {}, Dialect("0.26.0"))
+    server._bind()
+    assert server.sock is not None
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        assert server.sock is not None
+        server.sock.listen(8)
+        srv = await asyncio.start_server(on_client, sock=server.sock)
+        port = srv.sockets[0].getsockname()[1]
+        _r, w = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(seen, 30)
+        finally:
+            w.close()
+            srv.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
