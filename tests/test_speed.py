@@ -186,6 +186,27 @@ def test_calibration_recovers_the_memory_and_compute_factors() -> None:
     assert fitted.at(64).per_user_tokens_per_s == pytest.approx(truth.at(64).per_user_tokens_per_s, rel=1e-3)
 
 
+def test_calibration_recovers_a_first_token_that_grows_with_the_running_requests() -> None:
+    """A serving path whose first token waits ~5 ms more per running request (as a Qwen3-4B shape
+    did on an H200) is fitted as such, not as one factor on every TTFT."""
+    _, _, m = model_for("Qwen/Qwen3-4B", "NVIDIA H200", H200_TOTAL)
+    truth = m.with_calibration(SpeedCalibration(1.0, 1.0, 1.2, 1, "", 0.005))
+    points = [MeasuredPoint(u, 1024, 256, truth.at(u).per_user_tokens_per_s, running=u, ttft_s=truth.at(u).ttft_s)
+              for u in (1, 4, 16, 64)]
+    cal = fit_calibration(m, points)
+    assert cal.ttft_factor == pytest.approx(1.2, rel=0.02)
+    assert cal.ttft_per_request_s == pytest.approx(0.005, rel=0.02)
+    assert cal.to_json()["ttft_per_request_ms"] == pytest.approx(5.0, rel=0.02)
+    assert m.with_calibration(cal).at(32).ttft_s == pytest.approx(truth.at(32).ttft_s, rel=0.01)
+    # one load level cannot tell the two apart: a factor only
+    single = fit_calibration(m, points[2:3])
+    assert single.ttft_per_request_s == 0.0
+    assert m.with_calibration(single).at(16).ttft_s == pytest.approx(truth.at(16).ttft_s, rel=0.01)
+    # a first token that does not grow gets no per-request term
+    flat = fit_calibration(m, _measured(m, 1.0, 1.0, 1.5, [1, 8, 32]))
+    assert flat.ttft_per_request_s == pytest.approx(0.0, abs=1e-4) and flat.ttft_factor == pytest.approx(1.5, rel=0.02)
+
+
 def test_one_point_scales_the_whole_step() -> None:
     _, _, m = model_for("Qwen/Qwen3-4B", "NVIDIA H200", H200_TOTAL)
     cal = fit_calibration(m, _measured(m, 1.2, 1.2, 1.0, [1]))
