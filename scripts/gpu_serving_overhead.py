@@ -46,6 +46,8 @@ from gpu_capacity import (OUTPUT_TOKENS, PROMPT_TOKENS, Daemon, ScenarioTimeout,
 from llm_supervisor.bench.capacity import Workload, run_level  # noqa: E402
 from llm_supervisor.vllm import speed  # noqa: E402
 
+MODEL = "qwen3-4b"  # the folder under --models and the served name
+
 
 def engine_processes(daemon_pid: int, api_server_pid: int | None) -> dict[str, psutil.Process]:
     """The daemon, vLLM's API server (the engine pid the daemon reports) and its EngineCore."""
@@ -99,7 +101,7 @@ def measure(url: str, model: str, users: int, rounds: int, procs: dict[str, psut
 
 
 def run(ctx: Any, users: list[int], rounds: int, r: dict[str, Any]) -> None:
-    profile = write_profile(ctx, "h200-qwen3-4b-overhead", "qwen3-4b",
+    profile = write_profile(ctx, "h200-qwen3-4b-overhead", MODEL,
                             {"gpu_memory_utilization": 0.9, "max_model_len": 8192}, {"min_max_model_len": 2048})
     d = Daemon(ctx, "overhead", profile)
     try:
@@ -112,11 +114,10 @@ def run(ctx: Any, users: list[int], rounds: int, r: dict[str, Any]) -> None:
                   "engine_url": st.get("engine_url")})
         procs = engine_processes(d.proc.pid, st.get("pid"))
         r["processes"] = {k: p.pid for k, p in procs.items()}
-        name = "qwen3-4b"
         w = speed.Workload(PROMPT_TOKENS, OUTPUT_TOKENS)
         for u in users:
             for path, url in (("door", st["url"]), ("engine", st["engine_url"])):
-                row = {"path": path, **measure(url, name, u, rounds, procs, stagger_s=1.0)}
+                row = {"path": path, **measure(url, MODEL, u, rounds, procs, stagger_s=1.0)}
                 if model is not None:
                     p = model.at(u, w)
                     row["model_per_user_tokens_per_s"] = round(p.per_user_tokens_per_s, 1)
@@ -155,8 +156,7 @@ def main() -> int:
     ap.add_argument("--users", default="8,32,64")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--limit", type=int, default=540, help="hard limit in seconds")
-    for unused in ("--host-ram-gib", "--max-users", "--search-seconds"):  # what build_ctx reads
-        ap.add_argument(unused, type=float, default=0, help=argparse.SUPPRESS)
+    ap.set_defaults(host_ram_gib=0, max_users=0, search_seconds=0)  # build_ctx reads them; no search here
     args = ap.parse_args()
     ctx = build_ctx(args)
     r: dict[str, Any] = {"ok": False, "levels": [], "versions": versions(ctx), "notes": []}
