@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,6 +56,7 @@ class Node:
         self.args = ["up", "--profile", str(profile), "--simulate", "--role", role, *sets]
         self.log_path = self.root / "daemon.log"
         self.proc: subprocess.Popen | None = None
+        self.start_env: dict[str, str] = {}
 
     @property
     def url(self) -> str:
@@ -64,7 +66,7 @@ class Node:
         env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_SUPERVISOR_STATE_DIR": str(self.root / "state"),
                "LLM_SUPERVISOR_API_PORT": str(self.api_port), "LLM_SUPERVISOR_SIM_GPU_DIR": self.gpu_dir,
                "LLM_SUPERVISOR_SIM_STARTUP_S": "0.5", "LLM_SUPERVISOR_SIM_RAY_PG_TIMEOUT_S": "30",
-               "RAY_DISABLE_USAGE_STATS": "1", "RAY_gcs_rpc_server_reconnect_timeout_s": "5"}
+               "RAY_DISABLE_USAGE_STATS": "1", "RAY_gcs_rpc_server_reconnect_timeout_s": "5", **self.start_env}
         for key in ("LLM_SUPERVISOR_PROFILE", "LLM_SUPERVISOR_ROLE", "RAY_ADDRESS", "NOTIFY_SOCKET"):
             env.pop(key, None)
         log = open(self.log_path, "ab")
@@ -145,13 +147,13 @@ def cluster_env(tmp_path: Path) -> Iterator[dict[str, Any]]:
     nodes: list[Node] = []
     gcs = free_port()
 
-    def profile(**cluster_over: Any) -> Path:
+    def profile(vllm: dict[str, Any] | None = None, **cluster_over: Any) -> Path:
         data = {
             "name": "loopback-pp2",
             "hardware": {"gpu_name": "RTX 4090", "gpu_count": 1, "gpu_memory_gib": 24},
             "model": {"id": "Qwen/Qwen3-4B", "served_name": "q4b"},
             "vllm": {"port": free_port(), "tensor_parallel_size": 1, "pipeline_parallel_size": 2,
-                     "max_model_len": 4096, "gpu_memory_utilization": 0.8},
+                     "max_model_len": 4096, "gpu_memory_utilization": 0.8, **(vllm or {})},
             "recovery": {"max_attempts": 3, "backoff_initial_s": 0.5},
             "cluster": {"nodes": 2, "head_address": f"127.0.0.1:{gcs}", "ray_command": ray_command(),
                         "num_cpus": 1, "object_store_memory_bytes": 80_000_000, "temp_dir": ray_tmp,
@@ -268,3 +270,34 @@ def test_short_cluster_simulator_refuses_and_head_gives_up(cluster_env: dict[str
     assert "giving up: the Ray cluster stayed short" in log and "1 of 2 node(s)" in log
     left = wait_none({head.gpu_dir}, 20)
     assert not left, [(p.pid, p.name()) for p in left]
+
+
+def test_one_node_a_killed_actor_ends_the_engine_as_real_vllm_0_26_does(cluster_env: dict[str, Any]) -> None:
+    """The rank as a `RayWorkerProc` actor (vLLM 0.26's RayExecutorV2) on a one-node cluster: its
+    `kill -9` is logged the way real vLLM logged it on an H200 (tests/fixtures/vllm-0.26.0/
+    h200-8b-ray1-actor-killed.log), and the daemon relaunches."""
+    from test_simulator import lines, shape_regex
+
+    profile = cluster_env["profile"]({"pipeline_parallel_size": 1}, nodes=1)
+    head = cluster_env["node"]("solo", profile, "head")
+    head.start_env = {"LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.26.0"}
+    head.start()
+    st = head.wait_status(lambda s: s["state"] == "ready", 180, "ready")
+    actor = next(p for p in head.tree() if p.is_running() and (p.cmdline() or [""])[0].startswith("ray::RayWorkerProc"))
+    actor.kill()
+    st = head.wait_status(lambda s: s["state"] == "ready" and s["attempt"] >= 2, 180, "ready again")
+    relaunch = [h for h in st["history"] if h["event"] == "relaunch"]
+    assert relaunch and relaunch[-1]["failure"]["kind"] == "engine_dead"
+    out = lines((head.root / "state" / "logs" / "loopback-pp2.log").read_text(errors="replace"))
+    real = (REPO / "tests" / "fixtures" / "vllm-0.26.0" / "h200-8b-ray1-actor-killed.log").read_text()
+    for needle in ("[ray_executor_v2.py:514] RayWorkerProc rank=[0] died unexpectedly",
+                   "[core.py:1332] RuntimeError: Executor failed.", "(Worker pid=", "GPU KV cache size"):
+        line = next(ln for ln in lines(real) if needle in ln)
+        if needle == "(Worker pid=":  # three prefixes deep; the ANSI colour and the message aside
+            assert any(re.match(r"^\(EngineCore pid=\d+\) \x1b\[36m\(RayWorkerProc pid=\d+\)\x1b\[0m \(Worker pid=\d+\) INFO ",
+                                ln) for ln in out)
+            continue
+        pattern = shape_regex(line)
+        assert any(pattern.match(ln) for ln in out), f"no line shaped like {pattern.pattern}"
+    assert head.stop() == 0
+    assert not wait_none({head.gpu_dir}, 20)

@@ -454,6 +454,28 @@ def test_apiserver_sigkill_leaves_an_orphan_enginecore_holding_memory(sims):
     assert alive(engine.pid)
 
 
+def test_multiprocess_executor_on_one_gpu_has_a_worker_process_whose_death_ends_the_engine(sims):
+    # `--distributed-executor-backend mp` at world size 1: vLLM 0.26 still runs the rank in a
+    # process of its own, titled and prefixed "Worker" (no parallel group is larger than one)
+    sim = sims([*FIXTURE_ARGS, "--distributed-executor-backend", "mp"], H100)
+    sim.wait_ready()
+    engine = next(p for p in sim.tree() if p.name() == "VLLM::EngineCore")
+    workers = engine.children()
+    assert [w.name() for w in workers] == ["VLLM::Worker"]
+    assert re.search(r"^\(Worker pid=\d+\) INFO \S+ \S+ \[model_runner\.py:305\] Model loading took", sim.log, re.M)
+    os.kill(workers[0].pid, signal.SIGKILL)
+    assert sim.wait_exit(15) == 0  # the API server after EngineDeadError, as real vLLM 0.26 exits
+    assert re.search(r"^\(EngineCore pid=\d+\) ERROR \S+ \S+ \[multiproc_executor\.py:284\] Worker proc VllmWorker-0 "
+                     r"died unexpectedly \(exit code: (None|-9)\), shutting down executor\.$", sim.log, re.M)
+    assert not alive(engine.pid)
+    # the lines real vLLM 0.26 printed when its worker was killed on an H200 (tests/fixtures/vllm-0.26.0)
+    out = lines(sim.log)
+    for needle in ("[core.py:1332] EngineCore encountered a fatal error.", "[core.py:1332] RuntimeError: Executor failed.",
+                   'raise RuntimeError("Executor failed.")', "Model loading took"):
+        pattern = shape_regex(fixture_line("../vllm-0.26.0/h200-8b-mp1-worker-killed.log", needle))
+        assert any(pattern.match(ln) for ln in out), f"no line shaped like {pattern.pattern}"
+
+
 def test_tensor_parallel_workers_and_death_pipe(sims):
     env = {"LLM_SUPERVISOR_SIM_GPU_COUNT": "2", "LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB": "20480",
            "LLM_SUPERVISOR_SIM_GPU_NAME": "NVIDIA GeForce RTX 3080"}

@@ -22,7 +22,7 @@ from llm_supervisor.host.gpus import GpuInventory, GpuProcess
 
 # What vLLM's processes look like to `ps`: setproctitle titles (VLLM::EngineCore, VLLM::Worker_TP0),
 # the API server's command line, Ray's worker actors, and the bundled simulator standing in for vLLM.
-_VLLM_TITLES = ("VLLM::", "RayWorkerWrapper", "llm_supervisor.simulator serve")
+_VLLM_TITLES = ("VLLM::", "RayWorkerProc", "RayWorkerWrapper", "llm_supervisor.simulator serve")
 _VLLM_MODULES = ("vllm.entrypoints",)
 
 

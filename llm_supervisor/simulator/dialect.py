@@ -75,8 +75,8 @@ class Dialect:
             return f"VllmWorker {pp}TP{tp_rank}"
         parts = [f"DP{dp_rank}"] if dp_size > 1 else []
         parts += [f"PP{pp_rank}"] if pp_size > 1 else []
-        parts += [f"TP{tp_rank}"] if tp_size > 1 or not parts else []
-        return "Worker_" + "_".join(parts)
+        parts += [f"TP{tp_rank}"] if tp_size > 1 else []
+        return "_".join(["Worker", *parts])  # one worker of its own (`--distributed-executor-backend mp`): "Worker"
 
     # ------------------------------------------------------------ which lines exist
 
@@ -101,6 +101,13 @@ class Dialect:
     def load_oom_line(self) -> bool:
         """"Failed to load model - not enough GPU memory …": 0.13 to 0.33."""
         return self.at_least(0, 13) and not self.at_least(0, 34)
+
+    @property
+    def ray_executor_v2(self) -> bool:
+        """`--distributed-executor-backend ray` runs RayExecutorV2 (VLLM_USE_RAY_V2_EXECUTOR_BACKEND
+        defaults to 1 in 0.26): `RayWorkerProc` actors that log as vLLM workers, watched by a monitor
+        thread; before, `RayWorkerWrapper` actors driven by a compiled DAG."""
+        return self.at_least(0, 26)
 
     @property
     def unprefixed_raw(self) -> bool:
@@ -207,6 +214,11 @@ class Dialect:
         else:
             table = SRC_0_26 if self.at_least(0, 22) else SRC_0_11 if self.at_least(0, 10) else SRC_0_8
         return table.get(key) or SRC_0_26.get(key) or SRC_0_34[key]
+
+    def worker_died(self, rank: int, exit_code: int | None) -> str:
+        """The executor's monitor when a worker process dies while serving (`exit code` from 0.26)."""
+        code = f" (exit code: {exit_code})" if self.at_least(0, 26) else ""
+        return f"Worker proc VllmWorker-{rank} died unexpectedly{code}, shutting down executor."
 
     # ------------------------------------------------------------ startup lines
 
@@ -352,7 +364,7 @@ SRC_0_26 = {
     "graphs": "model_runner.py:747", "mem_summary": "gpu_worker.py:857", "init_took": "core.py:340",
     "tasks": "api_server.py:673", "chat_fmt": "hf.py:540", "starting": "api_server.py:677",
     "routes": "launcher.py:37", "route": "launcher.py:46", "failed_start": "core.py:1330",
-    "fatal": "core.py:1340", "auto_fit": "kv_cache_utils.py:1398", "override_blocks": "kv_cache_utils.py:1221",
+    "fatal": "core.py:1332", "auto_fit": "kv_cache_utils.py:1398", "override_blocks": "kv_cache_utils.py:1221",
     "worker_failed": "multiproc_executor.py:781", "worker_exc": "multiproc_executor.py:852",
     "worker_parent": "multiproc_executor.py:741", "load_oom": "gpu_worker.py:412",
     "output_handler": "async_llm.py:704", "dead_client": "core_client.py:702",
@@ -363,7 +375,8 @@ SRC_0_26 = {
     "client_stopped": "launcher.py:125", "signal_http": "launcher.py:128", "shutdown_http": "launcher.py:149",
     "proc_died": "core_client.py:564", "sampler": "topk_topp_sampler.py:39", "simulated": "simulator.py:1",
     "quant_convert": "awq_marlin.py:117", "version": "api_server.py:1839", "offloaded": "uva.py:58",
-    "v1_graph_estimate": "gpu_model_runner.py:6737",
+    "v1_graph_estimate": "gpu_model_runner.py:6737", "worker_died": "multiproc_executor.py:284",
+    "ray_v2_died": "ray_executor_v2.py:514",
 }
 SRC_0_11 = {
     "version": "api_server.py:1839", "args": "utils.py:233", "arch": "model.py:547", "max_len": "model.py:1510",
@@ -386,7 +399,7 @@ SRC_0_8 = {
     "kv_conc": "kv_cache_utils.py:637", "graphs": "gpu_model_runner.py:1686", "init_took": "core.py:159",
     "starting": "api_server.py:1090", "routes": "launcher.py:28", "route": "launcher.py:36",
     "failed_start": "core.py:390", "fatal": "core.py:387", "output_handler": "async_llm.py:375",
-    "proc_died": "core_client.py:420",
+    "proc_died": "core_client.py:420", "worker_died": "multiproc_executor.py:123",
 }
 # 0.34.0: the generated fixtures' file:line (tests/fixtures/generated/vllm-0.34.0/*.sources.txt), the
 # rest read from the 0.34.0 wheel's source (the first line of each logging call).
@@ -413,4 +426,5 @@ SRC_0_34 = {
     "sampler": "topk_topp_sampler.py:89", "graph_estimate": "gpu_worker.py:809", "graph_pool": "gpu_worker.py:1112",
     "worker_failed": "multiproc_executor.py:1091", "worker_exc": "multiproc_executor.py:1223",
     "auto_fit": "kv_cache_planning.py:1478", "auto_fit_after": "kv_cache_planning.py:1506",
+    "worker_died": "multiproc_executor.py:404", "ray_v2_died": "ray_executor_v2.py:522",
 }

@@ -76,14 +76,16 @@ def worker_main(cfg: SimConfig, dp_rank: int, rank: int, sock: socket.socket) ->
 
 
 class Ranks:
-    """The GPUs of one engine: in-process (TP×PP = 1) or worker processes."""
+    """The GPUs of one engine: in-process (TP×PP = 1, vLLM's "uni" executor) or worker processes
+    (vLLM's "mp" executor: any larger world, or one rank when `--distributed-executor-backend mp`
+    asks for it)."""
 
     def __init__(self, cfg: SimConfig, log: Log, dp_rank: int) -> None:
         self.cfg = cfg
         self.dp_rank = dp_rank
         self.local: Rank | None = None
         self.workers: list[tuple[int, Channel]] = []
-        if cfg.world_size == 1:
+        if cfg.world_size == 1 and cfg.executor_backend != "mp":
             self.local = Rank(cfg, log, dp_rank, 0)
             return
         for rank in range(cfg.world_size):
@@ -115,6 +117,18 @@ class Ranks:
 
     def fds(self) -> list[int]:
         return [chan.fileno() for _pid, chan in self.workers]
+
+    def died(self, fd: int) -> tuple[int, int | None]:
+        """The rank whose channel `fd` closed and its exit code as vLLM's monitor reads it right
+        away (multiprocessing's poll): None unless the process was already reaped."""
+        rank, pid = next((r, pid) for r, (pid, chan) in enumerate(self.workers) if chan.fileno() == fd)
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return rank, None
+        if not done:
+            return rank, None
+        return rank, (-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
 
     def stop(self) -> None:
         if self.local is not None:
@@ -428,6 +442,11 @@ class EngineCore:
         if self.ranks is not None:
             self.ranks.stop()
 
+    def executor_failed(self) -> None:
+        """EngineCore after the executor's failure callback: "Executor failed." out of its busy loop."""
+        self.log.error(self.cfg.dialect.src("fatal"), "EngineCore encountered a fatal error.\n"
+                       + traceback_text(tb.EXECUTOR_FAILED, "RuntimeError: Executor failed."))
+
     # ------------------------------------------------------------ serving
 
     def serve(self, facts: dict[str, Any]) -> int:
@@ -465,10 +484,10 @@ class EngineCore:
                 return 1
             changed = False
             for fd, _ev in events:
-                if fd in worker_fds:
-                    # a worker died: vLLM's executor shuts the engine down
-                    self.log.error(self.cfg.dialect.src("fatal"), "Worker proc VllmWorker-0 died unexpectedly, "
-                                   "shutting down executor.")
+                if fd in worker_fds and self.ranks is not None:
+                    # a worker died: vLLM's executor monitor shuts the executor down, EngineCore fails
+                    self.log.error(self.cfg.dialect.src("worker_died"), self.cfg.dialect.worker_died(*self.ranks.died(fd)))
+                    self.executor_failed()
                     self.stop()
                     return 1
                 msgs = self.api.read_available()

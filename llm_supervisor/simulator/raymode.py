@@ -6,14 +6,17 @@ What real vLLM does, and so this does (vllm/v1/executor/ray_utils.py, ray_execut
   driver's own node, which must have a GPU), PACK strategy, and waits for it: a short cluster
   logs "Waiting for creating a placement group…" and fails after the timeout (vLLM's 1800 s;
   LLM_SUPERVISOR_SIM_RAY_PG_TIMEOUT_S here) with "Cannot provide a placement group…".
-- One `RayWorkerWrapper` actor per bundle runs the rank's startup (the simulated GPU of the node
-  it landed on: the actor reads LLM_SUPERVISOR_SIM_GPU_* from its raylet's environment, and
-  CUDA_VISIBLE_DEVICES from Ray). Its log lines reach the driver through Ray's log forwarding,
-  prefixed "(RayWorkerWrapper pid=…, ip=…)"; the driver prefixes its streams with the
-  EngineCore's "(EngineCore pid=…)" as vLLM does.
-- While serving, a dead actor (its node left the cluster, its process died) is a fatal engine
-  error: "EngineCore encountered a fatal error" with Ray's ActorDiedError, EngineCore exits and
-  the API server fails with EngineDeadError, as vLLM's would.
+- One actor per bundle runs the rank's startup (the simulated GPU of the node it landed on: the
+  actor reads LLM_SUPERVISOR_SIM_GPU_* from its raylet's environment, and CUDA_VISIBLE_DEVICES
+  from Ray). Its log lines reach the driver through Ray's log forwarding, prefixed with the
+  actor's class, "(RayWorkerProc pid=…)" (0.26+, RayExecutorV2: the lines inside also carry
+  vLLM's worker prefix, "(Worker pid=…)") or "(RayWorkerWrapper pid=…, ip=…)" before; the
+  driver prefixes its streams with the EngineCore's "(EngineCore pid=…)" as vLLM does.
+- While serving, a dead actor (its node left the cluster, its process died) ends the engine:
+  from 0.26 the executor's monitor logs "RayWorkerProc rank=[N] died unexpectedly, shutting down
+  executor." and EngineCore fails with "Executor failed."; before, "EngineCore encountered a fatal
+  error" with Ray's ActorDiedError. Either way EngineCore exits and the API server fails with
+  EngineDeadError, as vLLM's would.
 
 Declared GPUs are enough (`ray start --num-gpus N` on hosts without any): nothing touches CUDA.
 """
@@ -96,7 +99,12 @@ class RayWorkerWrapper:
         devices = visible_devices(gpu.count) or (0,)
         world = self.cfg.world_size * max(1, self.cfg.dp)
         cfg = replace(self.cfg, gpu=gpu, devices=(devices[0],) * world, cache_root=default_cache_root())
-        self.me = Rank(cfg, Log(None), self.dp_rank, self.rank_index)
+        d = cfg.dialect
+        tp_rank, pp_rank = self.rank_index % cfg.tp, self.rank_index // cfg.tp
+        # RayExecutorV2's actors are vLLM worker processes and prefix their lines as such
+        name = d.worker_name(self.rank_index, tp_rank, pp_rank, cfg.pp, cfg.tp, self.dp_rank, cfg.dp) \
+            if d.ray_executor_v2 else None
+        self.me = Rank(cfg, Log(name), self.dp_rank, self.rank_index)
         self.me.local = local_rank
         self.me.prints = cfg.dialect.load_lines_per_worker or local_rank == 0
 
@@ -202,7 +210,9 @@ class RayRanks:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         ray, cfg = self.ray, self.cfg
-        actor_cls = ray.remote(num_cpus=0, num_gpus=1)(RayWorkerWrapper)
+        # Ray names the actor (its process title, its log prefix) after the class
+        name = "RayWorkerProc" if cfg.dialect.ray_executor_v2 else "RayWorkerWrapper"
+        actor_cls = ray.remote(num_cpus=0, num_gpus=1)(type(name, (RayWorkerWrapper,), {}))
         for rank in range(cfg.world_size):
             strategy = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
             self.actors.append(actor_cls.options(scheduling_strategy=strategy).remote(cfg, self.dp_rank, rank))
@@ -263,17 +273,31 @@ class RayRanks:
                 continue
             except ray.exceptions.RayActorError as exc:
                 if not self._closing:
-                    self._fatal(exc)
+                    self._fatal(exc, self._dead_ranks())
                 return
             except Exception:  # noqa: BLE001 - shutting down, or a transient Ray error
                 if self._closing:
                     return
 
-    def _fatal(self, exc: BaseException) -> None:
+    def _dead_ranks(self) -> list[int]:
+        dead = []
+        for rank, actor in enumerate(self.actors):
+            try:
+                self.ray.get(actor.ping.remote(), timeout=5)
+            except Exception:  # noqa: BLE001 - dead, or not answering: vLLM's monitor sees its run() end
+                dead.append(rank)
+        return dead or [0]
+
+    def _fatal(self, exc: BaseException, dead: list[int]) -> None:
         d = self.cfg.dialect
-        final = f"ray.exceptions.{_exc_name(exc)}: {exc}"
-        self.log.error(d.src("fatal"), "EngineCore encountered a fatal error.\n"
-                       + traceback_text(tb.ENGINE_BUSY + _RAY_FRAMES, final))
+        if d.ray_executor_v2:
+            self.log.error(d.src("ray_v2_died"), f"RayWorkerProc rank={dead} died unexpectedly, shutting down executor.")
+            self.log.error(d.src("fatal"), "EngineCore encountered a fatal error.\n"
+                           + traceback_text(tb.EXECUTOR_FAILED, "RuntimeError: Executor failed."))
+        else:
+            final = f"ray.exceptions.{_exc_name(exc)}: {exc}"
+            self.log.error(d.src("fatal"), "EngineCore encountered a fatal error.\n"
+                           + traceback_text(tb.ENGINE_BUSY + _RAY_FRAMES, final))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # EngineCore dies; the API server turns that into EngineDeadError

@@ -145,6 +145,16 @@ MP_BOOTSTRAP: list[Frame] = [
 ]
 
 
+# A worker process or Ray actor died while serving: the executor's monitor calls back, EngineCore's
+# busy loop raises (v1/engine/core.py `_handle_client_request`, EXECUTOR_FAILED, since 0.8)
+EXECUTOR_FAILED: list[Frame] = [
+    _v("v1/engine/core.py", 1323, "run_engine_core", "engine_core.run_busy_loop()"),
+    _v("v1/engine/core.py", 1362, "run_busy_loop", "self._process_input_queue()"),
+    _v("v1/engine/core.py", 1385, "_process_input_queue", "self._handle_client_request(*req)"),
+    _v("v1/engine/core.py", 1500, "_handle_client_request", 'raise RuntimeError("Executor failed.")'),
+]
+
+
 def rpc_frames(tp: int) -> list[Frame]:
     return _RPC_UNIPROC if tp == 1 else _RPC_MULTIPROC
 
