@@ -134,9 +134,13 @@ _UVICORN_LEVEL_RE = re.compile(r"(?P<lvl>DEBUG|INFO|WARNING|ERROR|CRITICAL):\s+"
 
 
 def split_line(line: str) -> tuple[str | None, str]:
-    """(process prefix or None, text): strips ANSI, the `(Name pid=N) ` prefix and `\\r`.
+    """(process prefix or None, text): strips ANSI, the `(Name pid=N) ` prefixes and `\\r`.
 
-    tqdm rewrites its bar with bare `\\r`; only what follows the last one is what a terminal shows.
+    Prefixes nest where one process forwards another's output: EngineCore prefixes what Ray
+    forwards from its worker actors, which Ray prefixes with the actor and vLLM's worker with its
+    own name (`(EngineCore pid=1) (RayWorkerProc pid=9) (Worker pid=9) INFO …`); the line is the
+    innermost process's. tqdm rewrites its bar with bare `\\r`; only what follows the last one is
+    what a terminal shows.
     """
     if "\x1b" in line:
         line = _ANSI_RE.sub("", line)
@@ -145,11 +149,12 @@ def split_line(line: str) -> tuple[str | None, str]:
     if line.startswith("\r"):
         line = line.lstrip("\r")
     proc = None
-    if line.startswith("("):
+    while line.startswith("("):
         end = line.find(")", 1)
-        if end > 0 and " pid=" in line[1:end]:
-            proc = line[1:end]
-            line = line[end + 2:] if line.startswith(" ", end + 1) else line[end + 1:]
+        if end <= 0 or " pid=" not in line[1:end]:
+            break
+        proc = line[1:end]
+        line = line[end + 2:] if line.startswith(" ", end + 1) else line[end + 1:]
     if "\r" in line:
         line = line[line.rfind("\r") + 1:]
     return proc, line
