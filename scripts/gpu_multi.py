@@ -1,7 +1,14 @@
 """Multi-GPU validation: the shipped multi-GPU profiles against real `vllm serve` on a machine with
 2 or 8 GPUs, every scenario in one run (or, with --simulate, against the bundled simulator on
-simulated GPUs, to check this script without GPU time).
+simulated GPUs, to check this script without GPU time). Two scenarios need one GPU only: the
+process trees of vLLM's worker executors (a worker process, a Ray actor) without tensor parallel.
 
+  mp1        Qwen3-8B on one GPU at a 40 GB budget with `--distributed-executor-backend mp`: the
+             rank in a `VLLM::Worker` process of its own; then as tp2 (worker `kill -9`ed, daemon
+             `kill -9`ed)
+  ray1       the same on Ray: the supervisor's cluster mode with one node (`ray start --head`
+             under the daemon), the rank a `RayWorkerWrapper` actor under Ray's raylet; then as
+             tp2, and no Ray process left anywhere after the daemon's `kill -9`
   tp2        `3080x2-qwen3-8b` at a 20 GB budget per GPU (utilization from the GPUs' real total),
              TP 2 with --disable-custom-all-reduce: ready; KV tokens and concurrency from the log
              vs /status vs the planner; memory on each GPU; `kill -9` of the TP 1 worker → engine
@@ -27,7 +34,7 @@ daemon lifetime has a hard limit (SIGALRM), SIGTERM unwinds, and everything star
 Logs go to OUT/<scenario>/ (engine logs copied next to the daemon's); the summary (Markdown, then
 one JSON line) is printed last and saved as OUT/summary.md and OUT/summary.json.
 
-usage: python scripts/gpu_multi.py [--simulate] [--out DIR] [--models DIR] [--only tp2,allreduce,ray2,tp8,tp4dp2]
+usage: python scripts/gpu_multi.py [--simulate] [--out DIR] [--models DIR] [--only mp1,ray1,tp2,allreduce,ray2,tp8,tp4dp2]
        (real run: `. /tmp/vllm-env.sh` first; /tmp/models/qwen3-8b and qwen3-32b from make-model.py)
 """
 
@@ -57,11 +64,12 @@ import gpu_validate as gv  # noqa: E402 - the single-GPU script's daemon, stop t
 REPO = gv.REPO
 PROFILES = REPO / "llm_supervisor" / "data" / "profiles"
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-LIMITS = {"tp2": 900, "allreduce": 900, "ray2": 1200, "tp8": 1200, "tp4dp2": 1200}
-NEEDS = {"tp2": 2, "allreduce": 2, "ray2": 2, "tp8": 8, "tp4dp2": 8}
+LIMITS = {"mp1": 900, "ray1": 900, "tp2": 900, "allreduce": 900, "ray2": 1200, "tp8": 1200, "tp4dp2": 1200}
+NEEDS = {"mp1": 1, "ray1": 1, "tp2": 2, "allreduce": 2, "ray2": 2, "tp8": 8, "tp4dp2": 8}
 WORKER_IP = "127.0.0.2"  # the worker "host": a second loopback address
 BUDGET_20GB = 18.0   # 0.9 of a 20 GB RTX 3080
 BUDGET_24GB = 21.38  # 0.9 of a 24 GB A10
+BUDGET_40GB = 36.0   # 0.9 of a 40 GB A100
 H200_MIB = 143771
 
 
@@ -162,38 +170,128 @@ def bench(ctx: MultiCtx, d: gv.Daemon, users: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- scenarios
 
 
+def worker_death_and_kill(ctx: MultiCtx, d: gv.Daemon, title: str, r: dict[str, Any],
+                          start_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What tp2, mp1 and ray1 share: ready (KV figures, memory per GPU); `kill -9` of the GPU
+    worker process titled `title` → the death noticed and recovered (timed); `kill -9` of the
+    daemon → no process of its tree left and every GPU's memory back (timed)."""
+    baseline = used_per_gpu(ctx)
+    plan = d.plan()
+    d.start(*start_args)
+    st = d.wait_ready(timeout=600)
+    r["ready"] = kv_figures(d, st, plan, d.t0)
+    r["gpu_used_mib_ready"] = used_per_gpu(ctx)
+    first = st.get("attempt", 1)
+    victim = worker(d, title)
+    r["worker_killed"] = gv.describe(victim).strip() if victim else None
+    t0 = gv.now()
+    if victim is not None:
+        victim.kill()
+    noticed = d.wait(lambda s: s.get("state") != "ready" or s.get("attempt", 1) > first, 120, 0.05, "the death")
+    r["death_noticed_s"] = round(gv.now() - t0, 2)
+    again = d.wait_ready(attempt=first + 1, timeout=600)
+    r["death_kind"] = (failures(again) or [(noticed.get("state"), "")])[-1][0]
+    r["ready_again_s"] = round(gv.now() - t0, 2)
+    r["ready_again"] = kv_figures(d, again, None, t0)
+    r["stop"] = d.measure_stop(signal.SIGKILL, sum(baseline) if baseline else None)
+    r["gpu_used_mib_after"] = used_per_gpu(ctx)
+    freed = all(u <= b + gv.MEM_TOLERANCE_MIB for u, b in zip(r["gpu_used_mib_after"], baseline))
+    r["ok"] = bool(victim) and again.get("state") == "ready" and not r["stop"]["left_over"] and freed
+    return r
+
+
 def scenario_tp2(base: gv.Ctx, models: Path) -> dict[str, Any]:
     ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 2)
     sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "recovery.min_gpu_memory_utilization=0.05",
             f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "vllm.load_format=dummy"]
     r: dict[str, Any] = {"scenario": "tp2: 3080x2-qwen3-8b at 20 GB per GPU, TP 2, custom all-reduce off", "ok": False}
-    baseline = used_per_gpu(ctx)
     d = gv.Daemon(ctx, "tp2", sets)
     try:
-        plan = d.plan()
-        d.start()
-        st = d.wait_ready(timeout=600)
-        r["ready"] = kv_figures(d, st, plan, d.t0)
-        r["gpu_used_mib_ready"] = used_per_gpu(ctx)
-        first = st.get("attempt", 1)
-        victim = worker(d, "VLLM::Worker_TP1")
-        r["worker_killed"] = gv.describe(victim) if victim else None
-        t0 = gv.now()
-        if victim is not None:
-            victim.kill()
-        noticed = d.wait(lambda s: s.get("state") != "ready" or s.get("attempt", 1) > first, 120, 0.05, "the death")
-        r["death_noticed_s"] = round(gv.now() - t0, 2)
-        again = d.wait_ready(attempt=first + 1, timeout=600)
-        r["death_kind"] = (failures(again) or [(noticed.get("state"), "")])[-1][0]
-        r["ready_again_s"] = round(gv.now() - t0, 2)
-        r["ready_again"] = kv_figures(d, again, None, t0)
-        r["stop"] = d.measure_stop(signal.SIGKILL, sum(baseline) if baseline else None)
-        r["gpu_used_mib_after"] = used_per_gpu(ctx)
-        freed = all(u <= b + gv.MEM_TOLERANCE_MIB for u, b in zip(r["gpu_used_mib_after"], baseline))
-        r["ok"] = bool(victim) and again.get("state") == "ready" and not r["stop"]["left_over"] and freed
+        return worker_death_and_kill(ctx, d, "VLLM::Worker_TP1", r)
     finally:
         d.cleanup()
-    return r
+
+
+def one_gpu_profile(ctx: MultiCtx, name: str, vllm: dict[str, Any], cluster: dict[str, Any] | None = None) -> Path:
+    """The 3080x2 profile's model on one GPU of a 40 GB budget (TP 1), with `vllm` changes."""
+    data = yaml.safe_load(ctx.profile.read_text())
+    data["name"] = name
+    data["description"] = f"Qwen3-8B on one GPU, {name}"
+    data["hardware"].update({"gpu_count": 1, "gpu_memory_gib": 40})
+    data["vllm"].update({"tensor_parallel_size": 1, **vllm})
+    if cluster is not None:
+        data["cluster"] = cluster
+    path = ctx.out / f"{name}-profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def scenario_mp1(base: gv.Ctx, models: Path) -> dict[str, Any]:
+    """One GPU, vLLM's multiprocess executor asked for (`--distributed-executor-backend mp`): the
+    rank runs in a `VLLM::Worker` process of its own, as each rank does under tensor parallel."""
+    ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 1)
+    ctx.profile = one_gpu_profile(ctx, "qwen3-8b-mp1", {"extra_args": ["--distributed-executor-backend", "mp"]})
+    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_40GB)}", "recovery.min_gpu_memory_utilization=0.05",
+            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_40GB)}", "vllm.load_format=dummy"]
+    r: dict[str, Any] = {"scenario": "mp1: Qwen3-8B at 40 GB on one GPU, a worker process (executor mp)", "ok": False}
+    d = gv.Daemon(ctx, "mp1", sets)
+    if not base.simulate:
+        d.env["CUDA_VISIBLE_DEVICES"] = "0"
+    try:
+        return worker_death_and_kill(ctx, d, "VLLM::Worker", r)
+    finally:
+        d.cleanup()
+
+
+def scenario_ray1(base: gv.Ctx, models: Path) -> dict[str, Any]:
+    """One GPU on Ray: the supervisor's cluster mode with one node (`ray start --head` under the
+    daemon, vLLM with `--distributed-executor-backend ray`): the rank is a `RayWorkerWrapper`
+    actor, a child of Ray's raylet rather than of vLLM."""
+    ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 1)
+    r: dict[str, Any] = {"scenario": "ray1: Qwen3-8B at 40 GB on one GPU, the rank a Ray actor (cluster mode, one node)",
+                         "ok": False}
+    try:
+        import ray  # noqa: F401 - the `ray` command comes with it
+    except ImportError:
+        return r | {"skipped": "Ray is not installed here (pip install 'ray[default]')"}
+    ray_tmp = tempfile.mkdtemp(prefix="lsr", dir="/tmp")  # Ray's socket paths must stay short
+    cluster = ray_cluster(1, gv.free_port(), ray_tmp)
+    if base.simulate:  # keep Ray light on a small machine
+        cluster.update({"num_cpus": 1, "object_store_memory_bytes": 80_000_000})
+    ctx.profile = one_gpu_profile(ctx, "qwen3-8b-ray1", {}, cluster)
+    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_40GB)}", "recovery.min_gpu_memory_utilization=0.05",
+            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_40GB)}", "vllm.load_format=dummy"]
+    d = gv.Daemon(ctx, "ray1", sets)
+    d.env.update(RAY_ENV)
+    if base.simulate:
+        d.env.update({"LLM_SUPERVISOR_SIM_GPU_DIR": str(d.dir / "gpu"), "LLM_SUPERVISOR_SIM_GPU_COUNT": "1"})
+    else:
+        d.env["CUDA_VISIBLE_DEVICES"] = "0"
+    try:
+        worker_death_and_kill(ctx, d, "ray::RayWorker", r, ("--role", "head"))  # RayWorkerProc (0.26+), RayWorkerWrapper before
+        r["ray_processes_anywhere"] = [] if base.simulate else ray_procs_anywhere()
+        r["ok"] = r["ok"] and not r["ray_processes_anywhere"]
+        return r
+    finally:
+        d.cleanup()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def ray_procs_anywhere() -> list[str]:
+    """Real runs only: any Ray process on this machine (nothing else runs Ray there), known by what
+    it runs: an actor's or worker's title (`ray::…`), Ray's daemons, `ray start`. A shell whose
+    command line merely mentions them is not one."""
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        with contextlib.suppress(psutil.Error, TypeError, IndexError):
+            argv = p.info["cmdline"] or []
+            if p.info["status"] == psutil.STATUS_ZOMBIE or not argv:
+                continue
+            exe = Path(argv[0]).name
+            ray_start = exe == "ray" or (len(argv) > 1 and Path(argv[1]).name == "ray")
+            if argv[0].startswith("ray::") or exe in ("raylet", "gcs_server") or ray_start:
+                found.append(f"{p.pid} {' '.join(argv)[:120]}")
+    return found
 
 
 def scenario_allreduce(base: gv.Ctx, models: Path) -> dict[str, Any]:
@@ -240,6 +338,20 @@ def scenario_a10x8(base: gv.Ctx, models: Path, tp: int, dp: int) -> dict[str, An
     return r
 
 
+RAY_ENV = {"RAY_DISABLE_USAGE_STATS": "1", "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
+           "LLM_SUPERVISOR_SIM_RAY_PG_TIMEOUT_S": "60"}
+
+
+def ray_cluster(nodes: int, gcs_port: int, ray_tmp: str) -> dict[str, Any]:
+    """The profile's `cluster:` section for `nodes` Ray nodes on this host."""
+    cluster: dict[str, Any] = {
+        "nodes": nodes, "head_address": f"127.0.0.1:{gcs_port}", "temp_dir": ray_tmp,
+        "ray_command": shutil.which("ray") or str(Path(sys.executable).parent / "ray"),
+        "join_timeout_s": 600, "poll_interval_s": 1, "restart_backoff_initial_s": 1,
+        "object_store_memory_bytes": 2 * 2**30}
+    return cluster
+
+
 def ray_profile(ctx: MultiCtx, gcs_port: int, ray_tmp: str) -> Path:
     """The 3080x2 profile as two hosts of one GPU each, PP 2 across them on Ray."""
     data = yaml.safe_load(ctx.profile.read_text())
@@ -247,9 +359,7 @@ def ray_profile(ctx: MultiCtx, gcs_port: int, ray_tmp: str) -> Path:
     data["hardware"]["gpu_count"] = 1
     # the supervisor keeps tensor parallelism within a host (vLLM's advice for Ray): PP 2 spans the two
     data["vllm"].update({"tensor_parallel_size": 1, "pipeline_parallel_size": 2})
-    data["cluster"] = {"nodes": 2, "head_address": f"127.0.0.1:{gcs_port}", "temp_dir": ray_tmp,
-                       "ray_command": shutil.which("ray") or str(Path(sys.executable).parent / "ray"),
-                       "join_timeout_s": 600, "poll_interval_s": 1, "restart_backoff_initial_s": 1}
+    data["cluster"] = ray_cluster(2, gcs_port, ray_tmp)
     if ctx.simulate:  # keep Ray light on a small machine
         data["cluster"].update({"num_cpus": 1, "object_store_memory_bytes": 80_000_000})
     path = ctx.out / "ray2-profile.yaml"
@@ -268,12 +378,10 @@ def scenario_ray2(base: gv.Ctx, models: Path) -> dict[str, Any]:
     ctx.profile = ray_profile(ctx, gv.free_port(), ray_tmp)
     sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "recovery.min_gpu_memory_utilization=0.05",
             f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "vllm.load_format=dummy"]
-    common = {"RAY_DISABLE_USAGE_STATS": "1", "RAY_gcs_rpc_server_reconnect_timeout_s": "5",
-              "LLM_SUPERVISOR_SIM_RAY_PG_TIMEOUT_S": "60"}
     head = gv.Daemon(ctx, "ray2-head", sets)
     worker = gv.Daemon(ctx, "ray2-worker", [*sets, f"cluster.node_ip={WORKER_IP}"])
     for i, node in enumerate((head, worker)):
-        node.env.update(common)
+        node.env.update(RAY_ENV)
         if ctx.simulate:  # each "host" has a simulated GPU of its own
             node.env.update({"LLM_SUPERVISOR_SIM_GPU_DIR": str(node.dir / "gpu"), "LLM_SUPERVISOR_SIM_GPU_COUNT": "1"})
         else:
@@ -308,7 +416,7 @@ def scenario_ray2(base: gv.Ctx, models: Path) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Callable[[gv.Ctx, Path], dict[str, Any]]] = {
-    "tp2": scenario_tp2, "allreduce": scenario_allreduce, "ray2": scenario_ray2,
+    "mp1": scenario_mp1, "ray1": scenario_ray1, "tp2": scenario_tp2, "allreduce": scenario_allreduce, "ray2": scenario_ray2,
     "tp8": lambda c, m: scenario_a10x8(c, m, 8, 1), "tp4dp2": lambda c, m: scenario_a10x8(c, m, 4, 2),
 }
 
@@ -324,8 +432,8 @@ def summary_table(results: dict[str, Any]) -> str:
                 figs.append(f"{tag}: attempt {k.get('attempt')}, {gv.fmt(k.get('time_to_ready_s'))} s, KV tokens status "
                             f"{gv.fmt(k.get('status_kv_tokens'))} / log {gv.fmt(k.get('log_kv_tokens'))} / planner "
                             f"{gv.fmt(k.get('predicted_kv_tokens'))}")
-        for key in ("nodes", "argv_backend", "degraded_after_s", "death_noticed_s", "death_kind", "ready_again_s", "gpu_used_mib_ready", "gpu_used_mib_after", "failures",
-                    "changes", "bench_64", "skipped", "error"):
+        for key in ("nodes", "argv_backend", "worker_killed", "degraded_after_s", "death_noticed_s", "death_kind", "ready_again_s", "gpu_used_mib_ready", "gpu_used_mib_after", "failures",
+                    "changes", "bench_64", "ray_processes_anywhere", "skipped", "error"):
             if r.get(key) not in (None, [], {}):
                 figs.append(f"{key} {r[key]}")
         stop = r.get("stop") or {}
