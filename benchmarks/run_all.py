@@ -233,6 +233,17 @@ def table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def measured(res: dict[str, dict[str, Any]], name: str, machine: dict[str, Any]) -> dict[str, Any]:
+    """The machine facts a benchmark recorded when it ran (the whole run's where it has none)."""
+    return (res.get(name) or {}).get("machine") or machine
+
+
+def dates(res: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str:
+    """When the figures were measured: one date, or the first and the last."""
+    seen = sorted({str(measured(res, name, machine).get("date")) for name in res} or {str(machine.get("date"))})
+    return seen[0] if len(seen) == 1 else f"between {seen[0]} and {seen[-1]}"
+
+
 def render(res: dict[str, dict[str, Any]], machine: dict[str, Any], quick: bool) -> str:
     parts = [
         "# Benchmark results",
@@ -244,9 +255,15 @@ def render(res: dict[str, dict[str, Any]], machine: dict[str, Any], quick: bool)
         "",
         "## Machine",
         "",
-        table(["CPU", "cores", "memory", "Python", "OS", "date", "load (1 min) at start"],
+        table(["CPU", "cores", "memory", "Python", "OS"],
               [[machine.get("cpu"), machine.get("cores"), f"{machine.get('memory_gib')} GiB", machine.get("python"),
-                machine.get("os"), machine.get("date"), machine.get("load_avg_1m")]]),
+                machine.get("os")]]),
+        "",
+        "Each benchmark's own run (`--only` reruns one and keeps the others' figures and dates):",
+        "",
+        table(["benchmark", "measured", "load (1 min) at start"],
+              [[name, measured(res, name, machine).get("date"), measured(res, name, machine).get("load_avg_1m")]
+               for name in res]),
         "",
         "## CONTRACT performance figures",
         "",
@@ -302,9 +319,11 @@ README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->
 
 def readme_section(res: dict[str, dict[str, Any]], machine: dict[str, Any]) -> str:
     """The machine and the CONTRACT table, for the README (the rest stays in results.md)."""
-    where = (f"Measured {machine.get('date')} on {machine.get('cpu')}, {machine.get('cores')} cores, "
-             f"{machine.get('memory_gib')} GiB, Python {machine.get('python')} (1-min load "
-             f"{machine.get('load_avg_1m')}), with the bundled simulator as the engine:")
+    loads = sorted(x for x in (measured(res, name, machine).get("load_avg_1m") for name in res) if x is not None)
+    load = (f"{loads[0]}" if loads[0] == loads[-1] else f"{loads[0]}–{loads[-1]}") if loads else machine.get("load_avg_1m")
+    where = (f"Measured {dates(res, machine)} on {machine.get('cpu')}, {machine.get('cores')} cores, "
+             f"{machine.get('memory_gib')} GiB, Python {machine.get('python')} (1-min load at start: "
+             f"{load}), with the bundled simulator as the engine:")
     return "\n".join([where, "", table(["figure", "target", "measured", "met"], contract_rows(res))])
 
 

@@ -60,6 +60,22 @@ def test_results_markdown_comes_from_the_json() -> None:
     assert "| naive | gave up | 5 |" in md and "error: ValueError: boom" in md
 
 
+def test_a_rerun_of_one_benchmark_keeps_the_others_dates() -> None:
+    # `--only overhead` reruns one benchmark; the others' figures were measured earlier and say so
+    machine = {"cpu": "Test CPU 9000", "cores": 2, "memory_gib": 8.0, "python": "3.11.7", "os": "Linux",
+               "date": "2026-02-02 09:00 UTC", "load_avg_1m": 1.5}
+    res = _results()
+    res["overhead"]["machine"] = machine
+    res["recovery"]["machine"] = {**machine, "date": "2026-01-01 00:00 UTC", "load_avg_1m": 0.25}
+    md = run_all.render(res, machine, quick=False)
+    assert "| overhead | 2026-02-02 09:00 UTC | 1.5 |" in md
+    assert "| recovery | 2026-01-01 00:00 UTC | 0.25 |" in md
+    assert "| status_latency | 2026-02-02 09:00 UTC | 1.5 |" in md  # no record of its own: the run's
+    where = run_all.readme_section(res, machine).splitlines()[0]
+    assert where.startswith("Measured between 2026-01-01 00:00 UTC and 2026-02-02 09:00 UTC on Test CPU 9000")
+    assert "(1-min load at start: 0.25–1.5)" in where
+
+
 def test_recovery_per_vllm_version_is_compared() -> None:
     res = _results()
     kv = res["recovery"]["scenarios"]
