@@ -160,11 +160,13 @@ def plan(
     from llm_supervisor.store.state import StateStore
 
     # what `up` would start from: the arguments that last reached ready here (read, never written)
+    store = StateStore(settings.state_dir, readonly=True)
     result = build_plan(
         settings, prof, simulate=simulate, gpu_memory_gib=gpu_memory_gib, gpu_count=gpu_count,
         calibrate_from=calibrate_from, ignore_hardware=ignore_hardware, vllm_version=vllm_version,
-        store=StateStore(settings.state_dir, readonly=True),
+        store=store,
     )
+    result.warnings.extend(store.warnings)  # a corrupt or unreadable state file: planned without it
     section = cluster_spec.plan_section(prof, result.hf_home) if prof.cluster is not None else None
     redactor = _redactor(settings, prof)
     if as_json:

@@ -449,6 +449,22 @@ def test_plan_with_corrupt_calibration_warns(tmp_path: Path) -> None:
         assert any("calibration" in w for w in warnings), warnings
 
 
+def test_plan_with_corrupt_state_warns_and_leaves_the_file(tmp_path: Path) -> None:
+    # `plan` reads the state a running daemon may own: it says the file is unusable, plans
+    # without it and leaves it where it is (the daemon sets it aside when it starts)
+    env = clean_env(tmp_path)
+    state = Path(env["LLM_SUPERVISOR_STATE_DIR"])
+    state.mkdir(parents=True)
+    (state / "state.json").write_bytes(b'{"version": 1, "profiles": [')
+    result = cli(["plan", "--profile", "4090d-qwen3-4b", "--simulate", "--json"], env)
+    assert result.returncode == 0, result.stderr
+    warnings = json.loads(result.stdout)["warnings"]
+    assert any(w.startswith(f"{state / 'state.json'}: corrupt (") and w.endswith("; ignoring it") for w in warnings), warnings
+    assert (state / "state.json").read_bytes() == b'{"version": 1, "profiles": ['
+    text = cli(["plan", "--profile", "4090d-qwen3-4b", "--simulate"], env)
+    assert "state.json: corrupt (" in text.stdout
+
+
 def test_cli_unusable_env_file_is_one_line(tmp_path: Path) -> None:
     folder = tmp_path / "env.d"
     folder.mkdir()
