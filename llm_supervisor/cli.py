@@ -341,9 +341,9 @@ def bench(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="bearer key for the endpoint", show_default=False)] = None,
     find_capacity: Annotated[bool, typer.Option("--find-capacity", help="search for the most users that meet --slo")] = False,
     slo: Annotated[Optional[str], typer.Option("--slo", help="with --find-capacity: ttft_p95=2s,tpot_p95=60ms, user_tps=20, latency_p99=30s, success_rate=0.99")] = None,
-    prompt_tokens: Annotated[str, typer.Option("--prompt-tokens", help="with --find-capacity: prompt length: 1024, 512-2048 or 256,1024")] = "512",
-    output_tokens: Annotated[str, typer.Option("--output-tokens", help="with --find-capacity: reply length, same forms")] = "128",
-    workload: Annotated[Optional[Path], typer.Option("--workload", help="with --find-capacity: a JSONL file of real requests (messages or prompt, max_tokens)")] = None,
+    prompt_tokens: Annotated[Optional[str], typer.Option("--prompt-tokens", help="prompts of random tokens of this length: 1024, 512-2048 or 256,1024 (with --find-capacity: default 512)", show_default=False)] = None,
+    output_tokens: Annotated[Optional[str], typer.Option("--output-tokens", help="reply length, same forms (default: --max-tokens; with --find-capacity: 128)", show_default=False)] = None,
+    workload: Annotated[Optional[Path], typer.Option("--workload", help="a JSONL file of real requests (messages or prompt, max_tokens)")] = None,
     max_users: Annotated[int, typer.Option("--max-users", min=1, max=10000, help="with --find-capacity: the most users to try")] = 256,
     rounds: Annotated[int, typer.Option("--rounds", min=1, max=20, help="with --find-capacity: measured requests per user and level")] = 2,
     max_seconds: Annotated[float, typer.Option("--max-seconds", min=10, help="with --find-capacity: time budget of the search")] = 900.0,
@@ -354,20 +354,45 @@ def bench(
     with --find-capacity, the largest load that meets an SLO."""
     settings = _settings()
     if find_capacity or slo:
-        _bench_capacity(settings, slo, find_capacity, url=url, model=model, api_key=api_key, prompt_tokens=prompt_tokens,
-                        output_tokens=output_tokens, workload=workload, max_users=max_users, rounds=rounds,
-                        max_seconds=max_seconds, plot=plot, as_json=as_json)
+        _bench_capacity(settings, slo, find_capacity, url=url, model=model, api_key=api_key,
+                        prompt_tokens=prompt_tokens or "512", output_tokens=output_tokens or "128", workload=workload,
+                        max_users=max_users, rounds=rounds, max_seconds=max_seconds, plot=plot, as_json=as_json)
         return
     from llm_supervisor.bench.run import format_bench, run_bench
 
+    work = _bench_workload(prompt, prompt_tokens, output_tokens, workload, max_tokens)
     result = run_bench(
         settings, url=url, users=users, requests=requests, max_tokens=max_tokens,
         prompt=prompt, model=model, api_key=api_key, progress=not as_json,
+        bodies=(lambda m: ((s.path, s.body) for s in work.stream(m))) if work is not None else None,
+        workload=work.to_json() if work is not None else None,
     )
     if as_json:
         _print_json(result)
     else:
         out.print(format_bench(result))
+
+
+def _bench_workload(prompt: str | None, prompt_tokens: str | None, output_tokens: str | None,
+                    workload: Path | None, max_tokens: int) -> Any:
+    """Plain `bench`'s requests when they are not one prompt: prompts of a length (random tokens,
+    fresh each run) or a file of real requests; replies of --output-tokens, else --max-tokens."""
+    problems = [f"--prompt: not with {name}" for name, given in (("--prompt-tokens", prompt_tokens),
+                                                                  ("--workload", workload))
+                if prompt is not None and given is not None]
+    if prompt_tokens is not None and workload is not None:
+        problems.append("--prompt-tokens: not with --workload (its requests are the prompts)")
+    if output_tokens is not None and prompt_tokens is None and workload is None:
+        problems.append("--output-tokens: with --prompt-tokens or --workload (one prompt's reply is --max-tokens)")
+    if problems:
+        raise BadInput("bad bench options", problems)
+    if prompt_tokens is None and workload is None:
+        return None
+    from llm_supervisor.bench import capacity
+
+    replies = output_tokens or str(max_tokens)
+    return (capacity.Workload.from_jsonl(workload, replies) if workload is not None
+            else capacity.Workload.synthetic(prompt_tokens or "512", replies))
 
 
 def _bench_capacity(settings: Settings, slo_text: str | None, find: bool, *, url: str | None, model: str | None,

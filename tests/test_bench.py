@@ -52,6 +52,7 @@ class FakeEngine:
         self.running = 0
         self.waiting = 0
         self.max_running = 0
+        self.bodies: list[tuple[str, dict]] = []  # (path, body) of every generation request
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._sem: asyncio.Semaphore | None = None
@@ -86,11 +87,19 @@ class FakeEngine:
                 return JSONResponse({"detail": "not found"}, status_code=404)
             return self.status
 
+        @app.post("/v1/completions")
+        async def completions(request: Request):
+            return await generate(request, "/v1/completions")
+
         @app.post("/v1/chat/completions")
         async def chat(request: Request):
+            return await generate(request, "/v1/chat/completions")
+
+        async def generate(request: Request, path: str):
             if not self._authorized(request):
                 return JSONResponse({"error": "unauthorized"}, status_code=401)
             body = await request.json()
+            self.bodies.append((path, body))
             self.arrivals += 1
             number = self.arrivals
             if number in self.fail_500:
@@ -117,7 +126,9 @@ class FakeEngine:
                             await asyncio.sleep(max(0.0, t0 + (i + 1) / self.rate - loop.time()))
                             if number in self.broken and i == n // 2:
                                 raise RuntimeError("engine died mid-stream")
-                            yield "data: " + json.dumps({**head, "choices": [{"index": 0, "delta": {"content": f"t{i} "}}]}) + "\n\n"
+                            choice = {"index": 0, "text": f"t{i} "} if "prompt" in body else \
+                                {"index": 0, "delta": {"content": f"t{i} "}}
+                            yield "data: " + json.dumps({**head, "choices": [choice]}) + "\n\n"
                         usage = {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": n + 12}
                         yield "data: " + json.dumps({**head, "choices": [], "usage": usage}) + "\n\n"
                         yield "data: [DONE]\n\n"
@@ -309,6 +320,71 @@ def test_cli_json_and_table(settings: Settings, capsys: pytest.CaptureFixture[st
     console.print(format_bench(report))
     text = console.export_text()
     assert "throughput" in text and "TTFT p50 / p95 / p99" in text and "100.0%" in text
+
+
+def test_prompts_of_a_length_and_replies_of_a_range(settings: Settings, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # `bench --prompt-tokens 300 --output-tokens 4-6`: random-token prompts of that length (fresh
+    # each run, no prefix-cache hits) on /v1/completions, replies drawn from the range
+    from rich.console import Console
+
+    from llm_supervisor import cli
+
+    monkeypatch.setenv("LLM_SUPERVISOR_API_PORT", str(settings.api_port))
+    with FakeEngine(rate=400.0, cap=4) as eng:
+        with pytest.raises(SystemExit) as done:
+            cli.main(["bench", "--url", eng.url, "--users", "2", "--requests", "6", "--prompt-tokens", "300",
+                      "--output-tokens", "4-6", "--json"])
+        assert done.value.code == 0
+        report = json.loads(capsys.readouterr().out)
+        sent = list(eng.bodies)
+    assert report["succeeded"] == 6 and report["workload"]["prompt_tokens"] == "300"
+    assert {path for path, _ in sent} == {"/v1/completions"}
+    assert [len(b["prompt"]) for _, b in sent] == [300] * 6 and len({tuple(b["prompt"]) for _, b in sent}) == 6
+    assert all(4 <= b["max_tokens"] <= 6 and b["ignore_eos"] is True for _, b in sent)
+    assert report["total_tokens"] == sum(b["max_tokens"] for _, b in sent)
+    console = Console(record=True, width=120)
+    console.print(format_bench(report))
+    assert "2 / 6 × 300-token prompts, 4-6-token replies" in console.export_text()
+
+
+def test_a_file_of_real_requests(settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_supervisor import cli
+
+    monkeypatch.setenv("LLM_SUPERVISOR_API_PORT", str(settings.api_port))
+    work = tmp_path / "work.jsonl"
+    work.write_text(json.dumps({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}) + "\n"
+                    + json.dumps({"prompt": "once upon a time"}) + "\n")
+    with FakeEngine(rate=400.0, cap=4) as eng:
+        with pytest.raises(SystemExit) as done:
+            cli.main(["bench", "--url", eng.url, "--users", "1", "--requests", "4", "--max-tokens", "5",
+                      "--workload", str(work), "--json"])
+        assert done.value.code == 0
+        report = json.loads(capsys.readouterr().out)
+        sent = list(eng.bodies)
+    assert report["succeeded"] == 4 and report["workload"] == {"source": str(work), "requests": 2}
+    assert [p for p, _ in sent] == ["/v1/chat/completions", "/v1/completions"] * 2
+    assert [b["max_tokens"] for _, b in sent] == [3, 5, 3, 5]  # the file's own, else --max-tokens
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--prompt", "hi", "--prompt-tokens", "100"], "--prompt: not with --prompt-tokens"),
+    (["--prompt-tokens", "100", "--workload", "w.jsonl"], "--prompt-tokens: not with --workload"),
+    (["--output-tokens", "64"], "--output-tokens: with --prompt-tokens or --workload"),
+    (["--prompt-tokens", "0"], "--prompt-tokens"),
+])
+def test_bench_request_options_that_do_not_go_together(argv: list[str], line: str, settings: Settings,
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_supervisor import cli
+
+    monkeypatch.setenv("LLM_SUPERVISOR_API_PORT", str(settings.api_port))
+    with pytest.raises(SystemExit) as done:
+        cli.main(["bench", "--url", f"http://127.0.0.1:{free_port()}", *argv])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert line in err and "Traceback" not in err
 
 
 def test_progress_bar_does_not_break_the_run(settings: Settings) -> None:

@@ -28,7 +28,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import httpx
 
@@ -311,9 +311,15 @@ async def _poll_metrics(client: httpx.AsyncClient, url: str, live: _Live, stop: 
             pass
 
 
+# What to send, request by request: (path, body) pairs; `bench --prompt-tokens/--workload` makes
+# them (bench.capacity.Workload.stream), given the served model's name.
+Requests = Callable[[str], Iterator[tuple[str, dict[str, Any]]]]
+
+
 async def _run(
     url: str, model: str, users: int, requests: int, max_tokens: int, prompt: str,
     api_key: str | None, timeout_s: float, ignore_eos: bool, on_done: Callable[[_Live], None] | None,
+    bodies: Iterator[tuple[str, dict[str, Any]]] | None = None,
 ) -> tuple[_Live, float]:
     live = _Live()
     body = {
@@ -341,8 +347,9 @@ async def _run(
                 remaining -= 1
                 live.in_flight += 1
                 live.peak_in_flight = max(live.peak_in_flight, live.in_flight)
+                path, this = next(bodies) if bodies is not None else ("/v1/chat/completions", body)
                 try:
-                    res = await _one_request(client, url, body, live)
+                    res = await _one_request(client, url, this, live, path)
                 finally:
                     live.in_flight -= 1
                 live.results.append(res)
@@ -374,13 +381,17 @@ def run_bench(
     progress: bool = True,
     timeout_s: float = 600.0,
     ignore_eos: bool = True,
+    bodies: Requests | None = None,
+    workload: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the concurrency test and return the report (see the module docstring for terms).
 
     Without `url`, the daemon at `settings.url` is asked for its engine's URL and capacity;
     with no daemon answering, http://127.0.0.1:8000 is used. `ignore_eos` (a vLLM extension
     that other servers ignore) makes every request generate exactly `max_tokens`, so runs compare.
-    `timeout_s` bounds the wait for any one chunk, queueing included.
+    `timeout_s` bounds the wait for any one chunk, queueing included. `bodies`: the requests to
+    send instead of `prompt` × `max_tokens` (prompts of a length, a file of real requests), with
+    `workload` saying what they are in the report.
     """
     if users < 1:
         raise ValueError("users must be at least 1")
@@ -423,12 +434,16 @@ def run_bench(
         if bar:
             bar.start()
         live, duration = asyncio.run(
-            _run(url, model, users, requests, max_tokens, prompt, api_key, timeout_s, ignore_eos, on_done)
+            _run(url, model, users, requests, max_tokens, prompt, api_key, timeout_s, ignore_eos, on_done,
+                 bodies(model) if bodies is not None else None)
         )
     finally:
         if bar:
             bar.stop()
-    return _report(url, model, users, requests, max_tokens, live, duration, status)
+    report = _report(url, model, users, requests, max_tokens, live, duration, status)
+    if workload is not None:
+        report["workload"] = workload
+    return report
 
 
 def _report(
@@ -536,7 +551,14 @@ def format_bench(report: dict[str, Any]) -> "Group":
     table = Table(title=f"bench {report['model']} at {report['url']}", show_header=True, header_style="bold")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row("users / requests", f"{report['users']} / {report['requests']} × {report['max_tokens']} tokens")
+    work = report.get("workload")
+    if work is None:
+        sent = f"{report['max_tokens']} tokens"
+    elif work.get("source") == "synthetic":
+        sent = f"{work['prompt_tokens']}-token prompts, {work['output_tokens']}-token replies"
+    else:
+        sent = f"{work['requests']:,} requests of {work['source']}"
+    table.add_row("users / requests", f"{report['users']} / {report['requests']} × {sent}")
     rate = report["success_rate"] * 100
     table.add_row("succeeded", f"{report['succeeded']} ({rate:.1f}%)")
     if report["errors"]:
