@@ -15,6 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from llm_supervisor.simulator import tracebacks as tb
+from llm_supervisor.simulator.logs import traceback_text
+
 DEFAULT_VERSION = "0.34.0"
 TESTED_VERSIONS = ("0.8.5", "0.11.0", "0.26.0", "0.34.0")
 DOCS_MEMORY = "https://docs.vllm.ai/en/latest/configuration/conserving_memory/"
@@ -219,6 +222,11 @@ class Dialect:
         """The executor's monitor when a worker process dies while serving (`exit code` from 0.26)."""
         code = f" (exit code: {exit_code})" if self.at_least(0, 26) else ""
         return f"Worker proc VllmWorker-{rank} died unexpectedly{code}, shutting down executor."
+
+    def executor_failed(self) -> str:
+        """EngineCore after its executor's failure callback (a worker process or Ray actor died
+        while serving): "Executor failed." out of the busy loop."""
+        return "EngineCore encountered a fatal error.\n" + traceback_text(tb.EXECUTOR_FAILED, "RuntimeError: Executor failed.")
 
     # ------------------------------------------------------------ startup lines
 

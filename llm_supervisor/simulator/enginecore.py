@@ -442,11 +442,6 @@ class EngineCore:
         if self.ranks is not None:
             self.ranks.stop()
 
-    def executor_failed(self) -> None:
-        """EngineCore after the executor's failure callback: "Executor failed." out of its busy loop."""
-        self.log.error(self.cfg.dialect.src("fatal"), "EngineCore encountered a fatal error.\n"
-                       + traceback_text(tb.EXECUTOR_FAILED, "RuntimeError: Executor failed."))
-
     # ------------------------------------------------------------ serving
 
     def serve(self, facts: dict[str, Any]) -> int:
@@ -487,7 +482,7 @@ class EngineCore:
                 if fd in worker_fds and self.ranks is not None:
                     # a worker died: vLLM's executor monitor shuts the executor down, EngineCore fails
                     self.log.error(self.cfg.dialect.src("worker_died"), self.cfg.dialect.worker_died(*self.ranks.died(fd)))
-                    self.executor_failed()
+                    self.log.error(self.cfg.dialect.src("fatal"), self.cfg.dialect.executor_failed())
                     self.stop()
                     return 1
                 msgs = self.api.read_available()

@@ -292,8 +292,7 @@ class RayRanks:
         d = self.cfg.dialect
         if d.ray_executor_v2:
             self.log.error(d.src("ray_v2_died"), f"RayWorkerProc rank={dead} died unexpectedly, shutting down executor.")
-            self.log.error(d.src("fatal"), "EngineCore encountered a fatal error.\n"
-                           + traceback_text(tb.EXECUTOR_FAILED, "RuntimeError: Executor failed."))
+            self.log.error(d.src("fatal"), d.executor_failed())
         else:
             final = f"ray.exceptions.{_exc_name(exc)}: {exc}"
             self.log.error(d.src("fatal"), "EngineCore encountered a fatal error.\n"
