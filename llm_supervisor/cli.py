@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from llm_supervisor import __version__
 from llm_supervisor.errors import EXIT_BAD_INPUT, BadInput, SupervisorError
 from llm_supervisor.config.redaction import Redactor, is_secret_name
 from llm_supervisor.config.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from llm_supervisor.bench.capacity import Workload
 
 app = typer.Typer(
     name="supervisor",
@@ -360,12 +363,10 @@ def bench(
         return
     from llm_supervisor.bench.run import format_bench, run_bench
 
-    work = _bench_workload(prompt, prompt_tokens, output_tokens, workload, max_tokens)
     result = run_bench(
         settings, url=url, users=users, requests=requests, max_tokens=max_tokens,
         prompt=prompt, model=model, api_key=api_key, progress=not as_json,
-        bodies=(lambda m: ((s.path, s.body) for s in work.stream(m))) if work is not None else None,
-        workload=work.to_json() if work is not None else None,
+        workload=_bench_workload(prompt, prompt_tokens, output_tokens, workload, max_tokens),
     )
     if as_json:
         _print_json(result)
@@ -374,7 +375,7 @@ def bench(
 
 
 def _bench_workload(prompt: str | None, prompt_tokens: str | None, output_tokens: str | None,
-                    workload: Path | None, max_tokens: int) -> Any:
+                    workload: Path | None, max_tokens: int) -> "Workload | None":
     """Plain `bench`'s requests when they are not one prompt: prompts of a length (random tokens,
     fresh each run) or a file of real requests; replies of --output-tokens, else --max-tokens."""
     problems = [f"--prompt: not with {name}" for name, given in (("--prompt-tokens", prompt_tokens),
@@ -386,13 +387,14 @@ def _bench_workload(prompt: str | None, prompt_tokens: str | None, output_tokens
         problems.append("--output-tokens: with --prompt-tokens or --workload (one prompt's reply is --max-tokens)")
     if problems:
         raise BadInput("bad bench options", problems)
-    if prompt_tokens is None and workload is None:
-        return None
     from llm_supervisor.bench import capacity
 
     replies = output_tokens or str(max_tokens)
-    return (capacity.Workload.from_jsonl(workload, replies) if workload is not None
-            else capacity.Workload.synthetic(prompt_tokens or "512", replies))
+    if workload is not None:
+        return capacity.Workload.from_jsonl(workload, replies)
+    if prompt_tokens is not None:
+        return capacity.Workload.synthetic(prompt_tokens, replies)
+    return None
 
 
 def _bench_capacity(settings: Settings, slo_text: str | None, find: bool, *, url: str | None, model: str | None,

@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterator, Sequence
 import httpx
 
 from llm_supervisor.bench.run import (
-    DEFAULT_ENGINE_URL, RequestResult, _daemon_status, _headers, _Live, _one_request, _poll_metrics, _probe,
+    DEFAULT_ENGINE_URL, RequestResult, RequestSpec, _daemon_status, _headers, _Live, _one_request, _poll_metrics, _probe,
     engine_url_from_status, normalize_url, percentile, summarize,
 )
 from llm_supervisor.config.settings import Settings
@@ -210,12 +210,6 @@ class Lengths:
     @property
     def fixed(self) -> bool:
         return not self.uniform and len(set(self.values)) == 1
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    path: str
-    body: dict[str, Any]
 
 
 @dataclass

@@ -28,7 +28,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 import httpx
 
@@ -311,15 +311,27 @@ async def _poll_metrics(client: httpx.AsyncClient, url: str, live: _Live, stop: 
             pass
 
 
-# What to send, request by request: (path, body) pairs; `bench --prompt-tokens/--workload` makes
-# them (bench.capacity.Workload.stream), given the served model's name.
-Requests = Callable[[str], Iterator[tuple[str, dict[str, Any]]]]
+@dataclass(frozen=True)
+class RequestSpec:
+    """One request to send: the endpoint's path and the JSON body."""
+
+    path: str
+    body: dict[str, Any]
+
+
+class RequestSource(Protocol):
+    """What to send instead of one prompt (bench.capacity.Workload: prompts of a length, a file of
+    real requests): an endless stream of requests for the served model, and what they are."""
+
+    def stream(self, model: str) -> Iterator[RequestSpec]: ...
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
 async def _run(
     url: str, model: str, users: int, requests: int, max_tokens: int, prompt: str,
     api_key: str | None, timeout_s: float, ignore_eos: bool, on_done: Callable[[_Live], None] | None,
-    bodies: Iterator[tuple[str, dict[str, Any]]] | None = None,
+    specs: Iterator[RequestSpec] | None = None,
 ) -> tuple[_Live, float]:
     live = _Live()
     body = {
@@ -332,6 +344,7 @@ async def _run(
     }
     if ignore_eos:
         body["ignore_eos"] = True  # vLLM extension: every request generates exactly max_tokens
+    one_prompt = RequestSpec("/v1/chat/completions", body)
     limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=users + 4)
     timeout = httpx.Timeout(timeout_s, connect=10.0)
     remaining = requests
@@ -347,9 +360,9 @@ async def _run(
                 remaining -= 1
                 live.in_flight += 1
                 live.peak_in_flight = max(live.peak_in_flight, live.in_flight)
-                path, this = next(bodies) if bodies is not None else ("/v1/chat/completions", body)
+                spec = next(specs) if specs is not None else one_prompt
                 try:
-                    res = await _one_request(client, url, this, live, path)
+                    res = await _one_request(client, url, spec.body, live, spec.path)
                 finally:
                     live.in_flight -= 1
                 live.results.append(res)
@@ -381,17 +394,15 @@ def run_bench(
     progress: bool = True,
     timeout_s: float = 600.0,
     ignore_eos: bool = True,
-    bodies: Requests | None = None,
-    workload: dict[str, Any] | None = None,
+    workload: RequestSource | None = None,
 ) -> dict[str, Any]:
     """Run the concurrency test and return the report (see the module docstring for terms).
 
     Without `url`, the daemon at `settings.url` is asked for its engine's URL and capacity;
     with no daemon answering, http://127.0.0.1:8000 is used. `ignore_eos` (a vLLM extension
     that other servers ignore) makes every request generate exactly `max_tokens`, so runs compare.
-    `timeout_s` bounds the wait for any one chunk, queueing included. `bodies`: the requests to
-    send instead of `prompt` × `max_tokens` (prompts of a length, a file of real requests), with
-    `workload` saying what they are in the report.
+    `timeout_s` bounds the wait for any one chunk, queueing included. `workload`: the requests to
+    send instead of `prompt` × `max_tokens`, named in the report.
     """
     if users < 1:
         raise ValueError("users must be at least 1")
@@ -435,14 +446,14 @@ def run_bench(
             bar.start()
         live, duration = asyncio.run(
             _run(url, model, users, requests, max_tokens, prompt, api_key, timeout_s, ignore_eos, on_done,
-                 bodies(model) if bodies is not None else None)
+                 workload.stream(model) if workload is not None else None)
         )
     finally:
         if bar:
             bar.stop()
     report = _report(url, model, users, requests, max_tokens, live, duration, status)
     if workload is not None:
-        report["workload"] = workload
+        report["workload"] = workload.to_json()
     return report
 
 
