@@ -7,7 +7,7 @@ process trees of vLLM's worker executors (a worker process, a Ray actor) without
              rank in a `VLLM::Worker` process of its own; then as tp2 (worker `kill -9`ed, daemon
              `kill -9`ed)
   ray1       the same on Ray: the supervisor's cluster mode with one node (`ray start --head`
-             under the daemon), the rank a `RayWorkerWrapper` actor under Ray's raylet; then as
+             under the daemon), the rank a `RayWorkerProc` actor under Ray's raylet; then as
              tp2, and no Ray process left anywhere after the daemon's `kill -9`
   tp2        `3080x2-qwen3-8b` at a 20 GB budget per GPU (utilization from the GPUs' real total),
              TP 2 with --disable-custom-all-reduce: ready; KV tokens and concurrency from the log
@@ -47,7 +47,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import shutil
 import tempfile
 import traceback
@@ -110,6 +109,14 @@ def used_per_gpu(ctx: MultiCtx) -> list[int]:
                              capture_output=True, text=True, timeout=30).stdout
         return [int(x) for x in out.split()]
     return []
+
+
+def budget_sets(ctx: MultiCtx, budget_gib: float) -> list[str]:
+    """`--set`s for a card of `budget_gib` (utilization from this GPU's real total, the recovery
+    bounds kept at it) with dummy weights."""
+    util = ctx.util(budget_gib)
+    return [f"vllm.gpu_memory_utilization={util}", "recovery.min_gpu_memory_utilization=0.05",
+            f"recovery.max_gpu_memory_utilization={util}", "vllm.load_format=dummy"]
 
 
 def context(base: gv.Ctx, profile: str, model: str, gpus: int) -> MultiCtx:
@@ -202,8 +209,7 @@ def worker_death_and_kill(ctx: MultiCtx, d: gv.Daemon, title: str, r: dict[str, 
 
 def scenario_tp2(base: gv.Ctx, models: Path) -> dict[str, Any]:
     ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 2)
-    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "recovery.min_gpu_memory_utilization=0.05",
-            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "vllm.load_format=dummy"]
+    sets = budget_sets(ctx, BUDGET_20GB)
     r: dict[str, Any] = {"scenario": "tp2: 3080x2-qwen3-8b at 20 GB per GPU, TP 2, custom all-reduce off", "ok": False}
     d = gv.Daemon(ctx, "tp2", sets)
     try:
@@ -231,8 +237,7 @@ def scenario_mp1(base: gv.Ctx, models: Path) -> dict[str, Any]:
     rank runs in a `VLLM::Worker` process of its own, as each rank does under tensor parallel."""
     ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 1)
     ctx.profile = one_gpu_profile(ctx, "qwen3-8b-mp1", {"extra_args": ["--distributed-executor-backend", "mp"]})
-    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_40GB)}", "recovery.min_gpu_memory_utilization=0.05",
-            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_40GB)}", "vllm.load_format=dummy"]
+    sets = budget_sets(ctx, BUDGET_40GB)
     r: dict[str, Any] = {"scenario": "mp1: Qwen3-8B at 40 GB on one GPU, a worker process (executor mp)", "ok": False}
     d = gv.Daemon(ctx, "mp1", sets)
     if not base.simulate:
@@ -245,8 +250,9 @@ def scenario_mp1(base: gv.Ctx, models: Path) -> dict[str, Any]:
 
 def scenario_ray1(base: gv.Ctx, models: Path) -> dict[str, Any]:
     """One GPU on Ray: the supervisor's cluster mode with one node (`ray start --head` under the
-    daemon, vLLM with `--distributed-executor-backend ray`): the rank is a `RayWorkerWrapper`
-    actor, a child of Ray's raylet rather than of vLLM."""
+    daemon, vLLM with `--distributed-executor-backend ray`): the rank is a Ray actor
+    (`RayWorkerProc` from vLLM 0.26, `RayWorkerWrapper` before), a child of Ray's raylet rather
+    than of vLLM."""
     ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 1)
     r: dict[str, Any] = {"scenario": "ray1: Qwen3-8B at 40 GB on one GPU, the rank a Ray actor (cluster mode, one node)",
                          "ok": False}
@@ -255,18 +261,9 @@ def scenario_ray1(base: gv.Ctx, models: Path) -> dict[str, Any]:
     except ImportError:
         return r | {"skipped": "Ray is not installed here (pip install 'ray[default]')"}
     ray_tmp = tempfile.mkdtemp(prefix="lsr", dir="/tmp")  # Ray's socket paths must stay short
-    cluster = ray_cluster(1, gv.free_port(), ray_tmp)
-    if base.simulate:  # keep Ray light on a small machine
-        cluster.update({"num_cpus": 1, "object_store_memory_bytes": 80_000_000})
-    ctx.profile = one_gpu_profile(ctx, "qwen3-8b-ray1", {}, cluster)
-    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_40GB)}", "recovery.min_gpu_memory_utilization=0.05",
-            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_40GB)}", "vllm.load_format=dummy"]
-    d = gv.Daemon(ctx, "ray1", sets)
-    d.env.update(RAY_ENV)
-    if base.simulate:
-        d.env.update({"LLM_SUPERVISOR_SIM_GPU_DIR": str(d.dir / "gpu"), "LLM_SUPERVISOR_SIM_GPU_COUNT": "1"})
-    else:
-        d.env["CUDA_VISIBLE_DEVICES"] = "0"
+    ctx.profile = one_gpu_profile(ctx, "qwen3-8b-ray1", {}, ray_cluster(1, gv.free_port(), ray_tmp, base.simulate))
+    sets = budget_sets(ctx, BUDGET_40GB)
+    d = ray_node(gv.Daemon(ctx, "ray1", sets), base.simulate, 0)
     try:
         worker_death_and_kill(ctx, d, "ray::RayWorker", r, ("--role", "head"))  # RayWorkerProc (0.26+), RayWorkerWrapper before
         r["ray_processes_anywhere"] = [] if base.simulate else ray_procs_anywhere()
@@ -281,23 +278,19 @@ def ray_procs_anywhere() -> list[str]:
     """Real runs only: any Ray process on this machine (nothing else runs Ray there), known by what
     it runs: an actor's or worker's title (`ray::…`), Ray's daemons, `ray start`. A shell whose
     command line merely mentions them is not one."""
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
-        with contextlib.suppress(psutil.Error, TypeError, IndexError):
-            argv = p.info["cmdline"] or []
-            if p.info["status"] == psutil.STATUS_ZOMBIE or not argv:
-                continue
-            exe = Path(argv[0]).name
-            ray_start = exe == "ray" or (len(argv) > 1 and Path(argv[1]).name == "ray")
-            if argv[0].startswith("ray::") or exe in ("raylet", "gcs_server") or ray_start:
-                found.append(f"{p.pid} {' '.join(argv)[:120]}")
-    return found
+    def is_ray(argv: list[str], _name: str) -> bool:
+        if not argv:
+            return False
+        exe = Path(argv[0]).name
+        ray_start = exe == "ray" or (len(argv) > 1 and Path(argv[1]).name == "ray")
+        return argv[0].startswith("ray::") or exe in ("raylet", "gcs_server") or ray_start
+
+    return gv.procs_anywhere(is_ray)
 
 
 def scenario_allreduce(base: gv.Ctx, models: Path) -> dict[str, Any]:
     ctx = context(base, "3080x2-qwen3-8b", model_folder(base, models, "qwen3-8b", "Qwen/Qwen3-8B"), 2)
-    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "recovery.min_gpu_memory_utilization=0.05",
-            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "vllm.load_format=dummy",
+    sets = [*budget_sets(ctx, BUDGET_20GB),
             "vllm.disable_custom_all_reduce=false"]
     if base.simulate:
         ctx.env["LLM_SUPERVISOR_SIM_FAULT"] = "allreduce_fusion"  # what two H200s showed once
@@ -319,8 +312,7 @@ def scenario_allreduce(base: gv.Ctx, models: Path) -> dict[str, Any]:
 def scenario_a10x8(base: gv.Ctx, models: Path, tp: int, dp: int) -> dict[str, Any]:
     key = f"tp{tp}" + (f"dp{dp}" if dp > 1 else "")
     ctx = context(base, "a10x8-qwen3-32b-awq", model_folder(base, models, "qwen3-32b-awq", "Qwen/Qwen3-32B-AWQ"), 8)
-    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_24GB)}", "recovery.min_gpu_memory_utilization=0.05",
-            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_24GB)}", "vllm.load_format=dummy",
+    sets = [*budget_sets(ctx, BUDGET_24GB),
             f"vllm.tensor_parallel_size={tp}", f"vllm.data_parallel_size={dp}"]
     r: dict[str, Any] = {"scenario": f"{key}: a10x8-qwen3-32b-awq at 24 GB per GPU, TP {tp} × DP {dp}", "ok": False}
     d = gv.Daemon(ctx, key, sets)
@@ -342,14 +334,27 @@ RAY_ENV = {"RAY_DISABLE_USAGE_STATS": "1", "RAY_gcs_rpc_server_reconnect_timeout
            "LLM_SUPERVISOR_SIM_RAY_PG_TIMEOUT_S": "60"}
 
 
-def ray_cluster(nodes: int, gcs_port: int, ray_tmp: str) -> dict[str, Any]:
+def ray_cluster(nodes: int, gcs_port: int, ray_tmp: str, simulate: bool) -> dict[str, Any]:
     """The profile's `cluster:` section for `nodes` Ray nodes on this host."""
     cluster: dict[str, Any] = {
         "nodes": nodes, "head_address": f"127.0.0.1:{gcs_port}", "temp_dir": ray_tmp,
         "ray_command": shutil.which("ray") or str(Path(sys.executable).parent / "ray"),
         "join_timeout_s": 600, "poll_interval_s": 1, "restart_backoff_initial_s": 1,
         "object_store_memory_bytes": 2 * 2**30}
+    if simulate:  # keep Ray light on a small machine
+        cluster.update({"num_cpus": 1, "object_store_memory_bytes": 80_000_000})
     return cluster
+
+
+def ray_node(d: gv.Daemon, simulate: bool, gpu: int) -> gv.Daemon:
+    """A daemon as one Ray "host" of this machine: Ray's settings, and a GPU of its own (a
+    simulated one, or CUDA_VISIBLE_DEVICES)."""
+    d.env.update(RAY_ENV)
+    if simulate:
+        d.env.update({"LLM_SUPERVISOR_SIM_GPU_DIR": str(d.dir / "gpu"), "LLM_SUPERVISOR_SIM_GPU_COUNT": "1"})
+    else:
+        d.env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    return d
 
 
 def ray_profile(ctx: MultiCtx, gcs_port: int, ray_tmp: str) -> Path:
@@ -359,9 +364,7 @@ def ray_profile(ctx: MultiCtx, gcs_port: int, ray_tmp: str) -> Path:
     data["hardware"]["gpu_count"] = 1
     # the supervisor keeps tensor parallelism within a host (vLLM's advice for Ray): PP 2 spans the two
     data["vllm"].update({"tensor_parallel_size": 1, "pipeline_parallel_size": 2})
-    data["cluster"] = ray_cluster(2, gcs_port, ray_tmp)
-    if ctx.simulate:  # keep Ray light on a small machine
-        data["cluster"].update({"num_cpus": 1, "object_store_memory_bytes": 80_000_000})
+    data["cluster"] = ray_cluster(2, gcs_port, ray_tmp, ctx.simulate)
     path = ctx.out / "ray2-profile.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -376,16 +379,11 @@ def scenario_ray2(base: gv.Ctx, models: Path) -> dict[str, Any]:
         return r | {"skipped": "Ray is not installed here (pip install 'ray[default]')"}
     ray_tmp = tempfile.mkdtemp(prefix="lsr", dir="/tmp")  # Ray's socket paths must stay short
     ctx.profile = ray_profile(ctx, gv.free_port(), ray_tmp)
-    sets = [f"vllm.gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "recovery.min_gpu_memory_utilization=0.05",
-            f"recovery.max_gpu_memory_utilization={ctx.util(BUDGET_20GB)}", "vllm.load_format=dummy"]
+    sets = budget_sets(ctx, BUDGET_20GB)
     head = gv.Daemon(ctx, "ray2-head", sets)
     worker = gv.Daemon(ctx, "ray2-worker", [*sets, f"cluster.node_ip={WORKER_IP}"])
     for i, node in enumerate((head, worker)):
-        node.env.update(RAY_ENV)
-        if ctx.simulate:  # each "host" has a simulated GPU of its own
-            node.env.update({"LLM_SUPERVISOR_SIM_GPU_DIR": str(node.dir / "gpu"), "LLM_SUPERVISOR_SIM_GPU_COUNT": "1"})
-        else:
-            node.env["CUDA_VISIBLE_DEVICES"] = str(i)
+        ray_node(node, ctx.simulate, i)
     try:
         head.start("--role", "head")
         worker.start("--role", "worker")

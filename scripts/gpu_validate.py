@@ -182,21 +182,30 @@ def gpu_used_mib(ctx: Ctx) -> int | None:
         return None
 
 
-def engine_procs_anywhere() -> list[str]:
-    """Real runs only: any vLLM process on this machine (nothing else runs vLLM here)."""
+def procs_anywhere(match: Callable[[list[str], str], bool]) -> list[str]:
+    """Live processes of this machine (this one aside) that `match(argv, name)` picks, as
+    "PID command line"."""
     found = []
     for p in psutil.process_iter(["pid", "name", "cmdline", "status"]):
         try:
-            if p.info["status"] == psutil.STATUS_ZOMBIE:
+            if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid == os.getpid():
                 continue
-            cmd = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
+            argv, name = list(p.info["cmdline"] or []), p.info["name"] or ""
         except (psutil.Error, TypeError):
             continue
-        if p.pid == os.getpid():
-            continue
-        if "VLLM::" in cmd or "vllm.entrypoints" in cmd or re.search(r"(^|/)vllm serve", cmd) or "llm_supervisor.runtime.guard" in cmd:
-            found.append(f"{p.pid} {cmd[:120]}")
+        if match(argv, name):
+            found.append(f"{p.pid} {(' '.join(argv) or name)[:120]}")
     return found
+
+
+def engine_procs_anywhere() -> list[str]:
+    """Real runs only: any vLLM process on this machine (nothing else runs vLLM here)."""
+    def is_engine(argv: list[str], name: str) -> bool:
+        cmd = " ".join(argv) or name
+        return ("VLLM::" in cmd or "vllm.entrypoints" in cmd or bool(re.search(r"(^|/)vllm serve", cmd))
+                or "llm_supervisor.runtime.guard" in cmd)
+
+    return procs_anywhere(is_engine)
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
