@@ -181,6 +181,15 @@ def test_calibration_nested_very_deep_is_set_aside(tmp_path: Path) -> None:
     assert list(tmp_path.glob("calibration.json.corrupt-*")) and not (tmp_path / "calibration.json").exists()
 
 
+def test_calibration_read_only_reports_and_leaves_a_corrupt_file(tmp_path: Path) -> None:
+    content = b"[" * 100_000 + b"]" * 100_000
+    (tmp_path / "calibration.json").write_bytes(content)
+    calibration = Calibration.in_state_dir(tmp_path, readonly=True)
+    assert calibration.entries() == []
+    assert calibration.warnings == [f"{tmp_path / 'calibration.json'}: calibration file is corrupt (nested too deep); ignoring it"]
+    assert (tmp_path / "calibration.json").read_bytes() == content
+
+
 def test_up_starts_past_deep_state_and_calibration(tmp_path: Path) -> None:
     """`plan` (which reads both) and the daemon's own loading go on, with warnings."""
     state = tmp_path / "state"

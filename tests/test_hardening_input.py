@@ -436,7 +436,8 @@ def test_state_file_that_is_a_directory_is_a_warning(tmp_path: Path) -> None:
     store.save()  # cannot replace a directory: logged, not raised
 
 
-def test_plan_with_corrupt_calibration_warns(tmp_path: Path) -> None:
+def test_plan_with_corrupt_calibration_warns_and_leaves_the_file(tmp_path: Path) -> None:
+    # like the state file: `plan` may run beside the daemon that owns calibration.json
     env = clean_env(tmp_path)
     state = Path(env["LLM_SUPERVISOR_STATE_DIR"])
     state.mkdir(parents=True)
@@ -447,6 +448,8 @@ def test_plan_with_corrupt_calibration_warns(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
         warnings = json.loads(result.stdout)["warnings"]
         assert any("calibration" in w for w in warnings), warnings
+        assert (state / "calibration.json").read_bytes() == content
+        assert not list(state.glob("calibration.json.corrupt-*"))
 
 
 def test_plan_with_corrupt_state_warns_and_leaves_the_file(tmp_path: Path) -> None:

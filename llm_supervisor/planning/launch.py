@@ -297,7 +297,9 @@ def build_plan(
 
     hf_home = extra_env.get("HF_HOME") or base_env.get("HF_HOME")
 
-    calibration = Calibration.in_state_dir(settings.state_dir)
+    # `plan` reads the file a running daemon owns: a corrupt one is reported, not moved (unless
+    # --calibrate-from is about to write a new one)
+    calibration = Calibration.in_state_dir(settings.state_dir, readonly=not for_launch and calibrate_from is None)
     warnings.extend(calibration.warnings)
     if calibrate_from is not None:
         calibration.learn_from_log(calibrate_from, model=profile.model.id, gpu_name=gpu_name or "",

@@ -35,18 +35,22 @@ SPEED_POINTS_KEPT = 24
 
 class Calibration:
     """This host's learned overheads: JSON in <state_dir>/calibration.json, written atomically
-    (temporary file + os.replace). A corrupt file is ignored with a warning, never a crash."""
+    (temporary file + os.replace). A corrupt file is ignored with a warning, never a crash.
 
-    def __init__(self, path: str | Path) -> None:
+    readonly: a reader beside a running daemon (`plan`): a corrupt file is reported and left where
+    it is (the daemon, which owns it, sets it aside)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self.warnings: list[str] = []
         self._entries: dict[str, CalibrationEntry] = {}
         self._speed: dict[str, dict[str, Any]] = {}
         self.load()
 
     @classmethod
-    def in_state_dir(cls, state_dir: str | Path) -> "Calibration":
-        return cls(Path(state_dir) / CALIBRATION_FILE)
+    def in_state_dir(cls, state_dir: str | Path, *, readonly: bool = False) -> "Calibration":
+        return cls(Path(state_dir) / CALIBRATION_FILE, readonly=readonly)
 
     # --- reading
 
@@ -98,7 +102,10 @@ class Calibration:
 
     def _set_aside(self, why: str) -> None:
         """Move a corrupt file out of the way (kept for a person to look at), with a warning; the
-        next observation starts a new file."""
+        next observation starts a new file. A read-only reader only says so."""
+        if self.readonly:
+            self._warn(f"{self.path}: {why}; ignoring it")
+            return
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         try:
             os.replace(self.path, aside)
