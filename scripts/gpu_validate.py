@@ -199,11 +199,18 @@ def procs_anywhere(match: Callable[[list[str], str], bool]) -> list[str]:
 
 
 def engine_procs_anywhere() -> list[str]:
-    """Real runs only: any vLLM process on this machine (nothing else runs vLLM here)."""
+    """Real runs only: any vLLM process on this machine (nothing else runs vLLM here). Judged by
+    the program and its arguments one by one, so a shell whose command line merely mentions vLLM
+    (this script's own caller) is not taken for an engine."""
     def is_engine(argv: list[str], name: str) -> bool:
-        cmd = " ".join(argv) or name
-        return ("VLLM::" in cmd or "vllm.entrypoints" in cmd or bool(re.search(r"(^|/)vllm serve", cmd))
-                or "llm_supervisor.runtime.guard" in cmd)
+        if (argv[:1] or [name])[0].startswith("VLLM::") or name.startswith("VLLM::"):
+            return True  # vLLM's process titles: VLLM::EngineCore, VLLM::Worker_TP0 …
+        # `python -m vllm.entrypoints…`, `python -m llm_supervisor.runtime.guard`
+        modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
+        if any(m.startswith("vllm.entrypoints") or m == "llm_supervisor.runtime.guard" for m in modules):
+            return True
+        # `vllm serve …` or `python …/bin/vllm serve …`
+        return any(Path(a).name == "vllm" and argv[i + 1:i + 2] == ["serve"] for i, a in enumerate(argv[:2]))
 
     return procs_anywhere(is_engine)
 
