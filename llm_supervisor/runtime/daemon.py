@@ -174,6 +174,7 @@ class Daemon(RestartLoop):
         self.exit_code = EXIT_OK
         self.gave_up_line = ""
         self._launched_at = 0.0
+        self._kv_said: tuple[Any, ...] | None = None  # the KV figures last logged, per attempt
         self.series = Series(settings.series_interval_s)
         # `supervisor logs -f`: each follower's queue gets ((inode, size after), bytes) as the log
         # writer puts them in the file, so a follower reads every byte once (file or queue)
@@ -389,8 +390,12 @@ class Daemon(RestartLoop):
         elif kind == "fact" and data.get("name") == "vllm_version":
             self._note_version(str(data.get("value")))
         elif kind == "fact" and data.get("name") in FACTS_SHOWN:
-            if data.get("name") in ("kv_cache_tokens", "max_concurrency") and f.kv_cache_tokens and f.max_concurrency:
-                ctx = f.max_concurrency_context or self.args.max_model_len
+            ctx = f.max_concurrency_context or self.args.max_model_len
+            said = (f.kv_cache_tokens, f.max_concurrency, ctx)
+            # one line per figure pair: vLLM 0.28+ prints both on one line, which gives two facts
+            if data.get("name") in ("kv_cache_tokens", "max_concurrency") and f.kv_cache_tokens and f.max_concurrency \
+                    and said != self._kv_said:
+                self._kv_said = said
                 self.message = f"KV cache: {f.kv_cache_tokens:,} tokens, {f.max_concurrency:.2f}x at {ctx:,}"
                 log.info("vLLM reports %s KV-cache tokens, max concurrency %.2fx at %s tokens",
                          f"{f.kv_cache_tokens:,}", f.max_concurrency, f"{ctx:,}", extra=SHOWN)
@@ -620,6 +625,7 @@ class Daemon(RestartLoop):
         self.classifier = self.parser.sink  # type: ignore[assignment]
         self.ready_at = None
         self.metrics_kv_tokens = None
+        self._kv_said = None
         self.last_output = self.clock.monotonic()
         self._launched_at = self.clock.time()
         if self.door is not None:
