@@ -156,3 +156,16 @@ class FrontDoor:
         task = loop.create_task(upstream.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+def drain_summary(drained: dict[str, Any]) -> str:
+    """One line for the log from what `FrontDoor.drain` returned."""
+    d = drained
+    parts = [f"{d['at_engine']} at the engine", f"{d['completed']} completed"]
+    if d["cut"]:
+        parts.append(f"{d['cut']} cut at the end of the grace ({d['requeued']} to be re-sent, {d['cut_streams']} "
+                     f"stream(s) ended with an error event, {d['cut_responses']} response(s) cut)")
+    if d["still_at_engine"]:
+        parts.append(f"{d['still_at_engine']} still at the engine")
+    parts.append(f"{d['held']} held for the next engine")
+    return f"in {d['waited_s']:g} s of {d['grace_s']:g} s grace: " + ", ".join(parts)
