@@ -50,7 +50,7 @@ async def main(args: argparse.Namespace) -> None:
         elif cmd == "failed":
             door.engine_failed(arg or "gave up")
         elif cmd == "drain":
-            answer = await door.drain(float(arg) if arg else None)
+            answer = (await door.drain(float(arg) if arg else None)).to_json()
         elif cmd == "stats":
             answer = door.stats()
         elif cmd == "stop":

@@ -28,6 +28,7 @@ import httpx
 
 from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.settings import load_settings
+from llm_supervisor.frontdoor import Drained
 from llm_supervisor.host.gpus import Gpu
 from llm_supervisor.planning.launch import build_plan
 from llm_supervisor.runtime.daemon import Daemon
@@ -683,9 +684,9 @@ class RecordingDoor:
     def engine_failed(self, reason: str) -> None:
         self.calls.append(("failed", reason))
 
-    async def drain(self, grace_s: float | None = None) -> dict[str, Any]:
+    async def drain(self, grace_s: float | None = None) -> Drained:
         self.calls.append(("drain",))
-        return {"completed": 0, "cut": 0}
+        return Drained(grace_s=30.0 if grace_s is None else grace_s, waited_s=0.0, at_engine=0, completed=0)
 
     def stats(self) -> dict[str, Any]:
         return {"held": 0, "in_flight": 0}

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from llm_supervisor.api.embedded import BindError
-from llm_supervisor.frontdoor import FrontDoor, FrontDoorConfig, drain_summary
+from llm_supervisor.frontdoor import FrontDoor, FrontDoorConfig
 from llm_supervisor.frontdoor.proxy import events_end
 
 A = "http://engine-a:8000"
@@ -383,9 +383,9 @@ def test_drain_lets_requests_finish_and_holds_new_ones() -> None:
             slow.answer({"from": "a"})
             result = await drain
             assert (await at_engine).json() == {"from": "a"}
-            assert result["completed"] == 1 and result["cut"] == 0 and result["still_at_engine"] == 0
-            assert result["held"] == 1
-            assert drain_summary(result).endswith("s of 30 s grace: 1 at the engine, 1 completed, 1 held for the next engine")
+            assert result.completed == 1 and result.cut == 0 and result.still_at_engine == 0
+            assert result.held == 1
+            assert str(result).endswith("s of 30 s grace: 1 at the engine, 1 completed, 1 held for the next engine")
             door.engine_starting(eta_s=5)
             door.engine_ready(B)
             assert (await newcomer).json() == {"from": "b"}
@@ -416,9 +416,9 @@ def test_drain_past_its_grace_resends_what_was_not_answered() -> None:
                 clock.advance(10)
                 result = await drain
                 rest = b"".join([chunk async for chunk in chunks])
-            assert result["cut"] == 2 and result["requeued"] == 1 and result["cut_streams"] == 1
-            assert drain_summary(result) == (
-                f"in {result['waited_s']:g} s of 10 s grace: 2 at the engine, 0 completed, 2 cut at the end of the grace "
+            assert result.cut == 2 and result.requeued == 1 and result.cut_streams == 1
+            assert str(result) == (
+                f"in {result.waited_s:g} s of 10 s grace: 2 at the engine, 0 completed, 2 cut at the end of the grace "
                 "(1 to be re-sent, 1 stream(s) ended with an error event, 0 response(s) cut), 1 held for the next engine")
             assert events(rest)[-1] == b"[DONE]" and b"error" in rest
             door.engine_starting(eta_s=5)

@@ -230,7 +230,7 @@ def test_drain_before_a_restart_loses_nothing(sims: Callable[..., Sim]) -> None:
             newcomers = [asyncio.ensure_future(c.post(url + "/v1/chat/completions", json=chat(max_tokens=3)))
                          for _ in range(3)]
             result = await drain
-            assert result["completed"] == 6 and result["cut"] == 0 and result["still_at_engine"] == 0
+            assert result.completed == 6 and result.cut == 0 and result.still_at_engine == 0
             assert door.stats()["held"] == 3
 
             assert old.proc is not None

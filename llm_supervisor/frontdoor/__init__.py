@@ -11,8 +11,8 @@ profile's `frontdoor:` section (config/frontdoor.py); time is llm_supervisor.clo
 """
 
 from llm_supervisor.config.frontdoor import FrontDoorConfig
-from llm_supervisor.frontdoor.door import FrontDoor, drain_summary
+from llm_supervisor.frontdoor.door import Drained, FrontDoor
 from llm_supervisor.frontdoor.gate import EngineState
 from llm_supervisor.frontdoor.metrics import FrontDoorCollector
 
-__all__ = ["EngineState", "FrontDoor", "FrontDoorCollector", "FrontDoorConfig", "drain_summary"]
+__all__ = ["Drained", "EngineState", "FrontDoor", "FrontDoorCollector", "FrontDoorConfig"]

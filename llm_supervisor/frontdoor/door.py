@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import httpx
@@ -32,6 +33,37 @@ log = logging.getLogger("llm_supervisor.frontdoor")
 # After a drain's grace (or at stop) the requests still at the engine are cut; this long is left for
 # them to end their answers (an error event, a re-send queued) before the figures are taken.
 CUT_SETTLE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Drained:
+    """What a drain before a planned restart did: requests at the engine when it began, those that
+    finished within the grace, those cut at its end (unanswered ones re-sent to the next engine,
+    streams ended with an error event), and those held for the next engine."""
+
+    grace_s: float
+    waited_s: float
+    at_engine: int
+    completed: int
+    cut: int = 0
+    requeued: int = 0
+    cut_streams: int = 0
+    cut_responses: int = 0
+    still_at_engine: int = 0
+    held: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        parts = [f"{self.at_engine} at the engine", f"{self.completed} completed"]
+        if self.cut:
+            parts.append(f"{self.cut} cut at the end of the grace ({self.requeued} to be re-sent, {self.cut_streams} "
+                         f"stream(s) ended with an error event, {self.cut_responses} response(s) cut)")
+        if self.still_at_engine:
+            parts.append(f"{self.still_at_engine} still at the engine")
+        parts.append(f"{self.held} held for the next engine")
+        return f"in {self.waited_s:g} s of {self.grace_s:g} s grace: " + ", ".join(parts)
 
 
 class FrontDoor:
@@ -104,7 +136,7 @@ class FrontDoor:
         self._address = None
         self.gate.set_failed(reason)
 
-    async def drain(self, grace_s: float | None = None) -> dict[str, Any]:
+    async def drain(self, grace_s: float | None = None) -> Drained:
         """Before a planned restart: hold new requests, let those at the engine finish within the
         grace (config drain_grace_s), then cut the rest (unanswered ones are re-sent to the next
         engine). Returns what happened."""
@@ -121,18 +153,18 @@ class FrontDoor:
                 cut = gate.cut(gate.generation, "the model server is restarting")
                 await gate.wait_idle(CUT_SETTLE_S)
         after = gate.counters.outcomes
-        return {
-            "grace_s": grace,
-            "waited_s": round(self.clock.monotonic() - started, 3),
-            "at_engine": at_engine,
-            "completed": after["completed"] - before["completed"],
-            "cut": cut,
-            "requeued": after["retry"] - before["retry"],
-            "cut_streams": after["cut_stream"] - before["cut_stream"],
-            "cut_responses": after["cut_response"] - before["cut_response"],
-            "still_at_engine": gate.in_flight,
-            "held": gate.held,
-        }
+        return Drained(
+            grace_s=grace,
+            waited_s=round(self.clock.monotonic() - started, 3),
+            at_engine=at_engine,
+            completed=after["completed"] - before["completed"],
+            cut=cut,
+            requeued=after["retry"] - before["retry"],
+            cut_streams=after["cut_stream"] - before["cut_stream"],
+            cut_responses=after["cut_response"] - before["cut_response"],
+            still_at_engine=gate.in_flight,
+            held=gate.held,
+        )
 
     # ------------------------------------------------------------------ figures
 
@@ -157,15 +189,3 @@ class FrontDoor:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-
-def drain_summary(drained: dict[str, Any]) -> str:
-    """One line for the log from what `FrontDoor.drain` returned."""
-    d = drained
-    parts = [f"{d['at_engine']} at the engine", f"{d['completed']} completed"]
-    if d["cut"]:
-        parts.append(f"{d['cut']} cut at the end of the grace ({d['requeued']} to be re-sent, {d['cut_streams']} "
-                     f"stream(s) ended with an error event, {d['cut_responses']} response(s) cut)")
-    if d["still_at_engine"]:
-        parts.append(f"{d['still_at_engine']} still at the engine")
-    parts.append(f"{d['held']} held for the next engine")
-    return f"in {d['waited_s']:g} s of {d['grace_s']:g} s grace: " + ", ".join(parts)

@@ -31,7 +31,7 @@ from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
-from llm_supervisor.frontdoor import FrontDoor, drain_summary
+from llm_supervisor.frontdoor import FrontDoor
 from llm_supervisor.host.logfiles import attempt_section, read_ranges
 from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants
 from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port
@@ -707,7 +707,7 @@ class Daemon(RestartLoop):
             if self.door is not None and planned and reached_ready:
                 # a planned restart: what the engine is answering may finish; new requests wait
                 drained = await self.door.drain()
-                log.info("front door drained before the restart %s", drain_summary(drained))
+                log.info("front door drained before the restart %s", drained)
             asked_at = self.clock.monotonic()
             exit_info = await engine.stop(self.settings.stop_timeout_s)
             waited = self.clock.monotonic() - asked_at
