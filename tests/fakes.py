@@ -580,6 +580,10 @@ class FakeEngine:
                     API.format(level="ERROR", src="async_llm.py:480", msg="EngineDeadError: EngineCore encountered an issue."))
         self._exit(ExitInfo(0))
 
+    def guard_killed(self) -> None:
+        """`kill -9` of the guard: the launcher finds no exit report and ends what the guard left."""
+        self._exit(ExitInfo(128 + 9, 9, guard_lost=True, guard_pid=self._guard_pid, left=2))
+
     def runtime_oom(self) -> None:
         """A CUDA OOM while serving: EngineCore logs it and dies; the API server exits 0."""
         self._print(CORE.format(level="ERROR", src="core.py:1759", msg="EngineCore encountered a fatal error."),

@@ -349,6 +349,24 @@ def test_the_front_door_is_told_what_the_engine_does(make) -> None:
     asyncio.run(scenario())
 
 
+def test_the_front_door_hears_of_a_lost_guard_at_once(make) -> None:
+    """The guard killed: no exit report, but the engine is gone all the same; the front door holds
+    (state down) from that moment, not only from the relaunch after the backoff."""
+    async def scenario() -> None:
+        h = make().start()
+        await h.ready()
+        h.engine.guard_killed()
+        await h.until(lambda: h.door.names()[3:4] == ["down"], what="the front door told")
+        assert h.daemon.state.value == "backoff"
+        await h.ready(attempt=2)
+        assert h.door.names()[3:6] == ["down", "starting", "ready"]
+        relaunch = [e for e in h.daemon.status()["history"] if e["event"] == "relaunch"]
+        assert relaunch[0]["failure"]["kind"] == "engine_dead" and "lost its guard" in relaunch[0]["failure"]["message"]
+        h.daemon.inbox.put(Command.STOP)
+        assert await h.exit_code() == 0
+    asyncio.run(scenario())
+
+
 def test_the_front_door_answers_honestly_when_recovery_gives_up(make) -> None:
     async def scenario() -> None:
         h = make(FakeVllm(fault="model_not_found")).start()

@@ -723,16 +723,16 @@ class Daemon(RestartLoop):
             level = logging.WARNING
         if self._log is not None:
             self._log.write(f"===== engine {described}\n".encode())
-        if failure is None and not requested and exit_info.guard_lost:
+        unexpected = failure is None and not requested
+        if unexpected and exit_info.guard_lost:
             # Whatever the engine printed last, it did not end by itself: its guard was killed.
             failure = Failure(FailureKind.ENGINE_DEAD, f"the engine {exit_info.description}", {"guard_lost": 1},
                               "runtime" if reached_ready else None)
-        if failure is None and not requested:
+        elif unexpected:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
-            if self.door is not None:  # clients see the engine is gone; what it had not answered waits
-                self.door.engine_down("the model server stopped unexpectedly and is being restarted",
-                                      self._time_to_ready())
+        if unexpected and self.door is not None:  # clients see the engine is gone; what it had not answered waits
+            self.door.engine_down("the model server stopped unexpectedly and is being restarted", self._time_to_ready())
         # The kind only: the decision line that follows says it with its numbers, the history keeps
         # vLLM's whole message.
         log.log(level, "attempt %d: engine %s%s", self.attempt, described, f" ({failure.kind})" if failure else "",
