@@ -262,6 +262,24 @@ def test_clean_sigterm_is_not_a_failure_in_a_saved_log() -> None:
     assert failure.kind is FailureKind.ENGINE_DEAD and "signal" in failure.message
 
 
+def test_a_sigkill_of_the_api_server_is_said_as_such_not_as_a_shutdown() -> None:
+    # its EngineCore, left behind, logs a signal-triggered shutdown; the main process was killed
+    shutdown = "(EngineCore pid=2) INFO 12-04 05:30:23 [core.py:1698] [shutdown] EngineCore: trigger received signal=SIGTERM"
+    after = classify([shutdown], exit_code=137, was_ready=True)
+    assert after.kind is FailureKind.ENGINE_DEAD and after.values == {"exit_code": 137}
+    assert after.message == ("vLLM was killed by SIGKILL after it was ready (exit code 137: `kill -9`, or the kernel's "
+                             "OOM killer when host memory ran out)")
+    before = classify(["(APIServer pid=1) INFO 12-04 05:30:20 [api_server.py:1] vLLM API server version 0.26.0"],
+                      exit_code=-9)
+    assert before.kind is FailureKind.UNKNOWN and before.message == ("vLLM was killed by SIGKILL before it was ready "
+                                                                  "(`kill -9`, or the kernel's OOM killer when host memory ran out)")
+    assert classify([shutdown], exit_code=143, was_ready=True).message == \
+        "vLLM was killed by SIGTERM after it was ready (exit code 143)"
+    assert classify([shutdown], exit_code=0, was_ready=True).message == \
+        "vLLM shut down on a signal after it was ready (exit code 0)"
+    assert classify([], exit_code=3, was_ready=True).message == "vLLM exited with code 3 after it was ready"
+
+
 def test_exit_zero_after_ready_is_engine_dead() -> None:
     failure = classify(["(APIServer pid=1) INFO:     Application startup complete."], exit_code=0, was_ready=True)
     assert failure.kind is FailureKind.ENGINE_DEAD

@@ -508,13 +508,15 @@ class FailureClassifier:
             if root and root not in message:
                 message = f"{message} (root cause: {root})"
             return Failure(FailureKind.ENGINE_DEAD, _clean(message), values, "runtime" if was_ready else None)
+        when = "after it was ready" if was_ready else "before it was ready"
+        killed = None if exit_code is None else _killed(exit_code, when)
         if was_ready:
             if exit_code is None:
                 return None
-            if self._shutdown_requested:
+            if killed is not None:  # a child's shutdown lines do not explain the main process's kill
+                message = killed
+            elif self._shutdown_requested:
                 message = f"vLLM shut down on a signal after it was ready (exit code {exit_code})"
-            elif exit_code < 0:
-                message = f"vLLM was killed by signal {-exit_code} after it was ready"
             else:
                 message = f"vLLM exited with code {exit_code} after it was ready"
             if root:
@@ -527,9 +529,8 @@ class FailureClassifier:
             return None
         if exit_code == 2 and root is None:
             return Failure(FailureKind.BAD_ARGUMENTS, cause or "vLLM exited with code 2 (bad command-line arguments)", values)
-        if exit_code < 0:
-            message = f"vLLM was killed by signal {-exit_code} before it was ready"
-            return Failure(FailureKind.UNKNOWN, _clean(message + (f"; last error: {cause}" if cause else "")), values)
+        if killed is not None:
+            return Failure(FailureKind.UNKNOWN, _clean(killed + (f"; last error: {cause}" if cause else "")), values)
         if exit_code == 0:
             message = "vLLM exited with code 0 before it was ready"
             if self._shutdown_requested:
@@ -538,3 +539,21 @@ class FailureClassifier:
         if cause is None and self._last_other:
             cause = _clean(f"vLLM exited with code {exit_code} before it was ready; its last words: {self._last_other}")
         return Failure(FailureKind.UNKNOWN, cause or f"vLLM exited with code {exit_code} before it was ready", values)
+
+
+
+_SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
+
+
+def _killed(exit_code: int, when: str) -> str | None:
+    """"vLLM was killed by … {when} (…)" for an exit status that says a signal ended the process:
+    negative (Python's returncode) or 128 + N (the shell's and the guard's convention); None for a
+    plain exit."""
+    number = -exit_code if exit_code < 0 else exit_code - 128 if 128 < exit_code <= 128 + 64 else None
+    if number is None:
+        return None
+    notes = [f"exit code {exit_code}"] if exit_code > 0 else []
+    if number == 9:
+        notes.append("`kill -9`, or the kernel's OOM killer when host memory ran out")
+    text = f"vLLM was killed by {_SIGNAL_NAMES.get(number, f'signal {number}')} {when}"
+    return text + (f" ({': '.join(notes)})" if notes else "")
