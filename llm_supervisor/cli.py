@@ -35,8 +35,18 @@ app = typer.Typer(
 profiles_app = typer.Typer(help="List or show hardware profiles.", invoke_without_command=True, rich_markup_mode=None)
 app.add_typer(profiles_app, name="profiles")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+PIPE_WIDTH = 160  # tables written to a pipe or file: rich would squeeze them into 80 columns
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console.width = PIPE_WIDTH
+    return console
+
+
+out = _console()
+err = _console(stderr=True)
 
 def _complete_profiles(incomplete: str) -> list[str]:
     """Shell completion of --profile: the profile names found (never an error while typing)."""

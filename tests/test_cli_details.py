@@ -141,3 +141,19 @@ def test_plan_starts_from_the_arguments_that_last_reached_ready_as_up_does(tmp_p
     assert argv[argv.index("--max-model-len") + 1] == "12288" and "--enforce-eager" in argv
     assert any("last reached ready" in n for n in json.loads(again.stdout)["notes"])
     assert (tmp_path / "state" / "state.json").read_bytes() == before
+
+
+TABLE_OF_NINE = ("from rich.table import Table; from llm_supervisor import cli; t = Table(); "
+                 "[t.add_column(f'heading {i}') for i in range(9)]; t.add_row(*[f'{i * 1111}' for i in range(9)]); "
+                 "cli.out.print(t)")
+
+
+def test_tables_piped_to_a_file_are_not_squeezed_into_80_columns() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run([sys.executable, "-c", TABLE_OF_NINE], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert "…" not in piped.stdout and all(f"heading {i}" in piped.stdout for i in range(9)), piped.stdout
+    narrow = subprocess.run([sys.executable, "-c", TABLE_OF_NINE], cwd=ROOT,
+                            env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "60"}, capture_output=True, text=True, timeout=60)
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 60  # an explicit width is kept
