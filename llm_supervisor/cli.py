@@ -232,6 +232,7 @@ def _admin(action: str, url: str | None, token: str | None) -> None:
 def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing what the engine writes next")] = False,
     attempt: Annotated[Optional[int], typer.Option("--attempt", min=1, metavar="N", help="launch N of the newest run (default: the newest launch)")] = None,
+    lines: Annotated[Optional[int], typer.Option("--lines", "-n", min=0, max=1_000_000, metavar="N", help="only the last N lines of that launch (then, with -f, what comes next)")] = None,
     profile: ProfileOpt = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
@@ -245,19 +246,19 @@ def logs(
     sink = sys.stdout.buffer
     try:
         try:
-            for chunk in stream_logs(url or settings.url, secret, attempt, follow):
+            for chunk in stream_logs(url or settings.url, secret, attempt, follow, lines=lines):
                 sink.write(chunk)
                 sink.flush()
             return
         except DaemonUnreachable as exc:
             if url:
                 raise
-            from llm_supervisor.host.logfiles import attempt_section, follow_file, read_ranges
+            from llm_supervisor.host.logfiles import attempt_section, follow_file, read_ranges, tail_ranges
 
             path = _engine_log(settings, profile)
             err.print(f"{exc.message}; reading {path}", markup=False, style="dim")
             _, ranges = attempt_section(path, attempt)
-            for chunk in read_ranges(ranges):
+            for chunk in read_ranges(ranges if lines is None else tail_ranges(ranges, lines)):
                 sink.write(chunk)
             sink.flush()
             if follow:

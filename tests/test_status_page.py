@@ -223,6 +223,11 @@ def test_logs_by_attempt_follow_and_no_secret(make, tmp_path: Path) -> None:
             assert first.lstrip().startswith("===== llm-supervisor attempt 1 at ")
             assert "===== engine exited with code 1" in first and "attempt 2" not in first
             assert second.lstrip().startswith("===== llm-supervisor attempt 2 at ") and "Application startup complete" in second
+            last3 = (await api.get("/logs", params={"lines": 3}, headers=auth)).text
+            assert last3.count("\n") == 3 and second.endswith(last3) and len(last3) < len(second)
+            assert (await api.get("/logs", params={"lines": 0}, headers=auth)).text == ""
+            assert (await api.get("/logs", params={"lines": 10**6}, headers=auth)).text == second
+            assert (await api.get("/logs", params={"lines": -1}, headers=auth)).status_code == 422
             r = await api.get("/logs", params={"attempt": 5}, headers=auth)
             assert r.status_code == 404 and "--attempt 5: not in the engine log (the newest run has attempts 1–2)" in r.json()["detail"]
 
@@ -240,6 +245,22 @@ def test_logs_by_attempt_follow_and_no_secret(make, tmp_path: Path) -> None:
         async for chunk in stream:  # the stream ends when the daemon stops
             got += chunk
         assert got.count(b"a line written while following") == 1 and b"===== engine exited with code 0" in got
+        assert await h.exit_code() == 0
+
+    asyncio.run(scenario())
+
+
+def test_logs_follow_from_the_last_lines(make) -> None:
+    """`supervisor logs -n 0 -f`: nothing of what is in the file, then what the engine writes next."""
+    async def scenario() -> None:
+        h = make()
+        h.start()
+        await h.ready()
+        stream = await h.daemon.open_logs(None, True, 0)
+        h.engine._print("(APIServer pid=100) INFO the first new line")
+        got = await asyncio.wait_for(stream.__anext__(), 5)
+        assert got == b"(APIServer pid=100) INFO the first new line\n"
+        h.daemon.inbox.put(Command.STOP)
         assert await h.exit_code() == 0
 
     asyncio.run(scenario())
@@ -264,6 +285,9 @@ def test_supervisor_logs_reads_the_file_when_no_daemon_runs(make, tmp_path: Path
     assert "attempt 2" not in proc.stdout
     proc = run_cli(["logs"], env)
     assert "===== llm-supervisor attempt 2" in proc.stdout and "CUDA out of memory" not in proc.stdout
+    whole = run_cli(["logs", "--attempt", "1"], env).stdout
+    proc = run_cli(["logs", "--attempt", "1", "-n", "2"], env)
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 2 and whole.endswith(proc.stdout), proc.stdout
     proc = run_cli(["logs", "--attempt", "3"], env)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("--attempt 3: not in the engine log (the newest run has attempts 1–2)")
 

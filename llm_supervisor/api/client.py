@@ -126,7 +126,7 @@ def post_action(url: str, action: str, token: str | None, timeout: float = 10,
 
 
 def stream_logs(url: str, token: str | None, attempt: int | None = None, follow: bool = False, timeout: float = 10,
-                *, transport: httpx.BaseTransport | None = None) -> Iterator[bytes]:
+                *, lines: int | None = None, transport: httpx.BaseTransport | None = None) -> Iterator[bytes]:
     """`GET /logs`: the engine's output as the daemon streams it (the admin actions' token rule).
     DaemonUnreachable when no daemon answers (the caller may read the file instead)."""
     base = _base(url)
@@ -135,6 +135,8 @@ def stream_logs(url: str, token: str | None, attempt: int | None = None, follow:
         params["attempt"] = attempt
     if follow:
         params["follow"] = "true"
+    if lines is not None:
+        params["lines"] = lines
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         with httpx.Client(timeout=httpx.Timeout(timeout, read=None if follow else timeout), transport=transport,

@@ -53,7 +53,7 @@ CommandSink = Callable[[str], None]
 SeriesSource = Callable[[], dict]
 # (attempt or None, follow) -> an async iterator of the engine's output; raises SupervisorError
 # (answered 404) when there is no such attempt.
-LogsSource = Callable[[Optional[int], bool], Awaitable[AsyncIterator[bytes]]]
+LogsSource = Callable[[Optional[int], bool, Optional[int]], Awaitable[AsyncIterator[bytes]]]
 
 ACTIONS = ("restart", "stop")
 # No endpoint takes a body; anything larger than this is refused before it is read.
@@ -362,7 +362,7 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
     `command_sink(action)` must only enqueue; it may raise a SupervisorError to refuse the action
     (answered 409 with its message) or anything else when it cannot take commands (503).
     `series_source()` (the last hour, for the status page) is as cheap; `logs_source(attempt,
-    follow)` streams the engine's output (`GET /logs`, which takes the admin actions' rule).
+    follow, lines)` streams the engine's output (`GET /logs`, which takes the admin actions' rule).
     """
     secret = _secret(token)
     secret_bytes = secret.encode("utf-8") if secret else None
@@ -496,12 +496,15 @@ def create_app(status_source: StatusSource, command_sink: CommandSink, token: st
     )
     async def logs(request: Request,
                    attempt: Optional[int] = Query(None, ge=1, le=1_000_000, description="launch N of this run (default: the newest)"),
-                   follow: bool = Query(False, description="keep streaming what the engine writes next")) -> Response:
+                   follow: bool = Query(False, description="keep streaming what the engine writes next"),
+                   lines: Optional[int] = Query(None, ge=0, le=1_000_000,
+                                                description="only the attempt's last N lines (then, with follow, what comes next)"),
+                   ) -> Response:
         authorize(request)
         if logs_source is None:
             raise HTTPException(404, "this daemon serves no engine log")
         try:
-            stream = await logs_source(attempt, follow)
+            stream = await logs_source(attempt, follow, lines)
         except SupervisorError as exc:
             raise HTTPException(404, exc.message) from None
         return StreamingResponse(stream, media_type="text/plain; charset=utf-8",

@@ -165,6 +165,52 @@ def read_ranges(ranges: list[tuple[Path, int, int | None]]) -> Iterator[bytes]:
                 yield chunk
 
 
+def tail_ranges(ranges: list[tuple[Path, int, int | None]], lines: int) -> list[tuple[Path, int, int | None]]:
+    """The part of `attempt_section`'s ranges that holds their last `lines` lines (`tail -n`): read
+    backwards from the end, a block at a time, whatever the size of what comes before."""
+    if lines < 0:
+        raise ValueError("lines must be 0 or more")
+    if lines == 0:
+        return []
+    sized: list[tuple[Path, int, int]] = []
+    for file, start, end in ranges:
+        try:
+            size = file.stat().st_size if end is None else end
+        except OSError:  # rotated away meanwhile: what it held is gone
+            continue
+        if size > start:
+            sized.append((file, start, size))
+    newlines = 0
+    first = True
+    for index in range(len(sized) - 1, -1, -1):
+        file, start, end = sized[index]
+        try:
+            fh = file.open("rb")
+        except OSError:
+            continue
+        with fh:
+            position = end
+            while position > start:
+                block_start = max(start, position - READ_CHUNK)
+                fh.seek(block_start)
+                block = fh.read(position - block_start)
+                if first:  # a final newline ends the last line; it does not begin another
+                    first = False
+                    if block.endswith(b"\n"):
+                        block = block[:-1]
+                        position -= 1
+                cut = len(block)
+                while True:
+                    cut = block.rfind(b"\n", 0, cut)
+                    if cut < 0:
+                        break
+                    newlines += 1
+                    if newlines >= lines:
+                        return [(file, block_start + cut + 1, end), *[(f, s, e) for f, s, e in sized[index + 1:]]]
+                position = block_start
+    return [(f, s, e) for f, s, e in sized]
+
+
 def follow_file(path: Path, poll_s: float = 0.5) -> Iterator[bytes]:
     """What is appended to `path` from now on (`tail -f`), across rotations; forever."""
     import time

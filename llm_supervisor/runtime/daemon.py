@@ -32,7 +32,7 @@ from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
 from llm_supervisor.frontdoor import FrontDoor
-from llm_supervisor.host.logfiles import attempt_section, read_ranges
+from llm_supervisor.host.logfiles import attempt_section, read_ranges, tail_ranges
 from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants
 from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port
 from llm_supervisor.runtime import launcher as launching
@@ -908,10 +908,10 @@ class Daemon(RestartLoop):
             return await self.serve()
 
     # ------------------------------------------------------------ the engine's log, for the API
-    async def open_logs(self, attempt: int | None, follow: bool) -> AsyncIterator[bytes]:
-        """`GET /logs`: attempt N of this run (the newest when None) from the log file, then, with
-        `follow`, what the engine writes next, until the daemon stops. Raises BadInput (before
-        anything is sent) when there is no such attempt."""
+    async def open_logs(self, attempt: int | None, follow: bool, lines: int | None = None) -> AsyncIterator[bytes]:
+        """`GET /logs`: attempt N of this run (the newest when None) from the log file (its last
+        `lines` lines when given), then, with `follow`, what the engine writes next, until the
+        daemon stops. Raises BadInput (before anything is sent) when there is no such attempt."""
         queue: asyncio.Queue[tuple[tuple[int, int], bytes] | None] | None = None
         current = None
         if follow:
@@ -926,6 +926,8 @@ class Daemon(RestartLoop):
                 current = (-1, 0)
         try:
             number, ranges = await asyncio.to_thread(attempt_section, self.log_path, attempt, current=current)
+            if lines is not None:
+                ranges = await asyncio.to_thread(tail_ranges, ranges, lines)
         except BaseException:
             if queue is not None:
                 self._followers.discard(queue)
