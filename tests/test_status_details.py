@@ -118,3 +118,21 @@ def test_history_from_before_the_brief_still_shows_its_numbers() -> None:
         "change": {"max_model_len": [40960, 11744]}}]}
     flat = " ".join(render(status, width=300).split())
     assert "needed_gib 5.62, available_gib 1.61, max_model_len 40,960, estimated_max_model_len 11,744" in flat
+
+
+def test_a_relaunch_row_does_not_repeat_the_exit_just_above() -> None:
+    dead = {"kind": "engine_dead", "brief": "vLLM was killed by SIGKILL after it was ready (exit code 137)", "message": "m"}
+    small = {"kind": "kv_cache_too_small", "brief": "5.62 GiB of KV cache needed, 0.49 GiB available", "message": "m"}
+    history = [
+        {"at": "2026-12-03T10:00:00+00:00", "event": "exit", "failure": dead},
+        {"at": "2026-12-03T10:00:00+00:00", "event": "relaunch", "failure": dead, "change": None},
+        {"at": "2026-12-03T10:01:00+00:00", "event": "exit", "failure": small},
+        {"at": "2026-12-03T10:01:00+00:00", "event": "relaunch", "failure": small, "change": {"max_model_len": [40960, 3520]}},
+        {"at": "2026-12-03T10:02:00+00:00", "event": "relaunch", "failure": dead, "change": None},  # no exit row kept
+    ]
+    text = render({"state": "ready", "history": history}, width=300)
+    rows = [" ".join(line.split()[1:]) for line in text.splitlines() if line.split()[1:2] in (["exit"], ["relaunch"])]
+    assert rows[1] == "relaunch same arguments" and "SIGKILL" in rows[0]
+    assert rows[3] == "relaunch max_model_len 40960→3520"
+    assert text.count("5.62 GiB of KV cache needed") == 1
+    assert "SIGKILL" in rows[4]  # a decision with no exit just above still says why

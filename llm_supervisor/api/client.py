@@ -406,9 +406,15 @@ def format_status(status: dict) -> RenderableType:
         table.add_column("event", no_wrap=True)
         table.add_column("failure", overflow="fold")
         table.add_column("change", overflow="fold")
+        above = ""
         for entry in history[-HISTORY_ROWS:]:
+            event = str(entry.get("event") or "")
             failure = _failure(entry.get("failure"))
-            table.add_row(_when(entry.get("at")), str(entry.get("event") or ""),
-                          Text(failure, style="red") if failure else "", _change(entry.get("change")))
+            change = _change(entry.get("change"))
+            if event in ("relaunch", "give_up") and failure and failure == above:
+                failure = ""  # the decision about the exit just above: its failure once is enough
+                change = change or ("same arguments" if event == "relaunch" else "")
+            above = _failure(entry.get("failure"))
+            table.add_row(_when(entry.get("at")), event, Text(failure, style="red") if failure else "", change)
         parts.append(table)
     return Group(*parts)
