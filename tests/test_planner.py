@@ -521,3 +521,30 @@ def test_what_the_planner_launches_always_fits(util, asked, total, want):
         assert p.concurrency_at(p.max_model_len) + 1e-9 >= want[0] and p.max_model_len >= want[1]
     if target is None and p.fits and p.max_model_len < asked:
         assert p.max_model_len + 16 > p.kv_cache_tokens  # the largest that fits, not less
+
+
+def test_the_engines_private_port_is_never_one_the_supervisor_binds(monkeypatch) -> None:
+    """The kernel may hand out the front door's or the API's port (both can lie in its ephemeral
+    range, as tests' ports do) just before the supervisor binds it: such a choice is drawn again."""
+    from llm_supervisor.planning import launch
+
+    offered = iter([45671, 8900, 45671, 38211])
+
+    class Sock:
+        def __init__(self, *args) -> None:
+            self.port = next(offered)
+
+        def __enter__(self) -> "Sock":
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+        def bind(self, address) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", self.port)
+
+    monkeypatch.setattr(launch.socket, "socket", Sock)
+    assert launch.free_loopback_port({45671, 8900}) == 38211

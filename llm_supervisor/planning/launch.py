@@ -16,7 +16,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.settings import Settings
@@ -41,11 +41,22 @@ SIMULATOR_COMMAND = [sys.executable, "-m", "llm_supervisor.simulator", "serve"]
 ENGINE_HOST = "127.0.0.1"  # where the engine listens behind the front door
 
 
-def free_loopback_port() -> int:
-    """A TCP port on the loopback that nobody listens on now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((ENGINE_HOST, 0))
-        return int(sock.getsockname()[1])
+def free_loopback_port(avoid: Iterable[int] = ()) -> int:
+    """A TCP port on the loopback that nobody listens on now (the kernel's choice), none of `avoid`:
+    the ports the supervisor itself is about to bind (the front door's and the API's, which may lie
+    in the kernel's ephemeral range too) and the engine's last one."""
+    taken = set(avoid)
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((ENGINE_HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
+
+
+def supervisor_ports(settings: Settings, profile: Profile) -> set[int]:
+    """The ports the daemon binds itself: the engine's private port must be none of them."""
+    return {profile.vllm.port, settings.api_port}
 
 
 def engine_command(command: str, simulate: bool) -> list[str]:
@@ -378,7 +389,7 @@ def build_plan(
         gpus=gpus, chosen=chosen, hardware_match=match, placement=placement, fit=fit, prediction=prediction,
         gpu_total_gib=total_gib, gpu_count=count, gpu_name=gpu_name, base_env=base_env, extra_env=extra_env,
         sim_config=sim_config, last_good=last_good, notes=notes, warnings=warnings, engine_version=engine,
-        engine_port=free_loopback_port() if profile.frontdoor.enabled else None,
+        engine_port=free_loopback_port(supervisor_ports(settings, profile)) if profile.frontdoor.enabled else None,
         speed=model, target_fit=target_fit, low_memory=low,
     )
 

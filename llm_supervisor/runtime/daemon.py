@@ -34,7 +34,8 @@ from llm_supervisor.host import gpus as host_gpus
 from llm_supervisor.frontdoor import FrontDoor
 from llm_supervisor.host.logfiles import attempt_section, read_ranges, tail_ranges
 from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants
-from llm_supervisor.planning.launch import RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port
+from llm_supervisor.planning.launch import (RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port,
+                                            supervisor_ports)
 from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
@@ -630,7 +631,7 @@ class Daemon(RestartLoop):
         self._launched_at = self.clock.time()
         if self.door is not None:
             if self.attempt > 1:  # a fresh private port: never one an engine of before may still hold
-                self.engine_port = free_loopback_port()
+                self.engine_port = free_loopback_port({*supervisor_ports(self.settings, self.profile), self.engine_port})
             self.engine_client.retarget(self.engine_url)
             self.door.engine_starting(self._time_to_ready())
         argv = self.plan.argv_for(self.args, self.engine_port)
