@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from llm_supervisor.errors import BadInput
+from llm_supervisor.vllm import framing
 from llm_supervisor.vllm.diagnosis import diagnose_lines
 from llm_supervisor.vllm.logparse import LineSink, LogParser
 
@@ -66,10 +67,11 @@ def diagnose_file(path: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- the engine's log, by attempt
 #
 # The daemon writes every launch's output to <LOG_DIR>/<profile>.log (rotated to .1 … .N), each
-# launch after a line `===== llm-supervisor attempt N at <time>: <argv>`. Attempt numbers start
+# launch after a line `===== llm-supervisor attempt N at <time>: <argv>` (vllm/framing.py). Attempt numbers start
 # at 1 again with every `supervisor up`: "attempt N" means the N-th launch of the newest run.
 
-_MARK_RE = re.compile(rb"^===== llm-supervisor attempt (\d+) at ")
+_MARK_RE = re.compile(framing.ATTEMPT_PATTERN.encode())
+_FRAME_PREFIX = framing.PREFIX.encode()
 READ_CHUNK = 64 * 1024
 
 
@@ -93,7 +95,7 @@ def _marks(files: list[Path], limits: dict[int, int]) -> list[tuple[int, int, in
             for line in fh:
                 if limit is not None and offset >= limit:
                     break
-                if line.startswith(b"====="):
+                if line.startswith(_FRAME_PREFIX):
                     m = _MARK_RE.match(line)
                     if m:
                         marks.append((int(m.group(1)), index, offset))

@@ -50,6 +50,7 @@ from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Outcome, RestartLoop
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
+from llm_supervisor.vllm import framing
 from llm_supervisor.vllm.brief import change_brief, decision_brief, failure_brief
 from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import redact_argv
@@ -641,8 +642,8 @@ class Daemon(RestartLoop):
         cpus, mems, policy = self.plan.placement.apply_args()
         spec = launching.LaunchSpec(argv=argv, env=self.plan.env_for(self.args), cpus=cpus, mems=mems,
                                     mempolicy=policy, stop_timeout=self.settings.stop_timeout_s)
-        self._engine_log().write(f"\n===== llm-supervisor attempt {self.attempt} at {iso(self.clock.time())}: "
-                                 f"{' '.join(redact_argv(argv))}\n".encode())
+        self._engine_log().write(framing.attempt_line(self.attempt, iso(self.clock.time()),
+                                                      " ".join(redact_argv(argv))).encode())
         self.engine_started_at = self.clock.monotonic()
         self._emit(Launched(self.attempt, self.engine_started_at, " ".join(redact_argv(argv[len(self.plan.command):])),
                             str(self.log_path)))
@@ -723,7 +724,7 @@ class Daemon(RestartLoop):
                          "(LLM_SUPERVISOR_STOP_TIMEOUT_S) and was killed")
             level = logging.WARNING
         if self._log is not None:
-            self._log.write(f"===== engine {described}\n".encode())
+            self._log.write(framing.exit_line(described).encode())
         unexpected = failure is None and not requested
         if unexpected and exit_info.guard_lost:
             # Whatever the engine printed last, it did not end by itself: its guard was killed.

@@ -21,7 +21,7 @@ import shlex
 from typing import Any, Iterable
 
 from llm_supervisor.errors import BadInput
-from llm_supervisor.vllm import memory
+from llm_supervisor.vllm import framing, memory
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.vllm.logparse import CONTRACT_FACTS, HEADER_RE, LogParser, StartupFacts, split_line
 from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, VllmArgs
@@ -153,7 +153,19 @@ def diagnose_lines(lines: Iterable[str], source: str) -> dict[str, Any]:
     classifier = FailureClassifier()
     parser = LogParser(sink=classifier)
     vllm_seen = exception_seen = False
+    exit_code: int | None = None
     for line in lines:
+        if line.startswith(framing.PREFIX) and (frame := framing.read_frame(line.rstrip("\r\n"))) is not None:
+            # The supervisor's engine log: a launch begins a run; its closing line says how it ended.
+            if frame.kind == "attempt":
+                exit_code = None
+                if _substantive(parser, classifier):
+                    classifier = FailureClassifier()
+                    parser = LogParser(sink=classifier)
+            elif frame.kind == "exit":
+                # 0 can be a stop the supervisor asked for: only a failing status tells something
+                exit_code = frame.exit_code or None
+            continue
         starts = _run_start(line)
         if not vllm_seen or starts:
             proc, text = split_line(line)
@@ -173,7 +185,7 @@ def diagnose_lines(lines: Iterable[str], source: str) -> dict[str, Any]:
     if not vllm_seen and not (exception_seen and precise):
         raise _bad(f"{source}: does not look like a vLLM log (no line printed by vLLM: no process prefix, "
                    "log header or traceback)")
-    failure = classifier.classify(None, facts.server_started)
+    failure = classifier.classify(exit_code, facts.server_started)
     outcome = "failed" if failure else ("ready" if facts.server_started else "incomplete")
     return {
         "vllm_version": facts.vllm_version,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from llm_supervisor.vllm.framing import SIGNAL_NAMES, is_frame
 from llm_supervisor.vllm.logparse import split_line, strip_header
 
 
@@ -230,7 +231,7 @@ class FailureClassifier:
 
     def feed_parts(self, proc: str | None, text: str) -> None:
         """A line already split by logparse.split_line (the LogParser forwards these)."""
-        if not text:
+        if not text or is_frame(proc, text):  # the supervisor's own lines around the engine's
             return
         if text.startswith("(raylet"):
             # Ray's node manager forwards its own agents' fate ("killed by the OS (e.g., out of
@@ -542,8 +543,6 @@ class FailureClassifier:
 
 
 
-_SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
-
 
 def _killed(exit_code: int, when: str) -> str | None:
     """"vLLM was killed by … {when} (…)" for an exit status that says a signal ended the process:
@@ -555,5 +554,5 @@ def _killed(exit_code: int, when: str) -> str | None:
     notes = [f"exit code {exit_code}"] if exit_code > 0 else []
     if number == 9:
         notes.append("`kill -9`, or the kernel's OOM killer when host memory ran out")
-    text = f"vLLM was killed by {_SIGNAL_NAMES.get(number, f'signal {number}')} {when}"
+    text = f"vLLM was killed by {SIGNAL_NAMES.get(number, f'signal {number}')} {when}"
     return text + (f" ({': '.join(notes)})" if notes else "")

@@ -31,6 +31,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Protocol
 
+from llm_supervisor.vllm.framing import is_frame
+
 GIB = 1024**3
 
 PHASES = ("loading_weights", "compiling", "profiling", "kv_cache", "capturing_graphs", "starting_server")
@@ -378,6 +380,8 @@ class LogParser:
         """One line of output (prefix, ANSI, `\\r` and the newline allowed). Returns what it told."""
         self.lines += 1
         proc, text = split_line(line)
+        if is_frame(proc, text):  # the supervisor's own lines around the engine's output
+            return []
         if proc is not None and proc != self._last_proc:
             self._note_proc(proc)
         if self.sink is not None:

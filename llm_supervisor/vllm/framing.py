@@ -1,0 +1,65 @@
+"""The lines the daemon writes around vLLM's output in its engine log (<LOG_DIR>/<profile>.log),
+written and read here only. A launch opens with `===== llm-supervisor attempt N at TIME: ARGV` and
+closes with `===== engine DESCRIPTION` (how it ended: "exited with code N", "killed by SIGKILL (…)",
+"lost its guard …", "ignored SIGTERM for N s … and was killed"); other `===== llm-supervisor …`
+lines mark a daemon's start or a follower that fell behind. They are the supervisor's, never
+vLLM's: the parser and the classifier skip them, and `diagnose` reads the exit status off the
+closing line. Pure."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+PREFIX = "===== "
+ATTEMPT_PATTERN = r"^===== llm-supervisor attempt (\d+) at "
+_ATTEMPT_RE = re.compile(ATTEMPT_PATTERN)
+_OURS = ("===== llm-supervisor", "===== engine ")
+_EXIT = "===== engine "
+_EXITED_RE = re.compile(r"exited with code (-?\d+)\b")
+_KILLED_RE = re.compile(r"killed by (SIG[A-Z0-9]+|\d+)\b")
+
+# Signal numbers on Linux, both ways (the vLLM layer does no I/O, not even `import signal`).
+SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
+_SIGNAL_NUMBERS = {name: number for number, name in SIGNAL_NAMES.items()}
+
+
+def attempt_line(attempt: int, at: str, argv_text: str) -> str:
+    """The line that opens a launch's output (after a blank line)."""
+    return f"\n===== llm-supervisor attempt {attempt} at {at}: {argv_text}\n"
+
+
+def exit_line(description: str) -> str:
+    """The line that closes it: how the engine ended, as the launcher described it."""
+    return f"{_EXIT}{description}\n"
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: Literal["attempt", "exit", "other"]
+    attempt: int | None = None
+    exit_code: int | None = None  # an exit line's status (128 + N for a signal); None when it names none
+
+
+def read_frame(text: str) -> Frame | None:
+    """The frame a line (without its newline) is, or None for a line of the engine's."""
+    if not text.startswith(_OURS):
+        return None
+    if m := _ATTEMPT_RE.match(text):
+        return Frame("attempt", attempt=int(m.group(1)))
+    if text.startswith(_EXIT):
+        how = text[len(_EXIT):]
+        if how.startswith("exited") and (m := _EXITED_RE.match(how)):
+            return Frame("exit", exit_code=int(m.group(1)))
+        if how.startswith("killed") and (m := _KILLED_RE.match(how)):
+            name = m.group(1)
+            number = int(name) if name.isdigit() else _SIGNAL_NUMBERS.get(name)
+            return Frame("exit", exit_code=None if number is None else 128 + number)
+        return Frame("exit")
+    return Frame("other")
+
+
+def is_frame(proc: str | None, text: str) -> bool:
+    """Whether a split line (logparse.split_line) is one of ours: unprefixed and framed."""
+    return proc is None and text.startswith(PREFIX) and read_frame(text) is not None
