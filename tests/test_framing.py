@@ -19,8 +19,8 @@ from llm_supervisor.vllm.logparse import LogParser
     (framing.exit_line("lost its guard (pid 7, killed by SIGKILL) without an exit report; no engine process was left").strip(),
      "exit", None, None),
     (framing.exit_line("ignored SIGTERM for 15 s (LLM_SUPERVISOR_STOP_TIMEOUT_S) and was killed").strip(), "exit", None, None),
-    ("===== llm-supervisor (pid 12) starting at 2026-12-04T06:00:00", "other", None, None),
-    ("===== llm-supervisor: this follower fell behind the engine's output; follow again", "other", None, None),
+    (framing.daemon_start_line(12, "2026-12-04T06:00:00").strip(), "other", None, None),
+    (framing.behind_line().strip(), "other", None, None),
 ])
 def test_each_frame_is_read_back(line: str, kind: str, attempt: int | None, code: int | None) -> None:
     frame = framing.read_frame(line)

@@ -357,8 +357,7 @@ class Daemon(RestartLoop):
             except asyncio.QueueFull:  # a follower that cannot keep up is cut off, not waited for
                 self._followers.discard(queue)
                 queue.get_nowait()
-                queue.put_nowait(((-1, 0), b"\n===== llm-supervisor: this follower fell behind the engine's output; "
-                                            b"follow again\n"))
+                queue.put_nowait(((-1, 0), framing.behind_line().encode()))
                 queue.put_nowait(None)
 
     def _on_output(self, raw: bytes, lines: list[str]) -> Awaitable[None] | None:

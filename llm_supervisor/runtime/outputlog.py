@@ -32,6 +32,7 @@ from typing import Any
 from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.errors import RuntimeFailure, SettingsError
 from llm_supervisor.runtime.launcher import RotatingLog
+from llm_supervisor.vllm import framing
 
 log = logging.getLogger("llm_supervisor")
 
@@ -278,8 +279,7 @@ def check_log_dir(path: Path, setting: str) -> None:
         raise RuntimeFailure(f"log dir {folder}: cannot create it ({_problem(exc)}); fix it or set {setting}") from None
     try:
         with open(path, "ab") as fh:
-            fh.write(f"===== llm-supervisor (pid {os.getpid()}) starting at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n"
-                     .encode())
+            fh.write(framing.daemon_start_line(os.getpid(), time.strftime("%Y-%m-%dT%H:%M:%S")).encode())
             fh.flush()
             try:
                 os.fsync(fh.fileno())

@@ -30,6 +30,16 @@ def attempt_line(attempt: int, at: str, argv_text: str) -> str:
     return f"\n===== llm-supervisor attempt {attempt} at {at}: {argv_text}\n"
 
 
+def daemon_start_line(pid: int, at: str) -> str:
+    """Written when a daemon opens the log (it checks the folder can take writes)."""
+    return f"===== llm-supervisor (pid {pid}) starting at {at}\n"
+
+
+def behind_line() -> str:
+    """Ends the stream of a `logs -f` follower that could not keep up."""
+    return "\n===== llm-supervisor: this follower fell behind the engine's output; follow again\n"
+
+
 def exit_line(description: str) -> str:
     """The line that closes it: how the engine ended, as the launcher described it."""
     return f"{_EXIT}{description}\n"
