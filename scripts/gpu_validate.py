@@ -8,6 +8,7 @@ the bundled simulator on a simulated GPU, to shake out this script without spend
   5  kill -9 of VLLM::EngineCore while ready: the daemon restarts it
   10 kill -9 of the API server itself while ready, 16 clients through the front door: the old
      tree gone, the failure worded (SIGKILL), no client refused, `logs -n 5` of that attempt
+  11 the same with the engine's guard killed instead ("lost its guard")
   6  kill -9 of the daemon while ready: no engine process left, GPU memory freed (timed);
      SIGTERM at the end of scenarios 2-4: clean stop (timed)
   2  full 40960 context at a budget where it cannot fit, plan_first_launch off: one relaunch
@@ -19,7 +20,7 @@ Each scenario has a hard timeout (SIGALRM) and cleans up every process it starte
 OUT/<scenario>/; the summary (Markdown table, then JSON) is printed last and saved as
 OUT/summary.md and OUT/summary.json.
 
-usage: python scripts/gpu_validate.py [--simulate] [--out DIR] [--model PATH] [--only 1,8,5,9,10,6,2,3,4]
+usage: python scripts/gpu_validate.py [--simulate] [--out DIR] [--model PATH] [--only 1,8,5,9,10,11,6,2,3,4]
 """
 
 from __future__ import annotations
@@ -855,8 +856,9 @@ def lifetime_a(ctx: Ctx, only: set[str]) -> None:
                                 and restart["by_outcome"].keys() <= {"ok"} and restart["requests"] > 0)
                     st = st5
 
-        if "10" in only:
-            st = scenario_10(ctx, d, d.status() or st)
+        for key in ("10", "11"):
+            if key in only:
+                st = scenario_kill(ctx, d, d.status() or st, key)
 
         if "6" in only:
             r6 = ctx.results.setdefault("6", {"scenario": "6 no orphans: kill -9 / SIGTERM of the daemon",
@@ -891,27 +893,37 @@ def lifetime_a(ctx: Ctx, only: set[str]) -> None:
             ctx.results["5"]["notes"].append(f"the engine log holds {len(segs)} attempt(s) after the daemon's kill -9")
 
 
-def scenario_10(ctx: Ctx, d: Daemon, st: dict[str, Any]) -> dict[str, Any]:
-    """kill -9 of the API server itself (the `vllm serve` process) while ready, 16 clients streaming
-    through the front door: what of its tree outlives it, the failure as the daemon words it, the
-    clients' outcomes, and `supervisor logs -n 5` of the killed attempt."""
-    r = ctx.results["10"] = {"scenario": "10 kill -9 of the API server while ready, 16 clients through the front door",
-                             "ok": False, "notes": []}
+KILLS = {  # scenario: (what is killed, its pid in /status, what the failure must say)
+    "10": ("the API server", "pid", "SIGKILL"),
+    "11": ("the guard", "guard_pid", "lost its guard"),
+}
+
+
+def scenario_kill(ctx: Ctx, d: Daemon, st: dict[str, Any], key: str) -> dict[str, Any]:
+    """kill -9 of the API server itself (the `vllm serve` process; 10) or of its guard (11) while
+    ready, 16 clients streaming through the front door: what of the tree outlives it, the failure
+    as the daemon words it, the clients' outcomes, and `supervisor logs -n 5` of that attempt."""
+    what, pid_key, says = KILLS[key]
+    r = ctx.results[key] = {"scenario": f"{key} kill -9 of {what} while ready, 16 clients through the front door",
+                            "ok": False, "notes": []}
     before = int(st.get("attempt") or 1)
     try:
-        api = psutil.Process(int(st["pid"]))
+        victim = psutil.Process(int(st[pid_key]))
         tree = alive(d.tree())
     except (KeyError, TypeError, ValueError, psutil.Error) as exc:
-        r["notes"].append(f"no API server to kill: {exc!r}")
+        r["notes"].append(f"no {what} to kill: {exc!r}")
         return st
-    r["killed"] = describe(api)
-    others = [p for p in tree if p.pid != api.pid]  # the guard, EngineCore and any worker
+    r["killed"] = describe(victim)
+    others = [p for p in tree if p.pid != victim.pid]  # the rest of the engine's tree
     r["tree_before"] = [describe(p) for p in others]
     load = Load(f"http://127.0.0.1:{d.engine_port}", 16).start()
     try:
         d.wait(lambda s: len(load.outcomes) >= 32, 120, 0.5, "the load to run")
+        # The clients run in step (equal requests end together): a kill right after a wave ended
+        # finds every request before its first byte. 0.12 s later most are streaming.
+        time.sleep(0.12)
         t = now()
-        api.kill()
+        victim.kill()
         d.wait(lambda s: s.get("state") != "ready" or s.get("attempt", 0) > before, 60, 0.1, "the daemon to notice")
         r["noticed_s"] = round(now() - t, 2)
         deadline = now() + 30
@@ -923,17 +935,17 @@ def scenario_10(ctx: Ctx, d: Daemon, st: dict[str, Any]) -> dict[str, Any]:
         time.sleep(5)  # the load on the relaunched engine
     finally:
         load.stop()
-    d.save("status-ready-after-api-kill.json", st)
+    d.save(f"status-ready-after-kill-{key}.json", st)
     exits = [e for e in history_events(st, "exit") if e.get("attempt", before) == before] or history_events(st, "exit")
     failure = (exits[-1].get("failure") if exits else None) or {}
     r["failure_kind"], r["failure_message"] = failure.get("kind"), failure.get("message")
     r["clients"] = load.window(t)
     logs = subprocess.run(ctx.cli("logs", "--attempt", str(before), "-n", "5"), capture_output=True, text=True,
                           timeout=60, env=d.env, cwd=REPO)
-    (d.dir / "logs-n5.out").write_text(logs.stdout + "\n--- stderr ---\n" + logs.stderr[-2000:])
+    (d.dir / f"logs-n5-{key}.out").write_text(logs.stdout + "\n--- stderr ---\n" + logs.stderr[-2000:])
     r["logs_n5_lines"] = logs.stdout.count("\n")
     r["ok"] = (st.get("state") == "ready" and r["failure_kind"] == "engine_dead"
-               and "SIGKILL" in str(r["failure_message"]) and r["old_tree_left_after_s"] is not None
+               and says in str(r["failure_message"]) and r["old_tree_left_after_s"] is not None
                and r["clients"]["failed_not_started"] == 0
                and not set(r["clients"]["by_outcome"]) & {"refused", "connect"} and r["logs_n5_lines"] == 5)
     return st
@@ -1168,12 +1180,13 @@ def summary_table(ctx: Ctx) -> str:
              f"{fmt(k.get('failed_not_started'))} failures of requests not yet started, longest held "
              f"{fmt(k.get('longest_held_request_s'))} s; restart: {fmt(rs.get('requests'))} requests, "
              f"{fmt(rs.get('by_outcome'))} (ready again {fmt(r.get('restart_ready_s'))} s)")
-    r = R.get("10", {})
-    c = r.get("clients") or {}
-    row("10", f"noticed {fmt(r.get('noticed_s'))} s, old tree gone {fmt(r.get('old_tree_left_after_s'))} s, ready "
-              f"again {fmt(r.get('ready_again_s'))} s; {fmt(r.get('failure_kind'))}: {fmt(r.get('failure_message'))}; "
-              f"clients {fmt(c.get('requests'))} requests, {fmt(c.get('by_outcome'))}, {fmt(c.get('failed_not_started'))} "
-              f"failures not yet started; logs -n 5: {fmt(r.get('logs_n5_lines'))} lines")
+    for key in ("10", "11"):
+        r = R.get(key, {})
+        c = r.get("clients") or {}
+        row(key, f"noticed {fmt(r.get('noticed_s'))} s, old tree gone {fmt(r.get('old_tree_left_after_s'))} s, ready "
+                 f"again {fmt(r.get('ready_again_s'))} s; {fmt(r.get('failure_kind'))}: {fmt(r.get('failure_message'))}; "
+                 f"clients {fmt(c.get('requests'))} requests, {fmt(c.get('by_outcome'))}, "
+                 f"{fmt(c.get('failed_not_started'))} failures not yet started; logs -n 5: {fmt(r.get('logs_n5_lines'))} lines")
     r = R.get("6", {})
     k9 = r.get("kill9") or {}
     terms = r.get("sigterm") or []
