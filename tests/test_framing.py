@@ -42,3 +42,11 @@ def test_the_parser_and_the_classifier_skip_frames() -> None:
     parser.feed(framing.exit_line("killed by SIGKILL (perhaps out of memory?)"))
     assert not parser.facts.processes
     assert classifier.failure is None and classifier.classify(None, False) is None
+
+
+def test_a_lost_guard_is_named_by_its_closing_line() -> None:
+    lost = framing.read_frame(framing.exit_line("lost its guard (pid 7, killed by SIGKILL) without an exit report; "
+                                                "ended the 2 engine process(es) it left").strip())
+    killed = framing.read_frame(framing.exit_line("killed by SIGKILL (perhaps out of memory?)").strip())
+    assert lost is not None and lost.guard_lost and lost.exit_code is None
+    assert killed is not None and not killed.guard_lost

@@ -70,3 +70,35 @@ def test_diagnose_reads_the_daemons_closing_line_and_never_takes_it_for_vllms() 
     assert diagnose_lines(stopped, "stopped")["outcome"] == "ready"
     whole = diagnose_lines((FIXTURES / f"{NAME}.log").read_text().splitlines(keepends=True), "file")
     assert whole["outcome"] == "ready" and whole["facts"]["kv_cache_tokens"] == 91_552  # the last launch counts
+
+
+# ------------------------------------------------------------ the same, then the guard killed
+
+BOTH = "h200-4b-apiserver-then-guard-killed"
+BOTH_SUMMARY = json.loads((FIXTURES / f"{BOTH}-summary.json").read_text())["scenarios"]
+
+
+def test_a_lost_guard_diagnosed_from_the_engine_log() -> None:
+    # the guard `kill -9`ed: the engine tree dies with it (PDEATHSIG) and vLLM prints nothing more;
+    # only the daemon's closing line says what happened
+    _, ranges = attempt_section(FIXTURES / f"{BOTH}.log", 2)
+    section = b"".join(read_ranges(ranges)).decode().splitlines(keepends=True)
+    assert section[-2].startswith("===== engine lost its guard (pid 1255, killed by SIGKILL)")
+    got = diagnose_lines(section, "attempt 2")
+    assert got["outcome"] == "failed" and got["failure"]["kind"] == "engine_dead"
+    assert got["failure"]["values"] == {"guard_lost": 1}
+    assert got["failure"]["message"].startswith("the engine lost its guard (pid 1255, killed by SIGKILL)")
+    first = diagnose_lines(b"".join(read_ranges(attempt_section(FIXTURES / f"{BOTH}.log", 1)[1])).decode()
+                           .splitlines(keepends=True), "attempt 1")
+    assert first["failure"]["values"] == {"exit_code": 137}
+
+
+def test_clients_across_both_kills() -> None:
+    api, guard = BOTH_SUMMARY["10"], BOTH_SUMMARY["11"]
+    assert api["failure_message"].startswith("vLLM was killed by SIGKILL after it was ready")
+    assert guard["failure_message"].startswith("the engine lost its guard")
+    for record in (api, guard):
+        assert record["ok"] and record["clients"]["failed_not_started"] == 0
+        assert set(record["clients"]["by_outcome"]) <= {"ok", "error_event"}  # never refused, never cut bare
+    # streams under way when the guard died ended with an error event in the stream
+    assert guard["clients"]["by_outcome"].get("error_event") == 16

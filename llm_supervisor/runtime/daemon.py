@@ -54,7 +54,7 @@ from llm_supervisor.vllm import framing
 from llm_supervisor.vllm.brief import change_brief, decision_brief, failure_brief
 from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.engine_args import redact_argv
-from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
+from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind, guard_lost_failure
 from llm_supervisor.vllm.logparse import LogParser
 from llm_supervisor.vllm.memory import block_size_for, extensible_sizing_from_log
 from llm_supervisor.vllm.recovery import Attempt, GiveUp, Relaunch, decide
@@ -726,9 +726,7 @@ class Daemon(RestartLoop):
             self._log.write(framing.exit_line(described).encode())
         unexpected = failure is None and not requested
         if unexpected and exit_info.guard_lost:
-            # Whatever the engine printed last, it did not end by itself: its guard was killed.
-            failure = Failure(FailureKind.ENGINE_DEAD, f"the engine {exit_info.description}", {"guard_lost": 1},
-                              "runtime" if reached_ready else None)
+            failure = guard_lost_failure(exit_info.description, reached_ready)
         elif unexpected:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from llm_supervisor.errors import BadInput
 from llm_supervisor.vllm import framing, memory
-from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
+from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind, guard_lost_failure
 from llm_supervisor.vllm.logparse import CONTRACT_FACTS, HEADER_RE, LogParser, StartupFacts, split_line
 from llm_supervisor.config.profile import Hardware, Model, Profile, Recovery, VllmArgs
 from llm_supervisor.vllm.recovery import GiveUp, Relaunch, decide
@@ -154,17 +154,19 @@ def diagnose_lines(lines: Iterable[str], source: str) -> dict[str, Any]:
     parser = LogParser(sink=classifier)
     vllm_seen = exception_seen = False
     exit_code: int | None = None
+    lost: str | None = None  # the closing line when the engine's guard died without a report
     for line in lines:
         if line.startswith(framing.PREFIX) and (frame := framing.read_frame(line.rstrip("\r\n"))) is not None:
             # The supervisor's engine log: a launch begins a run; its closing line says how it ended.
             if frame.kind == "attempt":
-                exit_code = None
+                exit_code, lost = None, None
                 if _substantive(parser, classifier):
                     classifier = FailureClassifier()
                     parser = LogParser(sink=classifier)
             elif frame.kind == "exit":
                 # 0 can be a stop the supervisor asked for: only a failing status tells something
-                exit_code = frame.exit_code or None
+                exit_code = None if frame.guard_lost else frame.exit_code or None
+                lost = frame.description if frame.guard_lost else None
             continue
         starts = _run_start(line)
         if not vllm_seen or starts:
@@ -186,6 +188,8 @@ def diagnose_lines(lines: Iterable[str], source: str) -> dict[str, Any]:
         raise _bad(f"{source}: does not look like a vLLM log (no line printed by vLLM: no process prefix, "
                    "log header or traceback)")
     failure = classifier.classify(exit_code, facts.server_started)
+    if failure is None and lost is not None:
+        failure = guard_lost_failure(lost, facts.server_started)
     outcome = "failed" if failure else ("ready" if facts.server_started else "incomplete")
     return {
         "vllm_version": facts.vllm_version,

@@ -556,3 +556,10 @@ def _killed(exit_code: int, when: str) -> str | None:
         notes.append("`kill -9`, or the kernel's OOM killer when host memory ran out")
     text = f"vLLM was killed by {SIGNAL_NAMES.get(number, f'signal {number}')} {when}"
     return text + (f" ({': '.join(notes)})" if notes else "")
+
+
+def guard_lost_failure(description: str, was_ready: bool) -> Failure:
+    """The engine's guard died without reporting the engine's exit: whatever the engine printed
+    last, it did not end by itself. `description` is the launcher's ("lost its guard (pid …) …")."""
+    return Failure(FailureKind.ENGINE_DEAD, f"the engine {description}", {"guard_lost": 1},
+                   "runtime" if was_ready else None)

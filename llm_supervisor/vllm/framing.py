@@ -17,6 +17,7 @@ ATTEMPT_PATTERN = r"^===== llm-supervisor attempt (\d+) at "
 _ATTEMPT_RE = re.compile(ATTEMPT_PATTERN)
 _OURS = ("===== llm-supervisor", "===== engine ")
 _EXIT = "===== engine "
+GUARD_LOST = "lost its guard"  # how an exit line begins when the engine's guard died without a report
 _EXITED_RE = re.compile(r"exited with code (-?\d+)\b")
 _KILLED_RE = re.compile(r"killed by (SIG[A-Z0-9]+|\d+)\b")
 
@@ -50,6 +51,11 @@ class Frame:
     kind: Literal["attempt", "exit", "other"]
     attempt: int | None = None
     exit_code: int | None = None  # an exit line's status (128 + N for a signal); None when it names none
+    description: str | None = None  # an exit line's words after "===== engine "
+
+    @property
+    def guard_lost(self) -> bool:
+        return self.kind == "exit" and (self.description or "").startswith(GUARD_LOST)
 
 
 def read_frame(text: str) -> Frame | None:
@@ -61,12 +67,12 @@ def read_frame(text: str) -> Frame | None:
     if text.startswith(_EXIT):
         how = text[len(_EXIT):]
         if how.startswith("exited") and (m := _EXITED_RE.match(how)):
-            return Frame("exit", exit_code=int(m.group(1)))
+            return Frame("exit", exit_code=int(m.group(1)), description=how)
         if how.startswith("killed") and (m := _KILLED_RE.match(how)):
             name = m.group(1)
             number = int(name) if name.isdigit() else _SIGNAL_NUMBERS.get(name)
-            return Frame("exit", exit_code=None if number is None else 128 + number)
-        return Frame("exit")
+            return Frame("exit", exit_code=None if number is None else 128 + number, description=how)
+        return Frame("exit", description=how)
     return Frame("other")
 
 
