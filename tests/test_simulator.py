@@ -7,6 +7,7 @@ process group afterwards (an orphaned EngineCore keeps the group alive until the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -452,6 +453,35 @@ def test_apiserver_sigkill_leaves_an_orphan_enginecore_holding_memory(sims):
     assert again.wait_exit(30) == 1
     assert "ValueError: Free memory on device cuda:0" in again.log
     assert alive(engine.pid)
+
+
+def test_the_guard_ending_an_orphan_enginecore_aborts_its_requests_like_real_vllm(sims):
+    # tests/fixtures/vllm-0.26.0/h200-4b-apiserver-killed*: the API server killed with requests in
+    # flight, then EngineCore's SIGTERM from the guard: "aborting in-flight requests count=16"
+    import threading
+
+    sim = sims(FIXTURE_ARGS, {**H100, "LLM_SUPERVISOR_SIM_TOKENS_PER_S": "5"})
+    sim.wait_ready()
+    engine = sim.tree()[0]
+    body = {"model": "q4b", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 50, "stream": True}
+
+    def stream() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            with httpx.stream("POST", sim.url + "/v1/chat/completions", json=body, timeout=30) as resp:
+                for _ in resp.iter_bytes():
+                    pass
+
+    clients = [threading.Thread(target=stream, daemon=True) for _ in range(2)]
+    for c in clients:
+        c.start()
+    assert wait_for(lambda: 'vllm:num_requests_running{engine="0",model_name="q4b"} 2.0'
+                    in httpx.get(sim.url + "/metrics", timeout=5).text, 10)
+    os.kill(sim.proc.pid, signal.SIGKILL)
+    sim.wait_exit(5)
+    engine.terminate()
+    assert wait_for(lambda: not alive(engine.pid), 10)
+    found = re.findall(r"\[core\.py:1441\] \[shutdown\] EngineCore: aborting in-flight requests count=(\d+)", sim.log)
+    assert found == ["2"], sim.log[-2000:]
 
 
 def test_multiprocess_executor_on_one_gpu_has_a_worker_process_whose_death_ends_the_engine(sims):

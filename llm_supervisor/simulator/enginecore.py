@@ -188,6 +188,10 @@ class Scheduler:
     def add(self, req: Request) -> None:
         self.waiting.append(req)
 
+    @property
+    def unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
     def abort(self, rid: str) -> None:
         req = self.running.pop(rid, None)
         if req is not None:
@@ -246,6 +250,7 @@ class EngineCore:
         self.api = Channel(sock)
         self.ranks: Ranks | None = None
         self.ready_at: float | None = None
+        self.sched: Scheduler | None = None  # while serving: what a shutdown aborts
 
     # ------------------------------------------------------------ startup
 
@@ -435,6 +440,8 @@ class EngineCore:
             return
         log.info(d.src("ec_signal"), f"[shutdown] EngineCore: trigger received signal={signal.Signals(signum).name}")
         log.info(d.src("ec_start"), "[shutdown] EngineCore: start mode=abort timeout=0s")
+        if self.sched is not None and self.sched.unfinished:
+            log.info(d.src("ec_abort"), f"[shutdown] EngineCore: aborting in-flight requests count={self.sched.unfinished}")
         log.info(d.src("ec_teardown"), "[shutdown] EngineCore: request processing complete; starting resource teardown")
         log.info(d.src("ec_exit"), "[shutdown] EngineCore: exiting busy loop")
 
@@ -447,7 +454,8 @@ class EngineCore:
     def serve(self, facts: dict[str, Any]) -> int:
         cfg = self.cfg
         cap = env_float("MAX_RUNNING", 0.0)
-        sched = Scheduler(facts["num_gpu_blocks"], cfg.block_size, cfg.max_num_seqs, int(cap) if cap >= 1 else float("inf"))
+        sched = self.sched = Scheduler(facts["num_gpu_blocks"], cfg.block_size, cfg.max_num_seqs,
+                                       int(cap) if cap >= 1 else float("inf"))
         law = cfg.step_law
         self.ready_at = time.monotonic()
         die_at = cfg.faults.seconds("die_after_ready")
