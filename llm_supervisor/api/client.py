@@ -411,10 +411,11 @@ def format_status(status: dict) -> RenderableType:
             event = str(entry.get("event") or "")
             failure = _failure(entry.get("failure"))
             change = _change(entry.get("change"))
+            shown = failure
             if event in ("relaunch", "give_up") and failure and failure == above:
-                failure = ""  # the decision about the exit just above: its failure once is enough
+                shown = ""  # the decision about the exit just above: its failure once is enough
                 change = change or ("same arguments" if event == "relaunch" else "")
-            above = _failure(entry.get("failure"))
-            table.add_row(_when(entry.get("at")), event, Text(failure, style="red") if failure else "", change)
+            above = failure
+            table.add_row(_when(entry.get("at")), event, Text(shown, style="red") if shown else "", change)
         parts.append(table)
     return Group(*parts)

@@ -188,4 +188,3 @@ class FrontDoor:
         task = loop.create_task(upstream.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-

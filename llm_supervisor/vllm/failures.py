@@ -227,11 +227,13 @@ class FailureClassifier:
 
     def feed(self, line: str) -> None:
         proc, text = split_line(line)
-        self.feed_parts(proc, text)
+        if not is_frame(proc, text):  # the supervisor's own lines around the engine's
+            self.feed_parts(proc, text)
 
     def feed_parts(self, proc: str | None, text: str) -> None:
-        """A line already split by logparse.split_line (the LogParser forwards these)."""
-        if not text or is_frame(proc, text):  # the supervisor's own lines around the engine's
+        """A line already split by logparse.split_line (the LogParser forwards these, frames
+        already left out)."""
+        if not text:
             return
         if text.startswith("(raylet"):
             # Ray's node manager forwards its own agents' fate ("killed by the OS (e.g., out of
@@ -540,8 +542,6 @@ class FailureClassifier:
         if cause is None and self._last_other:
             cause = _clean(f"vLLM exited with code {exit_code} before it was ready; its last words: {self._last_other}")
         return Failure(FailureKind.UNKNOWN, cause or f"vLLM exited with code {exit_code} before it was ready", values)
-
-
 
 
 def _killed(exit_code: int, when: str) -> str | None:

@@ -15,8 +15,8 @@ from typing import Literal
 PREFIX = "===== "
 ATTEMPT_PATTERN = r"^===== llm-supervisor attempt (\d+) at "
 _ATTEMPT_RE = re.compile(ATTEMPT_PATTERN)
-_OURS = ("===== llm-supervisor", "===== engine ")
 _EXIT = "===== engine "
+_OURS = ("===== llm-supervisor", _EXIT)
 GUARD_LOST = "lost its guard"  # how an exit line begins when the engine's guard died without a report
 _EXITED_RE = re.compile(r"exited with code (-?\d+)\b")
 _KILLED_RE = re.compile(r"killed by (SIG[A-Z0-9]+|\d+)\b")
