@@ -23,7 +23,7 @@ searched for in free text: a 2-character "secret" would mask half of every log l
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 REDACTED = "***"
@@ -60,26 +60,33 @@ def is_secret_flag(flag: str) -> bool:
     return flag in SECRET_FLAGS or (flag.startswith("--") and is_secret_name(flag[2:]))
 
 
-def argv_secrets(argv: Iterable[str]) -> list[str]:
-    """The values after (or `=` in) secret-looking flags of an argument list."""
-    found: list[str] = []
-    take_next = False
+def _argv_secret_spans(argv: Iterable[str]) -> Iterator[tuple[str, str | None]]:
+    """Each argument with the secret it carries: the value after (`--api-key X`: the `X`) or `=` in
+    (`--db-password=X`) a secret-looking flag, else None."""
+    value_next = False
     for arg in argv:
-        if take_next:
-            found.append(arg)
-            take_next = False
+        if value_next:
+            value_next = False
+            yield arg, arg
             continue
         flag, eq, value = arg.partition("=")
-        if is_secret_flag(flag):
-            if eq:
-                found.append(value)
-            else:
-                take_next = True
-    return [v for v in found if v]
+        secret_flag = is_secret_flag(flag)
+        value_next = secret_flag and not eq
+        yield arg, (value if secret_flag and eq else None)
+
+
+def argv_secrets(argv: Iterable[str]) -> list[str]:
+    """The values after (or `=` in) secret-looking flags of an argument list."""
+    return [secret for _, secret in _argv_secret_spans(argv) if secret]
+
+
+def is_secret_entry(name: str, value: str) -> bool:
+    """An environment entry whose name or value says it is a secret."""
+    return bool(value) and (is_secret_name(name) or looks_like_token(value))
 
 
 def env_secrets(env: Mapping[str, str]) -> list[str]:
-    return [v for k, v in env.items() if v and (is_secret_name(k) or looks_like_token(v))]
+    return [v for k, v in env.items() if is_secret_entry(k, v)]
 
 
 class Redactor:
@@ -157,20 +164,15 @@ class Redactor:
     def argv(self, argv: Iterable[str]) -> list[str]:
         """Mask the value of any secret-looking flag (`--api-key X`, `--db-password=X`), then values."""
         out: list[str] = []
-        hide_next = False
-        for arg in argv:
-            if hide_next:
+        for arg, secret in _argv_secret_spans(argv):
+            if secret is None:
+                out.append(self.text(arg))
+            elif secret == arg:
                 out.append(REDACTED)
-                hide_next = False
-                continue
-            flag, eq, _ = arg.partition("=")
-            if is_secret_flag(flag):
-                out.append(f"{flag}={REDACTED}" if eq else arg)
-                hide_next = not eq
-                continue
-            out.append(self.text(arg))
+            else:
+                out.append(arg[: len(arg) - len(secret)] + REDACTED)
         return out
 
     def env(self, env: Mapping[str, str]) -> dict[str, str]:
-        return {k: (REDACTED if v and (is_secret_name(k) or looks_like_token(v)) else self.text(v))
+        return {k: (REDACTED if is_secret_entry(k, v) else self.text(v))
                 for k, v in env.items()}
