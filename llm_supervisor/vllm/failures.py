@@ -188,6 +188,14 @@ def _gib(number: str, unit: str) -> float:
     return round(float(number) * _UNIT_MIB.get(unit, 1.0) / 1024, 3)
 
 
+def _device_budget(rx: re.Pattern[str], msg: str, first: str) -> dict[str, Any]:
+    """The figures of vLLM's "(X/total GiB) … (utilization, budget GiB)" start-up checks: `first`
+    names X (free memory, or weights another process holds)."""
+    m = rx.search(msg)
+    names = (first, "total_gib", "requested_utilization", "requested_gib")
+    return dict(zip(names, map(float, m.groups()))) if m else {}
+
+
 def _clean(message: str) -> str:
     message = message.strip()
     return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 1] + "…"
@@ -328,20 +336,10 @@ class FailureClassifier:
             self._record(FailureKind.KV_CACHE_TOO_SMALL, msg, values)
             return True
         if "Externally held weights on device" in msg:
-            m = _EXTERNAL_RE.search(msg)
-            values = {}
-            if m:
-                values = {"external_weights_gib": float(m.group(1)), "total_gib": float(m.group(2)),
-                          "requested_utilization": float(m.group(3)), "requested_gib": float(m.group(4))}
-            self._record(FailureKind.NO_KV_CACHE_MEMORY, msg, values)
+            self._record(FailureKind.NO_KV_CACHE_MEMORY, msg, _device_budget(_EXTERNAL_RE, msg, "external_weights_gib"))
             return True
         if "on startup is less than desired" in msg or "on startup is less than the engine's budget" in msg:
-            m = _FREE_RE.search(msg)
-            values = {}
-            if m:
-                values = {"free_gib": float(m.group(1)), "total_gib": float(m.group(2)),
-                          "requested_utilization": float(m.group(3)), "requested_gib": float(m.group(4))}
-            self._record(FailureKind.INSUFFICIENT_FREE_MEMORY, msg, values)
+            self._record(FailureKind.INSUFFICIENT_FREE_MEMORY, msg, _device_budget(_FREE_RE, msg, "free_gib"))
             return True
         if "User-specified max_model_len" in msg:
             m = _TOO_LONG_RE.search(msg)
