@@ -29,7 +29,7 @@ from llm_supervisor.simulator.logs import Log, traceback_text
 from llm_supervisor.simulator.memory import MIB, format_gib, torch_format_size
 from llm_supervisor.simulator.proc import Channel, fork_child, set_title, sleep
 from llm_supervisor.simulator.templates import ENGINE_CONFIG
-from llm_supervisor.simulator.rank import OOM_TAIL, Rank, Shutdown, SimFailure, _hang_forever, capture_sizes
+from llm_supervisor.simulator.rank import OOM_TAIL, Rank, Shutdown, SimFailure, _hang_forever, capture_sizes, gather_replies
 
 
 # ---------------------------------------------------------------- one GPU
@@ -99,21 +99,7 @@ class Ranks:
             return [self.local.call(op, args or {})]
         for _pid, chan in self.workers:
             chan.send({"op": op, "args": args or {}})
-        results: list[dict[str, Any]] = []
-        failure: SimFailure | None = None
-        for _pid, chan in self.workers:
-            msg = chan.recv()
-            if msg is None:
-                failure = failure or SimFailure(op, "RuntimeError: Worker proc died unexpectedly", in_worker=False)
-                continue
-            if "err" in msg:
-                failure = failure or SimFailure(msg["err"]["phase"], msg["err"]["final"])
-                continue
-            results.append(msg["ok"])
-        if failure is not None:
-            failure.remote = True  # type: ignore[attr-defined]
-            raise failure
-        return results
+        return gather_replies(op, (chan.recv() for _pid, chan in self.workers))
 
     def fds(self) -> list[int]:
         return [chan.fileno() for _pid, chan in self.workers]
@@ -394,7 +380,7 @@ class EngineCore:
 
     def report_failure(self, exc: SimFailure) -> None:
         d, log, cfg = self.cfg.dialect, self.log, self.cfg
-        remote = getattr(exc, "remote", False)
+        remote = exc.remote
         frames = list(tb.ENGINE_HEAD)
         final = exc.final
         if remote and exc.phase == "init_device":

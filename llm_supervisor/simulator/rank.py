@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterable
 from typing import Any
 from llm_supervisor.host import simgpu
 from llm_supervisor.simulator import memory
@@ -37,10 +38,29 @@ class SimFailure(Exception):
         self.phase = phase
         self.final = final
         self.in_worker = in_worker
+        self.remote = False  # raised in a worker process or actor and relayed to EngineCore
 
     @property
     def message(self) -> str:
         return self.final.split(": ", 1)[1] if ": " in self.final else self.final
+
+
+def gather_replies(op: str, replies: Iterable[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The ranks' answers to one call, every reply read; the first failure (a rank's error, or None:
+    a worker gone) is raised instead, marked as relayed."""
+    results: list[dict[str, Any]] = []
+    failure: SimFailure | None = None
+    for msg in replies:
+        if msg is None:
+            failure = failure or SimFailure(op, "RuntimeError: Worker proc died unexpectedly", in_worker=False)
+        elif "err" in msg:
+            failure = failure or SimFailure(msg["err"]["phase"], msg["err"]["final"])
+        else:
+            results.append(msg["ok"])
+    if failure is not None:
+        failure.remote = True
+        raise failure
+    return results
 
 
 def _hang_forever() -> None:

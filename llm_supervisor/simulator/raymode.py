@@ -241,20 +241,9 @@ class RayRanks:
 
     # ------------------------------------------------------------ engine.Ranks interface
     def call(self, op: str, args: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        from llm_supervisor.simulator.rank import SimFailure
+        from llm_supervisor.simulator.rank import gather_replies
 
-        replies = self._get([a.call.remote(op, args or {}) for a in self.actors], op)
-        failure: SimFailure | None = None
-        results = []
-        for msg in replies:
-            if "err" in msg:
-                failure = failure or SimFailure(msg["err"]["phase"], msg["err"]["final"])
-            else:
-                results.append(msg["ok"])
-        if failure is not None:
-            failure.remote = True  # type: ignore[attr-defined]
-            raise failure
-        return results
+        return gather_replies(op, self._get([a.call.remote(op, args or {}) for a in self.actors], op))
 
     def fds(self) -> list[int]:
         """EngineCore asks once, when it starts serving: from then on a dead actor is fatal."""
