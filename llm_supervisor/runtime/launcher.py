@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import psutil
 
 from llm_supervisor.host.tenants import GUARD_MODULE, GUARD_PARENT_FLAG
-from llm_supervisor.vllm.framing import GUARD_LOST
+from llm_supervisor.vllm.framing import GUARD_LOST, SIGKILL_CAUSES
 
 MAX_LINE = 64 * 1024  # longer lines are cut (and marked) so one line never holds memory hostage
 READ_CHUNK = 256 * 1024
@@ -65,9 +65,8 @@ class ExitInfo:
             ended = f"ended the {self.left} engine process(es) it left" if self.left else "no engine process was left"
             return f"{GUARD_LOST} (pid {self.guard_pid}, {how}) without an exit report; {ended}"
         if self.signal:
-            name = signal.Signals(self.signal).name if self.signal in signal.Signals._value2member_map_ else str(self.signal)
-            hint = " (perhaps out of memory?)" if self.signal == signal.SIGKILL else ""
-            return f"killed by {name}{hint}"
+            hint = f" ({SIGKILL_CAUSES})" if self.signal == signal.SIGKILL else ""
+            return f"killed by {_signame(self.signal)}{hint}"
         return f"exited with code {self.code}"
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from llm_supervisor.vllm.framing import SIGNAL_NAMES, is_frame
+from llm_supervisor.vllm.framing import SIGKILL_CAUSES, SIGNAL_NAMES, is_frame
 from llm_supervisor.vllm.logparse import split_line, strip_header
 
 
@@ -551,7 +551,7 @@ def _killed(exit_code: int, when: str) -> str | None:
         return None
     notes = [f"exit code {exit_code}"] if exit_code > 0 else []
     if number == 9:
-        notes.append("`kill -9`, or the kernel's OOM killer when host memory ran out")
+        notes.append(SIGKILL_CAUSES)
     text = f"vLLM was killed by {SIGNAL_NAMES.get(number, f'signal {number}')} {when}"
     return text + (f" ({': '.join(notes)})" if notes else "")
 

@@ -24,6 +24,8 @@ _KILLED_RE = re.compile(r"killed by (SIG[A-Z0-9]+|\d+)\b")
 # Signal numbers on Linux, both ways (the vLLM layer does no I/O, not even `import signal`).
 SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
 _SIGNAL_NUMBERS = {name: number for number, name in SIGNAL_NAMES.items()}
+# Who sends a SIGKILL the supervisor did not: said wherever an engine killed by one is reported.
+SIGKILL_CAUSES = "`kill -9`, or the kernel's OOM killer when host memory ran out"
 
 
 def attempt_line(attempt: int, at: str, argv_text: str) -> str:
