@@ -277,6 +277,29 @@ def test_failing_health_is_degraded_and_recovers(make) -> None:
     asyncio.run(scenario())
 
 
+def test_gpu_memory_in_status_follows_the_state_not_the_next_poll(make) -> None:
+    """`ready` shows the engine's memory and `backoff` the memory it freed at once, not up to a
+    poll interval (5 s) later."""
+    async def scenario() -> tuple[int, int, int, float, float]:
+        h = make().start()
+        await h.until(lambda: h.daemon.gpus, what="a first GPU reading")
+        before = h.daemon.gpus[0]["memory_used_mib"]
+        await h.ready()
+        at_ready = h.clock.monotonic()
+        await h.until(lambda: h.daemon.gpus[0]["memory_used_mib"] > before + 1000, what="the engine's memory")
+        seen_ready = h.clock.monotonic() - at_ready
+        serving = h.daemon.gpus[0]["memory_used_mib"]
+        h.engine.die()
+        await h.until(lambda: h.daemon.state is State.BACKOFF, what="backoff")
+        at_backoff = h.clock.monotonic()
+        await h.until(lambda: h.daemon.gpus[0]["memory_used_mib"] < serving - 1000, what="the freed memory")
+        return before, serving, h.daemon.gpus[0]["memory_used_mib"], seen_ready, h.clock.monotonic() - at_backoff
+
+    before, serving, freed, seen_ready, seen_freed = asyncio.run(scenario())
+    assert serving - before > 10_000 and freed == before
+    assert seen_ready < 1.0 and seen_freed < 1.0
+
+
 def test_an_engine_that_ignores_sigterm_is_killed_at_the_deadline(make, caplog) -> None:
     caplog.set_level(logging.INFO, logger="llm_supervisor")
 

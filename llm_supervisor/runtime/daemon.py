@@ -158,6 +158,7 @@ class Daemon(RestartLoop):
         self.ring: collections.deque[str] = collections.deque(maxlen=RING_LINES)
         self.last_output = self.clock.monotonic()
         self.gpus: list[dict[str, Any]] = []
+        self._gpus_changed = asyncio.Event()
         self.message = ""
         self.metrics_kv_tokens: int | None = None
         self.capacity: dict[str, Any] | None = self.store.capacity(profile.name)
@@ -203,6 +204,7 @@ class Daemon(RestartLoop):
         super().enter(new, why)
         if self.state is not before:
             self._emit(StateChanged(self.clock.monotonic(), new.value, why))
+            self._gpus_changed.set()  # the GPU poll reads memory now: it changes with the state
 
     def _event(self, event: str, failure: Failure | None = None, change: dict[str, Any] | None = None,
                reason: str = "") -> None:
@@ -851,7 +853,7 @@ class Daemon(RestartLoop):
             await asyncio.to_thread(check_log_dir, self.settings.logs / f"{self.profile.name}.log",
                                     "LLM_SUPERVISOR_LOG_DIR" if self.settings.log_dir else "LLM_SUPERVISOR_STATE_DIR")
         background = [asyncio.create_task(poll_gpus(self.inventory, self.clock, self.timing.gpu_poll_s,
-                                                    self._publish_gpus), name="gpu-poll"),
+                                                    self._publish_gpus, self._gpus_changed), name="gpu-poll"),
                       asyncio.create_task(keep_watchdog(self.notifier, self.clock), name="watchdog"),
                       asyncio.create_task(self._watch_tenants(), name="gpu-tenants"),
                       asyncio.create_task(self.dispatch_commands(), name="commands"),

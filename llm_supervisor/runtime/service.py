@@ -19,7 +19,7 @@ from llm_supervisor.api.server import check_bind_allowed, create_app, start_api,
 from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.host import gpus as host_gpus
-from llm_supervisor.clock import Clock
+from llm_supervisor.clock import Clock, first_of
 from llm_supervisor.runtime.notify import Notifier
 from llm_supervisor.store.lock import DaemonLock
 
@@ -108,15 +108,22 @@ async def served(settings: Settings, status: Callable[[], dict[str, Any]], comma
 
 
 async def poll_gpus(inventory: host_gpus.GpuInventory | None, clock: Clock, interval_s: float,
-                    publish: Callable[[list[dict[str, Any]]], None]) -> None:
-    """GPU memory for /status, read in a thread (NVML blocks) every `interval_s`."""
+                    publish: Callable[[list[dict[str, Any]]], None], wake: asyncio.Event | None = None) -> None:
+    """GPU memory for /status, read in a thread (NVML blocks) every `interval_s`, and at once when
+    `wake` is set (the daemon sets it as its state changes, so a ready engine's memory shows with
+    `ready` and a relaunch's freed memory with `backoff`, not up to `interval_s` later)."""
     while True:
+        if wake is not None:
+            wake.clear()
         if inventory is not None:
             try:
                 publish(await asyncio.to_thread(host_gpus.gpu_memory, inventory))
             except Exception as exc:  # noqa: BLE001 - NVML hiccups must not kill the daemon
                 log.debug("gpu poll failed: %s", exc)
-        await clock.sleep(interval_s)
+        if wake is None:
+            await clock.sleep(interval_s)
+        else:
+            await first_of(clock, wake.wait(), interval_s)
 
 
 async def keep_watchdog(notifier: Notifier, clock: Clock) -> None:
