@@ -365,7 +365,8 @@ def build_plan(
     if prediction is not None and not last_note:
         asked = args.max_model_len or prediction.requested_max_model_len
         if not profile.recovery.plan_first_launch:
-            if prediction.max_model_len and prediction.max_model_len != asked:
+            # (when nothing fits at these arguments the low-memory note above already said what would)
+            if prediction.fits and prediction.max_model_len and prediction.max_model_len != asked:
                 notes.append(f"the planner predicts max_model_len {prediction.max_model_len:,} fits; launching with "
                              f"{asked:,} as asked (recovery.plan_first_launch is off)")
         elif prediction.max_model_len and prediction.max_model_len != asked:
