@@ -831,6 +831,8 @@ def lifetime_a(ctx: Ctx, only: set[str]) -> None:
                     "failure_kind": next((e["failure"]["kind"] for e in exits if e.get("failure")), None),
                     "restarts": st4.get("restarts"), "kv_cache_tokens": st4.get("kv_cache_tokens"),
                     "state_seen_after_kill": st2.get("state"),
+                    # the daemon acted on vLLM's own report of the death, not on its API server's exit
+                    "ended_on_report": "reports its engine dead" in (d.dir / "daemon.log").read_text(errors="replace"),
                 })
                 r5["ok"] = st4.get("state") == "ready"
                 st = st4
@@ -1173,7 +1175,7 @@ def summary_table(ctx: Ctx) -> str:
     r = R.get("5", {})
     row("5", f"noticed {fmt(r.get('noticed_s'))} s, relaunch {fmt(r.get('relaunch_s'))} s, ready again "
              f"{fmt(r.get('ready_again_s'))} s after the kill (warm start {fmt(r.get('time_to_ready_warm_s'))} s), "
-             f"kind {fmt(r.get('failure_kind'))}")
+             f"kind {fmt(r.get('failure_kind'))}, ended on vLLM's report {fmt(r.get('ended_on_report'))}")
     r = R.get("9", {})
     k, rs = r.get("engine_killed") or {}, r.get("restart") or {}
     row("9", f"EngineCore killed: {fmt(k.get('requests'))} requests, {fmt(k.get('by_outcome'))}, "

@@ -574,11 +574,16 @@ class FakeEngine:
         self._task.cancel()
         self._exited.set()
 
-    def die(self) -> None:
-        """EngineCore killed while serving: vLLM's API server (0.26 and 0.34 alike) logs it and exits with 0."""
+    def die(self, linger_s: float = 0.0) -> None:
+        """EngineCore killed while serving: vLLM's API server (0.26 and 0.34 alike) logs it and exits with 0,
+        `linger_s` later (its watchdog: up to 5 s; /health answers 503 meanwhile)."""
         self._print(CORE.format(level="ERROR", src="core.py:900", msg="EngineCore encountered an issue. See stack trace"),
                     API.format(level="ERROR", src="async_llm.py:480", msg="EngineDeadError: EngineCore encountered an issue."))
-        self._exit(ExitInfo(0))
+        if linger_s <= 0:
+            self._exit(ExitInfo(0))
+            return
+        self.healthy = False
+        self.clock.call_at(self.clock.monotonic() + linger_s, lambda: self._exit(ExitInfo(0)))
 
     def guard_killed(self) -> None:
         """`kill -9` of the guard: the launcher finds no exit report and ends what the guard left."""

@@ -390,6 +390,38 @@ def test_the_front_door_hears_of_a_lost_guard_at_once(make) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("keep_alive", [False, True])
+def test_an_engine_reported_dead_is_ended_at_once_not_when_its_api_server_exits(make, caplog, keep_alive: bool) -> None:
+    """vLLM's API server outlives its dead engine by up to 5 s (its watchdog). Once it has said so in
+    an ERROR line, the supervisor tells the front door and ends the tree at once; with
+    VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1 (someone wants the dead server kept) it waits for the exit."""
+    caplog.set_level(logging.INFO, logger="llm_supervisor")
+
+    async def scenario() -> tuple[float, list[float], dict[str, Any]]:
+        h = make(sets=['env.VLLM_KEEP_ALIVE_ON_ENGINE_DEATH="1"'] if keep_alive else []).start()
+        await h.ready()
+        first = h.engine
+        died_at = h.clock.monotonic()
+        first.die(linger_s=5.0)
+        await h.until(lambda: "down" in h.door.names(), what="the front door told")
+        down_after = h.clock.monotonic() - died_at
+        await h.ready(attempt=2)
+        relaunch = h.relaunches()[0]
+        h.daemon.inbox.put(Command.STOP)
+        assert await h.exit_code() == 0
+        return down_after, [t - died_at for t in first.stops], relaunch
+
+    down_after, stops, relaunch = asyncio.run(scenario())
+    assert relaunch["failure"]["kind"] == "engine_dead" and "EngineDeadError" in relaunch["failure"]["message"]
+    if keep_alive:
+        assert down_after >= 5.0 and stops == []  # the API server's own exit
+        assert "reports its engine dead" not in caplog.text
+    else:
+        assert down_after < 1.0 and len(stops) == 1 and stops[0] < 1.0
+        assert "attempt 1: vLLM reports its engine dead; ending the engine's processes now" in caplog.text
+        assert "(ended by the supervisor after vLLM reported its engine dead) (engine_dead)" in caplog.text
+
+
 def test_the_front_door_answers_honestly_when_recovery_gives_up(make) -> None:
     async def scenario() -> None:
         h = make(FakeVllm(fault="model_not_found")).start()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_supervisor.vllm.engine_args import keeps_dead_engine_serving
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.host.logfiles import parse_log_file
 
@@ -530,3 +531,54 @@ def test_ray_node_manager_lines_are_not_engine_failures():
            "killed by the OS (e.g., out of memory). CUDA out of memory. Tried to allocate 2.00 MiB.")
     c.feed("(raylet, ip=10.0.0.2) RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB")
     assert c.classify(exit_code=0, was_ready=True).kind == FailureKind.ENGINE_DEAD
+
+
+REAL_0_26 = Path(__file__).parent / "fixtures" / "vllm-0.26.0"
+REAL_0_34 = Path(__file__).parent / "fixtures" / "vllm-0.34.0-h200"
+
+
+@pytest.mark.parametrize("lines, reported", [
+    # the API server's output handler, every V1 version (real 0.26 and 0.34 print it at ERROR)
+    (["(APIServer pid=1) ERROR 12-03 18:00:22 [async_llm.py:957] vllm.v1.engine.exceptions.EngineDeadError: "
+      "EngineCore encountered an issue. See stack trace (above) for the root cause."], True),
+    # a worker process, seen by the executor's monitor
+    (["(EngineCore pid=926) ERROR 12-04 02:40:02 [multiproc_executor.py:284] Worker proc VllmWorker-0 died "
+      "unexpectedly (exit code: None), shutting down executor."], True),
+    # an unprefixed exception line (0.31+ prints tracebacks without the logger's prefix)
+    (["vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue."], True),
+    # a warning first (0.26's client cleanup): the ERROR line follows; not yet
+    (["(APIServer pid=1) WARNING 12-03 18:00:22 [core_client.py:869] [shutdown] MPClient: engine core exited "
+      "unexpectedly; starting cleanup"], False),
+    # a logged prompt may quote anything
+    (["(APIServer pid=1) INFO 12-03 18:00:22 [logger.py:41] Received request chatcmpl-1: prompt: 'why did my "
+      "EngineDeadError say the worker died unexpectedly?'"], False),
+])
+def test_an_engine_death_is_reported_only_by_an_error_line_or_an_exception(lines: list[str], reported: bool) -> None:
+    classifier = FailureClassifier()
+    for line in lines:
+        classifier.feed(line)
+    assert classifier.engine_death_reported is reported
+
+
+@pytest.mark.parametrize("log", [REAL_0_26 / "h200-8b-mp1-worker-killed.log",
+                                 REAL_0_34 / "ready-enginecore-killed-daemon-killed.log"])
+def test_real_engine_deaths_are_reported_before_the_api_server_exits(log: Path) -> None:
+    """In both real logs the report comes seconds before the API server's own shutdown lines."""
+    classifier = FailureClassifier()
+    lines = log.read_text().splitlines()
+    first_launch_end = next(i for i, line in enumerate(lines) if line.startswith("===== engine "))
+    reported_at = None
+    for i, line in enumerate(lines[:first_launch_end]):
+        classifier.feed(line)
+        if classifier.engine_death_reported and reported_at is None:
+            reported_at = i
+    shutdown_at = next(i for i, line in enumerate(lines) if "Shutting down" in line)
+    assert reported_at is not None and reported_at < shutdown_at
+
+
+@pytest.mark.parametrize("value, keeps", [(None, False), ("0", False), ("", False), ("1", True), ("2", True),
+                                          ("yes", False)])
+def test_vllm_keeps_a_dead_engine_serving_only_when_its_variable_is_a_nonzero_integer(value: str | None,
+                                                                                      keeps: bool) -> None:
+    env = {} if value is None else {"VLLM_KEEP_ALIVE_ON_ENGINE_DEATH": value}
+    assert keeps_dead_engine_serving(env) is keeps

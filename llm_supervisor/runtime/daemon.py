@@ -53,7 +53,7 @@ from llm_supervisor.store.state import StateStore, host_key
 from llm_supervisor.vllm import framing
 from llm_supervisor.vllm.brief import change_brief, decision_brief, failure_brief
 from llm_supervisor.vllm.calibration import learn_from_facts
-from llm_supervisor.vllm.engine_args import redact_argv
+from llm_supervisor.vllm.engine_args import keeps_dead_engine_serving, redact_argv
 from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind, guard_lost_failure
 from llm_supervisor.vllm.logparse import LogParser
 from llm_supervisor.vllm.memory import block_size_for, extensible_sizing_from_log
@@ -159,6 +159,8 @@ class Daemon(RestartLoop):
         self.last_output = self.clock.monotonic()
         self.gpus: list[dict[str, Any]] = []
         self._gpus_changed = asyncio.Event()
+        self._death_reported = asyncio.Event()  # per launch: vLLM said its engine died after ready
+        self._end_dead_engine = True
         self.message = ""
         self.metrics_kv_tokens: int | None = None
         self.capacity: dict[str, Any] | None = self.store.capacity(profile.name)
@@ -377,6 +379,8 @@ class Daemon(RestartLoop):
         for line in lines:
             for event in feed(line):
                 self._on_event(event.kind, event.data)
+        if self.ready_at is not None and self.classifier.engine_death_reported and not self._death_reported.is_set():
+            self._death_reported.set()
         return paced
 
     def _on_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -646,6 +650,8 @@ class Daemon(RestartLoop):
         self._engine_log().write(framing.attempt_line(self.attempt, iso(self.clock.time()),
                                                       " ".join(redact_argv(argv))).encode())
         self.engine_started_at = self.clock.monotonic()
+        self._death_reported = asyncio.Event()
+        self._end_dead_engine = not keeps_dead_engine_serving(spec.env)
         self._emit(Launched(self.attempt, self.engine_started_at, " ".join(redact_argv(argv[len(self.plan.command):])),
                             str(self.log_path)))
         self.engine = engine = await self.launcher.start(spec, self._on_output)
@@ -666,13 +672,17 @@ class Daemon(RestartLoop):
         command_task = asyncio.create_task(self.wait_for_command(), name="command")
         ready_task: asyncio.Task | None = asyncio.create_task(self._wait_ready(), name="readiness")
         watch_task = asyncio.create_task(self._watch_startup(), name="startup-watch")
+        death_task: asyncio.Task | None = None
         requested: Command | None = None
         failure: Failure | None = None
+        reported_dead = False
         try:
             while True:
                 waiting = {exit_task, command_task, watch_task}
                 if ready_task is not None:
                     waiting.add(ready_task)
+                if death_task is not None:
+                    waiting.add(death_task)
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if ready_task in done:
                     failure = _task_failure(ready_task, "readiness probe")
@@ -681,8 +691,13 @@ class Daemon(RestartLoop):
                     ready_task = None
                     watch_task.cancel()
                     watch_task = asyncio.create_task(self._monitor_ready(), name="ready-monitor")
+                    if self._end_dead_engine:
+                        death_task = asyncio.create_task(self._death_reported.wait(), name="engine-death")
                     continue
                 if exit_task in done:
+                    break
+                if death_task in done:
+                    reported_dead = True
                     break
                 if command_task in done:
                     requested = command_task.result()
@@ -695,7 +710,7 @@ class Daemon(RestartLoop):
                     log.error("%s", failure.message)
                     break
         finally:
-            for task in (command_task, watch_task, ready_task):
+            for task in (command_task, watch_task, ready_task, death_task):
                 if task is not None and not task.done():
                     task.cancel()
         reached_ready = self.ready_at is not None
@@ -714,10 +729,20 @@ class Daemon(RestartLoop):
             asked_at = self.clock.monotonic()
             exit_info = await engine.stop(self.settings.stop_timeout_s)
             waited = self.clock.monotonic() - asked_at
+        elif reported_dead:
+            # vLLM's API server outlives its dead engine until a watchdog (up to 5 s) ends it; nothing
+            # it serves meanwhile can answer: clients wait for the next engine, the tree ends now
+            log.info("attempt %d: vLLM reports its engine dead; ending the engine's processes now rather than "
+                     "waiting for its API server to exit", self.attempt)
+            self._engine_gone()
+            exit_info = await engine.stop(self.settings.stop_timeout_s)
+            waited = 0.0
         else:
             exit_info = await exit_task
             waited = 0.0
         described, level = exit_info.description, logging.INFO
+        if reported_dead:
+            described += " (ended by the supervisor after vLLM reported its engine dead)"
         if (requested or failure is not None) and waited >= 0.9 * self.settings.stop_timeout_s and (
                 exit_info.signal == signal.SIGKILL or exit_info.code == 128 + signal.SIGKILL):
             # our own deadline, not the OOM killer the plain description would suggest
@@ -732,8 +757,8 @@ class Daemon(RestartLoop):
         elif unexpected:
             failure = self.classifier.classify(exit_info.code, reached_ready) or Failure(
                 FailureKind.UNKNOWN, f"vLLM {exit_info.description} without a recognised error", {})
-        if unexpected and self.door is not None:  # clients see the engine is gone; what it had not answered waits
-            self.door.engine_down("the model server stopped unexpectedly and is being restarted", self._time_to_ready())
+        if unexpected and not reported_dead:
+            self._engine_gone()
         # The kind only: the decision line that follows says it with its numbers, the history keeps
         # vLLM's whole message.
         log.log(level, "attempt %d: engine %s%s", self.attempt, described, f" ({failure.kind})" if failure else "",
@@ -744,6 +769,11 @@ class Daemon(RestartLoop):
                                          failure=failure.kind if failure else None,
                                          reached_ready=reached_ready, ended_at=self.clock.time()))
         return Outcome(exit_info, failure, reached_ready, requested)
+
+    def _engine_gone(self) -> None:
+        """Clients see the engine is gone; what it had not answered waits for the next one."""
+        if self.door is not None:
+            self.door.engine_down("the model server stopped unexpectedly and is being restarted", self._time_to_ready())
 
     # ------------------------------------------------------------ what next
     def _gpu_memory(self) -> tuple[float | None, float | None]:

@@ -82,6 +82,15 @@ def engine_env(profile: Profile, args: VllmArgs, base: Mapping[str, str], extra:
     return env
 
 
+def keeps_dead_engine_serving(env: Mapping[str, str]) -> bool:
+    """`VLLM_KEEP_ALIVE_ON_ENGINE_DEATH` (read by vLLM as an integer): its API server stays up,
+    answering errors, after its engine died, for someone to look at it."""
+    try:
+        return int(env.get("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "0") or "0") != 0
+    except ValueError:
+        return False
+
+
 def changed_env(full: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
     """What the supervisor adds or changes relative to its own environment (for `plan`)."""
     return {k: v for k, v in full.items() if base.get(k) != v}

@@ -214,6 +214,7 @@ class FailureClassifier:
         self._best: Failure | None = None
         self._death: str | None = None
         self._death_values: dict[str, Any] = {}
+        self._death_reported = False
         self._root: str | None = None
         self._last_error: str | None = None
         self._last_other: str | None = None  # the last line that was not INFO/DEBUG: a cause of last resort
@@ -225,6 +226,14 @@ class FailureClassifier:
     @property
     def failure(self) -> Failure | None:
         return self._best
+
+    @property
+    def engine_death_reported(self) -> bool:
+        """vLLM said its engine is dead, in an ERROR line or an exception ("EngineDeadError", "Worker
+        proc … died unexpectedly"): its API server exits only after a watchdog of up to 5 s, but
+        nothing it serves from then on can answer. (Not from an INFO line: a logged prompt may quote
+        anything.)"""
+        return self._death_reported
 
     @property
     def shutdown_requested(self) -> bool:
@@ -298,6 +307,8 @@ class FailureClassifier:
             return
         if any(needle in msg for needle in _DEATH):
             self._note_death(msg)
+            if level in ("ERROR", "CRITICAL") or exc is not None:
+                self._death_reported = True
         if "Failed core proc(s)" in msg:
             self._failed_procs(msg)
         if exc is not None:
