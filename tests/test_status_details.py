@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from fakes import FakeVllm, Harness
 from llm_supervisor.api.client import format_status
+from llm_supervisor.clock import iso
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.states import State
 
@@ -123,12 +125,14 @@ def test_history_from_before_the_brief_still_shows_its_numbers() -> None:
 def test_a_relaunch_row_does_not_repeat_the_exit_just_above() -> None:
     dead = {"kind": "engine_dead", "brief": "vLLM was killed by SIGKILL after it was ready (exit code 137)", "message": "m"}
     small = {"kind": "kv_cache_too_small", "brief": "5.62 GiB of KV cache needed, 0.49 GiB available", "message": "m"}
+    # recent times: the table shows a time of today as one column word (older ones get a date too)
+    start = time.time() - 180
     history = [
-        {"at": "2026-12-03T10:00:00+00:00", "event": "exit", "failure": dead},
-        {"at": "2026-12-03T10:00:00+00:00", "event": "relaunch", "failure": dead, "change": None},
-        {"at": "2026-12-03T10:01:00+00:00", "event": "exit", "failure": small},
-        {"at": "2026-12-03T10:01:00+00:00", "event": "relaunch", "failure": small, "change": {"max_model_len": [40960, 3520]}},
-        {"at": "2026-12-03T10:02:00+00:00", "event": "relaunch", "failure": dead, "change": None},  # no exit row kept
+        {"at": iso(start), "event": "exit", "failure": dead},
+        {"at": iso(start), "event": "relaunch", "failure": dead, "change": None},
+        {"at": iso(start + 60), "event": "exit", "failure": small},
+        {"at": iso(start + 60), "event": "relaunch", "failure": small, "change": {"max_model_len": [40960, 3520]}},
+        {"at": iso(start + 120), "event": "relaunch", "failure": dead, "change": None},  # no exit row kept
     ]
     text = render({"state": "ready", "history": history}, width=300)
     rows = [" ".join(line.split()[1:]) for line in text.splitlines() if line.split()[1:2] in (["exit"], ["relaunch"])]
