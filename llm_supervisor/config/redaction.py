@@ -165,12 +165,8 @@ class Redactor:
         """Mask the value of any secret-looking flag (`--api-key X`, `--db-password=X`), then values."""
         out: list[str] = []
         for arg, secret in _argv_secret_spans(argv):
-            if secret is None:
-                out.append(self.text(arg))
-            elif secret == arg:
-                out.append(REDACTED)
-            else:
-                out.append(arg[: len(arg) - len(secret)] + REDACTED)
+            # the secret is the whole argument (after `--api-key`) or what follows `=` in it
+            out.append(self.text(arg) if secret is None else arg[: len(arg) - len(secret)] + REDACTED)
         return out
 
     def env(self, env: Mapping[str, str]) -> dict[str, str]:
