@@ -379,7 +379,7 @@ class Daemon(RestartLoop):
         for line in lines:
             for event in feed(line):
                 self._on_event(event.kind, event.data)
-        if self.ready_at is not None and self.classifier.engine_death_reported and not self._death_reported.is_set():
+        if self.ready_at is not None and self.classifier.engine_death_reported:
             self._death_reported.set()
         return paced
 
@@ -650,7 +650,7 @@ class Daemon(RestartLoop):
         self._engine_log().write(framing.attempt_line(self.attempt, iso(self.clock.time()),
                                                       " ".join(redact_argv(argv))).encode())
         self.engine_started_at = self.clock.monotonic()
-        self._death_reported = asyncio.Event()
+        self._death_reported.clear()
         self._end_dead_engine = not keeps_dead_engine_serving(spec.env)
         self._emit(Launched(self.attempt, self.engine_started_at, " ".join(redact_argv(argv[len(self.plan.command):])),
                             str(self.log_path)))
