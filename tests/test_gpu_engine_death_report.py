@@ -26,19 +26,30 @@ CASES = {
 CLOCK = re.compile(r"\d\d:\d\d:\d\d")
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_the_report_comes_before_the_api_servers_shutdown_and_names_the_cause(name: str) -> None:
-    first = runs(name)[0]
+# Where vLLM reported the death: here, and in the earlier real logs, where the daemon still waited
+# for the API server's exit (0.26 with a worker process, 0.34 with its EngineCore killed).
+REPORTED = [(FIXTURES, name) for name in CASES] + [
+    (FIXTURES, "h200-8b-mp1-worker-killed"),
+    (FIXTURES.parent / "vllm-0.34.0-h200", "ready-enginecore-killed-daemon-killed"),
+]
+
+
+@pytest.mark.parametrize("folder, name", REPORTED)
+def test_the_report_comes_before_the_api_servers_shutdown(folder: Path, name: str) -> None:
     classifier = FailureClassifier()
     reported_at = shutdown_at = None
-    for i, line in enumerate(first.text.splitlines()):
+    for i, line in enumerate(runs(name, folder)[0].text.splitlines()):
         classifier.feed(line)
         if classifier.engine_death_reported and reported_at is None:
             reported_at = i
         if "Shutting down" in line and shutdown_at is None:
             shutdown_at = i
     assert reported_at is not None and shutdown_at is not None and reported_at < shutdown_at
-    failure = first.failure()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_failure_names_the_cause(name: str) -> None:
+    failure = runs(name)[0].failure()
     assert failure is not None and failure.kind is FailureKind.ENGINE_DEAD and failure.stage == "runtime"
     assert failure.message.startswith(CASES[name])
 
