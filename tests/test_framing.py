@@ -50,3 +50,15 @@ def test_a_lost_guard_is_named_by_its_closing_line() -> None:
     killed = framing.read_frame(framing.exit_line("killed by SIGKILL (perhaps out of memory?)").strip())
     assert lost is not None and lost.guard_lost and lost.exit_code is None
     assert killed is not None and not killed.guard_lost
+
+
+def test_every_signal_the_launcher_can_name_is_read_back() -> None:
+    """A crash by SIGBUS or SIGILL (a driver fault, a bad kernel) keeps its exit status 128 + N."""
+    import signal
+
+    from llm_supervisor.runtime.launcher import ExitInfo
+
+    for sig in (s for s in signal.Signals if s.value < 32):
+        description = ExitInfo(code=-sig.value, signal=sig.value).description
+        frame = framing.read_frame(framing.exit_line(description).strip())
+        assert frame is not None and frame.exit_code == 128 + sig.value, (sig.name, description)

@@ -21,8 +21,16 @@ GUARD_LOST = "lost its guard"  # how an exit line begins when the engine's guard
 _EXITED_RE = re.compile(r"exited with code (-?\d+)\b")
 _KILLED_RE = re.compile(r"killed by (SIG[A-Z0-9]+|\d+)\b")
 
-# Signal numbers on Linux, both ways (the vLLM layer does no I/O, not even `import signal`).
-SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
+# The standard signals on Linux (x86-64 and arm64 number them alike), both ways: the launcher names
+# a signal as Python's `signal.Signals` does, and every name it can write is read back here (the
+# vLLM layer does no I/O, not even `import signal`).
+SIGNAL_NAMES = {
+    1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS",
+    8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE",
+    14: "SIGALRM", 15: "SIGTERM", 16: "SIGSTKFLT", 17: "SIGCHLD", 18: "SIGCONT", 19: "SIGSTOP",
+    20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU", 23: "SIGURG", 24: "SIGXCPU", 25: "SIGXFSZ",
+    26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH", 29: "SIGIO", 30: "SIGPWR", 31: "SIGSYS",
+}
 _SIGNAL_NUMBERS = {name: number for number, name in SIGNAL_NAMES.items()}
 # Who sends a SIGKILL the supervisor did not: said wherever an engine killed by one is reported.
 SIGKILL_CAUSES = "`kill -9`, or the kernel's OOM killer when host memory ran out"
