@@ -1,6 +1,7 @@
 """Real vLLM 0.26.0 on an H200: an engine death ended on vLLM's own report, not on its API server's
 exit (`scripts/gpu_validate.py --only 1,5,9`: the EngineCore `kill -9`ed under 16 streaming clients;
-`scripts/gpu_multi.py --only mp1`: the one worker process of Qwen3-8B `kill -9`ed, no load).
+`scripts/gpu_multi.py --only mp1` and `--only ray1`: the one worker process of Qwen3-8B, or its Ray
+actor, `kill -9`ed, no load).
 
 vLLM's API server outlives its dead engine until a watchdog ends it (4 s in the earlier real logs,
 tests/fixtures/vllm-0.26.0/h200-8b-mp1-worker-killed.log). Here the daemon ended the tree in the
@@ -22,6 +23,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0"
 CASES = {
     "h200-4b-enginecore-killed-ended-on-report": "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered",
     "h200-8b-mp1-worker-killed-ended-on-report": "Worker proc VllmWorker-0 died unexpectedly (exit code: None)",
+    "h200-8b-ray1-actor-killed-ended-on-report": "RayWorkerProc rank=[0] died unexpectedly, shutting down executor.",
 }
 CLOCK = re.compile(r"\d\d:\d\d:\d\d")
 
@@ -30,6 +32,7 @@ CLOCK = re.compile(r"\d\d:\d\d:\d\d")
 # for the API server's exit (0.26 with a worker process, 0.34 with its EngineCore killed).
 REPORTED = [(FIXTURES, name) for name in CASES] + [
     (FIXTURES, "h200-8b-mp1-worker-killed"),
+    (FIXTURES, "h200-8b-ray1-actor-killed"),
     (FIXTURES.parent / "vllm-0.34.0-h200", "ready-enginecore-killed-daemon-killed"),
 ]
 
