@@ -213,6 +213,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, An
     return json.loads(captured.out)
 
 
+@pytest.mark.slow  # about 90 s: six levels of real 3 s streams, a quarter of the fast set
 def test_max_num_seqs_is_the_capacity_at_a_tight_ttft(tmp_path: Path, capsys, monkeypatch) -> None:
     """Fixed 50 ms steps, 6 sequences at most: up to 6 users a request starts within two steps
     (≤ 100 ms); with 7, one request always waits for the next slot to free, and the slots of 3 s
