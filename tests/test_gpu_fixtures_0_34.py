@@ -120,3 +120,45 @@ def test_the_first_kv_error_is_now_recovered_in_one_relaunch():
     # and the planner agrees with what 0.34 printed at that utilization
     predicted = fit.predict(decision.args)
     assert predicted.kv_cache_tokens == third.facts.kv_cache_tokens
+
+
+# Two more shapes on 0.34 (2026-12-04): Qwen3-8B at a 36 GB budget, the rank in a worker process
+# (`gpu_multi.py --only mp1`), and Qwen3-32B fitted to 8 requests of 32,768 tokens
+# (`gpu_capacity.py --only 32b`). The memory model's 0.34 figures were taken from the 4B shape.
+SHAPES = {
+    "h200-8b-mp1-worker-killed-ended-on-report": ("Qwen/Qwen3-8B", 0.26, 16384),
+    "h200-32b-target-first-launch": ("Qwen/Qwen3-32B", 0.93, 32768),
+}
+
+
+@pytest.mark.parametrize("name, number, tokens, available, concurrency, weights, peak, graphs", [
+    ("h200-8b-mp1-worker-killed-ended-on-report", 1, 133632, 18.35, 8.16, 15.27, 1.19, 0.70),  # cold compile
+    ("h200-8b-mp1-worker-killed-ended-on-report", 2, 134656, 18.49, 8.22, 15.27, 0.95, 0.70),  # warm: a smaller peak
+    ("h200-32b-target-first-launch", 1, 265216, 64.75, 8.09, 61.03, 1.53, 1.28),
+])
+def test_startup_facts_of_the_larger_shapes(name, number, tokens, available, concurrency, weights, peak, graphs):
+    f = real(name)[number - 1].facts
+    assert (f.kv_cache_tokens, f.available_kv_cache_gib, f.max_concurrency) == (tokens, available, concurrency)
+    assert (f.model_weights_gib, f.peak_activation_gib, f.cuda_graph_gib) == (weights, peak, graphs)
+    assert f.max_concurrency_context == SHAPES[name][2] and f.kv_measured_after_warmup
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_the_planner_fitted_to_the_4b_shape_holds_for_8b_and_32b(name):
+    """The first launch's KV tokens, predicted for exactly its arguments on a cold host: never
+    more than vLLM found (a promise it cannot keep is a failed start), and within 2 %."""
+    model, util, length = SHAPES[name]
+    run = real(name)[0]
+    assert (run.flag("--gpu-memory-utilization"), run.flag("--max-model-len")) == (str(util), str(length))
+    prof = load_profile(str(PROFILE), PROFILE.parent, model=model, overrides=[
+        f"vllm.gpu_memory_utilization={util}", f"vllm.max_model_len={length}", "recovery.plan_first_launch=false"])
+    fit = fit_context(prof, H200_TORCH_GIB, 1, gpu_name="NVIDIA H200", vllm_version="0.34.0")
+    predicted = fit.predict(prof.vllm).kv_cache_tokens
+    assert 0.98 * run.facts.kv_cache_tokens <= predicted <= run.facts.kv_cache_tokens, (predicted, run.facts.kv_cache_tokens)
+
+
+def test_the_32b_target_was_met_at_the_first_launch():
+    summary = json.loads((FIXTURES / "h200-32b-target-summary.json").read_text())
+    assert summary["target_met_first_launch"] and summary["attempt"] == 1
+    assert summary["planned_args"]["gpu_memory_utilization"] == 0.93
+    assert real("h200-32b-target-first-launch")[0].facts.kv_cache_tokens >= 8 * 32768
