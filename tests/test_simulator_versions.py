@@ -250,3 +250,24 @@ def test_the_simulators_own_version_flag(tmp_path) -> None:
     # 0.33 has no extensible KV cache and so no flag for it
     old = run("--vllm-version", "0.33.0", "serve", "Qwen/Qwen3-4B", "--no-enable-extensible-kv-cache")
     assert old.returncode == 2 and "unrecognized arguments: --no-enable-extensible-kv-cache" in old.stderr
+
+
+@pytest.mark.parametrize("args, fixture, real_tokens", [
+    (["Qwen/Qwen3-8B", "--gpu-memory-utilization", "0.26", "--max-model-len", "16384"],
+     "h200-8b-mp1-worker-killed-ended-on-report.log", 133632),
+    (["Qwen/Qwen3-32B", "--gpu-memory-utilization", "0.93", "--max-model-len", "32768"],
+     "h200-32b-target-first-launch.log", 265216),
+])
+def test_larger_shapes_are_sized_near_real_vllm_0_34s(tmp_path, args: list[str], fixture: str, real_tokens: int) -> None:
+    """The 8B and 32B shapes as real vLLM 0.34.0 ran them on an H200 (the simulator's 0.34 figures
+    were taken from the 4B shape): the same weights and graphs to 0.1 GiB, the cache within 1.5 %."""
+    sim = Sim(tmp_path, args, H200)
+    try:
+        sim.wait_ready()
+        got = diagnose_file(sim.log_path)["facts"]
+    finally:
+        sim.kill()
+    real = diagnose_file(REAL / fixture)["facts"]
+    assert abs(got["model_weights_gib"] - real["model_weights_gib"]) <= 0.1
+    assert abs(got["cuda_graph_gib"] - real["cuda_graph_gib"]) <= 0.1
+    assert abs(got["kv_cache_tokens"] / real_tokens - 1) <= 0.015, (got["kv_cache_tokens"], real_tokens)
