@@ -34,7 +34,8 @@ daemon lifetime has a hard limit (SIGALRM), SIGTERM unwinds, and everything star
 Logs go to OUT/<scenario>/ (engine logs copied next to the daemon's); the summary (Markdown, then
 one JSON line) is printed last and saved as OUT/summary.md and OUT/summary.json.
 
-usage: python scripts/gpu_multi.py [--simulate] [--out DIR] [--models DIR] [--only mp1,ray1,tp2,allreduce,ray2,tp8,tp4dp2]
+usage: python scripts/gpu_multi.py [--simulate] [--out DIR] [--models DIR] [--archive FILE.tar.gz]
+                                   [--only mp1,ray1,tp2,allreduce,ray2,tp8,tp4dp2]
        (real run: `. /tmp/vllm-env.sh` first; /tmp/models/qwen3-8b and qwen3-32b from make-model.py)
 """
 
@@ -449,6 +450,8 @@ def main() -> int:
     ap.add_argument("--models", default="/tmp/models")
     ap.add_argument("--cache", default="")
     ap.add_argument("--only", default=",".join(SCENARIOS))
+    ap.add_argument("--archive", default="", help="also pack the run's logs and summaries into this tar.gz (the"
+                    " device machine brings back only a few files: point it into $OUT and --out elsewhere)")
     args = ap.parse_args()
     args.model, args.ignore_hardware_mismatch = "", True
     base = gv.build_ctx(args)
@@ -484,6 +487,8 @@ def main() -> int:
     table = summary_table(results)
     (base.out / "summary.md").write_text(table + "\n")
     (base.out / "summary.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.archive:
+        print(f"archived {gv.archive_logs([base.out], Path(args.archive))} files in {args.archive}", flush=True)
     print(table)
     print(json.dumps({k: {"ok": v.get("ok"), "skipped": v.get("skipped")} for k, v in results.items()}))
     return 0 if all(v.get("ok") or v.get("skipped") for v in results.values()) else 1

@@ -185,6 +185,31 @@ def gpu_used_mib(ctx: Ctx) -> int | None:
         return None
 
 
+# What the device machine brings back is a handful of files: a run's logs travel as one archive.
+ARCHIVE_SUFFIXES = (".log", ".json", ".txt", ".md", ".yaml", ".out", ".svg")
+ARCHIVE_MAX_FILE_BYTES = 20 * 2**20
+
+
+def archive_logs(folders: list[Path], dest: Path) -> int:
+    """Packs the logs, summaries and profiles under `folders` into the tar.gz `dest` (compile
+    caches, lock files and files over 20 MiB left out), each under its folder's name; returns how
+    many files it holds."""
+    import tarfile
+
+    count = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(dest, "w:gz") as tar:
+        for folder in folders:
+            for path in sorted(folder.rglob("*")):
+                rel = path.relative_to(folder)
+                if (not path.is_file() or path.resolve() == dest.resolve() or "cache" in rel.parts
+                        or path.suffix not in ARCHIVE_SUFFIXES or path.stat().st_size > ARCHIVE_MAX_FILE_BYTES):
+                    continue
+                tar.add(path, arcname=str(Path(folder.name) / rel))
+                count += 1
+    return count
+
+
 def procs_anywhere(match: Callable[[list[str], str], bool]) -> list[str]:
     """Live processes of this machine (this one aside) that `match(argv, name)` picks, as
     "PID command line"."""
@@ -1233,6 +1258,8 @@ def main() -> int:
     ap.add_argument("--model", default="/tmp/models/qwen3-4b")
     ap.add_argument("--only", default="1,8,5,9,6,2,3,4")
     ap.add_argument("--ignore-hardware-mismatch", action="store_true")
+    ap.add_argument("--archive", default="", help="also pack the run's logs and summaries into this tar.gz (the"
+                    " device machine brings back only a few files: point it into $OUT and --out elsewhere)")
     ap.add_argument("--hog", nargs=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hog:
@@ -1297,6 +1324,8 @@ def main() -> int:
         (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         table = summary_table(ctx)
         (ctx.out / "summary.md").write_text(table + "\n")
+        if args.archive:
+            print(f"archived {archive_logs([ctx.out], Path(args.archive))} files in {args.archive}", flush=True)
         print("\n===== summary =====")
         print(table)
         print(json.dumps({k: {"ok": v.get("ok"), "notes": v.get("notes")} for k, v in ctx.results.items()}))

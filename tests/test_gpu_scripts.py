@@ -33,3 +33,22 @@ def test_engine_scan_judges_the_program_not_the_text(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(gpu_validate, "procs_anywhere", scan)
     assert bool(gpu_validate.engine_procs_anywhere()) is engine
+
+
+def test_a_runs_logs_travel_as_one_archive(tmp_path: Path) -> None:
+    """The device machine brings back a few files: logs, summaries and profiles are packed, the
+    compile cache and lock files are not, nor the archive itself when it lies in the folder."""
+    import tarfile
+
+    out = tmp_path / "out"
+    (out / "mp1" / "state" / "logs").mkdir(parents=True)
+    (out / "cache" / "vllm").mkdir(parents=True)
+    (out / "mp1" / "daemon.log").write_text("ready\n")
+    (out / "mp1" / "state" / "logs" / "qwen3-8b-mp1.log").write_text("GPU KV cache size: 1 tokens\n")
+    (out / "summary.json").write_text("{}")
+    (out / "mp1" / "state" / "daemon.lock").write_text("")
+    (out / "cache" / "vllm" / "graph.json").write_text("{}")
+    dest = out / "logs.tar.gz"
+    assert gpu_validate.archive_logs([out], dest) == 3
+    with tarfile.open(dest) as tar:
+        assert sorted(tar.getnames()) == ["out/mp1/daemon.log", "out/mp1/state/logs/qwen3-8b-mp1.log", "out/summary.json"]
