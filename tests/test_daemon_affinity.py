@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from daemon_harness import DaemonRun, daemons  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import DaemonRun
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or 1 not in os.sched_getaffinity(0),

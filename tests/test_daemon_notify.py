@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon_harness import DaemonRun, daemons, wait_until  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import DaemonRun, wait_until
 
 SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
 SCM_CREDENTIALS = getattr(socket, "SCM_CREDENTIALS", 2)

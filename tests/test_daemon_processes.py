@@ -17,10 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon_harness import (  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import (
     DaemonRun,
     alive,
-    daemons,
     engine_metrics_cache_info,
     history_events,
     parsed_from_log,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from daemon_harness import DaemonRun, daemons, wait_until  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import DaemonRun, wait_until
 
 BODY = json.dumps({"model": "qwen3-4b", "stream": True, "max_tokens": 8,
                    "messages": [{"role": "user", "content": "Hello"}]}).encode()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import DaemonRun, daemons, run_cli  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import run_cli
 from fakes import Harness
 from hardening_utils import FakeEngineRun, clean_env, poll
 from llm_supervisor.config.redaction import Redactor

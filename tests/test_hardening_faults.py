@@ -18,7 +18,7 @@ import time
 import httpx
 import psutil
 
-from daemon_harness import DaemonRun, daemons, port_free  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import DaemonRun, port_free
 from hardening_utils import alive, poll
 
 SEED = int(os.environ.get("HARDENING_SEED") or random.SystemRandom().randrange(1 << 30))

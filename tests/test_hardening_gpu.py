@@ -18,7 +18,7 @@ import psutil
 import pynvml
 import pytest
 
-from daemon_harness import REPO, DaemonRun, daemons, free_port, wait_until  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import REPO, DaemonRun, free_port, wait_until
 from hardening_utils import alive
 from llm_supervisor.config.loader import load_profile
 from llm_supervisor.host import simgpu

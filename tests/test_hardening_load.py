@@ -15,7 +15,7 @@ import signal
 
 import psutil
 
-from daemon_harness import DaemonRun, daemons  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import DaemonRun
 from hardening_load import run_load
 
 RPS = float(os.environ.get("HARDENING_LOAD_RPS", "500"))

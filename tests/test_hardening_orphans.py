@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import DaemonRun, daemons, free_port, port_free  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import DaemonRun, free_port, port_free
 from hardening_utils import FAKE_ENGINE, REPO, FakeEngineRun, alive, poll
 
 CLEAN_DEADLINE_S = 20.0

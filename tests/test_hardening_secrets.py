@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from daemon_harness import DaemonRun, daemons  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import DaemonRun
 from hardening_utils import REPO, cli, clean_env, find_secrets, poll
 
 KEY = "sk-SECRETKEY" + secrets.token_hex(8)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from daemon_harness import DaemonRun, daemons  # noqa: F401 - `daemons` is a fixture
+from daemon_harness import DaemonRun
 from hardening_utils import REPO, poll
 
 SEED = int(os.environ.get("HARDENING_SEED") or random.SystemRandom().randrange(1 << 30))

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon_harness import DaemonRun, daemons, run_cli, wait_until  # noqa: F401 (a fixture)
+from daemon_harness import DaemonRun, run_cli, wait_until
 from fakes import FakeVllm, Harness
 from llm_supervisor.api.server import create_app
 from llm_supervisor.runtime.commands import Command
