@@ -134,8 +134,8 @@ def test_ready_numbers_are_real_vllm_0_34s_on_an_h200(tmp_path) -> None:
         for needle in ("Memory after warmup", "Actual usage is"):
             mine = next(ln for ln in out if needle in ln)
             real = real_line("ready-enginecore-killed-daemon-killed.log", needle)
-            cut = lambda t: after_free(t).split("Replace gpu_memory_utilization")[0]
-            assert cut(mine) == cut(real), needle
+            mine_cut, real_cut = (after_free(t).split("Replace gpu_memory_utilization")[0] for t in (mine, real))
+            assert mine_cut == real_cut, needle
         got = diagnose_file(sim.log_path)["facts"]
         assert (got["kv_cache_tokens"], got["max_concurrency"], got["cuda_graph_gib"]) == (78848, 1.93, 0.69)
     finally:
@@ -240,8 +240,11 @@ def test_unset_utilization_takes_the_whole_device_and_a_high_one_warns(sims) -> 
 
 def test_the_simulators_own_version_flag(tmp_path) -> None:
     env = {"PYTHONPATH": str(ROOT), "LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.26.0"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "llm_supervisor.simulator", *a], env=env, cwd=ROOT,
-                                    capture_output=True, text=True, timeout=30)
+
+    def run(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "llm_supervisor.simulator", *a], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=30)
+
     assert run("--version").stdout.strip() == "0.26.0"  # the environment's
     assert run("--vllm-version", "0.34.0", "--version").stdout.strip() == "0.34.0"  # the flag wins
     assert run("--vllm-version=0.8.5", "-v").stdout.strip() == "0.8.5"
