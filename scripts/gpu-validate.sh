@@ -8,7 +8,9 @@
 # VALIDATE_SIMULATE=1 runs the same scenarios against the bundled simulator on a simulated
 # H100 (no GPU): use it to check this script before spending GPU time.
 # VALIDATE_TIMEOUT (seconds, default 1500) bounds the whole run; each daemon lifetime also has
-# its own hard limit inside the driver.
+# its own hard limit inside the driver. VALIDATE_ARCHIVE=FILE.tar.gz packs the run's logs and
+# summaries into one file (the device machine brings back only a few: put it under $OUT and
+# OUT_DIR elsewhere).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${VALIDATE_OUT:-${TMPDIR:-/tmp}/gpu-validate-out}}
@@ -17,6 +19,7 @@ args=(--out "$out")
 [ "${VALIDATE_SIMULATE:-0}" = 1 ] && args+=(--simulate)
 [ -n "${VALIDATE_ONLY:-}" ] && args+=(--only "$VALIDATE_ONLY")
 [ "${VALIDATE_IGNORE_HW:-0}" = 1 ] && args+=(--ignore-hardware-mismatch)
+[ -n "${VALIDATE_ARCHIVE:-}" ] && args+=(--archive "$VALIDATE_ARCHIVE")
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 mkdir -p "$out"
