@@ -25,6 +25,12 @@ from llm_supervisor.vllm.recovery import Relaunch, decide
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.34.0-h200"
 READY = "ready-enginecore-killed-daemon-killed"
 KV_SMALL = "kv-cache-too-small-recovered"
+# Two more shapes on 0.34 (2026-12-04): Qwen3-8B at a 36 GB budget, the rank in a worker process
+# (`gpu_multi.py --only mp1`), and Qwen3-32B fitted to 8 requests of 32,768 tokens
+# (`gpu_capacity.py --only 32b`). The memory model's 0.34 figures were taken from the 4B shape.
+SHAPE_8B = "h200-8b-mp1-worker-killed-ended-on-report"
+SHAPE_32B = "h200-32b-target-first-launch"
+SHAPES = {SHAPE_8B: ("Qwen/Qwen3-8B", 0.26, 16384), SHAPE_32B: ("Qwen/Qwen3-32B", 0.93, 32768)}
 H200_NVML_MIB = 143771   # what NVML reports
 H200_TORCH_GIB = 139.8   # what torch (and so vLLM) sees: "Free memory on device (139.1/139.8 GiB)"
 
@@ -37,19 +43,25 @@ def status(name: str) -> dict:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-@pytest.mark.parametrize("name, number, tokens, available, concurrency, context", [
-    (READY, 1, 78848, 10.83, 1.93, 40960),      # util 0.15; killed (kill -9 of EngineCore) after ready
-    (READY, 2, 78848, 10.83, 1.93, 40960),      # the relaunch, the same arguments
-    (KV_SMALL, 3, 17920, 2.46, 1.0, 17856),     # util 0.09 with vLLM's own estimate
+QWEN3_4B = (7.56, 0.93, 0.69)  # weights, peak activation, CUDA graphs (GiB)
+
+
+@pytest.mark.parametrize("name, number, tokens, available, concurrency, context, memory", [
+    (READY, 1, 78848, 10.83, 1.93, 40960, QWEN3_4B),   # util 0.15; killed (kill -9 of EngineCore) after ready
+    (READY, 2, 78848, 10.83, 1.93, 40960, QWEN3_4B),   # the relaunch, the same arguments
+    (KV_SMALL, 3, 17920, 2.46, 1.0, 17856, QWEN3_4B),  # util 0.09 with vLLM's own estimate
+    (SHAPE_8B, 1, 133632, 18.35, 8.16, 16384, (15.27, 1.19, 0.70)),   # cold compile
+    (SHAPE_8B, 2, 134656, 18.49, 8.22, 16384, (15.27, 0.95, 0.70)),   # warm: a smaller peak
+    (SHAPE_32B, 1, 265216, 64.75, 8.09, 32768, (61.03, 1.53, 1.28)),
 ])
-def test_startup_facts_are_what_vllm_0_34_printed(name, number, tokens, available, concurrency, context):
+def test_startup_facts_are_what_vllm_0_34_printed(name, number, tokens, available, concurrency, context, memory):
     run = real(name)[number - 1]
     f = run.facts
     # 0.34's "available" is the cache sized after warm-up, not the pre-warm-up estimate
     assert (f.kv_cache_tokens, f.available_kv_cache_gib, f.max_concurrency, f.max_concurrency_context) == (
         tokens, available, concurrency, context)
     assert f.kv_measured_after_warmup and f.vllm_version == "0.34.0"
-    assert (f.model_weights_gib, f.peak_activation_gib, f.cuda_graph_gib) == (7.56, 0.93, 0.69)
+    assert (f.model_weights_gib, f.peak_activation_gib, f.cuda_graph_gib) == memory
     # 64-token blocks: "N KV cache blocks" × 64 is the token count
     blocks = int(re.search(r"; (\d+) KV cache blocks", run.text).group(1))
     assert blocks * 64 == tokens
@@ -122,27 +134,6 @@ def test_the_first_kv_error_is_now_recovered_in_one_relaunch():
     assert predicted.kv_cache_tokens == third.facts.kv_cache_tokens
 
 
-# Two more shapes on 0.34 (2026-12-04): Qwen3-8B at a 36 GB budget, the rank in a worker process
-# (`gpu_multi.py --only mp1`), and Qwen3-32B fitted to 8 requests of 32,768 tokens
-# (`gpu_capacity.py --only 32b`). The memory model's 0.34 figures were taken from the 4B shape.
-SHAPES = {
-    "h200-8b-mp1-worker-killed-ended-on-report": ("Qwen/Qwen3-8B", 0.26, 16384),
-    "h200-32b-target-first-launch": ("Qwen/Qwen3-32B", 0.93, 32768),
-}
-
-
-@pytest.mark.parametrize("name, number, tokens, available, concurrency, weights, peak, graphs", [
-    ("h200-8b-mp1-worker-killed-ended-on-report", 1, 133632, 18.35, 8.16, 15.27, 1.19, 0.70),  # cold compile
-    ("h200-8b-mp1-worker-killed-ended-on-report", 2, 134656, 18.49, 8.22, 15.27, 0.95, 0.70),  # warm: a smaller peak
-    ("h200-32b-target-first-launch", 1, 265216, 64.75, 8.09, 61.03, 1.53, 1.28),
-])
-def test_startup_facts_of_the_larger_shapes(name, number, tokens, available, concurrency, weights, peak, graphs):
-    f = real(name)[number - 1].facts
-    assert (f.kv_cache_tokens, f.available_kv_cache_gib, f.max_concurrency) == (tokens, available, concurrency)
-    assert (f.model_weights_gib, f.peak_activation_gib, f.cuda_graph_gib) == (weights, peak, graphs)
-    assert f.max_concurrency_context == SHAPES[name][2] and f.kv_measured_after_warmup
-
-
 @pytest.mark.parametrize("name", SHAPES)
 def test_the_planner_fitted_to_the_4b_shape_holds_for_8b_and_32b(name):
     """The first launch's KV tokens, predicted for exactly its arguments on a cold host: never
@@ -161,4 +152,4 @@ def test_the_32b_target_was_met_at_the_first_launch():
     summary = json.loads((FIXTURES / "h200-32b-target-summary.json").read_text())
     assert summary["target_met_first_launch"] and summary["attempt"] == 1
     assert summary["planned_args"]["gpu_memory_utilization"] == 0.93
-    assert real("h200-32b-target-first-launch")[0].facts.kv_cache_tokens >= 8 * 32768
+    assert real(SHAPE_32B)[0].facts.kv_cache_tokens >= 8 * 32768
