@@ -50,7 +50,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
 
-from gpu_validate import archive_logs  # noqa: E402 - one way to bring a run's logs back
+from gpu_validate import add_archive_option, archive_if_asked  # noqa: E402 - one way to bring a run's logs back
 from llm_supervisor.config.loader import load_profile  # noqa: E402
 from llm_supervisor.config.settings import load_settings  # noqa: E402
 from llm_supervisor.planning.launch import build_plan  # noqa: E402
@@ -462,8 +462,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=0, help="each scenario's hard limit in seconds (default: 1500, 1800"
                     " and 1200); what was measured before it is kept")
     ap.add_argument("--search-seconds", type=float, default=600.0, help="each capacity search's time budget")
-    ap.add_argument("--archive", default="", help="also pack the run's logs and summaries into this tar.gz (the"
-                    " device machine brings back only a few files: point it into $OUT and --out elsewhere)")
+    add_archive_option(ap)
     args = ap.parse_args()
     ctx = build_ctx(args)
     signal.signal(signal.SIGALRM, _alarm)
@@ -495,8 +494,7 @@ def main() -> int:
     (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     table = summary_table(ctx.results)
     (ctx.out / "summary.md").write_text(table + "\n")
-    if args.archive:
-        print(f"archived {archive_logs([ctx.out, ctx.work], Path(args.archive))} files in {args.archive}", flush=True)
+    archive_if_asked(args.archive, [ctx.out, ctx.work])
     print("\n===== summary =====")
     print(table)
     print(json.dumps({k: {"ok": v.get("ok"), "notes": v.get("notes")} for k, v in ctx.results.items()}))

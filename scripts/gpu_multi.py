@@ -450,8 +450,7 @@ def main() -> int:
     ap.add_argument("--models", default="/tmp/models")
     ap.add_argument("--cache", default="")
     ap.add_argument("--only", default=",".join(SCENARIOS))
-    ap.add_argument("--archive", default="", help="also pack the run's logs and summaries into this tar.gz (the"
-                    " device machine brings back only a few files: point it into $OUT and --out elsewhere)")
+    gv.add_archive_option(ap)
     args = ap.parse_args()
     args.model, args.ignore_hardware_mismatch = "", True
     base = gv.build_ctx(args)
@@ -487,8 +486,7 @@ def main() -> int:
     table = summary_table(results)
     (base.out / "summary.md").write_text(table + "\n")
     (base.out / "summary.json").write_text(json.dumps(results, indent=1, default=str))
-    if args.archive:
-        print(f"archived {gv.archive_logs([base.out], Path(args.archive))} files in {args.archive}", flush=True)
+    gv.archive_if_asked(args.archive, [base.out])
     print(table)
     print(json.dumps({k: {"ok": v.get("ok"), "skipped": v.get("skipped")} for k, v in results.items()}))
     return 0 if all(v.get("ok") or v.get("skipped") for v in results.values()) else 1

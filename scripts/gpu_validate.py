@@ -198,16 +198,29 @@ def archive_logs(folders: list[Path], dest: Path) -> int:
 
     count = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
+    target = dest.resolve()
     with tarfile.open(dest, "w:gz") as tar:
         for folder in folders:
             for path in sorted(folder.rglob("*")):
                 rel = path.relative_to(folder)
-                if (not path.is_file() or path.resolve() == dest.resolve() or "cache" in rel.parts
+                if (not path.is_file() or path.resolve() == target or "cache" in rel.parts
                         or path.suffix not in ARCHIVE_SUFFIXES or path.stat().st_size > ARCHIVE_MAX_FILE_BYTES):
                     continue
                 tar.add(path, arcname=str(Path(folder.name) / rel))
                 count += 1
     return count
+
+
+def add_archive_option(ap: argparse.ArgumentParser) -> None:
+    """`--archive FILE.tar.gz`, the same in every GPU script."""
+    ap.add_argument("--archive", default="", help="also pack the run's logs and summaries into this tar.gz (the"
+                    " device machine brings back only a few files: point it into $OUT and --out elsewhere)")
+
+
+def archive_if_asked(dest: str, folders: list[Path]) -> None:
+    """What `--archive` asked for, said on stdout; nothing without it."""
+    if dest:
+        print(f"archived {archive_logs(folders, Path(dest))} files in {dest}", flush=True)
 
 
 def procs_anywhere(match: Callable[[list[str], str], bool]) -> list[str]:
@@ -1258,8 +1271,7 @@ def main() -> int:
     ap.add_argument("--model", default="/tmp/models/qwen3-4b")
     ap.add_argument("--only", default="1,8,5,9,6,2,3,4")
     ap.add_argument("--ignore-hardware-mismatch", action="store_true")
-    ap.add_argument("--archive", default="", help="also pack the run's logs and summaries into this tar.gz (the"
-                    " device machine brings back only a few files: point it into $OUT and --out elsewhere)")
+    add_archive_option(ap)
     ap.add_argument("--hog", nargs=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hog:
@@ -1324,8 +1336,7 @@ def main() -> int:
         (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         table = summary_table(ctx)
         (ctx.out / "summary.md").write_text(table + "\n")
-        if args.archive:
-            print(f"archived {archive_logs([ctx.out], Path(args.archive))} files in {args.archive}", flush=True)
+        archive_if_asked(args.archive, [ctx.out])
         print("\n===== summary =====")
         print(table)
         print(json.dumps({k: {"ok": v.get("ok"), "notes": v.get("notes")} for k, v in ctx.results.items()}))

@@ -13,6 +13,7 @@ PIP_CONSTRAINT= python3 -m pip download -q --no-deps -d "$stage" --python-versio
 rm -rf "$out" && mkdir -p "$out/p0" "$out/p1" "$out/bin"
 wheel=$(ls "$stage"/ray-*.whl)
 (cd "$out" && split -b 40000000 -d -a 1 "$wheel" part.)
+[ ! -e "$out/part.2" ] || { echo "$(basename "$wheel") needs more than two parts; install.sh joins two" >&2; exit 1; }
 mv "$out/part.0" "$out/p0/" && mv "$out/part.1" "$out/p1/"
 cp "$stage"/click-*.whl "$stage"/msgpack-*.whl "$out/p1/"
 basename "$wheel" > "$out/bin/name"
