@@ -23,6 +23,9 @@ process trees of vLLM's worker executors (a worker process, a Ray actor) without
              `--distributed-executor-backend ray`, PP 2 across them (the supervisor keeps TP within a
              host): ready; the worker's supervisor
              `kill -9`ed → the head goes `degraded` (timed); the worker back → ready again (timed)
+  awq1       `a10x8-qwen3-32b-awq`'s model and arguments (AWQ 4-bit, awq_marlin, float16) on one
+             GPU at TP 1 and a 40 GB budget: ready; the quantized weights, KV tokens and concurrency
+             from the log vs /status vs the planner; `bench --users 16` through the AWQ kernels
   tp8        `a10x8-qwen3-32b-awq` at a 24 GB budget per GPU, TP 8 (8 GPUs): ready, KV per rank,
              `bench --users 64`
   tp4dp2     the same as TP 4 × DP 2 with one replica per NUMA node: ready, each replica's
@@ -35,8 +38,9 @@ Logs go to OUT/<scenario>/ (engine logs copied next to the daemon's); the summar
 one JSON line) is printed last and saved as OUT/summary.md and OUT/summary.json.
 
 usage: python scripts/gpu_multi.py [--simulate] [--out DIR] [--models DIR] [--archive FILE.tar.gz]
-                                   [--only mp1,ray1,tp2,allreduce,ray2,tp8,tp4dp2]
-       (real run: `. /tmp/vllm-env.sh` first; /tmp/models/qwen3-8b and qwen3-32b from make-model.py)
+                                   [--only mp1,ray1,awq1,tp2,allreduce,ray2,tp8,tp4dp2]
+       (real run: `. /tmp/vllm-env.sh` first; /tmp/models/qwen3-8b and qwen3-32b from make-model.py;
+       qwen3-32b-awq is made beside them from the bundled AWQ config and qwen3-32b's tokenizer)
 """
 
 from __future__ import annotations
@@ -64,8 +68,8 @@ import gpu_validate as gv  # noqa: E402 - the single-GPU script's daemon, stop t
 REPO = gv.REPO
 PROFILES = REPO / "llm_supervisor" / "data" / "profiles"
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-LIMITS = {"mp1": 900, "ray1": 900, "tp2": 900, "allreduce": 900, "ray2": 1200, "tp8": 1200, "tp4dp2": 1200}
-NEEDS = {"mp1": 1, "ray1": 1, "tp2": 2, "allreduce": 2, "ray2": 2, "tp8": 8, "tp4dp2": 8}
+LIMITS = {"mp1": 900, "ray1": 900, "awq1": 900, "tp2": 900, "allreduce": 900, "ray2": 1200, "tp8": 1200, "tp4dp2": 1200}
+NEEDS = {"mp1": 1, "ray1": 1, "awq1": 1, "tp2": 2, "allreduce": 2, "ray2": 2, "tp8": 8, "tp4dp2": 8}
 WORKER_IP = "127.0.0.2"  # the worker "host": a second loopback address
 BUDGET_20GB = 18.0   # 0.9 of a 20 GB RTX 3080
 BUDGET_24GB = 21.38  # 0.9 of a 24 GB A10
@@ -128,7 +132,27 @@ def context(base: gv.Ctx, profile: str, model: str, gpus: int) -> MultiCtx:
 
 def model_folder(base: gv.Ctx, models: Path, name: str, hf_id: str) -> str:
     """The real run's config-only folder (`--load-format dummy`); the simulator knows the HF id."""
-    return hf_id if base.simulate else str(models / name)
+    if base.simulate:
+        return hf_id
+    if name == "qwen3-32b-awq":
+        awq_folder(models)
+    return str(models / name)
+
+
+def awq_folder(models: Path) -> None:
+    """make-model.py writes bf16 shapes only: the AWQ one is Qwen3-32B-AWQ's bundled config.json
+    (its quantization_config, float16) with qwen3-32b's tokenizer and token ids."""
+    src, dst = models / "qwen3-32b", models / "qwen3-32b-awq"
+    if (dst / "config.json").is_file() or not (src / "config.json").is_file():
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "config.json":
+            shutil.copy(f, dst / f.name)
+    config = json.loads((REPO / "llm_supervisor" / "data" / "models" / "Qwen--Qwen3-32B-AWQ.json").read_text())
+    ids = json.loads((src / "config.json").read_text())
+    config.update({k: ids[k] for k in ("bos_token_id", "eos_token_id") if k in ids})
+    (dst / "config.json").write_text(json.dumps(config, indent=1))
 
 
 def engine_text(d: gv.Daemon) -> str:
@@ -310,6 +334,31 @@ def scenario_allreduce(base: gv.Ctx, models: Path) -> dict[str, Any]:
     return r
 
 
+def scenario_awq1(base: gv.Ctx, models: Path) -> dict[str, Any]:
+    """The 8× A10 profile's quantized model whole on one GPU (TP 1): what vLLM loads for AWQ
+    weights, the activation peak of its kernels and the KV that is left, against the planner."""
+    ctx = context(base, "a10x8-qwen3-32b-awq", model_folder(base, models, "qwen3-32b-awq", "Qwen/Qwen3-32B-AWQ"), 1)
+    sets = [*budget_sets(ctx, BUDGET_40GB), "vllm.tensor_parallel_size=1"]
+    r: dict[str, Any] = {"scenario": "awq1: Qwen3-32B-AWQ (awq_marlin, float16) at 40 GB on one GPU, TP 1", "ok": False}
+    d = gv.Daemon(ctx, "awq1", sets)
+    if not base.simulate:
+        d.env["CUDA_VISIBLE_DEVICES"] = "0"
+    try:
+        plan = d.plan()
+        d.start()
+        st = d.wait_ready(timeout=800)
+        r["ready"] = kv_figures(d, st, plan, d.t0)
+        r["planned_weights_gib"] = gv.predicted(plan).get("weights_gib")
+        segments = gv.attempts_in(engine_text(d))
+        r["log_weights_gib"] = gv.printed(segments[-1]).get("model_weights_gib") if segments else None
+        r["gpu_used_mib_ready"] = used_per_gpu(ctx)
+        r["bench_16"] = bench(ctx, d, 16)
+        r["ok"] = st.get("state") == "ready" and (r["bench_16"].get("succeeded") or 0) > 0
+    finally:
+        d.cleanup()
+    return r
+
+
 def scenario_a10x8(base: gv.Ctx, models: Path, tp: int, dp: int) -> dict[str, Any]:
     key = f"tp{tp}" + (f"dp{dp}" if dp > 1 else "")
     ctx = context(base, "a10x8-qwen3-32b-awq", model_folder(base, models, "qwen3-32b-awq", "Qwen/Qwen3-32B-AWQ"), 8)
@@ -415,7 +464,7 @@ def scenario_ray2(base: gv.Ctx, models: Path) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Callable[[gv.Ctx, Path], dict[str, Any]]] = {
-    "mp1": scenario_mp1, "ray1": scenario_ray1, "tp2": scenario_tp2, "allreduce": scenario_allreduce, "ray2": scenario_ray2,
+    "mp1": scenario_mp1, "ray1": scenario_ray1, "awq1": scenario_awq1, "tp2": scenario_tp2, "allreduce": scenario_allreduce, "ray2": scenario_ray2,
     "tp8": lambda c, m: scenario_a10x8(c, m, 8, 1), "tp4dp2": lambda c, m: scenario_a10x8(c, m, 4, 2),
 }
 
@@ -432,7 +481,7 @@ def summary_table(results: dict[str, Any]) -> str:
                             f"{gv.fmt(k.get('status_kv_tokens'))} / log {gv.fmt(k.get('log_kv_tokens'))} / planner "
                             f"{gv.fmt(k.get('predicted_kv_tokens'))}")
         for key in ("nodes", "argv_backend", "worker_killed", "degraded_after_s", "death_noticed_s", "death_kind", "ready_again_s", "gpu_used_mib_ready", "gpu_used_mib_after", "failures",
-                    "changes", "bench_64", "ray_processes_anywhere", "skipped", "error"):
+                    "changes", "planned_weights_gib", "log_weights_gib", "bench_16", "bench_64", "ray_processes_anywhere", "skipped", "error"):
             if r.get(key) not in (None, [], {}):
                 figs.append(f"{key} {r[key]}")
         stop = r.get("stop") or {}
