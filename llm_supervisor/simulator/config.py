@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_supervisor.host import modelfiles, simgpu
-from llm_supervisor.vllm import modelshape
+from llm_supervisor.vllm import gpuspecs, modelshape
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.dialect import Dialect
 from llm_supervisor.simulator.speed import StepLaw, model_params, step_law
@@ -137,6 +137,7 @@ class SimConfig:
     shape: memory.ShapeFacts
     dtype_name: str  # torch.bfloat16 …
     quantization: str | None
+    linear_kernel: str | None  # AWQ/GPTQ from 0.26: "MacheteLinearKernel" (Hopper) or "MarlinLinearKernel"
     kv_bytes_per_token: tuple[int, ...]  # per pipeline stage, one GPU
     layers_per_stage: tuple[int, ...]
     weights_per_stage: tuple[int, ...]  # bytes on one GPU of each stage, load overhead included, offload excluded
@@ -364,6 +365,11 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         except TypeError:
             kv_per_token.append(shape.kv_bytes_per_token(tp, kv_elem) * n // shape.num_layers)
     weights, largest = _weights(shape, model, tp, pp, dtype_name.replace("torch.", ""), quant)
+    spec = gpuspecs.find_gpu(gpu.name)
+    capability = spec.compute_capability if spec else None
+    unpacked = modelshape.unpacked_zero_point_bytes(shape, capability, dialect.v, dtype_name.replace("torch.", ""))
+    if unpacked:  # Machete's 16-bit zero points (Hopper, 0.26+)
+        weights = [w + int(e * unpacked) for w, e in zip(weights, shape.dense_linear_elements_per_stage(tp, pp))]
     v2_runner = dialect.v2_runner and os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower() not in (
         "0", "false")
     # before 0.28 the V2 runner never installs the weight offloader: --cpu-offload-gb is ignored
@@ -387,6 +393,7 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
     return SimConfig(
         dialect=dialect, model=model, served_names=tuple(ns.served_model_name or [model]),
         architecture=shape.architecture, shape=facts, dtype_name=dtype_name, quantization=effective_quant,
+        linear_kernel=modelshape.linear_kernel(shape, capability, dialect.v),
         kv_bytes_per_token=tuple(kv_per_token), layers_per_stage=tuple(layers), weights_per_stage=tuple(weights),
         offloaded_per_stage=tuple(offloaded), cpu_offload_gb=float(ns.cpu_offload_gb or 0), v2_runner=v2_runner,
         swap_space=float(ns.swap_space),

@@ -383,6 +383,7 @@ SRC_0_26 = {
     "client_stopped": "launcher.py:125", "signal_http": "launcher.py:128", "shutdown_http": "launcher.py:149",
     "proc_died": "core_client.py:564", "sampler": "topk_topp_sampler.py:39", "simulated": "simulator.py:1",
     "quant_convert": "awq_marlin.py:117", "version": "api_server.py:1839", "offloaded": "uva.py:58",
+    "awq_kernel": "auto_awq.py:473", "gptq_kernel": "auto_gptq.py:357",
     "v1_graph_estimate": "gpu_model_runner.py:6737", "worker_died": "multiproc_executor.py:284",
     "ray_v2_died": "ray_executor_v2.py:514",
 }
@@ -413,6 +414,7 @@ SRC_0_8 = {
 # rest read from the 0.34.0 wheel's source (the first line of each logging call).
 SRC_0_34 = {
     "fi_ar_failed": "flashinfer_all_reduce.py:109", "offloaded": "uva.py:68",
+    "awq_kernel": "auto_awq.py:457", "gptq_kernel": "auto_gptq.py:373", "mp_linear": "__init__.py:949",
     "logo": "startup.py:38", "args": "startup.py:96", "arch": "model.py:761", "max_len": "model.py:2214",
     "chunked": "scheduler.py:354", "engine_init": "core.py:153", "loading": "model_runner.py:412",
     "load_took": "model_runner.py:441", "compile_total": "monitor.py:62", "profile_run": "monitor.py:91",

@@ -167,8 +167,15 @@ class Rank:
         else:
             log.info(d.src("loading"), f"Starting to load model {cfg.model}...")
         if cfg.quantization in ("awq_marlin", "gptq_marlin") and self.rank == 0:
-            log.info(d.src("quant_convert"), f"The model is convertible to {cfg.quantization} during runtime. "
-                     f"Using {cfg.quantization} kernel.")
+            if cfg.linear_kernel:  # 0.26+: AutoAWQ/AutoGPTQ pick a mixed-precision kernel per GPU
+                awq = cfg.quantization == "awq_marlin"
+                if d.at_least(0, 34):
+                    log.info(d.src("mp_linear"), f"Using {cfg.linear_kernel} for mixed-precision linear")
+                log.info(d.src("awq_kernel" if awq else "gptq_kernel"),
+                         f"Using {cfg.linear_kernel} for {'AutoAWQMarlinLinearMethod' if awq else 'AutoGPTQLinearMethod'}")
+            else:
+                log.info(d.src("quant_convert"), f"The model is convertible to {cfg.quantization} during runtime. "
+                         f"Using {cfg.quantization} kernel.")
         fa3 = any(x in cfg.gpu.name for x in ("H100", "H200", "H20", "H800", "GH200"))
         log.info(d.src("attn_backend"), "Using FLASH_ATTN attention backend out of potential backends: "
                  "['FLASH_ATTN', 'FLASHINFER', 'TRITON_ATTN', 'FLEX_ATTENTION'].")

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs
-from llm_supervisor.vllm import memory, runner
+from llm_supervisor.vllm import gpuspecs, memory, runner
 from llm_supervisor.vllm.calibration import CalibrationEntry, Observation
 from llm_supervisor.vllm.memory import GIB, Overhead
-from llm_supervisor.vllm.modelshape import ModelShape, WeightInventory, linear_bytes_per_element
+from llm_supervisor.vllm.modelshape import ModelShape, WeightInventory, linear_bytes_per_element, unpacked_zero_point_bytes
 
 
 class CalibrationSource(Protocol):
@@ -301,6 +301,7 @@ class Prediction:
 class Weights:
     per_stage_gib: list[float]   # on one GPU of each pipeline stage
     source: str                  # "calibration" | "safetensors" | "estimate"
+    kernel_gib: float = 0.0      # of the largest stage: what vLLM's kernel adds to the checkpoint's tensors
 
     @property
     def largest_gib(self) -> float:
@@ -334,7 +335,20 @@ def weights_per_gpu(ctx: FitContext, args: VllmArgs) -> Weights:
     else:
         stage_bytes = shape.weight_bytes_per_stage(tp, pp, args.dtype, quant)
         source = "estimate"
-    return Weights([memory.weights_gib(b, n) - off for b, n, off in zip(stage_bytes, layers, offload)], source)
+    kernel = kernel_bytes_per_stage(ctx, args)
+    per_stage = [memory.weights_gib(b + k, n) - off for b, k, n, off in zip(stage_bytes, kernel, layers, offload)]
+    largest = max(range(len(per_stage)), key=per_stage.__getitem__)
+    return Weights(per_stage, source, kernel[largest] / GIB)
+
+
+def kernel_bytes_per_stage(ctx: FitContext, args: VllmArgs) -> list[float]:
+    """Bytes vLLM's linear-layer kernel on this GPU adds to the checkpoint's tensors, on one GPU of
+    each pipeline stage: AWQ's zero points unpacked by Machete on Hopper (modelshape)."""
+    spec = gpuspecs.find_gpu(ctx.gpu_name)
+    per_element = unpacked_zero_point_bytes(ctx.shape, spec.compute_capability if spec else None,
+                                            memory.parse_version(ctx.version), args.dtype)
+    elements = ctx.shape.dense_linear_elements_per_stage(args.tensor_parallel_size, args.pipeline_parallel_size)
+    return [e * per_element for e in elements]
 
 
 def decoder_gib_per_stage(shape: ModelShape, args: VllmArgs) -> list[float]:
@@ -594,6 +608,9 @@ def predict_args(ctx: FitContext, args: VllmArgs, compile_cached: bool | None = 
 
     weights = weights_per_gpu(ctx, args)
     assumptions.append(WEIGHT_SOURCES[weights.source])
+    if weights.kernel_gib:
+        assumptions.append(f"+{weights.kernel_gib:.2f} GiB per GPU: vLLM's Machete kernel (compute capability 9.0) holds"
+                           " the AWQ zero points at 16 bits, where the checkpoint packs them")
     offload = offloaded_gib(ctx, args)
     if offload:
         assumptions.append(f"cpu_offload_gb {args.cpu_offload_gb:g}: {offload:.2f} GiB of the decoder layers' weights per GPU"

@@ -90,6 +90,53 @@ def linear_bytes_per_element(method: str | None, bits: int | None, group: int | 
     return elem
 
 
+def _zero_point(config: dict[str, Any]) -> bool:
+    """Whether the checkpoint's quantized linear layers carry zero points that vLLM keeps (AWQ's
+    `zero_point`; vLLM runs GPTQ symmetric, without them)."""
+    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config") or {}
+    return isinstance(quant, dict) and str(quant.get("quant_method") or "").lower() == "awq" \
+        and bool(quant.get("zero_point"))
+
+
+# From 0.26 vLLM runs AWQ and GPTQ checkpoints' linear layers through its mixed-precision kernels,
+# the first in its order that takes the layer (kernels/linear/__init__.py `_POSSIBLE_KERNELS`, read
+# in 0.26.0 and 0.34.0; 0.8.5's awq_marlin called Marlin directly). Machete, for compute capability
+# 9.0 (Hopper), comes before Marlin and takes 4- and 8-bit weights in groups of 64 or 128 (or per
+# channel) with 16-bit activations; it keeps zero points unpacked, as −scale × zero point in the
+# activation dtype, where the checkpoint and Marlin pack them (mixed_precision/machete.py
+# `transform_w_zp`). Qwen3-32B-AWQ on an H200, vLLM 0.26.0: "Using MacheteLinearKernel for
+# AutoAWQMarlinLinearMethod", "Model loading took 18.6 GiB" against 18.00 GiB of checkpoint tensors.
+MACHETE_CAPABILITY = (9, 0)
+MACHETE_GROUP_SIZES = (-1, 64, 128)
+MIXED_PRECISION_FIRST_VERSION = (0, 26)
+
+
+def linear_kernel(shape: "ModelShape", compute_capability: tuple[int, int] | None,
+                  vllm_version: tuple[int, ...] | None) -> str | None:
+    """The kernel vLLM runs an AWQ or GPTQ checkpoint's linear layers with on this GPU
+    ("MacheteLinearKernel" or "MarlinLinearKernel"); None for other checkpoints and before 0.26."""
+    if shape.quant_method not in ("awq", "gptq") or not shape.quant_bits:
+        return None
+    if vllm_version is not None and vllm_version < MIXED_PRECISION_FIRST_VERSION:
+        return None
+    if (compute_capability == MACHETE_CAPABILITY and shape.quant_bits in (4, 8)
+            and (shape.quant_group_size or -1) in MACHETE_GROUP_SIZES):
+        return "MacheteLinearKernel"
+    return "MarlinLinearKernel"
+
+
+def unpacked_zero_point_bytes(shape: "ModelShape", compute_capability: tuple[int, int] | None,
+                              vllm_version: tuple[int, ...] | None, dtype: str = "auto") -> float:
+    """Bytes per quantized linear element that vLLM's kernel adds to the checkpoint's: AWQ's zero
+    points held at 16 bits by Machete (0 where Marlin runs, or without zero points)."""
+    group, bits = shape.quant_group_size, shape.quant_bits
+    if not shape.quant_zero_point or not bits or not group or group <= 0:
+        return 0.0  # per channel: one zero point per output column, negligible
+    if linear_kernel(shape, compute_capability, vllm_version) != "MacheteLinearKernel":
+        return 0.0
+    return (shape.dtype_bytes(dtype) - bits / 8) / group
+
+
 # ---------------------------------------------------------------- the shape
 
 
@@ -111,6 +158,7 @@ class ModelShape:
     quant_method: str | None = None
     quant_bits: int | None = None
     quant_group_size: int | None = None
+    quant_zero_point: bool = False       # AWQ's asymmetric 4-bit: a zero point per group
     sliding_window: int | None = None
     uses_mla: bool = False
     # --- added: MLA, mixture of experts, sliding-window layout, context limit, name
@@ -161,6 +209,7 @@ class ModelShape:
             quant_method=method,
             quant_bits=bits,
             quant_group_size=group,
+            quant_zero_point=_zero_point(config),
             sliding_window=window,
             uses_mla=bool(kv_lora),
             model_type=str(config.get("model_type") or text.get("model_type") or ""),
@@ -341,6 +390,25 @@ class ModelShape:
                     total += embed
                 total += self.hidden_size * elem
             out.append(int(total))
+        return out
+
+    def dense_linear_elements_per_stage(self, tensor_parallel: int = 1, pipeline_parallel: int = 1) -> list[float]:
+        """Elements of the decoder layers' linear weights on one GPU of each pipeline stage,
+        routed experts left out (vLLM runs them through its MoE kernels): what a quantized
+        checkpoint's linear-layer kernel holds."""
+        tp = max(1, tensor_parallel)
+        kv_split = min(tp, self.num_kv_heads) if not self.uses_mla else tp
+        split, kv, rep = self._attention_params()
+
+        def layer(index: int) -> float:
+            mlp = 3 * self.hidden_size * self.shared_expert_intermediate_size if self._is_moe_layer(index) \
+                else self._mlp_params(index)[0]
+            return (split + mlp) / tp + kv / kv_split + rep
+
+        out, start = [], 0
+        for count in self.layers_per_stage(pipeline_parallel):
+            out.append(sum(layer(i) for i in range(start, start + count)))
+            start += count
         return out
 
     def weight_bytes(self, tensor_parallel: int = 1, dtype: str = "auto", quantization: str | None = None) -> int:
