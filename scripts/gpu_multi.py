@@ -343,20 +343,7 @@ def scenario_awq1(base: gv.Ctx, models: Path) -> dict[str, Any]:
     d = gv.Daemon(ctx, "awq1", sets)
     if not base.simulate:
         d.env["CUDA_VISIBLE_DEVICES"] = "0"
-    try:
-        plan = d.plan()
-        d.start()
-        st = d.wait_ready(timeout=800)
-        r["ready"] = kv_figures(d, st, plan, d.t0)
-        r["planned_weights_gib"] = gv.predicted(plan).get("weights_gib")
-        segments = gv.attempts_in(engine_text(d))
-        r["log_weights_gib"] = gv.printed(segments[-1]).get("model_weights_gib") if segments else None
-        r["gpu_used_mib_ready"] = used_per_gpu(ctx)
-        r["bench_16"] = bench(ctx, d, 16)
-        r["ok"] = st.get("state") == "ready" and (r["bench_16"].get("succeeded") or 0) > 0
-    finally:
-        d.cleanup()
-    return r
+    return serve_and_bench(ctx, d, r, 16)
 
 
 def scenario_a10x8(base: gv.Ctx, models: Path, tp: int, dp: int) -> dict[str, Any]:
@@ -365,16 +352,24 @@ def scenario_a10x8(base: gv.Ctx, models: Path, tp: int, dp: int) -> dict[str, An
     sets = [*budget_sets(ctx, BUDGET_24GB),
             f"vllm.tensor_parallel_size={tp}", f"vllm.data_parallel_size={dp}"]
     r: dict[str, Any] = {"scenario": f"{key}: a10x8-qwen3-32b-awq at 24 GB per GPU, TP {tp} × DP {dp}", "ok": False}
-    d = gv.Daemon(ctx, key, sets)
+    return serve_and_bench(ctx, gv.Daemon(ctx, key, sets), r, 64)
+
+
+def serve_and_bench(ctx: MultiCtx, d: gv.Daemon, r: dict[str, Any], users: int) -> dict[str, Any]:
+    """What awq1, tp8 and tp4dp2 share: the plan (its replica layout), ready, the weights and KV
+    figures planned and printed, memory on each GPU, then `bench --users N`."""
     try:
         plan = d.plan()
         r["placement"] = (plan or {}).get("placement", {}).get("layout")
         d.start()
         st = d.wait_ready(timeout=900)
         r["ready"] = kv_figures(d, st, plan, d.t0)
+        r["planned_weights_gib"] = gv.predicted(plan).get("weights_gib")
+        segments = gv.attempts_in(engine_text(d))
+        r["log_weights_gib"] = gv.printed(segments[-1]).get("model_weights_gib") if segments else None
         r["gpu_used_mib_ready"] = used_per_gpu(ctx)
-        r["bench_64"] = bench(ctx, d, 64)
-        r["ok"] = st.get("state") == "ready" and (r["bench_64"].get("succeeded") or 0) > 0
+        r[f"bench_{users}"] = bench(ctx, d, users)
+        r["ok"] = st.get("state") == "ready" and (r[f"bench_{users}"].get("succeeded") or 0) > 0
     finally:
         d.cleanup()
     return r
@@ -481,7 +476,7 @@ def summary_table(results: dict[str, Any]) -> str:
                             f"{gv.fmt(k.get('status_kv_tokens'))} / log {gv.fmt(k.get('log_kv_tokens'))} / planner "
                             f"{gv.fmt(k.get('predicted_kv_tokens'))}")
         for key in ("nodes", "argv_backend", "worker_killed", "degraded_after_s", "death_noticed_s", "death_kind", "ready_again_s", "gpu_used_mib_ready", "gpu_used_mib_after", "failures",
-                    "changes", "planned_weights_gib", "log_weights_gib", "bench_16", "bench_64", "ray_processes_anywhere", "skipped", "error"):
+                    "changes", "placement", "planned_weights_gib", "log_weights_gib", "bench_16", "bench_64", "ray_processes_anywhere", "skipped", "error"):
             if r.get(key) not in (None, [], {}):
                 figs.append(f"{key} {r[key]}")
         stop = r.get("stop") or {}
