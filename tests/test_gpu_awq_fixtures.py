@@ -118,6 +118,31 @@ def test_gptq_and_unquantized_checkpoints_keep_their_size() -> None:
         round(32 * (5120 * 8192 / 8 + 2 * 5120 * 1024 / 8 + 8192 * 5120 / 8 + 3 * 5120 * 25600 / 8))] * 2
 
 
+@pytest.mark.parametrize("inventory, model, dtype", [
+    ("h200-32b-awq-weight-inventory.json", "Qwen/Qwen3-32B-AWQ", "float16"),
+    ("h200-8b-weight-inventory.json", "Qwen/Qwen3-8B", "auto"),
+])
+def test_the_planners_tensor_bytes_are_what_vllm_holds_once_loaded(inventory, model, dtype) -> None:
+    """scripts/gpu_weight_inventory.py on the H200: every parameter and buffer of the model in the
+    engine (vLLM 0.26.0), by kind. The planner's estimate plus Machete's zero points is their sum
+    to the byte."""
+    found = json.loads((FIXTURES / inventory).read_text())
+    # the rotary cache and the attention's scalar scales (_k_scale, …) are not weights
+    held = sum(k["bytes"] for name, k in found["kinds"].items() if name != "cos_sin_cache" and not name.startswith("_"))
+    config, _ = modelfiles.find_model_config(model)
+    shape = ModelShape.from_config(config)
+    estimate = shape.weight_bytes(1, dtype) + sum(shape.dense_linear_elements_per_stage()) * unpacked_zero_point_bytes(
+        shape, (9, 0), (0, 26, 0), dtype)
+    assert estimate == held
+    if shape.quant_method == "awq":
+        # Machete's layout: 4-bit weights repacked, zero points as float16 beside the scales
+        assert found["kinds"]["qzeros"]["dtypes"] == ["float16"]
+        assert found["kinds"]["qzeros"]["bytes"] == found["kinds"]["scales"]["bytes"]
+        # vLLM's "Model loading took 18.6 GiB" is 0.25 GiB above the tensors the model holds; no
+        # allocation made while loading is left at the end of start-up besides the sampler's
+        assert found["load_residue"]["made_while_loading_gib"] < 0.02
+
+
 def _config() -> dict:
     config, _ = modelfiles.find_model_config("Qwen/Qwen3-32B")
     return dict(config)
