@@ -27,19 +27,24 @@ from typing import Any
 GIB = 1024**3
 
 
+def gpu_tensors(model: Any) -> list[tuple[str, Any]]:
+    """(name, tensor) of every parameter and buffer of the model on the GPU, one per storage."""
+    seen: set[int] = set()
+    out = []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.device.type == "cuda" and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            out.append((name, t))
+    return out
+
+
 def inventory(model: Any) -> dict[str, Any]:
     """Bytes of every distinct storage the model holds on the GPU, by kind and dtype."""
     import torch
 
-    seen: set[int] = set()
     kinds: dict[str, dict[str, Any]] = defaultdict(lambda: {"bytes": 0, "count": 0, "dtypes": set(), "example": ""})
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.device.type != "cuda":
-            continue
+    for name, t in gpu_tensors(model):
         storage = t.untyped_storage()
-        if storage.data_ptr() in seen:
-            continue
-        seen.add(storage.data_ptr())
         kind = name.rsplit(".", 1)[-1]
         k = kinds[kind]
         k["bytes"] += storage.nbytes()
@@ -59,8 +64,7 @@ def load_residue(model: Any) -> dict[str, Any]:
     model loaded are counted apart."""
     import torch
 
-    held = [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            for _, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "cuda"]
+    held = [(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) for _, t in gpu_tensors(model)]
     by_site: dict[str, int] = defaultdict(int)
     during_load = 0
     for seg in torch.cuda.memory._snapshot()["segments"]:
@@ -109,12 +113,12 @@ def main() -> int:
 
     import torch
 
+    gpu = torch.cuda.get_device_name(0)
     shape = ModelShape.from_config(json.loads((Path(args.model) / "config.json").read_text()))
-    ctx = FitContext.of(shape, torch.cuda.mem_get_info()[1] / GIB, 1, gpu_name=torch.cuda.get_device_name(0),
-                        vllm_version=__version__)
+    ctx = FitContext.of(shape, torch.cuda.mem_get_info()[1] / GIB, 1, gpu_name=gpu, vllm_version=__version__)
     vargs = VllmArgs(quantization=args.quantization, dtype=args.dtype)
     found["planner_weights_gib"] = round(weights_per_gpu(ctx, vargs).largest_gib, 4)
-    found["vllm_version"], found["gpu"] = __version__, torch.cuda.get_device_name(0)
+    found["vllm_version"], found["gpu"] = __version__, gpu
     text = json.dumps(found, indent=1, default=str)
     if args.out:
         Path(args.out).write_text(text)

@@ -22,7 +22,8 @@ from llm_supervisor.planning.launch import fit_context
 from llm_supervisor.simulator import args as simargs
 from llm_supervisor.simulator.config import resolve
 from llm_supervisor.simulator.dialect import Dialect
-from llm_supervisor.vllm.modelshape import GIB, ModelShape, linear_kernel, unpacked_zero_point_bytes
+from llm_supervisor.vllm.modelshape import (GIB, ModelShape, linear_kernel, unpacked_zero_point_bytes,
+                                            unpacked_zero_point_bytes_per_stage)
 from llm_supervisor.host import modelfiles
 
 RUN = "h200-32b-awq-tp1-ready-bench"
@@ -131,8 +132,7 @@ def test_the_planners_tensor_bytes_are_what_vllm_holds_once_loaded(inventory, mo
     held = sum(k["bytes"] for name, k in found["kinds"].items() if name != "cos_sin_cache" and not name.startswith("_"))
     config, _ = modelfiles.find_model_config(model)
     shape = ModelShape.from_config(config)
-    estimate = shape.weight_bytes(1, dtype) + sum(shape.dense_linear_elements_per_stage()) * unpacked_zero_point_bytes(
-        shape, (9, 0), (0, 26, 0), dtype)
+    estimate = shape.weight_bytes(1, dtype) + sum(unpacked_zero_point_bytes_per_stage(shape, (9, 0), (0, 26, 0), dtype=dtype))
     assert estimate == held
     if shape.quant_method == "awq":
         # Machete's layout: 4-bit weights repacked, zero points as float16 beside the scales

@@ -365,11 +365,11 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         except TypeError:
             kv_per_token.append(shape.kv_bytes_per_token(tp, kv_elem) * n // shape.num_layers)
     weights, largest = _weights(shape, model, tp, pp, dtype_name.replace("torch.", ""), quant)
-    spec = gpuspecs.find_gpu(gpu.name)
-    capability = spec.compute_capability if spec else None
-    unpacked = modelshape.unpacked_zero_point_bytes(shape, capability, dialect.v, dtype_name.replace("torch.", ""))
-    if unpacked:  # Machete's 16-bit zero points (Hopper, 0.26+)
-        weights = [w + int(e * unpacked) for w, e in zip(weights, shape.dense_linear_elements_per_stage(tp, pp))]
+    capability = gpuspecs.compute_capability(gpu.name)
+    # Machete's 16-bit zero points (Hopper, 0.26+)
+    unpacked = modelshape.unpacked_zero_point_bytes_per_stage(shape, capability, dialect.v, tp, pp,
+                                                              dtype_name.replace("torch.", ""))
+    weights = [w + int(u) for w, u in zip(weights, unpacked)]
     v2_runner = dialect.v2_runner and os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower() not in (
         "0", "false")
     # before 0.28 the V2 runner never installs the weight offloader: --cpu-offload-gb is ignored

@@ -26,7 +26,8 @@ from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs
 from llm_supervisor.vllm import gpuspecs, memory, runner
 from llm_supervisor.vllm.calibration import CalibrationEntry, Observation
 from llm_supervisor.vllm.memory import GIB, Overhead
-from llm_supervisor.vllm.modelshape import ModelShape, WeightInventory, linear_bytes_per_element, unpacked_zero_point_bytes
+from llm_supervisor.vllm.modelshape import (ModelShape, WeightInventory, linear_bytes_per_element,
+                                            unpacked_zero_point_bytes_per_stage)
 
 
 class CalibrationSource(Protocol):
@@ -344,11 +345,9 @@ def weights_per_gpu(ctx: FitContext, args: VllmArgs) -> Weights:
 def kernel_bytes_per_stage(ctx: FitContext, args: VllmArgs) -> list[float]:
     """Bytes vLLM's linear-layer kernel on this GPU adds to the checkpoint's tensors, on one GPU of
     each pipeline stage: AWQ's zero points unpacked by Machete on Hopper (modelshape)."""
-    spec = gpuspecs.find_gpu(ctx.gpu_name)
-    per_element = unpacked_zero_point_bytes(ctx.shape, spec.compute_capability if spec else None,
-                                            memory.parse_version(ctx.version), args.dtype)
-    elements = ctx.shape.dense_linear_elements_per_stage(args.tensor_parallel_size, args.pipeline_parallel_size)
-    return [e * per_element for e in elements]
+    return unpacked_zero_point_bytes_per_stage(ctx.shape, gpuspecs.compute_capability(ctx.gpu_name),
+                                               memory.parse_version(ctx.version), args.tensor_parallel_size,
+                                               args.pipeline_parallel_size, args.dtype)
 
 
 def decoder_gib_per_stage(shape: ModelShape, args: VllmArgs) -> list[float]:

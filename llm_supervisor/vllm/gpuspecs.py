@@ -123,3 +123,9 @@ def find_gpu(name: str | None) -> GpuSpec | None:
         if re.search(spec.pattern, name, re.I):
             return spec
     return None
+
+
+def compute_capability(name: str | None) -> tuple[int, int] | None:
+    """The compute capability of the card `name` names; None when it is not in the table."""
+    spec = find_gpu(name)
+    return spec.compute_capability if spec else None

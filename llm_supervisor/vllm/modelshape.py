@@ -46,11 +46,18 @@ class SafetensorsError(ValueError):
 # ---------------------------------------------------------------- quantization
 
 
+def _quant_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's `quantization_config` (a multimodal model's under `text_config`); {} when
+    there is none."""
+    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config") or {}
+    return quant if isinstance(quant, dict) else {}
+
+
 def _quant_facts(config: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
     """(method, weight bits, group size) from `quantization_config` (AWQ, GPTQ, bitsandbytes,
     fp8, compressed-tensors, mxfp4); all None for an unquantized checkpoint."""
-    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config") or {}
-    if not isinstance(quant, dict) or not quant:
+    quant = _quant_config(config)
+    if not quant:
         return None, None, None
     method = quant.get("quant_method")
     method = str(method).lower() if method else None
@@ -93,9 +100,8 @@ def linear_bytes_per_element(method: str | None, bits: int | None, group: int | 
 def _zero_point(config: dict[str, Any]) -> bool:
     """Whether the checkpoint's quantized linear layers carry zero points that vLLM keeps (AWQ's
     `zero_point`; vLLM runs GPTQ symmetric, without them)."""
-    quant = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config") or {}
-    return isinstance(quant, dict) and str(quant.get("quant_method") or "").lower() == "awq" \
-        and bool(quant.get("zero_point"))
+    quant = _quant_config(config)
+    return str(quant.get("quant_method") or "").lower() == "awq" and bool(quant.get("zero_point"))
 
 
 # From 0.26 vLLM runs AWQ and GPTQ checkpoints' linear layers through its mixed-precision kernels,
@@ -135,6 +141,15 @@ def unpacked_zero_point_bytes(shape: "ModelShape", compute_capability: tuple[int
     if linear_kernel(shape, compute_capability, vllm_version) != "MacheteLinearKernel":
         return 0.0
     return (shape.dtype_bytes(dtype) - bits / 8) / group
+
+
+def unpacked_zero_point_bytes_per_stage(shape: "ModelShape", compute_capability: tuple[int, int] | None,
+                                        vllm_version: tuple[int, ...] | None, tensor_parallel: int = 1,
+                                        pipeline_parallel: int = 1, dtype: str = "auto") -> list[float]:
+    """What Machete's zero points add on one GPU of each pipeline stage (zeros where they add
+    nothing): the planner's and the simulator's one count of them."""
+    per_element = unpacked_zero_point_bytes(shape, compute_capability, vllm_version, dtype)
+    return [e * per_element for e in shape.dense_linear_elements_per_stage(tensor_parallel, pipeline_parallel)]
 
 
 # ---------------------------------------------------------------- the shape
