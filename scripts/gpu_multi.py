@@ -64,6 +64,7 @@ import yaml
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import gpu_validate as gv  # noqa: E402 - the single-GPU script's daemon, stop timing and summary helpers
+from llm_supervisor.vllm.failures import FailureKind  # noqa: E402
 
 REPO = gv.REPO
 PROFILES = REPO / "llm_supervisor" / "data" / "profiles"
@@ -175,9 +176,18 @@ def kv_figures(d: gv.Daemon, st: dict[str, Any], plan: dict[str, Any] | None, si
 
 
 def failures(st: dict[str, Any]) -> list[tuple[Any, str]]:
-    """(failure kind, the decision's reason) for each relaunch or stop in the history."""
-    return [((h.get("failure") or {}).get("kind"), (h.get("reason") or "")[:300])
-            for h in st.get("history") or [] if h.get("event") in ("relaunch", "give_up")]
+    """(failure kind, the decision's reason) for each relaunch or stop in the history. The kind is
+    the daemon's own (its one-line summary starts with it: `multi_gpu_comm` where the contract's
+    `failure.kind` says `unknown`)."""
+    out = []
+    for h in st.get("history") or []:
+        if h.get("event") not in ("relaunch", "give_up"):
+            continue
+        kind = (h.get("failure") or {}).get("kind")
+        head = (h.get("summary") or "").split(":", 1)[0]
+        own = head in {k.value for k in FailureKind}
+        out.append((head if own else kind, (h.get("reason") or "")[:300]))
+    return out
 
 
 def worker(d: gv.Daemon, title: str) -> psutil.Process | None:
