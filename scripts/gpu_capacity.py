@@ -53,6 +53,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
 from gpu_validate import add_archive_option, archive_if_asked  # noqa: E402 - one way to bring a run's logs back
 from llm_supervisor.config.loader import load_profile  # noqa: E402
 from llm_supervisor.config.settings import load_settings  # noqa: E402
+from llm_supervisor.host.modelfiles import bundled_config_path  # noqa: E402
 from llm_supervisor.planning.launch import build_plan  # noqa: E402
 from llm_supervisor.vllm import speed  # noqa: E402
 
@@ -113,9 +114,9 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
                     # the GPU machine's vLLM (its offload runs on the V1 model runner)
                     "LLM_SUPERVISOR_SIM_VLLM_VERSION": env.get("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.26.0")})
         models = work / "models"
-        for name, bundled in (("qwen3-4b", "Qwen--Qwen3-4B"), ("qwen3-32b", "Qwen--Qwen3-32B")):
+        for name, model_id in (("qwen3-4b", "Qwen/Qwen3-4B"), ("qwen3-32b", "Qwen/Qwen3-32B")):
             (models / name).mkdir(parents=True, exist_ok=True)
-            shutil.copy(REPO / "llm_supervisor" / "data" / "models" / f"{bundled}.json", models / name / "config.json")
+            shutil.copy(bundled_config_path(model_id), models / name / "config.json")
     elif "LLM_SUPERVISOR_ENGINE_COMMAND" not in env and not shutil.which("vllm"):
         env["LLM_SUPERVISOR_ENGINE_COMMAND"] = f"{sys.executable} -m vllm.entrypoints.cli.main serve"
     if args.simulate:

@@ -64,6 +64,7 @@ import yaml
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import gpu_validate as gv  # noqa: E402 - the single-GPU script's daemon, stop timing and summary helpers
+from llm_supervisor.host.modelfiles import bundled_config_path  # noqa: E402
 from llm_supervisor.vllm.failures import FailureKind  # noqa: E402
 
 REPO = gv.REPO
@@ -150,7 +151,7 @@ def awq_folder(models: Path) -> None:
     for f in src.iterdir():
         if f.is_file() and f.name != "config.json":
             shutil.copy(f, dst / f.name)
-    config = json.loads((REPO / "llm_supervisor" / "data" / "models" / "Qwen--Qwen3-32B-AWQ.json").read_text())
+    config = json.loads(bundled_config_path("Qwen/Qwen3-32B-AWQ").read_text())
     ids = json.loads((src / "config.json").read_text())
     config.update({k: ids[k] for k in ("bos_token_id", "eos_token_id") if k in ids})
     (dst / "config.json").write_text(json.dumps(config, indent=1))

@@ -36,7 +36,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from llm_supervisor.host.modelfiles import load_shape  # noqa: E402
+from llm_supervisor.host.modelfiles import bundled_config_path, load_shape  # noqa: E402
 from llm_supervisor.planning.launch import free_loopback_port  # noqa: E402
 from llm_supervisor.runtime.launcher import end_session  # noqa: E402
 from llm_supervisor.vllm import memory  # noqa: E402
@@ -129,7 +129,7 @@ def main() -> int:
                     "LLM_SUPERVISOR_SIM_VLLM_VERSION": "0.26.0"})
         model = work / "models" / "qwen3-32b"
         model.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / "llm_supervisor" / "data" / "models" / "Qwen--Qwen3-32B.json", model / "config.json")
+        shutil.copy(bundled_config_path("Qwen/Qwen3-32B"), model / "config.json")
     start = time.monotonic()
     results = []
     for name in (n for n in args.only.split(",") if n):

@@ -160,7 +160,8 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
         if not Path(model).joinpath("config.json").is_file():
             folder = out / "models" / "qwen3-4b"
             folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy(REPO / "llm_supervisor" / "data" / "models" / "Qwen--Qwen3-4B.json", folder / "config.json")
+            from llm_supervisor.host.modelfiles import bundled_config_path
+            shutil.copy(bundled_config_path("Qwen/Qwen3-4B"), folder / "config.json")
             model = str(folder)
     elif "LLM_SUPERVISOR_ENGINE_COMMAND" not in env and not shutil.which("vllm"):
         env["LLM_SUPERVISOR_ENGINE_COMMAND"] = f"{sys.executable} -m vllm.entrypoints.cli.main serve"

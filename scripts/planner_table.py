@@ -42,7 +42,7 @@ def build_table(profiles_dir: Path, vllm_version: str) -> str:
         total = cards.stated_total_gib(hw)
         gpu = cards.gpu_label(hw.gpu_name)
         # the bundled config.json facts, never a local checkpoint: the table is the same everywhere
-        shape = modelfiles.load_shape(str(modelfiles.BUNDLED_DIR / f"{modelfiles.bundled_name(profile.model.id)}.json"))
+        shape = modelfiles.load_shape(str(modelfiles.bundled_config_path(profile.model.id)))
         args = profile.vllm
         ctx = fit.FitContext.of(shape, total, hw.gpu_count, target=profile.target, vllm_version=vllm_version,
                                 recovery=profile.recovery, model=profile.model.id, gpu_name=gpu,

@@ -124,6 +124,12 @@ def bundled_name(model_id: str) -> str:
     return model_id.strip("/").replace("/", "--")
 
 
+def bundled_config_path(model_id: str) -> Path:
+    """Where the package keeps the config.json facts of a shipped profile's model (which may be
+    missing: check is_file)."""
+    return BUNDLED_DIR / f"{bundled_name(model_id)}.json"
+
+
 def find_model_config(model: str, hf_home: str | None = None) -> tuple[dict[str, Any], str]:
     """Return (config dict, where it came from) for a local folder or a Hugging Face id."""
     path = Path(model).expanduser()
@@ -140,7 +146,7 @@ def find_model_config(model: str, hf_home: str | None = None) -> tuple[dict[str,
         for snap in sorted(snapshots.iterdir(), reverse=True):
             if (snap / "config.json").is_file():
                 return _read_json(snap / "config.json"), str(snap / "config.json")
-    bundled = BUNDLED_DIR / f"{bundled_name(model)}.json"
+    bundled = bundled_config_path(model)
     if bundled.is_file():
         return _read_json(bundled), f"bundled facts for {model}"
     raise ModelConfigNotFound(

@@ -310,6 +310,14 @@ class ModelShape:
             parts[-i] += 1
         return parts
 
+    def layer_ranges_per_stage(self, pipeline_parallel: int = 1) -> list[range]:
+        """The decoder layers' indices on each pipeline stage (`layers_per_stage`, in order)."""
+        out, start = [], 0
+        for count in self.layers_per_stage(pipeline_parallel):
+            out.append(range(start, start + count))
+            start += count
+        return out
+
     # --- parameter counts (one layer, whole model, before any TP split)
 
     def _attention_params(self) -> tuple[int, int, int]:
@@ -391,12 +399,10 @@ class ModelShape:
             return (split + mlp) * lin / tp + kv * lin / kv_split + (rep * lin) + router * elem + norms
 
         embed = self.vocab_size * self.hidden_size * elem / tp
-        stages = self.layers_per_stage(pipeline_parallel)
+        stages = self.layer_ranges_per_stage(pipeline_parallel)
         out: list[int] = []
-        start = 0
-        for s, count in enumerate(stages):
-            total = sum(layer_bytes(i) for i in range(start, start + count))
-            start += count
+        for s, indices in enumerate(stages):
+            total = sum(layer_bytes(i) for i in indices)
             if s == 0:
                 total += embed
             if s == len(stages) - 1:
@@ -420,11 +426,7 @@ class ModelShape:
                 else self._mlp_params(index)[0]
             return (split + mlp) / tp + kv / kv_split + rep
 
-        out, start = [], 0
-        for count in self.layers_per_stage(pipeline_parallel):
-            out.append(sum(layer(i) for i in range(start, start + count)))
-            start += count
-        return out
+        return [sum(layer(i) for i in indices) for indices in self.layer_ranges_per_stage(pipeline_parallel)]
 
     def weight_bytes(self, tensor_parallel: int = 1, dtype: str = "auto", quantization: str | None = None) -> int:
         """Estimated weight bytes per GPU from the shape (used when no safetensors headers exist)."""
@@ -557,11 +559,7 @@ class WeightInventory:
             for s, count in enumerate(stages):
                 out[s] = self.total_only / tp * count / max(1, shape.num_layers)
             return [int(x) for x in out]
-        bounds: list[tuple[int, int]] = []
-        start = 0
-        for count in stages:
-            bounds.append((start, start + count))
-            start += count
+        ranges = shape.layer_ranges_per_stage(pipeline_parallel)
         kv_split = tp if shape.uses_mla else min(tp, max(1, shape.num_kv_heads))
         requant = None
         if not shape.quant_method and quantization in ("fp8", "fbgemm_fp8", "bitsandbytes"):
@@ -580,7 +578,7 @@ class WeightInventory:
             m = _LAYER_RE.search(t.name)
             if m:
                 index = int(m.group(1))
-                stage = next((s for s, (lo, hi) in enumerate(bounds) if lo <= index < hi), len(stages) - 1)
+                stage = next((s for s, indices in enumerate(ranges) if index in indices), len(stages) - 1)
             elif vocab and _HEAD_RE.search(t.name):
                 stage = len(stages) - 1
             elif vocab:
