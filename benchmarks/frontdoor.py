@@ -241,7 +241,7 @@ async def _failover_run(tmp: Path, args: argparse.Namespace, door: bool) -> dict
         timeline["ready_again"] = time.monotonic() - t0
         await asyncio.sleep(args.kill_after_s)
         timeline["restart_requested"] = time.monotonic() - t0
-        httpx.post(daemon.url + "/restart", timeout=5)
+        await asyncio.to_thread(httpx.post, daemon.url + "/restart", timeout=5)
         await asyncio.to_thread(_wait_attempt, daemon, 3)
         timeline["ready_after_restart"] = time.monotonic() - t0
         await asyncio.sleep(args.kill_after_s)

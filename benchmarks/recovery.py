@@ -175,8 +175,8 @@ def _result(launches: list[Launch], args: VllmArgs | None, derived: int, delays:
         "ready": last.ready,
         "launches": len(launches),
         "relaunches": len(launches) - 1,
-        "failures": [str(getattr(l.failure, "kind", "unknown")) for l in launches if not l.ready],
-        "seconds": round(sum(l.seconds for l in launches), 2),
+        "failures": [str(getattr(launch.failure, "kind", "unknown")) for launch in launches if not launch.ready],
+        "seconds": round(sum(launch.seconds for launch in launches), 2),
         "policy_delay_s": round(delays, 2),
         "decisions": decisions,
     }

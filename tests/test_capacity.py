@@ -147,7 +147,7 @@ def test_report_svg_and_saturation() -> None:
     levels = {1: _level(1, [0.02] * 8), 2: _level(2, [0.02] * 8), 3: _level(3, [0.3] * 8)}
     levels[2].live.running_peak, levels[2].live.waiting_peak = 2, 0
     levels[3].live.running_peak, levels[3].live.waiting_peak, levels[3].live.kv_usage_peak = 2, 1, 0.4
-    for u, lv in levels.items():
+    for lv in levels.values():
         lv.violations = check(slo, lv)
         lv.ok = not lv.violations
     result = capacity.report("http://x", "m", slo, Workload.synthetic(), levels, [1, 2, 3], 2, 3, "resolution", 5.0,

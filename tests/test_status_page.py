@@ -21,6 +21,7 @@ import pytest
 
 from daemon_harness import DaemonRun, run_cli, wait_until
 from fakes import FakeVllm, Harness
+from llm_supervisor.api.page import render_page
 from llm_supervisor.api.server import create_app
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.runtime.series import Series
@@ -135,6 +136,18 @@ def test_the_page_embeds_the_snapshot_and_reveals_no_secret(make) -> None:
         await h.exit_code()
 
     asyncio.run(scenario())
+
+
+def test_the_page_draws_non_finite_figures_as_null() -> None:
+    """A NaN or an infinity (no JSON for them) anywhere in the snapshot or the series becomes null;
+    the page still renders."""
+    status = {"state": "ready", "max_concurrency": float("inf"), "gpus": [{"util": float("nan"), "index": 0}],
+              "kv_cache_tokens": 1024}
+    series = {"tokens_per_s": [1.5, float("-inf")]}
+    html, _ = render_page(status, series, admin="none")
+    data = json.loads(parse(html).text["data"])
+    assert data["status"]["max_concurrency"] is None and data["status"]["gpus"] == [{"util": None, "index": 0}]
+    assert data["status"]["kv_cache_tokens"] == 1024 and data["series"] == {"tokens_per_s": [1.5, None]}
 
 
 def test_admin_actions_refuse_other_web_pages(make) -> None:

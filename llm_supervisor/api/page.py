@@ -11,6 +11,7 @@ argv is redacted and the token never leaves the browser's tab.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +38,7 @@ def _script_json(data: Any) -> str:
 
 def _finite(value: Any) -> Any:
     """inf/NaN (no JSON for them) as null, all the way down."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {str(k): _finite(v) for k, v in value.items()}
