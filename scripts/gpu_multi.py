@@ -65,7 +65,6 @@ import yaml
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import gpu_validate as gv  # noqa: E402 - the single-GPU script's daemon, stop timing and summary helpers
 from llm_supervisor.host.modelfiles import bundled_config_path  # noqa: E402
-from llm_supervisor.vllm.failures import FailureKind  # noqa: E402
 
 REPO = gv.REPO
 PROFILES = REPO / "llm_supervisor" / "data" / "profiles"
@@ -177,17 +176,13 @@ def kv_figures(d: gv.Daemon, st: dict[str, Any], plan: dict[str, Any] | None, si
 
 
 def failures(st: dict[str, Any]) -> list[tuple[Any, str]]:
-    """(failure kind, the decision's reason) for each relaunch or stop in the history. The kind is
-    the daemon's own (its one-line summary starts with it: `multi_gpu_comm` where the contract's
-    `failure.kind` says `unknown`)."""
+    """(failure kind, the decision's reason) for each relaunch or stop in the history: the daemon's
+    own kind (`multi_gpu_comm` where the contract's `kind` says `unknown`)."""
     out = []
     for h in st.get("history") or []:
-        if h.get("event") not in ("relaunch", "give_up"):
-            continue
-        kind = (h.get("failure") or {}).get("kind")
-        head = (h.get("summary") or "").split(":", 1)[0]
-        own = head in {k.value for k in FailureKind}
-        out.append((head if own else kind, (h.get("reason") or "")[:300]))
+        if h.get("event") in ("relaunch", "give_up"):
+            failure = h.get("failure") or {}
+            out.append((failure.get("supervisor_kind") or failure.get("kind"), (h.get("reason") or "")[:300]))
     return out
 
 

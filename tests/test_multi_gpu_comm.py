@@ -144,4 +144,5 @@ def test_the_daemon_recovers_a_tp2_start_in_one_relaunch(tmp_path: Path, monkeyp
     (relaunch,) = h.relaunches()
     assert relaunch["change"]["extra_args"] == [[], ["--compilation-config", OFF]]
     assert "extra_args + --compilation-config" in relaunch["summary"]
+    assert relaunch["failure"]["kind"] == "unknown" and relaunch["failure"]["supervisor_kind"] == "multi_gpu_comm"
     assert status["state"] == "ready"

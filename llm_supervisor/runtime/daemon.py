@@ -212,8 +212,10 @@ class Daemon(RestartLoop):
                reason: str = "") -> None:
         shown = None
         if failure is not None:
-            # the whole message stays; `brief` is the line with its numbers that people read
-            shown = failure.to_json() | {"brief": failure_brief(str(failure.kind), failure.values, failure.message)}
+            # the whole message stays; `brief` is the line with its numbers that people read;
+            # `supervisor_kind` names what CONTRACT's `kind` calls unknown (multi_gpu_comm, bad_arguments)
+            shown = failure.to_json() | {"brief": failure_brief(str(failure.kind), failure.values, failure.message),
+                                         "supervisor_kind": str(failure.kind)}
         entry = {"at": iso(self.clock.time()), "event": event, "attempt": self.attempt,
                  "failure": shown, "change": change or None, "reason": reason}
         self.history.append(entry)
