@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -131,7 +132,11 @@ def test_a_child_that_ignores_sighup_is_ended_by_the_daemon(tmp_path: Path) -> N
         second = run.wait_status(lambda s: s["state"] == "ready" and s["attempt"] == 2, what="relaunched")
         assert not alive(engines + children)
         message = [h for h in second["history"] if h["event"] == "exit"][-1]["failure"]["message"]
-        assert "ended the 1 engine process(es) it left" in message, message
+        # The child (it ignores SIGHUP) is always among the processes the daemon ends; the engine's
+        # main process dies of PR_SET_PDEATHSIG on its own, and on a loaded machine may still be
+        # in the session when the daemon sweeps it, so the count is 1 or 2.
+        ended = re.search(r"ended the (\d+) engine process\(es\) it left", message)
+        assert ended and int(ended.group(1)) in (1, 2), message
         run.signal(signal.SIGTERM)
         assert run.wait_exit(30) == 0
         assert not alive(pids_from(pidfile)[0] + pids_from(pidfile)[1])
