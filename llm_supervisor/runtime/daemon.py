@@ -425,6 +425,9 @@ class Daemon(RestartLoop):
         client = self.engine_client
         while not (await client.health() and await client.probe()):
             await self.clock.sleep(self.timing.ready_poll_s)
+        # The engine works, so the GPUs do: their health now is the baseline a later failure is
+        # judged against, taken before /status shows `ready` so that no fault after it is missed.
+        await self._gpus_proved_usable()
         # Everything that marks this launch ready happens here without an await in between, so
         # /status never shows `ready` with the history, message or remembered args of before.
         self.enter(State.READY, "the engine answered a real request")
@@ -451,7 +454,6 @@ class Daemon(RestartLoop):
         self._target_check()
         self._device_bound_check()
         self.store.save_soon()
-        await self._gpus_proved_usable()
         await self._learn_overhead()
         metrics = await client.metrics()
         tokens = metrics.kv_cache_tokens if metrics else None
@@ -594,11 +596,13 @@ class Daemon(RestartLoop):
 
     async def _gpus_proved_usable(self) -> None:
         """An engine became ready (or a person said to try again): what the GPUs report now is
-        their usable state; only faults newer than this count against the next failure."""
+        their usable state; only faults newer than this count against the next failure (the time
+        is taken before the read, so an Xid raised while it runs counts)."""
+        since = time.time()
         tenants, health = await asyncio.to_thread(self._read_gpus)
         self._publish_tenants(tenants, health)
         self._health_baseline = {h.uuid: h for h in health}
-        self._faults_since = time.time()
+        self._faults_since = since
 
     async def _before_launch(self) -> None:
         """Who holds the GPUs before a launch: leftover vLLM engines that are not ours are named
