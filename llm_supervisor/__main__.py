@@ -8,9 +8,10 @@ may report it as "Exception ignored" and go on, and the command would start as i
 interrupted.
 
 After that, Ctrl-C raises KeyboardInterrupt as usual (until the daemon's event loop takes the
-signal over), except inside Python's import machinery: a module imported on first use can be
-interrupted in a module lock's weakref callback, where Python also reports the exception as
-ignored and goes on. There the signal is sent again a moment later, once the import is done.
+signal over), except while a module is being imported (a command imports its heavy parts on first
+use): there Python may report the exception as ignored and go on (in a module lock's weakref
+callback), or pydantic-core may wrap it in a SchemaError while it builds a schema. So inside an
+import the signal is sent again a moment later, until the import is done.
 """
 
 import os
@@ -22,10 +23,19 @@ from types import FrameType
 RESEND_S = 0.05
 
 
+def importing(frame: FrameType | None) -> bool:
+    """Whether the code at `frame` runs inside an import (Python's import machinery is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGINT as KeyboardInterrupt, or, where Python would swallow that (inside the import
-    machinery), the same signal again in RESEND_S."""
-    if frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+    """SIGINT as KeyboardInterrupt, or, inside an import (where it would be swallowed or wrapped),
+    the same signal again in RESEND_S."""
+    if importing(frame):
         threading.Timer(RESEND_S, os.kill, (os.getpid(), signum)).start()
         return
     raise KeyboardInterrupt
