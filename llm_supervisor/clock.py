@@ -1,9 +1,9 @@
-"""Time as the daemon and the front door see it: a seam, so behaviour over minutes is tested in
-milliseconds. A leaf (stdlib only).
+"""Time as the daemon, the front door and the bench see it: a seam, so behaviour over minutes is
+tested in milliseconds. A leaf (stdlib only).
 
 `SystemClock` is the real one. Tests pass a virtual clock (tests/fakes.py, whose `sleep` returns
 when virtual time has advanced that far; tests/frontdoor_fakes.py, whose timers fire when the test
-moves time); nothing in the runtime or the front door reads `time` or sleeps directly.
+moves time); nothing in the runtime, the front door or the bench reads `time` or sleeps directly.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "frontdoor": {"errors", "clock", "config", "api"},
     "runtime": {"errors", "states", "clock", "config", "vllm", "host", "store", "planning", "api", "frontdoor"},
     "cluster": {"errors", "states", "clock", "config", "vllm", "host", "store", "planning", "api", "runtime"},
-    "bench": {"errors", "config", "vllm", "api"},
+    "bench": {"errors", "clock", "config", "vllm", "api"},
     # the vLLM stand-in is a program of its own: it shares the simulated GPU and config.json parsing
     "simulator": {"host", "vllm"},
     "cli": {"errors", "states", "clock", "config", "vllm", "host", "store", "planning", "api", "frontdoor", "runtime",

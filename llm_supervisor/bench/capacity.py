@@ -43,7 +43,6 @@ import random
 import re
 import secrets
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -51,9 +50,10 @@ from typing import Any, Callable, Iterator, Sequence
 import httpx
 
 from llm_supervisor.bench.run import (
-    DEFAULT_ENGINE_URL, RequestResult, RequestSpec, _daemon_status, _headers, _Live, _one_request, _poll_metrics, _probe,
+    DEFAULT_ENGINE_URL, Link, RequestResult, RequestSpec, _daemon_status, _Live, _one_request, _poll_metrics, _probe,
     engine_url_from_status, normalize_url, percentile, summarize,
 )
+from llm_supervisor.clock import Clock, SystemClock, first_of
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import BadInput
 from llm_supervisor.vllm.metrics import engine_metrics
@@ -379,12 +379,12 @@ def check(slo: Slo, level: Level) -> list[str]:
     return out
 
 
-async def _drained(url: str, api_key: str | None, limit_s: float = DRAIN_S) -> None:
+async def _drained(link: Link, url: str, api_key: str | None, limit_s: float = DRAIN_S) -> None:
     """Wait until the engine runs nothing (the last level's cut-off requests are aborted), so a
     level's /metrics peaks are its own; give up quietly after `limit_s` or without /metrics."""
-    deadline = time.perf_counter() + limit_s
-    async with httpx.AsyncClient(headers=_headers(api_key), timeout=5.0) as client:
-        while time.perf_counter() < deadline:
+    deadline = link.clock.monotonic() + limit_s
+    async with link.client(api_key, timeout=5.0) as client:
+        while link.clock.monotonic() < deadline:
             try:
                 resp = await client.get(url + "/metrics")
             except httpx.HTTPError:
@@ -394,16 +394,17 @@ async def _drained(url: str, api_key: str | None, limit_s: float = DRAIN_S) -> N
             m = engine_metrics(resp.text)
             if not (m.running or m.waiting):
                 return
-            await asyncio.sleep(0.05)
+            await link.clock.sleep(0.05)
 
 
 async def run_level(url: str, api_key: str | None, users: int, specs: Iterator[RequestSpec], *, rounds: int,
                     stagger_s: float, timeout_s: float, limit_s: float,
-                    on_done: Callable[[int, int], None] | None = None) -> Level:
+                    on_done: Callable[[int, int], None] | None = None, link: Link | None = None) -> Level:
     """U closed-loop users, starts spread over `stagger_s`. The first `rounds × users` requests
     (≥ MIN_MEASURED) sent once all users are active are measured; every user keeps sending until
     the last of them ends, so all ran under the full load. Ends early after `limit_s`."""
-    await _drained(url, api_key)
+    link = link or Link()
+    await _drained(link, url, api_key)
     live = _Live()
     want = max(MIN_MEASURED, rounds * users)
     full_at = stagger_s * (users - 1) / users if users > 1 else 0.0
@@ -412,44 +413,40 @@ async def run_level(url: str, api_key: str | None, users: int, specs: Iterator[R
     stop = asyncio.Event()
     limits = httpx.Limits(max_connections=users + 4, max_keepalive_connections=users + 4)
     timeout = httpx.Timeout(timeout_s, connect=10.0)
-    t0 = time.perf_counter()
-    timed_out = False
-    async with httpx.AsyncClient(headers=_headers(api_key), limits=limits, timeout=timeout) as client, \
-            httpx.AsyncClient(headers=_headers(api_key), timeout=5.0) as mclient:
+    t0 = link.clock.monotonic()
+    async with link.client(api_key, limits=limits, timeout=timeout) as client, \
+            link.client(api_key, timeout=5.0) as mclient:
         metrics_stop = asyncio.Event()
-        poller = asyncio.create_task(_poll_metrics(mclient, url, live, metrics_stop))
+        poller = asyncio.create_task(_poll_metrics(link, mclient, url, live, metrics_stop))
 
         async def user(i: int) -> None:
             nonlocal sent_in_window
             if users > 1 and stagger_s > 0:
-                await asyncio.sleep(stagger_s * i / users)
+                await link.clock.sleep(stagger_s * i / users)
             while not stop.is_set():
                 spec = next(specs)
-                sent = time.perf_counter() - t0
+                sent = link.clock.monotonic() - t0
                 counted = sent >= full_at - 1e-6 and sent_in_window < want
                 if counted:
                     sent_in_window += 1
-                res = await _one_request(client, url, spec.body, live, spec.path)
+                res = await _one_request(link, client, url, spec.body, live, spec.path)
                 live.results.append(res)
                 if counted:
-                    measured.append((res, sent, time.perf_counter() - t0))
+                    measured.append((res, sent, link.clock.monotonic() - t0))
                     if on_done:
                         on_done(len(measured), want)
                     if len(measured) >= want:
                         stop.set()
 
         tasks = [asyncio.create_task(user(i)) for i in range(users)]
-        try:
-            await asyncio.wait_for(stop.wait(), limit_s)
-        except asyncio.TimeoutError:
-            timed_out = True
+        timed_out = not (await first_of(link.clock, stop.wait(), limit_s))[0]
         for task in tasks:  # requests beyond the measured ones are cut off (vLLM aborts them)
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         metrics_stop.set()
         await poller
     return Level(users, [m[0] for m in measured], [m[1] for m in measured], [m[2] for m in measured], live,
-                 time.perf_counter() - t0, timed_out)
+                 link.clock.monotonic() - t0, timed_out)
 
 
 # ---------------------------------------------------------------- the search
@@ -486,10 +483,13 @@ def find_capacity(
     api_key: str | None = None,
     options: SearchOptions | None = None,
     progress: bool = True,
-    clock: Callable[[], float] = time.time,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> dict[str, Any]:
-    """Search for the largest load meeting `slo` (see the module docstring) and report it."""
+    """Search for the largest load meeting `slo` (see the module docstring) and report it.
+    `clock` and `transport` replace the machine's clock and the network (tests)."""
     opts = options or SearchOptions()
+    link = Link(clock or SystemClock(), transport)
     if opts.max_users < opts.start_users or opts.start_users < 1:
         raise SloError("bad search", [f"--max-users {opts.max_users}: must be at least {max(1, opts.start_users)}"])
     status = _daemon_status(settings)
@@ -498,7 +498,7 @@ def find_capacity(
     url = normalize_url(url)
     if status and engine_url_from_status(status) != url:
         status = None
-    model = _probe(url, api_key, model)
+    model = asyncio.run(_probe(link, url, api_key, model))
     specs = workload.stream(model)
 
     bar = task = None
@@ -513,7 +513,7 @@ def find_capacity(
 
     levels: dict[int, Level] = {}
     order: list[int] = []
-    t_start = time.perf_counter()
+    t_start = link.clock.monotonic()
     stopped = "resolution"
     ok_users, fail_users = 0, None
     stagger = 0.0
@@ -523,7 +523,7 @@ def find_capacity(
 
     def run(users: int) -> Level:
         nonlocal stagger
-        left = opts.max_seconds - (time.perf_counter() - t_start)
+        left = opts.max_seconds - (link.clock.monotonic() - t_start)
         if bar is not None and task is not None:
             want = max(MIN_MEASURED, opts.rounds * users)
             bar.update(task, users=users, total=want, completed=0, seen=seen())
@@ -533,7 +533,7 @@ def find_capacity(
                 bar.update(task, completed=n)
 
         level = asyncio.run(run_level(url, api_key, users, specs, rounds=opts.rounds, stagger_s=stagger,
-                                      timeout_s=opts.timeout_s, limit_s=max(left, 1.0), on_done=done))
+                                      timeout_s=opts.timeout_s, limit_s=max(left, 1.0), on_done=done, link=link))
         level.violations = check(slo, level)
         level.ok = not level.violations
         levels[users] = level
@@ -551,7 +551,7 @@ def find_capacity(
             if len(order) >= opts.max_levels:
                 stopped = "max_levels"
                 break
-            if time.perf_counter() - t_start >= opts.max_seconds:
+            if link.clock.monotonic() - t_start >= opts.max_seconds:
                 stopped = "time_budget"
                 break
             level = run(users)
@@ -570,7 +570,7 @@ def find_capacity(
             if len(order) >= opts.max_levels:
                 stopped = "max_levels"
                 break
-            if time.perf_counter() - t_start >= opts.max_seconds:
+            if link.clock.monotonic() - t_start >= opts.max_seconds:
                 stopped = "time_budget"
                 break
             if run(probe).ok:
@@ -581,7 +581,7 @@ def find_capacity(
         if bar is not None:
             bar.stop()
     return report(url, model, slo, workload, levels, order, ok_users, fail_users, stopped,
-                  time.perf_counter() - t_start, status, clock())
+                  link.clock.monotonic() - t_start, status, link.clock.time())
 
 
 def _saturation(levels: dict[int, Level]) -> dict[str, Any] | None:

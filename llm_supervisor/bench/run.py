@@ -5,7 +5,7 @@ so the engine sees exactly N concurrent requests (fewer at the tail). Meanwhile 
 `/metrics` is sampled for `vllm:num_requests_running` / `..._waiting`, so the report can say how
 many requests the engine really ran at once against what its KV cache promises.
 
-Definitions used in the report (all times from the client's clock, `time.perf_counter`):
+Definitions used in the report (all times from the client's monotonic clock):
 
 * TTFT: request sent → first chunk carrying generated text (`content` or `reasoning_content`).
 * latency: request sent → end of the stream (`data: [DONE]`).
@@ -26,12 +26,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 import httpx
 
+from llm_supervisor.clock import Clock, SystemClock, first_of
 from llm_supervisor.errors import RuntimeFailure
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.vllm.metrics import EngineMetrics, engine_metrics, finite_float
@@ -115,6 +115,22 @@ def engine_url_from_status(status: dict[str, Any]) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- the link to the endpoint
+
+
+@dataclass(frozen=True)
+class Link:
+    """How a bench reaches the endpoint and reads time: the network and the machine's clock, or
+    (in tests) an engine in the same process behind an httpx transport and a virtual clock, so
+    what a bench measures is exact however busy the machine is."""
+
+    clock: Clock = field(default_factory=SystemClock)
+    transport: httpx.AsyncBaseTransport | None = None
+
+    def client(self, api_key: str | None, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(headers=_headers(api_key), transport=self.transport, **kwargs)
+
+
 # ---------------------------------------------------------------- one request
 
 
@@ -168,11 +184,11 @@ def _text_of(chunk: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any], live: _Live,
+async def _one_request(link: Link, client: httpx.AsyncClient, url: str, body: dict[str, Any], live: _Live,
                        path: str = "/v1/chat/completions") -> RequestResult:
     """Send one streaming chat (or completions) request and time it; every failure becomes an
     error kind."""
-    start = time.perf_counter()
+    start = link.clock.monotonic()
     res = RequestResult(ok=False)
     started_streaming = False
     done_marker = False
@@ -206,7 +222,7 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]
                 counted = usage.get("completion_tokens") if isinstance(usage, dict) else None
                 grew = isinstance(counted, int) and counted > (usage_tokens or 0) and bool(chunk.get("choices"))
                 if _text_of(chunk) or grew:
-                    now = time.perf_counter() - start
+                    now = link.clock.monotonic() - start
                     res.chunks += 1
                     res.last_token_s = now
                     if res.ttft_s is None:
@@ -234,7 +250,7 @@ async def _one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]
     if not done_marker:
         res.error = "stream_broken"
         return res
-    res.latency_s = time.perf_counter() - start
+    res.latency_s = link.clock.monotonic() - start
     res.tokens = usage_tokens if usage_tokens is not None else res.chunks
     res.ok = True
     return res
@@ -259,10 +275,11 @@ def _daemon_status(settings: Settings) -> dict[str, Any] | None:
     return None
 
 
-def _probe(url: str, api_key: str | None, model: str | None) -> str:
+async def _probe(link: Link, url: str, api_key: str | None, model: str | None) -> str:
     """Check the endpoint answers and pick the model: the first id of GET /v1/models."""
     try:
-        resp = httpx.get(url + "/v1/models", headers=_headers(api_key), timeout=10.0)
+        async with link.client(api_key, timeout=10.0) as client:
+            resp = await client.get(url + "/v1/models")
     except httpx.HTTPError as exc:
         raise EndpointUnreachable(
             f"cannot reach {url}: {type(exc).__name__} ({exc}); is the engine ready? (pass --url)"
@@ -282,7 +299,7 @@ def _probe(url: str, api_key: str | None, model: str | None) -> str:
     return str(ids[0])
 
 
-async def _poll_metrics(client: httpx.AsyncClient, url: str, live: _Live, stop: asyncio.Event) -> None:
+async def _poll_metrics(link: Link, client: httpx.AsyncClient, url: str, live: _Live, stop: asyncio.Event) -> None:
     """Sample the engine's /metrics until the run ends; stop quietly if it has none."""
     while not stop.is_set():
         try:
@@ -305,10 +322,7 @@ async def _poll_metrics(client: httpx.AsyncClient, url: str, live: _Live, stop: 
             if m.preemptions_total is not None:
                 first = live.preemptions[0] if live.preemptions else m.preemptions_total
                 live.preemptions = (first, m.preemptions_total)
-        try:
-            await asyncio.wait_for(stop.wait(), METRICS_INTERVAL_S)
-        except asyncio.TimeoutError:
-            pass
+        await first_of(link.clock, stop.wait(), METRICS_INTERVAL_S)
 
 
 @dataclass(frozen=True)
@@ -329,10 +343,12 @@ class RequestSource(Protocol):
 
 
 async def _run(
-    url: str, model: str, users: int, requests: int, max_tokens: int, prompt: str,
+    link: Link, url: str, model: str | None, users: int, requests: int, max_tokens: int, prompt: str,
     api_key: str | None, timeout_s: float, ignore_eos: bool, on_done: Callable[[_Live], None] | None,
-    specs: Iterator[RequestSpec] | None = None,
-) -> tuple[_Live, float]:
+    workload: RequestSource | None = None,
+) -> tuple[str, _Live, float]:
+    model = await _probe(link, url, api_key, model)
+    specs = workload.stream(model) if workload is not None else None
     live = _Live()
     body = {
         "model": model,
@@ -349,10 +365,10 @@ async def _run(
     timeout = httpx.Timeout(timeout_s, connect=10.0)
     remaining = requests
 
-    async with httpx.AsyncClient(headers=_headers(api_key), limits=limits, timeout=timeout) as client, \
-            httpx.AsyncClient(headers=_headers(api_key), timeout=5.0) as mclient:
+    async with link.client(api_key, limits=limits, timeout=timeout) as client, \
+            link.client(api_key, timeout=5.0) as mclient:
         stop = asyncio.Event()
-        poller = asyncio.create_task(_poll_metrics(mclient, url, live, stop))
+        poller = asyncio.create_task(_poll_metrics(link, mclient, url, live, stop))
 
         async def user() -> None:
             nonlocal remaining
@@ -362,7 +378,7 @@ async def _run(
                 live.peak_in_flight = max(live.peak_in_flight, live.in_flight)
                 spec = next(specs) if specs is not None else one_prompt
                 try:
-                    res = await _one_request(client, url, spec.body, live, spec.path)
+                    res = await _one_request(link, client, url, spec.body, live, spec.path)
                 finally:
                     live.in_flight -= 1
                 live.results.append(res)
@@ -371,14 +387,14 @@ async def _run(
                 if on_done:
                     on_done(live)
 
-        t0 = time.perf_counter()
+        t0 = link.clock.monotonic()
         try:
             await asyncio.gather(*(user() for _ in range(min(users, requests))))
         finally:
-            duration = time.perf_counter() - t0
+            duration = link.clock.monotonic() - t0
             stop.set()
             await poller
-    return live, duration
+    return model, live, duration
 
 
 def run_bench(
@@ -395,6 +411,8 @@ def run_bench(
     timeout_s: float = 600.0,
     ignore_eos: bool = True,
     workload: RequestSource | None = None,
+    clock: Clock | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> dict[str, Any]:
     """Run the concurrency test and return the report (see the module docstring for terms).
 
@@ -402,8 +420,10 @@ def run_bench(
     with no daemon answering, http://127.0.0.1:8000 is used. `ignore_eos` (a vLLM extension
     that other servers ignore) makes every request generate exactly `max_tokens`, so runs compare.
     `timeout_s` bounds the wait for any one chunk, queueing included. `workload`: the requests to
-    send instead of `prompt` × `max_tokens`, named in the report.
+    send instead of `prompt` × `max_tokens`, named in the report. `clock` and `transport` replace
+    the machine's clock and the network (tests).
     """
+    link = Link(clock or SystemClock(), transport)
     if users < 1:
         raise ValueError("users must be at least 1")
     requests = requests if requests is not None else 4 * users
@@ -414,7 +434,6 @@ def run_bench(
     # The daemon's capacity figures only describe its own engine.
     if status and engine_url_from_status(status) != url:
         status = None
-    model = _probe(url, api_key, model)
     prompt = prompt or DEFAULT_PROMPT
 
     on_done = None
@@ -433,10 +452,10 @@ def run_bench(
             transient=True,
         )
         task = bar.add_task("bench", total=requests, users=users, rate="")
-        t_start = time.perf_counter()
+        t_start = link.clock.monotonic()
 
         def on_done(live: _Live) -> None:
-            elapsed = max(time.perf_counter() - t_start, 1e-9)
+            elapsed = max(link.clock.monotonic() - t_start, 1e-9)
             failed = sum(1 for r in live.results if not r.ok)
             rate = f"{live.tokens / elapsed:,.0f} tok/s" + (f", {failed} failed" if failed else "")
             bar.update(task, completed=live.done, rate=rate)
@@ -444,9 +463,9 @@ def run_bench(
     try:
         if bar:
             bar.start()
-        live, duration = asyncio.run(
-            _run(url, model, users, requests, max_tokens, prompt, api_key, timeout_s, ignore_eos, on_done,
-                 workload.stream(model) if workload is not None else None)
+        model, live, duration = asyncio.run(
+            _run(link, url, model, users, requests, max_tokens, prompt, api_key, timeout_s, ignore_eos, on_done,
+                 workload)
         )
     finally:
         if bar:
