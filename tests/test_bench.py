@@ -1,26 +1,23 @@
-"""bench: against a tiny in-test OpenAI-compatible streaming server with a known token rate
-and a concurrency cap, so the measured numbers can be checked against what the server does."""
+"""bench: against an in-test OpenAI-compatible streaming engine scheduled as vLLM is (a known step
+time, a cap on running requests), so the measured numbers can be checked against what the engine
+did: exactly, on a virtual clock, and through a real port for the CLI."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-import uvicorn
 
+from bench_fakes import SteppedEngine, free_port
+from fakes import VirtualClock
 from llm_supervisor.bench.run import (
     EndpointUnreachable, compare_sentence, engine_url_from_status, format_bench, normalize_url, percentile,
     run_bench, summarize,
@@ -31,129 +28,11 @@ from llm_supervisor.config.settings import Settings
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class FakeEngine:
-    """An OpenAI-compatible streaming server: `rate` tokens/s per request, at most `cap`
-    requests generating (the rest wait, as in vLLM's scheduler), chosen requests fail."""
-
-    def __init__(self, rate: float = 40.0, cap: int = 2, fail_500: set[int] = frozenset(),
-                 broken: set[int] = frozenset(), api_key: str | None = None,
-                 status: dict | None = None, kv_max_concurrency: str | None = "11.0464") -> None:
-        self.rate, self.cap = rate, cap
-        self.fail_500, self.broken, self.api_key = set(fail_500), set(broken), api_key
-        self.kv_max_concurrency = kv_max_concurrency
-        self.status = status
-        self.arrivals = 0
-        self.running = 0
-        self.waiting = 0
-        self.max_running = 0
-        self.bodies: list[tuple[str, dict]] = []  # (path, body) of every generation request
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._sem: asyncio.Semaphore | None = None
-        self.app = self._build()
-
-    def _authorized(self, request: Request) -> bool:
-        return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
-
-    def _build(self) -> FastAPI:
-        app = FastAPI()
-
-        @app.get("/v1/models")
-        async def models(request: Request):
-            if not self._authorized(request):
-                return JSONResponse({"error": "unauthorized"}, status_code=401)
-            return {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
-
-        @app.get("/metrics")
-        async def metrics():
-            lines = [
-                f'vllm:num_requests_running{{engine="0",model_name="fake-model"}} {float(self.running)}',
-                f'vllm:num_requests_waiting{{engine="0",model_name="fake-model"}} {float(self.waiting)}',
-            ]
-            if self.kv_max_concurrency:
-                lines.append('vllm:cache_config_info{block_size="16",engine="0",kv_cache_max_concurrency="'
-                             f'{self.kv_max_concurrency}",kv_cache_size_tokens="110464"}} 1.0')
-            return PlainTextResponse("\n".join(lines) + "\n")
-
-        @app.get("/status")
-        async def status():
-            if self.status is None:
-                return JSONResponse({"detail": "not found"}, status_code=404)
-            return self.status
-
-        @app.post("/v1/completions")
-        async def completions(request: Request):
-            return await generate(request, "/v1/completions")
-
-        @app.post("/v1/chat/completions")
-        async def chat(request: Request):
-            return await generate(request, "/v1/chat/completions")
-
-        async def generate(request: Request, path: str):
-            if not self._authorized(request):
-                return JSONResponse({"error": "unauthorized"}, status_code=401)
-            body = await request.json()
-            self.bodies.append((path, body))
-            self.arrivals += 1
-            number = self.arrivals
-            if number in self.fail_500:
-                return JSONResponse({"error": "boom"}, status_code=500)
-            n = int(body["max_tokens"])
-            assert body["stream"] is True and body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
-            if self._sem is None:
-                self._sem = asyncio.Semaphore(self.cap)
-            sem = self._sem
-
-            async def gen():
-                self.waiting += 1
-                async with sem:
-                    self.waiting -= 1
-                    self.running += 1
-                    self.max_running = max(self.max_running, self.running)
-                    try:
-                        loop = asyncio.get_running_loop()
-                        t0 = loop.time()
-                        head = {"id": "x", "object": "chat.completion.chunk", "model": body["model"]}
-                        yield "data: " + json.dumps({**head, "choices": [{"index": 0, "delta": {"content": ""}}]}) + "\n\n"
-                        for i in range(n):
-                            # absolute schedule: jitter does not accumulate
-                            await asyncio.sleep(max(0.0, t0 + (i + 1) / self.rate - loop.time()))
-                            if number in self.broken and i == n // 2:
-                                raise RuntimeError("engine died mid-stream")
-                            choice = {"index": 0, "text": f"t{i} "} if "prompt" in body else \
-                                {"index": 0, "delta": {"content": f"t{i} "}}
-                            yield "data: " + json.dumps({**head, "choices": [choice]}) + "\n\n"
-                        usage = {"prompt_tokens": 12, "completion_tokens": n, "total_tokens": n + 12}
-                        yield "data: " + json.dumps({**head, "choices": [], "usage": usage}) + "\n\n"
-                        yield "data: [DONE]\n\n"
-                    finally:
-                        self.running -= 1
-
-            return StreamingResponse(gen(), media_type="text/event-stream")
-
-        return app
-
-    def __enter__(self) -> "FakeEngine":
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="critical", lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake engine did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+def virtual(**engine: object) -> tuple[SteppedEngine, dict[str, object]]:
+    """An engine in this process and the run_bench arguments that reach it on a virtual clock."""
+    clock = VirtualClock()
+    eng = SteppedEngine(clock, **engine)  # type: ignore[arg-type]
+    return eng, {"url": eng.url, "clock": clock, "transport": eng.transport, "progress": False}
 
 
 @pytest.fixture
@@ -224,47 +103,63 @@ def test_compare_sentence_says_who_capped() -> None:
 
 def test_rates_concurrency_and_percentiles_match_the_server(settings: Settings) -> None:
     rate, cap, n = 40.0, 2, 16
-    with FakeEngine(rate=rate, cap=cap) as eng:
-        report = run_bench(settings, url=eng.url, users=4, requests=8, max_tokens=n, progress=False)
+    eng, reach = virtual(step_s=1 / rate, max_seqs=cap)
+    report = run_bench(settings, users=4, requests=8, max_tokens=n, **reach)
     assert report["model"] == "fake-model"
     assert report["succeeded"] == 8 and report["failed"] == 0 and report["success_rate"] == 1.0
     assert report["errors"] == {}
     assert report["total_tokens"] == 8 * n
-    # each request decodes at `rate`; `cap` of them at once
-    assert report["per_user_tokens_per_s"] == pytest.approx(rate, rel=0.15)
-    assert report["tokens_per_s"] == pytest.approx(cap * rate, rel=0.25)
-    assert report["duration_s"] == pytest.approx(8 / cap * n / rate, rel=0.25)
-    # 4 users, 2 slots: 2 requests start at once (TTFT 1/rate), the other 6 wait one request (n/rate)
-    assert report["ttft_s"]["p50"] == pytest.approx(n / rate + 1 / rate, abs=0.12)
-    assert report["ttft_s"]["mean"] > 0.2
-    assert report["latency_s"]["p50"] == pytest.approx(2 * n / rate, abs=0.15)
-    assert cap <= report["peak_concurrency_observed"] <= cap + 1
+    # each request decodes at `rate`, `cap` of them at once: 4 rounds of n / rate
+    assert report["per_user_tokens_per_s"] == pytest.approx(rate)
+    assert report["tokens_per_s"] == pytest.approx(cap * rate)
+    assert report["duration_s"] == pytest.approx(8 / cap * n / rate)
+    # 4 users, 2 slots: 2 requests start at once (TTFT one step), the other 6 wait one request
+    # (n steps) and then one step; latency: n steps, or 2n for those that waited
+    assert report["ttft_s"]["p50"] == pytest.approx((n + 1) / rate)
+    assert report["ttft_s"]["mean"] == pytest.approx((2 * 1 + 6 * (n + 1)) / rate / 8)
+    assert report["latency_s"]["p50"] == pytest.approx(2 * n / rate)
+    assert report["latency_s"]["max"] == pytest.approx(2 * n / rate)
+    # a request ends before the next one's first token: the client never sees more than the slots
+    assert report["peak_concurrency_observed"] == cap
     assert report["peak_in_flight"] == 4
-    assert eng.max_running == cap
+    assert eng.max_running == cap and eng.steps == 4 * n
     assert report["engine_running_peak"] == cap
-    assert report["engine_waiting_peak"] >= 1
+    assert report["engine_waiting_peak"] == 4 - cap
     assert report["engine_max_concurrency"] == 11.05
     assert report["engine_max_concurrency_context"] == 10000
     assert report["engine_max_concurrency_source"] == "metrics"
     assert "queued" in report["comparison"]
 
 
+def test_a_step_that_slows_with_the_batch_is_what_users_see(settings: Settings) -> None:
+    # vLLM's step time grows with the running batch: 20 ms + 10 ms a request, 3 running
+    eng, reach = virtual(step_s=0.020, per_seq_s=0.010, max_seqs=3)
+    report = run_bench(settings, users=3, requests=6, max_tokens=11, **reach)
+    assert report["succeeded"] == 6 and eng.max_running == 3
+    assert report["per_user_tokens_per_s"] == pytest.approx(1 / 0.050)
+    assert report["ttft_s"]["max"] == pytest.approx(0.050)
+    assert report["latency_s"]["p50"] == pytest.approx(11 * 0.050)
+    assert report["duration_s"] == pytest.approx(2 * 11 * 0.050)
+
+
 def test_errors_are_counted_by_kind(settings: Settings) -> None:
-    with FakeEngine(rate=200.0, cap=4, fail_500={2, 5, 6}, broken={3}) as eng:
-        report = run_bench(settings, url=eng.url, users=3, requests=9, max_tokens=8, progress=False)
+    eng, reach = virtual(step_s=0.005, max_seqs=4, fail_500={2, 5, 6}, broken={3})
+    report = run_bench(settings, users=3, requests=9, max_tokens=8, **reach)
     assert report["errors"] == {"http_500": 3, "stream_broken": 1}
     assert report["succeeded"] == 5 and report["failed"] == 4
     assert report["success_rate"] == pytest.approx(5 / 9, abs=1e-4)
     assert report["total_tokens"] == 5 * 8
+    assert not eng.running and not eng.waiting
 
 
 def test_daemon_status_gives_engine_url_and_capacity(tmp_path: Path) -> None:
-    with FakeEngine(rate=200.0, cap=8, kv_max_concurrency=None) as eng:
-        eng.status = {"state": "ready", "engine_url": eng.url, "served_model_name": "fake-model",
+    eng = SteppedEngine(step_s=0.005, max_seqs=8, kv_max_concurrency=None)
+    with eng.serve() as url:
+        eng.status = {"state": "ready", "engine_url": url, "served_model_name": "fake-model",
                       "max_concurrency": 3.5, "max_concurrency_context": 8192}
         settings = Settings(state_dir=tmp_path, api_port=eng.port)  # the "daemon" is the same server
         report = run_bench(settings, users=2, requests=2, max_tokens=4, progress=False)
-    assert report["url"] == eng.url and report["succeeded"] == 2
+    assert report["url"] == url and report["succeeded"] == 2
     assert report["engine_max_concurrency"] == 3.5
     assert report["engine_max_concurrency_context"] == 8192
     assert report["engine_max_concurrency_source"] == "daemon"
@@ -274,8 +169,9 @@ def test_daemon_status_gives_engine_url_and_capacity(tmp_path: Path) -> None:
 def test_a_simulated_engine_is_named_so(tmp_path: Path) -> None:
     from rich.console import Console
 
-    with FakeEngine(rate=200.0, cap=8) as eng:
-        eng.status = {"state": "ready", "engine_url": eng.url, "served_model_name": "fake-model", "simulated": True}
+    eng = SteppedEngine(step_s=0.005, max_seqs=8)
+    with eng.serve() as url:
+        eng.status = {"state": "ready", "engine_url": url, "served_model_name": "fake-model", "simulated": True}
         settings = Settings(state_dir=tmp_path, api_port=eng.port)
         report = run_bench(settings, users=1, requests=1, max_tokens=4, progress=False)
     assert report["simulated"] is True
@@ -286,11 +182,12 @@ def test_a_simulated_engine_is_named_so(tmp_path: Path) -> None:
 
 
 def test_api_key_is_sent_as_bearer(settings: Settings) -> None:
-    with FakeEngine(rate=200.0, cap=2, api_key="sekrit") as eng:
+    eng = SteppedEngine(step_s=0.005, api_key="sekrit")
+    with eng.serve() as url:  # over a real port: the header is what goes on the wire
         with pytest.raises(EndpointUnreachable, match="api-key"):
-            run_bench(settings, url=eng.url, users=1, requests=1, max_tokens=2, progress=False)
-        report = run_bench(settings, url=eng.url, users=1, requests=2, max_tokens=2, api_key="sekrit", progress=False)
-    assert report["succeeded"] == 2
+            run_bench(settings, url=url, users=1, requests=1, max_tokens=2, progress=False)
+        report = run_bench(settings, url=url, users=1, requests=2, max_tokens=2, api_key="sekrit", progress=False)
+    assert report["succeeded"] == 2 and eng.arrivals == 2
 
 
 def test_unreachable_endpoint_is_one_clear_line(settings: Settings) -> None:
@@ -306,9 +203,9 @@ def test_cli_json_and_table(settings: Settings, capsys: pytest.CaptureFixture[st
     from llm_supervisor import cli
 
     monkeypatch.setenv("LLM_SUPERVISOR_API_PORT", str(settings.api_port))
-    with FakeEngine(rate=200.0, cap=2) as eng:
+    with SteppedEngine(step_s=0.005).serve() as url:
         with pytest.raises(SystemExit) as done:
-            cli.main(["bench", "--url", eng.url, "--users", "2", "--requests", "4", "--max-tokens", "5", "--json"])
+            cli.main(["bench", "--url", url, "--users", "2", "--requests", "4", "--max-tokens", "5", "--json"])
         assert done.value.code == 0
         report = json.loads(capsys.readouterr().out)
         assert report["succeeded"] == 4 and report["total_tokens"] == 20
@@ -331,9 +228,10 @@ def test_prompts_of_a_length_and_replies_of_a_range(settings: Settings, capsys: 
     from llm_supervisor import cli
 
     monkeypatch.setenv("LLM_SUPERVISOR_API_PORT", str(settings.api_port))
-    with FakeEngine(rate=400.0, cap=4) as eng:
+    eng = SteppedEngine(step_s=0.0025, max_seqs=4)
+    with eng.serve() as url:
         with pytest.raises(SystemExit) as done:
-            cli.main(["bench", "--url", eng.url, "--users", "2", "--requests", "6", "--prompt-tokens", "300",
+            cli.main(["bench", "--url", url, "--users", "2", "--requests", "6", "--prompt-tokens", "300",
                       "--output-tokens", "4-6", "--json"])
         assert done.value.code == 0
         report = json.loads(capsys.readouterr().out)
@@ -356,9 +254,10 @@ def test_a_file_of_real_requests(settings: Settings, tmp_path: Path, capsys: pyt
     work = tmp_path / "work.jsonl"
     work.write_text(json.dumps({"messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}) + "\n"
                     + json.dumps({"prompt": "once upon a time"}) + "\n")
-    with FakeEngine(rate=400.0, cap=4) as eng:
+    eng = SteppedEngine(step_s=0.0025, max_seqs=4)
+    with eng.serve() as url:
         with pytest.raises(SystemExit) as done:
-            cli.main(["bench", "--url", eng.url, "--users", "1", "--requests", "4", "--max-tokens", "5",
+            cli.main(["bench", "--url", url, "--users", "1", "--requests", "4", "--max-tokens", "5",
                       "--workload", str(work), "--json"])
         assert done.value.code == 0
         report = json.loads(capsys.readouterr().out)
@@ -388,8 +287,8 @@ def test_bench_request_options_that_do_not_go_together(argv: list[str], line: st
 
 
 def test_progress_bar_does_not_break_the_run(settings: Settings) -> None:
-    with FakeEngine(rate=200.0, cap=2) as eng:
-        report = run_bench(settings, url=eng.url, users=2, requests=3, max_tokens=3, progress=True)
+    eng, reach = virtual(step_s=0.005)
+    report = run_bench(settings, users=2, requests=3, max_tokens=3, **{**reach, "progress": True})
     assert report["succeeded"] == 3
 
 

@@ -1,5 +1,6 @@
 """`bench --find-capacity`: SLO and workload parsing, the search's arithmetic, and the search
-against the bundled simulator, whose batch limits and step law make the answer predictable:
+against engines whose batch limits and step law make the answer predictable: one in this process
+on a virtual clock (exact figures, in milliseconds), and the bundled simulator (real streams):
 
 * a fixed step (LLM_SUPERVISOR_SIM_TOKENS_PER_S) and max_num_seqs S: users beyond S wait for a
   slot, so a TTFT limit of a few steps is met by exactly S users;
@@ -14,7 +15,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,11 +26,13 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from fakes import Harness
+from bench_fakes import SteppedEngine, free_port
+from fakes import Harness, VirtualClock
 from llm_supervisor import cli
 from llm_supervisor.bench import capacity
 from llm_supervisor.bench.capacity import Level, Lengths, SloError, Workload, check, next_probe, parse_slo
 from llm_supervisor.bench.run import RequestResult, _Live
+from llm_supervisor.config.settings import Settings
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore
@@ -164,13 +166,61 @@ def test_report_svg_and_saturation() -> None:
     assert [p.users for p in points] == [1, 2, 3] and points[0].prompt_tokens == 100 and points[2].queued
 
 
+# ---------------------------------------------------------------- against an engine in this process
+
+
+def search(tmp_path: Path, slo: str, workload: Workload, *, options: capacity.SearchOptions | None = None,
+           **engine: Any) -> tuple[dict[str, Any], SteppedEngine, VirtualClock]:
+    """The search on a virtual clock against an engine with a known step law: minutes of levels in
+    well under a second, and every figure exact, however busy the machine."""
+    clock = VirtualClock()
+    eng = SteppedEngine(clock, **engine)
+    settings = Settings(state_dir=tmp_path, api_port=free_port())  # no daemon answers
+    result = capacity.find_capacity(settings, parse_slo(slo), workload, url=eng.url, options=options,
+                                    progress=False, clock=clock, transport=eng.transport)
+    return result, eng, clock
+
+
+def test_the_batch_limit_is_the_capacity_at_a_tight_ttft(tmp_path: Path) -> None:
+    """50 ms steps, 6 sequences at most, 60-token replies (3 s): up to 6 users a request starts
+    within two steps; with 7 one always waits for a slot, and slots free every 0.5 s."""
+    result, eng, clock = search(tmp_path, "ttft_p95=400ms", Workload.synthetic("32", "60"),
+                                options=capacity.SearchOptions(max_users=64), step_s=0.05, max_seqs=6)
+    assert result["capacity_users"] == 6 and result["first_failing_users"] == 7
+    levels = {s["users"]: s for s in result["levels"]}
+    assert [s["users"] for s in result["levels"]] == [1, 2, 4, 8, 6, 7]
+    for users, s in levels.items():
+        assert s["ok"] == (users <= 6)
+        assert s["engine_running_peak"] == min(users, 6)
+        assert s["per_user_tokens_per_s"] == pytest.approx(20)  # one token a step, whatever the batch
+        if users <= 6:
+            assert s["ttft_s"]["max"] <= 2 * 0.05 + 1e-9
+        else:
+            assert s["ttft_s"]["p95"] >= 0.5
+    assert result["saturation"]["users"] == 7 and result["saturation"]["cause"] == "waiting_queue"
+    assert result["search"]["stopped"] == "resolution" and clock.now == pytest.approx(result["search"]["duration_s"], abs=0.1)
+    assert not eng.running and not eng.waiting  # the cut-off requests of each level were aborted
+
+
+def test_a_tpot_limit_is_met_by_the_users_the_step_law_allows_exactly(tmp_path: Path) -> None:
+    """Steps of 20 ms + 40 ms per running request: TPOT ≤ 200 ms holds for ⌊(200 − 20) / 40⌋ = 4
+    users, not 5. A user's next request joins one step after its last one ended (as in vLLM, whose
+    scheduler admits between steps), so a request's TPOT lies between the steps of U − 1 and U."""
+    result, eng, _ = search(tmp_path, "tpot_p95=200ms", Workload.synthetic("16", "16"),
+                            options=capacity.SearchOptions(rounds=1), step_s=0.02, per_seq_s=0.04, max_seqs=256)
+    assert result["capacity_users"] == 4 and result["first_failing_users"] == 5
+    assert [s["users"] for s in result["levels"]] == [1, 2, 4, 8, 6, 5]
+    for s in result["levels"]:
+        users = s["users"]
+        assert 0.02 + 0.04 * (users - 1) < s["tpot_s"]["p50"] <= s["tpot_s"]["p95"] <= 0.02 + 0.04 * users + 1e-9
+        assert s["ok"] == (users <= 4) and s["engine_running_peak"] == users
+    assert result["capacity"]["users"] == 4 and result["saturation"] is None
+    points = capacity.calibration_points(result, Workload.synthetic("16", "16"))
+    four = next(p for p in points if p.users == 4)
+    assert four.output_tokens == 16 and 1 / four.per_user_tokens_per_s == pytest.approx(result["capacity"]["tpot_s"]["mean"], rel=0.05)
+
+
 # ---------------------------------------------------------------- against the simulator
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
