@@ -29,7 +29,17 @@ GENERATE = ("/v1/completions", "/v1/chat/completions")
 STREAM_OPTIONS = {"include_usage": True, "continuous_usage_stats": True}
 BROKEN = object()  # the engine died mid-stream
 
-__all__ = ["SteppedEngine", "free_port"]
+__all__ = ["SteppedEngine", "asgi_body", "free_port"]
+
+
+async def asgi_body(receive: Any) -> bytes:
+    """The whole body of an ASGI request."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
 
 
 @dataclass
@@ -168,12 +178,7 @@ class SteppedEngine:
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await asgi_body(receive)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         response = await self.handle(httpx.Request(scope["method"], self.url + scope["path"], headers=headers,
                                                    content=body))

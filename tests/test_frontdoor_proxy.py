@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from bench_fakes import asgi_body
 from frontdoor_fakes import (
     ENGINE_DEAD,
     FakeClock,
@@ -476,12 +477,7 @@ class FixedEngine:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await asgi_body(receive)
         if scope["path"] == "/echo-size":
             data = json.dumps({"size": len(body)}).encode()
             await send({"type": "http.response.start", "status": 200,
