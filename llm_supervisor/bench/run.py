@@ -343,12 +343,10 @@ class RequestSource(Protocol):
 
 
 async def _run(
-    link: Link, url: str, model: str | None, users: int, requests: int, max_tokens: int, prompt: str,
+    link: Link, url: str, model: str, users: int, requests: int, max_tokens: int, prompt: str,
     api_key: str | None, timeout_s: float, ignore_eos: bool, on_done: Callable[[_Live], None] | None,
-    workload: RequestSource | None = None,
-) -> tuple[str, _Live, float]:
-    model = await _probe(link, url, api_key, model)
-    specs = workload.stream(model) if workload is not None else None
+    specs: Iterator[RequestSpec] | None = None,
+) -> tuple[_Live, float]:
     live = _Live()
     body = {
         "model": model,
@@ -394,7 +392,7 @@ async def _run(
             duration = link.clock.monotonic() - t0
             stop.set()
             await poller
-    return model, live, duration
+    return live, duration
 
 
 def run_bench(
@@ -434,6 +432,7 @@ def run_bench(
     # The daemon's capacity figures only describe its own engine.
     if status and engine_url_from_status(status) != url:
         status = None
+    model = asyncio.run(_probe(link, url, api_key, model))
     prompt = prompt or DEFAULT_PROMPT
 
     on_done = None
@@ -463,9 +462,9 @@ def run_bench(
     try:
         if bar:
             bar.start()
-        model, live, duration = asyncio.run(
+        live, duration = asyncio.run(
             _run(link, url, model, users, requests, max_tokens, prompt, api_key, timeout_s, ignore_eos, on_done,
-                 workload)
+                 workload.stream(model) if workload is not None else None)
         )
     finally:
         if bar:
