@@ -199,14 +199,14 @@ class SteppedEngine:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        tasks = [asyncio.ensure_future(pump()), asyncio.ensure_future(gone())]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
+        pumping, listening = asyncio.ensure_future(pump()), asyncio.ensure_future(gone())
+        await asyncio.wait((pumping, listening), return_when=asyncio.FIRST_COMPLETED)
+        for task in (pumping, listening):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(pumping, listening, return_exceptions=True)
         await response.aclose()
-        if tasks[0].done() and not tasks[0].cancelled() and tasks[0].exception() is not None:
-            raise tasks[0].exception()  # uvicorn drops the connection mid-body, as a dying vLLM does
+        if not pumping.cancelled() and pumping.exception() is not None:
+            raise pumping.exception()  # uvicorn drops the connection mid-body, as a dying vLLM does
 
     @contextlib.contextmanager
     def serve(self) -> Iterator[str]:
