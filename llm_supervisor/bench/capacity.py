@@ -521,6 +521,14 @@ def find_capacity(
     def seen() -> str:
         return " ".join(f"{u}{'✓' if levels[u].ok else '✗'}" for u in sorted(levels))
 
+    def out_of_budget() -> str | None:
+        """Why no further level may run, if one may not."""
+        if len(order) >= opts.max_levels:
+            return "max_levels"
+        if link.clock.monotonic() - t_start >= opts.max_seconds:
+            return "time_budget"
+        return None
+
     def run(users: int) -> Level:
         nonlocal stagger
         left = opts.max_seconds - (link.clock.monotonic() - t_start)
@@ -548,11 +556,8 @@ def find_capacity(
             bar.start()
         users = opts.start_users
         while True:  # ramp: double until a level misses the SLO
-            if len(order) >= opts.max_levels:
-                stopped = "max_levels"
-                break
-            if link.clock.monotonic() - t_start >= opts.max_seconds:
-                stopped = "time_budget"
+            if (why := out_of_budget()) is not None:
+                stopped = why
                 break
             level = run(users)
             if not level.ok:
@@ -567,11 +572,8 @@ def find_capacity(
             probe = next_probe(ok_users, fail_users, opts.resolution)
             if probe is None:
                 break
-            if len(order) >= opts.max_levels:
-                stopped = "max_levels"
-                break
-            if link.clock.monotonic() - t_start >= opts.max_seconds:
-                stopped = "time_budget"
+            if (why := out_of_budget()) is not None:
+                stopped = why
                 break
             if run(probe).ok:
                 ok_users = probe
