@@ -792,6 +792,23 @@ class Harness:
         return self.vllm.engines[-1]
 
 
+def harnesses(tmp: Path, monkeypatch: Any, backoff: tuple[float, float | None] = (1, 2),
+              env: dict[str, str] | None = None) -> Callable[..., Harness]:
+    """A `make(vllm, sets, state=None, **settings)` for a test's Harnesses: one simulated GPU folder,
+    a state folder per Harness, and a short recovery backoff (initial, max; virtual seconds)."""
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp / "simgpu"))
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    count = itertools.count()
+    short = [f"recovery.backoff_initial_s={backoff[0]:g}"]
+    if backoff[1] is not None:
+        short.append(f"recovery.backoff_max_s={backoff[1]:g}")
+
+    def make(vllm: FakeVllm | None = None, sets: list[str] = (), state: Path | None = None, **kw: Any) -> Harness:
+        return Harness(state or tmp / f"run{next(count)}", vllm, sets=[*short, *sets], **kw)
+    return make
+
+
 def cmdline(spec: LaunchSpec) -> str:
     return shlex.join(spec.argv)
 

@@ -7,13 +7,13 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fakes import FakeGpus, FakeVllm, Harness
+from fakes import FakeGpus, FakeVllm, Harness, harnesses
 from llm_supervisor.api.server import create_app
 from llm_supervisor.errors import RuntimeFailure
 from llm_supervisor.runtime.commands import Command
@@ -24,14 +24,8 @@ CONTRACT_STATUS_KEYS = {"state", "profile", "pid", "uptime_s", "argv", "attempt"
 
 
 @pytest.fixture
-def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
-    count = iter(range(100))
-
-    def factory(vllm: FakeVllm | None = None, sets: list[str] = (), **kw: Any) -> Harness:
-        return Harness(tmp_path / f"run{next(count)}", vllm, sets=["recovery.backoff_initial_s=1",
-                                                                  "recovery.backoff_max_s=2", *sets], **kw)
-    return factory
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return harnesses(tmp_path, monkeypatch, (1, 2))
 
 
 class Recorder:

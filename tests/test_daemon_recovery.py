@@ -13,11 +13,11 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
-from fakes import FakeVllm, Harness, floor2
+from fakes import FakeVllm, Harness, floor2, harnesses
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.store.calibration import Calibration
 
@@ -26,14 +26,8 @@ TOTAL_GIB = 24564 / 1024  # the simulated RTX 4090 D as NVML reports it
 
 
 @pytest.fixture
-def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
-    count = iter(range(100))
-
-    def factory(vllm: FakeVllm | None = None, sets: list[str] = (), state: Path | None = None, **kw: Any) -> Harness:
-        return Harness(state or tmp_path / f"run{next(count)}", vllm, sets=["recovery.backoff_initial_s=0.2",
-                                                                           "recovery.backoff_max_s=1", *sets], **kw)
-    return factory
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return harnesses(tmp_path, monkeypatch, (0.2, 1))
 
 
 def run(coro: Any) -> Any:

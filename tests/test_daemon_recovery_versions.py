@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
-from fakes import FakeVllm, Harness
+from fakes import FakeVllm, Harness, harnesses
 from llm_supervisor.runtime.commands import Command
 
 NO_PLAN = "recovery.plan_first_launch=false"
@@ -25,14 +25,8 @@ VERSIONS = [V026, V034]
 
 
 @pytest.fixture
-def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
-    count = iter(range(100))
-
-    def factory(vllm: FakeVllm, sets: list[str] = (), **kw: Any) -> Harness:
-        return Harness(tmp_path / f"run{next(count)}", vllm, sets=["recovery.backoff_initial_s=0.2",
-                                                                   "recovery.backoff_max_s=1", *sets], **kw)
-    return factory
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return harnesses(tmp_path, monkeypatch, (0.2, 1))
 
 
 def run(coro: Any) -> Any:

@@ -10,13 +10,13 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
 
 from daemon_harness import DaemonRun, run_cli
-from fakes import FakeVllm, Harness
+from fakes import FakeVllm, Harness, harnesses
 from llm_supervisor import cli
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
 from llm_supervisor.host.modelfiles import load_shape
@@ -244,15 +244,8 @@ def test_plan_says_does_not_fit_and_with_what_offload_it_would(tmp_path: Path, c
 
 
 @pytest.fixture
-def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_HOST_AVAILABLE_GIB", "100")
-    count = iter(range(100))
-
-    def factory(vllm: FakeVllm, sets: list[str] = ()) -> Harness:
-        return Harness(tmp_path / f"run{next(count)}", vllm, sets=["recovery.backoff_initial_s=0.2",
-                                                                   "recovery.backoff_max_s=1", *sets])
-    return factory
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return harnesses(tmp_path, monkeypatch, (0.2, 1), env={"LLM_SUPERVISOR_SIM_HOST_AVAILABLE_GIB": "100"})
 
 
 # Qwen3-32B's decoder layer, bf16, one GPU: qkv_proj, o_proj, q/k norms, gate_up_proj, down_proj, norms

@@ -14,12 +14,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from rich.console import Console
 
-from fakes import FakeVllm, Harness
+from fakes import FakeVllm, Harness, harnesses
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.runtime.events import Decided, Exiting, GaveUp, Launched, Progress, Ready
 from llm_supervisor.runtime.progress import TerminalProgress
@@ -28,14 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
-    count = iter(range(100))
-
-    def factory(vllm: FakeVllm | None = None, sets: list[str] = (), **kw: Any) -> Harness:
-        return Harness(tmp_path / f"run{next(count)}", vllm, sets=["recovery.backoff_initial_s=1",
-                                                                  "recovery.backoff_max_s=2", *sets], **kw)
-    return factory
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return harnesses(tmp_path, monkeypatch, (1, 2))
 
 
 class Screen:

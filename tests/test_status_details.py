@@ -8,12 +8,12 @@ import asyncio
 import io
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from rich.console import Console
 
-from fakes import FakeVllm, Harness
+from fakes import FakeVllm, Harness, harnesses
 from llm_supervisor.api.client import format_status
 from llm_supervisor.clock import iso
 from llm_supervisor.runtime.commands import Command
@@ -21,14 +21,8 @@ from llm_supervisor.states import State
 
 
 @pytest.fixture
-def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
-    count = iter(range(100))
-
-    def factory(vllm: FakeVllm | None = None, sets: list[str] = (), **kw: Any) -> Harness:
-        return Harness(tmp_path / f"run{next(count)}", vllm, sets=["recovery.backoff_initial_s=5",
-                                                                  "recovery.backoff_max_s=5", *sets], **kw)
-    return factory
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return harnesses(tmp_path, monkeypatch, (5, 5))
 
 
 def render(status: dict[str, Any], width: int = 100) -> str:

@@ -14,13 +14,13 @@ import struct
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
 
 from daemon_harness import DaemonRun, run_cli, wait_until
-from fakes import FakeVllm, Harness
+from fakes import FakeVllm, Harness, harnesses
 from llm_supervisor.api.page import render_page
 from llm_supervisor.api.server import create_app
 from llm_supervisor.runtime.commands import Command
@@ -31,14 +31,8 @@ TOKEN = "s3cret-admin-token"
 
 
 @pytest.fixture
-def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
-    count = iter(range(100))
-
-    def factory(vllm: FakeVllm | None = None, sets: list[str] = (), **kw: Any) -> Harness:
-        return Harness(tmp_path / f"run{next(count)}", vllm, sets=["recovery.backoff_initial_s=1",
-                                                                  "recovery.backoff_max_s=2", *sets], **kw)
-    return factory
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return harnesses(tmp_path, monkeypatch, (1, 2))
 
 
 def client(h: Harness, token: str | None = None, peer: str = "127.0.0.1") -> httpx.AsyncClient:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
 
-from fakes import FakeVllm, Harness
+from fakes import Harness, harnesses
 from llm_supervisor import cli
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.config.profile import Recovery, Target, VllmArgs
@@ -157,12 +157,8 @@ def test_plan_first_launch_off_keeps_the_profile_utilization(tmp_path: Path, cap
 
 
 @pytest.fixture
-def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "simgpu"))
-
-    def factory(vllm: FakeVllm | None = None, sets: list[str] = ()) -> Harness:
-        return Harness(tmp_path / "run", vllm, sets=["recovery.backoff_initial_s=0.2", *sets])
-    return factory
+def make(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Harness]:
+    return harnesses(tmp_path, monkeypatch, (0.2, None))
 
 
 def test_the_first_launch_meets_a_reachable_target(make) -> None:
