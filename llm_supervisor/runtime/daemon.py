@@ -32,7 +32,6 @@ from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
 from llm_supervisor.frontdoor import FrontDoor
-from llm_supervisor.host.logfiles import attempt_section, read_ranges, tail_ranges
 from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants
 from llm_supervisor.planning.launch import (RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port,
                                             supervisor_ports)
@@ -40,6 +39,7 @@ from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
 from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
+from llm_supervisor.runtime.logfollow import LogFollowers
 from llm_supervisor.runtime.events import (SHOWN, DaemonEvent, Decided, Exiting, GaveUp, Launched, Observer,
                                            Progress, Ready, StateChanged)
 from llm_supervisor.runtime.notify import Notifier
@@ -76,7 +76,6 @@ RING_LINE_CHARS = 2000  # a line kept for /status's log_tail; the log file keeps
 # file, not in /status's log_tail, where they would push out everything the engine said.
 PROBE_LINES = ('"GET /health HTTP/1.1"', '"GET /metrics HTTP/1.1"')
 FACTS_SHOWN = ("model_weights_gib", "kv_cache_tokens", "max_concurrency", "available_kv_cache_gib")
-FOLLOW_CHUNKS = 1024  # output chunks a `supervisor logs -f` may fall behind before it is cut off
 
 
 @dataclass(frozen=True)
@@ -181,14 +180,12 @@ class Daemon(RestartLoop):
         self._launched_at = 0.0
         self._kv_said: tuple[Any, ...] | None = None  # the KV figures last logged, per attempt
         self.series = Series(settings.series_interval_s)
-        # `supervisor logs -f`: each follower's queue gets ((inode, size after), bytes) as the log
-        # writer puts them in the file, so a follower reads every byte once (file or queue)
-        self._followers: set[asyncio.Queue[tuple[tuple[int, int], bytes] | None]] = set()
+        self.followers = LogFollowers(self.log_path, self.redactor)  # `GET /logs`, `supervisor logs -f`
         self._loop: asyncio.AbstractEventLoop | None = None
         self._log = engine_log
         if engine_log is not None:
             engine_log.on_change = self._log_changed_elsewhere
-            engine_log.on_written = self._written_elsewhere
+            engine_log.on_written = self.followers.written
             engine_log.redactor = self.redactor
 
     # ------------------------------------------------------------ records
@@ -333,7 +330,7 @@ class Daemon(RestartLoop):
         if self._log is None:
             self._log = EngineLog(self.log_path, self.settings.log_max_bytes, self.settings.log_backups,
                                   redactor=self.redactor, on_change=self._log_changed_elsewhere,
-                                  on_written=self._written_elsewhere)
+                                  on_written=self.followers.written)
         return self._log
 
     def _log_changed_elsewhere(self, kind: str, text: str) -> None:
@@ -349,22 +346,6 @@ class Daemon(RestartLoop):
         the history (so the state file) and /status's `engine_log`."""
         (log.error if kind == "failed" else log.warning)("%s", text)
         self._event(f"engine_log_{kind}", reason=text)
-
-    def _written_elsewhere(self, position: tuple[int, int], data: bytes) -> None:
-        """From the log's writer thread, after `data` reached the file: to every follower."""
-        loop = self._loop
-        if self._followers and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._to_followers, position, data)
-
-    def _to_followers(self, position: tuple[int, int], data: bytes) -> None:
-        for queue in list(self._followers):
-            try:
-                queue.put_nowait((position, data))
-            except asyncio.QueueFull:  # a follower that cannot keep up is cut off, not waited for
-                self._followers.discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(((-1, 0), framing.behind_line().encode()))
-                queue.put_nowait(None)
 
     def _on_output(self, raw: bytes, lines: list[str]) -> Awaitable[None] | None:
         if raw and self._log is not None:
@@ -880,7 +861,7 @@ class Daemon(RestartLoop):
     async def serve(self) -> int:
         """The loop and its background tasks, until a stop or a give-up; then a staged stop of the
         engine. No signals, no REST API: `run()` adds those."""
-        self._loop = asyncio.get_running_loop()
+        self._loop = self.followers.loop = asyncio.get_running_loop()
         for warning in self.store.warnings:
             log.warning("%s", warning)
         if self.door is not None:
@@ -923,11 +904,7 @@ class Daemon(RestartLoop):
             if self._log is not None:
                 await asyncio.to_thread(self._log.close, 2.0)
             await asyncio.sleep(0)  # the log's last writes reach the followers first
-            for queue in list(self._followers):
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(None)
-            self._followers.clear()
+            self.followers.end()
         return code
 
     def _publish_gpus(self, gpus: list[dict[str, Any]]) -> None:
@@ -946,68 +923,9 @@ class Daemon(RestartLoop):
 
     # ------------------------------------------------------------ the engine's log, for the API
     async def open_logs(self, attempt: int | None, follow: bool, lines: int | None = None) -> AsyncIterator[bytes]:
-        """`GET /logs`: attempt N of this run (the newest when None) from the log file (its last
-        `lines` lines when given), then, with `follow`, what the engine writes next, until the
-        daemon stops. Raises BadInput (before anything is sent) when there is no such attempt."""
-        queue: asyncio.Queue[tuple[tuple[int, int], bytes] | None] | None = None
-        current = None
-        if follow:
-            # no await between subscribing and the snapshot: a byte is in the file as of the
-            # snapshot, or comes through the queue marked with the file size after it
-            queue = asyncio.Queue(maxsize=FOLLOW_CHUNKS)
-            self._followers.add(queue)
-            try:
-                st = os.stat(self.log_path)
-                current = (st.st_ino, st.st_size)
-            except OSError:
-                current = (-1, 0)
-        try:
-            number, ranges = await asyncio.to_thread(attempt_section, self.log_path, attempt, current=current)
-            if lines is not None:
-                ranges = await asyncio.to_thread(tail_ranges, ranges, lines)
-        except BaseException:
-            if queue is not None:
-                self._followers.discard(queue)
-            raise
-        if queue is not None and attempt is not None and number != self.attempt:
-            self._followers.discard(queue)  # an earlier attempt has ended: nothing to follow
-            queue = None
-        return self._stream_logs(ranges, queue, current)
-
-    async def _stream_logs(self, ranges: list[Any], queue: asyncio.Queue[tuple[tuple[int, int], bytes] | None] | None,
-                           snapshot: tuple[int, int] | None) -> AsyncIterator[bytes]:
-        redactor = self.redactor
-        pending = b""
-
-        def clean(data: bytes, final: bool = False) -> bytes:
-            nonlocal pending
-            data = pending + data
-            cut = len(data) if final else data.rfind(b"\n") + 1
-            pending = data[cut:]
-            return redactor.bytes(data[:cut])  # the file is masked already; older files may not be
-
-        chunks = read_ranges(ranges)
-        try:
-            while True:
-                chunk = await asyncio.to_thread(next, chunks, None)
-                if chunk is None:
-                    break
-                if out := clean(chunk):
-                    yield out
-            while queue is not None:
-                item = await queue.get()
-                if item is None:
-                    break
-                (inode, end), chunk = item
-                if snapshot is not None and inode == snapshot[0] and end <= snapshot[1]:
-                    continue  # already read from the file
-                if out := clean(chunk):
-                    yield out
-            if out := clean(b"", final=True):
-                yield out
-        finally:
-            if queue is not None:
-                self._followers.discard(queue)
+        """`GET /logs`: attempt N of this run (the newest when None), then, with `follow`, what the
+        engine writes next, until the daemon stops (runtime/logfollow.py)."""
+        return await self.followers.open(attempt, self.attempt, follow, lines)
 
 
 def _first_sentence(text: str, limit: int = 200) -> str:
