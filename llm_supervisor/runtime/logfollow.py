@@ -5,8 +5,8 @@ the log's writer thread puts in the file next. Each follower has a queue of
 ((inode, size after), bytes), subscribed before the file is read with no await in between, so a
 byte is either in the file as of the snapshot or comes through the queue marked with the file's
 size after it: read once, never twice, never lost. A follower that falls FOLLOW_CHUNKS chunks
-behind is cut off with one line that says so, never waited for: the engine's output is not held
-up by a slow reader.
+behind is cut off, never waited for (the engine's output is not held up by a slow reader): it
+reads what it was given, then one line that says it fell behind, and its stream ends.
 """
 
 from __future__ import annotations
@@ -48,19 +48,16 @@ class LogFollowers:
 
     def _deliver(self, position: Position, data: bytes) -> None:
         for queue in list(self._queues):
-            try:
+            if queue.qsize() < self.chunks:
                 queue.put_nowait((position, data))
-            except asyncio.QueueFull:  # a follower that cannot keep up is cut off, not waited for
+            else:  # a follower that cannot keep up is cut off, not waited for: what it was given, then why
                 self._queues.discard(queue)
-                queue.get_nowait()
                 queue.put_nowait(((-1, 0), framing.behind_line().encode()))
                 queue.put_nowait(None)
 
     def end(self) -> None:
         """The daemon stops: every follower ends after what it has been given."""
         for queue in list(self._queues):
-            if queue.full():
-                queue.get_nowait()
             queue.put_nowait(None)
         self._queues.clear()
 
@@ -73,7 +70,7 @@ class LogFollowers:
         current = None
         if follow:
             # no await between subscribing and the snapshot (see the module's docstring)
-            queue = asyncio.Queue(maxsize=self.chunks)
+            queue = asyncio.Queue()  # bounded by `_deliver` (at `chunks`), so the end always fits
             self._queues.add(queue)
             try:
                 st = os.stat(self.path)
