@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,14 @@ class Log:
 
 async def read_all(stream: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in stream])
+
+
+async def until(condition: Callable[[], bool], what: str, deadline_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + deadline_s
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no {what} within {deadline_s:g} s")
+        await asyncio.sleep(0.01)
 
 
 def run(coro) -> None:
@@ -74,17 +82,28 @@ def test_a_follower_that_falls_behind_is_cut_off_with_one_line_and_the_others_go
         log.write(framing.attempt_line(1, "t0", "vllm serve m"))
         slow = await log.followers.open(None, 1, follow=True)
         fast = await log.followers.open(None, 1, follow=True)
-        fast_reader = asyncio.ensure_future(read_all(fast))
+        fast_got: list[bytes] = []
+
+        async def keep_reading() -> None:
+            async for chunk in fast:
+                fast_got.append(chunk)
+        fast_reader = asyncio.ensure_future(keep_reading())
+        # once the marker came through its queue, the fast follower has read the file (in a thread)
+        # and reads on the loop alone, keeping up with every write
+        log.write("marker\n")
+        await until(lambda: b"marker" in b"".join(fast_got), "the fast follower to read the marker")
         for n in range(10):  # the slow one reads nothing meanwhile: its 4 chunks fill up
             log.write(f"line {n}\n")
             await asyncio.sleep(0)
+        await until(lambda: b"line 9" in b"".join(fast_got), "the fast follower to read line 9")
         assert len(log.followers) == 1, "the slow follower is no longer fed"
         slow_text = (await read_all(slow)).decode()
         assert slow_text.rstrip().endswith(framing.behind_line().strip())
-        assert all(f"line {n}\n" in slow_text for n in range(4)) and "line 4" not in slow_text, \
-            "what it was given, without a gap, then the line"
+        assert "marker" in slow_text and all(f"line {n}\n" in slow_text for n in range(3)) \
+            and "line 3" not in slow_text, "what it was given, without a gap, then the line"
         log.followers.end()
-        fast_text = (await fast_reader).decode()
+        await fast_reader
+        fast_text = b"".join(fast_got).decode()
         assert all(f"line {n}\n" in fast_text for n in range(10)) and "fell behind" not in fast_text
     run(scenario())
 
