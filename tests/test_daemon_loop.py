@@ -229,6 +229,23 @@ def test_a_hang_during_startup_is_an_engine_death(make) -> None:
     asyncio.run(scenario())
 
 
+def test_a_start_that_talks_but_is_never_ready_ends_at_the_startup_timeout(make) -> None:
+    """Output every 30 s (never a stall at 120 s), ready only after minutes: the daemon stops it
+    at recovery.startup_timeout_s, relaunches as it is, and gives up when the streak is spent."""
+    async def scenario() -> None:
+        h = make(FakeVllm(line_interval_s=30), sets=["recovery.stall_timeout_s=120", "recovery.startup_timeout_s=60",
+                                                     "recovery.max_attempts=2"]).start()
+        assert await h.exit_code() == 3
+        assert h.events() == [("launch", None), ("exit", "engine_dead"), ("relaunch", "engine_dead"), ("launch", None),
+                              ("exit", "engine_dead"), ("give_up", "engine_dead"), ("stop", None)]
+        exit_event = next(e for e in h.daemon.history if e["event"] == "exit")
+        assert exit_event["failure"]["message"] == "engine not ready after 60 s (recovery.startup_timeout_s)"
+        first, second = (e.stops[0] for e in h.vllm.engines)  # virtual s since the first launch
+        assert 60 <= first <= 62 and 60 <= second - first - 1 <= 62, "stopped at the timeout (1 s backoff between)"
+        assert h.daemon.state is State.FAILED and all(not e.running for e in h.vllm.engines)
+    asyncio.run(scenario())
+
+
 def test_thread_work_takes_no_virtual_time(make, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the daemon hands to threads (GPU reads, state and log writes) costs real time only: on
     a slow or busy machine the virtual timings these tests check are those of a fast one."""

@@ -175,3 +175,19 @@ def test_the_first_launch_meets_a_reachable_target(make) -> None:
         h.daemon.inbox.put(Command.STOP)
         assert await h.exit_code() == 0
     asyncio.run(scenario())
+
+
+def test_an_unreachable_target_serves_what_fits_and_says_so_with_the_engines_figures(make) -> None:
+    """20 requests of 24,576 tokens do not fit a 4090 D at any utilization: the engine still
+    starts (one launch, no relaunch loop) and the ready message says what the engine holds."""
+    async def scenario() -> None:
+        h = make(sets=["target.min_concurrency=20", "target.context=24576"]).start()
+        status = await h.ready()
+        assert [e for e, _ in h.events()] == ["launch", "ready"]
+        have = status["kv_cache_tokens"] / 24576
+        assert 4 < have < 20
+        assert status["message"].endswith(f"service target NOT met: {have:.2f} requests of 24,576 tokens fit, "
+                                          "the profile wants 20")
+        h.daemon.inbox.put(Command.STOP)
+        assert await h.exit_code() == 0
+    asyncio.run(scenario())
