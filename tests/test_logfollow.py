@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from frontdoor_fakes import run, until  # polling against a generous deadline; a stuck scenario fails
 from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.errors import BadInput
 from llm_supervisor.runtime.logfollow import LogFollowers
@@ -42,18 +43,6 @@ async def read_all(stream: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in stream])
 
 
-async def until(condition: Callable[[], bool], what: str, deadline_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + deadline_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"no {what} within {deadline_s:g} s")
-        await asyncio.sleep(0.01)
-
-
-def run(coro) -> None:
-    asyncio.run(asyncio.wait_for(coro, 30))
-
-
 def test_a_follower_reads_the_file_then_what_comes_and_each_byte_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         log = Log(tmp_path / "engine.log")
@@ -66,7 +55,7 @@ def test_a_follower_reads_the_file_then_what_comes_and_each_byte_once(tmp_path: 
         await asyncio.sleep(0)
         log.write(f"token {SECRET} ready\n")
         log.write("half a li")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the writes handed over reach the followers first, as in the daemon's stop
         log.followers.end()
         got = (await reader).decode()
         assert got.count("loading weights") == 1 and got.count("KV cache: 1,000 tokens") == 1
@@ -91,11 +80,11 @@ def test_a_follower_that_falls_behind_is_cut_off_with_one_line_and_the_others_go
         # once the marker came through its queue, the fast follower has read the file (in a thread)
         # and reads on the loop alone, keeping up with every write
         log.write("marker\n")
-        await until(lambda: b"marker" in b"".join(fast_got), "the fast follower to read the marker")
+        await until(lambda: b"marker" in b"".join(fast_got), what="the fast follower to read the marker")
         for n in range(10):  # the slow one reads nothing meanwhile: its 4 chunks fill up
             log.write(f"line {n}\n")
             await asyncio.sleep(0)
-        await until(lambda: b"line 9" in b"".join(fast_got), "the fast follower to read line 9")
+        await until(lambda: b"line 9" in b"".join(fast_got), what="the fast follower to read line 9")
         assert len(log.followers) == 1, "the slow follower is no longer fed"
         slow_text = (await read_all(slow)).decode()
         assert slow_text.rstrip().endswith(framing.behind_line().strip())
