@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hardening_utils import REPO, assert_bad_input, cli, clean_env
-from llm_supervisor.config.loader import MAX_DEPTH, load_yaml
+from llm_supervisor.config.loader import MAX_DEPTH, load_profile, load_yaml
 from llm_supervisor.config.profile import MAX_CPU_ID, parse_cpulist
 from llm_supervisor.config.redaction import REDACTED, Redactor
 from llm_supervisor.config.settings import load_settings
-from llm_supervisor.errors import SettingsError
+from llm_supervisor.errors import ProfileError, SettingsError
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore
 
@@ -105,6 +105,25 @@ def test_a_ten_megabyte_profile_is_refused_unread(tmp_path: Path) -> None:
 def test_an_engine_host_that_is_no_address_is_bad_input(tmp_path: Path) -> None:
     (line,) = plan(tmp_path, ["--profile", str(PROFILE), "--set", "vllm.host=not a host!"])
     assert line.startswith("error: --set vllm.host: not an IP address or host name (allowed: ")
+
+
+@pytest.mark.parametrize("model", ["", "   ", " Qwen/Qwen3-4B", "Qwen/Qwen3-4B\n"])
+def test_a_blank_or_padded_model_names_the_flag_and_is_not_ignored(tmp_path: Path, model: str) -> None:
+    with pytest.raises(ProfileError) as caught:
+        load_profile(str(PROFILE), tmp_path, model=model)
+    (line,) = caught.value.problems
+    assert line.startswith("--model: ")
+    assert f"(got {model!r})" in line  # as given, its spaces not collapsed
+    with pytest.raises(ProfileError) as caught:
+        load_profile(str(PROFILE), tmp_path, overrides=["model.served_name='  '"])
+    assert caught.value.problems == ["--set model.served_name: must not be blank or begin or end with spaces "
+                                     "(got '  ')"]
+    assert load_profile(str(PROFILE), tmp_path, model="Qwen/Qwen3-8B").model.id == "Qwen/Qwen3-8B"
+
+
+def test_a_blank_model_on_the_command_line_is_bad_input(tmp_path: Path) -> None:
+    (line,) = plan(tmp_path, ["--profile", str(PROFILE), "--model", ""])
+    assert line == "error: --model: String should have at least 1 character (got '')"
 
 
 def test_a_cross_key_problem_a_set_took_part_in_names_the_set(tmp_path: Path) -> None:

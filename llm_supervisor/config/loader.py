@@ -129,14 +129,16 @@ def _is_secret_name(name: str) -> bool:
     return is_secret_name(name)
 
 
-def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tuple[str, ...] = ()) -> list[str]:
+def _render_errors(source: str, exc: ValidationError, origins: dict[str, str] | None = None) -> list[str]:
     """One line per problem: "FILE: key: what is wrong", or "--set KEY: what is wrong" when the
-    offending value came from a `--set` override (the longest override that covers the key)."""
+    offending value came from an override (the longest that covers the key). `origins` maps each
+    overridden dotted key to the flag that set it ("--set vllm.port", "--model")."""
+    origins = origins or {}
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         shown_loc = ".".join(_plain(str(p)) for p in err["loc"]) or "(top level)"  # a key may hold \r or \n
-        msg = err["msg"]
+        msg = " ".join(err["msg"].removeprefix("Value error, ").split())
         if err["type"] == "extra_forbidden":
             parent = _model_at(err["loc"][:-1])
             allowed = ", ".join(parent.model_fields) if parent else ""
@@ -147,18 +149,17 @@ def _render_errors(source: str, exc: ValidationError, set_keys: list[str] | tupl
             msg = msg.replace("Input should be", "must be")
         elif "input" in err and not isinstance(err["input"], (dict, list)):
             shown = "***" if _is_secret_loc(loc) else _shown(err["input"])
-            msg = f"{msg} (got {shown})"
-        msg = " ".join(msg.removeprefix("Value error, ").split())
-        covering = [k for k in set_keys if loc == k or loc.startswith(k + ".")]
-        # A check across keys (a section's, or the whole profile's) that a --set took part in:
-        # the --set is named first, with the file it was applied to.
-        within = [k for k in set_keys if k.startswith(loc + ".")] if loc != "(top level)" else \
-            [k for k in set_keys if k in msg]
+            msg = f"{msg} (got {shown})"  # as given: its spaces may be the problem
+        covering = [k for k in origins if loc == k or loc.startswith(k + ".")]
+        # A check across keys (a section's, or the whole profile's) that an override took part in:
+        # the override is named first, with the file it was applied to.
+        within = [k for k in origins if k.startswith(loc + ".")] if loc != "(top level)" else \
+            [k for k in origins if k in msg]
         if covering:
             key = max(covering, key=len)
-            lines.append(f"--set {key}: {msg}" if loc == key else f"--set {key}: {shown_loc}: {msg}")
+            lines.append(f"{origins[key]}: {msg}" if loc == key else f"{origins[key]}: {shown_loc}: {msg}")
         elif within:
-            lines.append(f"--set {', '.join(within)} (with {source}): {shown_loc}: {msg}")
+            lines.append(f"{', '.join(origins[k] for k in within)} (with {source}): {shown_loc}: {msg}")
         else:
             lines.append(f"{source}: {shown_loc}: {msg}")
     return lines
@@ -279,19 +280,20 @@ def load_profile(
     data = read_profile_data(path)
     overrides = list(overrides or [])
     apply_overrides(data, overrides)
-    set_keys = [".".join(parse_override(text)[0]) for text in overrides]
-    if model:
+    origins = {key: f"--set {key}" for key in (".".join(parse_override(text)[0]) for text in overrides)}
+    if model is not None:  # `--model ""` is a mistake to report, not a flag to ignore
         section = data.setdefault("model", {})
         if isinstance(section, dict):
             section["id"] = model
-    return validate_profile(data, str(path), set_keys)
+            origins["model.id"] = "--model"
+    return validate_profile(data, str(path), origins)
 
 
-def validate_profile(data: dict[str, Any], source: str, set_keys: list[str] | tuple[str, ...] = ()) -> Profile:
+def validate_profile(data: dict[str, Any], source: str, origins: dict[str, str] | None = None) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        raise ProfileError(f"invalid profile {source}", _render_errors(source, exc, set_keys)) from None
+        raise ProfileError(f"invalid profile {source}", _render_errors(source, exc, origins)) from None
 
 
 def profile_to_yaml(profile: Profile) -> str:

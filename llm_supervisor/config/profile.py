@@ -73,6 +73,13 @@ class Model(_Strict):
     revision: str | None = Field(default=None, max_length=256)
     trust_remote_code: bool = False
 
+    @field_validator("id", "served_name")
+    @classmethod
+    def _no_blank(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value != value.strip()):
+            raise ValueError("must not be blank or begin or end with spaces")
+        return value
+
 
 class VllmArgs(_Strict):
     """vLLM's arguments: typed for the ones the supervisor reasons about, the rest in extra_args."""
