@@ -170,6 +170,65 @@ def test_a_restart_during_backoff_skips_the_wait(make) -> None:
     asyncio.run(scenario())
 
 
+def test_a_stop_or_restart_during_the_start_ends_that_engine_first(make) -> None:
+    """Commands do not wait for a start to finish: a stop ends the starting engine and the daemon
+    (no second launch); a restart ends it and launches again, counted as the admin's."""
+    async def scenario(command: str) -> Harness:
+        h = make(FakeVllm(line_interval_s=2)).start()
+        await h.until(lambda: h.daemon.state is State.STARTING and h.vllm.engines, what="a start under way")
+        await h.clock.sleep(3)
+        h.daemon.command(command)
+        return h
+
+    async def stop() -> None:
+        h = await scenario("stop")
+        assert await h.exit_code() == 0
+        assert h.events() == [("launch", None), ("stop", None)]
+        assert len(h.vllm.engines) == 1 and not h.engine.running and h.engine.stops
+
+    async def restart() -> None:
+        h = await scenario("restart")
+        status = await h.ready(attempt=2)
+        assert h.events() == [("launch", None), ("restart", None), ("launch", None), ("ready", None)]
+        assert status["restarts_by_reason"] == {"admin": 1}
+        first, second = h.vllm.engines
+        assert not first.running and first.stops and second.running
+        h.daemon.command("stop")
+        assert await h.exit_code() == 0
+
+    asyncio.run(stop())
+    asyncio.run(restart())
+
+
+def test_a_stop_during_backoff_ends_without_the_wait_or_a_launch(make) -> None:
+    async def scenario() -> None:
+        h = make(sets=["recovery.backoff_initial_s=100", "recovery.backoff_max_s=100"]).start()
+        await h.ready()
+        h.engine.die()
+        await h.until(lambda: h.daemon.state is State.BACKOFF, what="backoff")
+        asked_at = h.clock.monotonic()
+        h.daemon.command("stop")
+        assert await h.exit_code() == 0
+        assert h.clock.monotonic() - asked_at < 10
+        assert h.events()[-2:] == [("relaunch", "engine_dead"), ("stop", None)] and len(h.vllm.engines) == 1
+    asyncio.run(scenario())
+
+
+def test_restarts_asked_twice_before_the_first_is_done_relaunch_once(make) -> None:
+    async def scenario() -> None:
+        h = make().start()
+        await h.ready()
+        h.daemon.command("restart")
+        h.daemon.command("restart")
+        await h.ready(attempt=2)
+        await h.clock.sleep(30)
+        assert h.daemon.attempt == 2 and len(h.vllm.engines) == 2
+        assert h.events() == [("launch", None), ("ready", None), ("restart", None), ("launch", None), ("ready", None)]
+        h.daemon.command("stop")
+        assert await h.exit_code() == 0
+    asyncio.run(scenario())
+
+
 def test_sd_notify_ready_status_watchdog_and_stopping(make) -> None:
     async def scenario() -> Harness:
         h = make(watchdog_s=0.5, notify=True).start()
