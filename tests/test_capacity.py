@@ -61,6 +61,8 @@ def test_slo_keys_and_units() -> None:
     ("user_tps=-2", "positive number"),
     ("success_rate=2", "fraction"),
     ("success_rate=0.9", "at least one latency or speed limit"),
+    ("ttft_p95=2s,TTFT_P95=3s", "--slo ttft_p95: given 2 times (ttft_p95=2s, TTFT_P95=3s); keep one"),
+    ("user_tps=20,user_tps_p95=30", "--slo user_tps: given 2 times"),
 ])
 def test_bad_slo_is_one_clear_line_each(text: str, says: str) -> None:
     with pytest.raises(SloError) as err:

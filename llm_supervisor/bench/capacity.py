@@ -120,6 +120,7 @@ def _dur(seconds: float) -> str:
 def parse_slo(text: str) -> Slo:
     """`ttft_p95=2s,tpot_p95=60ms` → Slo; every bad item is one problem line (exit 2)."""
     limits: list[Limit] = []
+    items: list[str] = []  # what each limit was written as
     problems: list[str] = []
     allowed = "ttft_pNN, tpot_pNN, latency_pNN (durations: 2s, 500ms), user_tps[_pNN] (tokens/s), success_rate"
     for item in [i.strip() for i in text.split(",") if i.strip()]:
@@ -137,6 +138,7 @@ def parse_slo(text: str) -> Slo:
                 problems.append(f"--slo {item}: success_rate is a fraction in (0, 1]")
                 continue
             limits.append(Limit("success_rate", None, rate))
+            items.append(item)
             continue
         m = _PCT_KEY.match(key)
         if not m:
@@ -156,6 +158,7 @@ def parse_slo(text: str) -> Slo:
                 problems.append(f"--slo {item}: user_tps is tokens/s per user, a positive number (e.g. 20)")
                 continue
             limits.append(Limit("user_tps", q, float(r.group(1))))
+            items.append(item)
             continue
         d = _DURATION.match(value)
         if not d or float(d.group(1)) <= 0:
@@ -163,6 +166,12 @@ def parse_slo(text: str) -> Slo:
             continue
         seconds = float(d.group(1)) / (1000 if (d.group(2) or "s").lower() == "ms" else 1)
         limits.append(Limit(metric, q, seconds))
+        items.append(item)
+    given: dict[str, list[str]] = {}
+    for lim, item in zip(limits, items):
+        given.setdefault(lim.key, []).append(item)
+    problems += [f"--slo {key}: given {len(same)} times ({', '.join(same)}); keep one" for key, same in given.items()
+                 if len(same) > 1]
     if not problems and not [lim for lim in limits if lim.metric != "success_rate"]:
         problems.append(f"--slo {text!r}: name at least one latency or speed limit ({allowed})")
     if problems:
