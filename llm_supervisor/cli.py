@@ -334,11 +334,12 @@ def profiles_show(
 def doctor(profile: ProfileOpt = None, simulate: SimulateOpt = False) -> None:
     """Check this host: NVML, GPUs vs profile, NUMA, ports, engine command, directories."""
     from llm_supervisor.host.doctor import format_checks, run_doctor
+    from llm_supervisor.store.lock import DaemonLock
 
     settings = _settings()
     name = profile or settings.profile
     prof = _profile(settings, name, None, None) if name else None
-    checks = run_doctor(settings, prof, simulate=simulate)
+    checks = run_doctor(settings, prof, simulate=simulate, daemon_pid=DaemonLock(settings.state_dir).holder())
     out.print(format_checks(checks))
     if any(c.status == "fail" for c in checks):
         raise typer.Exit(1)

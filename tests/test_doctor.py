@@ -4,14 +4,18 @@ missing engine command, and NVML failing."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from llm_supervisor.host import doctor, gpus as hardware
+from llm_supervisor.host.tenants import Tenant
 from llm_supervisor.host.topology import Topology
+from llm_supervisor.store.lock import DaemonLock
 from llm_supervisor.host.doctor import Check, format_checks, port_free, run_doctor
 from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.settings import Settings
@@ -77,20 +81,25 @@ def test_port_in_use_is_a_failure(tmp_path, sim_env):
         assert checks["api port"].status == "fail"
         assert f"127.0.0.1:{port} cannot be bound" in checks["api port"].detail
         assert "LLM_SUPERVISOR_API_PORT" in checks["api port"].fix
-        assert "fix: stop what listens there" in format_checks(list(checks.values()))
+        assert checks["api port"].detail.endswith(f"pid {os.getpid()} listens there")  # who holds it, named
+        assert "fix: stop it or change LLM_SUPERVISOR_API_PORT" in format_checks(list(checks.values()))
     assert port_free("127.0.0.1", port)[0] is True
     assert checks["gpus vs profile"].status == "warn"  # no profile: nothing to compare
 
 
-def test_engine_port_in_use(tmp_path, sim_env):
+def test_engine_port_in_use(tmp_path, sim_env, monkeypatch):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         profile = load_profile("4090d-qwen3-4b", PROFILES, overrides=[f"vllm.port={port}"])
         checks = by_name(run_doctor(settings_for(tmp_path), profile, simulate=True))
+        monkeypatch.setattr(doctor, "port_holder", lambda port: None)  # a listener of another user: not visible
+        unseen = by_name(run_doctor(settings_for(tmp_path), profile, simulate=True))["engine port"]
     assert checks["engine port"].status == "fail"
     assert "vllm.port" in checks["engine port"].fix
+    assert unseen.status == "fail" and unseen.detail == f"127.0.0.1:{port} cannot be bound (Address already in use)"
+    assert unseen.fix.startswith(f"stop what listens there (ss -ltnp 'sport = :{port}'")
 
 
 def test_unwritable_state_dir_and_missing_engine(tmp_path, monkeypatch):
@@ -143,3 +152,58 @@ def test_a_crashing_check_is_reported_not_raised(tmp_path, sim_env, monkeypatch)
     monkeypatch.setattr(doctor, "_check_numactl", lambda: 1 / 0)
     checks = by_name(run_doctor(settings_for(tmp_path), None, simulate=True))
     assert checks["numactl"].status == "fail" and "ZeroDivisionError" in checks["numactl"].detail
+
+
+# ---------------------------------------------------------------- a daemon runs with this state dir
+
+
+def test_the_state_dirs_lock_names_the_daemon_that_holds_it(tmp_path):
+    lock = DaemonLock(tmp_path / "state")
+    assert lock.holder() is None and not lock.path.exists()  # asking creates nothing
+    lock.acquire()
+    try:
+        assert DaemonLock(tmp_path / "state").holder() == os.getpid()
+    finally:
+        lock.release()
+    assert DaemonLock(tmp_path / "state").holder() is None
+
+
+def test_ports_held_by_this_state_dirs_daemon_or_its_engine_are_expected(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        mine = doctor._check_port("api port", "127.0.0.1", port, "LLM_SUPERVISOR_API_PORT", daemon_pid=os.getpid())
+        theirs = doctor._check_port("api port", "127.0.0.1", port, "LLM_SUPERVISOR_API_PORT", daemon_pid=None)
+    assert mine.status == "warn"
+    assert mine.detail == f"127.0.0.1:{port} is in use by the llm-supervisor running with this state dir, pid {os.getpid()}"
+    assert theirs.status == "fail" and theirs.detail.endswith(f"pid {os.getpid()} listens there")
+    assert "LLM_SUPERVISOR_API_PORT" in theirs.fix
+    engine = subprocess.Popen([sys.executable, "-c", "import socket, sys, time\n"
+                               "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+                               "print(s.getsockname()[1], flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child_port = int(engine.stdout.readline())
+        check = doctor._check_port("engine port", "127.0.0.1", child_port, "--set vllm.port=…", daemon_pid=os.getpid())
+    finally:
+        engine.kill()
+        engine.wait()
+    assert check.status == "warn" and check.detail.endswith(f"pid {os.getpid()} (its engine, pid {engine.pid})")
+
+
+def test_the_engine_of_this_state_dirs_daemon_on_the_gpu_is_no_warning(monkeypatch):
+    def tenant(pid: int, supervisor_pid: int | None) -> Tenant:
+        return Tenant(gpu_index=0, pid=pid, used_mib=20_000, name="VLLM::EngineCore", cmdline="", user="me",
+                      vllm=True, ours=False, visible=True, supervisor_pid=supervisor_pid)
+
+    held = [tenant(200, 100)]
+    monkeypatch.setattr(hardware, "inventory", lambda simulate, sim_config=None: object())
+    monkeypatch.setattr(doctor, "gpu_tenants", lambda inventory: held)
+    mine = doctor._check_tenants(True, daemon_pid=100)
+    assert mine.status == "ok" and mine.detail.startswith("the engine of the llm-supervisor running with this state dir: pid 200")
+    assert doctor._check_tenants(True, daemon_pid=None).status == "warn"
+    held.append(tenant(300, 999))  # another supervisor's engine on the same GPU still warns
+    both = doctor._check_tenants(True, daemon_pid=100)
+    assert both.status == "warn" and both.detail.startswith("engines of running supervisors: pid 300")
+    assert "this state dir: pid 200" in both.detail

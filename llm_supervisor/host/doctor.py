@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
 from llm_supervisor.host import engineversion, gpus as hardware
 from llm_supervisor.host.placement import plan_placement
-from llm_supervisor.host.tenants import describe, gpu_tenants
+from llm_supervisor.host.tenants import describe, gpu_tenants, is_daemon, is_vllm
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.errors import SupervisorError
 from llm_supervisor.host.numa import format_cpulist
@@ -40,13 +42,15 @@ class Check:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
-def run_doctor(settings: Settings, profile: Profile | None, simulate: bool, root: Path = Path("/")) -> list[Check]:
-    """Every check, in the order a user would fix them."""
+def run_doctor(settings: Settings, profile: Profile | None, simulate: bool, root: Path = Path("/"),
+               daemon_pid: int | None = None) -> list[Check]:
+    """Every check, in the order a user would fix them. `daemon_pid`: the llm-supervisor that runs
+    with this state dir now, if one does (its ports are in use, as they should be)."""
     checks: list[Check] = []
     gpus = _guard(checks, "gpu driver", lambda: _check_nvml(checks, simulate))
     _guard(checks, "gpus vs profile", lambda: checks.append(_check_profile(profile, gpus)))
     if gpus:
-        _guard(checks, "gpu processes", lambda: checks.append(_check_tenants(simulate)))
+        _guard(checks, "gpu processes", lambda: checks.append(_check_tenants(simulate, daemon_pid)))
         _guard(checks, "gpu health", lambda: checks.append(_check_health(simulate, root)))
     topo = _guard(checks, "cpus", lambda: Topology.read(root, bus_ids=[g.sysfs_bus_id for g in gpus or []]))
     if topo is not None:
@@ -59,11 +63,13 @@ def run_doctor(settings: Settings, profile: Profile | None, simulate: bool, root
     _guard(checks, "engine command", lambda: checks.append(_check_engine(settings, simulate)))
     _guard(checks, "engine version", lambda: checks.append(_check_engine_version(settings, simulate)))
     _guard(checks, "api port", lambda: checks.append(_check_port(
-        "api port", settings.api_host, settings.api_port, "LLM_SUPERVISOR_API_PORT")))
+        "api port", settings.api_host, settings.api_port, "LLM_SUPERVISOR_API_PORT", daemon_pid)))
     if profile is not None:
         _guard(checks, "engine port", lambda: checks.append(_check_port(
-            "engine port", profile.vllm.host, profile.vllm.port, "--set vllm.port=…")))
+            "engine port", profile.vllm.host, profile.vllm.port, "--set vllm.port=…", daemon_pid)))
     _guard(checks, "state dir", lambda: checks.append(_check_dir("state dir", settings.state_dir, "LLM_SUPERVISOR_STATE_DIR")))
+    if daemon_pid is not None and checks[-1].status == "ok":
+        checks[-1].detail += f"; llm-supervisor pid {daemon_pid} runs with it"
     _guard(checks, "log dir", lambda: checks.append(_check_dir("log dir", settings.logs, "LLM_SUPERVISOR_LOG_DIR")))
     return checks
 
@@ -131,9 +137,10 @@ def _check_profile(profile: Profile | None, gpus: list[hardware.Gpu] | None) -> 
                  "pick a profile written for these GPUs (supervisor profiles), or edit its hardware section")
 
 
-def _check_tenants(simulate: bool) -> Check:
+def _check_tenants(simulate: bool, daemon_pid: int | None = None) -> Check:
     """Who holds the GPUs: a leftover vLLM engine (another launcher's, or an orphan) fails the
-    check, other programs warn; each with pid, name and memory."""
+    check, other programs warn; each with pid, name and memory. The engine of the daemon that runs
+    with this state dir (`daemon_pid`) is where it should be."""
     inv = hardware.inventory(simulate)
     try:
         tenants = gpu_tenants(inv)
@@ -143,12 +150,17 @@ def _check_tenants(simulate: bool) -> Check:
             close()
     if not tenants:
         return Check("gpu processes", "ok", "no process holds GPU memory")
+    this = [t for t in tenants if daemon_pid is not None and t.supervisor_pid == daemon_pid]
     engines = [t for t in tenants if t.foreign_engine]
-    supervised = [t for t in tenants if t.vllm and not t.foreign_engine]
-    others = [t for t in tenants if not t.vllm]
+    supervised = [t for t in tenants if t.vllm and not t.foreign_engine and t not in this]
+    others = [t for t in tenants if not t.vllm and t not in this]
     parts = ([f"vLLM engine processes nobody supervises: {describe(engines)}"] if engines else []) + \
             ([f"engines of running supervisors: {describe(supervised)}"] if supervised else []) + \
             ([f"other processes: {describe(others)}"] if others else [])
+    mine = f"the engine of the llm-supervisor running with this state dir: {describe(this)}" if this else ""
+    if not parts:
+        return Check("gpu processes", "ok", mine)
+    parts += [mine] if mine else []
     if engines:
         return Check("gpu processes", "fail", "; ".join(parts),
                      "end them (kill PID), or start with `up --end-foreign-engines` "
@@ -349,15 +361,46 @@ def port_free(host: str, port: int) -> tuple[bool, str]:
     return True, "free"
 
 
-def _check_port(name: str, host: str, port: int, setting: str) -> Check:
+def port_holder(port: int) -> tuple[int, str, list[int]] | None:
+    """Who listens on TCP `port`: its pid, what it is (llm-supervisor, vLLM, or its name) and its
+    ancestors' pids. None when nobody does or the listener is not visible to this user."""
+    try:
+        listening = [c for c in psutil.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
+    except (psutil.Error, OSError):
+        return None
+    if not listening:
+        return None
+    pid = listening[0].pid
+    try:
+        proc = psutil.Process(pid)
+        name, cmdline, ancestors = proc.name(), proc.cmdline(), [p.pid for p in proc.parents()]
+    except (psutil.Error, OSError):
+        return pid, "unknown", []
+    what = "llm-supervisor" if is_daemon(cmdline) else "vLLM" if is_vllm(name, cmdline) else name
+    return pid, what, ancestors
+
+
+def _check_port(name: str, host: str, port: int, setting: str, daemon_pid: int | None = None) -> Check:
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if port == 0:
         return Check(name, "ok", f"{where}: any free port")
     free, why = port_free(host, port)
     if free:
         return Check(name, "ok", f"{where} is free")
-    return Check(name, "fail", f"{where} cannot be bound ({why})",
-                 f"stop what listens there (ss -ltnp 'sport = :{port}'; a running supervisor?) or change {setting}")
+    holder = port_holder(port)
+    if holder is None:
+        return Check(name, "fail", f"{where} cannot be bound ({why})",
+                     f"stop what listens there (ss -ltnp 'sport = :{port}'; a running supervisor?) or change {setting}")
+    pid, what, ancestors = holder
+    if daemon_pid is not None and daemon_pid in (pid, *ancestors):
+        through = "" if pid == daemon_pid else f" (its engine, pid {pid})"
+        return Check(name, "warn", f"{where} is in use by the llm-supervisor running with this state dir, pid "
+                     f"{daemon_pid}{through}", "expected while it runs (`supervisor status` asks it); stop it before "
+                     f"starting another, or change {setting}")
+    return Check(name, "fail", f"{where} cannot be bound ({why}): {what} pid {pid} listens there",
+                 f"stop it or change {setting}" + (" (another llm-supervisor: `supervisor status --url` asks it)"
+                                                    if what == "llm-supervisor" else ""))
 
 
 def _check_dir(name: str, path: Path, setting: str) -> Check:

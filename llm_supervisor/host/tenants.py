@@ -75,7 +75,7 @@ GUARD_PARENT_FLAG = "--parent-pid"
 _MAX_ANCESTORS = 8
 
 
-def _is_daemon(cmdline: list[str]) -> bool:
+def is_daemon(cmdline: list[str]) -> bool:
     """`supervisor up …` or `python -m llm_supervisor up …`."""
     head = [w.rsplit("/", 1)[-1] for w in cmdline[:4]]
     return "up" in cmdline[1:6] and ("supervisor" in head or "llm_supervisor" in head or "llm-supervisor" in head)
@@ -100,7 +100,7 @@ def supervisor_of(ps: psutil.Process, me: int | None = None) -> int | None:
                 pid = int(cmdline[cmdline.index(GUARD_PARENT_FLAG) + 1])
             except (ValueError, IndexError):
                 pid = parent.pid
-        elif _is_daemon(cmdline):
+        elif is_daemon(cmdline):
             pid = parent.pid
         if pid is not None:
             return pid if pid != me and psutil.pid_exists(pid) else None

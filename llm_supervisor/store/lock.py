@@ -47,6 +47,24 @@ class DaemonLock:
                                  "there or set LLM_SUPERVISOR_STATE_DIR") from None
         self._fh = fh
 
+    def holder(self) -> int | None:
+        """The pid of the daemon that holds this state dir now; None when none does. Creates
+        nothing and takes nothing: a shared lock that is refused means the daemon's is held."""
+        try:
+            fh = open(self.path)
+        except OSError:
+            return None
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                text = fh.read().strip()
+                return int(text) if text.isdigit() else None
+            except OSError:
+                return None
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return None
+
     def release(self) -> None:
         if self._fh is not None:
             try:
