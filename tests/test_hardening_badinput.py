@@ -21,6 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from daemon_harness import free_port
 from hardening_utils import REPO, assert_bad_input, cli, clean_env
 from llm_supervisor.config.loader import MAX_DEPTH, load_profile, load_yaml
 from llm_supervisor.config.profile import MAX_CPU_ID, parse_cpulist
@@ -237,7 +238,8 @@ def test_ctrl_c_at_any_moment_of_the_start_is_clean(tmp_path: Path, delay_s: flo
     """From the first import of the supervisor's code on (Python's own start, ~30 ms before it,
     is the interpreter's business): while importing, planning, starting the API, launching."""
     env = clean_env(tmp_path, LLM_SUPERVISOR_API_PORT="0")
-    proc = subprocess.Popen([sys.executable, "-m", "llm_supervisor", "up", "--profile", "4090d-qwen3-4b", "--simulate"],
+    proc = subprocess.Popen([sys.executable, "-m", "llm_supervisor", "up", "--profile", "4090d-qwen3-4b", "--simulate",
+                             "--set", f"vllm.port={free_port()}"],  # 8000 may be taken on this machine
                             env=env, cwd=str(REPO), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 20

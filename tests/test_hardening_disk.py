@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import run_cli
+from daemon_harness import free_port, run_cli
 from fakes import Harness
 from hardening_utils import FakeEngineRun, clean_env, poll
 from llm_supervisor.config.redaction import Redactor
@@ -212,7 +212,7 @@ def test_up_with_a_log_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
     env = clean_env(tmp_path, LLM_SUPERVISOR_LOG_DIR=str(tmp_path / "logs"), LLM_SUPERVISOR_API_PORT="0")
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "4090d-qwen3-4b.log").symlink_to("/dev/full")
-    result = run_cli(["up", "--profile", "4090d-qwen3-4b", "--simulate"], env)
+    result = run_cli(["up", "--profile", "4090d-qwen3-4b", "--simulate", "--set", f"vllm.port={free_port()}"], env)
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert len(lines) == 1 and "No space left on device" in lines[0] and "LLM_SUPERVISOR_LOG_DIR" in lines[0]
