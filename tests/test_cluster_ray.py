@@ -217,9 +217,10 @@ def test_head_and_worker_serve_lose_a_node_recover_and_stop_clean(cluster_env: d
     while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree) and time.monotonic() < gone:
         time.sleep(0.3)
     assert not [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    st = head.wait_status(lambda s: s["pid"] is None and any(
+    # the engine stopped, then the head waits for the cluster (two steps: a reading may fall between)
+    st = head.wait_status(lambda s: s["pid"] is None and "waiting for the Ray cluster" in s["message"] and any(
         n["address"] == WORKER_IP and n["state"] == "dead" for n in s["nodes"]), 30, "engine stopped, node dead")
-    assert st["state"] == "degraded" and "waiting for the Ray cluster" in st["message"]
+    assert st["state"] == "degraded" and WORKER_IP in st["message"]
 
     # It comes back: the head relaunches the engine on the whole cluster.
     worker.start()
