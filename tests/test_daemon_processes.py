@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from daemon_harness import (
@@ -286,6 +287,9 @@ def test_engine_port_in_use_is_refused_before_launch(daemons, door: bool) -> Non
     expected = (f"vllm.port={run.engine_port}: front door port {run.engine_port} is in use on 127.0.0.1" if door
                 else f"engine port {run.engine_port} on 127.0.0.1 is in use")
     assert len(lines) == 1 and expected in lines[0], lines
+    if not door:  # who holds it is named: this test's process
+        assert lines[0].endswith(f"{psutil.Process().name()} pid {os.getpid()} listens there; stop it or set "
+                                 "--set vllm.port=…"), lines
     assert "Traceback" not in run.stderr()
     assert not (run.state_dir / "logs").exists()  # no engine was ever launched
     assert port_free(run.engine_port)

@@ -92,7 +92,7 @@ def _bind_error(address: Address, exc: OSError) -> RuntimeFailure | BadInput:
     if exc.errno == errno.EADDRINUSE:
         return BindError(f"{what} port {port} is in use",
                          [f"{address.port_key}={port}: {what} port {port} is in use on {address.host} (another "
-                          "vLLM or supervisor on it?); stop it or choose another port"])
+                          "vLLM or supervisor on it? `supervisor doctor` names it); stop it or choose another port"])
     if exc.errno == errno.EACCES:
         return BindError(f"{what} port {port}: permission denied",
                          [f"{address.port_key}={port}: permission denied binding {where} (ports below 1024 need "

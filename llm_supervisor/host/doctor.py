@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
-
 from llm_supervisor.host import engineversion, gpus as hardware
 from llm_supervisor.host.placement import plan_placement
-from llm_supervisor.host.tenants import describe, gpu_tenants, is_daemon, is_vllm
+from llm_supervisor.host.tenants import describe, gpu_tenants, port_holder
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.errors import SupervisorError
 from llm_supervisor.host.numa import format_cpulist
@@ -359,26 +357,6 @@ def port_free(host: str, port: int) -> tuple[bool, str]:
         except OSError as exc:
             return False, exc.strerror or str(exc)
     return True, "free"
-
-
-def port_holder(port: int) -> tuple[int, str, list[int]] | None:
-    """Who listens on TCP `port`: its pid, what it is (llm-supervisor, vLLM, or its name) and its
-    ancestors' pids. None when nobody does or the listener is not visible to this user."""
-    try:
-        listening = [c for c in psutil.net_connections(kind="tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
-    except (psutil.Error, OSError):
-        return None
-    if not listening:
-        return None
-    pid = listening[0].pid
-    try:
-        proc = psutil.Process(pid)
-        name, cmdline, ancestors = proc.name(), proc.cmdline(), [p.pid for p in proc.parents()]
-    except (psutil.Error, OSError):
-        return pid, "unknown", []
-    what = "llm-supervisor" if is_daemon(cmdline) else "vLLM" if is_vllm(name, cmdline) else name
-    return pid, what, ancestors
 
 
 def _check_port(name: str, host: str, port: int, setting: str, daemon_pid: int | None = None) -> Check:

@@ -7,7 +7,7 @@ worker of a crashed run) holds its memory until it is ended; an engine of anothe
 llm-supervisor (two profiles sharing a GPU) is that supervisor's and is never ended from here, and vLLM's own memory checks count
 it against the next start; other programs (a notebook, a training job) make free memory short.
 Both are named before each launch, in `doctor` and in `/status`, and in the reason of a
-free-memory recovery.
+free-memory recovery. The same goes for a port the engine needs: who listens there is named.
 """
 
 from __future__ import annotations
@@ -151,3 +151,23 @@ def gpu_tenants(inventory: GpuInventory | None, gpu_indexes: Iterable[int] | Non
 
 def describe(tenants: Iterable[Tenant]) -> str:
     return "; ".join(t.describe() for t in tenants)
+
+
+def port_holder(port: int) -> tuple[int, str, list[int]] | None:
+    """Who listens on TCP `port`: its pid, what it is (llm-supervisor, vLLM, or its name) and its
+    ancestors' pids. None when nobody does or the listener is not visible to this user."""
+    try:
+        listening = [c for c in psutil.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid]
+    except (psutil.Error, OSError):
+        return None
+    if not listening:
+        return None
+    pid = listening[0].pid
+    try:
+        proc = psutil.Process(pid)
+        name, cmdline, ancestors = proc.name(), proc.cmdline(), [p.pid for p in proc.parents()]
+    except (psutil.Error, OSError):
+        return pid, "unknown", []
+    what = "llm-supervisor" if is_daemon(cmdline) else "vLLM" if is_vllm(name, cmdline) else name
+    return pid, what, ancestors

@@ -32,7 +32,7 @@ from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.host import gpus as host_gpus
 from llm_supervisor.frontdoor import FrontDoor
-from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants
+from llm_supervisor.host.tenants import Tenant, describe, gpu_tenants, port_holder
 from llm_supervisor.planning.launch import (RECOVERABLE_KEYS, LaunchPlan, build_plan, free_loopback_port,
                                             supervisor_ports)
 from llm_supervisor.runtime import launcher as launching
@@ -981,7 +981,9 @@ def check_engine_port(args: VllmArgs) -> None:
             if exc.errno == errno.EACCES:
                 raise RuntimeFailure(f"engine port {args.port} on {host}: permission denied (ports below 1024 need "
                                      "root or CAP_NET_BIND_SERVICE); set --set vllm.port=…") from None
-            raise RuntimeFailure(f"engine port {args.port} on {host} is in use ({exc.strerror}): another vLLM? "
+            holder = port_holder(args.port)
+            who = f"{holder[1]} pid {holder[0]} listens there" if holder else "another vLLM?"
+            raise RuntimeFailure(f"engine port {args.port} on {host} is in use ({exc.strerror}): {who}; "
                                  "stop it or set --set vllm.port=…") from None
 
 
