@@ -108,6 +108,62 @@ def test_diagnose_refuses_prose_that_quotes_a_vllm_failure(tmp_path: Path) -> No
     assert proc.stderr.strip().count("\n") == 0 and "does not look like a vLLM log" in proc.stderr
 
 
+H100_LOG = ROOT / "tests" / "fixtures" / "vllm-0.26.0-h100" / "kv-cache-too-small.log"
+
+
+def test_diagnose_reads_a_log_through_a_pipe_whole(tmp_path: Path) -> None:
+    """`journalctl … | supervisor diagnose -` and `diagnose <(kubectl logs …)`: a pipe can be read
+    once, so the check that it is a log must not eat its first 64 KiB."""
+    from_file = diagnose_file(H100_LOG)
+    text = H100_LOG.read_text(encoding="utf-8")
+    piped = subprocess.run([sys.executable, "-m", "llm_supervisor", "diagnose", "-", "--json"], input=text, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    result = json.loads(piped.stdout)
+    assert result["failure"] == from_file["failure"] and result["facts"] == from_file["facts"]
+    assert result["failure"]["kind"] == "kv_cache_too_small"
+    read, write = os.pipe()  # as /dev/fd/N from a shell's <(…)
+    with os.fdopen(write, "w") as pipe_in:
+        pipe_in.write(text)
+    try:
+        assert diagnose_file(f"/dev/fd/{read}")["failure"] == from_file["failure"]
+    finally:
+        os.close(read)
+    empty = subprocess.run([sys.executable, "-m", "llm_supervisor", "diagnose", "-"], input="", cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 2 and empty.stderr.strip() == "error: stdin: empty file; does not look like a vLLM log"
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda d: d, "is a directory, not a log file"),
+    (lambda d: d / "missing.log", "no such file"),
+    (lambda d: (d / "empty.log").write_bytes(b"") and d / "empty.log", "empty file; does not look like a vLLM log"),
+    (lambda d: (d / "bin.log").write_bytes(b"INFO \x00\x01") and d / "bin.log", "binary data; does not look like"),
+])
+def test_a_file_that_cannot_be_a_log_is_one_line(tmp_path: Path, make, says: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(BadInput) as info:
+        diagnose_file(path)
+    assert info.value.lines() == [f"{path}: {says}"] or info.value.lines()[0].startswith(f"{path}: {says}")
+
+
+def test_calibrating_from_what_is_no_startup_log_says_why_in_one_line(tmp_path: Path) -> None:
+    from llm_supervisor.store import calibration as calibration_store
+    from llm_supervisor.vllm.calibration import CalibrationError
+
+    prose = tmp_path / "notes.log"
+    prose.write_text("INFO 12-03 10:00:00 [x.py:1] nothing about memory here\n", encoding="utf-8")
+    with pytest.raises(CalibrationError) as err:
+        calibration_store.learn_from_log(prose, model="m", gpu_name="g", gpu_total_gib=80)
+    assert err.value.lines() == [f"{prose}: no vLLM startup figures in it (model weights, KV cache memory, "
+                                 "utilization): not a vLLM log, or one that ended before vLLM profiled its memory"]
+    with pytest.raises(CalibrationError) as err:  # an 80 GB card's log planned for a 24 GB one
+        calibration_store.learn_from_log(H100_LOG, model="m", gpu_name="g", gpu_total_gib=24)
+    assert err.value.lines() == [f"{H100_LOG}: the numbers do not add up (requested 0.12 × 24.00 GiB = 2.88 GiB < "
+                                 "weights 7.56 + KV 0.92 GiB): was that run's GPU larger? plan with its total memory "
+                                 "(--gpu-memory-gib)"]
+
+
 def test_diagnose_still_reads_a_traceback_through_vllm(tmp_path: Path) -> None:
     path = tmp_path / "tb.log"
     path.write_text('Traceback (most recent call last):\n'

@@ -450,13 +450,22 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 
 def test_unreadable_log_is_bad_input(tmp_path):
-    with pytest.raises(CalibrationError):
+    with pytest.raises(BadInput) as bad:
         calibration_store.learn_from_log(tmp_path / "missing.log", model=MODEL, gpu_name=H100)
+    assert bad.value.lines() == [f"{tmp_path / 'missing.log'}: no such file"] and bad.value.exit_code == 2
     empty = tmp_path / "empty.log"
     empty.write_text("nothing useful\n")
     with pytest.raises(CalibrationError) as err:
         calibration_store.learn_from_log(empty, model=MODEL, gpu_name=H100, gpu_total_gib=80.0)
-    assert len(err.value.lines()) >= 2
+    assert len(err.value.lines()) == 1 and "no vLLM startup figures in it" in err.value.lines()[0]
+    partial = tmp_path / "partial.log"  # weights printed, then it ended: what is missing is named
+    partial.write_text("".join(line for line in (FIXTURES / "ready-then-sigterm.log").open(encoding="utf-8")
+                               if "Model loading took" in line))
+    with pytest.raises(CalibrationError) as err:
+        calibration_store.learn_from_log(partial, model=MODEL, gpu_name=H100, gpu_total_gib=80.0)
+    assert [line.split(": ", 1)[1] for line in err.value.lines()] == [
+        'cannot learn the overhead: no available KV cache ("Available KV cache memory")',
+        "cannot learn the overhead: no requested memory (the utilization and the GPU's total)"]
 
 
 def test_default_batch_limits():

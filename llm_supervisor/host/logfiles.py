@@ -3,6 +3,7 @@ the daemon's engine log read by attempt (`supervisor logs`)."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -26,42 +27,55 @@ def iter_log_lines(path: str | Path) -> Iterable[str]:
             yield raw.decode("utf-8", errors="replace")
 
 
-def parse_log_file(path: str | Path, sink: LineSink | None = None) -> LogParser:
-    """Parse a whole saved log file."""
+def parse_log_file(path: str | Path, sink: LineSink | None = None, *, checked: bool = False) -> LogParser:
+    """Parse a whole saved log file. `checked`: a file a person named, which may be no log at all
+    (BadInput saying why: missing, a directory, empty, binary; see read_log)."""
     parser = LogParser(sink=sink)
-    for line in iter_log_lines(path):
+    for line in read_log(path) if checked else iter_log_lines(path):
         parser.feed(line)
     return parser
 
 
+def log_name(path: str | Path) -> str:
+    """How a log a person named is called in messages: `-` is stdin."""
+    return "stdin" if str(path) == "-" else str(path)
+
+
 def read_log(path: str | Path) -> Iterator[str]:
     """The lines of a file that should be a log, or BadInput saying why it cannot be one
-    (missing, a directory, unreadable, empty, binary)."""
-    path = Path(path)
+    (missing, a directory, unreadable, empty, binary). Opened once and read in one pass, so a
+    pipe works as well as a file: `journalctl … | supervisor diagnose -` (`-` is stdin),
+    `diagnose <(kubectl logs …)`."""
+    name = log_name(path)
     try:
-        with path.open("rb") as fh:
-            head = fh.read(_SNIFF_BYTES)
+        fh = os.fdopen(os.dup(0), "rb", buffering=_SNIFF_BYTES) if str(path) == "-" else \
+            open(path, "rb", buffering=_SNIFF_BYTES)
     except FileNotFoundError:
-        raise _bad(f"{path}: no such file") from None
+        raise _bad(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise _bad(f"{path}: is a directory, not a log file") from None
+        raise _bad(f"{name}: is a directory, not a log file") from None
     except PermissionError:
-        raise _bad(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise _bad(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not head:
-        raise _bad(f"{path}: empty file; does not look like a vLLM log")
-    if b"\x00" in head:
-        raise _bad(f"{path}: binary data; does not look like a vLLM log")
-    try:
-        yield from iter_log_lines(path)
-    except OSError as exc:
-        raise _bad(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise _bad(f"{name}: permission denied") from None
+    except OSError as exc:  # EBADF: stdin closed
+        raise _bad(f"{name}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    with fh:
+        try:
+            head = fh.peek(_SNIFF_BYTES)  # what the first read brought in, not consumed
+            if not head:
+                raise _bad(f"{name}: empty file; does not look like a vLLM log")
+            if b"\x00" in head:
+                raise _bad(f"{name}: binary data; does not look like a vLLM log")
+            for raw in fh:  # split on `\n` only (vLLM's multi-line records use `\r\n`, tqdm bare `\r`)
+                yield raw.decode("utf-8", errors="replace")
+        except IsADirectoryError:
+            raise _bad(f"{name}: is a directory, not a log file") from None
+        except OSError as exc:
+            raise _bad(f"{name}: cannot read ({exc.strerror or exc})") from None
 
 
 def diagnose_file(path: str | Path) -> dict[str, Any]:
     """`supervisor diagnose LOGFILE`: a saved vLLM log, diagnosed (vllm/diagnosis.py)."""
-    return diagnose_lines(read_log(path), str(path))
+    return diagnose_lines(read_log(path), log_name(path))
 
 
 # ---------------------------------------------------------------- the engine's log, by attempt

@@ -23,6 +23,7 @@ from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
 from llm_supervisor.host import engineversion, gpus as hardware, hostmem, simgpu
 from llm_supervisor.host.engineversion import EngineVersion
+from llm_supervisor.host.logfiles import log_name
 from llm_supervisor.host.modelfiles import ModelConfigNotFound, load_shape, load_weight_inventory
 from llm_supervisor.host.placement import Placement, plan_placement
 from llm_supervisor.host.topology import Topology
@@ -317,9 +318,9 @@ def build_plan(
                                    gpu_total_gib=total_gib, save=False)
         try:
             calibration.save()
-            notes.append(f"calibrated from {calibrate_from} (saved in {calibration.path})")
+            notes.append(f"calibrated from {log_name(calibrate_from)} (saved in {calibration.path})")
         except OSError as exc:
-            notes.append(f"calibrated from {calibrate_from} for this plan only (cannot save: {exc.strerror})")
+            notes.append(f"calibrated from {log_name(calibrate_from)} for this plan only (cannot save: {exc.strerror})")
 
     # The arguments that last reached ready on this host, keyed by the GPUs just chosen.
     last_good = store.last_good(host_key(profile.name, [g.name for g in chosen])) if store else None

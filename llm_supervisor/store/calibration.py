@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llm_supervisor.host.logfiles import parse_log_file
+from llm_supervisor.host.logfiles import log_name, parse_log_file
 from llm_supervisor.store.atomic import atomic_write_json
 from llm_supervisor.vllm.calibration import (
-    CalibrationEntry, CalibrationError, Observation, calibration_facts, calibration_key, learn_from_facts, norm_gpu,
+    CalibrationEntry, Observation, calibration_facts, calibration_key, learn_from_facts, norm_gpu,
 )
 from llm_supervisor.vllm.speed import MeasuredPoint
 
@@ -209,12 +209,7 @@ class Calibration:
 
 def read_log_facts(path: str | Path) -> dict[str, Any]:
     """What calibration needs from a saved log (see calibration.calibration_facts)."""
-    p = Path(path)
-    try:
-        facts = parse_log_file(p).facts
-    except (OSError, UnicodeError) as exc:
-        raise CalibrationError("unreadable log", [f"{p}: cannot read ({exc.__class__.__name__}: {exc})"]) from None
-    return calibration_facts(facts)
+    return calibration_facts(parse_log_file(path, checked=True).facts)
 
 
 def learn_from_log(path: str | Path, *, model: str, gpu_name: str, gpu_total_gib: float | None = None,
@@ -223,4 +218,4 @@ def learn_from_log(path: str | Path, *, model: str, gpu_name: str, gpu_total_gib
     facts = read_log_facts(path)
     overrides.setdefault("now", time.time())
     return learn_from_facts(facts, model=model, gpu_name=gpu_name, gpu_total_gib=gpu_total_gib,
-                            tensor_parallel=tensor_parallel, source=str(path), **overrides)
+                            tensor_parallel=tensor_parallel, source=log_name(path), **overrides)

@@ -272,12 +272,18 @@ def learn_from_facts(
     else:
         missing = [n for n, v in (("model weights (\"Model loading took\")", weights),
                                   ("available KV cache (\"Available KV cache memory\")", available),
-                                  ("the requested memory (utilization and GPU total)", requested)) if v is None]
+                                  ("requested memory (the utilization and the GPU's total)", requested)) if v is None]
+        if len(missing) == 3:
+            raise CalibrationError("cannot calibrate", [
+                f"{source or 'log'}: no vLLM startup figures in it (model weights, KV cache memory, utilization): "
+                "not a vLLM log, or one that ended before vLLM profiled its memory"])
         raise CalibrationError("cannot calibrate", [f"{source or 'log'}: cannot learn the overhead: no {m}" for m in missing])
     if overhead < -0.05:
+        asked = (f"{float(util):g} × {float(total):.2f} GiB = {requested:.2f} GiB" if util is not None and total is not None
+                 else f"{requested:.2f} GiB")
         raise CalibrationError("cannot calibrate", [
-            f"{source or 'log'}: the numbers do not add up (requested {requested} GiB < weights {weights} + KV {available} GiB);"
-            " pass the GPU's total memory that run had"])
+            f"{source or 'log'}: the numbers do not add up (requested {asked} < weights {float(weights):.2f} + KV "
+            f"{float(budget_kv):.2f} GiB): was that run's GPU larger? plan with its total memory (--gpu-memory-gib)"])
     cached = compile_cached if compile_cached is not None else _fact(facts, "compile_cached")
     tp = tensor_parallel or _fact(facts, "tensor_parallel_size") or 1
     tokens_t = max_num_batched_tokens or _fact(facts, "max_num_batched_tokens")
