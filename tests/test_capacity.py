@@ -115,8 +115,13 @@ def test_jsonl_workload(tmp_path: Path) -> None:
     with pytest.raises(SloError) as err:
         Workload.from_jsonl(path)
     assert len(err.value.lines()) == 2 and ":1:" in err.value.lines()[0] and ":2: not JSON" in err.value.lines()[1]
-    with pytest.raises(SloError):
+    with pytest.raises(SloError) as err:
         Workload.from_jsonl(tmp_path / "missing.jsonl")
+    assert err.value.lines() == [f"--workload {tmp_path / 'missing.jsonl'}: cannot read (No such file or directory)"]
+    path.write_bytes(b'{"prompt": "\xff"}\n')
+    with pytest.raises(SloError) as err:
+        Workload.from_jsonl(path)
+    assert err.value.lines() == [f"--workload {path}: not UTF-8 text (a JSONL file: one JSON request per line)"]
 
 
 # ---------------------------------------------------------------- the search's arithmetic

@@ -245,8 +245,11 @@ class Workload:
         records: list[dict[str, Any]] = []
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeError) as exc:
-            raise SloError("bad workload", [f"--workload {path}: cannot read ({exc.__class__.__name__})"]) from None
+        except OSError as exc:
+            raise SloError("bad workload", [f"--workload {path}: cannot read ({exc.strerror or exc})"]) from None
+        except UnicodeError:
+            raise SloError("bad workload", [f"--workload {path}: not UTF-8 text (a JSONL file: one JSON request "
+                                            "per line)"]) from None
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
