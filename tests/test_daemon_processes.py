@@ -148,7 +148,7 @@ BAD_PROFILES = {
     "more GPUs than hardware": (
         "name: tp3\nhardware: {gpu_name: 'RTX 4090', gpu_count: 1, gpu_memory_gib: 24}\n"
         "model: {id: Qwen/Qwen3-4B}\nvllm: {tensor_parallel_size: 3}\n",
-        ["tensor_parallel_size × pipeline_parallel_size × data_parallel_size = 3"],
+        ["vllm.tensor_parallel_size × vllm.pipeline_parallel_size × vllm.data_parallel_size = 3"],
     ),
 }
 

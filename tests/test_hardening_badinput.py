@@ -133,6 +133,8 @@ def test_a_cross_key_problem_a_set_took_part_in_names_the_set(tmp_path: Path) ->
                     "below recovery.min_max_model_len (4096)")
     (line,) = plan(tmp_path, ["--profile", str(PROFILE), "--set", "recovery.min_gpu_memory_utilization=0.99"])
     assert line.startswith("error: --set recovery.min_gpu_memory_utilization (with ")
+    (line,) = plan(tmp_path, ["--profile", str(PROFILE), "--set", "vllm.tensor_parallel_size=3"])
+    assert line.startswith("error: --set vllm.tensor_parallel_size (with ") and "needs more GPUs" in line
 
 
 def test_infinite_and_unbounded_numbers_are_refused(tmp_path: Path) -> None:

@@ -228,7 +228,7 @@ class Profile(_Strict):
                 raise ValueError("; ".join(problems))
         elif v.tensor_parallel_size * v.pipeline_parallel_size * v.data_parallel_size > self.hardware.gpu_count:
             raise ValueError(
-                f"tensor_parallel_size × pipeline_parallel_size × data_parallel_size = "
+                f"vllm.tensor_parallel_size × vllm.pipeline_parallel_size × vllm.data_parallel_size = "
                 f"{v.tensor_parallel_size * v.pipeline_parallel_size * v.data_parallel_size} "
                 f"needs more GPUs than hardware.gpu_count ({self.hardware.gpu_count})"
             )
