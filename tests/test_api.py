@@ -468,6 +468,22 @@ def test_format_status_shows_the_key_facts() -> None:
     assert len(text.splitlines()) <= 30  # one screen
 
 
+def test_format_status_says_where_the_engine_runs_and_why_it_is_not_pinned() -> None:
+    def placement_row(placement: dict) -> str:
+        console = Console(record=True, width=200, color_system=None)
+        console.print(format_status({**_cycle()[4], "placement": placement}))
+        (line,) = [ln for ln in console.export_text().splitlines() if ln.startswith("placement")]
+        return line.removeprefix("placement").strip()
+
+    assert placement_row({"pinned": True, "memory_policy": "bind", "applied": "cpus 0-7, mempolicy bind:0"}) == \
+        "cpus 0-7, mempolicy bind:0"
+    assert placement_row({"pinned": False, "memory_policy": "none", "applied": "none",
+                          "warnings": ["only 2 physical cores are allowed (0-1): not pinning"]}) == \
+        "not pinned, memory policy none (only 2 physical cores are allowed (0-1): not pinning)"
+    assert placement_row({"pinned": True, "memory_policy": "preferred", "applied": None}) == \
+        "pinned, memory policy preferred"  # planned; the engine not launched yet
+
+
 def test_format_status_copes_with_a_sparse_snapshot() -> None:
     console = Console(record=True, width=80, color_system=None)
     console.print(format_status({"state": "failed", "message": "model_not_found: gave up after 1 attempt"}))

@@ -234,6 +234,19 @@ def _when(at: Any) -> str:
     return time.strftime(fmt, time.localtime(stamp))
 
 
+def _placement(placement: dict) -> str:
+    """What the engine tree got ("cpus 0-7, mempolicy bind:0"), else what was planned, and for an
+    engine left unpinned the reason."""
+    applied = placement.get("applied")
+    if isinstance(applied, str) and applied and applied != "none":
+        return applied
+    line = f"{'pinned' if placement.get('pinned') else 'not pinned'}, memory policy {placement.get('memory_policy') or 'none'}"
+    warnings = placement.get("warnings") or []
+    if not placement.get("pinned") and warnings and isinstance(warnings[0], str):
+        line += f" ({warnings[0]})"
+    return line
+
+
 def _failure(failure: Any) -> str:
     if not failure:
         return ""
@@ -358,8 +371,8 @@ def format_status(status: dict) -> RenderableType:
     placement = status.get("placement")
     if placement and not isinstance(placement, (dict, list)):
         row("placement", placement)
-    elif isinstance(placement, dict) and placement.get("memory_policy"):
-        row("placement", f"memory {placement['memory_policy']}")
+    elif isinstance(placement, dict):
+        row("placement", _placement(placement))
     engine = []
     if status.get("pid") is not None:
         engine.append(f"pid {status['pid']}")
