@@ -327,7 +327,8 @@ def profiles_show(
     from llm_supervisor.config.loader import load_profile, profile_to_yaml
 
     settings = _settings()
-    print(profile_to_yaml(load_profile(name, settings.profiles_dir, overrides=set_ or [], model=model)), end="")
+    print(profile_to_yaml(load_profile(name, settings.profiles_dir, overrides=set_ or [], model=model,
+                                       label="profiles show NAME")), end="")
 
 
 @app.command()

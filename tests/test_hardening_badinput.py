@@ -122,6 +122,16 @@ def test_a_blank_or_padded_model_names_the_flag_and_is_not_ignored(tmp_path: Pat
     assert load_profile(str(PROFILE), tmp_path, model="Qwen/Qwen3-8B").model.id == "Qwen/Qwen3-8B"
 
 
+def test_an_unknown_profile_is_named_as_it_was_typed(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError) as caught:
+        load_profile("nope", tmp_path)
+    assert caught.value.problems == [f"--profile: no profile named 'nope' in {tmp_path} (known: none)"]
+    with pytest.raises(ProfileError) as caught:
+        load_profile("nope", PROFILE.parent, label="profiles show NAME")
+    assert caught.value.problems[0].startswith("profiles show NAME: no profile named 'nope' in ")
+    assert "4090d-qwen3-4b" in caught.value.problems[0]
+
+
 def test_a_blank_model_on_the_command_line_is_bad_input(tmp_path: Path) -> None:
     (line,) = plan(tmp_path, ["--profile", str(PROFILE), "--model", ""])
     assert line == "error: --model: String should have at least 1 character (got '')"

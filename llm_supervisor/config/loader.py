@@ -180,8 +180,9 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def resolve_profile_path(name_or_path: str, profiles_dir: Path) -> Path:
-    """A shipped name (`4090d-qwen3-4b`) or a path to a YAML file."""
+def resolve_profile_path(name_or_path: str, profiles_dir: Path, label: str = "--profile") -> Path:
+    """A shipped name (`4090d-qwen3-4b`) or a path to a YAML file; `label` is what the user typed
+    it as, for the message when there is no such profile."""
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
         if candidate.is_dir():
@@ -197,7 +198,7 @@ def resolve_profile_path(name_or_path: str, profiles_dir: Path) -> Path:
         if path.is_file():
             return path
     known = ", ".join(list_profile_names(profiles_dir)) or "none"
-    raise ProfileError("profile not found", [f"--profile: no profile named {name_or_path!r} in {profiles_dir} (known: {known})"])
+    raise ProfileError("profile not found", [f"{label}: no profile named {name_or_path!r} in {profiles_dir} (known: {known})"])
 
 
 def list_profile_names(profiles_dir: Path) -> list[str]:
@@ -274,9 +275,10 @@ def load_profile(
     profiles_dir: Path,
     overrides: list[str] | None = None,
     model: str | None = None,
+    label: str = "--profile",
 ) -> Profile:
     """Load, override (`--set`, `--model`) and validate a profile; ProfileError lists every problem."""
-    path = resolve_profile_path(name_or_path, profiles_dir)
+    path = resolve_profile_path(name_or_path, profiles_dir, label)
     data = read_profile_data(path)
     overrides = list(overrides or [])
     apply_overrides(data, overrides)
