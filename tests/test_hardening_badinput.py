@@ -26,7 +26,7 @@ from hardening_utils import REPO, assert_bad_input, cli, clean_env
 from llm_supervisor.config.loader import MAX_DEPTH, load_profile, load_yaml
 from llm_supervisor.config.profile import MAX_CPU_ID, parse_cpulist
 from llm_supervisor.config.redaction import REDACTED, Redactor
-from llm_supervisor.config.settings import load_settings
+from llm_supervisor.config.settings import load_settings, port_clash
 from llm_supervisor.errors import ProfileError, SettingsError
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore
@@ -130,6 +130,29 @@ def test_an_unknown_profile_is_named_as_it_was_typed(tmp_path: Path) -> None:
         load_profile("nope", PROFILE.parent, label="profiles show NAME")
     assert caught.value.problems[0].startswith("profiles show NAME: no profile named 'nope' in ")
     assert "4090d-qwen3-4b" in caught.value.problems[0]
+
+
+@pytest.mark.parametrize("api_host, engine_host, clash", [
+    ("127.0.0.1", "127.0.0.1", True), ("0.0.0.0", "127.0.0.1", True), ("127.0.0.1", "0.0.0.0", True),
+    ("localhost", "127.0.0.1", True), ("10.1.1.1", "127.0.0.1", False),
+])
+def test_the_engine_on_the_rest_apis_port_is_bad_input_before_anything_binds(api_host: str, engine_host: str,
+                                                                             clash: bool) -> None:
+    settings = load_settings(api_host=api_host, api_port=8900)
+    profile = load_profile(str(PROFILE), PROFILE.parent, overrides=["vllm.port=8900", f"vllm.host={engine_host}"])
+    found = port_clash(settings, profile)
+    assert found == ([f"vllm.port=8900: the supervisor's REST API listens there too (LLM_SUPERVISOR_API_PORT=8900 on "
+                      f"{api_host}); choose another port for one of them"] if clash else [])
+    assert port_clash(load_settings(api_host=api_host, api_port=0), profile) == []  # any free port
+
+
+def test_the_engine_on_the_rest_apis_port_fails_plan_and_up_with_exit_2(tmp_path: Path) -> None:
+    for command in ("plan", "up"):
+        result = cli([command, "--profile", str(PROFILE), "--simulate", "--set", "vllm.port=8931"],
+                     clean_env(tmp_path, LLM_SUPERVISOR_API_PORT="8931"))
+        assert assert_bad_input(result) == ["error: vllm.port=8931: the supervisor's REST API listens there too "
+                                            "(LLM_SUPERVISOR_API_PORT=8931 on 127.0.0.1); choose another port for "
+                                            "one of them"]
 
 
 def test_a_blank_model_on_the_command_line_is_bad_input(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llm_supervisor.config.profile import check_host
+from llm_supervisor.config.profile import Profile, check_host
 from llm_supervisor.errors import SettingsError
 
 MIN_TOKEN_CHARS = 16  # `openssl rand -hex 16` gives 32
@@ -109,6 +109,25 @@ class Settings(BaseSettings):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.api_port}"
+
+
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+_LOCALHOST = {"localhost", "127.0.0.1"}
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Could servers on these two hosts collide on one port?"""
+    return a in _ANY_ADDRESS or b in _ANY_ADDRESS or a == b or {a, b} <= _LOCALHOST
+
+
+def port_clash(settings: Settings, profile: Profile) -> list[str]:
+    """The REST API and the address clients reach the engine on (the front door's, or vLLM's
+    own) on one port: the second to bind would fail, and the message would blame someone else."""
+    v = profile.vllm
+    if settings.api_port == 0 or settings.api_port != v.port or not _same_place(settings.api_host, v.host):
+        return []
+    return [f"vllm.port={v.port}: the supervisor's REST API listens there too (LLM_SUPERVISOR_API_PORT="
+            f"{settings.api_port} on {settings.api_host or 'all interfaces'}); choose another port for one of them"]
 
 
 def _env_file_problem() -> str | None:

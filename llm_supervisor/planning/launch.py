@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llm_supervisor.config.profile import Profile, VllmArgs
-from llm_supervisor.config.settings import Settings
-from llm_supervisor.errors import HardwareMismatch, PlanRefused, RuntimeFailure
+from llm_supervisor.config.settings import Settings, port_clash
+from llm_supervisor.errors import BadInput, HardwareMismatch, PlanRefused, RuntimeFailure
 from llm_supervisor.host import engineversion, gpus as hardware, hostmem, simgpu
 from llm_supervisor.host.engineversion import EngineVersion
 from llm_supervisor.host.logfiles import log_name
@@ -246,6 +246,9 @@ def build_plan(
     """Everything needed to launch. `for_launch` turns soft findings (no GPU, hardware
     mismatch) into errors, as `up` needs; `plan` reports them instead. `vllm_version` names the
     engine's vLLM instead of finding it (host/engineversion.py; with `simulate`, the simulator's)."""
+    clash = port_clash(settings, profile)
+    if clash:
+        raise BadInput("port clash", clash)
     base_env = dict(os.environ)
     notes: list[str] = []
     warnings: list[str] = []
