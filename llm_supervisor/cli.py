@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from llm_supervisor import __version__
-from llm_supervisor.errors import EXIT_BAD_INPUT, BadInput, SupervisorError
+from llm_supervisor.errors import EXIT_BAD_INPUT, BadInput, RuntimeFailure, SupervisorError
 from llm_supervisor.config.redaction import Redactor, is_secret_name
 from llm_supervisor.config.settings import Settings, load_settings
 
@@ -385,6 +385,9 @@ def bench(
         _print_json(result)
     else:
         out.print(format_bench(result))
+    if result["requests"] and not result["succeeded"]:  # a script must not take this for a measurement
+        raise RuntimeFailure(f"bench: none of {result['requests']} requests succeeded "
+                             f"({', '.join(f'{k}: {v}' for k, v in result['errors'].items()) or 'no answer'})")
 
 
 def _bench_workload(prompt: str | None, prompt_tokens: str | None, output_tokens: str | None,

@@ -96,6 +96,8 @@ def test_compare_sentence_says_who_capped() -> None:
     assert "Up to 4 of 8" in text and "11.05 requests of 10,000 tokens" in text and "4 requests queued" in text
     text = compare_sentence({**base, "engine_max_concurrency": None})
     assert "unknown" in text
+    failed = {**base, "succeeded": 0, "peak_concurrency_observed": 0, "errors": {"http_501": 32}}
+    assert compare_sentence(failed) == "No request succeeded (http_501: 32): nothing was measured."
 
 
 # ---------------------------------------------------------------- against the fake engine
@@ -213,6 +215,13 @@ def test_cli_json_and_table(settings: Settings, capsys: pytest.CaptureFixture[st
             cli.main(["bench", "--url", f"http://127.0.0.1:{free_port()}", "--users", "1"])
         assert done.value.code == 1
         assert "error: cannot reach" in capsys.readouterr().err
+    with SteppedEngine(step_s=0.005, fail_500={1, 2, 3}).serve() as url:  # it answers, but never a completion
+        with pytest.raises(SystemExit) as done:
+            cli.main(["bench", "--url", url, "--users", "1", "--requests", "3", "--max-tokens", "5", "--json"])
+        assert done.value.code == 1  # no figure to take for a measurement
+        captured = capsys.readouterr()
+        assert json.loads(captured.out)["succeeded"] == 0
+        assert captured.err.strip() == "error: bench: none of 3 requests succeeded (http_500: 3)"
     console = Console(record=True, width=120)
     console.print(format_bench(report))
     text = console.export_text()

@@ -531,6 +531,9 @@ def _report(
 
 def compare_sentence(report: dict[str, Any]) -> str:
     """One or two sentences: how many ran at once, against what the KV cache promises."""
+    if report.get("requests") and report.get("succeeded") == 0:
+        errors = ", ".join(f"{k}: {v}" for k, v in (report.get("errors") or {}).items()) or "no answer"
+        return f"No request succeeded ({errors}): nothing was measured."
     offered = min(report["users"], report["requests"])
     peak = report["peak_concurrency_observed"]
     running = report.get("engine_running_peak")
