@@ -325,6 +325,22 @@ def test_a_tpot_limit_is_met_by_the_users_the_step_law_allows(tmp_path: Path, ca
     assert four.prompt_tokens == 16 and four.output_tokens == 16 and 1 / four.per_user_tokens_per_s == pytest.approx(0.18, rel=0.1)
 
 
+def test_an_endpoint_that_never_answers_has_no_capacity_to_keep(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("LLM_SUPERVISOR_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LLM_SUPERVISOR_API_PORT", str(free_port()))
+    with SteppedEngine(step_s=0.005, fail_500=set(range(1, 1000))).serve() as url:
+        with pytest.raises(SystemExit) as done:
+            cli.main(["bench", "--find-capacity", "--slo", "ttft_p95=2s", "--url", url, "--prompt-tokens", "8",
+                      "--output-tokens", "4", "--max-users", "4", "--rounds", "1", "--json"])
+    assert done.value.code == 1
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # what was tried is still shown
+    assert result["levels"] and all(level["succeeded"] == 0 for level in result["levels"])
+    assert captured.err.strip().startswith("error: bench --find-capacity: none of ")
+    assert captured.err.strip().endswith(" requests succeeded; nothing was kept")
+    assert not (tmp_path / "state" / "state.json").exists() and not (tmp_path / "state" / "capacity").exists()
+
+
 def test_find_capacity_needs_an_slo(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("LLM_SUPERVISOR_STATE_DIR", str(tmp_path / "state"))
     for argv, says in ((["bench", "--find-capacity"], "needs --slo"), (["bench", "--slo", "ttft_p95=1s"], "only with"),
