@@ -157,16 +157,22 @@ def test_commands_are_an_enum_with_one_inbox(make) -> None:
     asyncio.run(scenario())
 
 
-def test_a_restart_during_backoff_skips_the_wait(make) -> None:
+@pytest.mark.parametrize("command", ["restart", "stop"])
+def test_a_command_during_backoff_skips_the_wait(make, command: str) -> None:
+    """A restart launches at once; a stop ends the daemon without another launch."""
     async def scenario() -> None:
         h = make(sets=["recovery.backoff_initial_s=100", "recovery.backoff_max_s=100"]).start()
         await h.ready()
         h.engine.die()
         await h.until(lambda: h.daemon.state is State.BACKOFF, what="backoff")
-        waited_from = h.clock.monotonic()
-        h.daemon.command("restart")
-        await h.ready(attempt=2)
-        assert h.clock.monotonic() - waited_from < 10
+        asked_at = h.clock.monotonic()
+        h.daemon.command(command)
+        if command == "restart":
+            await h.ready(attempt=2)
+        else:
+            assert await h.exit_code() == 0
+            assert h.events()[-2:] == [("relaunch", "engine_dead"), ("stop", None)] and len(h.vllm.engines) == 1
+        assert h.clock.monotonic() - asked_at < 10
     asyncio.run(scenario())
 
 
@@ -198,20 +204,6 @@ def test_a_stop_or_restart_during_the_start_ends_that_engine_first(make) -> None
 
     asyncio.run(stop())
     asyncio.run(restart())
-
-
-def test_a_stop_during_backoff_ends_without_the_wait_or_a_launch(make) -> None:
-    async def scenario() -> None:
-        h = make(sets=["recovery.backoff_initial_s=100", "recovery.backoff_max_s=100"]).start()
-        await h.ready()
-        h.engine.die()
-        await h.until(lambda: h.daemon.state is State.BACKOFF, what="backoff")
-        asked_at = h.clock.monotonic()
-        h.daemon.command("stop")
-        assert await h.exit_code() == 0
-        assert h.clock.monotonic() - asked_at < 10
-        assert h.events()[-2:] == [("relaunch", "engine_dead"), ("stop", None)] and len(h.vllm.engines) == 1
-    asyncio.run(scenario())
 
 
 def test_restarts_asked_twice_before_the_first_is_done_relaunch_once(make) -> None:
