@@ -141,6 +141,24 @@ def test_plan_without_a_known_version_plans_for_the_newest_and_says_so(tmp_path:
     assert "not found on PATH" in format_plan(plan)
 
 
+def test_up_without_a_gpu_points_at_the_simulator_and_plan_still_plans(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_supervisor.host import gpus as hardware
+
+    class NoDriver:
+        def gpus(self) -> list:
+            raise hardware.NoGpuFound("no NVIDIA GPU found (NVML: Driver Not Loaded)")
+
+    monkeypatch.setattr(hardware, "inventory", lambda simulate, sim_config=None: NoDriver())
+    profile = load_profile("4090d-qwen3-4b", PROFILES)
+    with pytest.raises(hardware.NoGpuFound) as exc:
+        build_plan(_settings(tmp_path), profile, simulate=False, for_launch=True)
+    assert exc.value.lines() == ["no NVIDIA GPU found (NVML: Driver Not Loaded); without a GPU, --simulate runs the "
+                                 "bundled vLLM simulator"]
+    plan = build_plan(_settings(tmp_path), profile, simulate=False)  # `plan` reports it and plans for the card
+    assert "no NVIDIA GPU found (NVML: Driver Not Loaded)" in plan.warnings
+
+
 def test_plan_json_from_the_command_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_SUPERVISOR_", "VLLM_"))}
     env.update({"PYTHONPATH": str(ROOT), "LLM_SUPERVISOR_STATE_DIR": str(tmp_path / "state"),

@@ -264,6 +264,9 @@ def build_plan(
             notes.append(visible_note)
     except RuntimeFailure as exc:
         if for_launch and not gpu_memory_gib:
+            if isinstance(exc, hardware.NoGpuFound) and not exc.problems:
+                raise hardware.NoGpuFound(f"{exc.message}; without a GPU, --simulate runs the bundled vLLM "
+                                          "simulator") from None
             raise
         gpus = []
         warnings.append(exc.message)
