@@ -484,6 +484,22 @@ def test_format_status_says_where_the_engine_runs_and_why_it_is_not_pinned() -> 
         "pinned, memory policy preferred"  # planned; the engine not launched yet
 
 
+def test_format_status_leads_with_the_address_clients_use() -> None:
+    def rows(snap: dict) -> dict[str, str]:
+        console = Console(record=True, width=200, color_system=None)
+        console.print(format_status({**_cycle()[4], **snap}))
+        return {ln.split()[0]: ln.split(None, 1)[1].strip() for ln in console.export_text().splitlines()
+                if ln.startswith(("serving", "engine "))}
+
+    door = {"url": "http://127.0.0.1:8000", "engine_url": "http://127.0.0.1:41234",
+            "frontdoor": {"enabled": True, "state": "holding", "in_flight": 0, "held": 3, "queued": 0}}
+    got = rows(door)
+    assert got["serving"] == "http://127.0.0.1:8000 (front door holding: 0 in flight, 3 held, 0 queued)"
+    assert got["engine"].endswith("http://127.0.0.1:41234 (behind the front door)")
+    plain = rows({"url": "http://127.0.0.1:8000", "engine_url": "http://127.0.0.1:8000", "frontdoor": {"enabled": False}})
+    assert plain["serving"] == "http://127.0.0.1:8000" and plain["engine"].endswith("http://127.0.0.1:8000")
+
+
 def test_format_status_copes_with_a_sparse_snapshot() -> None:
     console = Console(record=True, width=80, color_system=None)
     console.print(format_status({"state": "failed", "message": "model_not_found: gave up after 1 attempt"}))

@@ -373,13 +373,18 @@ def format_status(status: dict) -> RenderableType:
         row("placement", placement)
     elif isinstance(placement, dict):
         row("placement", _placement(placement))
+    door = status.get("frontdoor") if isinstance(status.get("frontdoor"), dict) else {}
+    if status.get("url"):
+        row("serving", f"{status['url']}" + (
+            f" (front door {door.get('state', '?')}: {_int(door.get('in_flight'))} in flight, "
+            f"{_int(door.get('held'))} held, {_int(door.get('queued'))} queued)" if door.get("enabled") else ""))
     engine = []
     if status.get("pid") is not None:
         engine.append(f"pid {status['pid']}")
     if status.get("uptime_s") is not None and state in ("ready", "degraded"):  # only a serving engine is "up"
         engine.append(f"up {_duration(status['uptime_s'])}")
     if status.get("engine_url"):
-        engine.append(str(status["engine_url"]))
+        engine.append(str(status["engine_url"]) + (" (behind the front door)" if door.get("enabled") else ""))
     row("engine", ", ".join(engine))
     vllm = status.get("vllm") if isinstance(status.get("vllm"), dict) else {}
     if vllm.get("version"):
