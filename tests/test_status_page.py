@@ -359,6 +359,8 @@ def test_the_status_page_in_headless_chromium(daemons, tmp_path: Path) -> None:
     (row,) = [r for r in page.rows["gpus"] if r and r[0] == "0"]
     assert row[1] == "NVIDIA GeForce RTX 4090 D" and row[2].endswith(f"/ {gpu['memory_total_mib']:,}")
     assert " ".join(status["argv"]) == text["argv"]
+    assert f"serving{status['url']}  (front door)" in text["model-table"].replace("\n", "")
+    assert f"{status['engine_url']}  (pid {status['pid']})  behind the front door" in text["model-table"]
     assert [r[2] for r in page.rows["history"] if r[0] != "at"] == ["ready", "launch"]
     assert "CPUs" in text["placement"] and "memory policy" in text["placement"]
     assert int(page.attrs["plot-tokens"]["data-points"]) >= 3
