@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -133,6 +134,19 @@ def test_failed_is_a_503_with_the_reason_and_no_retry_after() -> None:
                 assert "Qwen/Qwen3-4B was not found" in error["message"]
                 assert "retry-after" not in resp.headers
             assert door.stats()["rejected"]["failed"] == 2
+    run(scenario())
+
+
+def test_the_door_says_the_base_url_clients_use(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="llm_supervisor")
+
+    async def scenario() -> None:
+        for host, shown in (("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "<this host>")):
+            door = FrontDoor(FrontDoorConfig(), transport=FakeEngine().transport())
+            await door.start(host, 0)
+            await door.stop()
+            assert (f"front door listening on {host}:{door.port} (OpenAI base URL for clients: "
+                    f"http://{shown}:{door.port}/v1)") in caplog.messages
     run(scenario())
 
 

@@ -96,7 +96,9 @@ class FrontDoor:
         listener = Listener(self.app, keepalive_s=self.config.client_keepalive_s)
         await listener.start(host, port)
         self._listener = listener
-        log.info("front door listening on %s:%s", host, listener.port)
+        shown = "<this host>" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        log.info("front door listening on %s:%s (OpenAI base URL for clients: http://%s:%s/v1)", host, listener.port,
+                 shown, listener.port)
 
     async def stop(self) -> None:
         """Refuse what waits (503), cut what is at the engine, close the address and the pools."""
