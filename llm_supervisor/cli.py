@@ -352,7 +352,7 @@ def bench(
     requests: Annotated[Optional[int], typer.Option("--requests", "-n", min=1, help="requests in all (default: 4 per user)")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="tokens to generate per request")] = 128,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="the user message to send")] = None,
-    url: Annotated[Optional[str], typer.Option("--url", help="OpenAI-compatible base URL (default: the daemon's engine)")] = None,
+    url: Annotated[Optional[str], typer.Option("--url", help="OpenAI-compatible base URL (default: the address the daemon serves clients on, its front door when on)")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="served model name (default: asked from /v1/models)")] = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="OPENAI_API_KEY", help="bearer key for the endpoint", show_default=False)] = None,
     find_capacity: Annotated[bool, typer.Option("--find-capacity", help="search for the most users that meet --slo")] = False,

@@ -19,7 +19,7 @@ import pytest
 from bench_fakes import SteppedEngine, free_port
 from fakes import VirtualClock
 from llm_supervisor.bench.run import (
-    EndpointUnreachable, compare_sentence, engine_url_from_status, format_bench, normalize_url, percentile,
+    EndpointUnreachable, bench_target, compare_sentence, daemon_urls, engine_url_from_status, format_bench, normalize_url, percentile,
     run_bench, summarize,
 )
 from llm_supervisor.vllm.metrics import engine_metrics, parse_prometheus
@@ -87,6 +87,20 @@ def test_urls() -> None:
     argv = ["vllm", "serve", "m", "--host", "0.0.0.0", "--port", "8123"]
     assert engine_url_from_status({"argv": argv}) == "http://127.0.0.1:8123"
     assert engine_url_from_status({"state": "starting"}) is None
+
+
+def test_a_bench_goes_where_clients_go() -> None:
+    """The front door's address when the daemon has one (what clients see, held across restarts,
+    counted by the door), else the engine's; the daemon's figures only for an address it names."""
+    door = {"url": "http://127.0.0.1:8000", "engine_url": "http://127.0.0.1:41234", "max_concurrency": 2.0}
+    assert bench_target(door, None) == ("http://127.0.0.1:8000", door)
+    assert bench_target(door, "127.0.0.1:41234/v1") == ("http://127.0.0.1:41234", door)  # its engine, named
+    assert bench_target(door, "http://gpu-box:9000") == ("http://gpu-box:9000", None)  # someone else's
+    assert bench_target({**door, "url": "http://0.0.0.0:8000"}, None)[0] == "http://127.0.0.1:8000"
+    assert bench_target({**door, "url": "http://[::]:8000"}, None)[0] == "http://127.0.0.1:8000"
+    plain = {"url": "http://127.0.0.1:8000", "engine_url": "http://127.0.0.1:8000"}
+    assert daemon_urls(plain) == ["http://127.0.0.1:8000"]
+    assert bench_target(None, None) == ("http://127.0.0.1:8000", None)  # vLLM's default, no daemon
 
 
 def test_compare_sentence_says_who_capped() -> None:

@@ -50,8 +50,8 @@ from typing import Any, Callable, Iterator, Sequence
 import httpx
 
 from llm_supervisor.bench.run import (
-    DEFAULT_ENGINE_URL, Link, RequestResult, RequestSpec, _daemon_status, _Live, _one_request, _poll_metrics, _probe,
-    engine_url_from_status, normalize_url, percentile, summarize,
+    Link, RequestResult, RequestSpec, _daemon_status, _Live, _one_request, _poll_metrics, _probe, bench_target,
+    percentile, summarize,
 )
 from llm_supervisor.clock import Clock, SystemClock, first_of
 from llm_supervisor.config.settings import Settings
@@ -504,12 +504,7 @@ def find_capacity(
     link = Link(clock or SystemClock(), transport)
     if opts.max_users < opts.start_users or opts.start_users < 1:
         raise SloError("bad search", [f"--max-users {opts.max_users}: must be at least {max(1, opts.start_users)}"])
-    status = _daemon_status(settings)
-    if url is None:
-        url = (engine_url_from_status(status) if status else None) or DEFAULT_ENGINE_URL
-    url = normalize_url(url)
-    if status and engine_url_from_status(status) != url:
-        status = None
+    url, status = bench_target(_daemon_status(settings), url)
     model = asyncio.run(_probe(link, url, api_key, model))
     specs = workload.stream(model)
 

@@ -115,6 +115,29 @@ def engine_url_from_status(status: dict[str, Any]) -> str | None:
     return None
 
 
+def daemon_urls(status: dict[str, Any]) -> list[str]:
+    """The addresses a daemon's snapshot names for its model, the one clients use first: `url`
+    (the front door's, when it is on; a wildcard host reached on 127.0.0.1), then the engine's."""
+    found = []
+    public = status.get("url")
+    if isinstance(public, str) and public:
+        for wildcard in ("//0.0.0.0:", "//[::]:", "//:"):
+            public = public.replace(wildcard, "//127.0.0.1:")
+        found.append(normalize_url(public))
+    engine = engine_url_from_status(status)
+    if engine and engine not in found:
+        found.append(engine)
+    return found
+
+
+def bench_target(status: dict[str, Any] | None, url: str | None) -> tuple[str, dict[str, Any] | None]:
+    """Where a bench goes (`url`, else the address the daemon's clients use, else vLLM's default)
+    and the daemon's snapshot when it describes that endpoint (its KV figures apply), else None."""
+    known = daemon_urls(status) if status else []
+    chosen = normalize_url(url) if url else (known[0] if known else DEFAULT_ENGINE_URL)
+    return chosen, status if chosen in known else None
+
+
 # ---------------------------------------------------------------- the link to the endpoint
 
 
@@ -425,13 +448,7 @@ def run_bench(
     if users < 1:
         raise ValueError("users must be at least 1")
     requests = requests if requests is not None else 4 * users
-    status = _daemon_status(settings)
-    if url is None:
-        url = (engine_url_from_status(status) if status else None) or DEFAULT_ENGINE_URL
-    url = normalize_url(url)
-    # The daemon's capacity figures only describe its own engine.
-    if status and engine_url_from_status(status) != url:
-        status = None
+    url, status = bench_target(_daemon_status(settings), url)
     model = asyncio.run(_probe(link, url, api_key, model))
     prompt = prompt or DEFAULT_PROMPT
 
