@@ -6,6 +6,9 @@
       fails naming it, `up` reports it (log, /status gpu_tenants, history) and leaves it alone,
       `up --end-foreign-engines` ends it and the launch gets the GPU to itself
   T3  `doctor`'s GPU health line (NVML ECC / retired pages / row remapping, kernel-log Xids)
+  T4  beside a ready daemon of the same state dir: `doctor` exits 0 (its engine on the GPU and its
+      ports expected), `bench` without --url goes through the front door, `status` leads with the
+      serving address, the engine log piped into `diagnose -` gives the KV tokens /status has
 
 With --simulate the same scenarios run against the bundled simulator on a simulated GPU (the other
 process is `gpu_validate.py --hog sim`, the hand-started server the simulator's `serve`), to check
@@ -239,18 +242,62 @@ def t3_health(run: Run) -> None:
     run.results["T3"] = {"doctor_line": line, "ok": bool(line)}
 
 
+def t4_own_daemon(run: Run) -> None:
+    """Beside a ready daemon of the same state dir: `doctor` expects its engine on the GPU and its
+    ports (exit 0), `bench` without --url goes through the front door, `status` leads with the
+    serving address, and the engine's own log piped into `diagnose -` reads as a ready start."""
+    daemon = run.daemon()
+    try:
+        st = run.wait_status(lambda s: s.get("state") in ("ready", "failed"), 900, "ready", daemon)
+        if st.get("state") != "ready":
+            raise RuntimeError(f"the daemon did not become ready: {st.get('message')}")
+        doctor = run.cli("doctor", "--profile", run.profile)
+        (run.out / "t4-doctor.txt").write_text(doctor.stdout + doctor.stderr)
+        lines = {ln.split()[1]: ln for ln in doctor.stdout.splitlines() if len(ln.split()) > 1}
+        gpu_line = next((ln for ln in doctor.stdout.splitlines() if "gpu processes" in ln), "")
+        port_lines = [ln for ln in doctor.stdout.splitlines() if " port " in ln]
+        before = (run.status() or {}).get("frontdoor", {}).get("requests", 0)
+        bench = run.cli("bench", "--users", "4", "--requests", "8", "--max-tokens", "16", "--json", timeout=300)
+        report = json.loads(bench.stdout) if bench.returncode == 0 else {}
+        after = (run.status() or {}).get("frontdoor", {}).get("requests", 0)
+        shown = run.cli("status")
+        (run.out / "t4-status.txt").write_text(shown.stdout)
+        serving = next((ln for ln in shown.stdout.splitlines() if ln.startswith("serving")), "")
+        engine_log = next((run.out / "state" / "logs").glob("*.log"))
+        piped = subprocess.run([sys.executable, "-m", "llm_supervisor", "diagnose", "-", "--json"], env=run.env,
+                               cwd=str(REPO), input=engine_log.read_text(errors="replace"), capture_output=True,
+                               text=True, timeout=120)
+        diagnosis = json.loads(piped.stdout) if piped.returncode == 0 else {"error": piped.stderr.strip()}
+        run.results["T4"] = {
+            "doctor_exit": doctor.returncode, "doctor_line": gpu_line, "port_lines": port_lines,
+            "doctor_failed": [ln for ln in lines.values() if ln.startswith("fail")],
+            "bench_url": report.get("url"), "serving_url": st.get("url"), "bench_succeeded": report.get("succeeded"),
+            "door_requests_added": after - before, "status_serving_row": serving.strip(),
+            "diagnose_stdin": {k: diagnosis.get(k) for k in ("outcome", "vllm_version", "error")},
+            "kv_tokens_from_stdin": (diagnosis.get("facts") or {}).get("kv_cache_tokens"),
+            "kv_tokens_status": st.get("kv_cache_tokens"),
+            "ok": doctor.returncode == 0 and gpu_line.startswith("ok") and "running with this state dir" in gpu_line
+            and all(ln.startswith("warn") and f"pid {daemon.pid}" in ln for ln in port_lines)
+            and report.get("url") == st.get("url") and report.get("succeeded") == 8 and after - before >= 8
+            and serving.startswith("serving") and (diagnosis.get("facts") or {}).get("kv_cache_tokens")
+            == st.get("kv_cache_tokens")}
+    finally:
+        run.stop_daemon(daemon)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--simulate", action="store_true")
     parser.add_argument("--out", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "gpu-tenants-out"))
     parser.add_argument("--profile", default=str(PROFILE))
     parser.add_argument("--model", default=None)
-    parser.add_argument("--only", default="T1,T2,T3")
+    parser.add_argument("--only", default="T1,T2,T3,T4")
     args = parser.parse_args()
     run = Run(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed from outside: still end what it started
     try:
-        for name, scenario in (("T3", t3_health), ("T1", t1_other_process), ("T2", t2_leftover_engine)):
+        for name, scenario in (("T3", t3_health), ("T1", t1_other_process), ("T2", t2_leftover_engine),
+                               ("T4", t4_own_daemon)):
             if name not in args.only.split(","):
                 continue
             log(f"== {name}")
