@@ -87,6 +87,8 @@ def test_urls() -> None:
     argv = ["vllm", "serve", "m", "--host", "0.0.0.0", "--port", "8123"]
     assert engine_url_from_status({"argv": argv}) == "http://127.0.0.1:8123"
     assert engine_url_from_status({"state": "starting"}) is None
+    assert engine_url_from_status({"argv": ["vllm", "serve", "m", "--host", "::1", "--port", "8123"]}) == \
+        "http://[::1]:8123"
 
 
 def test_a_bench_goes_where_clients_go() -> None:
@@ -98,6 +100,7 @@ def test_a_bench_goes_where_clients_go() -> None:
     assert bench_target(door, "http://gpu-box:9000") == ("http://gpu-box:9000", None)  # someone else's
     assert bench_target({**door, "url": "http://0.0.0.0:8000"}, None)[0] == "http://127.0.0.1:8000"
     assert bench_target({**door, "url": "http://[::]:8000"}, None)[0] == "http://127.0.0.1:8000"
+    assert bench_target({**door, "url": "http://:8000"}, None)[0] == "http://127.0.0.1:8000"
     plain = {"url": "http://127.0.0.1:8000", "engine_url": "http://127.0.0.1:8000"}
     assert daemon_urls(plain) == ["http://127.0.0.1:8000"]
     assert bench_target(None, None) == ("http://127.0.0.1:8000", None)  # vLLM's default, no daemon

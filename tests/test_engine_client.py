@@ -13,7 +13,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
+from llm_supervisor.config.profile import client_url
+from llm_supervisor.runtime.engine_client import EngineClient
 
 REAL_METRICS = (Path(__file__).parent / "fixtures" / "vllm-0.26.0" / "metrics-ready-util0.27.txt").read_text()
 # what vLLM answers a chat request for a model without a chat template
@@ -131,4 +132,4 @@ def test_a_retargeted_client_asks_the_new_engine() -> None:
     ("gpu-node-3", "http://gpu-node-3:8000"),
 ])
 def test_the_engine_is_reached_on_loopback_when_it_listens_everywhere(host: str, url: str) -> None:
-    assert engine_base_url(host, 8000) == url
+    assert client_url(host, 8000) == url

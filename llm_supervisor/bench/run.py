@@ -33,6 +33,7 @@ import httpx
 
 from llm_supervisor.clock import Clock, SystemClock, first_of
 from llm_supervisor.errors import RuntimeFailure
+from llm_supervisor.config.profile import client_url
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.vllm.metrics import EngineMetrics, engine_metrics, finite_float
 
@@ -109,9 +110,7 @@ def engine_url_from_status(status: dict[str, Any]) -> str | None:
         host = "127.0.0.1"
         if "--host" in argv and argv.index("--host") + 1 < len(argv):
             host = argv[argv.index("--host") + 1]
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return f"http://{host}:{port}"
+        return client_url(host, port)
     return None
 
 
@@ -121,9 +120,11 @@ def daemon_urls(status: dict[str, Any]) -> list[str]:
     found = []
     public = status.get("url")
     if isinstance(public, str) and public:
-        for wildcard in ("//0.0.0.0:", "//[::]:", "//:"):
-            public = public.replace(wildcard, "//127.0.0.1:")
-        found.append(normalize_url(public))
+        try:
+            listens = httpx.URL(public)
+            found.append(client_url(listens.host, listens.port or 80))
+        except httpx.InvalidURL:
+            pass
     engine = engine_url_from_status(status)
     if engine and engine not in found:
         found.append(engine)

@@ -31,6 +31,17 @@ CpuId = Annotated[int, Field(ge=0, le=MAX_CPU_ID)]
 NodeId = Annotated[int, Field(ge=0, le=MAX_NODE_ID)]
 
 
+ALL_INTERFACES = ("0.0.0.0", "::", "")  # listening hosts that mean every interface of the machine
+
+
+def client_url(host: str, port: int) -> str:
+    """The http:// base a client on this machine uses for a server that listens on host:port:
+    every interface is reached on loopback; an IPv6 address goes in brackets."""
+    if host in ALL_INTERFACES:
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def check_host(value: str) -> str:
     """A listening address: an IP address (brackets around IPv6 taken off), a host name, or empty
     (all interfaces)."""

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llm_supervisor.config.profile import Profile, check_host
+from llm_supervisor.config.profile import ALL_INTERFACES, Profile, check_host, client_url
 from llm_supervisor.errors import SettingsError
 
 MIN_TOKEN_CHARS = 16  # `openssl rand -hex 16` gives 32
@@ -105,19 +105,15 @@ class Settings(BaseSettings):
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.api_port}"
+        return client_url(self.api_host, self.api_port)
 
 
-_ANY_ADDRESS = ("0.0.0.0", "::", "")
 _LOCALHOST = {"localhost", "127.0.0.1"}
 
 
 def _same_place(a: str, b: str) -> bool:
     """Could servers on these two hosts collide on one port?"""
-    return a in _ANY_ADDRESS or b in _ANY_ADDRESS or a == b or {a, b} <= _LOCALHOST
+    return a in ALL_INTERFACES or b in ALL_INTERFACES or a == b or {a, b} <= _LOCALHOST
 
 
 def port_clash(settings: Settings, profile: Profile) -> list[str]:

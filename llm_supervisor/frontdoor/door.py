@@ -22,6 +22,7 @@ import httpx
 
 from llm_supervisor.clock import Clock, SystemClock
 from llm_supervisor.config.frontdoor import FrontDoorConfig
+from llm_supervisor.config.profile import ALL_INTERFACES
 from llm_supervisor.frontdoor.gate import EngineState, Gate
 from llm_supervisor.frontdoor.metrics import FrontDoorCollector
 from llm_supervisor.frontdoor.proxy import FrontDoorApp
@@ -96,7 +97,7 @@ class FrontDoor:
         listener = Listener(self.app, keepalive_s=self.config.client_keepalive_s)
         await listener.start(host, port)
         self._listener = listener
-        shown = "<this host>" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        shown = "<this host>" if host in ALL_INTERFACES else f"[{host}]" if ":" in host else host
         log.info("front door listening on %s:%s (OpenAI base URL for clients: http://%s:%s/v1)", host, listener.port,
                  shown, listener.port)
 

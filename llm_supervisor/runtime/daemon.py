@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_supervisor.config.profile import Profile, VllmArgs
+from llm_supervisor.config.profile import ALL_INTERFACES, Profile, VllmArgs, client_url
 from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
@@ -38,7 +38,7 @@ from llm_supervisor.planning.launch import (RECOVERABLE_KEYS, LaunchPlan, build_
 from llm_supervisor.runtime import launcher as launching
 from llm_supervisor.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command, Inbox
-from llm_supervisor.runtime.engine_client import EngineClient, engine_base_url
+from llm_supervisor.runtime.engine_client import EngineClient
 from llm_supervisor.runtime.logfollow import LogFollowers
 from llm_supervisor.runtime.events import (SHOWN, DaemonEvent, Decided, Exiting, GaveUp, Launched, Observer,
                                            Progress, Ready, StateChanged)
@@ -224,7 +224,7 @@ class Daemon(RestartLoop):
     def engine_url(self) -> str:
         """Where the engine answers (behind the front door: its private address)."""
         listen = self.plan.listen_args(self.args, self.engine_port)
-        return engine_base_url(listen.host, listen.port)
+        return client_url(listen.host, listen.port)
 
     def _time_to_ready(self) -> float | None:
         """What the front door tells clients to wait for: the last launch's time to ready here."""
@@ -959,7 +959,7 @@ def capacity_summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
 def check_engine_port(args: VllmArgs) -> None:
     """Can the engine listen where the profile says? A port in use is a runtime failure (exit 1);
     a host that is no address of this machine, or no name at all, is bad input (exit 2)."""
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "", "::") else args.host
+    host = "127.0.0.1" if args.host in ALL_INTERFACES else args.host
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, args.port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]

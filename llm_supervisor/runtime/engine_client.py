@@ -19,15 +19,6 @@ log = logging.getLogger("llm_supervisor")
 PROBE_TIMEOUT_S = 60.0
 
 
-def engine_base_url(host: str, port: int) -> str:
-    """Where the daemon reaches an engine that listens on host:port (all interfaces: loopback)."""
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
 class EngineClient:
     def __init__(self, base_url: str, served_name: str, api_key: SecretStr | None = None, *,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
