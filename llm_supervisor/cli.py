@@ -374,7 +374,7 @@ def bench(
                         prompt_tokens=prompt_tokens or "512", output_tokens=output_tokens or "128", workload=workload,
                         max_users=max_users, rounds=rounds, max_seconds=max_seconds, plot=plot, as_json=as_json)
         return
-    from llm_supervisor.bench.run import format_bench, run_bench
+    from llm_supervisor.bench.run import all_failed, format_bench, run_bench
 
     result = run_bench(
         settings, url=url, users=users, requests=requests, max_tokens=max_tokens,
@@ -385,9 +385,8 @@ def bench(
         _print_json(result)
     else:
         out.print(format_bench(result))
-    if result["requests"] and not result["succeeded"]:  # a script must not take this for a measurement
-        raise RuntimeFailure(f"bench: none of {result['requests']} requests succeeded "
-                             f"({', '.join(f'{k}: {v}' for k, v in result['errors'].items()) or 'no answer'})")
+    if (errors := all_failed(result)) is not None:  # a script must not take this for a measurement
+        raise RuntimeFailure(f"bench: none of {result['requests']} requests succeeded ({errors})")
 
 
 def _bench_workload(prompt: str | None, prompt_tokens: str | None, output_tokens: str | None,

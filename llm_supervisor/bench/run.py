@@ -547,10 +547,22 @@ def _report(
     return report
 
 
+def errors_text(errors: dict[str, int]) -> str:
+    """`http_500: 3, stream_broken: 1`: the failed requests by kind."""
+    return ", ".join(f"{kind}: {count}" for kind, count in errors.items())
+
+
+def all_failed(report: dict[str, Any]) -> str | None:
+    """Why nothing was measured (the errors by kind) when requests were sent and none succeeded;
+    None otherwise."""
+    if report.get("requests") and report.get("succeeded") == 0:
+        return errors_text(report.get("errors") or {}) or "no answer"
+    return None
+
+
 def compare_sentence(report: dict[str, Any]) -> str:
     """One or two sentences: how many ran at once, against what the KV cache promises."""
-    if report.get("requests") and report.get("succeeded") == 0:
-        errors = ", ".join(f"{k}: {v}" for k, v in (report.get("errors") or {}).items()) or "no answer"
+    if (errors := all_failed(report)) is not None:
         return f"No request succeeded ({errors}): nothing was measured."
     offered = min(report["users"], report["requests"])
     peak = report["peak_concurrency_observed"]
@@ -612,7 +624,7 @@ def format_bench(report: dict[str, Any]) -> "Group":
     rate = report["success_rate"] * 100
     table.add_row("succeeded", f"{report['succeeded']} ({rate:.1f}%)")
     if report["errors"]:
-        table.add_row("errors", ", ".join(f"{k}: {v}" for k, v in report["errors"].items()), style="red")
+        table.add_row("errors", errors_text(report["errors"]), style="red")
     table.add_row("duration", s(report["duration_s"], " s", 2))
     table.add_row("tokens", s(report["total_tokens"]))
     table.add_row("throughput", s(report["tokens_per_s"], " tok/s", 1))
