@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 from llm_supervisor.errors import BadInput
 from llm_supervisor.vllm import framing
@@ -20,11 +20,16 @@ def _bad(line: str) -> BadInput:
     return BadInput(line, [line])
 
 
+def _decoded_lines(fh: BinaryIO) -> Iterator[str]:
+    """Lines split on `\\n` only (vLLM's multi-line records use `\\r\\n`, tqdm bare `\\r`)."""
+    for raw in fh:
+        yield raw.decode("utf-8", errors="replace")
+
+
 def iter_log_lines(path: str | Path) -> Iterable[str]:
-    """Lines of a saved log, split on `\\n` only (vLLM's multi-line records use `\\r\\n`, tqdm bare `\\r`)."""
+    """Lines of a saved log."""
     with open(path, "rb") as fh:
-        for raw in fh:
-            yield raw.decode("utf-8", errors="replace")
+        yield from _decoded_lines(fh)
 
 
 def parse_log_file(path: str | Path, sink: LineSink | None = None, *, checked: bool = False) -> LogParser:
@@ -57,7 +62,7 @@ def read_log(path: str | Path) -> Iterator[str]:
     except PermissionError:
         raise _bad(f"{name}: permission denied") from None
     except OSError as exc:  # EBADF: stdin closed
-        raise _bad(f"{name}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+        raise _bad(f"{name}: cannot read ({exc.strerror or exc})") from None
     with fh:
         try:
             head = fh.peek(_SNIFF_BYTES)  # what the first read brought in, not consumed
@@ -65,8 +70,7 @@ def read_log(path: str | Path) -> Iterator[str]:
                 raise _bad(f"{name}: empty file; does not look like a vLLM log")
             if b"\x00" in head:
                 raise _bad(f"{name}: binary data; does not look like a vLLM log")
-            for raw in fh:  # split on `\n` only (vLLM's multi-line records use `\r\n`, tqdm bare `\r`)
-                yield raw.decode("utf-8", errors="replace")
+            yield from _decoded_lines(fh)
         except IsADirectoryError:
             raise _bad(f"{name}: is a directory, not a log file") from None
         except OSError as exc:
