@@ -26,6 +26,7 @@ from typing import Any, Callable, ClassVar
 
 import httpx
 
+from llm_supervisor.clock import first_of
 from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.settings import load_settings
 from llm_supervisor.frontdoor import Drained
@@ -538,6 +539,7 @@ class FakeEngine:
         self.generated = 0.0
         self.kv_usage = 0.0
         self.stops: list[float] = []
+        self.hurried: list[float] = []
         self.ignore_sigterm = False
         self.exit_info: ExitInfo | None = None
         self._exited = asyncio.Event()
@@ -607,12 +609,17 @@ class FakeEngine:
         self.stops.append(self.clock.monotonic())
         if self.running:
             if self.ignore_sigterm:
-                await self.clock.sleep(timeout)
+                # the guard's deadline, unless a `hurry` kills it first
+                await first_of(self.clock, self._exited.wait(), timeout)
                 self._exit(ExitInfo(128 + 9, 9))
             else:
                 await self.clock.sleep(0.1)
                 self._exit(ExitInfo(0))
         return await self.wait()
+
+    def hurry(self) -> None:
+        self.hurried.append(self.clock.monotonic())
+        self._exit(ExitInfo(128 + 9, 9))
 
 
 class FakeLauncher:

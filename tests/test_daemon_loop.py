@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -375,6 +376,46 @@ def test_an_engine_that_ignores_sigterm_is_killed_at_the_deadline(make, caplog) 
         assert h.clock.monotonic() - asked >= 10
     asyncio.run(scenario())
     assert "ignored SIGTERM for 10 s (LLM_SUPERVISOR_STOP_TIMEOUT_S) and was killed" in caplog.text
+
+
+def test_a_second_stop_signal_kills_the_engine_without_waiting_out_the_stop_timeout(make, caplog) -> None:
+    """Ctrl-C, then Ctrl-C again: the first asks vLLM to stop (SIGTERM, up to the stop timeout),
+    the second ends it now; the daemon still stops cleanly (exit 0, state stopped)."""
+    caplog.set_level(logging.INFO, logger="llm_supervisor")
+
+    async def scenario() -> tuple[float, list[float], State]:
+        h = make(stop_timeout_s=30).start()
+        await h.ready()
+        h.engine.ignore_sigterm = True
+        asked = h.clock.monotonic()
+        h.daemon._on_signal(signal.SIGINT)
+        await h.until(lambda: h.engine.stops, what="the staged stop")
+        await h.clock.sleep(2)
+        assert h.engine.running and not h.engine.hurried
+        h.daemon._on_signal(signal.SIGINT)
+        assert await h.exit_code() == 0
+        return h.clock.monotonic() - asked, h.engine.hurried, h.daemon.state
+
+    took, hurried, state = asyncio.run(scenario())
+    assert len(hurried) == 1 and took < 10 and state is State.STOPPED
+    assert "SIGINT: stopping vLLM (SIGTERM, then SIGKILL after 30 s; a second signal ends it now)" in caplog.text
+    assert "SIGINT again: ending vLLM now with SIGKILL" in caplog.text
+    assert "killed with SIGKILL on a second stop signal" in caplog.text
+    assert "ignored SIGTERM" not in caplog.text
+
+
+def test_one_stop_signal_leaves_the_engine_its_stop_timeout(make) -> None:
+    async def scenario() -> tuple[float, list[float]]:
+        h = make(stop_timeout_s=12).start()
+        await h.ready()
+        h.engine.ignore_sigterm = True
+        asked = h.clock.monotonic()
+        h.daemon._on_signal(signal.SIGTERM)
+        assert await h.exit_code() == 0
+        return h.clock.monotonic() - asked, h.engine.hurried
+
+    took, hurried = asyncio.run(scenario())
+    assert took >= 12 and hurried == []
 
 
 def test_an_exception_in_the_readiness_probe_relaunches_instead_of_crashing(make) -> None:

@@ -100,6 +100,28 @@ def test_sigint_stops_like_sigterm(daemons) -> None:
     assert run.held_mib() == 0 and port_free(run.engine_port)
 
 
+def test_a_second_sigint_ends_an_engine_that_ignores_sigterm_at_once(daemons) -> None:
+    """Ctrl-C twice: the guard, still waiting out the stop timeout (60 s) for an API server that
+    ignores SIGTERM, SIGKILLs the tree on the daemon's word; nothing is left."""
+    run = daemons(startup_s=0.5, env={"LLM_SUPERVISOR_SIM_FAULT": "ignore_sigterm",
+                                      "LLM_SUPERVISOR_SIM_DEATH_GRACE_S": "120",
+                                      "LLM_SUPERVISOR_STOP_TIMEOUT_S": "60"}).start()
+    run.wait_ready()
+    engines = run.engine_processes()
+    t0 = time.monotonic()
+    run.signal(signal.SIGINT)
+    wait_until(lambda: "a second signal ends it now" in run.stderr(), 15, 0.05, "the first stop's line")
+    assert any(alive(p) for p in engines), "the API server should still be waiting out its SIGTERM"
+    run.signal(signal.SIGINT)
+    assert run.wait_exit(40) == 0, run.stderr_tail()
+    took = time.monotonic() - t0
+    wait_until(lambda: not run.tree(), 10, 0.05, "the tree to end")
+    assert not any(alive(p) for p in engines) and port_free(run.engine_port)
+    assert took < 45, took  # well inside the 60 s stop timeout
+    assert "SIGINT again: ending vLLM now with SIGKILL" in run.stderr()
+    assert "killed with SIGKILL on a second stop signal" in run.stderr()
+
+
 def _kill9_and_expect_cleanup(run: DaemonRun) -> None:
     engines = run.engine_processes()
     assert engines, "no simulator process to orphan"

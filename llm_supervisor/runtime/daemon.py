@@ -149,6 +149,7 @@ class Daemon(RestartLoop):
         self.history: list[dict[str, Any]] = []
         self.attempts: list[Attempt] = []
         self.engine: launching.EngineHandle | None = None
+        self.stop_signals = 0  # a second one ends the engine now (launching.EngineHandle.hurry)
         self.engine_started_at: float | None = None
         self.ready_at: float | None = None
         self.ready_count = 0
@@ -714,6 +715,7 @@ class Daemon(RestartLoop):
                 drained = await self.door.drain()
                 log.info("front door drained before the restart %s", drained)
             asked_at = self.clock.monotonic()
+            self._hurry(engine)
             exit_info = await engine.stop(self.settings.stop_timeout_s)
             waited = self.clock.monotonic() - asked_at
         elif reported_dead:
@@ -730,6 +732,8 @@ class Daemon(RestartLoop):
         described, level = exit_info.description, logging.INFO
         if reported_dead:
             described += " (ended by the supervisor after vLLM reported its engine dead)"
+        elif self.stop_signals >= 2 and exit_info.signal == signal.SIGKILL:
+            described = "killed with SIGKILL on a second stop signal"
         if (requested or failure is not None) and waited >= 0.9 * self.settings.stop_timeout_s and (
                 exit_info.signal == signal.SIGKILL or exit_info.code == 128 + signal.SIGKILL):
             # our own deadline, not the OOM killer the plain description would suggest
@@ -885,6 +889,7 @@ class Daemon(RestartLoop):
             if self.engine is not None and self.engine.running:
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
+                self._hurry(self.engine)
                 await self.engine.stop(self.settings.stop_timeout_s)
             if self.state is not State.FAILED:
                 if self.state is not State.STOPPING:
@@ -911,8 +916,25 @@ class Daemon(RestartLoop):
         self.gpus = gpus
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        """Signal handlers only record: SIGHUP reloads, SIGTERM/SIGINT stop."""
-        self.inbox.put(Command.RELOAD if sig == signal.SIGHUP else Command.STOP)
+        """Signal handlers only record: SIGHUP reloads, SIGTERM/SIGINT stop. A second stop signal
+        (Ctrl-C again) does not wait out the staged stop: the engine's tree is SIGKILLed now."""
+        if sig == signal.SIGHUP:
+            self.inbox.put(Command.RELOAD)
+            return
+        self.stop_signals += 1
+        if self.stop_signals == 1 and self.engine is not None and self.engine.running:
+            log.info("%s: stopping vLLM (SIGTERM, then SIGKILL after %g s; a second signal ends it now)",
+                     sig.name, self.settings.stop_timeout_s, extra=SHOWN)
+        elif self.stop_signals == 2:
+            log.warning("%s again: ending vLLM now with SIGKILL instead of waiting up to %g s for it to exit",
+                        sig.name, self.settings.stop_timeout_s, extra=SHOWN)
+            self._hurry(self.engine)
+        self.inbox.put(Command.STOP)
+
+    def _hurry(self, engine: launching.EngineHandle | None) -> None:
+        """After a second stop signal, an engine being (or about to be) stopped is killed at once."""
+        if self.stop_signals >= 2 and engine is not None and engine.running:
+            engine.hurry()
 
     async def run(self) -> int:
         """`supervisor up`: signals, the REST API, and the loop."""

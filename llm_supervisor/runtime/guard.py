@@ -8,8 +8,9 @@ The daemon starts the guard in a new session; the guard
   reparented to it rather than to init;
 * forks the engine into its own process group (pgid = engine pid), applies the CPU/NUMA
   placement in the child between fork and exec, so every engine process inherits it;
-* watches a control socket from the daemon: a "stop" line means staged stop, and end of
-  file means the daemon died, which also means staged stop. PR_SET_PDEATHSIG backs it up;
+* watches a control socket from the daemon: a "stop" line means staged stop, a "kill" line
+  (the daemon's second stop signal) means SIGKILL now, even in the middle of a staged stop, and
+  end of file means the daemon died, which also means staged stop. PR_SET_PDEATHSIG backs it up;
 * when the engine's main process exits, stops whatever is left of its tree (SIGTERM, a
   deadline, SIGKILL, reap), reports the exit status and exits with it.
 
@@ -127,6 +128,8 @@ class Guard:
         self.engine_pid = 0
         self.engine_status: int | None = None
         self.stop_requested = False
+        self.kill_requested = False
+        self.parent_gone = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
         os.set_blocking(self.wake_r, False)
@@ -233,14 +236,16 @@ class Guard:
                 pass
 
     def stop_tree(self, timeout: float) -> None:
-        """SIGTERM to everything below us, wait until the deadline, SIGKILL, reap."""
-        self.signal_tree(signal.SIGTERM)
+        """SIGTERM to everything below us, wait until the deadline (cut short by a "kill" from the
+        daemon), SIGKILL, reap."""
+        if not self.kill_requested:
+            self.signal_tree(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.kill_requested:
             self.reap()
             if not self.tree():
                 return
-            time.sleep(0.05)
+            self.listen(0.05)
         self.signal_tree(signal.SIGKILL)
         deadline = time.monotonic() + 5
         while self.tree() and time.monotonic() < deadline:
@@ -248,9 +253,33 @@ class Guard:
             time.sleep(0.02)
         self.reap()
 
+    def listen(self, timeout: float) -> None:
+        """Up to `timeout` for the daemon's next word (or the engine's SIGCHLD): "stop", "kill",
+        or end of file (the daemon is gone)."""
+        watched = [self.wake_r] if self.parent_gone else [self.control, self.wake_r]
+        try:
+            ready, _, _ = select.select(watched, [], [], timeout)
+        except InterruptedError:
+            return
+        if self.wake_r in ready:
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        if self.control in ready:
+            try:
+                data = self.control.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                self.parent_gone = True
+                _debug("control socket closed: the daemon is gone")
+            self.stop_requested |= b"stop" in data
+            self.kill_requested |= b"kill" in data
+
     # ------------------------------------------------------------ loop
     def run(self) -> int:
-        parent_gone = False
         while True:
             self.reap()
             if self.engine_status is not None:
@@ -258,35 +287,16 @@ class Guard:
                 if self.tree():
                     self.stop_tree(min(self.stop_timeout, 5.0) if not self.stop_requested else self.stop_timeout)
                 break
-            if self.stop_requested or parent_gone:
+            if self.stop_requested or self.kill_requested or self.parent_gone:
                 self.stop_tree(self.stop_timeout)
                 self.reap()
                 if self.engine_status is None:
                     # It was killed by us and reaped inside stop_tree before we recorded it.
                     self.engine_status = 0
                 break
-            try:
-                ready, _, _ = select.select([self.control, self.wake_r], [], [], 0.5)
-            except InterruptedError:
-                continue
-            if self.wake_r in ready:
-                try:
-                    while os.read(self.wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-            if self.control in ready:
-                try:
-                    data = self.control.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    parent_gone = True
-                    _debug("control socket closed: the daemon is gone")
-                elif b"stop" in data:
-                    self.stop_requested = True
+            self.listen(0.5)
             if os.getppid() != self.parent_pid:
-                parent_gone = True
+                self.parent_gone = True
                 _debug("reparented: the daemon is gone")
         status = self.engine_status or 0
         if os.WIFSIGNALED(status):

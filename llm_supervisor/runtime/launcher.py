@@ -160,6 +160,9 @@ class EngineHandle(Protocol):
 
     async def stop(self, timeout: float) -> ExitInfo: ...
 
+    def hurry(self) -> None:
+        """SIGKILL the tree now, even while a staged `stop` waits for it (a second stop signal)."""
+
 
 class Launcher(Protocol):
     async def start(self, spec: LaunchSpec, on_output: OutputCallback) -> EngineHandle: ...
@@ -205,12 +208,7 @@ class EngineProcess:
     async def stop(self, timeout: float) -> ExitInfo:
         """Staged stop: the guard sends SIGTERM to the tree, waits `timeout`, then SIGKILLs it."""
         if self.running:
-            writer = getattr(self, "_writer", None)
-            with contextlib.suppress(OSError, RuntimeError):
-                if writer is not None:
-                    writer.write(b"stop\n")
-                else:
-                    self.control.sendall(b"stop\n")
+            self._tell(b"stop\n")
             try:
                 await asyncio.wait_for(self._exited.wait(), timeout + 8)
             except asyncio.TimeoutError:
@@ -222,6 +220,25 @@ class EngineProcess:
                     self.exit_info = self.exit_info or ExitInfo(128 + signal.SIGKILL, signal.SIGKILL)
                     self._exited.set()
         return await self.wait()
+
+    def hurry(self) -> None:
+        """The guard SIGKILLs the tree now (it also reaps it and reports the exit); without a
+        guard to tell, the daemon kills the group itself."""
+        if self.running and not self._tell(b"kill\n"):
+            self.kill_now()
+
+    def _tell(self, line: bytes) -> bool:
+        writer = getattr(self, "_writer", None)
+        try:
+            if writer is not None:
+                if writer.is_closing():
+                    return False
+                writer.write(line)
+            else:
+                self.control.sendall(line)
+        except (OSError, RuntimeError):
+            return False
+        return True
 
     def kill_now(self) -> None:
         """Last resort from the daemon itself: SIGKILL the engine's group and the guard."""
