@@ -924,10 +924,10 @@ class Daemon(RestartLoop):
         self.stop_signals += 1
         if self.stop_signals == 1 and self.engine is not None and self.engine.running:
             log.info("%s: stopping vLLM (SIGTERM, then SIGKILL after %g s; a second signal ends it now)",
-                     sig.name, self.settings.stop_timeout_s, extra=SHOWN)
+                     sig.name, self.settings.stop_timeout_s)
         elif self.stop_signals == 2:
             log.warning("%s again: ending vLLM now with SIGKILL instead of waiting up to %g s for it to exit",
-                        sig.name, self.settings.stop_timeout_s, extra=SHOWN)
+                        sig.name, self.settings.stop_timeout_s)
             self._hurry(self.engine)
         self.inbox.put(Command.STOP)
 
