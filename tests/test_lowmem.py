@@ -18,8 +18,11 @@ import pytest
 from daemon_harness import DaemonRun, run_cli
 from fakes import FakeVllm, Harness, harnesses
 from llm_supervisor import cli
+from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
+from llm_supervisor.config.settings import load_settings
 from llm_supervisor.host.modelfiles import load_shape
+from llm_supervisor.planning.launch import build_plan
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.vllm import engine_args, lowmem, speed
 from llm_supervisor.vllm.calibration import Observation
@@ -374,3 +377,46 @@ def test_an_uncalibrated_offload_holds_back_a_margin_for_the_overhead_and_a_lear
     assert learned is not None and learned.offload_gib <= low.offload_gib
     # learned: the context is the largest the KV cache holds (up to the profile's 8,192)
     assert learned.context == min(8192, learned.prediction.largest_context) > low.context
+
+
+# ---------------------------------------------------------------- another process holds the GPU
+
+QWEN3_4B = load_shape("Qwen/Qwen3-4B")
+LOAD_OOM = Failure(FailureKind.CUDA_OOM, "CUDA out of memory allocating 742 MiB (1,772 MiB free of 23.99 GiB)",
+                   {"total_gib": 23.99}, stage="load")
+
+
+def prof4b() -> Profile:
+    return Profile.model_validate({"name": "p", "hardware": {"gpu_name": "4090", "gpu_count": 1, "gpu_memory_gib": 24},
+                                   "model": {"id": "Qwen/Qwen3-4B"}})
+
+
+def test_load_oom_while_another_process_holds_the_gpu_stops_without_spoiling_the_arguments() -> None:
+    """Seen with two supervisors on one card: the second's engine ran out of memory loading 7.6 GiB of
+    weights into 1.8 GiB, and recovery stepped through eager mode and fewer sequences, five launches
+    that could not help. The free memory read after the engine ended says so at once."""
+    prof = prof4b()
+    fit = fit_of(QWEN3_4B, TOTAL_4090D, 1, gpu_name=D4090, recovery=prof.recovery, model="Qwen/Qwen3-4B")
+    tenant = "pid 9728 (VLLM::EngineCore, user root, run by llm-supervisor pid 9676) holds 22,262 MiB on GPU 0"
+    d = decide(LOAD_OOM, VllmArgs(gpu_memory_utilization=0.9), prof, [], StartupFacts(),
+               gpu_free_mib=1772, gpu_total_mib=24564, fit=fit, gpu_tenants=[tenant])
+    assert isinstance(d, GiveUp), d
+    weights = fit.predict(VllmArgs()).weights_gib
+    assert f"only 1.73 GiB of the GPU is free and the weights alone need {weights:.2f} GiB" in d.reason
+    assert "no argument change makes room for them (CPU offload is off" in d.reason and tenant in d.reason
+    # with the memory there, a load OOM is the old story: a step that frees memory, no give-up
+    roomy = decide(LOAD_OOM, VllmArgs(gpu_memory_utilization=0.9), prof, [], StartupFacts(),
+                   gpu_free_mib=23000, gpu_total_mib=24564, fit=fit)
+    assert isinstance(roomy, Relaunch) and "alone need" not in roomy.reason
+
+
+def test_the_plan_warns_when_the_free_memory_cannot_take_the_weights(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
+    profile = load_profile("4090d-qwen3-4b", Path(__file__).resolve().parent.parent / "profiles")
+    settings = load_settings(state_dir=tmp_path / "state")
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_OTHER_MIB", "22000")
+    taken = build_plan(settings, profile, simulate=True).warnings
+    assert any("GiB of the GPU is free and the weights alone need 7." in w and "the launch fails unless other "
+               "processes free that memory first" in w for w in taken), taken
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_OTHER_MIB", "0")
+    assert not any("alone need" in w for w in build_plan(settings, profile, simulate=True).warnings)

@@ -31,7 +31,7 @@ from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
 from llm_supervisor.vllm import engine_args, memory, runner, speed
 from llm_supervisor.vllm.cards import gpu_label, stated_total_gib
-from llm_supervisor.vllm.fit import FitContext, Prediction, check_launch
+from llm_supervisor.vllm.fit import FitContext, Prediction, check_launch, weights_beyond_free
 from llm_supervisor.vllm.lowmem import LowMemoryPlan, plan_low_memory
 from llm_supervisor.vllm.modelshape import SafetensorsError
 from llm_supervisor.vllm.target import TargetFit, fit_target
@@ -359,6 +359,10 @@ def build_plan(
         if problems:
             raise PlanRefused("the launch cannot work", problems)
         prediction = fit.predict(args)
+        short = weights_beyond_free(fit, args, free)
+        if short:
+            warnings.append(f"{short}: the launch fails unless other processes free that memory first "
+                            "(`supervisor doctor` names them)")
         if fit.target is not None:
             target_fit = fit_target(fit, args, free_gib=free)
             if profile.recovery.plan_first_launch:

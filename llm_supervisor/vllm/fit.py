@@ -342,6 +342,20 @@ def weights_per_gpu(ctx: FitContext, args: VllmArgs) -> Weights:
     return Weights(per_stage, source, kernel[largest] / GIB)
 
 
+def weights_beyond_free(ctx: FitContext, args: VllmArgs, free_gib: float | None) -> str | None:
+    """Why the GPU's free memory cannot take the model's weights (on one GPU) and the new engine's
+    CUDA context, or None when it can or free memory is unknown. Memory that other processes hold
+    is the cause (the budget is checked apart, by `check_launch`): no launch argument but CPU
+    offload changes it."""
+    if free_gib is None:
+        return None
+    weights = weights_per_gpu(ctx, args).largest_gib
+    if free_gib >= weights + memory.CUDA_CONTEXT_GIB:
+        return None
+    return (f"only {free_gib:.2f} GiB of the GPU is free and the weights alone need {weights:.2f} GiB"
+            f" (plus {memory.CUDA_CONTEXT_GIB:g} GiB for vLLM's CUDA context)")
+
+
 def kernel_bytes_per_stage(ctx: FitContext, args: VllmArgs) -> list[float]:
     """Bytes vLLM's linear-layer kernel on this GPU adds to the checkpoint's tensors, on one GPU of
     each pipeline stage: AWQ's zero points unpacked by Machete on Hopper (modelshape)."""

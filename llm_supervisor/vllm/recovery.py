@@ -51,7 +51,7 @@ from typing import Any, Iterable, Sequence, Union
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
 from llm_supervisor.vllm import allreduce, memory, runner
 from llm_supervisor.vllm.failures import MEMORY_KINDS, Failure, FailureKind
-from llm_supervisor.vllm.fit import FitContext, overhead_for
+from llm_supervisor.vllm.fit import FitContext, overhead_for, weights_beyond_free
 from llm_supervisor.vllm.logparse import StartupFacts
 from llm_supervisor.vllm.lowmem import plan_low_memory
 from llm_supervisor.vllm.memory import (
@@ -970,6 +970,14 @@ def _cuda_oom(ctx: _Ctx) -> Relaunch | GiveUp:
         offload = _offload(ctx, head, "the weights do not fit the GPU's budget", only_if_needed=True)
         if offload is not None:
             return offload
+        taken = weights_beyond_free(ctx.fit, args, ctx.free_gib) if ctx.fit is not None else None
+        if taken is not None:
+            # read after the failed engine's tree ended: the memory is other processes'; stepping
+            # through eager mode and fewer sequences would only leave a slower engine behind
+            return GiveUp(f"{head}: {taken}; no argument change makes room for them (CPU offload "
+                          f"is {'at most ' + _fmt(rec.max_cpu_offload_gb) + ' GiB' if rec.max_cpu_offload_gb else 'off'}"
+                          " in recovery.max_cpu_offload_gb): free the memory other processes hold on the GPU "
+                          "(`supervisor doctor` names them), then `supervisor restart`")
     step = _floor2(u - UTIL_STEP)
     if ctx.free_gib is not None and ctx.total_gib and u * ctx.total_gib > ctx.free_gib - FREE_CHECK_MARGIN_GIB:
         margin = max(0.5, 0.02 * ctx.total_gib)
