@@ -433,9 +433,7 @@ def _bench_capacity(settings: Settings, slo_text: str | None, find: bool, *, url
     options = capacity.SearchOptions(max_users=max_users, rounds=rounds, max_seconds=max_seconds)
     result = capacity.find_capacity(settings, slo, work, url=url, model=model, api_key=api_key, options=options,
                                     progress=not as_json)
-    asked = sum(level["requests"] for level in result["levels"])
-    if asked and not sum(level["succeeded"] for level in result["levels"]):
-        # an endpoint that never answered has no capacity to keep, plot or learn speed from
+    if (asked := capacity.nothing_succeeded(result)) is not None:
         if as_json:
             _print_json(result)
         else:

@@ -680,6 +680,13 @@ def calibration_points(result: dict[str, Any], workload: Workload) -> list[Measu
     return out
 
 
+def nothing_succeeded(result: dict[str, Any]) -> int | None:
+    """How many requests the search sent when none of them succeeded (an endpoint that never
+    answered: no capacity to keep, plot or learn speed from); None when something was measured."""
+    asked = sum(level["requests"] for level in result["levels"])
+    return asked if asked and not any(level["succeeded"] for level in result["levels"]) else None
+
+
 def engine_key(result: dict[str, Any]) -> str:
     """Where the state file keeps this result: the daemon's profile, else the URL."""
     engine = result.get("engine") or {}
