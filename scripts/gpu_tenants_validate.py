@@ -9,6 +9,9 @@
   T4  beside a ready daemon of the same state dir: `doctor` exits 0 (its engine on the GPU and its
       ports expected), `bench` without --url goes through the front door, `status` leads with the
       serving address, the engine log piped into `diagnose -` gives the KV tokens /status has
+  T5  another process takes the GPU while vLLM loads its weights and keeps it: the OOM at load,
+      with the memory still held after the engine ended, stops at once naming that process
+      (no relaunches in eager mode or with fewer sequences, which free nothing at load)
 
 With --simulate the same scenarios run against the bundled simulator on a simulated GPU (the other
 process is `gpu_validate.py --hog sim`, the hand-started server the simulator's `serve`), to check
@@ -285,19 +288,51 @@ def t4_own_daemon(run: Run) -> None:
         run.stop_daemon(daemon)
 
 
+def t5_grab_at_load(run: Run) -> None:
+    proc = run.spawn([sys.executable, str(HOG), "--hog", "sim" if run.simulate else "torch"], "hog-t5.log",
+                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    armed = proc.stdout.readline().strip()
+    daemon = run.daemon()
+    try:
+        st = run.wait_status(lambda s: s.get("phase") not in (None, "launching") or s.get("state") != "starting",
+                             600, "the weights loading", daemon)
+        phase = st.get("phase")
+        proc.stdin.write("grab_all 1024\n")  # leaves 1 GiB: less than any model's weights
+        proc.stdin.flush()
+        grabbed = proc.stdout.readline().strip()
+        log(f"other process pid {proc.pid} ({armed}) at phase {phase}: {grabbed}")
+        st = run.wait_status(lambda s: any(h.get("event") in ("relaunch", "give_up") for h in s.get("history", [])),
+                             600, "the first decision", daemon)
+        decision = next(h for h in st["history"] if h.get("event") in ("relaunch", "give_up"))
+        reason = decision.get("reason", "")
+        run.stop_daemon(daemon)
+        run.results["T5"] = {
+            "grab_at_phase": phase, "grab": grabbed, "decision": decision.get("event"),
+            "failure": (decision.get("failure") or {}).get("kind"), "stage": (decision.get("failure") or {}).get("stage"),
+            "reason": reason, "change": decision.get("change"),
+            # the point: at load, with the memory still taken, no relaunch; at a later phase the
+            # usual steps apply (the grab came too late to test this)
+            "ok": decision.get("event") == "give_up" and "the weights alone need" in reason
+            and f"pid {proc.pid} (" in reason if phase == "loading_weights" else None}
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--simulate", action="store_true")
     parser.add_argument("--out", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "gpu-tenants-out"))
     parser.add_argument("--profile", default=str(PROFILE))
     parser.add_argument("--model", default=None)
-    parser.add_argument("--only", default="T1,T2,T3,T4")
+    parser.add_argument("--only", default="T1,T2,T3,T4,T5")
     args = parser.parse_args()
     run = Run(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # killed from outside: still end what it started
     try:
         for name, scenario in (("T3", t3_health), ("T1", t1_other_process), ("T2", t2_leftover_engine),
-                               ("T4", t4_own_daemon)):
+                               ("T4", t4_own_daemon), ("T5", t5_grab_at_load)):
             if name not in args.only.split(","):
                 continue
             log(f"== {name}")

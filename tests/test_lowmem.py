@@ -403,7 +403,7 @@ def test_load_oom_while_another_process_holds_the_gpu_stops_without_spoiling_the
     assert isinstance(d, GiveUp), d
     weights = fit.predict(VllmArgs()).weights_gib
     assert f"only 1.73 GiB of the GPU is free and the weights alone need {weights:.2f} GiB" in d.reason
-    assert "no argument change makes room for them (CPU offload is off" in d.reason and tenant in d.reason
+    assert "no argument change makes room for them (recovery.max_cpu_offload_gb is 0: no CPU" in d.reason and tenant in d.reason
     # with the memory there, a load OOM is the old story: a step that frees memory, no give-up
     roomy = decide(LOAD_OOM, VllmArgs(gpu_memory_utilization=0.9), prof, [], StartupFacts(),
                    gpu_free_mib=23000, gpu_total_mib=24564, fit=fit)

@@ -974,10 +974,10 @@ def _cuda_oom(ctx: _Ctx) -> Relaunch | GiveUp:
         if taken is not None:
             # read after the failed engine's tree ended: the memory is other processes'; stepping
             # through eager mode and fewer sequences would only leave a slower engine behind
-            return GiveUp(f"{head}: {taken}; no argument change makes room for them (CPU offload "
-                          f"is {'at most ' + _fmt(rec.max_cpu_offload_gb) + ' GiB' if rec.max_cpu_offload_gb else 'off'}"
-                          " in recovery.max_cpu_offload_gb): free the memory other processes hold on the GPU "
-                          "(`supervisor doctor` names them), then `supervisor restart`")
+            return GiveUp(f"{head}: {taken}; no argument change makes room for them"
+                          + ("" if rec.max_cpu_offload_gb else " (recovery.max_cpu_offload_gb is 0: no CPU offload)")
+                          + ": free the memory other processes hold on the GPU (`supervisor doctor` names them), "
+                          "then `supervisor restart`")
     step = _floor2(u - UTIL_STEP)
     if ctx.free_gib is not None and ctx.total_gib and u * ctx.total_gib > ctx.free_gib - FREE_CHECK_MARGIN_GIB:
         margin = max(0.5, 0.02 * ctx.total_gib)
