@@ -279,7 +279,11 @@ def t4_own_daemon(run: Run) -> None:
             "diagnose_stdin": {k: diagnosis.get(k) for k in ("outcome", "vllm_version", "error")},
             "kv_tokens_from_stdin": (diagnosis.get("facts") or {}).get("kv_cache_tokens"),
             "kv_tokens_status": st.get("kv_cache_tokens"),
-            "ok": doctor.returncode == 0 and gpu_line.startswith("ok") and "running with this state dir" in gpu_line
+            # a real run uses the H100 profile on whatever card the machine has: doctor rightly fails its
+            # hardware check ("gpus vs profile"), which the daemon was told to ignore; nothing else may fail
+            "ok": (doctor.returncode == 0 or not run.simulate and all("gpus vs profile" in ln for ln in lines.values()
+                                                                      if ln.startswith("fail")))
+            and gpu_line.startswith("ok") and "running with this state dir" in gpu_line
             and all(ln.startswith("warn") and f"pid {daemon.pid}" in ln for ln in port_lines)
             and report.get("url") == st.get("url") and report.get("succeeded") == 8 and after - before >= 8
             and serving.startswith("serving") and (diagnosis.get("facts") or {}).get("kv_cache_tokens")
