@@ -134,9 +134,3 @@ def test_a_relaunch_row_does_not_repeat_the_exit_just_above() -> None:
     assert rows[3] == "relaunch max_model_len 40960→3520"
     assert text.count("5.62 GiB of KV cache needed") == 1
     assert "SIGKILL" in rows[4]  # a decision with no exit just above still says why
-
-
-def test_the_cpus_row_uses_the_kernels_list_form_the_daemon_wrote() -> None:
-    placement = {"pinned": True, "cpus": [0, 1, 2, 3, 8, 9], "cpulist": "0-3,8-9", "memory_policy": "none"}
-    assert "0-3,8-9 (6)" in render({"state": "ready", "cpus": [0, 1, 2, 3, 8, 9], "placement": placement})
-    assert "CPUs" in render({"state": "ready", "cpus": [4, 5]}) and "4,5 (2)" in render({"state": "ready", "cpus": [4, 5]})

@@ -198,6 +198,26 @@ def _duration(seconds: Any) -> str:
     return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
+def _cpulist(cpus: Any) -> str:
+    """[0,1,2,3,8,9] -> '0-3,8-9' (the kernel's cpulist form)."""
+    try:
+        nums = sorted({int(c) for c in cpus})
+    except (TypeError, ValueError):
+        return str(cpus)
+    if not nums:
+        return "none"
+    parts: list[str] = []
+    start = prev = nums[0]
+    for n in nums[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ",".join(parts)
+
+
 def _when(at: Any) -> str:
     stamp: float | None = None
     if isinstance(at, (int, float)) and not isinstance(at, bool):
@@ -344,15 +364,11 @@ def format_status(status: dict) -> RenderableType:
     if isinstance(log_state, dict) and log_state.get("ok") is False:
         row("engine log", Text(f"{log_state.get('error')}; {_int(log_state.get('dropped_bytes'))} bytes dropped",
                                style="bold red"))
-    placement = status.get("placement")
     if status.get("cpus") is not None:
         cpus = status["cpus"]
         count = f" ({len(cpus)})" if isinstance(cpus, (list, tuple)) else ""
-        # the daemon writes the list in the kernel's form too (host/numa.format_cpulist)
-        listed = placement.get("cpulist") if isinstance(placement, dict) else None
-        if not (isinstance(listed, str) and listed):
-            listed = ",".join(map(str, cpus)) or "none" if isinstance(cpus, (list, tuple)) else str(cpus)
-        row("CPUs", f"{listed}{count}")
+        row("CPUs", f"{_cpulist(cpus)}{count}")
+    placement = status.get("placement")
     if placement and not isinstance(placement, (dict, list)):
         row("placement", placement)
     elif isinstance(placement, dict):
