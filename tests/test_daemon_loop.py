@@ -404,6 +404,25 @@ def test_a_second_stop_signal_kills_the_engine_without_waiting_out_the_stop_time
     assert "ignored SIGTERM" not in caplog.text
 
 
+def test_a_signal_during_a_stop_asked_through_the_api_ends_the_engine_now(make, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llm_supervisor")
+
+    async def scenario() -> tuple[float, list[float]]:
+        h = make(stop_timeout_s=30).start()
+        await h.ready()
+        h.engine.ignore_sigterm = True
+        asked = h.clock.monotonic()
+        h.daemon.command("stop")
+        await h.until(lambda: h.engine.stops, what="the staged stop")
+        h.daemon._on_signal(signal.SIGTERM)
+        assert await h.exit_code() == 0
+        return h.clock.monotonic() - asked, h.engine.hurried
+
+    took, hurried = asyncio.run(scenario())
+    assert len(hurried) == 1 and took < 10
+    assert "SIGTERM during a stop: ending vLLM now with SIGKILL" in caplog.text
+
+
 def test_one_stop_signal_leaves_the_engine_its_stop_timeout(make) -> None:
     async def scenario() -> tuple[float, list[float]]:
         h = make(stop_timeout_s=12).start()
