@@ -170,6 +170,7 @@ def plan(
     if prof.cluster is not None:  # what the head launches; per-host layout below
         prof = cluster_spec.engine_profile(prof, cluster_spec.resolve_node_ip(prof.cluster))
 
+    from llm_supervisor.store.lock import DaemonLock
     from llm_supervisor.store.state import StateStore
 
     # what `up` would start from: the arguments that last reached ready here (read, never written)
@@ -177,7 +178,7 @@ def plan(
     result = build_plan(
         settings, prof, simulate=simulate, gpu_memory_gib=gpu_memory_gib, gpu_count=gpu_count,
         calibrate_from=calibrate_from, ignore_hardware=ignore_hardware, vllm_version=vllm_version,
-        store=store,
+        store=store, daemon_pid=DaemonLock(settings.state_dir).holder(),
     )
     result.warnings.extend(store.warnings)  # a corrupt or unreadable state file: planned without it
     section = cluster_spec.plan_section(prof, result.hf_home) if prof.cluster is not None else None

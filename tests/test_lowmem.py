@@ -22,6 +22,8 @@ from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.profile import Profile, Recovery, VllmArgs
 from llm_supervisor.config.settings import load_settings
 from llm_supervisor.host.modelfiles import load_shape
+from llm_supervisor.host.tenants import Tenant
+from llm_supervisor.planning import launch
 from llm_supervisor.planning.launch import build_plan
 from llm_supervisor.runtime.commands import Command
 from llm_supervisor.vllm import engine_args, lowmem, speed
@@ -420,3 +422,21 @@ def test_the_plan_warns_when_the_free_memory_cannot_take_the_weights(tmp_path: P
                "processes free that memory first" in w for w in taken), taken
     monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_OTHER_MIB", "0")
     assert not any("alone need" in w for w in build_plan(settings, profile, simulate=True).warnings)
+
+
+def test_plan_beside_this_state_dirs_daemon_counts_its_engines_memory_as_free(tmp_path: Path, monkeypatch) -> None:
+    """`supervisor plan` while the daemon runs: the memory its engine holds is what a launch of
+    this plan would get back, so it is not "taken by other processes"."""
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_OTHER_MIB", "22000")
+    engine = Tenant(gpu_index=0, pid=4343, used_mib=22000, name="VLLM::EngineCore", cmdline="", user="root",
+                    vllm=True, ours=False, visible=True, supervisor_pid=4242)
+    monkeypatch.setattr(launch, "gpu_tenants", lambda inventory, indexes: [engine])
+    profile = load_profile("4090d-qwen3-4b", Path(__file__).resolve().parent.parent / "profiles")
+    settings = load_settings(state_dir=tmp_path / "state")
+    beside = build_plan(settings, profile, simulate=True, daemon_pid=4242)
+    assert not any("alone need" in w for w in beside.warnings)
+    assert any("engine of the daemon running with this state dir (pid 4242) had let go of its 22,000 MiB" in n
+               for n in beside.notes)
+    other = build_plan(settings, profile, simulate=True, daemon_pid=999)  # another daemon's engine: taken
+    assert any("alone need" in w for w in other.warnings)

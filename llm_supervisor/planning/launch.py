@@ -26,6 +26,7 @@ from llm_supervisor.host.engineversion import EngineVersion
 from llm_supervisor.host.logfiles import log_name
 from llm_supervisor.host.modelfiles import ModelConfigNotFound, load_shape, load_weight_inventory
 from llm_supervisor.host.placement import Placement, plan_placement
+from llm_supervisor.host.tenants import gpu_tenants
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
@@ -229,6 +230,15 @@ def fit_context(profile: Profile, gpu_total_gib: float, gpu_count: int, calibrat
                          host_available_gib=host_available_gib, runner_env=profile.env.get(runner.RUNNER_ENV))
 
 
+def own_engine_mib(inventory: hardware.GpuInventory, chosen: list[hardware.Gpu], daemon_pid: int) -> dict[int, int]:
+    """GPU index → the MiB that the engine tree of the daemon `daemon_pid` holds there."""
+    held: dict[int, int] = {}
+    for tenant in gpu_tenants(inventory, [g.index for g in chosen]):
+        if tenant.supervisor_pid == daemon_pid and tenant.used_mib:
+            held[tenant.gpu_index] = held.get(tenant.gpu_index, 0) + tenant.used_mib
+    return held
+
+
 def build_plan(
     settings: Settings,
     profile: Profile,
@@ -242,10 +252,13 @@ def build_plan(
     for_launch: bool = False,
     root: Path = Path("/"),
     vllm_version: str | None = None,
+    daemon_pid: int | None = None,
 ) -> LaunchPlan:
     """Everything needed to launch. `for_launch` turns soft findings (no GPU, hardware
     mismatch) into errors, as `up` needs; `plan` reports them instead. `vllm_version` names the
-    engine's vLLM instead of finding it (host/engineversion.py; with `simulate`, the simulator's)."""
+    engine's vLLM instead of finding it (host/engineversion.py; with `simulate`, the simulator's).
+    `daemon_pid`: the daemon running with this state dir (`plan` beside it): the memory its engine
+    holds is planned as free, as the launch planned would replace that engine."""
     clash = port_clash(settings, profile)
     if clash:
         raise BadInput("port clash", clash)
@@ -258,8 +271,9 @@ def build_plan(
     sim_config = simulated_gpu_config(profile) if simulate else None
     if simulate:
         notes.append("SIMULATED: the bundled vLLM simulator runs on a simulated GPU; no real engine or GPU is used")
+    inventory = hardware.inventory(simulate, sim_config)
     try:
-        gpus, visible_note = hardware.visible_to_us(hardware.inventory(simulate, sim_config).gpus(), base_env)
+        gpus, visible_note = hardware.visible_to_us(inventory.gpus(), base_env)
         if visible_note:
             notes.append(visible_note)
     except RuntimeFailure as exc:
@@ -337,7 +351,13 @@ def build_plan(
     prediction = fit = None
     target_fit: TargetFit | None = None
     low: LowMemoryPlan | None = None
-    free = min(g.memory_free_mib for g in chosen) / 1024 if chosen and not gpu_memory_gib else None
+    free = None
+    if chosen and not gpu_memory_gib:
+        own = own_engine_mib(inventory, chosen, daemon_pid) if daemon_pid else {}
+        free = min(g.memory_free_mib + own.get(g.index, 0) for g in chosen) / 1024
+        if any(own.values()):
+            notes.append(f"planned as if the engine of the daemon running with this state dir (pid {daemon_pid}) had "
+                         f"let go of its {sum(own.values()):,} MiB, as a launch of this plan would replace it")
     try:
         fit = fit_context(profile, total_gib, count, calibration, gpu_name=gpu_name, hf_home=hf_home,
                           tensor_parallel=args.tensor_parallel_size, vllm_version=engine.version,
