@@ -108,16 +108,14 @@ def test_a_second_sigint_ends_an_engine_that_ignores_sigterm_at_once(daemons) ->
                                       "LLM_SUPERVISOR_STOP_TIMEOUT_S": "60"}).start()
     run.wait_ready()
     engines = run.engine_processes()
-    t0 = time.monotonic()
     run.signal(signal.SIGINT)
     wait_until(lambda: "a second signal ends it now" in run.stderr(), 15, 0.05, "the first stop's line")
     assert any(alive(p) for p in engines), "the API server should still be waiting out its SIGTERM"
     run.signal(signal.SIGINT)
-    assert run.wait_exit(40) == 0, run.stderr_tail()
-    took = time.monotonic() - t0
+    assert run.wait_exit(40) == 0, run.stderr_tail()  # a deadline inside the 60 s stop timeout
     wait_until(lambda: not run.tree(), 10, 0.05, "the tree to end")
     assert not any(alive(p) for p in engines) and port_free(run.engine_port)
-    assert took < 45, took  # well inside the 60 s stop timeout
+    assert "ignored SIGTERM" not in run.stderr()  # the stop did not wait out its timeout
     assert "SIGINT again: ending vLLM now with SIGKILL" in run.stderr()
     assert "killed with SIGKILL on a second stop signal" in run.stderr()
 
