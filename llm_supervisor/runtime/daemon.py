@@ -715,8 +715,7 @@ class Daemon(RestartLoop):
                 drained = await self.door.drain()
                 log.info("front door drained before the restart %s", drained)
             asked_at = self.clock.monotonic()
-            self._hurry(engine)
-            exit_info = await engine.stop(self.settings.stop_timeout_s)
+            exit_info = await self._stop_engine(engine)
             waited = self.clock.monotonic() - asked_at
         elif reported_dead:
             # vLLM's API server outlives its dead engine until a watchdog (up to 5 s) ends it; nothing
@@ -724,7 +723,7 @@ class Daemon(RestartLoop):
             log.info("attempt %d: vLLM reports its engine dead; ending the engine's processes now rather than "
                      "waiting for its API server to exit", self.attempt)
             self._engine_gone()
-            exit_info = await engine.stop(self.settings.stop_timeout_s)
+            exit_info = await self._stop_engine(engine)
             waited = 0.0
         else:
             exit_info = await exit_task
@@ -889,8 +888,7 @@ class Daemon(RestartLoop):
             if self.engine is not None and self.engine.running:
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
-                self._hurry(self.engine)
-                await self.engine.stop(self.settings.stop_timeout_s)
+                await self._stop_engine(self.engine)
             if self.state is not State.FAILED:
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
@@ -937,6 +935,11 @@ class Daemon(RestartLoop):
         """After a second stop signal, an engine being (or about to be) stopped is killed at once."""
         if self.stop_signals >= 2 and engine is not None and engine.running:
             engine.hurry()
+
+    async def _stop_engine(self, engine: launching.EngineHandle) -> launching.ExitInfo:
+        """The staged stop (SIGTERM, STOP_TIMEOUT_S, SIGKILL), at once after a second stop signal."""
+        self._hurry(engine)
+        return await engine.stop(self.settings.stop_timeout_s)
 
     async def run(self) -> int:
         """`supervisor up`: signals, the REST API, and the loop."""
