@@ -202,6 +202,10 @@ def test_unknown_model_fails_at_once_with_exit_3(make) -> None:
         assert all(e["attempt"] == 1 for e in h.daemon.history)
         assert h.daemon.history[1]["failure"]["kind"] == "model_not_found"
         assert "cannot find the model 'Qwen/Qwen3-4B'" in h.daemon.history[2]["reason"]
+        # the give-up line names the kind once and vLLM's message once
+        line = h.daemon.gave_up_line
+        assert line.startswith("model_not_found: vLLM cannot find the model 'Qwen/Qwen3-4B'")
+        assert line.count("Invalid repository ID") == 1
     run(scenario())
 
 

@@ -827,7 +827,8 @@ class Daemon(RestartLoop):
         failure = outcome.failure
         line = _first_sentence(decision.reason.removeprefix("giving up: "))
         if failure is not None and str(failure.kind) not in line:
-            line = f"{failure.kind}: {failure_brief(str(failure.kind), failure.values, failure.message)}; {line}"
+            brief = failure_brief(str(failure.kind), failure.values, failure.message)
+            line = f"{failure.kind}: {line}" if brief.rstrip(".") in line else f"{failure.kind}: {brief}; {line}"
         log.error("giving up: %s", line, extra=SHOWN)
         self.notifier.status(f"failed: {line}"[:200])
         self._event("give_up", failure=failure, reason=decision.reason)
