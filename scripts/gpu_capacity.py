@@ -132,7 +132,7 @@ def build_ctx(args: argparse.Namespace) -> Ctx:
 def write_profile(ctx: Ctx, name: str, model: str, vllm: dict[str, Any], recovery: dict[str, Any],
                   target: dict[str, Any] | None = None) -> Path:
     data: dict[str, Any] = {
-        "name": name, "description": f"GPU capacity validation: {model} on an H200 (dummy weights)",
+        "name": name, "description": f"GPU capacity validation: {model} (dummy weights)",
         "hardware": {"gpu_name": "H200", "gpu_count": 1, "gpu_memory_gib": 141},
         "model": {"id": str(ctx.models / model), "served_name": model},
         "vllm": {"host": "127.0.0.1", "port": free_port(), "load_format": "dummy", **vllm},
@@ -292,17 +292,21 @@ def capacity_runs(ctx: Ctx, d: Daemon, r: dict[str, Any], model: speed.SpeedMode
 
 
 def scenario_4b(ctx: Ctx, r: dict[str, Any]) -> None:
-    r.update({"scenario": "Qwen3-4B shape, whole H200, util 0.9", "ok": False, "notes": []})
+    r.update({"scenario": "Qwen3-4B shape, whole GPU, util 0.9", "ok": False, "notes": []})
     profile = write_profile(ctx, "h200-qwen3-4b", "qwen3-4b", {"gpu_memory_utilization": 0.9, "max_model_len": 8192},
                             {"min_max_model_len": 2048})
     d = Daemon(ctx, "4b", profile)
     try:
-        r["plan"] = d.plan().get("speed")
+        planned = d.plan()
+        r["plan"] = planned.get("speed")
+        r["predicted_kv_cache_tokens"] = (planned.get("predicted") or {}).get("kv_cache_tokens")
         model, plan = speed_models(d)
         d.start()
         st = d.wait_ready()
         r.update({"attempt": st.get("attempt"), "kv_cache_tokens": st.get("kv_cache_tokens"),
                   "time_to_ready_s": st.get("time_to_ready_s")})
+        if r["predicted_kv_cache_tokens"] and r["kv_cache_tokens"]:
+            r["kv_tokens_error"] = round(r["predicted_kv_cache_tokens"] / r["kv_cache_tokens"] - 1, 4)
         capacity_runs(ctx, d, r, model, plan)
     finally:
         d.stop()
@@ -421,6 +425,8 @@ def summary_table(results: dict[str, Any]) -> str:
         res = "PASS" if r.get("ok") else "FAIL"
         figures = [f"attempt {fmt(r.get('attempt'))}", f"ready in {fmt(r.get('time_to_ready_s'))} s",
                    f"KV tokens {fmt(r.get('kv_cache_tokens'))}"]
+        if r.get("predicted_kv_cache_tokens") and "planned" not in r:
+            figures.append(f"planner {fmt(r['predicted_kv_cache_tokens'])} KV tokens ({fmt(r.get('kv_tokens_error'), True)})")
         if "requests_of_32768" in r:
             figures.append(f"utilization {r.get('gpu_memory_utilization')}, {fmt(r.get('requests_of_32768'))}"
                            " requests of 32,768")
