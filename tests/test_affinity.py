@@ -12,8 +12,9 @@ from llm_supervisor.host.placement import plan_placement, resolve_gpu_node
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.errors import BadInput
 from llm_supervisor.host.gpus import Gpu
-from llm_supervisor.host.numa import format_cpulist
-from llm_supervisor.config.profile import Affinity, parse_cpulist
+from llm_supervisor.cpulist import format_cpulist
+from llm_supervisor.config.profile import Affinity
+from llm_supervisor.cpulist import parse_cpulist
 
 
 def rng(text: str) -> list[int]:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from daemon_harness import free_port
 from hardening_utils import REPO, assert_bad_input, cli, clean_env
 from llm_supervisor.config.loader import MAX_DEPTH, load_profile, load_yaml
-from llm_supervisor.config.profile import MAX_CPU_ID, parse_cpulist
+from llm_supervisor.cpulist import MAX_CPU_ID, parse_cpulist
 from llm_supervisor.config.redaction import REDACTED, Redactor
 from llm_supervisor.config.settings import load_settings, port_clash
 from llm_supervisor.errors import ProfileError, SettingsError

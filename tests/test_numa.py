@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 from llm_supervisor.host import numa
-from llm_supervisor.host.numa import format_cpulist
+from llm_supervisor.cpulist import format_cpulist
 
 REPO = str(Path(__file__).resolve().parent.parent)
 

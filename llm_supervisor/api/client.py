@@ -17,6 +17,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from llm_supervisor.cpulist import format_cpulist
 from llm_supervisor.errors import BadInput, DaemonUnreachable, RuntimeFailure
 
 __all__ = ["ACTIONS", "format_status", "get_status", "post_action", "stream_logs"]
@@ -199,23 +200,12 @@ def _duration(seconds: Any) -> str:
 
 
 def _cpulist(cpus: Any) -> str:
-    """[0,1,2,3,8,9] -> '0-3,8-9' (the kernel's cpulist form)."""
+    """[0,1,2,3,8,9] -> '0-3,8-9' (the kernel's cpulist form); what is not a list of numbers as it came."""
     try:
-        nums = sorted({int(c) for c in cpus})
+        nums = {int(c) for c in cpus}
     except (TypeError, ValueError):
         return str(cpus)
-    if not nums:
-        return "none"
-    parts: list[str] = []
-    start = prev = nums[0]
-    for n in nums[1:] + [None]:  # type: ignore[list-item]
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if n is not None:
-            start = prev = n
-    return ",".join(parts)
+    return format_cpulist(nums) or "none"
 
 
 def _when(at: Any) -> str:

@@ -18,10 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 
 from llm_supervisor.config.cluster import ClusterConfig, cluster_problems
 from llm_supervisor.config.frontdoor import FrontDoorConfig
+from llm_supervisor.cpulist import MAX_CPU_ID, MAX_NODE_ID, parse_cpulist
 
 
-MAX_CPU_ID = 16383  # beyond any kernel's NR_CPUS (8192 with MAXSMP)
-MAX_NODE_ID = 1023  # the kernel's MAX_NUMNODES at most
 MAX_CONTEXT = 10_000_000  # tokens: above the longest context any model offers
 # RFC 1123 labels, with `_` allowed as container runtimes' service names use it
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
@@ -255,25 +254,5 @@ class Profile(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def parse_cpulist(text: str, limit: int = MAX_CPU_ID) -> list[int]:
-    """Parse the kernel's list format ("0-3,8,10-11") into sorted numbers from 0 to `limit`."""
-    cpus: set[int] = set()
-    if len(text) > 100_000:
-        raise ValueError("a list longer than 100,000 characters")
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        lo, dash, hi = part.partition("-")
-        if not (lo.isascii() and lo.isdigit() and (not dash or (hi.isascii() and hi.isdigit()))):
-            raise ValueError(f"{part!r} is not a number or a range like 0-7")
-        if max(len(lo), len(hi)) > 9:
-            raise ValueError(f"{part} goes above {limit}, the highest number allowed")
-        first, last = int(lo), int(hi) if dash else int(lo)
-        if first > last:
-            raise ValueError(f"range {part} runs backwards")
-        if last > limit:
-            raise ValueError(f"{last} is above {limit}, the highest number allowed")
-        cpus.update(range(first, last + 1))
-    return sorted(cpus)
 
 

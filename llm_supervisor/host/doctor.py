@@ -23,7 +23,7 @@ from llm_supervisor.host.placement import plan_placement
 from llm_supervisor.host.tenants import describe, gpu_tenants, port_holder
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.errors import SupervisorError
-from llm_supervisor.host.numa import format_cpulist
+from llm_supervisor.cpulist import format_cpulist
 from llm_supervisor.vllm import memory
 from llm_supervisor.config.profile import Profile
 from llm_supervisor.config.settings import Settings

@@ -16,6 +16,8 @@ import ctypes
 import errno
 import os
 
+from llm_supervisor.cpulist import format_cpulist
+
 MPOL_DEFAULT = 0
 MPOL_PREFERRED = 1
 MPOL_BIND = 2
@@ -32,20 +34,6 @@ try:
     _syscall.restype = ctypes.c_long
 except (OSError, AttributeError):  # no libc handle: CPUs can still be set
     _syscall = None
-
-
-def format_cpulist(cpus: list[int] | set[int] | tuple[int, ...]) -> str:
-    """[0, 1, 2, 5] → "0-2,5" (the kernel's list format)."""
-    out: list[str] = []
-    items = sorted(set(cpus))
-    i = 0
-    while i < len(items):
-        j = i
-        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
-            j += 1
-        out.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
-        i = j + 1
-    return ",".join(out)
 
 
 def _node_mask(nodes: list[int]) -> tuple[ctypes.Array, int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from llm_supervisor.errors import ProfileError
 from llm_supervisor.host.gpus import Gpu
-from llm_supervisor.host.numa import format_cpulist
+from llm_supervisor.cpulist import format_cpulist
 from llm_supervisor.host.topology import Core, Topology
 from llm_supervisor.config.profile import Affinity
 

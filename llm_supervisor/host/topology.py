@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm_supervisor.config.profile import parse_cpulist
+from llm_supervisor.cpulist import parse_cpulist
 
 Core = tuple[int, ...]
 
