@@ -15,6 +15,7 @@ import pytest
 from llm_supervisor.host import doctor, gpus as hardware
 from llm_supervisor.host.tenants import Tenant
 from llm_supervisor.host.topology import Topology
+from llm_supervisor.errors import RuntimeFailure
 from llm_supervisor.store.lock import DaemonLock
 from llm_supervisor.host.doctor import Check, format_checks, port_free, run_doctor
 from llm_supervisor.config.loader import load_profile
@@ -163,6 +164,8 @@ def test_the_state_dirs_lock_names_the_daemon_that_holds_it(tmp_path):
     lock.acquire()
     try:
         assert DaemonLock(tmp_path / "state").holder() == os.getpid()
+        with pytest.raises(RuntimeFailure, match=rf"another llm-supervisor \(pid {os.getpid()}\) is running"):
+            DaemonLock(tmp_path / "state").acquire()
     finally:
         lock.release()
     assert DaemonLock(tmp_path / "state").holder() is None

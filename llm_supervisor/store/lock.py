@@ -31,10 +31,9 @@ class DaemonLock:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+            holder = _pid(fh)
             fh.close()
-            raise RuntimeFailure(f"another llm-supervisor (pid {holder}) is running with state dir "
+            raise RuntimeFailure(f"another llm-supervisor (pid {holder or 'unknown'}) is running with state dir "
                                  f"{self.path.parent}; stop it or set LLM_SUPERVISOR_STATE_DIR") from None
         try:
             fh.seek(0)
@@ -58,8 +57,7 @@ class DaemonLock:
             try:
                 fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                text = fh.read().strip()
-                return int(text) if text.isdigit() else None
+                return _pid(fh)
             except OSError:
                 return None
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -72,3 +70,10 @@ class DaemonLock:
                 self._fh.close()
             finally:
                 self._fh = None
+
+
+def _pid(fh: Any) -> int | None:
+    """The pid the holding daemon wrote into the lock file."""
+    fh.seek(0)
+    text = fh.read().strip()
+    return int(text) if text.isdigit() else None
