@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -107,6 +108,13 @@ class HeadDaemon(Daemon):
         return out
 
     # ------------------------------------------------------------ Ray head and probe
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """As the daemon's; a second stop signal also ends the Ray head and the probe at once."""
+        super()._on_signal(sig)
+        if self.stop_signals >= 2:
+            self.ray.hurry()
+            self.probe.hurry()
+
     def _on_ray_state(self, state: State, reason: str) -> None:
         if state in (State.READY, State.BACKOFF, State.FAILED):
             (log.warning if state is not State.READY else log.info)("ray head: %s", reason)

@@ -65,6 +65,7 @@ class ProcessLoop(RestartLoop):
         self.ready_at: float | None = None
         self.last_exit: str | None = None
         self.placement_applied: str | None = None
+        self.hurried = False
         self.ring: collections.deque[str] = collections.deque(maxlen=RING_LINES)
         self._task: asyncio.Task | None = None
         self._log: EngineLog | None = None
@@ -80,7 +81,20 @@ class ProcessLoop(RestartLoop):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._task), self.stop_timeout + 20)
         elif self.proc is not None and self.proc.running:
-            await self.proc.stop(self.stop_timeout)
+            await self._stop_proc(self.proc)
+
+    def hurry(self) -> None:
+        """End the process now (its guard SIGKILLs the tree), also one whose staged stop is under
+        way, and skip the staged stop from here on (a second stop signal)."""
+        self.hurried = True
+        if self.proc is not None and self.proc.running:
+            self.proc.hurry()
+
+    async def _stop_proc(self, proc: launching.EngineHandle) -> launching.ExitInfo:
+        """The staged stop (SIGTERM, `stop_timeout`, SIGKILL), or at once once hurried."""
+        if self.hurried:
+            proc.hurry()
+        return await proc.stop(self.stop_timeout)
 
     def restart(self) -> None:
         """End the running process (staged stop) and start it again at once."""
@@ -156,7 +170,7 @@ class ProcessLoop(RestartLoop):
         if not waiter.done():  # a stop or a restart was asked for
             requested = command.result()
             self.enter(State.STOPPING if requested is Command.STOP else State.RESTARTING, f"stopping {self.name}")
-            info = await proc.stop(self.stop_timeout)
+            info = await self._stop_proc(proc)
             self.last_exit = info.description
             return Outcome(info, None, self.ready, requested)
         command.cancel()
@@ -194,7 +208,7 @@ class ProcessLoop(RestartLoop):
             dispatcher.cancel()
             if self.proc is not None and self.proc.running:
                 with contextlib.suppress(Exception):
-                    await self.proc.stop(self.stop_timeout)
+                    await self._stop_proc(self.proc)
             if self.state is not State.FAILED:
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, f"stopping {self.name}")

@@ -22,8 +22,9 @@ from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK
 from llm_supervisor.host import gpus as hardware
 from llm_supervisor.planning.launch import LaunchPlan
-from llm_supervisor.clock import SystemClock, iso
+from llm_supervisor.clock import Clock, SystemClock, iso
 from llm_supervisor.runtime.commands import Command
+from llm_supervisor.runtime.launcher import Launcher
 from llm_supervisor.runtime.notify import Notifier
 from llm_supervisor.runtime.service import keep_watchdog, poll_gpus, served
 from llm_supervisor.states import State
@@ -38,7 +39,8 @@ class WorkerNode:
     """A worker host: `ray start --address … --block` under a guard, the REST API, systemd."""
 
     def __init__(self, settings: Settings, profile: Profile, plan: LaunchPlan, node_ip: str | None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, *, clock: Clock | None = None,
+                 launcher: Launcher | None = None) -> None:
         cfg = profile.cluster
         assert cfg is not None
         self.settings = settings
@@ -51,7 +53,7 @@ class WorkerNode:
         self.started_at = time.time()
         self.history: list[dict[str, Any]] = []
         self.gpus: list[dict[str, Any]] = []
-        self.clock = SystemClock()
+        self.clock = clock or SystemClock()
         self.inventory = hardware.inventory(plan.simulate, plan.sim_config) if plan.chosen else None
         self.ray = ProcessLoop(
             "ray worker", ray_start_argv(cfg, "worker", self.per_node, node_ip),
@@ -59,7 +61,8 @@ class WorkerNode:
             log_path=settings.logs / f"{profile.name}-ray-worker.log", log_max_bytes=settings.log_max_bytes,
             ready_marker=RAY_READY_MARKER, wait_for=(cfg.gcs_host, cfg.gcs_port),
             backoff=(cfg.restart_backoff_initial_s, cfg.restart_backoff_max_s),
-            max_failures=profile.recovery.max_attempts, on_state=self._on_ray_state, clock=self.clock)
+            max_failures=profile.recovery.max_attempts, on_state=self._on_ray_state, clock=self.clock,
+            launcher=launcher)
 
     @property
     def state(self) -> State:
@@ -97,7 +100,18 @@ class WorkerNode:
         self.ray.inbox.submit(name)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        self.ray.inbox.put(Command.RESTART if sig == signal.SIGHUP else Command.STOP)
+        """SIGHUP restarts Ray; SIGTERM/SIGINT stop it, and a second one ends it now."""
+        if sig == signal.SIGHUP:
+            self.ray.inbox.put(Command.RESTART)
+            return
+        which = self.ray.count_stop_signal()
+        if which == "first" and self.ray.pid is not None:
+            log.info("%s: stopping Ray (SIGTERM, then SIGKILL after %g s; a second signal ends it now)",
+                     sig.name, self.ray.stop_timeout)
+        elif which in ("again", "during a stop"):
+            log.warning("%s %s: ending Ray now with SIGKILL", sig.name, which)
+            self.ray.hurry()
+        self.ray.inbox.put(Command.STOP)
 
     def _publish_gpus(self, gpus: list[dict[str, Any]]) -> None:
         self.gpus = gpus

@@ -149,7 +149,6 @@ class Daemon(RestartLoop):
         self.history: list[dict[str, Any]] = []
         self.attempts: list[Attempt] = []
         self.engine: launching.EngineHandle | None = None
-        self.stop_signals = 0  # a second one ends the engine now (launching.EngineHandle.hurry)
         self.engine_started_at: float | None = None
         self.ready_at: float | None = None
         self.ready_count = 0
@@ -920,15 +919,13 @@ class Daemon(RestartLoop):
         if sig == signal.SIGHUP:
             self.inbox.put(Command.RELOAD)
             return
-        # a signal while a stop asked through the API runs counts as the second: it is a hurry too
-        during = self.stop_signals == 0 and self.stop_requested
-        self.stop_signals += 2 if during else 1
-        if self.stop_signals == 1 and self.engine is not None and self.engine.running:
+        which = self.count_stop_signal()
+        if which == "first" and self.engine is not None and self.engine.running:
             log.info("%s: stopping vLLM (SIGTERM, then SIGKILL after %g s; a second signal ends it now)",
                      sig.name, self.settings.stop_timeout_s)
-        elif self.stop_signals == 2:
+        elif which in ("again", "during a stop"):
             log.warning("%s %s: ending vLLM now with SIGKILL instead of waiting up to %g s for it to exit", sig.name,
-                        "during a stop" if during else "again", self.settings.stop_timeout_s)
+                        which, self.settings.stop_timeout_s)
             self._hurry(self.engine)
         self.inbox.put(Command.STOP)
 

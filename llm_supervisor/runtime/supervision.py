@@ -64,6 +64,7 @@ class RestartLoop:
         self.reason = ""
         self.stop_requested = False
         self.restart_requested = False
+        self.stop_signals = 0  # SIGTERM/SIGINT received: a second one ends what runs now
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------ states
@@ -89,6 +90,18 @@ class RestartLoop:
         while True:
             command = await self.inbox.get()
             getattr(self, f"handle_{command.value}")()
+
+    def count_stop_signal(self) -> str | None:
+        """Count a SIGTERM/SIGINT. "first": what runs gets its staged stop. "again", or "during a
+        stop" (the first signal while a stop asked through the API runs): the caller ends what it
+        runs now instead of waiting out that stop. Any later one: None (already ended)."""
+        during = self.stop_signals == 0 and self.stop_requested
+        self.stop_signals += 2 if during else 1
+        if self.stop_signals == 1:
+            return "first"
+        if self.stop_signals == 2:
+            return "during a stop" if during else "again"
+        return None
 
     def handle_stop(self) -> None:
         self.stop_requested = True
