@@ -193,3 +193,19 @@ def test_status_text_names_the_vllm_that_runs() -> None:
                                                             "planned_source": "unknown", "accounting": "budget-0.26"}}))
     text = console.export_text()
     assert "0.26.0 (printed by the engine, planned for 0.34.0); KV accounting budget-0.26" in text
+
+
+def test_a_model_folder_vllm_cannot_load_is_a_plan_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder without config.json fails vLLM's launch with model_not_found: `plan` and `up` say so
+    first. A Mistral-format folder (params.json) loads in vLLM: no warning, only no prediction."""
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    plan = build_plan(_settings(tmp_path), load_profile("4090d-qwen3-4b", PROFILES, overrides=[f"model.id={folder}"]),
+                      simulate=True)
+    assert any(f"{folder}: folder has no config.json" in w and "model_not_found" in w for w in plan.warnings)
+    (folder / "params.json").write_text("{}")
+    plan = build_plan(_settings(tmp_path), load_profile("4090d-qwen3-4b", PROFILES, overrides=[f"model.id={folder}"]),
+                      simulate=True)
+    assert not any("model_not_found" in w for w in plan.warnings)
+    assert any("no prediction" in n and "params.json" in n for n in plan.notes)

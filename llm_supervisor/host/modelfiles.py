@@ -30,6 +30,10 @@ class ModelConfigNotFound(LookupError):
     """No config.json for the model here, in the HF cache, or bundled."""
 
 
+class NotAModelFolder(ModelConfigNotFound):
+    """A local folder with neither config.json nor a Mistral-format params.json: vLLM cannot load it."""
+
+
 def read_safetensors_header(path: str | Path) -> dict[str, Any]:
     """The JSON header of one safetensors file: 8-byte little-endian length, then that many bytes
     of JSON. Reads only the header, never the tensors."""
@@ -136,7 +140,9 @@ def find_model_config(model: str, hf_home: str | None = None) -> tuple[dict[str,
     if path.is_dir():
         cfg = path / "config.json"
         if not cfg.is_file():
-            raise ModelConfigNotFound(f"{model}: folder has no config.json")
+            if not (path / "params.json").is_file():
+                raise NotAModelFolder(f"{model}: folder has no config.json")
+            raise ModelConfigNotFound(f"{model}: folder has no config.json (a Mistral-format params.json only)")
         return _read_json(cfg), str(cfg)
     if path.is_file() and path.name.endswith(".json"):
         return _read_json(path), str(path)

@@ -24,7 +24,7 @@ from llm_supervisor.errors import BadInput, HardwareMismatch, PlanRefused, Runti
 from llm_supervisor.host import engineversion, gpus as hardware, hostmem, simgpu
 from llm_supervisor.host.engineversion import EngineVersion
 from llm_supervisor.host.logfiles import log_name
-from llm_supervisor.host.modelfiles import ModelConfigNotFound, load_shape, load_weight_inventory
+from llm_supervisor.host.modelfiles import ModelConfigNotFound, NotAModelFolder, load_shape, load_weight_inventory
 from llm_supervisor.host.placement import Placement, plan_placement
 from llm_supervisor.host.tenants import gpu_tenants
 from llm_supervisor.host.topology import Topology
@@ -391,6 +391,9 @@ def build_plan(
             else:
                 notes.extend(f"{n} (recovery.plan_first_launch is off: launching as the profile says)"
                              for n in target_fit.notes)
+    except NotAModelFolder as exc:
+        warnings.append(f"{exc} (nor a Mistral-format params.json): vLLM will not load it and the launch fails "
+                        "with model_not_found; give a model folder or a Hugging Face id")
     except ModelConfigNotFound as exc:
         notes.append(f"no prediction: {exc}")
     if prediction is not None and not last_note:
