@@ -166,3 +166,29 @@ def test_a_second_stop_signal_on_the_head_also_ends_its_ray_processes(tmp_path: 
         return seen
 
     assert asyncio.run(scenario()) == [(False, False), (True, True)]
+
+
+def test_a_hurried_ray_loop_keeps_its_process_until_the_stop_then_ends_it_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gcs: int) -> None:
+    """The head hurries its Ray loops on a second signal while vLLM still stops: Ray keeps running
+    (not killed early and taken for a crash, so not restarted), and its stop then skips the 5 s."""
+    settings, profile, plan = _profile(tmp_path, monkeypatch, gcs)
+
+    async def scenario() -> tuple[bool, int, float, list[float]]:
+        clock = VirtualClock()
+        clock.watch_threads(asyncio.get_running_loop())
+        launcher = FakeRayLauncher(clock)
+        node = WorkerNode(settings, profile, plan, "127.0.0.1", clock=clock, launcher=launcher)  # type: ignore[arg-type]
+        node.ray.start()
+        while node.state is not State.READY:
+            await clock.sleep(0.1)
+        node.ray.hurry()
+        await clock.sleep(10.0)
+        running = launcher.started[-1].running and node.state is State.READY
+        asked = clock.monotonic()
+        await node.ray.stop()
+        return running, len(launcher.started), clock.monotonic() - asked, launcher.started[-1].hurried
+
+    running, starts, took, hurried = asyncio.run(scenario())
+    assert running and starts == 1
+    assert len(hurried) == 1 and took < RAY_STOP_TIMEOUT_S

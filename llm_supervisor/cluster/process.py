@@ -84,10 +84,11 @@ class ProcessLoop(RestartLoop):
             await self._stop_proc(self.proc)
 
     def hurry(self) -> None:
-        """End the process now (its guard SIGKILLs the tree), also one whose staged stop is under
-        way, and skip the staged stop from here on (a second stop signal)."""
+        """A second stop signal: from now on stopping the process is a SIGKILL of its tree (through
+        its guard), not a staged stop, and a staged stop under way is cut short. A process not
+        being stopped keeps running until its stop comes (so it is not taken for a crash)."""
         self.hurried = True
-        if self.proc is not None and self.proc.running:
+        if self.stop_requested and self.proc is not None and self.proc.running:
             self.proc.hurry()
 
     async def _stop_proc(self, proc: launching.EngineHandle) -> launching.ExitInfo:
