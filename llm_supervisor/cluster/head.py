@@ -111,7 +111,7 @@ class HeadDaemon(Daemon):
     def _on_signal(self, sig: signal.Signals) -> None:
         """As the daemon's; a second stop signal also ends the Ray head and the probe at once."""
         super()._on_signal(sig)
-        if self.stop_signals >= 2:
+        if self.hurried:
             self.ray.hurry()
             self.probe.hurry()
 

@@ -65,7 +65,6 @@ class ProcessLoop(RestartLoop):
         self.ready_at: float | None = None
         self.last_exit: str | None = None
         self.placement_applied: str | None = None
-        self.hurried = False
         self.ring: collections.deque[str] = collections.deque(maxlen=RING_LINES)
         self._task: asyncio.Task | None = None
         self._log: EngineLog | None = None

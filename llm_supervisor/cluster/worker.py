@@ -104,14 +104,7 @@ class WorkerNode:
         if sig == signal.SIGHUP:
             self.ray.inbox.put(Command.RESTART)
             return
-        which = self.ray.count_stop_signal()
-        if which == "first" and self.ray.pid is not None:
-            log.info("%s: stopping Ray (SIGTERM, then SIGKILL after %g s; a second signal ends it now)",
-                     sig.name, self.ray.stop_timeout)
-        elif which in ("again", "during a stop"):
-            log.warning("%s %s: ending Ray now with SIGKILL", sig.name, which)
-            self.ray.hurry()
-        self.ray.inbox.put(Command.STOP)
+        self.ray.stop_signal(sig, "Ray", self.ray.stop_timeout, self.ray.pid is not None, self.ray.hurry)
 
     def _publish_gpus(self, gpus: list[dict[str, Any]]) -> None:
         self.gpus = gpus

@@ -730,7 +730,7 @@ class Daemon(RestartLoop):
         described, level = exit_info.description, logging.INFO
         if reported_dead:
             described += " (ended by the supervisor after vLLM reported its engine dead)"
-        elif self.stop_signals >= 2 and exit_info.signal == signal.SIGKILL:
+        elif self.hurried and exit_info.signal == signal.SIGKILL:
             described = "killed with SIGKILL on a second stop signal"
         if (requested or failure is not None) and waited >= 0.9 * self.settings.stop_timeout_s and (
                 exit_info.signal == signal.SIGKILL or exit_info.code == 128 + signal.SIGKILL):
@@ -919,19 +919,12 @@ class Daemon(RestartLoop):
         if sig == signal.SIGHUP:
             self.inbox.put(Command.RELOAD)
             return
-        which = self.count_stop_signal()
-        if which == "first" and self.engine is not None and self.engine.running:
-            log.info("%s: stopping vLLM (SIGTERM, then SIGKILL after %g s; a second signal ends it now)",
-                     sig.name, self.settings.stop_timeout_s)
-        elif which in ("again", "during a stop"):
-            log.warning("%s %s: ending vLLM now with SIGKILL instead of waiting up to %g s for it to exit", sig.name,
-                        which, self.settings.stop_timeout_s)
-            self._hurry(self.engine)
-        self.inbox.put(Command.STOP)
+        self.stop_signal(sig, "vLLM", self.settings.stop_timeout_s, self.engine is not None and self.engine.running,
+                         lambda: self._hurry(self.engine))
 
     def _hurry(self, engine: launching.EngineHandle | None) -> None:
         """After a second stop signal, an engine being (or about to be) stopped is killed at once."""
-        if self.stop_signals >= 2 and engine is not None and engine.running:
+        if self.hurried and engine is not None and engine.running:
             engine.hurry()
 
     async def _stop_engine(self, engine: launching.EngineHandle) -> launching.ExitInfo:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -64,7 +65,8 @@ class RestartLoop:
         self.reason = ""
         self.stop_requested = False
         self.restart_requested = False
-        self.stop_signals = 0  # SIGTERM/SIGINT received: a second one ends what runs now
+        self.stop_signals = 0  # SIGTERM/SIGINT received
+        self.hurried = False   # a second one came: what runs is stopped with SIGKILL at once
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------ states
@@ -91,17 +93,22 @@ class RestartLoop:
             command = await self.inbox.get()
             getattr(self, f"handle_{command.value}")()
 
-    def count_stop_signal(self) -> str | None:
-        """Count a SIGTERM/SIGINT. "first": what runs gets its staged stop. "again", or "during a
-        stop" (the first signal while a stop asked through the API runs): the caller ends what it
-        runs now instead of waiting out that stop. Any later one: None (already ended)."""
+    def stop_signal(self, sig: signal.Signals, what: str, timeout_s: float, running: bool,
+                    hurry: Callable[[], None]) -> None:
+        """A SIGTERM/SIGINT asks the loop to stop. The first leaves `what` its staged stop (SIGTERM,
+        then SIGKILL after `timeout_s`); a second one, or the first while a stop asked through the
+        API runs (the person's second word), marks the loop hurried and calls `hurry` to end it now."""
         during = self.stop_signals == 0 and self.stop_requested
         self.stop_signals += 2 if during else 1
-        if self.stop_signals == 1:
-            return "first"
-        if self.stop_signals == 2:
-            return "during a stop" if during else "again"
-        return None
+        if self.stop_signals == 1 and running:
+            log.info("%s: stopping %s (SIGTERM, then SIGKILL after %g s; a second signal ends it now)",
+                     sig.name, what, timeout_s)
+        elif self.stop_signals == 2:
+            log.warning("%s %s: ending %s now with SIGKILL instead of waiting up to %g s for it to exit", sig.name,
+                        "during a stop" if during else "again", what, timeout_s)
+            self.hurried = True
+            hurry()
+        self.inbox.put(Command.STOP)
 
     def handle_stop(self) -> None:
         self.stop_requested = True
