@@ -514,7 +514,57 @@ class FakeVllm:
         return httpx.MockTransport(handle)
 
 
-class FakeEngine:
+class FakeTree:
+    """A launched process tree as the launcher's handle shows it, on the virtual clock: it exits,
+    stops (SIGTERM; a tree that ignores it is SIGKILLed at the guard's deadline, unless a `hurry`
+    kills it first) and records each stop and hurry. Subclasses run their output in `_run`."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.stops: list[float] = []
+        self.hurried: list[float] = []
+        self.ignore_sigterm = False
+        self.exit_info: ExitInfo | None = None
+        self._exited = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return not self._exited.is_set()
+
+    def _exit(self, info: ExitInfo) -> None:
+        if self._exited.is_set():
+            return
+        self.exit_info = info
+        self._task.cancel()
+        self._exited.set()
+
+    async def wait(self) -> ExitInfo:
+        await self._exited.wait()
+        assert self.exit_info is not None
+        return self.exit_info
+
+    async def stop(self, timeout: float) -> ExitInfo:
+        self.stops.append(self.clock.monotonic())
+        if self.running:
+            if self.ignore_sigterm:
+                # the guard's deadline, unless a `hurry` kills it first
+                await first_of(self.clock, self._exited.wait(), timeout)
+                self._exit(ExitInfo(128 + 9, 9))
+            else:
+                await self.clock.sleep(0.1)
+                self._exit(ExitInfo(0))
+        return await self.wait()
+
+    def hurry(self) -> None:
+        self.hurried.append(self.clock.monotonic())
+        self._exit(ExitInfo(128 + 9, 9))
+
+
+class FakeEngine(FakeTree):
     """One launched engine: prints its script on the virtual clock, then exits or serves."""
 
     _pids = itertools.count(5000)
@@ -528,7 +578,6 @@ class FakeEngine:
         self.kv_tokens = vllm.kv_tokens(self.launch)
         self.lines, self.exit_code, self.held_gib = vllm.script(self.number, self.launch)
         self.on_output = on_output
-        self.clock = clock
         self.engine_pid = next(self._pids)
         self._guard_pid = next(self._pids)
         self.placement: str | None = None
@@ -538,20 +587,11 @@ class FakeEngine:
         self.waiting = 0.0
         self.generated = 0.0
         self.kv_usage = 0.0
-        self.stops: list[float] = []
-        self.hurried: list[float] = []
-        self.ignore_sigterm = False
-        self.exit_info: ExitInfo | None = None
-        self._exited = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
+        super().__init__(clock)
 
     @property
     def guard_pid(self) -> int:
         return self._guard_pid
-
-    @property
-    def running(self) -> bool:
-        return not self._exited.is_set()
 
     def _print(self, *lines: str) -> None:
         text = "".join(line + "\n" for line in lines)
@@ -569,12 +609,9 @@ class FakeEngine:
         self.serving = True
 
     def _exit(self, info: ExitInfo) -> None:
-        if self._exited.is_set():
-            return
-        self.serving = False
-        self.exit_info = info
-        self._task.cancel()
-        self._exited.set()
+        if self.running:
+            self.serving = False
+        super()._exit(info)
 
     def die(self, linger_s: float = 0.0) -> None:
         """EngineCore killed while serving: vLLM's API server (0.26 and 0.34 alike) logs it and exits with 0,
@@ -599,28 +636,6 @@ class FakeEngine:
                                     f"total capacity of {self.vllm.total_gib:.2f} GiB of which 101.00 MiB is free."),
                     API.format(level="ERROR", src="async_llm.py:957", msg="EngineDeadError: EngineCore encountered an issue."))
         self._exit(ExitInfo(0))
-
-    async def wait(self) -> ExitInfo:
-        await self._exited.wait()
-        assert self.exit_info is not None
-        return self.exit_info
-
-    async def stop(self, timeout: float) -> ExitInfo:
-        self.stops.append(self.clock.monotonic())
-        if self.running:
-            if self.ignore_sigterm:
-                # the guard's deadline, unless a `hurry` kills it first
-                await first_of(self.clock, self._exited.wait(), timeout)
-                self._exit(ExitInfo(128 + 9, 9))
-            else:
-                await self.clock.sleep(0.1)
-                self._exit(ExitInfo(0))
-        return await self.wait()
-
-    def hurry(self) -> None:
-        self.hurried.append(self.clock.monotonic())
-        self._exit(ExitInfo(128 + 9, 9))
-
 
 class FakeLauncher:
     def __init__(self, vllm: FakeVllm, clock: VirtualClock) -> None:

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fakes import VirtualClock
-from llm_supervisor.clock import first_of
+from fakes import FakeTree, VirtualClock
 from llm_supervisor.cluster.head import HeadDaemon
 from llm_supervisor.cluster.process import RAY_STOP_TIMEOUT_S
 from llm_supervisor.cluster.spec import RAY_READY_MARKER
@@ -23,53 +22,24 @@ from llm_supervisor.cluster.worker import WorkerNode
 from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.settings import load_settings
 from llm_supervisor.planning.launch import build_plan
-from llm_supervisor.runtime.launcher import ExitInfo, LaunchSpec, OutputCallback
+from llm_supervisor.runtime.launcher import LaunchSpec, OutputCallback
 from llm_supervisor.states import State
 
 
-class FakeRayStart:
+class FakeRayStart(FakeTree):
     """`ray start --block` that says it is up and then ignores SIGTERM, as a Ray node busy
     ending its workers can: only the guard's SIGKILL (at the stop timeout, or when hurried) ends it."""
 
     def __init__(self, on_output: OutputCallback, clock: VirtualClock) -> None:
-        self.on_output, self.clock = on_output, clock
+        self.on_output = on_output
         self.engine_pid, self.guard_pid, self.placement = 7000, 7001, None
-        self.stops: list[float] = []
-        self.hurried: list[float] = []
-        self.exit_info: ExitInfo | None = None
-        self._exited = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
+        super().__init__(clock)
+        self.ignore_sigterm = True
 
     async def _run(self) -> None:
         await self.clock.sleep(0.5)
         line = f"{RAY_READY_MARKER}."
         self.on_output(f"{line}\n".encode(), [line])
-
-    @property
-    def running(self) -> bool:
-        return not self._exited.is_set()
-
-    def _exit(self, info: ExitInfo) -> None:
-        if not self._exited.is_set():
-            self.exit_info = info
-            self._task.cancel()
-            self._exited.set()
-
-    async def wait(self) -> ExitInfo:
-        await self._exited.wait()
-        assert self.exit_info is not None
-        return self.exit_info
-
-    async def stop(self, timeout: float) -> ExitInfo:
-        self.stops.append(self.clock.monotonic())
-        if self.running:
-            await first_of(self.clock, self._exited.wait(), timeout)
-            self._exit(ExitInfo(128 + 9, 9))
-        return await self.wait()
-
-    def hurry(self) -> None:
-        self.hurried.append(self.clock.monotonic())
-        self._exit(ExitInfo(128 + 9, 9))
 
 
 class FakeRayLauncher:
