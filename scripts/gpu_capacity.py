@@ -50,7 +50,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
 
-from gpu_validate import add_archive_option, archive_if_asked  # noqa: E402 - one way to bring a run's logs back
+from gpu_validate import add_archive_option, archive_if_asked, torch_total_gib  # noqa: E402 - shared with the other GPU scripts
 from llm_supervisor.config.loader import load_profile  # noqa: E402
 from llm_supervisor.config.settings import load_settings  # noqa: E402
 from llm_supervisor.host.modelfiles import bundled_config_path  # noqa: E402
@@ -342,7 +342,7 @@ def scenario_32b(ctx: Ctx, r: dict[str, Any]) -> None:
 
 
 def scenario_offload(ctx: Ctx, r: dict[str, Any]) -> None:
-    total = H200_MIB / 1024 if ctx.simulate else 139.8
+    total = H200_MIB / 1024 if ctx.simulate else torch_total_gib(ctx.env, fallback=139.8)
     util = round(BUDGET_24GB_GIB / total, 3)
     r.update({"scenario": f"Qwen3-32B shape at a 24 GB budget (util {util}), CPU offload allowed", "ok": False,
               "notes": []})

@@ -512,9 +512,7 @@ def main() -> int:
         # gv.build_ctx pins the simulator to the GPU machine's vLLM 0.26 (the recipe's version)
         base.total_gib = H200_MIB / 1024
     else:
-        base.total_gib = float(subprocess.run(
-            [sys.executable, "-c", "import torch; print(torch.cuda.mem_get_info(0)[1] / 2**30)"],
-            capture_output=True, text=True, timeout=300, env=base.env).stdout.strip() or 139.8)
+        base.total_gib = gv.torch_total_gib(base.env, fallback=139.8)
     signal.signal(signal.SIGALRM, gv._alarm)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     have = gpu_count(args.simulate)

@@ -186,6 +186,18 @@ def gpu_used_mib(ctx: Ctx) -> int | None:
         return None
 
 
+def torch_total_gib(env: dict[str, str], fallback: float) -> float:
+    """GPU 0's total memory as torch (and so vLLM's utilization) sees it, in GiB: a budget in GB
+    becomes a utilization of this card, whichever card the machine has; `fallback` if torch cannot
+    say (no GPU, no torch in `env`)."""
+    try:
+        r = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.mem_get_info(0)[1] / 2**30)"],
+                           capture_output=True, text=True, timeout=300, env=env)
+        return float(r.stdout.strip())
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return fallback
+
+
 # What the device machine brings back is a handful of files: a run's logs travel as one archive.
 ARCHIVE_SUFFIXES = (".log", ".json", ".txt", ".md", ".yaml", ".out", ".svg")
 ARCHIVE_MAX_FILE_BYTES = 20 * 2**20
