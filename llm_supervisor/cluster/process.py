@@ -80,21 +80,15 @@ class ProcessLoop(RestartLoop):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._task), self.stop_timeout + 20)
         elif self.proc is not None and self.proc.running:
-            await self._stop_proc(self.proc)
+            await self.stop_tree(self.proc, self.stop_timeout)
 
     def hurry(self) -> None:
         """A second stop signal: from now on stopping the process is a SIGKILL of its tree (through
         its guard), not a staged stop, and a staged stop under way is cut short. A process not
         being stopped keeps running until its stop comes (so it is not taken for a crash)."""
         self.hurried = True
-        if self.stop_requested and self.proc is not None and self.proc.running:
-            self.proc.hurry()
-
-    async def _stop_proc(self, proc: launching.EngineHandle) -> launching.ExitInfo:
-        """The staged stop (SIGTERM, `stop_timeout`, SIGKILL), or at once once hurried."""
-        if self.hurried:
-            proc.hurry()
-        return await proc.stop(self.stop_timeout)
+        if self.stop_requested:
+            self.hurry_tree(self.proc)
 
     def restart(self) -> None:
         """End the running process (staged stop) and start it again at once."""
@@ -170,7 +164,7 @@ class ProcessLoop(RestartLoop):
         if not waiter.done():  # a stop or a restart was asked for
             requested = command.result()
             self.enter(State.STOPPING if requested is Command.STOP else State.RESTARTING, f"stopping {self.name}")
-            info = await self._stop_proc(proc)
+            info = await self.stop_tree(proc, self.stop_timeout)
             self.last_exit = info.description
             return Outcome(info, None, self.ready, requested)
         command.cancel()
@@ -208,7 +202,7 @@ class ProcessLoop(RestartLoop):
             dispatcher.cancel()
             if self.proc is not None and self.proc.running:
                 with contextlib.suppress(Exception):
-                    await self._stop_proc(self.proc)
+                    await self.stop_tree(self.proc, self.stop_timeout)
             if self.state is not State.FAILED:
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, f"stopping {self.name}")

@@ -714,7 +714,7 @@ class Daemon(RestartLoop):
                 drained = await self.door.drain()
                 log.info("front door drained before the restart %s", drained)
             asked_at = self.clock.monotonic()
-            exit_info = await self._stop_engine(engine)
+            exit_info = await self.stop_tree(engine, self.settings.stop_timeout_s)
             waited = self.clock.monotonic() - asked_at
         elif reported_dead:
             # vLLM's API server outlives its dead engine until a watchdog (up to 5 s) ends it; nothing
@@ -722,7 +722,7 @@ class Daemon(RestartLoop):
             log.info("attempt %d: vLLM reports its engine dead; ending the engine's processes now rather than "
                      "waiting for its API server to exit", self.attempt)
             self._engine_gone()
-            exit_info = await self._stop_engine(engine)
+            exit_info = await self.stop_tree(engine, self.settings.stop_timeout_s)
             waited = 0.0
         else:
             exit_info = await exit_task
@@ -888,7 +888,7 @@ class Daemon(RestartLoop):
             if self.engine is not None and self.engine.running:
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
-                await self._stop_engine(self.engine)
+                await self.stop_tree(self.engine, self.settings.stop_timeout_s)
             if self.state is not State.FAILED:
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
@@ -920,17 +920,7 @@ class Daemon(RestartLoop):
             self.inbox.put(Command.RELOAD)
             return
         self.stop_signal(sig, "vLLM", self.settings.stop_timeout_s, self.engine is not None and self.engine.running,
-                         lambda: self._hurry(self.engine))
-
-    def _hurry(self, engine: launching.EngineHandle | None) -> None:
-        """After a second stop signal, an engine being (or about to be) stopped is killed at once."""
-        if self.hurried and engine is not None and engine.running:
-            engine.hurry()
-
-    async def _stop_engine(self, engine: launching.EngineHandle) -> launching.ExitInfo:
-        """The staged stop (SIGTERM, STOP_TIMEOUT_S, SIGKILL), at once after a second stop signal."""
-        self._hurry(engine)
-        return await engine.stop(self.settings.stop_timeout_s)
+                         lambda: self.hurry_tree(self.engine))
 
     async def run(self) -> int:
         """`supervisor up`: signals, the REST API, and the loop."""

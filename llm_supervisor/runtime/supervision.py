@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK
 from llm_supervisor.clock import Clock, SystemClock, first_of
 from llm_supervisor.runtime.commands import Command, Inbox
+from llm_supervisor.runtime.launcher import EngineHandle, ExitInfo
 from llm_supervisor.states import State, check_transition
 from llm_supervisor.vllm.recovery import GiveUp
 
@@ -109,6 +110,16 @@ class RestartLoop:
             self.hurried = True
             hurry()
         self.inbox.put(Command.STOP)
+
+    def hurry_tree(self, handle: EngineHandle | None) -> None:
+        """Once hurried (a second stop signal), a running tree is SIGKILLed now, through its guard."""
+        if self.hurried and handle is not None and handle.running:
+            handle.hurry()
+
+    async def stop_tree(self, handle: EngineHandle, timeout_s: float) -> ExitInfo:
+        """The staged stop (SIGTERM, `timeout_s`, SIGKILL), or SIGKILL at once once hurried."""
+        self.hurry_tree(handle)
+        return await handle.stop(timeout_s)
 
     def handle_stop(self) -> None:
         self.stop_requested = True
