@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -38,10 +39,39 @@ app.add_typer(profiles_app, name="profiles")
 PIPE_WIDTH = 160  # tables written to a pipe or file: rich would squeeze them into 80 columns
 
 
+class _TrimmedPipe:
+    """stdout or stderr as a pipe or a file sees it: rich pads every table cell to its column's
+    width, so lines end in spaces that a script reading `supervisor status` would have to strip.
+    The stream is looked up at each write (a test runner swaps sys.stdout)."""
+
+    _PADDED = re.compile(r"[ \t]+(?=\n)")
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+
+    def _stream(self) -> Any:
+        return sys.stderr if self._stderr else sys.stdout
+
+    def write(self, text: str) -> int:
+        self._stream().write(self._PADDED.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream().flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno: those of the stream
+        return getattr(self._stream(), name)
+
+
 def _console(stderr: bool = False) -> Console:
     console = Console(stderr=stderr, highlight=False, soft_wrap=True)
-    if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console.width = PIPE_WIDTH
+    if not console.is_terminal:
+        console.file = _TrimmedPipe(stderr)
+        if not os.environ.get("COLUMNS"):
+            console.width = PIPE_WIDTH
     return console
 
 

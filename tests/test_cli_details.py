@@ -213,3 +213,17 @@ def test_tables_piped_to_a_file_are_not_squeezed_into_80_columns() -> None:
     narrow = subprocess.run([sys.executable, "-c", TABLE_OF_NINE], cwd=ROOT,
                             env={**env, "PYTHONPATH": str(ROOT), "COLUMNS": "60"}, capture_output=True, text=True, timeout=60)
     assert max(len(line) for line in narrow.stdout.splitlines()) <= 60  # an explicit width is kept
+
+
+STATUS_GRID = ("from llm_supervisor import cli; from llm_supervisor.api.client import format_status; "
+               "cli.out.print(format_status({'state': 'ready', 'model': 'Qwen/Qwen3-4B', 'kv_cache_tokens': 123456, "
+               "'max_model_len': 40960, 'gpu_memory_utilization': 0.9}))")
+
+
+def test_status_piped_to_a_script_has_no_padded_lines() -> None:
+    piped = subprocess.run([sys.executable, "-c", STATUS_GRID], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert "KV cache     123,456 tokens" in lines and "utilization  0.9 of GPU memory" in lines, piped.stdout
+    assert [line for line in lines if line != line.rstrip()] == []
