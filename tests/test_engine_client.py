@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from llm_supervisor.config.profile import client_url
+from llm_supervisor.config.profile import client_url, listen_url
 from llm_supervisor.runtime.engine_client import EngineClient
 
 REAL_METRICS = (Path(__file__).parent / "fixtures" / "vllm-0.26.0" / "metrics-ready-util0.27.txt").read_text()
@@ -133,3 +133,13 @@ def test_a_retargeted_client_asks_the_new_engine() -> None:
 ])
 def test_the_engine_is_reached_on_loopback_when_it_listens_everywhere(host: str, url: str) -> None:
     assert client_url(host, 8000) == url
+
+
+@pytest.mark.parametrize("host, url", [
+    ("0.0.0.0", "http://0.0.0.0:8000"),
+    ("::", "http://[::]:8000"),
+    ("::1", "http://[::1]:8000"),
+    ("gpu-node-3", "http://gpu-node-3:8000"),
+])
+def test_the_status_names_the_address_as_it_listens(host: str, url: str) -> None:
+    assert listen_url(host, 8000) == url

@@ -33,12 +33,16 @@ NodeId = Annotated[int, Field(ge=0, le=MAX_NODE_ID)]
 ALL_INTERFACES = ("0.0.0.0", "::", "")  # listening hosts that mean every interface of the machine
 
 
+def listen_url(host: str, port: int) -> str:
+    """The http:// form of the address a server listens on, as written (0.0.0.0 stays): an IPv6
+    address goes in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def client_url(host: str, port: int) -> str:
     """The http:// base a client on this machine uses for a server that listens on host:port:
-    every interface is reached on loopback; an IPv6 address goes in brackets."""
-    if host in ALL_INTERFACES:
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    every interface is reached on loopback."""
+    return listen_url("127.0.0.1" if host in ALL_INTERFACES else host, port)
 
 
 def check_host(value: str) -> str:

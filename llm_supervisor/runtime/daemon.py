@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llm_supervisor.config.profile import ALL_INTERFACES, Profile, VllmArgs, client_url
+from llm_supervisor.config.profile import ALL_INTERFACES, Profile, VllmArgs, client_url, listen_url
 from llm_supervisor.config.redaction import Redactor
 from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import EXIT_GAVE_UP, EXIT_OK, BadInput, RuntimeFailure, SupervisorError
@@ -261,8 +261,7 @@ class Daemon(RestartLoop):
             "max_model_len": self.args.max_model_len or f.max_model_len,
             "gpu_memory_utilization": self.args.gpu_memory_utilization,
             "engine_url": self.engine_url,
-            "url": f"http://{self.args.host}:{self.args.port}" if ":" not in self.args.host
-                   else f"http://[{self.args.host}]:{self.args.port}",
+            "url": listen_url(self.args.host, self.args.port),
             "frontdoor": {"enabled": True, **self.door.stats()} if self.door else {"enabled": False},
             "gpus": self.gpus,
             "cpus": list(self.plan.placement.cpus),
