@@ -4,7 +4,6 @@ daemon that plays it (cluster/head.py, cluster/worker.py).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from llm_supervisor.cluster.head import HeadDaemon
@@ -16,7 +15,7 @@ from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import BadInput
 from llm_supervisor.planning.launch import build_plan
 from llm_supervisor.runtime.daemon import run_daemon
-from llm_supervisor.runtime.service import daemon_process, log_placement
+from llm_supervisor.runtime.service import daemon_process, log_placement, run_daemon_loop
 
 log = logging.getLogger("llm_supervisor")
 
@@ -32,7 +31,7 @@ def run_worker(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
         for warning in plan.warnings + plan.placement.warnings:
             log.warning("plan: %s", warning)
         settings.logs.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(WorkerNode(settings, profile, plan, node_ip).run())
+        return run_daemon_loop(WorkerNode(settings, profile, plan, node_ip).run)
 
 
 def resolve_role(profile: Profile, role: str | None, settings: Settings) -> Role:

@@ -45,7 +45,8 @@ from llm_supervisor.runtime.events import (SHOWN, DaemonEvent, Decided, Exiting,
 from llm_supervisor.runtime.notify import Notifier
 from llm_supervisor.runtime.outputlog import EngineLog, check_log_dir, check_log_path
 from llm_supervisor.runtime.series import Series, sample
-from llm_supervisor.runtime.service import daemon_process, keep_watchdog, log_placement, poll_gpus, served
+from llm_supervisor.runtime.service import (daemon_process, keep_watchdog, log_placement, poll_gpus, run_daemon_loop,
+                                            served)
 from llm_supervisor.states import State
 from llm_supervisor.runtime.supervision import Outcome, RestartLoop
 from llm_supervisor.store.calibration import Calibration
@@ -1022,7 +1023,7 @@ def run_daemon(settings: Settings, profile: Profile, *, simulate: bool, ignore_h
                                           redactor=redactor, end_foreign_engines=end_foreign_engines)
         log.info("engine output: %s (`supervisor logs -f` follows it)", daemon.log_path)
         if progress is None:
-            return asyncio.run(daemon.run())
+            return run_daemon_loop(daemon.run)
         daemon.observers.append(progress)
         with progress:
-            return asyncio.run(daemon.run())
+            return run_daemon_loop(daemon.run)

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 from llm_supervisor.api.embedded import EmbeddedServer
@@ -76,6 +76,43 @@ def daemon_process(settings: Settings, redactor: Redactor | None = None) -> Iter
         lock.release()
 
 
+class EarlySignals:
+    """SIGTERM, SIGINT and SIGHUP from just before a daemon's event loop is built until `served`
+    hands them to the loop: recorded, not raised. A KeyboardInterrupt while asyncio builds its
+    loop leaves a half-made loop that prints a traceback as it is collected, and a coroutine never
+    awaited; recorded, the Ctrl-C reaches the daemon's own handler as soon as there is one, and one
+    that comes while the finished loop is torn down is dropped (the daemon is exiting anyway).
+    Signals belong to the process, so does this record: one instance, EARLY."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._seen: list[signal.Signals] = []
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self._seen.append(signal.Signals(signum))
+
+    def take(self) -> list[signal.Signals]:
+        seen, self._seen = self._seen, []
+        return seen
+
+
+EARLY = EarlySignals()
+
+
+def run_daemon_loop(start: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """asyncio.run(start()) for a long-running role whose coroutine enters `served`, with stop
+    signals recorded around it (EarlySignals); the handlers from before it are back after it."""
+    previous = {sig: signal.signal(sig, EARLY) for sig in SIGNALS}
+    EARLY.active = True
+    try:
+        return asyncio.run(start())
+    finally:
+        EARLY.active = False
+        EARLY.take()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def log_placement(placement: Any, what: str = "placement") -> None:
     log.info("%s: %s CPUs %s, memory policy %s%s", what, "pinned to" if placement.pinned else "not pinned;",
              placement.to_json()["cpulist"], placement.memory_policy,
@@ -93,6 +130,8 @@ async def served(settings: Settings, status: Callable[[], dict[str, Any]], comma
     loop = asyncio.get_running_loop()
     for sig in SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
+    for sig in EARLY.take():  # a Ctrl-C while the loop was being built
+        on_signal(sig)
     try:
         token = settings.api_token.get_secret_value() if settings.api_token else None
         api = await start_api(create_app(status, command, token, collectors, series_source=series, logs_source=logs),
@@ -105,6 +144,8 @@ async def served(settings: Settings, status: Callable[[], dict[str, Any]], comma
     finally:
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
+            if EARLY.active:
+                signal.signal(sig, EARLY)
 
 
 async def poll_gpus(inventory: host_gpus.GpuInventory | None, clock: Clock, interval_s: float,
