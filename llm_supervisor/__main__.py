@@ -7,8 +7,8 @@ KeyboardInterrupt inside a compiled extension's import (pydantic-core building a
 may report it as "Exception ignored" and go on, and the command would start as if never
 interrupted.
 
-After that, Ctrl-C raises KeyboardInterrupt as usual (until the daemon's event loop takes the
-signal over), except while a module is being imported (a command imports its heavy parts on first
+After that, Ctrl-C raises KeyboardInterrupt as usual (until just before the daemon's event loop
+is built: runtime/service.EarlySignals), except while a module is being imported (a command imports its heavy parts on first
 use): there Python may report the exception as ignored and go on (in a module lock's weakref
 callback), or pydantic-core may wrap it in a SchemaError while it builds a schema. So inside an
 import the signal is sent again a moment later, until the import is done.
