@@ -8,10 +8,11 @@ may report it as "Exception ignored" and go on, and the command would start as i
 interrupted.
 
 After that, Ctrl-C raises KeyboardInterrupt as usual (until just before the daemon's event loop
-is built: runtime/service.EarlySignals), except while a module is being imported (a command imports its heavy parts on first
-use): there Python may report the exception as ignored and go on (in a module lock's weakref
-callback), or pydantic-core may wrap it in a SchemaError while it builds a schema. So inside an
-import the signal is sent again a moment later, until the import is done.
+is built: runtime/service.EarlySignals), except while a module is being imported (a command
+imports its heavy parts on first use): there Python may report the exception as ignored and go on
+(in a module lock's weakref callback), or pydantic-core may wrap it in a SchemaError while it
+builds a schema. So inside an import the signal is sent again a moment later, until the import is
+done.
 """
 
 import os
