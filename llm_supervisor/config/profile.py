@@ -34,8 +34,9 @@ ALL_INTERFACES = ("0.0.0.0", "::", "")  # listening hosts that mean every interf
 
 
 def listen_url(host: str, port: int) -> str:
-    """The http:// form of the address a server listens on, as written (0.0.0.0 stays): an IPv6
-    address goes in brackets."""
+    """The http:// form of the address a server listens on, as written (0.0.0.0 stays; empty, which
+    also means every interface, is written 0.0.0.0): an IPv6 address goes in brackets."""
+    host = host or "0.0.0.0"
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
