@@ -207,6 +207,19 @@ def test_a_stop_or_restart_during_the_start_ends_that_engine_first(make) -> None
     asyncio.run(restart())
 
 
+def test_a_stop_signal_before_the_loop_ran_launches_nothing(make) -> None:
+    """A Ctrl-C while the event loop was being built reaches the daemon as its handlers are set,
+    before the first launch: the daemon ends without starting an engine only to stop it."""
+    async def scenario() -> None:
+        h = make()
+        h.daemon._on_signal(signal.SIGINT)
+        h.start()
+        assert await h.exit_code() == 0
+        assert h.vllm.engines == [] and h.events() == [("stop", None)]
+        assert h.daemon.state is State.STOPPED
+    asyncio.run(scenario())
+
+
 def test_restarts_asked_twice_before_the_first_is_done_relaunch_once(make) -> None:
     async def scenario() -> None:
         h = make().start()

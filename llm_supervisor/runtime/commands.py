@@ -55,3 +55,10 @@ class Inbox:
 
     async def get(self) -> Command:
         return await self._queue.get()
+
+    def take(self) -> Command | None:
+        """The next command if one waits, without waiting."""
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None

@@ -889,7 +889,7 @@ class Daemon(RestartLoop):
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
                 await self.stop_tree(self.engine, self.settings.stop_timeout_s)
-            if self.state is not State.FAILED:
+            if self.state not in (State.FAILED, State.STOPPED):  # STOPPED: stopped before a launch
                 if self.state is not State.STOPPING:
                     self.enter(State.STOPPING, "daemon stopping")
                 self.enter(State.STOPPED, "engine stopped")

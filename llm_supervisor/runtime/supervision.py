@@ -89,10 +89,13 @@ class RestartLoop:
 
     # ------------------------------------------------------------ commands
     async def dispatch_commands(self) -> None:
-        """The one reader of the inbox: each command to its handler."""
+        """The one reader of the inbox, with `supervise` taking what waits before its first launch:
+        each command to its handler."""
         while True:
-            command = await self.inbox.get()
-            getattr(self, f"handle_{command.value}")()
+            self.dispatch(await self.inbox.get())
+
+    def dispatch(self, command: Command) -> None:
+        getattr(self, f"handle_{command.value}")()
 
     def stop_signal(self, sig: signal.Signals, what: str, timeout_s: float, running: bool,
                     hurry: Callable[[], None]) -> None:
@@ -189,6 +192,9 @@ class RestartLoop:
     # ------------------------------------------------------------ the loop
     async def supervise(self) -> int:
         """Run until a stop (EXIT_OK) or the policy gives up (EXIT_GAVE_UP)."""
+        # Commands sent before the loop ran first: a Ctrl-C as it was built stops it before a launch.
+        while (waiting := self.inbox.take()) is not None:
+            self.dispatch(waiting)
         while not self.stop_requested:
             self.enter(State.STARTING, self.starting_reason())
             outcome = await self.run_attempt()
