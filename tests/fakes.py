@@ -150,6 +150,12 @@ class Launch:
 
 API = "(APIServer pid=100) {level} 12-03 10:00:00 [{src}] {msg}"
 CORE = "(EngineCore pid=101) {level} 12-03 10:00:00 [{src}] {msg}"
+# vLLM's create_server_socket when its port is taken: the bare exception, no port in it
+BIND_FAILED = ["Traceback (most recent call last):",
+               '  File "/usr/local/lib/python3.12/dist-packages/vllm/entrypoints/openai/api_server.py", line 690, '
+               "in create_server_socket",
+               "    sock.bind(addr)",
+               "OSError: [Errno 98] Address already in use"]
 WORKER = "(Worker_TP1 pid=103) {level} 12-03 10:00:00 [{src}] {msg}"
 
 
@@ -187,8 +193,9 @@ class FakeVllm:
 
     `faults`: per launch number (1-based), a fault name, e.g. {1: "oom_at_load"}; `fault` applies
     to every launch. Names: oom_at_load, oom_at_graph_capture (unless --enforce-eager),
-    model_not_found, port_in_use, hang_startup, exit_before_ready, allreduce_fusion (0.26 dialect;
-    with TP > 1 unless the fused all-reduce is off)."""
+    model_not_found, port_in_use, bind_failed (the same, as real vLLM says it: no port in the
+    message), hang_startup, exit_before_ready, allreduce_fusion (0.26 dialect; with TP > 1 unless
+    the fused all-reduce is off)."""
 
     total_gib: float = 24564 / 1024
     weights_gib: float = 7.56
@@ -292,6 +299,8 @@ class FakeVllm:
         if fault == "model_not_found":
             return lines + [API.format(level="ERROR", src="api_server.py:90",
                                        msg="OSError: Invalid repository ID or local directory specified")], 1, 0.0
+        if fault == "bind_failed":  # the API server binds its socket before it builds the engine
+            return lines + BIND_FAILED, 1, 0.0
         if launch.max_model_len > self.model_limit:
             return lines + [API.format(
                 level="ERROR", src="model.py:1788",
@@ -370,6 +379,7 @@ class FakeVllm:
                 level="ERROR", src="api_server.py:690",
                 msg=f"OSError: [Errno 98] error while attempting to bind on address ('0.0.0.0', {launch.port}): "
                     "address already in use")], 1, 0.0
+
         self.compiled.add(launch.max_model_len)
         return lines, None, requested + graphs
 
@@ -387,6 +397,8 @@ class FakeVllm:
         if fault == "model_not_found":
             return lines + [API.format(level="ERROR", src="api_server.py:90",
                                        msg="OSError: Invalid repository ID or local directory specified")], 1, 0.0
+        if fault == "bind_failed":  # the API server binds its socket before it builds the engine
+            return lines + BIND_FAILED, 1, 0.0
         if launch.max_model_len > self.model_limit:
             return lines + [API.format(
                 level="ERROR", src="model.py:2214",
@@ -474,6 +486,7 @@ class FakeVllm:
         if fault == "port_in_use":
             return lines[:-1] + ["ERROR:    [Errno 98] error while attempting to bind on address "
                                  f"('0.0.0.0', {launch.port}): address already in use"], 1, 0.0
+
         self.compiled.add(launch.max_model_len)
         return lines, None, held
 

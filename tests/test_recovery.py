@@ -394,6 +394,21 @@ def test_internal_port_race_retries_once() -> None:
     give_up(decide(failure, args, profile(), history, None))
 
 
+def test_a_taken_private_port_behind_the_front_door_relaunches_until_max_attempts() -> None:
+    """The private port is chosen afresh at each launch: the same failure again is another port
+    taken, not the same one, so it is retried like an engine death (to recovery.max_attempts)."""
+    bare = Failure(FailureKind.PORT_IN_USE, "OSError: [Errno 98] Address already in use", {})
+    args = VllmArgs(port=8000)
+    history = [Attempt(0.0, args, FailureKind.PORT_IN_USE)]
+    r = relaunch(decide(bare, args, profile(), history, None, engine_port=41234))
+    assert r.args == args and "private port 41234" in r.reason and "fresh port" in r.reason
+    history = [Attempt(float(n), args, FailureKind.PORT_IN_USE) for n in range(profile().recovery.max_attempts)]
+    assert "max_attempts" in give_up(decide(bare, args, profile(), history, None, engine_port=41234)).reason
+    # torch.distributed's port (named in its message) is still the internal race: retried once
+    torch = Failure(FailureKind.PORT_IN_USE, "EADDRINUSE", {"port": 29500})
+    assert "same arguments" in relaunch(decide(torch, args, profile(), [], None, engine_port=41234)).reason
+
+
 def test_max_model_len_too_large_uses_the_model_limit() -> None:
     failure = Failure(FailureKind.MAX_MODEL_LEN_TOO_LARGE, "User-specified max_model_len (100000) …",
                       {"max_model_len": 100000, "derived_max_model_len": 40960})

@@ -141,6 +141,7 @@ class _Ctx:
     accounting: memory.Accounting = memory.Accounting.BUDGET_0_26
     graph_gib: float = memory.CUDA_GRAPH_ESTIMATE_GIB   # CUDA graphs to expect with these arguments
     version: str | None = None
+    engine_port: int | None = None  # the private port of this launch, behind the front door
 
     @property
     def extensible(self) -> bool:
@@ -291,6 +292,7 @@ def decide(
     hardware_total: bool = True,
     gpu_faults: Sequence[str] = (),
     gpu_tenants: Sequence[str] = (),
+    engine_port: int | None = None,
 ) -> Relaunch | GiveUp:
     """The next launch after `failure` of a launch with `args`, or why there is none.
 
@@ -301,6 +303,8 @@ def decide(
     may stand in for the GPU's total when neither NVML nor the log gives it (False for profiles
     made up from a log). gpu_faults: hardware faults seen since the GPU last proved usable, one
     phrase each. gpu_tenants: the other processes holding memory on the GPU, one phrase each.
+    engine_port: the port the supervisor chose for this launch's API server behind its front door
+    (a fresh one at each launch); None when vLLM listens on the profile's port itself.
     """
     kind = FailureKind(failure.kind)
     facts = facts or StartupFacts()
@@ -344,7 +348,7 @@ def decide(
     else:
         graphs = memory.estimate_graph_gib(engine=_engine_for(version, fit))
     ctx = _Ctx(failure, kind, args, profile, rec, facts, attempts, streak, free, total, per_token, fit,
-               accounting, graphs, version)
+               accounting, graphs, version, engine_port)
 
     if gpu_faults:
         return GiveUp(
@@ -512,8 +516,8 @@ def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
         return GiveUp(runner.offload_ignored_reason(ctx.facts, float(ctx.args.cpu_offload_gb or 0)))
     if kind is FailureKind.PORT_IN_USE:
         port = ctx.failure.values.get("port")
-        if port is not None and port != ctx.args.port:
-            return None  # an internal port (torch.distributed) raced: transient
+        if ctx.engine_port is not None or (port is not None and port != ctx.args.port):
+            return None  # a port the supervisor or torch.distributed chose was taken first: _port_race
         return GiveUp(
             f"port {ctx.args.port} is already in use by another process ({msg}); stop that process "
             "or set vllm.port to a free port"
@@ -540,6 +544,18 @@ def _same_args(ctx: _Ctx) -> Relaunch | GiveUp:
     reason = (f"{ctx.kind.value}: {ctx.failure.message}; retrying once with the same arguments "
               f"in {_fmt(delay)} s")
     return Relaunch(ctx.args, delay, reason, {})
+
+
+def _port_race(ctx: _Ctx) -> Relaunch | GiveUp:
+    """Another process took a port between its choice and vLLM's bind. The API server's private
+    port behind the front door is chosen afresh at each launch, so the next launch binds another
+    one; an internal port (torch.distributed) is retried once as an unknown failure is."""
+    port = ctx.failure.values.get("port")
+    if ctx.engine_port is None or (port is not None and port != ctx.engine_port):
+        return _same_args(ctx)
+    delay = ctx.delay()
+    return Relaunch(ctx.args, delay, f"port_in_use: another process took the engine's private port {ctx.engine_port} "
+                    f"(behind the front door) before vLLM bound it; relaunching on a fresh port in {_fmt(delay)} s", {})
 
 
 def _engine_dead(ctx: _Ctx) -> Relaunch | GiveUp:
@@ -1062,6 +1078,6 @@ _HANDLERS = {
     FailureKind.MAX_MODEL_LEN_TOO_LARGE: _too_long,
     FailureKind.ENGINE_DEAD: _engine_dead,
     FailureKind.MULTI_GPU_COMM: _multi_gpu_comm,
-    FailureKind.PORT_IN_USE: _same_args,
+    FailureKind.PORT_IN_USE: _port_race,
     FailureKind.UNKNOWN: _same_args,
 }
