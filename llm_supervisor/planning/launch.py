@@ -88,7 +88,7 @@ class LaunchPlan:
     sim_config: simgpu.SimGpuConfig | None = None
     last_good: dict[str, Any] | None = None
     # With the front door the profile's vllm.host/port are the front door's, and the engine listens
-    # on 127.0.0.1:engine_port (a fresh free port for each launch; this one for the first).
+    # on 127.0.0.1:engine_port (what `plan` shows; the daemon takes a fresh free one at each launch).
     engine_port: int | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

@@ -623,8 +623,10 @@ class Daemon(RestartLoop):
         self.last_output = self.clock.monotonic()
         self._launched_at = self.clock.time()
         if self.door is not None:
-            if self.attempt > 1:  # a fresh private port: never one an engine of before may still hold
-                self.engine_port = free_loopback_port({*supervisor_ports(self.settings, self.profile), self.engine_port})
+            # A fresh private port at each launch, the first included: never one an engine of before
+            # may still hold, and chosen as late as can be (a head may wait minutes for its Ray
+            # nodes after planning, while their processes bind ports of their own).
+            self.engine_port = free_loopback_port({*supervisor_ports(self.settings, self.profile), self.engine_port})
             self.engine_client.retarget(self.engine_url)
             self.door.engine_starting(self._time_to_ready())
         argv = self.plan.argv_for(self.args, self.engine_port)
