@@ -207,17 +207,30 @@ def test_a_stop_or_restart_during_the_start_ends_that_engine_first(make) -> None
     asyncio.run(restart())
 
 
-def test_a_stop_signal_before_the_loop_ran_launches_nothing(make) -> None:
-    """A Ctrl-C while the event loop was being built reaches the daemon as its handlers are set,
-    before the first launch: the daemon ends without starting an engine only to stop it."""
-    async def scenario() -> None:
+def test_a_signal_before_the_loop_ran_is_taken_before_the_first_launch(make) -> None:
+    """A signal while the event loop was being built reaches the daemon as its handlers are set,
+    before the first launch: a Ctrl-C ends the daemon without starting an engine only to stop it;
+    a SIGHUP (reload) is that first launch, not a restart of it."""
+    async def stop() -> None:
         h = make()
         h.daemon._on_signal(signal.SIGINT)
         h.start()
         assert await h.exit_code() == 0
         assert h.vllm.engines == [] and h.events() == [("stop", None)]
         assert h.daemon.state is State.STOPPED
-    asyncio.run(scenario())
+
+    async def reload() -> None:
+        h = make()
+        h.daemon._on_signal(signal.SIGHUP)
+        h.start()
+        await h.ready()
+        await h.clock.sleep(30)
+        assert h.events() == [("launch", None), ("ready", None)] and len(h.vllm.engines) == 1
+        h.daemon._on_signal(signal.SIGTERM)
+        assert await h.exit_code() == 0
+
+    asyncio.run(stop())
+    asyncio.run(reload())
 
 
 def test_restarts_asked_twice_before_the_first_is_done_relaunch_once(make) -> None:

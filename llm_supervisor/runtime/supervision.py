@@ -192,9 +192,11 @@ class RestartLoop:
     # ------------------------------------------------------------ the loop
     async def supervise(self) -> int:
         """Run until a stop (EXIT_OK) or the policy gives up (EXIT_GAVE_UP)."""
-        # Commands sent before the loop ran first: a Ctrl-C as it was built stops it before a launch.
+        # Commands sent before the loop ran first: a Ctrl-C as it was built stops it before a
+        # launch; a restart (SIGHUP) is the launch about to happen, not a reason to cut it short.
         while (waiting := self.inbox.take()) is not None:
             self.dispatch(waiting)
+        self.take_command()
         while not self.stop_requested:
             self.enter(State.STARTING, self.starting_reason())
             outcome = await self.run_attempt()
