@@ -788,7 +788,7 @@ class Daemon(RestartLoop):
         return decide(failure, self.args, self.profile, self.attempts, self.parser.facts,
                       gpu_free_mib=free, gpu_total_mib=total, fit=self.fit, gpu_faults=self._faults(health),
                       gpu_tenants=[t.describe() for t in tenants if not t.ours],
-                      engine_port=self.engine_port if self.door is not None else None)
+                      engine_port=self.engine_port)  # None without the front door
 
     def on_restart_requested(self, outcome: Outcome) -> None:
         self.restarts += 1

@@ -514,10 +514,7 @@ def _non_recoverable(ctx: _Ctx) -> GiveUp | None:
         return GiveUp(f"vLLM rejected its arguments ({msg}); fix the profile's vllm section or extra_args")
     if kind in MEMORY_KINDS and runner.offload_ignored(ctx.facts, ctx.args.cpu_offload_gb):
         return GiveUp(runner.offload_ignored_reason(ctx.facts, float(ctx.args.cpu_offload_gb or 0)))
-    if kind is FailureKind.PORT_IN_USE:
-        port = ctx.failure.values.get("port")
-        if ctx.engine_port is not None or (port is not None and port != ctx.args.port):
-            return None  # a port the supervisor or torch.distributed chose was taken first: _port_race
+    if kind is FailureKind.PORT_IN_USE and _port_taken(ctx) == "profile":
         return GiveUp(
             f"port {ctx.args.port} is already in use by another process ({msg}); stop that process "
             "or set vllm.port to a free port"
@@ -546,12 +543,24 @@ def _same_args(ctx: _Ctx) -> Relaunch | GiveUp:
     return Relaunch(ctx.args, delay, reason, {})
 
 
-def _port_race(ctx: _Ctx) -> Relaunch | GiveUp:
-    """Another process took a port between its choice and vLLM's bind. The API server's private
-    port behind the front door is chosen afresh at each launch, so the next launch binds another
-    one; an internal port (torch.distributed) is retried once as an unknown failure is."""
+def _port_taken(ctx: _Ctx) -> str:
+    """Whose port another process held at vLLM's bind: "profile" (vllm.port, where vLLM listens
+    itself without the front door), "private" (the port the supervisor chose for this launch behind
+    the front door, which holds the profile's), or "internal" (another one named in the message,
+    such as torch.distributed's). vLLM's own bind error names no port."""
     port = ctx.failure.values.get("port")
-    if ctx.engine_port is None or (port is not None and port != ctx.engine_port):
+    listening = ctx.engine_port if ctx.engine_port is not None else ctx.args.port
+    if port is not None and port != listening:
+        return "internal"
+    return "private" if ctx.engine_port is not None else "profile"
+
+
+def _port_race(ctx: _Ctx) -> Relaunch | GiveUp:
+    """Another process took a port between its choice and vLLM's bind (the profile's own port
+    gives up at once, in _non_recoverable). The private port behind the front door is chosen afresh
+    at each launch, so the next launch binds another one; an internal port is retried once as an
+    unknown failure is."""
+    if _port_taken(ctx) != "private":
         return _same_args(ctx)
     delay = ctx.delay()
     return Relaunch(ctx.args, delay, f"port_in_use: another process took the engine's private port {ctx.engine_port} "
