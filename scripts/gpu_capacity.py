@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
 
 from gpu_validate import add_archive_option, archive_if_asked, torch_total_gib  # noqa: E402 - shared with the other GPU scripts
+from llm_supervisor.bench.capacity import Workload as BenchWorkload, calibration_points  # noqa: E402
 from llm_supervisor.config.loader import load_profile  # noqa: E402
 from llm_supervisor.config.settings import load_settings  # noqa: E402
 from llm_supervisor.host.modelfiles import bundled_config_path  # noqa: E402
@@ -276,10 +277,7 @@ def capacity_runs(ctx: Ctx, d: Daemon, r: dict[str, Any], model: speed.SpeedMode
     r["searches"] = []
     for i, res in enumerate(searches):
         other = searches[1 - i]
-        points = [speed.MeasuredPoint(s["users"], PROMPT_TOKENS, OUTPUT_TOKENS, s["per_user_tokens_per_s"],
-                                      s["engine_running_peak"], s["ttft_s"]["p50"], s["tokens_per_s"],
-                                      bool(s["engine_waiting_peak"]))
-                  for s in other["levels"] if s["per_user_tokens_per_s"]]
+        points = calibration_points(other, BenchWorkload.synthetic(PROMPT_TOKENS, OUTPUT_TOKENS))
         cal = model.with_calibration(speed.fit_calibration(model, points, "the other SLO's levels")) if model else None
         r["searches"].append({
             "slo": res["slo"]["text"], "capacity_users": res["capacity_users"], "summary": res["summary"],

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_supervisor.bench.capacity import Workload, calibration_points
 from llm_supervisor.config.profile import VllmArgs
 from llm_supervisor.host.modelfiles import load_shape
 from llm_supervisor.vllm import speed
@@ -38,9 +39,7 @@ def model() -> speed.SpeedModel:
 
 
 def points(levels: list[dict]) -> list[speed.MeasuredPoint]:
-    return [speed.MeasuredPoint(lv["users"], 512, 128, lv["per_user_tokens_per_s"], lv["engine_running_peak"],
-                                lv["ttft_s"]["p50"], lv["tokens_per_s"], bool(lv["engine_waiting_peak"]))
-            for lv in levels]
+    return calibration_points({"levels": levels}, Workload.synthetic(512, 128))
 
 
 def direct(users: int) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_supervisor.bench.capacity import Workload, calibration_points
 from llm_supervisor.config.profile import Recovery, Target, VllmArgs
 from llm_supervisor.host.modelfiles import load_shape
 from llm_supervisor.vllm import speed
@@ -91,9 +92,7 @@ def test_each_prompt_costs_a_step_of_its_own() -> None:
 
 def test_calibrated_on_the_fresh_levels_every_level_is_within_three_percent() -> None:
     m = model()
-    points = [speed.MeasuredPoint(lv["users"], 512, 128, lv["per_user_tokens_per_s"], lv["engine_running_peak"],
-                                  lv["ttft_s"]["p50"], lv["tokens_per_s"], bool(lv["engine_waiting_peak"]))
-              for lv in FRESH]
+    points = calibration_points({"levels": FRESH}, Workload.synthetic(512, 128))
     cal = speed.fit_calibration(m, points, "h200")
     assert 0.9 < cal.memory_factor < 1.1 and 0.9 < cal.compute_factor < 1.1
     fitted = m.with_calibration(cal)
