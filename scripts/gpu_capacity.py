@@ -10,6 +10,14 @@ bundled simulator on a simulated H200, to check this script without spending GPU
   offload  Qwen3-32B shape (61 GiB of bf16 weights) at a 24 GB budget (21.38 GiB), CPU offload
        allowed up to 48 GiB: the supervisor plans the offload; ready on the first launch;
        predicted against measured KV tokens and decode tokens/s (a short bench)
+  steps  Qwen3-4B shape as 4b: fixed loads of 1 to 64 users (`bench --users`) for three workloads
+       (the searches' 512-token prompts and 128-token replies; 16-token prompts, so that no step
+       carries a long prompt; replies of 96-160 tokens, so that users do not fall into step), with
+       vLLM's own counters per level (engine steps, tokens per step, prefill and decode time per
+       request) beside the speed model's decode step, prompt step and TPOT
+  mixed  as steps, with vLLM logging every engine step (--enable-logging-iteration-details): users
+       out of step at prompt lengths from 16 to 2,048 tokens
+  mixed1024  four of mixed's levels with `--max-cudagraph-capture-size 1024`
 
 Each daemon lifetime has a hard limit (SIGALRM) and ends every process it started, also when the
 script itself gets SIGTERM. Logs and state
@@ -18,7 +26,7 @@ machine returns at most 8): versions.json, capacity-<scenario>.json per scenario
 and summary.md. The summary (Markdown, then one JSON line) is printed last.
 
 usage: python scripts/gpu_capacity.py [--simulate] [--out DIR] [--work DIR] [--models DIR]
-                                      [--only 4b,32b,offload] [--max-users N] [--limit S]
+                                      [--only 4b,32b,offload,steps,mixed,mixed1024] [--max-users N] [--limit S]
                                       [--search-seconds S] [--archive FILE.tar.gz]
 
 Real run (GPU machine, after the shared recipe's device-install.sh and make-model.py, which write
@@ -42,10 +50,11 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
@@ -60,7 +69,7 @@ from llm_supervisor.vllm import speed  # noqa: E402
 
 H200_MIB = 143771
 READY_TIMEOUT = 600.0
-LIMITS = {"4b": 1500, "32b": 1800, "offload": 1200}
+LIMITS = {"4b": 1500, "32b": 1800, "offload": 1200, "steps": 900, "mixed": 900, "mixed1024": 600}
 BUDGET_24GB_GIB = 21.38  # 0.9 of a 24 GB card, as docs/validation.md's scenarios use
 # Two SLOs: interactive (≥ 20 tokens/s each, first token within 1 s) and relaxed.
 SLOS = ("ttft_p95=1s,tpot_p95=50ms", "ttft_p95=4s,tpot_p95=100ms")
@@ -385,8 +394,127 @@ def scenario_offload(ctx: Ctx, r: dict[str, Any]) -> None:
         d.stop()
 
 
+STEP_USERS = (1, 2, 4, 8, 16, 32, 64)
+STEP_WORKLOADS = (("512", "128"), ("16", "128"), ("512", "96-160"))
+# users out of step, prompts below, at and above vLLM 0.26's CUDA-graph capture size (512 tokens)
+MIXED_LEVELS = [(p, "96-160", 8) for p in ("128", "256", "480", "512", "600", "1024", "2048")] + [
+    (p, "96-160", u) for u in (2, 32) for p in ("256", "512", "1024")] + [("16", "96-160", 8), ("16", "96-160", 32)]
+# vLLM's counters read per level (histograms: their _sum and _count; iteration tokens: buckets too)
+ENGINE_HISTOGRAMS = ("vllm:iteration_tokens_total", "vllm:request_prefill_time_seconds",
+                     "vllm:request_decode_time_seconds", "vllm:time_to_first_token_seconds",
+                     "vllm:inter_token_latency_seconds", "vllm:request_queue_time_seconds")
+
+
+def engine_counters(http: httpx.Client, engine_url: str) -> dict[str, float]:
+    """The engine's histogram sums, counts and iteration-token buckets, summed over label sets."""
+    text = http.get(engine_url.rstrip("/") + "/metrics").text
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name not in ENGINE_HISTOGRAMS and fam.name + "_total" not in ENGINE_HISTOGRAMS:
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            key = s.name + (f"@{s.labels['le']}" if s.name.endswith("_bucket") and "iteration" in s.name else "")
+            if s.name.endswith("_bucket") and "iteration" not in s.name:
+                continue
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def level_counters(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+
+    def mean(name: str) -> float | None:
+        n = d.get(name + "_count", 0.0)
+        return round(d.get(name + "_sum", 0.0) / n, 5) if n else None
+
+    it = next((k[: -len("_count")] for k in d if k.startswith("vllm:iteration_tokens") and k.endswith("_count")), None)
+    steps = d.get(f"{it}_count", 0.0) if it else 0.0
+    buckets = sorted(((float(k.split("@")[1]), v) for k, v in d.items() if "@" in k), key=lambda kv: kv[0])
+    return {"engine_steps": int(steps), "tokens_per_step": round(d.get(f"{it}_sum", 0.0) / steps, 1) if steps else None,
+            "step_token_buckets": [[le, int(v)] for le, v in buckets],
+            "prefill_s_mean": mean("vllm:request_prefill_time_seconds"),
+            "decode_s_mean": mean("vllm:request_decode_time_seconds"),
+            "engine_ttft_s_mean": mean("vllm:time_to_first_token_seconds"),
+            "engine_itl_s_mean": mean("vllm:inter_token_latency_seconds"),
+            "queue_s_mean": mean("vllm:request_queue_time_seconds")}
+
+
+def run_levels(d: Daemon, r: dict[str, Any], model: speed.SpeedModel | None, engine: str,
+               levels: Sequence[tuple[str, str, int]]) -> None:
+    """One `bench --users` per (prompt, output, users), with the engine's counters around it."""
+    rows: list[dict[str, Any]] = r.setdefault("levels", [])
+    for prompt, output, users in levels:
+        before = engine_counters(d.http, engine) if engine else {}
+        res = d.bench("--users", str(users), "--requests", str(max(8, 4 * users)), "--prompt-tokens", prompt,
+                      "--output-tokens", output, timeout=300)
+        after = engine_counters(d.http, engine) if engine else {}
+        row: dict[str, Any] = {
+            "prompt_tokens": prompt, "output_tokens": output, "users": users,
+            "succeeded": res.get("succeeded"), "duration_s": res.get("duration_s"),
+            "tokens_per_s": res.get("tokens_per_s"), "per_user_tokens_per_s": res.get("per_user_tokens_per_s"),
+            "ttft_p50_s": (res.get("ttft_s") or {}).get("p50"),
+            # a user's decode rate is 1 / TPOT (bench --users reports the rate)
+            "tpot_s": round(1 / res["per_user_tokens_per_s"], 5) if res.get("per_user_tokens_per_s") else None,
+            **level_counters(before, after)}
+        if row["engine_steps"] and row["duration_s"]:
+            row["wall_per_step_s"] = round(row["duration_s"] / row["engine_steps"], 5)
+        if model is not None:
+            lo, _, hi = output.partition("-")
+            w = speed.Workload(int(prompt), (int(lo) + int(hi or lo)) // 2)
+            p, s = model.at(users, w), model.steps(min(users, model.slots(w)[0]), w)
+            row.update({"model_tpot_s": round(p.tpot_s, 5), "model_ttft_s": round(p.ttft_s, 4),
+                        "model_decode_step_s": round(s.decode.total, 5),
+                        "model_prompt_step_s": round(s.prefill.total, 5), "model_prompt_chunks": s.chunks})
+        rows.append(row)
+        print(f"    P={prompt} O={output} U={users}: TPOT {row['tpot_s']} (model {row.get('model_tpot_s')}),"
+              f" TTFT p50 {row['ttft_p50_s']}, steps {row['engine_steps']}, tokens/step {row['tokens_per_step']},"
+              f" prefill {row['prefill_s_mean']}", flush=True)
+    r["ok"] = bool(rows) and all(x["succeeded"] == max(8, 4 * x["users"]) for x in rows)
+
+
+def levels_scenario(ctx: Ctx, r: dict[str, Any], name: str, title: str, levels: Sequence[tuple[str, str, int]],
+                    extra_args: Sequence[str] = ()) -> None:
+    r.update({"scenario": title, "ok": False, "notes": []})
+    vllm: dict[str, Any] = {"gpu_memory_utilization": 0.9, "max_model_len": 8192}
+    if extra_args and not ctx.simulate:  # the simulator does not take these flags
+        vllm["extra_args"] = list(extra_args)
+    profile = write_profile(ctx, "h200-qwen3-4b", "qwen3-4b", vllm, {"min_max_model_len": 2048})
+    d = Daemon(ctx, name, profile)
+    try:
+        model, _plan = speed_models(d)
+        d.start()
+        st = d.wait_ready()
+        r.update({"attempt": st.get("attempt"), "kv_cache_tokens": st.get("kv_cache_tokens"),
+                  "time_to_ready_s": st.get("time_to_ready_s"), "engine_url": st.get("engine_url")})
+        run_levels(d, r, model, str(st.get("engine_url") or ""), levels)
+    finally:
+        d.stop()
+
+
+def scenario_steps(ctx: Ctx, r: dict[str, Any]) -> None:
+    levels_scenario(ctx, r, "steps", "Qwen3-4B shape, whole GPU, util 0.9: fixed loads, engine steps",
+                    [(p, o, u) for p, o in STEP_WORKLOADS for u in STEP_USERS])
+
+
+def scenario_mixed(ctx: Ctx, r: dict[str, Any]) -> None:
+    """Every engine step's time as vLLM logs it (--enable-logging-iteration-details), for users out
+    of step (varied replies) at prompt lengths around the CUDA-graph capture size."""
+    levels_scenario(ctx, r, "mixed", "Qwen3-4B shape, whole GPU, util 0.9: steps that carry a prompt",
+                    MIXED_LEVELS, ["--enable-logging-iteration-details"])
+
+
+def scenario_mixed1024(ctx: Ctx, r: dict[str, Any]) -> None:
+    """As mixed, with CUDA graphs captured up to 1,024 tokens instead of 512."""
+    levels_scenario(ctx, r, "mixed1024", "Qwen3-4B shape, util 0.9, CUDA graphs to 1,024 tokens",
+                    [(p, "96-160", 8) for p in ("480", "512", "600", "1024")],
+                    ["--enable-logging-iteration-details", "--max-cudagraph-capture-size", "1024"])
+
+
 SCENARIOS: dict[str, Callable[[Ctx, dict[str, Any]], None]] = {"4b": scenario_4b, "32b": scenario_32b,
-                                                        "offload": scenario_offload}
+                                                        "offload": scenario_offload, "steps": scenario_steps,
+                                                        "mixed": scenario_mixed, "mixed1024": scenario_mixed1024}
 
 
 # ---------------------------------------------------------------- summary
@@ -415,6 +543,10 @@ def fmt(v: Any, pct: bool = False) -> str:
     if pct:
         return f"{v * 100:+.0f} %"
     return f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+
+def ms(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds * 1000:.2f} ms"
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -451,6 +583,19 @@ def summary_table(results: dict[str, Any]) -> str:
                     f" {fmt(c.get('predicted_total_error'), True)}) | {fmt(c.get('calibrated_per_user_tokens_per_s'))} /"
                     f" {fmt(c.get('calibrated_tokens_per_s'))} ({fmt(c.get('calibrated_per_user_error'), True)},"
                     f" {fmt(c.get('calibrated_total_error'), True)}) |")
+    fixed = [(key, x) for key, r in results.items() for x in r.get("levels") or [] if "prompt_tokens" in x]
+    if fixed:
+        lines += ["", "Fixed loads: TPOT measured against the model (error: predicted/measured − 1), the first"
+                  " token, and the engine steps that carried more than 512 tokens", "",
+                  "| scenario | prompt | reply | users | TPOT measured | model (error) | TTFT p50 | steps > 512 tokens |",
+                  "|---|---:|---:|---:|---:|---|---:|---:|"]
+        for key, x in fixed:
+            buckets = x.get("step_token_buckets") or []
+            above = (buckets[-1][1] - max((n for le, n in buckets if le <= 512), default=0)) if buckets else None
+            err = x["model_tpot_s"] / x["tpot_s"] - 1 if x.get("model_tpot_s") and x.get("tpot_s") else None
+            lines.append(f"| {key} | {x['prompt_tokens']} | {x['output_tokens']} | {x['users']} |"
+                         f" {ms(x.get('tpot_s'))} | {ms(x.get('model_tpot_s'))} ({fmt(err, True)}) |"
+                         f" {ms(x.get('ttft_p50_s'))} | {fmt(above)} |")
     return "\n".join(lines)
 
 
