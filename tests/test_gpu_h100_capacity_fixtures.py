@@ -6,7 +6,8 @@ tests/test_gpu_4b_fixtures.py are the ones it was checked against).
 
 What they hold: the planner's KV tokens to the block; the step model's decode rate a user sees
 within 11 % where it held on the H200, and the ratio of the two cards' rates within 5 %; the same
-dip at 8 and 16 users as on the H200; the calibration's per-request first-token term close to the
+dip at 8 and 16 users as on the H200 (its cause, steps beyond vLLM's CUDA graphs:
+tests/test_gpu_h100_steps_fixtures.py); the calibration's per-request first-token term close to the
 H200's."""
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def test_the_two_cards_decode_rates_keep_the_models_ratio(users: int) -> None:
 
 def test_eight_and_sixteen_users_decode_slower_than_the_model_says_as_on_the_h200() -> None:
     """144–157 tokens/s each at 8 users and 122–145 at 16, slower than at 32 (150–151), against the
-    model's 200 and 181: the dip the H200 showed at 8 users, here wider."""
+    model's 200 and 181: the dip the H200 showed at 8 users, here wider (the search spreads its
+    users' starts, so each prompt gets a step of its own, beyond the CUDA graphs' 512 tokens)."""
     m = model()
     for users in (8, 16):
         for levels in SEARCHES:
