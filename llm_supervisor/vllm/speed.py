@@ -41,6 +41,15 @@ Real vLLM 0.26 on an H200 (Qwen3-32B shape, 512-token prompts, 128-token replies
 decode-only steps grew from 18.9 to 20.5 ms (the weights' 17 ms hide the batch's matrix work) while
 each 512-token prompt took a ~60 ms step of its own; this model came within 5 % of every level.
 
+It assumes every step replays a CUDA graph. vLLM captures graphs for steps of at most
+min(2 × max_num_seqs, 512) tokens (0.26 and 0.34; 1,024 on data-center Blackwell in 0.34) and runs
+a larger step without one, its kernels launched from the CPU: for a small model that step is
+CPU-bound. On an H100 (vLLM 0.26, Qwen3-4B shape, 512-token prompts) users out of step, each
+prompt in a 519-token step beside 7 decodes, decoded up to 23 % slower than this model at 8 to
+16 users; with --max-cudagraph-capture-size 1024 they came within 1 %. Charging a floor per such
+step overshoots from 32 users on, where prompts that arrive together share a step, so none is
+charged (docs/planner.md, "The dip in the middle, found").
+
 Constants are engineering estimates until a host is calibrated (`bench --find-capacity` stores
 what it measured; `fit_calibration` scales the memory-bound and the compute-bound parts of
 the step to it, and fits the TTFT as a factor plus a term per running request, a growth the steps
