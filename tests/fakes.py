@@ -296,18 +296,9 @@ class FakeVllm:
                  API.format(level="INFO", src="api_utils.py:273",
                             msg=f"non-default args: {{'gpu_memory_utilization': {launch.util}, "
                                 f"'max_model_len': {launch.max_model_len}}}")]
-        if fault == "model_not_found":
-            return lines + [API.format(level="ERROR", src="api_server.py:90",
-                                       msg="OSError: Invalid repository ID or local directory specified")], 1, 0.0
-        if fault == "bind_failed":  # the API server binds its socket before it builds the engine
-            return lines + BIND_FAILED, 1, 0.0
-        if launch.max_model_len > self.model_limit:
-            return lines + [API.format(
-                level="ERROR", src="model.py:1788",
-                msg=f"pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
-                    f"  Value error, User-specified max_model_len ({launch.max_model_len}) is greater than the "
-                    f"derived max_model_len (max_position_embeddings={self.model_limit} or model_max_length=None "
-                    "in model's config.json).")], 1, 0.0
+        early = self._refused_before_the_engine(fault, launch, "model.py:1788")
+        if early is not None:
+            return lines + early, 1, 0.0
         requested = launch.util * self.total_gib
         free = self.free_gib()
         if requested > free:
@@ -394,18 +385,9 @@ class FakeVllm:
                                 f"'max_model_len': {launch.max_model_len}}}")]
         failed = API.format(level="ERROR", src="utils.py:1477",
                             msg="RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}")
-        if fault == "model_not_found":
-            return lines + [API.format(level="ERROR", src="api_server.py:90",
-                                       msg="OSError: Invalid repository ID or local directory specified")], 1, 0.0
-        if fault == "bind_failed":  # the API server binds its socket before it builds the engine
-            return lines + BIND_FAILED, 1, 0.0
-        if launch.max_model_len > self.model_limit:
-            return lines + [API.format(
-                level="ERROR", src="model.py:2214",
-                msg=f"pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
-                    f"  Value error, User-specified max_model_len ({launch.max_model_len}) is greater than the "
-                    f"derived max_model_len (max_position_embeddings={self.model_limit} or model_max_length=None "
-                    "in model's config.json).")], 1, 0.0
+        early = self._refused_before_the_engine(fault, launch, "model.py:2214")
+        if early is not None:
+            return lines + early, 1, 0.0
         weights = self.gpu_weights_gib(launch)
         free = self.free_gib()
         requested = launch.util * self.total_gib
@@ -489,6 +471,23 @@ class FakeVllm:
 
         self.compiled.add(launch.max_model_len)
         return lines, None, held
+
+    def _refused_before_the_engine(self, fault: str | None, launch: Launch, model_src: str) -> list[str] | None:
+        """What the API server prints when it exits before building an engine: a model it cannot
+        find, a port it cannot bind, a context longer than the model's (None: it goes on)."""
+        if fault == "model_not_found":
+            return [API.format(level="ERROR", src="api_server.py:90",
+                               msg="OSError: Invalid repository ID or local directory specified")]
+        if fault == "bind_failed":  # the API server binds its socket before it builds the engine
+            return list(BIND_FAILED)
+        if launch.max_model_len > self.model_limit:
+            return [API.format(
+                level="ERROR", src=model_src,
+                msg=f"pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig\n"
+                    f"  Value error, User-specified max_model_len ({launch.max_model_len}) is greater than the "
+                    f"derived max_model_len (max_position_embeddings={self.model_limit} or model_max_length=None "
+                    "in model's config.json).")]
+        return None
 
     def _kv_error(self, launch: Launch, need_gib: float, usable_blocks: int, hint: str) -> str:
         usable = max(usable_blocks, 0)
