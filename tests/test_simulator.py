@@ -7,6 +7,7 @@ process group afterwards (an orphaned EngineCore keeps the group alive until the
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 from llm_supervisor.host import simgpu
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.args import parse
+from llm_supervisor.simulator.config import capture_sizes
 from llm_supervisor.simulator.memory import GIB, KvSizing, ShapeFacts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,6 +222,51 @@ def test_cli_matches_vllm_non_default_args_and_rejects_unknown_flags(capsys):
         parse(["m", "--no-such-flag"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_cli_takes_the_cuda_graph_capture_flags_as_vllm_0_26_did():
+    """The real launch with --max-cudagraph-capture-size 1024 (its --enable-logging-iteration-details
+    left out: the simulator logs no engine iterations, so it does not take that flag)."""
+    real_line = (FIXTURES / "h100-4b-mixed1024.startup.log").read_text()
+    real = ast.literal_eval(real_line.split("non-default args: ", 1)[1].split("\n", 1)[0].strip())
+    del real["enable_logging_iteration_details"]
+    _, shown = parse(["/tmp/models/qwen3-4b", "--host", "127.0.0.1", "--port", "52147", "--served-model-name",
+                      "qwen3-4b", "--gpu-memory-utilization", "0.9", "--max-model-len", "8192", "--load-format",
+                      "dummy", "--max-cudagraph-capture-size", "1024"])
+    assert list(shown.items()) == list(real.items())
+    ns, _ = parse(["m", "--cudagraph-capture-sizes", "1", "2", "4", "8"])
+    assert ns.cudagraph_capture_sizes == [1, 2, 4, 8]
+
+
+@pytest.mark.parametrize(("flags", "sizes", "top"), [
+    ([], 51, 512),
+    (["--max-cudagraph-capture-size", "1024"], 83, 1024),
+    (["--max-num-seqs", "16"], 7, 32),
+    (["--cudagraph-capture-sizes", "1", "8", "640"], 3, 640),
+])
+def test_the_capture_sizes_follow_vllms_rule(flags, sizes, top):
+    """min(2 × max_num_seqs, 512) by default (51 sizes on the real H100), the flag's ceiling with
+    the same grid (83 up to 1,024 on the real H100), or the sizes given."""
+    ns, _ = parse(["m", *flags])
+    got = capture_sizes(ns.max_num_seqs or 1024, ns.max_cudagraph_capture_size,
+                        tuple(ns.cudagraph_capture_sizes or ()), 8192)
+    assert (len(got), max(got)) == (sizes, top)
+
+
+def test_a_start_with_graphs_to_1024_tokens_logs_what_the_real_h100_logged(sims):
+    sim = sims([*FIXTURE_ARGS, "--max-cudagraph-capture-size", "1024"], H100)
+    sim.wait_ready()
+    text = sim.log_path.read_text()
+    assert "'max_cudagraph_capture_size': 1024" in text
+    assert "Capturing CUDA graphs (PIECEWISE): 100%|██████████| 83/83" in text
+    assert re.search(r"Graph capturing finished in \d+ secs, took 1\.32 GiB", text)
+    assert "GPU KV cache size: 110,464 tokens" in text  # on 0.26 the graphs sit outside the budget
+
+
+def test_graphs_captured_to_1024_tokens_take_what_the_real_h100_took():
+    base = memory.graph_bytes(QWEN3_4B, 1, 36, False, sizes=tuple(capture_sizes(1024)))
+    wide = memory.graph_bytes(QWEN3_4B, 1, 36, False, sizes=tuple(capture_sizes(1024, 1024)))
+    assert (memory.format_gib(base), memory.format_gib(wide)) == ("1.0", "1.32")  # as vLLM prints them
 
 
 # ---------------------------------------------------------------- startup, as vLLM logs it

@@ -164,6 +164,8 @@ def build_parser(default_util: float | None = 0.92, extensible: bool = False) ->
     p.add_argument("--max-num-partial-prefills", type=int, default=1)
     p.add_argument("--enable-chunked-prefill", action=b, default=None)
     p.add_argument("--async-scheduling", action=b, default=None)
+    p.add_argument("--cudagraph-capture-sizes", nargs="+", type=int, default=None)
+    p.add_argument("--max-cudagraph-capture-size", type=int, default=None)
     # compilation and the rest
     p.add_argument("--compilation-config", "-O", default=None)
     p.add_argument("--speculative-config", default=None)

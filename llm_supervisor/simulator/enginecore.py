@@ -29,7 +29,7 @@ from llm_supervisor.simulator.logs import Log, traceback_text
 from llm_supervisor.simulator.memory import MIB, format_gib, torch_format_size
 from llm_supervisor.simulator.proc import Channel, fork_child, set_title, sleep
 from llm_supervisor.simulator.templates import ENGINE_CONFIG
-from llm_supervisor.simulator.rank import OOM_TAIL, Rank, Shutdown, SimFailure, _hang_forever, capture_sizes, gather_replies
+from llm_supervisor.simulator.rank import OOM_TAIL, Rank, Shutdown, SimFailure, _hang_forever, gather_replies
 
 
 # ---------------------------------------------------------------- one GPU
@@ -245,7 +245,7 @@ class EngineCore:
         c = self.cfg
         mode, graphs = ("<CompilationMode.NONE: 0>", "<CUDAGraphMode.NONE: 0>") if c.enforce_eager else (
             "<CompilationMode.VLLM_COMPILE: 3>", "<CUDAGraphMode.FULL_AND_PIECEWISE: (2, 1)>")
-        sizes = capture_sizes(c.max_num_seqs) if not c.enforce_eager else []
+        sizes = list(c.graph_sizes) if not c.enforce_eager else []
         return ENGINE_CONFIG.format(
             version=c.dialect.version, model=c.model, revision=c.revision, trust_remote_code=c.trust_remote_code,
             dtype=c.dtype_name, max_seq_len=c.max_model_len, load_format=c.load_format, tp=c.tp, pp=c.pp, dp=c.dp,

@@ -298,7 +298,8 @@ class Rank:
             self.available = self.requested - self.weights - self.activation - self.non_torch
             if cfg.graph_estimate and not cfg.enforce_eager:
                 # 0.30+: a throwaway capture estimates the graphs, taken out before the cache is sized
-                self.estimate = memory.graph_estimate_bytes(memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False, d.memory_0_34),
+                self.estimate = memory.graph_estimate_bytes(memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False, d.memory_0_34,
+                                                                                 cfg.graph_sizes),
                                                             v1_runner=not cfg.v2_runner and not d.estimates_graphs)
                 self.available -= self.estimate
                 if self.prints and not cfg.v2_runner and not d.at_least(0, 34):
@@ -392,8 +393,8 @@ class Rank:
             return {}
         self._hang_if("graphs")
         start = time.monotonic()
-        self.graphs = memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False, d.memory_0_34)
-        sizes = len(capture_sizes(cfg.max_num_seqs))
+        self.graphs = memory.graph_bytes(cfg.shape, cfg.tp, self.layers, False, d.memory_0_34, cfg.graph_sizes)
+        sizes = len(cfg.graph_sizes)
         if self.rank == 0 and self.dp_rank == 0:
             for mode in ("PIECEWISE", "FULL"):
                 log.raw(_tqdm(f"Capturing CUDA graphs ({mode})", sizes, cfg.timing.phase("graphs") / 2))
@@ -448,14 +449,6 @@ class Rank:
         if fn is None:
             raise ValueError(f"unknown op {op}")
         return fn()
-
-
-def capture_sizes(max_num_seqs: int) -> list[int]:
-    """vLLM's CUDA-graph batch sizes: 1, 2, 4, then every 8 to 256, every 16 above, up to
-    min(2 × max_num_seqs, 512) (51 sizes on the real H100 run)."""
-    top = min(2 * max_num_seqs, 512)
-    sizes = [1, 2, 4] + list(range(8, 257, 8)) + list(range(272, 513, 16))
-    return [n for n in sizes if n <= top]
 
 
 def _tqdm(label: str, total: int, seconds: float) -> str:
