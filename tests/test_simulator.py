@@ -26,7 +26,7 @@ import pytest
 from llm_supervisor.host import simgpu
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.args import parse
-from llm_supervisor.simulator.config import capture_sizes
+from llm_supervisor.vllm.cudagraphs import capture_sizes
 from llm_supervisor.simulator.memory import GIB, KvSizing, ShapeFacts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,8 +248,7 @@ def test_the_capture_sizes_follow_vllms_rule(flags, sizes, top):
     """min(2 × max_num_seqs, 512) by default (51 sizes on the real H100), the flag's ceiling with
     the same grid (83 up to 1,024 on the real H100), or the sizes given."""
     ns, _ = parse(["m", *flags])
-    got = capture_sizes(ns.max_num_seqs or 1024, ns.max_cudagraph_capture_size,
-                        tuple(ns.cudagraph_capture_sizes or ()), 8192)
+    got = capture_sizes(ns.max_num_seqs or 1024, 8192, ns.max_cudagraph_capture_size, ns.cudagraph_capture_sizes or ())
     assert (len(got), max(got)) == (sizes, top)
 
 
@@ -264,8 +263,8 @@ def test_a_start_with_graphs_to_1024_tokens_logs_what_the_real_h100_logged(sims)
 
 
 def test_graphs_captured_to_1024_tokens_take_what_the_real_h100_took():
-    base = memory.graph_bytes(QWEN3_4B, 1, 36, False, sizes=tuple(capture_sizes(1024)))
-    wide = memory.graph_bytes(QWEN3_4B, 1, 36, False, sizes=tuple(capture_sizes(1024, 1024)))
+    base = memory.graph_bytes(QWEN3_4B, 1, 36, False, sizes=tuple(capture_sizes(1024, 8192)))
+    wide = memory.graph_bytes(QWEN3_4B, 1, 36, False, sizes=tuple(capture_sizes(1024, 8192, 1024)))
     assert (memory.format_gib(base), memory.format_gib(wide)) == ("1.0", "1.32")  # as vLLM prints them
 
 

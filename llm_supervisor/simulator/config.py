@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_supervisor.host import modelfiles, simgpu
-from llm_supervisor.vllm import gpuspecs, modelshape
+from llm_supervisor.vllm import cudagraphs, gpuspecs, modelshape
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.dialect import Dialect
 from llm_supervisor.simulator.speed import StepLaw, model_params, step_law
@@ -124,21 +124,6 @@ def pydantic_error(model: str, message: str, input_repr: str) -> str:
     return (f"pydantic_core._pydantic_core.ValidationError: 1 validation error for {model}\n"
             f"  Value error, {message} [type=value_error, input_value={input_repr}, input_type=ArgsKwargs]\n"
             "    For further information visit https://errors.pydantic.dev/2.12/v/value_error")
-
-
-def capture_sizes(max_num_seqs: int, max_size: int | None = None, sizes: tuple[int, ...] = (),
-                  max_num_batched_tokens: int = 8192) -> list[int]:
-    """vLLM's CUDA-graph batch sizes (0.26 `_set_cudagraph_sizes`): the ones given
-    (--cudagraph-capture-sizes) up to max_num_batched_tokens; else 1, 2, 4, every 8 below 256 and
-    every 16 from 256 up to --max-cudagraph-capture-size or min(2 × max_num_seqs, 512), capped by
-    max_num_batched_tokens, which is added when it fits (51 sizes on the real H100, 83 with 1,024)."""
-    if sizes:
-        return sorted({n for n in sizes if n <= max_num_batched_tokens})
-    top = min(max_size or min(2 * max_num_seqs, 512), max_num_batched_tokens)
-    grid = {n for n in (1, 2, 4) if n <= top} | set(range(8, min(top + 1, 256), 8)) | set(range(256, top + 1, 16))
-    if max_num_batched_tokens <= top:
-        grid.add(max_num_batched_tokens)
-    return sorted(grid)
 
 
 @dataclass(frozen=True)
@@ -416,8 +401,8 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         largest_weight=largest, max_model_len=max_len, derived_max_model_len=derived,
         block_size=ns.block_size or (memory.V034_BLOCK_SIZE if dialect.memory_0_34 else 16), util=util, tp=tp, pp=pp, dp=dp, max_num_seqs=seqs,
         max_num_batched_tokens=batched, enforce_eager=bool(ns.enforce_eager), kv_cache_dtype=kv_dtype,
-        graph_sizes=() if ns.enforce_eager else tuple(capture_sizes(
-            seqs, ns.max_cudagraph_capture_size, tuple(ns.cudagraph_capture_sizes or ()), batched)),
+        graph_sizes=() if ns.enforce_eager else tuple(cudagraphs.capture_sizes(
+            seqs, batched, ns.max_cudagraph_capture_size, ns.cudagraph_capture_sizes or ())),
         load_format=ns.load_format, enable_prefix_caching=ns.enable_prefix_caching is not False,
         disable_custom_all_reduce=bool(ns.disable_custom_all_reduce),
         kv_cache_memory_bytes=ns.kv_cache_memory_bytes, num_gpu_blocks_override=ns.num_gpu_blocks_override,

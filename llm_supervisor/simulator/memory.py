@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llm_supervisor.vllm import cudagraphs
+
 GIB = 1 << 30
 MIB = 1 << 20
 
@@ -56,9 +58,6 @@ CUSTOM_ALL_REDUCE_BYTES = 64 * MIB  # IPC buffers unless --disable-custom-all-re
 GRAPH_MIN_BYTES = int(0.25 * GIB)
 GRAPH_PER_LAYER_BYTES = (1.87 - 1.00) / (64 - 36) * GIB
 GRAPH_OFFSET_BYTES = 1.00 * GIB - 36 * GRAPH_PER_LAYER_BYTES
-# Sizes captured above the default 512 (--max-cudagraph-capture-size): Qwen3-4B on an H100 with
-# 0.26 took 1.32 GiB for 83 sizes up to 1,024 against 1.00 for the default 51: 1 % more each.
-GRAPH_PER_SIZE_ABOVE_512 = 0.32 / 32
 # vLLM 0.34 with torch 2.14, measured on an H200 (Qwen3-4B shape, tests/fixtures/vllm-0.34.0-h200):
 # "8.36 GiB for consumed memory (weights + non-torch), 0.93 GiB for peak activation, and 0.69 GiB
 # for CUDAGraph memory", "1.04 GiB kept for transient activations (0.93 GiB allocated at peak,
@@ -146,7 +145,7 @@ def graph_bytes(shape: ShapeFacts, tp: int, layers: int, enforce_eager: bool, v0
     if enforce_eager:
         return 0
     one = (GRAPH_OFFSET_BYTES + GRAPH_PER_LAYER_BYTES * layers) * (V034_GRAPH_SCALE if v034 else 1.0)
-    one *= 1 + GRAPH_PER_SIZE_ABOVE_512 * sum(1 for n in sizes if n > 512)
+    one *= cudagraphs.graph_factor(sizes)  # more sizes than the default: more memory (vllm/cudagraphs.py)
     return int(max(GRAPH_MIN_BYTES, one / max(1, tp)))
 
 

@@ -16,13 +16,12 @@ raises CUBLAS_STATUS_INTERNAL_ERROR. The remedies, cheapest first:
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from llm_supervisor.vllm.engine_args import compilation_config
 from llm_supervisor.vllm.memory import parse_version
 
 FUSION_PASS = "fuse_allreduce_rms"
 FUSION_SINCE = (0, 26)  # the oldest version known to have the pass under this name
-_CC_FLAGS = ("--compilation-config", "-cc")
 
 
 def has_fusion_pass(version: str | None) -> bool:
@@ -31,27 +30,9 @@ def has_fusion_pass(version: str | None) -> bool:
     return parsed is None or parsed[:2] >= FUSION_SINCE
 
 
-def _compilation_config(extra_args: list[str]) -> tuple[int, int, Any] | None:
-    """(index of the flag, index of its value, the parsed value) of the last --compilation-config."""
-    found = None
-    for i, arg in enumerate(extra_args):
-        for flag in _CC_FLAGS:
-            if arg == flag and i + 1 < len(extra_args):
-                found = (i, i + 1, extra_args[i + 1])
-            elif arg.startswith(flag + "="):
-                found = (i, i, arg[len(flag) + 1:])
-    if found is None:
-        return None
-    i, j, raw = found
-    try:
-        return i, j, json.loads(raw)
-    except ValueError:
-        return i, j, raw
-
-
 def fusion_disabled(extra_args: list[str]) -> bool:
     """Whether the arguments already turn the fused all-reduce off."""
-    cc = _compilation_config(extra_args)
+    cc = compilation_config(extra_args)
     if cc is None or not isinstance(cc[2], dict):
         return False
     passes = cc[2].get("pass_config")
@@ -62,7 +43,7 @@ def without_fusion(extra_args: list[str]) -> list[str] | None:
     """extra_args with the fused all-reduce off, merged into a --compilation-config already there;
     None when one is there that is not a JSON object (an optimization level, a file): changing it
     is the operator's call."""
-    cc = _compilation_config(extra_args)
+    cc = compilation_config(extra_args)
     if cc is None:
         return [*extra_args, "--compilation-config", json.dumps({"pass_config": {FUSION_PASS: False}})]
     i, j, value = cc

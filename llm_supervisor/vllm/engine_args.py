@@ -6,10 +6,14 @@ Secrets never go on the engine's argv (anyone can read it with `ps`): the API ke
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from llm_supervisor.config.profile import Profile, VllmArgs
 from llm_supervisor.config.redaction import REDACTED, SECRET_FLAGS, Redactor, is_secret_name  # noqa: F401 - re-exported
+
+_CC_FLAGS = ("--compilation-config", "-cc")
 
 # Variables that belong to the daemon's own service manager, never to the engine.
 DAEMON_ONLY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
@@ -94,3 +98,21 @@ def keeps_dead_engine_serving(env: Mapping[str, str]) -> bool:
 def changed_env(full: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
     """What the supervisor adds or changes relative to its own environment (for `plan`)."""
     return {k: v for k, v in full.items() if base.get(k) != v}
+
+
+def compilation_config(extra_args: Sequence[str]) -> tuple[int, int, Any] | None:
+    """(index of the flag, index of its value, the parsed value) of the last --compilation-config."""
+    found = None
+    for i, arg in enumerate(extra_args):
+        for flag in _CC_FLAGS:
+            if arg == flag and i + 1 < len(extra_args):
+                found = (i, i + 1, extra_args[i + 1])
+            elif arg.startswith(flag + "="):
+                found = (i, i, arg[len(flag) + 1:])
+    if found is None:
+        return None
+    i, j, raw = found
+    try:
+        return i, j, json.loads(raw)
+    except ValueError:
+        return i, j, raw

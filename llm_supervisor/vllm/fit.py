@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from llm_supervisor.config.profile import Profile, Recovery, Target, VllmArgs
-from llm_supervisor.vllm import gpuspecs, memory, runner
+from llm_supervisor.vllm import cudagraphs, gpuspecs, memory, runner
 from llm_supervisor.vllm.calibration import CalibrationEntry, Observation
 from llm_supervisor.vllm.memory import GIB, Overhead
 from llm_supervisor.vllm.modelshape import (ModelShape, WeightInventory, linear_bytes_per_element,
@@ -142,7 +142,10 @@ class FitContext:
         if seen:
             return max(seen), "measured on this host"  # type: ignore[type-var]
         layers = max(self.shape.layers_per_stage(args.pipeline_parallel_size))
-        return memory.estimate_graph_gib(layers, args.tensor_parallel_size, self.engine), "estimated"
+        tokens, seqs = self.batch_limits(args)
+        sizes = cudagraphs.capture_sizes(seqs, tokens, *cudagraphs.capture_flags(args.extra_args))
+        return (memory.estimate_graph_gib(layers, args.tensor_parallel_size, self.engine) * cudagraphs.graph_factor(sizes),
+                "estimated")
 
     def batch_limits(self, args: VllmArgs) -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) this launch runs with."""
