@@ -54,7 +54,6 @@ from typing import Any, Callable, Sequence
 
 import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(REPO)]
@@ -66,6 +65,7 @@ from llm_supervisor.config.settings import load_settings  # noqa: E402
 from llm_supervisor.host.modelfiles import bundled_config_path  # noqa: E402
 from llm_supervisor.planning.launch import build_plan  # noqa: E402
 from llm_supervisor.vllm import speed  # noqa: E402
+from llm_supervisor.vllm.metrics import parse_prometheus  # noqa: E402
 
 H200_MIB = 143771
 READY_TIMEOUT = 600.0
@@ -400,25 +400,23 @@ STEP_WORKLOADS = (("512", "128"), ("16", "128"), ("512", "96-160"))
 MIXED_LEVELS = [(p, "96-160", 8) for p in ("128", "256", "480", "512", "600", "1024", "2048")] + [
     (p, "96-160", u) for u in (2, 32) for p in ("256", "512", "1024")] + [("16", "96-160", 8), ("16", "96-160", 32)]
 # vLLM's counters read per level (histograms: their _sum and _count; iteration tokens: buckets too)
-ENGINE_HISTOGRAMS = ("vllm:iteration_tokens_total", "vllm:request_prefill_time_seconds",
-                     "vllm:request_decode_time_seconds", "vllm:time_to_first_token_seconds",
-                     "vllm:inter_token_latency_seconds", "vllm:request_queue_time_seconds")
+ITERATION_TOKENS = "vllm:iteration_tokens_total"
+ENGINE_HISTOGRAMS = (ITERATION_TOKENS, "vllm:request_prefill_time_seconds", "vllm:request_decode_time_seconds",
+                     "vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds",
+                     "vllm:request_queue_time_seconds")
+_SUMS_AND_COUNTS = {f"{h}_{part}" for h in ENGINE_HISTOGRAMS for part in ("sum", "count")}
 
 
 def engine_counters(http: httpx.Client, engine_url: str) -> dict[str, float]:
-    """The engine's histogram sums, counts and iteration-token buckets, summed over label sets."""
-    text = http.get(engine_url.rstrip("/") + "/metrics").text
+    """The engine's histogram sums, counts and iteration-token buckets (`…_bucket@le`), summed
+    over label sets."""
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name not in ENGINE_HISTOGRAMS and fam.name + "_total" not in ENGINE_HISTOGRAMS:
+    for name, labels, value in parse_prometheus(http.get(engine_url.rstrip("/") + "/metrics").text):
+        if name == f"{ITERATION_TOKENS}_bucket":
+            name = f"{name}@{labels.get('le')}"
+        elif name not in _SUMS_AND_COUNTS:
             continue
-        for s in fam.samples:
-            if s.name.endswith("_created"):
-                continue
-            key = s.name + (f"@{s.labels['le']}" if s.name.endswith("_bucket") and "iteration" in s.name else "")
-            if s.name.endswith("_bucket") and "iteration" not in s.name:
-                continue
-            out[key] = out.get(key, 0.0) + s.value
+        out[name] = out.get(name, 0.0) + value
     return out
 
 
@@ -429,10 +427,10 @@ def level_counters(before: dict[str, float], after: dict[str, float]) -> dict[st
         n = d.get(name + "_count", 0.0)
         return round(d.get(name + "_sum", 0.0) / n, 5) if n else None
 
-    it = next((k[: -len("_count")] for k in d if k.startswith("vllm:iteration_tokens") and k.endswith("_count")), None)
-    steps = d.get(f"{it}_count", 0.0) if it else 0.0
+    steps = d.get(f"{ITERATION_TOKENS}_count", 0.0)
     buckets = sorted(((float(k.split("@")[1]), v) for k, v in d.items() if "@" in k), key=lambda kv: kv[0])
-    return {"engine_steps": int(steps), "tokens_per_step": round(d.get(f"{it}_sum", 0.0) / steps, 1) if steps else None,
+    tokens = d.get(f"{ITERATION_TOKENS}_sum", 0.0)
+    return {"engine_steps": int(steps), "tokens_per_step": round(tokens / steps, 1) if steps else None,
             "step_token_buckets": [[le, int(v)] for le, v in buckets],
             "prefill_s_mean": mean("vllm:request_prefill_time_seconds"),
             "decode_s_mean": mean("vllm:request_decode_time_seconds"),
@@ -446,12 +444,13 @@ def run_levels(d: Daemon, r: dict[str, Any], model: speed.SpeedModel | None, eng
     """One `bench --users` per (prompt, output, users), with the engine's counters around it."""
     rows: list[dict[str, Any]] = r.setdefault("levels", [])
     for prompt, output, users in levels:
+        requests = max(8, 4 * users)
         before = engine_counters(d.http, engine) if engine else {}
-        res = d.bench("--users", str(users), "--requests", str(max(8, 4 * users)), "--prompt-tokens", prompt,
+        res = d.bench("--users", str(users), "--requests", str(requests), "--prompt-tokens", prompt,
                       "--output-tokens", output, timeout=300)
         after = engine_counters(d.http, engine) if engine else {}
         row: dict[str, Any] = {
-            "prompt_tokens": prompt, "output_tokens": output, "users": users,
+            "prompt_tokens": prompt, "output_tokens": output, "users": users, "requests": requests,
             "succeeded": res.get("succeeded"), "duration_s": res.get("duration_s"),
             "tokens_per_s": res.get("tokens_per_s"), "per_user_tokens_per_s": res.get("per_user_tokens_per_s"),
             "ttft_p50_s": (res.get("ttft_s") or {}).get("p50"),
@@ -461,8 +460,8 @@ def run_levels(d: Daemon, r: dict[str, Any], model: speed.SpeedModel | None, eng
         if row["engine_steps"] and row["duration_s"]:
             row["wall_per_step_s"] = round(row["duration_s"] / row["engine_steps"], 5)
         if model is not None:
-            lo, _, hi = output.partition("-")
-            w = speed.Workload(int(prompt), (int(lo) + int(hi or lo)) // 2)
+            lengths = BenchWorkload.synthetic(prompt, output)  # bench's own reading of "96-160"
+            w = speed.Workload(round(lengths.prompt.mean), round(lengths.output.mean))
             p, s = model.at(users, w), model.steps(min(users, model.slots(w)[0]), w)
             row.update({"model_tpot_s": round(p.tpot_s, 5), "model_ttft_s": round(p.ttft_s, 4),
                         "model_decode_step_s": round(s.decode.total, 5),
@@ -471,7 +470,7 @@ def run_levels(d: Daemon, r: dict[str, Any], model: speed.SpeedModel | None, eng
         print(f"    P={prompt} O={output} U={users}: TPOT {row['tpot_s']} (model {row.get('model_tpot_s')}),"
               f" TTFT p50 {row['ttft_p50_s']}, steps {row['engine_steps']}, tokens/step {row['tokens_per_step']},"
               f" prefill {row['prefill_s_mean']}", flush=True)
-    r["ok"] = bool(rows) and all(x["succeeded"] == max(8, 4 * x["users"]) for x in rows)
+    r["ok"] = bool(rows) and all(x["succeeded"] == x["requests"] for x in rows)
 
 
 def levels_scenario(ctx: Ctx, r: dict[str, Any], name: str, title: str, levels: Sequence[tuple[str, str, int]],
