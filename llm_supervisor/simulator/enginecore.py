@@ -245,7 +245,7 @@ class EngineCore:
         c = self.cfg
         mode, graphs = ("<CompilationMode.NONE: 0>", "<CUDAGraphMode.NONE: 0>") if c.enforce_eager else (
             "<CompilationMode.VLLM_COMPILE: 3>", "<CUDAGraphMode.FULL_AND_PIECEWISE: (2, 1)>")
-        sizes = list(c.graph_sizes) if not c.enforce_eager else []
+        sizes = list(c.graph_sizes)  # none with enforce_eager
         return ENGINE_CONFIG.format(
             version=c.dialect.version, model=c.model, revision=c.revision, trust_remote_code=c.trust_remote_code,
             dtype=c.dtype_name, max_seq_len=c.max_model_len, load_format=c.load_format, tp=c.tp, pp=c.pp, dp=c.dp,
