@@ -420,6 +420,11 @@ def engine_counters(http: httpx.Client, engine_url: str) -> dict[str, float]:
     return out
 
 
+def steps_above(buckets: Sequence[Sequence[float]], tokens: int) -> int:
+    """Engine steps of more than `tokens` tokens, from a level's cumulative [le, count] buckets."""
+    return int(buckets[-1][1] - max((n for le, n in buckets if le <= tokens), default=0))
+
+
 def level_counters(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
 
@@ -589,8 +594,8 @@ def summary_table(results: dict[str, Any]) -> str:
                   "| scenario | prompt | reply | users | TPOT measured | model (error) | TTFT p50 | steps > 512 tokens |",
                   "|---|---:|---:|---:|---:|---|---:|---:|"]
         for key, x in fixed:
-            buckets = x.get("step_token_buckets") or []
-            above = (buckets[-1][1] - max((n for le, n in buckets if le <= 512), default=0)) if buckets else None
+            buckets = x.get("step_token_buckets")
+            above = steps_above(buckets, 512) if buckets else None
             err = x["model_tpot_s"] / x["tpot_s"] - 1 if x.get("model_tpot_s") and x.get("tpot_s") else None
             lines.append(f"| {key} | {x['prompt_tokens']} | {x['output_tokens']} | {x['users']} |"
                          f" {ms(x.get('tpot_s'))} | {ms(x.get('model_tpot_s'))} ({fmt(err, True)}) |"

@@ -12,11 +12,15 @@ speed model holds; the larger capture costs GPU memory and no KV tokens on 0.26.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from llm_supervisor.host.logfiles import parse_log_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from gpu_capacity import steps_above  # noqa: E402 - how the script counts them in its summary
 
 H100 = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
 STEPS = json.loads((H100 / "h100-4b-steps.json").read_text())
@@ -32,13 +36,6 @@ def level(record: dict, prompt: str, output: str, users: int) -> dict:
 def error(lv: dict) -> float:
     """The model's TPOT against the measured one (the model is the one of the recording)."""
     return lv["model_tpot_s"] / lv["tpot_s"] - 1
-
-
-def steps_above(lv: dict, tokens: int) -> int:
-    """Engine steps of more than `tokens` tokens during the level (vLLM's histogram buckets)."""
-    buckets = lv["step_token_buckets"]
-    below = max((count for le, count in buckets if le <= tokens), default=0)
-    return buckets[-1][1] - below
 
 
 def test_every_level_was_answered_in_full_on_one_launch() -> None:
@@ -63,7 +60,7 @@ def test_users_in_step_see_the_model_within_eleven_percent_and_no_dip(users: int
 def test_short_prompts_are_decode_steps_the_model_holds(users: int) -> None:
     lv = level(STEPS, "16", "128", users)
     assert abs(error(lv)) <= 0.06
-    assert steps_above(lv, 512) == 0
+    assert steps_above(lv["step_token_buckets"], 512) == 0
 
 
 @pytest.mark.parametrize("users", [8, 16])
@@ -73,7 +70,7 @@ def test_users_out_of_step_decode_slower_than_the_model_in_steps_beyond_the_grap
     out_of_step, in_step = level(STEPS, "512", "96-160", users), level(STEPS, "512", "128", users)
     assert error(out_of_step) < -0.10
     assert out_of_step["tpot_s"] > 1.15 * in_step["tpot_s"]
-    assert steps_above(out_of_step, 512) >= 20
+    assert steps_above(out_of_step["step_token_buckets"], 512) >= 20
 
 
 def test_prompts_that_fit_the_graphs_beside_eight_decodes_cost_little() -> None:
@@ -81,8 +78,8 @@ def test_prompts_that_fit_the_graphs_beside_eight_decodes_cost_little() -> None:
     512-token ones (519) 23 % slower than it in the same launch."""
     assert abs(error(level(MIXED, "480", "96-160", 8))) <= 0.07
     assert error(level(MIXED, "512", "96-160", 8)) < -0.20
-    assert steps_above(level(MIXED, "480", "96-160", 8), 512) <= 5
-    assert steps_above(level(MIXED, "512", "96-160", 8), 512) >= 20
+    assert steps_above(level(MIXED, "480", "96-160", 8)["step_token_buckets"], 512) <= 5
+    assert steps_above(level(MIXED, "512", "96-160", 8)["step_token_buckets"], 512) >= 20
 
 
 @pytest.mark.parametrize("prompt", ["512", "600"])
