@@ -12,6 +12,7 @@ from llm_supervisor.config.profile import VllmArgs
 from llm_supervisor.host.logfiles import parse_log_file
 from llm_supervisor.host.modelfiles import load_shape
 from llm_supervisor.vllm import cudagraphs
+from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.fit import FitContext
 
 H100 = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
@@ -55,3 +56,48 @@ def test_the_planner_expects_the_graph_memory_the_real_launches_took() -> None:
     wider = args.model_copy(update={"extra_args": ["--max-cudagraph-capture-size", "1024"]})
     assert ctx.graph_gib(wider) == (pytest.approx(wide, abs=0.005), "estimated")
     assert ctx.graph_gib(wider.model_copy(update={"enforce_eager": True}))[0] == 0.0
+
+
+@pytest.mark.parametrize(("log", "count", "top"), [
+    ("h100-4b-mixed.startup.log", 51, 512),
+    ("h100-4b-mixed1024.startup.log", 83, 1024),
+])
+def test_the_log_tells_which_sizes_were_captured(log: str, count: int, top: int) -> None:
+    sizes = parse_log_file(H100 / log).facts.cuda_graph_sizes
+    assert sizes is not None and (len(sizes), max(sizes)) == (count, top)
+    assert sizes == cudagraphs.capture_sizes(1024, 8192, top)
+
+
+def _learned(log: str) -> FitContext:
+    facts = parse_log_file(H100 / log).facts
+    obs = learn_from_facts(facts, model="Qwen/Qwen3-4B", gpu_name="NVIDIA H100 80GB HBM3", gpu_total_gib=79.18,
+                           tensor_parallel=1, gpu_memory_utilization=0.9, now=0.0)
+    assert obs.cuda_graph_sizes == facts.cuda_graph_sizes
+    return FitContext.of(load_shape("Qwen/Qwen3-4B"), 79.18, 1, obs, model="Qwen/Qwen3-4B",
+                         gpu_name="NVIDIA H100 80GB HBM3", vllm_version="0.26.0")
+
+
+@pytest.mark.parametrize(("learned_from", "planned"), [
+    ("h100-4b-mixed.startup.log", "h100-4b-mixed1024.startup.log"),
+    ("h100-4b-mixed1024.startup.log", "h100-4b-mixed.startup.log"),
+    ("h100-4b-mixed.startup.log", "h100-4b-mixed.startup.log"),
+])
+def test_graph_memory_learned_at_one_capture_is_scaled_to_another(learned_from: str, planned: str) -> None:
+    """What one start took is the figure for its sizes: a plan with a wider (or the default)
+    capture scales it, and lands on what that capture really took."""
+    ctx = _learned(learned_from)
+    top = max(parse_log_file(H100 / planned).facts.cuda_graph_sizes or [0])
+    extra = [] if top == 512 else ["--max-cudagraph-capture-size", str(top)]
+    args = VllmArgs(gpu_memory_utilization=0.9, max_model_len=8192, extra_args=extra)
+    took = parse_log_file(H100 / planned).facts.cuda_graph_gib
+    assert ctx.graph_gib(args) == (pytest.approx(took, abs=0.01), "measured on this host")
+
+
+def test_a_start_learned_before_its_sizes_were_kept_counts_as_the_default_capture() -> None:
+    ctx = _learned("h100-4b-mixed.startup.log")
+    assert ctx.calibration is not None and ctx.calibration.latest is not None
+    ctx.calibration.latest.cuda_graph_sizes = None   # an older calibration file
+    args = VllmArgs(gpu_memory_utilization=0.9, max_model_len=8192)
+    assert ctx.graph_gib(args)[0] == pytest.approx(1.00, abs=0.005)
+    wider = args.model_copy(update={"extra_args": ["--max-cudagraph-capture-size", "1024"]})
+    assert ctx.graph_gib(wider)[0] == pytest.approx(1.32, abs=0.005)

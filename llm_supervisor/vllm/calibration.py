@@ -49,6 +49,7 @@ class Observation:
     quantization: str | None = None
     pipeline_parallel: int = 1
     cuda_graph_gib: float | None = None
+    cuda_graph_sizes: list[int] | None = None  # the batch sizes captured (the graphs' memory grows with them)
     available_kv_cache_gib: float | None = None
     kv_cache_tokens: int | None = None
     requested_gib: float | None = None
@@ -179,7 +180,7 @@ class CalibrationEntry:
 # StartupFacts fields calibration reads under their own names.
 _PLAIN_FACTS = ("kv_cache_tokens", "max_concurrency_context", "vllm_version", "tensor_parallel_size",
                 "pipeline_parallel_size", "max_model_len", "enforce_eager", "kv_cache_dtype", "quantization",
-                "model_runner", "cpu_offloaded_gib")
+                "model_runner", "cpu_offloaded_gib", "cuda_graph_sizes")
 
 
 _FACT_ALIASES: dict[str, tuple[str, ...]] = {
@@ -308,6 +309,7 @@ def learn_from_facts(
         quantization=_fact(facts, "quantization"),
         pipeline_parallel=int(_fact(facts, "pipeline_parallel_size") or 1),
         cuda_graph_gib=_fact(facts, "cuda_graph_gib"),
+        cuda_graph_sizes=list(sizes) if (sizes := _fact(facts, "cuda_graph_sizes")) is not None else None,
         available_kv_cache_gib=float(available) if available is not None else None,
         kv_cache_tokens=_fact(facts, "kv_cache_tokens"),
         requested_gib=round(float(requested), 4) if requested is not None else None,

@@ -8,7 +8,8 @@ and 0.34): the sizes are those of `--cudagraph-capture-sizes` (or the compilatio
 min(2 × max_num_seqs, 512) (0.34: 1,024 on data-center Blackwell), never above
 max_num_batched_tokens, which is added when it fits. Graph memory grows with the sizes: Qwen3-4B
 on an H100 with 0.26 took 1.32 GiB for the 83 sizes up to 1,024 against 1.00 GiB for the default
-51, so 1 % more for each size above 512.
+51, so 1 % more for each size above 512. What a start on this host took holds for the sizes it
+captured (its config line lists them): a launch with other sizes scales it by the same rule.
 """
 
 from __future__ import annotations

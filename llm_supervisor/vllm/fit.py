@@ -136,16 +136,16 @@ class FitContext:
         earlier start of this configuration on this host, else the per-layer estimate."""
         if args.enforce_eager:
             return 0.0, "enforce_eager: no CUDA graphs"
-        entry = self.entry_for(args)
-        seen = [o.cuda_graph_gib for o in (entry.observations if entry else [])
-                if (o.cuda_graph_gib or 0) > 0 and not o.enforce_eager]
-        if seen:
-            return max(seen), "measured on this host"  # type: ignore[type-var]
-        layers = max(self.shape.layers_per_stage(args.pipeline_parallel_size))
         tokens, seqs = self.batch_limits(args)
-        sizes = cudagraphs.capture_sizes(seqs, tokens, *cudagraphs.capture_flags(args.extra_args))
-        return (memory.estimate_graph_gib(layers, args.tensor_parallel_size, self.engine) * cudagraphs.graph_factor(sizes),
-                "estimated")
+        factor = cudagraphs.graph_factor(cudagraphs.capture_sizes(seqs, tokens, *cudagraphs.capture_flags(args.extra_args)))
+        entry = self.entry_for(args)
+        # a start that captured other sizes took more or less: scaled by the sizes above the default
+        seen = [o.cuda_graph_gib * factor / cudagraphs.graph_factor(o.cuda_graph_sizes or ())
+                for o in (entry.observations if entry else []) if (o.cuda_graph_gib or 0) > 0 and not o.enforce_eager]
+        if seen:
+            return max(seen), "measured on this host"
+        layers = max(self.shape.layers_per_stage(args.pipeline_parallel_size))
+        return memory.estimate_graph_gib(layers, args.tensor_parallel_size, self.engine) * factor, "estimated"
 
     def batch_limits(self, args: VllmArgs) -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) this launch runs with."""

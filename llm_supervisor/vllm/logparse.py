@@ -68,6 +68,7 @@ class StartupFacts:
     max_concurrency_context: int | None = None
     cuda_graph_gib: float | None = None
     cuda_graph_seconds: float | None = None
+    cuda_graph_sizes: list[int] | None = None       # the config line's cudagraph_capture_sizes ([]: eager)
     engine_init_seconds: float | None = None
     compile_seconds: float | None = None
     compile_cached: bool | None = None
@@ -222,6 +223,7 @@ _CONFIG_INT_RES = {
     )
 }
 _CONFIG_EAGER_RE = re.compile(r"\benforce_eager=(True|False)")
+_CONFIG_CAPTURE_RE = re.compile(r"'cudagraph_capture_sizes': \[([\d, ]*)\]")
 _CONFIG_KVDTYPE_RE = re.compile(r"\bkv_cache_dtype=([\w]+)")
 _CONFIG_QUANT_RE = re.compile(r"\bquantization=([\w\-]+)")
 _CONFIG_MODEL_RE = re.compile(r"with config: model='([^']*)'")
@@ -576,6 +578,9 @@ class LogParser:
         m = _CONFIG_EAGER_RE.search(text)
         if m:
             self._set("enforce_eager", m.group(1) == "True", events)
+        m = _CONFIG_CAPTURE_RE.search(text)
+        if m:
+            self._set("cuda_graph_sizes", sorted(int(n) for n in m.group(1).replace(",", " ").split()), events)
         m = _CONFIG_KVDTYPE_RE.search(text)
         if m:
             self._set("kv_cache_dtype", m.group(1), events)
