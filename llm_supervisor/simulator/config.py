@@ -390,6 +390,8 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
     huge = dialect.large_gpu_batch_default and gpu.total_mib / 1024 >= 160
     batched = ns.max_num_batched_tokens or (16384 if huge else 8192 if big else 2048)
     seqs = ns.max_num_seqs or (1024 if big else 256)
+    graph_sizes = () if ns.enforce_eager else tuple(cudagraphs.capture_sizes(
+        seqs, batched, ns.max_cudagraph_capture_size, ns.cudagraph_capture_sizes or ()))
     keys = tuple(ns.api_key or ()) or ((os.environ["VLLM_API_KEY"],) if os.environ.get("VLLM_API_KEY") else ())
     return SimConfig(
         dialect=dialect, model=model, served_names=tuple(ns.served_model_name or [model]),
@@ -401,8 +403,7 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         largest_weight=largest, max_model_len=max_len, derived_max_model_len=derived,
         block_size=ns.block_size or (memory.V034_BLOCK_SIZE if dialect.memory_0_34 else 16), util=util, tp=tp, pp=pp, dp=dp, max_num_seqs=seqs,
         max_num_batched_tokens=batched, enforce_eager=bool(ns.enforce_eager), kv_cache_dtype=kv_dtype,
-        graph_sizes=() if ns.enforce_eager else tuple(cudagraphs.capture_sizes(
-            seqs, batched, ns.max_cudagraph_capture_size, ns.cudagraph_capture_sizes or ())),
+        graph_sizes=graph_sizes,
         load_format=ns.load_format, enable_prefix_caching=ns.enable_prefix_caching is not False,
         disable_custom_all_reduce=bool(ns.disable_custom_all_reduce),
         kv_cache_memory_bytes=ns.kv_cache_memory_bytes, num_gpu_blocks_override=ns.num_gpu_blocks_override,
@@ -412,7 +413,8 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
                           offloaded_bytes=float(sum(offloaded)),
                           params=model_params(facts.num_layers, facts.hidden_size, facts.intermediate_size,
                                               facts.num_heads, facts.num_kv_heads, facts.head_dim, facts.vocab_size),
-                          tensor_parallel=tp, kv_bytes_per_token=float(sum(kv_per_token))),
+                          tensor_parallel=tp, kv_bytes_per_token=float(sum(kv_per_token)), layers=max(layers),
+                          graph_sizes=graph_sizes),
         response_tokens=max(1, int(env_float("RESPONSE_TOKENS", 16))), host=ns.host, port=ns.port,
         api_keys=keys, executor_backend=ns.distributed_executor_backend, extensible=extensible,
         # the V1 model runner estimates the graphs into the budget from 0.21; the V2 runner from 0.30

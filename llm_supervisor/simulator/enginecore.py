@@ -502,7 +502,8 @@ class EngineCore:
                 # the next step: admit what fits, prefill their prompts, decode everyone
                 started = sched.admit()
                 prefill = sum(sched.running[rid].prompt for rid in started)
-                step_end = now + law.duration(len(sched.running), sched.context_tokens, prefill)
+                step_end = now + law.duration(len(sched.running), sched.context_tokens, prefill,
+                                              len(sched.running) - len(started))
                 if started:
                     changed = True
             if changed:
