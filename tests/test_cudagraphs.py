@@ -1,21 +1,31 @@
 """The batch sizes vLLM captures as CUDA graphs, read from a profile's extra_args, and the graph
 memory the planner expects for them (vllm/cudagraphs.py), against vLLM 0.26's rule and the real
-H100 launches with the default capture and with --max-cudagraph-capture-size 1024."""
+H100 launches with the default capture and with --max-cudagraph-capture-size 1024; and the steps
+beyond the graphs: the simulator's pace for them, and what `plan` says about them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.profile import VllmArgs
+from llm_supervisor.config.settings import load_settings
 from llm_supervisor.host.logfiles import parse_log_file
 from llm_supervisor.host.modelfiles import load_shape
-from llm_supervisor.vllm import cudagraphs
+from llm_supervisor.planning.launch import build_plan, format_plan
+from llm_supervisor.simulator import args as sim_args
+from llm_supervisor.simulator.config import resolve
+from llm_supervisor.simulator.dialect import Dialect
+from llm_supervisor.vllm import cudagraphs, speed
 from llm_supervisor.vllm.calibration import learn_from_facts
 from llm_supervisor.vllm.fit import FitContext
 
 H100 = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+H100_NAME, H100_GIB = "NVIDIA H100 80GB HBM3", 79.18
 
 
 @pytest.mark.parametrize(("extra_args", "expected"), [
@@ -101,3 +111,85 @@ def test_a_start_learned_before_its_sizes_were_kept_counts_as_the_default_captur
     assert ctx.graph_gib(args)[0] == pytest.approx(1.00, abs=0.005)
     wider = args.model_copy(update={"extra_args": ["--max-cudagraph-capture-size", "1024"]})
     assert ctx.graph_gib(wider)[0] == pytest.approx(1.32, abs=0.005)
+
+
+# ---------------------------------------------------------------- steps beyond the graphs
+
+
+def _sim_law(monkeypatch: pytest.MonkeyPatch, *extra: str):
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", H100_NAME)
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", "81079")
+    ns, _ = sim_args.parse(["Qwen/Qwen3-4B", *extra], 0.92)
+    return resolve(ns, Dialect("0.26.0")).step_law
+
+
+def test_the_simulator_runs_a_step_beyond_its_graphs_at_the_cpus_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As real vLLM 0.26 did on an H100: a 512-token prompt beside 7 decodes (519 tokens, graphs to
+    512) waits on the CPU's launches; with graphs to 1,024 it runs at the GPU's pace, as do steps
+    that fit the graphs, steps long enough on the GPU, and eager mode (its own plain law)."""
+    default, wide = _sim_law(monkeypatch), _sim_law(monkeypatch, "--max-cudagraph-capture-size", "1024")
+    eager = _sim_law(monkeypatch, "--enforce-eager")
+    assert (default.graph_tokens, wide.graph_tokens, eager.graph_tokens) == (512, 1024, 0)
+    beside = (8, 8 * 600, 512, 7)                 # running, context, prompt tokens, decodes
+    assert default.duration(*beside) >= 0.025
+    assert wide.duration(*beside) == eager.duration(*beside) < 0.015
+    assert default.duration(8, 8 * 600, 480, 7) == wide.duration(8, 8 * 600, 480, 7) < 0.015
+    together = (8, 8 * 600, 8 * 512, 0)           # eight prompts in one step: the GPU's work is longer
+    assert default.duration(*together) == wide.duration(*together) > 0.040
+    assert default.duration(64, 64 * 600, 0) == wide.duration(64, 64 * 600, 0)
+
+
+def _h100_model(model: str = "Qwen/Qwen3-4B", gpu: str = H100_NAME, total: float = H100_GIB,
+                **update: object) -> speed.SpeedModel:
+    ctx = FitContext.of(load_shape(model), total, 1, model=model, gpu_name=gpu, vllm_version="0.26.0")
+    args = VllmArgs(gpu_memory_utilization=0.9, max_model_len=8192).model_copy(update=update)
+    m = speed.speed_model(ctx, args, ctx.predict(args))
+    assert m is not None
+    return m
+
+
+def test_prompt_steps_beyond_the_graphs_are_found_where_the_cpu_sets_their_pace() -> None:
+    m = _h100_model()
+    dip = m.ungraphed_prompts(speed.Workload(512, 128))
+    assert dip is not None and dip.users == (8, 32)  # one user's prompt slows only its own first token
+    assert (dip.step_tokens, dip.prompt_tokens, dip.graph_tokens, dip.capture_size) == (543, 512, 512, 544)
+    assert dip.gpu_s < dip.launch_s
+    assert m.ungraphed_prompts(speed.Workload(480, 128), users=(8,)) is None         # 487 tokens: graphed
+    assert _h100_model(extra_args=["--max-cudagraph-capture-size", "544"]).ungraphed_prompts(
+        speed.Workload(512, 128)) is None
+    assert _h100_model(enforce_eager=True).ungraphed_prompts(speed.Workload(512, 128)) is None
+    assert _h100_model(max_num_batched_tokens=512).ungraphed_prompts() is None     # chunks within the graphs
+    assert m.ungraphed_prompts(speed.Workload(4096, 128)) is None                  # long enough on the GPU
+    # the GPU's work outlasts the launches: a 32B model on an H200, a 4B one on a 4090 D
+    assert _h100_model("Qwen/Qwen3-32B", "NVIDIA H200", 139.8).ungraphed_prompts(speed.Workload(512, 128)) is None
+    assert _h100_model(gpu="NVIDIA GeForce RTX 4090 D", total=23.99).ungraphed_prompts(speed.Workload(512, 128)) is None
+    # beyond the largest capture worth advising (a deep model's launches outlast a 2,107-token step)
+    deep = _h100_model(max_num_batched_tokens=4096)
+    deep = replace(deep, cost=replace(deep.cost, layers=200))
+    big = deep.ungraphed_prompts(speed.Workload(2100, 128), users=(8,))
+    assert big is not None and big.step_tokens == 2107 and big.capture_size is None
+
+
+def test_plan_says_when_its_load_runs_prompt_steps_beyond_the_graphs(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", H100_NAME)
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", "81079")
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.26.0")
+    settings = load_settings(state_dir=tmp_path / "state")
+    profile = load_profile("4090d-qwen3-4b", PROFILES)
+    plan = build_plan(settings, profile, simulate=True, ignore_hardware=True)
+    dip = plan.to_json()["speed"]["ungraphed_prompts"]
+    assert dip["users"] == [8, 32] and dip["capture_size"] == 1056 and dip["graph_tokens"] == 512
+    note = [n for n in plan.notes if "beyond the CUDA graphs" in n]
+    assert len(note) == 1 and "extra_args --max-cudagraph-capture-size 1056" in note[0]
+    assert "CUDA graphs 1.34 GiB instead of 1.00" in note[0] and "KV cache" not in note[0]  # 0.26: outside the budget
+    assert note[0] in format_plan(plan)
+    wider = profile.model_copy(update={"vllm": profile.vllm.model_copy(
+        update={"extra_args": ["--max-cudagraph-capture-size", "1056"]})})
+    covered = build_plan(settings, wider, simulate=True, ignore_hardware=True)
+    assert covered.to_json()["speed"]["ungraphed_prompts"] is None
+    assert not [n for n in covered.notes if "beyond the CUDA graphs" in n]
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.34.0")
+    newer = build_plan(settings, profile, simulate=True, ignore_hardware=True)
+    assert [n for n in newer.notes if "beyond the CUDA graphs" in n and n.endswith("out of the KV cache)")]

@@ -413,6 +413,8 @@ def build_plan(
         model = plan_speed(fit, args, prediction, calibration)
         if model is None:
             notes.append(f"no speed prediction: {gpu_name or 'this GPU'} is not in the GPU table (vllm/gpuspecs.py)")
+        elif (dip := ungraphed_note(model, fit, args)) is not None:
+            notes.append(dip)
 
     if runner.offload_env(engine.version, args.cpu_offload_gb, profile.env):
         notes.append(f"--cpu-offload-gb needs vLLM's V1 model runner "
@@ -440,6 +442,28 @@ def plan_speed(fit: FitContext, args: VllmArgs, prediction: Prediction,
     if not points:
         return model
     return model.with_calibration(speed.fit_calibration(model, points, source))
+
+
+def ungraphed_note(model: speed.SpeedModel, fit: FitContext, args: VllmArgs) -> str | None:
+    """What `plan` says when the speed lines' load runs prompt steps beyond the CUDA graphs on a
+    model small enough for the CPU's kernel launches to set their pace, and the flag that covers them."""
+    dip = model.ungraphed_prompts()
+    if dip is None:
+        return None
+    levels = " and ".join(f"{n:,}" for n in dip.users)
+    text = (f"at {levels} users a {dip.prompt_tokens:,}-token prompt runs in a step of up to {dip.step_tokens:,} tokens "
+            f"beside the others' decodes, beyond the CUDA graphs (captured to {dip.graph_tokens:,}); on this model "
+            f"launching such a step from the CPU (~{dip.launch_s * 1000:.0f} ms) outlasts its GPU work "
+            f"(~{dip.gpu_s * 1000:.0f} ms), so users may decode slower than the speed lines say (Qwen3-4B on an "
+            "H100, 512-token prompts: 12–23 % at 8–16 users)")
+    if dip.capture_size is None:
+        return text
+    wider = args.model_copy(update={"extra_args": [*args.extra_args, "--max-cudagraph-capture-size",
+                                                   str(dip.capture_size)]})
+    now, more = fit.graph_gib(args)[0], fit.graph_gib(wider)[0]
+    budget = ", out of the KV cache" if fit.accounting(args).graphs_in_budget else ""
+    return (f"{text}; extra_args --max-cudagraph-capture-size {dip.capture_size} covers them "
+            f"(CUDA graphs {more:.2f} GiB instead of {now:.2f}{budget})")
 
 
 def _rate(x: float) -> str:

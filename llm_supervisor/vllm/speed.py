@@ -48,7 +48,9 @@ CPU-bound. On an H100 (vLLM 0.26, Qwen3-4B shape, 512-token prompts) users out o
 prompt in a 519-token step beside 7 decodes, decoded up to 23 % slower than this model at 8 to
 16 users; with --max-cudagraph-capture-size 1024 they came within 1 %. Charging a floor per such
 step overshoots from 32 users on, where prompts that arrive together share a step, so none is
-charged (docs/planner.md, "The dip in the middle, found").
+charged; `ungraphed_prompts` tells where a load runs such steps with less GPU work than the
+launches (UNGRAPHED_LAUNCH_PER_LAYER_S a layer), which `plan` says with the capture size that
+covers them (docs/planner.md, "The dip in the middle, found").
 
 Constants are engineering estimates until a host is calibrated (`bench --find-capacity` stores
 what it measured; `fit_calibration` scales the memory-bound and the compute-bound parts of
@@ -65,7 +67,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from llm_supervisor.config.profile import VllmArgs
-from llm_supervisor.vllm import memory
+from llm_supervisor.vllm import cudagraphs, memory
 from llm_supervisor.vllm.fit import FitContext, Prediction, offloaded_gib
 from llm_supervisor.vllm.gpuspecs import GpuSpec, find_gpu
 from llm_supervisor.vllm.modelshape import GIB, linear_bytes_per_element
@@ -81,6 +83,12 @@ PCIE_EFFICIENCY = 0.55
 STEP_OVERHEAD_S = 1.5e-3        # per step: scheduler, sampler, CUDA-graph replay, output processing
 EAGER_PER_LAYER_S = 30e-6       # per layer and step without CUDA graphs: kernel launches
 FRONTEND_S = 0.010              # per request: HTTP, tokenizing, the first chunk's way out
+# per layer, a step beyond the captured CUDA graphs launching its kernels from the CPU: such steps
+# took 19–34 ms (37–63 in another launch) where the model puts the GPU's work at 9 ms, for a Qwen3-4B
+# shape (36 layers) on an H100 (vLLM 0.26); a Qwen3-32B shape's (64 layers, ~45 ms of launches) 60 ms
+# prompt steps on an H200 showed nothing
+UNGRAPHED_LAUNCH_PER_LAYER_S = 0.7e-3
+MAX_ADVISED_CAPTURE = 2048      # graphs captured to this many tokens at most (1 % more graph memory a size)
 ALLREDUCE_LATENCY_S = {True: 10e-6, False: 30e-6}   # NVLink, PCIe
 NVLINK_BYTES_S = 300e9
 ACTIVATION_BYTES = 2
@@ -132,6 +140,7 @@ class StepCost:
     kv_cache_tokens: int           # per replica
     block_size: int
     sliding_window: int | None = None
+    graph_tokens: int = 0          # the largest step a captured CUDA graph covers (0: none, eager)
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,26 @@ class LoadPoint:
                 "per_user_tokens_per_s": round(self.per_user_tokens_per_s, 2),
                 "tokens_per_s": round(self.tokens_per_s, 1), "requests_per_s": round(self.requests_per_s, 3),
                 "ttft_s": round(self.ttft_s, 4), "tpot_s": round(self.tpot_s, 5), "limited_by": self.limited_by}
+
+
+@dataclass(frozen=True)
+class UngraphedPrompts:
+    """Prompt steps a load runs beyond the captured CUDA graphs where launching the kernels from
+    the CPU takes longer than the GPU's work: the speed model (graphs for every step) is optimistic
+    there."""
+
+    users: tuple[int, ...]         # the load levels that run them
+    step_tokens: int               # the largest such step: a prompt (chunk) and the others' decodes
+    prompt_tokens: int             # … of which the prompt
+    graph_tokens: int              # the largest step a graph covers
+    gpu_s: float                   # the model's time for that step on the GPU
+    launch_s: float                # the CPU's kernel launches for it
+    capture_size: int | None       # --max-cudagraph-capture-size that covers them; None: above MAX_ADVISED_CAPTURE
+
+    def to_json(self) -> dict[str, Any]:
+        return {"users": list(self.users), "step_tokens": self.step_tokens, "prompt_tokens": self.prompt_tokens,
+                "graph_tokens": self.graph_tokens, "gpu_ms": round(self.gpu_s * 1000, 1),
+                "launch_ms": round(self.launch_s * 1000, 1), "capture_size": self.capture_size}
 
 
 @dataclass(frozen=True)
@@ -335,6 +364,34 @@ class SpeedModel:
                 hi = mid
         return lo, "speed"
 
+    def ungraphed_prompts(self, workload: Workload | None = None,
+                          users: Iterable[int] = PLAN_USERS) -> UngraphedPrompts | None:
+        """The prompt steps these loads run without a CUDA graph, where the CPU's launches outlast
+        the GPU's work (a small model on a fast GPU); None when there are none. A lone user's prompt
+        slows only its own first token, so levels of one running request are left out."""
+        w = workload or Workload()
+        c = self.cost
+        if c.graph_tokens <= 0:
+            return None  # eager: every step runs without graphs, and the step model charges it
+        slots, _ = self.slots(w)
+        launch = c.layers * UNGRAPHED_LAUNCH_PER_LAYER_S
+        hit: list[tuple[int, int, int, float]] = []
+        for n in users:
+            running = min(math.ceil(n / max(1, c.data_parallel)), slots)
+            if running < 2:
+                continue
+            st = self.steps(running, w)
+            prompt = math.ceil(w.prompt_tokens / st.chunks)
+            tokens = prompt + running - 1
+            if tokens > c.graph_tokens and st.prefill.total < launch:
+                hit.append((n, tokens, prompt, st.prefill.total))
+        if not hit:
+            return None
+        _, tokens, prompt, gpu = max(hit, key=lambda h: h[1])
+        size = min(-(-tokens // 16) * 16, c.max_num_batched_tokens)
+        return UngraphedPrompts(tuple(h[0] for h in hit), tokens, prompt, c.graph_tokens, gpu, launch,
+                                size if size <= MAX_ADVISED_CAPTURE else None)
+
     def summary(self, workload: Workload | None = None, users: Iterable[int] = PLAN_USERS,
                 rates: Iterable[float] = PLAN_RATES) -> dict[str, Any]:
         """What `plan` shows: the model's points and users at each per-user rate."""
@@ -351,6 +408,7 @@ class SpeedModel:
             "points": [self.at(u, w).to_json() for u in users],
             "users_at_tokens_per_s": at_rate,
             "kv_requests": self.kv_requests(w) * max(1, self.cost.data_parallel),
+            "ungraphed_prompts": dip.to_json() if (dip := self.ungraphed_prompts(w, users)) else None,
         }
 
 
@@ -395,6 +453,8 @@ def step_cost(ctx: FitContext, args: VllmArgs, prediction: Prediction) -> StepCo
         data_parallel=args.data_parallel_size, eager=args.enforce_eager, max_num_seqs=seqs,
         max_num_batched_tokens=tokens, kv_cache_tokens=prediction.kv_cache_tokens,
         block_size=ctx.block_size(args), sliding_window=window,
+        graph_tokens=0 if args.enforce_eager else max(cudagraphs.capture_sizes(
+            seqs, tokens, *cudagraphs.capture_flags(args.extra_args)), default=0),
     )
 
 
