@@ -18,6 +18,10 @@ bundled simulator on a simulated H200, to check this script without spending GPU
   mixed  as steps, with vLLM logging every engine step (--enable-logging-iteration-details): users
        out of step at prompt lengths from 16 to 2,048 tokens
   mixed1024  four of mixed's levels with `--max-cudagraph-capture-size 1024`
+  plain  the plan's own load (1,024-token prompts, replies of 192-320, users out of step) at 8 and
+       32 users and mixed's 512-token level at 8, CUDA graphs as vLLM captures them: what `plan` says
+       about prompt steps beyond the graphs, the graphs' memory, TPOT against the model
+  advised  the same loads with the `--max-cudagraph-capture-size` that `plan` advises for them
 
 Each daemon lifetime has a hard limit (SIGALRM) and ends every process it started, also when the
 script itself gets SIGTERM. Logs and state
@@ -26,7 +30,7 @@ machine returns at most 8): versions.json, capacity-<scenario>.json per scenario
 and summary.md. The summary (Markdown, then one JSON line) is printed last.
 
 usage: python scripts/gpu_capacity.py [--simulate] [--out DIR] [--work DIR] [--models DIR]
-                                      [--only 4b,32b,offload,steps,mixed,mixed1024] [--max-users N] [--limit S]
+                                      [--only 4b,32b,offload,steps,mixed,mixed1024,plain,advised] [--max-users N] [--limit S]
                                       [--search-seconds S] [--archive FILE.tar.gz]
 
 Real run (GPU machine, after the shared recipe's device-install.sh and make-model.py, which write
@@ -62,6 +66,7 @@ from gpu_validate import add_archive_option, archive_if_asked, torch_total_gib  
 from llm_supervisor.bench.capacity import Workload as BenchWorkload, calibration_points  # noqa: E402
 from llm_supervisor.config.loader import load_profile  # noqa: E402
 from llm_supervisor.config.settings import load_settings  # noqa: E402
+from llm_supervisor.host.logfiles import parse_log_file  # noqa: E402
 from llm_supervisor.host.modelfiles import bundled_config_path  # noqa: E402
 from llm_supervisor.planning.launch import build_plan  # noqa: E402
 from llm_supervisor.vllm import speed  # noqa: E402
@@ -69,7 +74,8 @@ from llm_supervisor.vllm.metrics import parse_prometheus  # noqa: E402
 
 H200_MIB = 143771
 READY_TIMEOUT = 600.0
-LIMITS = {"4b": 1500, "32b": 1800, "offload": 1200, "steps": 900, "mixed": 900, "mixed1024": 600}
+LIMITS = {"4b": 1500, "32b": 1800, "offload": 1200, "steps": 900, "mixed": 900, "mixed1024": 600, "plain": 420,
+          "advised": 420}
 BUDGET_24GB_GIB = 21.38  # 0.9 of a 24 GB card, as docs/validation.md's scenarios use
 # Two SLOs: interactive (≥ 20 tokens/s each, first token within 1 s) and relaxed.
 SLOS = ("ttft_p95=1s,tpot_p95=50ms", "ttft_p95=4s,tpot_p95=100ms")
@@ -478,20 +484,32 @@ def run_levels(d: Daemon, r: dict[str, Any], model: speed.SpeedModel | None, eng
     r["ok"] = bool(rows) and all(x["succeeded"] == x["requests"] for x in rows)
 
 
+def levels_profile(ctx: Ctx, extra_args: Sequence[str] = ()) -> Path:
+    vllm: dict[str, Any] = {"gpu_memory_utilization": 0.9, "max_model_len": 8192}
+    # the simulator takes the CUDA-graph flags, not vLLM's iteration log
+    args = [a for a in extra_args if not (ctx.simulate and a == "--enable-logging-iteration-details")]
+    if args:
+        vllm["extra_args"] = args
+    return write_profile(ctx, "h200-qwen3-4b", "qwen3-4b", vllm, {"min_max_model_len": 2048})
+
+
 def levels_scenario(ctx: Ctx, r: dict[str, Any], name: str, title: str, levels: Sequence[tuple[str, str, int]],
                     extra_args: Sequence[str] = ()) -> None:
     r.update({"scenario": title, "ok": False, "notes": []})
-    vllm: dict[str, Any] = {"gpu_memory_utilization": 0.9, "max_model_len": 8192}
-    if extra_args and not ctx.simulate:  # the simulator does not take these flags
-        vllm["extra_args"] = list(extra_args)
-    profile = write_profile(ctx, "h200-qwen3-4b", "qwen3-4b", vllm, {"min_max_model_len": 2048})
-    d = Daemon(ctx, name, profile)
+    d = Daemon(ctx, name, levels_profile(ctx, extra_args))
     try:
-        model, _plan = speed_models(d)
+        model, plan = speed_models(d)
+        if plan.speed is not None:  # what `plan` says about its own load's steps beyond the graphs
+            r["ungraphed_prompts"] = plan.speed.summary()["ungraphed_prompts"]
+            r["ungraphed_note"] = next((n for n in plan.notes if "beyond the CUDA graphs" in n), None)
         d.start()
         st = d.wait_ready()
         r.update({"attempt": st.get("attempt"), "kv_cache_tokens": st.get("kv_cache_tokens"),
                   "time_to_ready_s": st.get("time_to_ready_s"), "engine_url": st.get("engine_url")})
+        with contextlib.suppress(OSError):
+            facts = parse_log_file(d.state / "logs" / "h200-qwen3-4b.log").facts
+            r.update({"cuda_graph_gib": facts.cuda_graph_gib, "cuda_graph_sizes": len(facts.cuda_graph_sizes or []),
+                      "cuda_graph_max": max(facts.cuda_graph_sizes or [0])})
         run_levels(d, r, model, str(st.get("engine_url") or ""), levels)
     finally:
         d.stop()
@@ -516,9 +534,35 @@ def scenario_mixed1024(ctx: Ctx, r: dict[str, Any]) -> None:
                     ["--enable-logging-iteration-details", "--max-cudagraph-capture-size", "1024"])
 
 
+# the plan's own workload (1,024-token prompts, 256-token replies) with users out of step, at the
+# plan's 8 and 32 users, and the 512-token level that showed the dip
+ADVISED_LEVELS = [("1024", "192-320", 8), ("1024", "192-320", 32), ("512", "96-160", 8)]
+
+
+def scenario_plain(ctx: Ctx, r: dict[str, Any]) -> None:
+    """The plan's load with CUDA graphs as vLLM captures them by default."""
+    levels_scenario(ctx, r, "plain", "Qwen3-4B shape, util 0.9, the plan's load, default CUDA graphs", ADVISED_LEVELS,
+                    ["--enable-logging-iteration-details"])
+
+
+def scenario_advised(ctx: Ctx, r: dict[str, Any]) -> None:
+    """The same loads with the capture size `plan` advises for the default launch."""
+    _model, plan = speed_models(Daemon(ctx, "advised-plan", levels_profile(ctx)))
+    dip = plan.speed.summary()["ungraphed_prompts"] if plan.speed is not None else None
+    if not dip or not dip.get("capture_size"):
+        r.update({"scenario": "the plan's load, the advised CUDA graphs", "ok": False,
+                  "notes": ["plan advised no --max-cudagraph-capture-size for this launch"]})
+        return
+    size = int(dip["capture_size"])
+    levels_scenario(ctx, r, "advised", f"Qwen3-4B shape, util 0.9, the plan's load, CUDA graphs to {size:,} (advised)",
+                    ADVISED_LEVELS, ["--enable-logging-iteration-details", "--max-cudagraph-capture-size", str(size)])
+    r["advised_capture_size"] = size
+
+
 SCENARIOS: dict[str, Callable[[Ctx, dict[str, Any]], None]] = {"4b": scenario_4b, "32b": scenario_32b,
                                                         "offload": scenario_offload, "steps": scenario_steps,
-                                                        "mixed": scenario_mixed, "mixed1024": scenario_mixed1024}
+                                                        "mixed": scenario_mixed, "mixed1024": scenario_mixed1024,
+                                                        "plain": scenario_plain, "advised": scenario_advised}
 
 
 # ---------------------------------------------------------------- summary
@@ -566,6 +610,13 @@ def summary_table(results: dict[str, Any]) -> str:
                            " requests of 32,768")
         for s in r.get("searches") or []:
             figures.append(f"{s['slo']}: {s['capacity_users']} users")
+        if r.get("cuda_graph_sizes"):
+            figures.append(f"CUDA graphs {fmt(r.get('cuda_graph_gib'))} GiB for {r['cuda_graph_sizes']} sizes up to"
+                           f" {r.get('cuda_graph_max')}")
+        if "ungraphed_note" in r:
+            dip = r.get("ungraphed_prompts") or {}
+            figures.append(f"plan: steps of {dip.get('step_tokens')} tokens beyond the graphs, advises "
+                           f"{dip.get('capture_size')}" if r["ungraphed_note"] else "plan: no steps beyond the graphs")
         if "planned" in r:
             figures.append(f"offload {r['planned'].get('offload_gib')} GiB (argv {r.get('argv_offload')}); KV tokens"
                            f" predicted {fmt(r.get('predicted_kv_cache_tokens'))} / measured {fmt(r.get('kv_cache_tokens'))}"
