@@ -454,8 +454,9 @@ def ungraphed_note(model: speed.SpeedModel, fit: FitContext, args: VllmArgs) -> 
     text = (f"at {levels} users a {dip.prompt_tokens:,}-token prompt runs in a step of up to {dip.step_tokens:,} tokens "
             f"beside the others' decodes, beyond the CUDA graphs (captured to {dip.graph_tokens:,}); on this model "
             f"launching such a step from the CPU (~{dip.launch_s * 1000:.0f} ms) outlasts its GPU work "
-            f"(~{dip.gpu_s * 1000:.0f} ms), so users may decode slower than the speed lines say (Qwen3-4B on an "
-            "H100, 512-token prompts: 12–23 % at 8–16 users)")
+            f"(~{dip.gpu_s * 1000:.0f} ms), so users may decode slower and wait longer for a first token than the "
+            "speed lines say (measured for Qwen3-4B on an H100 and an H200: 9–23 % slower at 8–16 users, less or none "
+            "from 32; first token p50 1.2–5.5× as long at 8 users)")
     if dip.capture_size is None:
         return text
     wider = args.model_copy(update={"extra_args": [*args.extra_args, "--max-cudagraph-capture-size",
