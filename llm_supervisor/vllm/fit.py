@@ -136,8 +136,7 @@ class FitContext:
         earlier start of this configuration on this host, else the per-layer estimate."""
         if args.enforce_eager:
             return 0.0, "enforce_eager: no CUDA graphs"
-        tokens, seqs = self.batch_limits(args)
-        factor = cudagraphs.graph_factor(cudagraphs.capture_sizes(seqs, tokens, *cudagraphs.capture_flags(args.extra_args)))
+        factor = cudagraphs.graph_factor(self.capture_sizes(args))
         entry = self.entry_for(args)
         # a start that captured other sizes took more or less: scaled by the sizes above the default
         seen = [o.cuda_graph_gib * factor / cudagraphs.graph_factor(o.cuda_graph_sizes or ())
@@ -146,6 +145,13 @@ class FitContext:
             return max(seen), "measured on this host"
         layers = max(self.shape.layers_per_stage(args.pipeline_parallel_size))
         return memory.estimate_graph_gib(layers, args.tensor_parallel_size, self.engine) * factor, "estimated"
+
+    def capture_sizes(self, args: VllmArgs) -> list[int]:
+        """The batch sizes this launch captures as CUDA graphs (none with enforce_eager)."""
+        if args.enforce_eager:
+            return []
+        tokens, seqs = self.batch_limits(args)
+        return cudagraphs.capture_sizes(seqs, tokens, *cudagraphs.capture_flags(args.extra_args))
 
     def batch_limits(self, args: VllmArgs) -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) this launch runs with."""

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from llm_supervisor.config.profile import VllmArgs
-from llm_supervisor.vllm import cudagraphs, memory
+from llm_supervisor.vllm import memory
 from llm_supervisor.vllm.fit import FitContext, Prediction, offloaded_gib
 from llm_supervisor.vllm.gpuspecs import GpuSpec, find_gpu
 from llm_supervisor.vllm.modelshape import GIB, linear_bytes_per_element
@@ -453,8 +453,7 @@ def step_cost(ctx: FitContext, args: VllmArgs, prediction: Prediction) -> StepCo
         data_parallel=args.data_parallel_size, eager=args.enforce_eager, max_num_seqs=seqs,
         max_num_batched_tokens=tokens, kv_cache_tokens=prediction.kv_cache_tokens,
         block_size=ctx.block_size(args), sliding_window=window,
-        graph_tokens=0 if args.enforce_eager else max(cudagraphs.capture_sizes(
-            seqs, tokens, *cudagraphs.capture_flags(args.extra_args)), default=0),
+        graph_tokens=max(ctx.capture_sizes(args), default=0),
     )
 
 
