@@ -243,15 +243,20 @@ class Daemon:
 # ---------------------------------------------------------------- predictions
 
 
-def speed_models(d: Daemon) -> tuple[speed.SpeedModel | None, Any]:
-    """The uncalibrated speed model of the launch the daemon will make (the same plan, made
-    before the engine holds the GPU's memory)."""
-    settings = load_settings(state_dir=d.dir / "plan-state")
-    profile = load_profile(str(d.profile), REPO / "profiles")
-    plan = build_plan(settings, profile, simulate=d.ctx.simulate, ignore_hardware=True)
+def planned(ctx: Ctx, profile_path: Path, state_dir: Path) -> tuple[speed.SpeedModel | None, Any]:
+    """The plan of a launch of this profile and its uncalibrated speed model."""
+    settings = load_settings(state_dir=state_dir)
+    profile = load_profile(str(profile_path), REPO / "profiles")
+    plan = build_plan(settings, profile, simulate=ctx.simulate, ignore_hardware=True)
     if plan.fit is None or plan.prediction is None:
         return None, plan
     return speed.speed_model(plan.fit, plan.args, plan.prediction), plan
+
+
+def speed_models(d: Daemon) -> tuple[speed.SpeedModel | None, Any]:
+    """The uncalibrated speed model of the launch the daemon will make (the same plan, made
+    before the engine holds the GPU's memory)."""
+    return planned(d.ctx, d.profile, d.dir / "plan-state")
 
 
 def compare(model: speed.SpeedModel | None, calibrated: speed.SpeedModel | None, result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -547,7 +552,7 @@ def scenario_plain(ctx: Ctx, r: dict[str, Any]) -> None:
 
 def scenario_advised(ctx: Ctx, r: dict[str, Any]) -> None:
     """The same loads with the capture size `plan` advises for the default launch."""
-    _model, plan = speed_models(Daemon(ctx, "advised-plan", levels_profile(ctx)))
+    _model, plan = planned(ctx, levels_profile(ctx), ctx.work / "advised-plan-state")
     dip = plan.speed.summary()["ungraphed_prompts"] if plan.speed is not None else None
     if not dip or not dip.get("capture_size"):
         r.update({"scenario": "the plan's load, the advised CUDA graphs", "ok": False,
