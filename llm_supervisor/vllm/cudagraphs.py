@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from llm_supervisor.vllm.engine_args import compilation_config
 
 DEFAULT_MAX_SIZE = 512
+GRID_STEP = 16                  # the sizes' spacing from 256 tokens up
 GROWTH_PER_SIZE_ABOVE_DEFAULT = 0.32 / 32
 
 
@@ -28,10 +29,16 @@ def capture_sizes(max_num_seqs: int, max_num_batched_tokens: int, max_size: int 
     if sizes:
         return sorted({n for n in sizes if n <= max_num_batched_tokens})
     top = min(max_size or min(2 * max_num_seqs, DEFAULT_MAX_SIZE), max_num_batched_tokens)
-    grid = {n for n in (1, 2, 4) if n <= top} | set(range(8, min(top + 1, 256), 8)) | set(range(256, top + 1, 16))
+    grid = {n for n in (1, 2, 4) if n <= top} | set(range(8, min(top + 1, 256), 8)) | set(range(256, top + 1, GRID_STEP))
     if max_num_batched_tokens <= top:
         grid.add(max_num_batched_tokens)
     return sorted(grid)
+
+
+def covering_max_size(tokens: int, max_num_batched_tokens: int) -> int:
+    """The --max-cudagraph-capture-size whose graphs cover a step of `tokens` tokens: the grid's
+    next size, or max_num_batched_tokens, which vLLM captures when the grid reaches it."""
+    return min(-(-tokens // GRID_STEP) * GRID_STEP, max_num_batched_tokens)
 
 
 def _ints(values: Sequence[str]) -> list[int] | None:

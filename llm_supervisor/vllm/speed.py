@@ -67,7 +67,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from llm_supervisor.config.profile import VllmArgs
-from llm_supervisor.vllm import memory
+from llm_supervisor.vllm import cudagraphs, memory
 from llm_supervisor.vllm.fit import FitContext, Prediction, offloaded_gib
 from llm_supervisor.vllm.gpuspecs import GpuSpec, find_gpu
 from llm_supervisor.vllm.modelshape import GIB, linear_bytes_per_element
@@ -388,7 +388,7 @@ class SpeedModel:
         if not hit:
             return None
         _, tokens, prompt, gpu = max(hit, key=lambda h: h[1])
-        size = min(-(-tokens // 16) * 16, c.max_num_batched_tokens)
+        size = cudagraphs.covering_max_size(tokens, c.max_num_batched_tokens)
         return UngraphedPrompts(tuple(h[0] for h in hit), tokens, prompt, c.graph_tokens, gpu, launch,
                                 size if size <= MAX_ADVISED_CAPTURE else None)
 
