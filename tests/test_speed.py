@@ -147,6 +147,10 @@ def test_data_parallel_replicas_share_the_users() -> None:
     _, _, two = model_for("Qwen/Qwen3-4B", "NVIDIA H200", H200_TOTAL, data_parallel_size=2)
     assert two.at(16).per_user_tokens_per_s == pytest.approx(one.at(8).per_user_tokens_per_s)
     assert two.at(16).tokens_per_s == pytest.approx(2 * one.at(8).tokens_per_s)
+    w = speed.Workload()
+    assert (two.running(16, w), two.running(15, w), one.running(15, w)) == (8, 8, 15)
+    slots, _ = two.slots(w)
+    assert two.running(10 * slots, w) == slots == two.at(10 * slots).running // 2   # the rest queue
 
 
 def test_unknown_gpu_gives_no_model() -> None:

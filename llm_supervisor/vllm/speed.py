@@ -322,13 +322,18 @@ class SpeedModel:
             return kv, "kv_cache"
         return self.cost.max_num_seqs, "max_num_seqs"
 
+    def running(self, users: int, workload: Workload) -> int:
+        """Requests one replica runs at once for `users` concurrent users, spread over the data
+        parallel replicas (the rest queue)."""
+        return min(math.ceil(users / max(1, self.cost.data_parallel)), self.slots(workload)[0])
+
     def at(self, users: int, workload: Workload | None = None) -> LoadPoint:
         """Per-user and total speed for `users` concurrent users (all replicas)."""
         w = workload or Workload()
         dp = max(1, self.cost.data_parallel)
         slots, cap = self.slots(w)
         per_replica = math.ceil(users / dp)
-        running = min(per_replica, slots)
+        running = self.running(users, w)
         if running <= 0:
             return LoadPoint(users, 0, 0.0, 0.0, 0.0, math.inf, math.inf, cap if users else None)
         cal = self.calibration
@@ -373,11 +378,10 @@ class SpeedModel:
         c = self.cost
         if c.graph_tokens <= 0:
             return None  # eager: every step runs without graphs, and the step model charges it
-        slots, _ = self.slots(w)
         launch = c.layers * UNGRAPHED_LAUNCH_PER_LAYER_S
         hit: list[tuple[int, int, int, float]] = []
         for n in users:
-            running = min(math.ceil(n / max(1, c.data_parallel)), slots)
+            running = self.running(n, w)
             if running < 2:
                 continue
             st = self.steps(running, w)
@@ -539,8 +543,7 @@ def fit_calibration(model: SpeedModel, points: Sequence[MeasuredPoint], source: 
         if p.per_user_tokens_per_s <= 0:
             continue
         w = Workload(p.prompt_tokens, p.output_tokens)
-        slots, _ = base.slots(w)
-        running = p.running if p.running else min(math.ceil(p.users / max(1, base.cost.data_parallel)), max(slots, 1))
+        running = p.running or max(base.running(p.users, w), 1)
         cases.append((base.steps(running, w), 1.0 / p.per_user_tokens_per_s))
     if not cases:
         return SpeedCalibration()
@@ -555,9 +558,10 @@ def fit_calibration(model: SpeedModel, points: Sequence[MeasuredPoint], source: 
     seen: list[tuple[float, int, float]] = []   # (the model's TTFT, requests running, measured TTFT)
     for p in points:
         if p.ttft_s and not p.queued:
-            at = stepped.at(p.users, Workload(p.prompt_tokens, p.output_tokens))
+            w = Workload(p.prompt_tokens, p.output_tokens)
+            at = stepped.at(p.users, w)
             if at.ttft_s > 0 and math.isfinite(at.ttft_s):
-                seen.append((at.ttft_s, max(1, math.ceil(at.running / max(1, base.cost.data_parallel))), p.ttft_s))
+                seen.append((at.ttft_s, max(1, stepped.running(p.users, w)), p.ttft_s))
     ttft, per_request = _fit_ttft(seen)
     return SpeedCalibration(a, c, ttft, len(cases), source, per_request)
 
