@@ -13,6 +13,7 @@ import pytest
 from llm_supervisor.config.loader import load_profile
 from llm_supervisor.config.profile import VllmArgs
 from llm_supervisor.config.settings import load_settings
+from llm_supervisor.errors import PlanRefused
 from llm_supervisor.host.logfiles import parse_log_file
 from llm_supervisor.host.modelfiles import load_shape
 from llm_supervisor.planning.launch import build_plan, format_plan
@@ -29,17 +30,94 @@ H100_NAME, H100_GIB = "NVIDIA H100 80GB HBM3", 79.18
 
 
 @pytest.mark.parametrize(("extra_args", "expected"), [
-    ([], (None, ())),
-    (["--max-cudagraph-capture-size", "1024"], (1024, ())),
-    (["--max-cudagraph-capture-size=2048", "--enforce-eager"], (2048, ())),
+    ([], (None, None)),
+    (["--max-cudagraph-capture-size", "1024"], (1024, None)),
+    (["--max-cudagraph-capture-size=2048", "--enforce-eager"], (2048, None)),
+    (["--max-cudagraph-capture-size", "512", "--max-cudagraph-capture-size", "1024"], (1024, None)),  # argparse
     (["--cudagraph-capture-sizes", "1", "2", "640", "--seed", "3"], (None, (1, 2, 640))),
-    (["--compilation-config", '{"max_cudagraph_capture_size": 1024, "pass_config": {}}'], (1024, ())),
+    (["--compilation-config", '{"max_cudagraph_capture_size": 1024, "pass_config": {}}'], (1024, None)),
     (['-cc={"cudagraph_capture_sizes": [8, 16]}'], (None, (8, 16))),
-    (["--compilation-config", "3"], (None, ())),              # an optimization level, not a JSON object
-    (["--max-cudagraph-capture-size", "lots"], (None, ())),   # vLLM would refuse it; nothing to read
+    (["--compilation-config", "3"], (None, None)),              # an optimization level, not a JSON object
+    (["--max-cudagraph-capture-size", "lots"], (None, None)),   # vLLM would refuse it; nothing to read
 ])
 def test_the_capture_flags_are_read_from_extra_args(extra_args: list[str], expected: tuple) -> None:
-    assert cudagraphs.capture_flags(extra_args) == expected
+    ask = cudagraphs.capture_ask(extra_args)
+    assert (ask.max_size, ask.sizes) == expected
+    assert ask.vllm_errors(8192) == [] and ask.problems(8192) == []
+
+
+CC = "--compilation-config"
+
+
+@pytest.mark.parametrize(("extra_args", "batched", "vllm_says"), [
+    # a flag and its compilation config key: EngineArgs.create_engine_config refuses both
+    (["--max-cudagraph-capture-size", "1024", CC, '{"max_cudagraph_capture_size": 512}'], 8192,
+     "max_cudagraph_capture_size and compilation_config.max_cudagraph_capture_size are mutually exclusive"),
+    (["--cudagraph-capture-sizes", "8", CC, '{"cudagraph_capture_sizes": [8, 16]}'], 8192,
+     "cudagraph_capture_sizes and compilation_config.cudagraph_capture_sizes are mutually exclusive"),
+    # a largest size other than the sizes' (VllmConfig._set_cudagraph_sizes), after the sizes above
+    # max_num_batched_tokens are dropped
+    (["--cudagraph-capture-sizes", "1", "8", "640", "--max-cudagraph-capture-size", "1024"], 8192,
+     "customized max_cudagraph_capture_size(=1024) should be consistent with the max value of "
+     "cudagraph_capture_sizes(=640)"),
+    ([CC, '{"cudagraph_capture_sizes": [8, 1024], "max_cudagraph_capture_size": 1024}'], 512,
+     "customized max_cudagraph_capture_size(=1024) should be consistent with the max value of "
+     "cudagraph_capture_sizes(=8)"),
+])
+def test_capture_arguments_vllm_refuses_are_known_before_a_launch(extra_args: list[str], batched: int,
+                                                                  vllm_says: str) -> None:
+    ask = cudagraphs.capture_ask(extra_args)
+    assert ask.vllm_errors(batched) == [vllm_says]
+    problems = ask.problems(batched)
+    assert len(problems) == 1 and "which vLLM refuses" in problems[0] and problems[0].startswith("extra_args ")
+    assert ("max_num_batched_tokens 512" in problems[0]) == (batched == 512)
+    # eager: no sizes to check, but EngineArgs still refuses a flag beside its config key
+    assert ask.vllm_errors(None) == ([vllm_says] if "mutually exclusive" in vllm_says else [])
+
+
+def test_the_largest_size_may_be_given_with_the_sizes_when_they_agree() -> None:
+    ask = cudagraphs.capture_ask(["--cudagraph-capture-sizes", "1", "640", CC, '{"max_cudagraph_capture_size": 640}'])
+    assert (ask.max_size, ask.sizes, ask.vllm_errors(8192)) == (640, (1, 640), [])
+
+
+@pytest.mark.parametrize(("extra_args", "covered", "words"), [
+    (["--seed", "1"], ["--seed", "1", "--max-cudagraph-capture-size", "1056"],
+     "extra_args --max-cudagraph-capture-size 1056"),
+    (["--max-cudagraph-capture-size=512", "--seed", "1"], ["--seed", "1", "--max-cudagraph-capture-size", "1056"],
+     "extra_args --max-cudagraph-capture-size 1056"),
+    # where the operator gave the largest size in the compilation config, the advice goes there
+    ([CC, '{"max_cudagraph_capture_size": 512, "mode": 3}'], [CC, '{"max_cudagraph_capture_size": 1056, "mode": 3}'],
+     "the compilation config's max_cudagraph_capture_size 1056 in extra_args"),
+    # where the operator named the sizes, the size joins them (a largest size given beside them follows)
+    (["--cudagraph-capture-sizes", "1", "8", "512", "--seed", "1"],
+     ["--seed", "1", "--cudagraph-capture-sizes", "1", "8", "512", "1056"],
+     "adding 1,056 to the CUDA-graph capture sizes in extra_args"),
+    (["--cudagraph-capture-sizes", "8", "512", "--max-cudagraph-capture-size", "512"],
+     ["--cudagraph-capture-sizes", "8", "512", "1056", "--max-cudagraph-capture-size", "1056"],
+     "adding 1,056 to the CUDA-graph capture sizes in extra_args"),
+    (['-cc={"cudagraph_capture_sizes": [8, 512], "max_cudagraph_capture_size": 512}'],
+     ['-cc={"cudagraph_capture_sizes": [8, 512, 1056], "max_cudagraph_capture_size": 1056}'],
+     "adding 1,056 to the CUDA-graph capture sizes in extra_args"),
+])
+def test_the_advised_capture_goes_where_the_operator_sets_the_sizes(extra_args: list[str], covered: list[str],
+                                                                     words: str) -> None:
+    got = cudagraphs.covering_args(extra_args, 1056)
+    assert got == (covered, words)
+    ask = cudagraphs.capture_ask(got[0])
+    assert ask.vllm_errors(8192) == [] and max(cudagraphs.capture_sizes(1024, 8192, ask.max_size, ask.sizes or ())) == 1056
+
+
+@pytest.mark.parametrize("extra_args", [
+    ["--max-cudagraph-capture-size", "1024", CC, '{"max_cudagraph_capture_size": 512}'],
+    ["--cudagraph-capture-sizes", "8", "--max-cudagraph-capture-size", "16"],
+])
+def test_no_capture_advice_for_arguments_vllm_refuses_as_they_are(extra_args: list[str]) -> None:
+    assert cudagraphs.covering_args(extra_args, 1056) is None
+
+
+def test_an_optimization_level_for_a_compilation_config_is_kept_beside_the_advised_flag() -> None:
+    assert cudagraphs.covering_args(["-cc", "3"], 1056) == (
+        ["-cc", "3", "--max-cudagraph-capture-size", "1056"], "extra_args --max-cudagraph-capture-size 1056")
 
 
 @pytest.mark.parametrize(("seqs", "tokens", "flags", "count", "top"), [
@@ -193,3 +271,54 @@ def test_plan_says_when_its_load_runs_prompt_steps_beyond_the_graphs(tmp_path: P
     monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.34.0")
     newer = build_plan(settings, profile, simulate=True, ignore_hardware=True)
     assert [n for n in newer.notes if "beyond the CUDA graphs" in n and n.endswith("out of the KV cache)")]
+
+
+def _plan_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", H100_NAME)
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", "81079")
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.26.0")
+
+
+def _with_extra(profile, extra: list[str]):
+    return profile.model_copy(update={"vllm": profile.vllm.model_copy(update={"extra_args": extra})})
+
+
+def test_plan_advises_the_size_among_the_sizes_the_operator_named(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _plan_env(tmp_path, monkeypatch)
+    settings = load_settings(state_dir=tmp_path / "state")
+    named = [str(n) for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)]
+    profile = _with_extra(load_profile("4090d-qwen3-4b", PROFILES), ["--cudagraph-capture-sizes", *named])
+    plan = build_plan(settings, profile, simulate=True, ignore_hardware=True)
+    note = [n for n in plan.notes if "beyond the CUDA graphs" in n]
+    assert len(note) == 1 and "; adding 1,056 to the CUDA-graph capture sizes in extra_args covers them" in note[0]
+    covered = build_plan(settings, _with_extra(profile, ["--cudagraph-capture-sizes", *named, "1056"]),
+                         simulate=True, ignore_hardware=True)
+    assert not [n for n in covered.notes if "beyond the CUDA graphs" in n]
+
+
+def test_plan_refuses_capture_arguments_vllm_would_refuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caught before a launch that would fail in vLLM's config after loading nothing: one line each."""
+    _plan_env(tmp_path, monkeypatch)
+    settings = load_settings(state_dir=tmp_path / "state")
+    base = load_profile("4090d-qwen3-4b", PROFILES)
+    both = _with_extra(base, ["--max-cudagraph-capture-size", "1024",
+                              "--compilation-config", '{"max_cudagraph_capture_size": 512}'])
+    with pytest.raises(PlanRefused) as refused:
+        build_plan(settings, both, simulate=True, ignore_hardware=True)
+    assert refused.value.problems == [
+        "extra_args give both --max-cudagraph-capture-size and the compilation config's max_cudagraph_capture_size, "
+        "which vLLM refuses; keep one"]
+    def eager(profile):
+        return profile.model_copy(update={"vllm": profile.vllm.model_copy(update={"enforce_eager": True})})
+
+    with pytest.raises(PlanRefused):   # EngineArgs refuses the pair before it looks at enforce_eager
+        build_plan(settings, eager(both), simulate=True, ignore_hardware=True)
+    apart = _with_extra(base, ["--cudagraph-capture-sizes", "8", "640", "--max-cudagraph-capture-size", "1024"])
+    with pytest.raises(PlanRefused) as refused:
+        build_plan(settings, apart, simulate=True, ignore_hardware=True)
+    assert refused.value.problems == [
+        "extra_args ask for CUDA graphs up to 1,024 tokens but the largest of the capture sizes is 640, which vLLM "
+        "refuses; give only the sizes"]
+    assert build_plan(settings, eager(apart), simulate=True, ignore_hardware=True).args.enforce_eager  # no graphs

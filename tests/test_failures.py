@@ -375,6 +375,8 @@ def test_pydantic_field_error_is_bad_arguments() -> None:
         (["usage: vllm serve [model_tag] [options]",
           "vllm serve: error: argument --dtype: invalid choice: 'fp7' (choose from 'auto', 'half', 'bfloat16')"], 2),
         (["TypeError: EngineArgs.__init__() got an unexpected keyword argument 'foo'"], 1),
+        (["ValueError: max_cudagraph_capture_size and compilation_config.max_cudagraph_capture_size are mutually "
+          "exclusive"], 1),
         ([], 2),
     ],
 )

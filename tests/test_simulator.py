@@ -27,6 +27,9 @@ from llm_supervisor.host import simgpu
 from llm_supervisor.simulator import memory
 from llm_supervisor.simulator.args import parse
 from llm_supervisor.vllm.cudagraphs import capture_sizes
+from llm_supervisor.simulator.config import resolve
+from llm_supervisor.simulator.dialect import Dialect
+from llm_supervisor.vllm.failures import FailureClassifier, FailureKind
 from llm_supervisor.simulator.memory import GIB, KvSizing, ShapeFacts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -402,6 +405,37 @@ def test_bad_input_fails_fast_with_vllms_errors(sims):
     assert "pydantic_core._pydantic_core.ValidationError: 1 validation error for ModelConfig" in unknown.log
     assert "EngineCore" not in unknown.log
     assert "vllm serve: error: unrecognized arguments: --no-such-flag" in flag.log
+
+
+def test_capture_sizes_vllm_refuses_fail_in_the_api_server_as_bad_arguments(sims):
+    """A flag beside its compilation config key, and a largest size that is not the sizes' own: real
+    vLLM refuses both while it builds its config, before any engine starts."""
+    both = sims(["Qwen/Qwen3-4B", "--max-cudagraph-capture-size", "1024",
+                 "--compilation-config", '{"max_cudagraph_capture_size": 512}'])
+    apart = sims(["Qwen/Qwen3-4B", "--compilation-config", '{"cudagraph_capture_sizes": [1, 8, 640]}',
+                  "--max-cudagraph-capture-size", "1024"])
+    assert both.wait_exit(15) == 1 and apart.wait_exit(15) == 1
+    assert ("ValueError: max_cudagraph_capture_size and compilation_config.max_cudagraph_capture_size are mutually "
+            "exclusive") in both.log
+    assert ("Value error, customized max_cudagraph_capture_size(=1024) should be consistent with the max value of "
+            "cudagraph_capture_sizes(=640)") in apart.log
+    for sim in (both, apart):
+        assert "EngineCore" not in sim.log
+        classifier = FailureClassifier()
+        for line in sim.log.splitlines():
+            classifier.feed(line)
+        failure = classifier.classify(1, False)
+        assert failure is not None and failure.kind is FailureKind.BAD_ARGUMENTS, sim.log[-1500:]
+
+
+def test_the_compilation_config_s_capture_sizes_are_captured(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", "NVIDIA H100 80GB HBM3")
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", str(H100_MIB))
+    for extra, top, count in (('{"max_cudagraph_capture_size": 1024}', 1024, 83),
+                              ('{"cudagraph_capture_sizes": [1, 8, 640], "max_cudagraph_capture_size": 640}', 640, 3)):
+        ns, _ = parse(["Qwen/Qwen3-4B", "--compilation-config", extra])
+        sizes = resolve(ns, Dialect("0.26.0")).graph_sizes
+        assert (max(sizes), len(sizes)) == (top, count)
 
 
 def test_occupied_port_is_errno_98(sims):

@@ -30,7 +30,7 @@ from llm_supervisor.host.tenants import gpu_tenants
 from llm_supervisor.host.topology import Topology
 from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.store.state import StateStore, host_key
-from llm_supervisor.vllm import engine_args, memory, runner, speed
+from llm_supervisor.vllm import cudagraphs, engine_args, memory, runner, speed
 from llm_supervisor.vllm.cards import gpu_label, stated_total_gib
 from llm_supervisor.vllm.fit import FitContext, Prediction, check_launch, weights_beyond_free
 from llm_supervisor.vllm.lowmem import LowMemoryPlan, plan_low_memory
@@ -372,7 +372,7 @@ def build_plan(
                 notes.append(f"{low.summary()} (recovery.plan_first_launch is off: launching as the profile says)")
         elif low is not None:
             notes.extend(low.refusal())
-        problems = check_launch(fit.shape, profile, args, total_gib, count)
+        problems = [*check_launch(fit.shape, profile, args, total_gib, count), *fit.capture_problems(args)]
         if problems and low is not None and not low.usable_now:
             # the weights alone exceed the budget: say what would fit instead
             problems = [p for p in problems if not p.startswith("weights need ")] + low.refusal()
@@ -459,12 +459,13 @@ def ungraphed_note(model: speed.SpeedModel, fit: FitContext, args: VllmArgs) -> 
             "from 32; first token p50 1.2–5.5× as long at 8 users)")
     if dip.capture_size is None:
         return text
-    wider = args.model_copy(update={"extra_args": [*args.extra_args, "--max-cudagraph-capture-size",
-                                                   str(dip.capture_size)]})
+    covering = cudagraphs.covering_args(args.extra_args, dip.capture_size)
+    if covering is None:
+        return text
+    wider = args.model_copy(update={"extra_args": covering[0]})
     now, more = fit.graph_gib(args)[0], fit.graph_gib(wider)[0]
     budget = ", out of the KV cache" if fit.accounting(args).graphs_in_budget else ""
-    return (f"{text}; extra_args --max-cudagraph-capture-size {dip.capture_size} covers them "
-            f"(CUDA graphs {more:.2f} GiB instead of {now:.2f}{budget})")
+    return f"{text}; {covering[1]} covers them (CUDA graphs {more:.2f} GiB instead of {now:.2f}{budget})"
 
 
 def _rate(x: float) -> str:

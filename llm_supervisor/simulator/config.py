@@ -390,8 +390,7 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
     huge = dialect.large_gpu_batch_default and gpu.total_mib / 1024 >= 160
     batched = ns.max_num_batched_tokens or (16384 if huge else 8192 if big else 2048)
     seqs = ns.max_num_seqs or (1024 if big else 256)
-    graph_sizes = () if ns.enforce_eager else tuple(cudagraphs.capture_sizes(
-        seqs, batched, ns.max_cudagraph_capture_size, ns.cudagraph_capture_sizes or ()))
+    graph_sizes = _graph_sizes(ns, seqs, None if ns.enforce_eager else batched)
     keys = tuple(ns.api_key or ()) or ((os.environ["VLLM_API_KEY"],) if os.environ.get("VLLM_API_KEY") else ())
     return SimConfig(
         dialect=dialect, model=model, served_names=tuple(ns.served_model_name or [model]),
@@ -421,6 +420,23 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         graph_estimate=(dialect.estimates_graphs or (not v2_runner and dialect.at_least(0, 21))) and not extensible,
         util_given=util_given,
         fused_allreduce=_fused_allreduce(dialect, gpu.name, tp, ns.compilation_config))
+
+
+def _graph_sizes(ns: Any, seqs: int, batched: int | None) -> tuple[int, ...]:
+    """The sizes vLLM captures (batched None: eager, none): the flags merged into the compilation
+    config, which may not give the same key twice (EngineArgs.create_engine_config, eager or not)
+    nor a largest size other than the sizes' (VllmConfig._set_cudagraph_sizes, a pydantic error)."""
+    try:
+        config = json.loads(ns.compilation_config) if ns.compilation_config else None
+    except ValueError:
+        config = None
+    ask = cudagraphs.merged_ask(ns.max_cudagraph_capture_size, ns.cudagraph_capture_sizes, config)
+    errors = ask.vllm_errors(batched)
+    if ask.both_given:
+        raise StartupError("ValueError: " + errors[0], _api_frames_engine_args())
+    if errors:
+        raise StartupError(pydantic_error("VllmConfig", errors[0], "ArgsKwargs((), {...})"), _api_frames_vllm_config())
+    return () if batched is None else tuple(cudagraphs.capture_sizes(seqs, batched, ask.max_size, ask.sizes or ()))
 
 
 _HOPPER_OR_BLACKWELL = ("h100", "h200", "h800", "h20", "gh200", "b100", "b200", "gb200", "b300")
@@ -458,6 +474,12 @@ def _api_frames_config() -> list[Any]:
     from llm_supervisor.simulator import tracebacks as tb
 
     return tb.API_SERVER_STARTUP + tb.API_ENGINE_CLIENT + tb.API_CONFIG
+
+
+def _api_frames_engine_args() -> list[Any]:
+    from llm_supervisor.simulator import tracebacks as tb
+
+    return tb.API_SERVER_STARTUP + tb.API_ENGINE_CLIENT + tb.API_ENGINE_ARGS
 
 
 def _api_frames_vllm_config() -> list[Any]:

@@ -194,6 +194,12 @@ API_VLLM_CONFIG: list[Frame] = [
        "vllm_config = engine_args.create_engine_config(usage_context=usage_context)"),
     _v("engine/arg_utils.py", 1843, "create_engine_config", "config = VllmConfig("),
 ]
+# a check of EngineArgs itself (a flag beside its compilation config key), as vLLM 0.26.0 printed it
+API_ENGINE_ARGS: list[Frame] = [
+    _v("entrypoints/openai/api_server.py", 163, "build_async_engine_client_from_engine_args",
+       "vllm_config = engine_args.create_engine_config(usage_context=usage_context)"),
+    _v("engine/arg_utils.py", 2347, "create_engine_config", "raise ValueError("),
+]
 API_ENGINE_START: list[Frame] = [
     _v("entrypoints/openai/api_server.py", 175, "build_async_engine_client_from_engine_args", "async_llm = AsyncLLM.from_vllm_config("),
     _v("v1/engine/async_llm.py", 217, "from_vllm_config", "return cls("),

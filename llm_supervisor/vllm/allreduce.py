@@ -15,9 +15,7 @@ raises CUBLAS_STATUS_INTERNAL_ERROR. The remedies, cheapest first:
 
 from __future__ import annotations
 
-import json
-
-from llm_supervisor.vllm.engine_args import compilation_config
+from llm_supervisor.vllm.engine_args import compilation_config, with_compilation_config
 from llm_supervisor.vllm.memory import parse_version
 
 FUSION_PASS = "fuse_allreduce_rms"
@@ -44,17 +42,6 @@ def without_fusion(extra_args: list[str]) -> list[str] | None:
     None when one is there that is not a JSON object (an optimization level, a file): changing it
     is the operator's call."""
     cc = compilation_config(extra_args)
-    if cc is None:
-        return [*extra_args, "--compilation-config", json.dumps({"pass_config": {FUSION_PASS: False}})]
-    i, j, value = cc
-    if not isinstance(value, dict):
-        return None
-    passes = value.get("pass_config")
-    merged = {**value, "pass_config": {**(passes if isinstance(passes, dict) else {}), FUSION_PASS: False}}
-    text = json.dumps(merged)
-    out = list(extra_args)
-    if i == j:
-        out[i] = f"{out[i].split('=', 1)[0]}={text}"
-    else:
-        out[j] = text
-    return out
+    passes = cc[2].get("pass_config") if cc is not None and isinstance(cc[2], dict) else None
+    return with_compilation_config(extra_args, {"pass_config": {**(passes if isinstance(passes, dict) else {}),
+                                                                FUSION_PASS: False}})

@@ -15,8 +15,10 @@ captured (its config line lists them): a launch with other sizes scales it by th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from llm_supervisor.vllm.engine_args import compilation_config
+from llm_supervisor.vllm.engine_args import compilation_config, with_compilation_config
 
 DEFAULT_MAX_SIZE = 512
 GRID_STEP = 16                  # the sizes' spacing from 256 tokens up
@@ -48,33 +50,146 @@ def _ints(values: Sequence[str]) -> list[int] | None:
         return None
 
 
-def capture_flags(extra_args: Sequence[str]) -> tuple[int | None, tuple[int, ...]]:
-    """(the largest size asked for, the sizes asked for) from `--max-cudagraph-capture-size`,
-    `--cudagraph-capture-sizes` and a JSON `--compilation-config`; the last one given wins."""
-    args = list(extra_args)
+_MAX_FLAG, _SIZES_FLAG = "--max-cudagraph-capture-size", "--cudagraph-capture-sizes"
+_MAX_KEY, _SIZES_KEY = "max_cudagraph_capture_size", "cudagraph_capture_sizes"
+
+
+@dataclass(frozen=True)
+class CaptureAsk:
+    """The capture sizes a launch's arguments ask for, as vLLM's EngineArgs merges
+    `--max-cudagraph-capture-size` and `--cudagraph-capture-sizes` into the compilation config's
+    keys of the same names (engine/arg_utils.py, 0.26 and 0.34): a flag and its key together are
+    refused ("… are mutually exclusive"), and so is a largest size that is not the largest of the
+    sizes given (config/vllm.py `_set_cudagraph_sizes`)."""
+
     max_size: int | None = None
-    sizes: tuple[int, ...] = ()
+    sizes: tuple[int, ...] | None = None      # None: not given
+    max_in_config: bool = False               # given as the compilation config's key, not the flag
+    sizes_in_config: bool = False
+    both_given: tuple[str, ...] = ()          # keys given as a flag and in the compilation config
+
+    def _largest_kept(self, max_num_batched_tokens: int | None) -> int | None:
+        """The largest of the sizes given that vLLM keeps, where a largest size is given beside
+        them and disagrees (None: no disagreement, or no graphs to capture)."""
+        if max_num_batched_tokens is None or self.max_size is None or not self.sizes:
+            return None
+        largest = max((n for n in self.sizes if n <= max_num_batched_tokens), default=0)
+        return largest if largest != self.max_size else None
+
+    def vllm_errors(self, max_num_batched_tokens: int | None) -> list[str]:
+        """What vLLM raises for these arguments, in its words (empty: it takes them).
+        max_num_batched_tokens None: no CUDA graphs (enforce_eager), whose sizes vLLM leaves unchecked."""
+        out = [f"{key} and compilation_config.{key} are mutually exclusive" for key in self.both_given]
+        largest = self._largest_kept(max_num_batched_tokens)
+        if largest is not None:
+            out.append(f"customized max_cudagraph_capture_size(={self.max_size}) should be consistent with "
+                       f"the max value of cudagraph_capture_sizes(={largest})")
+        return out
+
+    def problems(self, max_num_batched_tokens: int | None) -> list[str]:
+        """One line per reason vLLM refuses these arguments, saying what to change."""
+        out = [f"extra_args give both {_flag_of(key)} and the compilation config's {key}, which vLLM refuses; "
+               "keep one" for key in self.both_given]
+        largest = None if self.both_given else self._largest_kept(max_num_batched_tokens)
+        if largest is not None:
+            dropped = (f" (it drops those above max_num_batched_tokens {max_num_batched_tokens:,})"
+                       if max(self.sizes) > largest else "")
+            out.append(f"extra_args ask for CUDA graphs up to {self.max_size:,} tokens but the largest of the capture "
+                       f"sizes is {largest:,}{dropped}, which vLLM refuses; give only the sizes")
+        return out
+
+
+def _flag_of(key: str) -> str:
+    return _MAX_FLAG if key == _MAX_KEY else _SIZES_FLAG
+
+
+def _flag_values(args: Sequence[str], i: int, name: str) -> tuple[str, list[str], int] | None:
+    """(flag, its values, index past them) when args[i] is `name` or `name=…`."""
+    flag, eq, inline = args[i].partition("=")
+    if flag != name:
+        return None
+    if eq:
+        return flag, [inline], i + 1
+    if name == _MAX_FLAG:
+        return flag, list(args[i + 1:i + 2]), i + 2
+    j = i + 1
+    while j < len(args) and not args[j].startswith("-"):
+        j += 1
+    return flag, list(args[i + 1:j]), j
+
+
+def capture_ask(extra_args: Sequence[str]) -> CaptureAsk:
+    """The capture sizes extra_args ask for (a repeated flag: the last one, as argparse takes it)."""
+    args = list(extra_args)
+    flag_max: int | None = None
+    flag_sizes: tuple[int, ...] | None = None
+    for i in range(len(args)):
+        for name in (_MAX_FLAG, _SIZES_FLAG):
+            found = _flag_values(args, i, name)
+            got = _ints(found[1]) if found else None
+            if got and name == _MAX_FLAG:
+                flag_max = got[0]
+            elif got:
+                flag_sizes = tuple(got)
     cc = compilation_config(args)
-    if cc is not None and isinstance(cc[2], dict):
-        value = cc[2]
-        if isinstance(value.get("max_cudagraph_capture_size"), int):
-            max_size = value["max_cudagraph_capture_size"]
-        if isinstance(value.get("cudagraph_capture_sizes"), list):
-            sizes = tuple(n for n in value["cudagraph_capture_sizes"] if isinstance(n, int))
-    for i, arg in enumerate(args):
-        name, eq, inline = arg.partition("=")
-        if name == "--max-cudagraph-capture-size":
-            got = _ints([inline] if eq else args[i + 1:i + 2])
-            max_size = got[0] if got else max_size
-        elif name == "--cudagraph-capture-sizes":
-            values = [inline] if eq else []
-            for more in args[i + 1:]:
-                if more.startswith("-"):
-                    break
-                values.append(more)
-            got = _ints(values)
-            sizes = tuple(got) if got else sizes
-    return max_size, sizes
+    return merged_ask(flag_max, flag_sizes, cc[2] if cc is not None else None)
+
+
+def merged_ask(flag_max: int | None, flag_sizes: Sequence[int] | None, config: Any) -> CaptureAsk:
+    """The flags' values merged with a parsed compilation config, as EngineArgs merges them."""
+    conf_max: int | None = None
+    conf_sizes: tuple[int, ...] | None = None
+    if isinstance(config, dict):
+        if isinstance(config.get(_MAX_KEY), int):
+            conf_max = config[_MAX_KEY]
+        if isinstance(config.get(_SIZES_KEY), list):
+            conf_sizes = tuple(n for n in config[_SIZES_KEY] if isinstance(n, int))
+    flag_sizes = tuple(flag_sizes) if flag_sizes is not None else None
+    both = tuple(key for key, flag, conf in ((_SIZES_KEY, flag_sizes, conf_sizes), (_MAX_KEY, flag_max, conf_max))
+                 if flag is not None and conf is not None)
+    return CaptureAsk(max_size=flag_max if flag_max is not None else conf_max,
+                      sizes=flag_sizes if flag_sizes is not None else conf_sizes,
+                      max_in_config=flag_max is None and conf_max is not None,
+                      sizes_in_config=flag_sizes is None and conf_sizes is not None, both_given=both)
+
+
+def _with_flag(args: Sequence[str], name: str, values: Sequence[int]) -> list[str]:
+    """args with every `name` flag and its values replaced by one at the end."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        found = _flag_values(args, i, name)
+        if found:
+            i = found[2]
+            continue
+        out.append(args[i])
+        i += 1
+    return [*out, name, *(str(v) for v in values)]
+
+
+def covering_args(extra_args: Sequence[str], size: int) -> tuple[list[str], str] | None:
+    """extra_args whose CUDA graphs reach `size` tokens, where the operator asks for their sizes
+    (the flags or the compilation config), and the words that say the change; None when vLLM
+    refuses the arguments as they are or the compilation config is not a JSON object."""
+    ask = capture_ask(extra_args)
+    if ask.both_given or (ask.max_size is not None and ask.sizes and ask.max_size != max(ask.sizes)):
+        return None
+    args: list[str] | None = list(extra_args)
+    if ask.sizes is not None:
+        sizes = sorted({*ask.sizes, size})
+        changes = {_SIZES_KEY: sizes, **({_MAX_KEY: size} if ask.max_size is not None else {})}
+        if ask.sizes_in_config:
+            args = with_compilation_config(extra_args, changes)
+        else:
+            args = _with_flag(extra_args, _SIZES_FLAG, sizes)
+            if ask.max_size is not None:
+                args = (with_compilation_config(args, {_MAX_KEY: size}) if ask.max_in_config
+                        else _with_flag(args, _MAX_FLAG, [size]))
+        return (args, f"adding {size:,} to the CUDA-graph capture sizes in extra_args") if args is not None else None
+    if ask.max_in_config:
+        args = with_compilation_config(extra_args, {_MAX_KEY: size})
+        return (args, f"the compilation config's {_MAX_KEY} {size} in extra_args") if args is not None else None
+    return _with_flag(extra_args, _MAX_FLAG, [size]), f"extra_args {_MAX_FLAG} {size}"
 
 
 def graph_factor(sizes: Sequence[int]) -> float:

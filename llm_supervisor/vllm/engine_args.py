@@ -116,3 +116,22 @@ def compilation_config(extra_args: Sequence[str]) -> tuple[int, int, Any] | None
         return i, j, json.loads(raw)
     except ValueError:
         return i, j, raw
+
+
+def with_compilation_config(extra_args: Sequence[str], changes: Mapping[str, Any]) -> list[str] | None:
+    """extra_args with `changes` set in the JSON --compilation-config (added when there is none);
+    None when the one there is not a JSON object (an optimization level, a file): changing it is
+    the operator's call."""
+    cc = compilation_config(extra_args)
+    if cc is None:
+        return [*extra_args, "--compilation-config", json.dumps(dict(changes))]
+    i, j, value = cc
+    if not isinstance(value, dict):
+        return None
+    text = json.dumps({**value, **changes})
+    out = list(extra_args)
+    if i == j:
+        out[i] = f"{out[i].split('=', 1)[0]}={text}"
+    else:
+        out[j] = text
+    return out

@@ -391,6 +391,10 @@ class FailureClassifier:
         if "unexpected keyword argument" in msg and exc is not None and exc.group(1).endswith("TypeError"):
             self._record(FailureKind.BAD_ARGUMENTS, msg, {})
             return True
+        if "are mutually exclusive" in msg and exc is not None and exc.group(1).endswith("ValueError"):
+            # EngineArgs refusing two arguments together (e.g. a flag and its compilation config key)
+            self._record(FailureKind.BAD_ARGUMENTS, msg, {})
+            return True
         if "ValidationError" in msg:
             m = _VALIDATION_RE.search(msg)
             if m:

@@ -151,7 +151,13 @@ class FitContext:
         if args.enforce_eager:
             return []
         tokens, seqs = self.batch_limits(args)
-        return cudagraphs.capture_sizes(seqs, tokens, *cudagraphs.capture_flags(args.extra_args))
+        ask = cudagraphs.capture_ask(args.extra_args)
+        return cudagraphs.capture_sizes(seqs, tokens, ask.max_size, ask.sizes or ())
+
+    def capture_problems(self, args: VllmArgs) -> list[str]:
+        """Why vLLM would refuse the capture sizes extra_args ask for, one line each."""
+        batched = None if args.enforce_eager else self.batch_limits(args)[0]
+        return cudagraphs.capture_ask(args.extra_args).problems(batched)
 
     def batch_limits(self, args: VllmArgs) -> tuple[int, int]:
         """(max_num_batched_tokens, max_num_seqs) this launch runs with."""
