@@ -98,6 +98,12 @@ def test_the_largest_size_may_be_given_with_the_sizes_when_they_agree() -> None:
     (['-cc={"cudagraph_capture_sizes": [8, 512], "max_cudagraph_capture_size": 512}'],
      ['-cc={"cudagraph_capture_sizes": [8, 512, 1056], "max_cudagraph_capture_size": 1056}'],
      "adding 1,056 to the CUDA-graph capture sizes in extra_args"),
+    ([CC, '{"cudagraph_capture_sizes": [8, 512]}', "--max-cudagraph-capture-size", "512"],
+     [CC, '{"cudagraph_capture_sizes": [8, 512, 1056]}', "--max-cudagraph-capture-size", "1056"],
+     "adding 1,056 to the CUDA-graph capture sizes in extra_args"),
+    (["--cudagraph-capture-sizes", "8", "512", CC, '{"max_cudagraph_capture_size": 512}'],
+     [CC, '{"max_cudagraph_capture_size": 1056}', "--cudagraph-capture-sizes", "8", "512", "1056"],
+     "adding 1,056 to the CUDA-graph capture sizes in extra_args"),
 ])
 def test_the_advised_capture_goes_where_the_operator_sets_the_sizes(extra_args: list[str], covered: list[str],
                                                                      words: str) -> None:

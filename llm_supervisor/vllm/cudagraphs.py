@@ -177,14 +177,11 @@ def covering_args(extra_args: Sequence[str], size: int) -> tuple[list[str], str]
     args: list[str] | None = list(extra_args)
     if ask.sizes is not None:
         sizes = sorted({*ask.sizes, size})
-        changes = {_SIZES_KEY: sizes, **({_MAX_KEY: size} if ask.max_size is not None else {})}
-        if ask.sizes_in_config:
-            args = with_compilation_config(extra_args, changes)
-        else:
-            args = _with_flag(extra_args, _SIZES_FLAG, sizes)
-            if ask.max_size is not None:
-                args = (with_compilation_config(args, {_MAX_KEY: size}) if ask.max_in_config
-                        else _with_flag(args, _MAX_FLAG, [size]))
+        args = (with_compilation_config(extra_args, {_SIZES_KEY: sizes}) if ask.sizes_in_config
+                else _with_flag(extra_args, _SIZES_FLAG, sizes))
+        if args is not None and ask.max_size is not None:   # each where it was given
+            args = (with_compilation_config(args, {_MAX_KEY: size}) if ask.max_in_config
+                    else _with_flag(args, _MAX_FLAG, [size]))
         return (args, f"adding {size:,} to the CUDA-graph capture sizes in extra_args") if args is not None else None
     if ask.max_in_config:
         args = with_compilation_config(extra_args, {_MAX_KEY: size})
