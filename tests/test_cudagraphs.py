@@ -107,7 +107,7 @@ def test_the_largest_size_may_be_given_with_the_sizes_when_they_agree() -> None:
 ])
 def test_the_advised_capture_goes_where_the_operator_sets_the_sizes(extra_args: list[str], covered: list[str],
                                                                      words: str) -> None:
-    got = cudagraphs.covering_args(extra_args, 1056)
+    got = cudagraphs.covering_args(extra_args, 1056, 8192)
     assert got == (covered, words)
     ask = cudagraphs.capture_ask(got[0])
     assert ask.vllm_errors(8192) == [] and max(cudagraphs.capture_sizes(1024, 8192, ask.max_size, ask.sizes or ())) == 1056
@@ -118,11 +118,11 @@ def test_the_advised_capture_goes_where_the_operator_sets_the_sizes(extra_args: 
     ["--cudagraph-capture-sizes", "8", "--max-cudagraph-capture-size", "16"],
 ])
 def test_no_capture_advice_for_arguments_vllm_refuses_as_they_are(extra_args: list[str]) -> None:
-    assert cudagraphs.covering_args(extra_args, 1056) is None
+    assert cudagraphs.covering_args(extra_args, 1056, 8192) is None
 
 
 def test_an_optimization_level_for_a_compilation_config_is_kept_beside_the_advised_flag() -> None:
-    assert cudagraphs.covering_args(["-cc", "3"], 1056) == (
+    assert cudagraphs.covering_args(["-cc", "3"], 1056, 8192) == (
         ["-cc", "3", "--max-cudagraph-capture-size", "1056"], "extra_args --max-cudagraph-capture-size 1056")
 
 

@@ -459,7 +459,7 @@ def ungraphed_note(model: speed.SpeedModel, fit: FitContext, args: VllmArgs) -> 
             "from 32; first token p50 1.2–5.5× as long at 8 users)")
     if dip.capture_size is None:
         return text
-    covering = cudagraphs.covering_args(args.extra_args, dip.capture_size)
+    covering = cudagraphs.covering_args(args.extra_args, dip.capture_size, fit.batch_limits(args)[0])
     if covering is None:
         return text
     wider = args.model_copy(update={"extra_args": covering[0]})

@@ -167,12 +167,13 @@ def _with_flag(args: Sequence[str], name: str, values: Sequence[int]) -> list[st
     return [*out, name, *(str(v) for v in values)]
 
 
-def covering_args(extra_args: Sequence[str], size: int) -> tuple[list[str], str] | None:
+def covering_args(extra_args: Sequence[str], size: int,
+                  max_num_batched_tokens: int) -> tuple[list[str], str] | None:
     """extra_args whose CUDA graphs reach `size` tokens, where the operator asks for their sizes
     (the flags or the compilation config), and the words that say the change; None when vLLM
     refuses the arguments as they are or the compilation config is not a JSON object."""
     ask = capture_ask(extra_args)
-    if ask.both_given or (ask.max_size is not None and ask.sizes and ask.max_size != max(ask.sizes)):
+    if ask.vllm_errors(max_num_batched_tokens):
         return None
     args: list[str] | None = list(extra_args)
     if ask.sizes is not None:
