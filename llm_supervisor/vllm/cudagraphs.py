@@ -167,6 +167,14 @@ def _with_flag(args: Sequence[str], name: str, values: Sequence[int]) -> list[st
     return [*out, name, *(str(v) for v in values)]
 
 
+def _set(args: Sequence[str], key: str, values: list[int], in_config: bool) -> list[str] | None:
+    """args with `key` set to `values` where the operator gave it: the compilation config's key
+    (None when that config is not a JSON object) or its flag."""
+    if in_config:
+        return with_compilation_config(args, {key: values if key == _SIZES_KEY else values[0]})
+    return _with_flag(args, _flag_of(key), values)
+
+
 def covering_args(extra_args: Sequence[str], size: int,
                   max_num_batched_tokens: int) -> tuple[list[str], str] | None:
     """extra_args whose CUDA graphs reach `size` tokens, where the operator asks for their sizes
@@ -175,19 +183,16 @@ def covering_args(extra_args: Sequence[str], size: int,
     ask = capture_ask(extra_args)
     if ask.vllm_errors(max_num_batched_tokens):
         return None
-    args: list[str] | None = list(extra_args)
     if ask.sizes is not None:
-        sizes = sorted({*ask.sizes, size})
-        args = (with_compilation_config(extra_args, {_SIZES_KEY: sizes}) if ask.sizes_in_config
-                else _with_flag(extra_args, _SIZES_FLAG, sizes))
+        args = _set(extra_args, _SIZES_KEY, sorted({*ask.sizes, size}), ask.sizes_in_config)
         if args is not None and ask.max_size is not None:   # each where it was given
-            args = (with_compilation_config(args, {_MAX_KEY: size}) if ask.max_in_config
-                    else _with_flag(args, _MAX_FLAG, [size]))
-        return (args, f"adding {size:,} to the CUDA-graph capture sizes in extra_args") if args is not None else None
-    if ask.max_in_config:
-        args = with_compilation_config(extra_args, {_MAX_KEY: size})
-        return (args, f"the compilation config's {_MAX_KEY} {size} in extra_args") if args is not None else None
-    return _with_flag(extra_args, _MAX_FLAG, [size]), f"extra_args {_MAX_FLAG} {size}"
+            args = _set(args, _MAX_KEY, [size], ask.max_in_config)
+        words = f"adding {size:,} to the CUDA-graph capture sizes in extra_args"
+    else:
+        args = _set(extra_args, _MAX_KEY, [size], ask.max_in_config)
+        words = (f"the compilation config's {_MAX_KEY} {size} in extra_args" if ask.max_in_config
+                 else f"extra_args {_MAX_FLAG} {size}")
+    return (args, words) if args is not None else None
 
 
 def graph_factor(sizes: Sequence[int]) -> float:
