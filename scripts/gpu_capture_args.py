@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpu_validate import (add_archive_option, archive_if_asked, build_ctx, free_port, gpu_used_mib,  # noqa: E402
                           torch_total_gib)
+from llm_supervisor.config.settings import Settings  # noqa: E402
 from llm_supervisor.host.logfiles import parse_log_file  # noqa: E402
+from llm_supervisor.planning.launch import engine_command  # noqa: E402
 from llm_supervisor.vllm.failures import FailureClassifier  # noqa: E402
 
 PROFILE = "4090d-qwen3-4b"
@@ -48,13 +50,6 @@ SCENARIOS: dict[str, list[str]] = {
     "apart": ["--cudagraph-capture-sizes", "1", "8", "640", "--max-cudagraph-capture-size", "1024"],
     "config": [CC, '{"max_cudagraph_capture_size": 1024}'],
 }
-
-
-def engine_command(ctx: Any) -> list[str]:
-    if ctx.simulate:
-        return [sys.executable, "-m", "llm_supervisor.simulator", "serve"]
-    command = ctx.env.get("LLM_SUPERVISOR_ENGINE_COMMAND")
-    return command.split() if command else ["vllm", "serve"]
 
 
 def plan(ctx: Any, util: float, extra: list[str], out: Path) -> dict[str, Any]:
@@ -85,8 +80,9 @@ def serve(ctx: Any, name: str, util: float, extra: list[str], want_ready: bool) 
     out = ctx.out / name
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [*engine_command(ctx), ctx.model, "--load-format", "dummy", "--host", "127.0.0.1", "--port", str(port),
-            "--gpu-memory-utilization", f"{util:.4f}", "--max-model-len", str(CONTEXT), *extra]
+    command = ctx.env.get("LLM_SUPERVISOR_ENGINE_COMMAND", Settings.model_fields["engine_command"].default)
+    argv = [*engine_command(command, ctx.simulate), ctx.model, "--load-format", "dummy", "--host", "127.0.0.1",
+            "--port", str(port), "--gpu-memory-utilization", f"{util:.4f}", "--max-model-len", str(CONTEXT), *extra]
     (out / "argv.json").write_text(json.dumps(argv))
     log = out / "engine.log"
     result: dict[str, Any] = {"scenario": name, "extra_args": extra, "gpu_used_mib_before": gpu_used_mib(ctx)}
@@ -119,12 +115,10 @@ def serve(ctx: Any, name: str, util: float, extra: list[str], want_ready: bool) 
         result["rc"] = proc.returncode
     text = log.read_text(errors="replace")
     classifier = FailureClassifier()
-    for line in text.splitlines():
-        classifier.feed(line)
+    facts = parse_log_file(log, sink=classifier).facts
     failure = classifier.classify(proc.returncode, ready is not None) if ready is None else None
     result["failure"] = {"kind": str(failure.kind), "message": failure.message} if failure else None
     result["engine_core_started"] = "EngineCore" in text
-    facts = parse_log_file(log).facts
     sizes = facts.cuda_graph_sizes
     result["captured"] = {"count": len(sizes), "max": max(sizes)} if sizes else None
     result["cuda_graph_gib"] = facts.cuda_graph_gib
