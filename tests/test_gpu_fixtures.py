@@ -22,6 +22,7 @@ from llm_supervisor.vllm.failures import Failure, FailureClassifier, FailureKind
 from llm_supervisor.runtime.launcher import split_lines
 from llm_supervisor.vllm.logparse import LogParser, StartupFacts
 from llm_supervisor.config.loader import load_profile
+from llm_supervisor.config.settings import Settings, load_settings
 from llm_supervisor.planning.launch import fit_context
 from llm_supervisor.vllm.fit import FitContext
 from llm_supervisor.vllm.recovery import Attempt, Relaunch, decide
@@ -95,6 +96,23 @@ def profile(run: Run):
     # The bundled Qwen/Qwen3-4B config is the dummy model's (same shape), so the daemon's
     # model-dependent arithmetic runs here without /tmp/models.
     return load_profile(str(PROFILE), PROFILE.parent, overrides=run.sets, model="Qwen/Qwen3-4B")
+
+
+def settings_as_on(plan: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings whose simulated GPU and vLLM are those a plan made on a real machine reports
+    (`plan --json`, kept as it came back)."""
+    gpu = plan["hardware"]["gpus"][0]
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", gpu["name"])
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", str(gpu["memory_free_mib"]))
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", plan["vllm_version"])
+    return load_settings(state_dir=tmp_path / "state")
+
+
+def cuda_graph_note(plan: dict) -> str:
+    """A plan's one note on prompt steps beyond its CUDA graphs."""
+    (text,) = [n for n in plan["notes"] if "beyond the CUDA graphs" in n]
+    return text
 
 
 def history(done: list[Run]) -> list[Attempt]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llm_supervisor.config.loader import load_profile
-from llm_supervisor.config.settings import load_settings
+from llm_supervisor.config.settings import Settings
 from llm_supervisor.errors import PlanRefused
 from llm_supervisor.host.logfiles import parse_log_file
 from llm_supervisor.planning.launch import build_plan
@@ -21,6 +21,7 @@ from llm_supervisor.simulator.config import StartupError, resolve
 from llm_supervisor.simulator.dialect import Dialect
 from llm_supervisor.vllm import cudagraphs
 from llm_supervisor.vllm.failures import FailureClassifier, FailureKind
+from test_gpu_fixtures import cuda_graph_note, settings_as_on
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vllm-0.26.0-h100"
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
@@ -75,13 +76,8 @@ def _profile(extra: list[str]):
 
 
 @pytest.fixture()
-def h100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    gpu = ON_GPU["hardware"]["gpus"][0]
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", gpu["name"])
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", str(gpu["memory_free_mib"]))
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", ON_GPU["vllm_version"])
-    return load_settings(state_dir=tmp_path / "state")
+def h100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    return settings_as_on(ON_GPU, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("scenario", REFUSED)
@@ -106,11 +102,6 @@ def test_the_compilation_config_s_size_is_captured_and_planned_as_on_the_gpu(h10
         assert here["predicted"][key] == ON_GPU["predicted"][key], key
     assert ON_GPU["predicted"]["cuda_graph_gib"] == facts.cuda_graph_gib
     assert abs(ON_GPU["predicted"]["kv_cache_tokens"] / facts.kv_cache_tokens - 1) < 0.001
-
-    def note(plan: dict) -> str:
-        (text,) = [n for n in plan["notes"] if "beyond the CUDA graphs" in n]
-        return text
-
-    assert note(here) == note(ON_GPU)
-    assert note(ON_GPU).endswith("the compilation config's max_cudagraph_capture_size 1056 in extra_args covers them "
-                                 "(CUDA graphs 1.34 GiB instead of 1.32)")
+    assert cuda_graph_note(here) == cuda_graph_note(ON_GPU)
+    assert cuda_graph_note(ON_GPU).endswith("the compilation config's max_cudagraph_capture_size 1056 in extra_args "
+                                            "covers them (CUDA graphs 1.34 GiB instead of 1.32)")

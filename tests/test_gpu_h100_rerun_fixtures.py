@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from llm_supervisor.config.settings import load_settings
 from llm_supervisor.planning.launch import build_plan
 from llm_supervisor.vllm.failures import FailureKind
-from test_gpu_fixtures import FIXTURES, profile, runs
+from test_gpu_fixtures import FIXTURES, cuda_graph_note, profile, runs, settings_as_on
 
 RERUN = "h100-4b-rerun-2026-12-05"
 ON_GPU = json.loads((FIXTURES / f"{RERUN}.plan.json").read_text())
@@ -38,14 +37,8 @@ def test_vllm_printed_what_it_printed_on_the_first_run() -> None:
 @pytest.fixture()
 def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     """The plan for launch 1 made here, on a simulated GPU as the H100 reported itself."""
-    gpu = ON_GPU["hardware"]["gpus"][0]
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", gpu["name"])
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", str(gpu["memory_free_mib"]))
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", ON_GPU["vllm_version"])
-    prof = profile(runs(RERUN)[0])
-    plan = build_plan(load_settings(state_dir=tmp_path / "state"), prof, simulate=True, ignore_hardware=True)
-    return plan.to_json()
+    settings = settings_as_on(ON_GPU, tmp_path, monkeypatch)
+    return build_plan(settings, profile(runs(RERUN)[0]), simulate=True, ignore_hardware=True).to_json()
 
 
 def test_the_plan_made_on_the_h100_is_the_plan_made_here(here: dict) -> None:
@@ -59,9 +52,6 @@ def test_the_plan_made_on_the_h100_is_the_plan_made_here(here: dict) -> None:
 
 
 def test_the_cuda_graph_note_given_on_the_h100_is_the_one_given_here(here: dict) -> None:
-    def note(plan: dict) -> str:
-        (text,) = [n for n in plan["notes"] if "beyond the CUDA graphs" in n]
-        return text
-
-    assert note(here) == note(ON_GPU)
-    assert "--max-cudagraph-capture-size 1056 covers them (CUDA graphs 1.34 GiB instead of 1.00)" in note(ON_GPU)
+    assert cuda_graph_note(here) == cuda_graph_note(ON_GPU)
+    assert ("--max-cudagraph-capture-size 1056 covers them (CUDA graphs 1.34 GiB instead of 1.00)"
+            in cuda_graph_note(ON_GPU))
