@@ -254,12 +254,21 @@ def test_prompt_steps_beyond_the_graphs_are_found_where_the_cpu_sets_their_pace(
     assert big is not None and big.step_tokens == 2107 and big.capture_size is None
 
 
-def test_plan_says_when_its_load_runs_prompt_steps_beyond_the_graphs(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def _plan_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
     monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", H100_NAME)
     monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", "81079")
     monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.26.0")
+
+
+def _with_vllm(profile, **update: object):
+    """The profile with these vllm settings changed."""
+    return profile.model_copy(update={"vllm": profile.vllm.model_copy(update=update)})
+
+
+def test_plan_says_when_its_load_runs_prompt_steps_beyond_the_graphs(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _plan_env(tmp_path, monkeypatch)
     settings = load_settings(state_dir=tmp_path / "state")
     profile = load_profile("4090d-qwen3-4b", PROFILES)
     plan = build_plan(settings, profile, simulate=True, ignore_hardware=True)
@@ -269,9 +278,8 @@ def test_plan_says_when_its_load_runs_prompt_steps_beyond_the_graphs(tmp_path: P
     assert len(note) == 1 and "extra_args --max-cudagraph-capture-size 1056" in note[0]
     assert "CUDA graphs 1.34 GiB instead of 1.00" in note[0] and "KV cache" not in note[0]  # 0.26: outside the budget
     assert note[0] in format_plan(plan)
-    wider = profile.model_copy(update={"vllm": profile.vllm.model_copy(
-        update={"extra_args": ["--max-cudagraph-capture-size", "1056"]})})
-    covered = build_plan(settings, wider, simulate=True, ignore_hardware=True)
+    covered = build_plan(settings, _with_vllm(profile, extra_args=["--max-cudagraph-capture-size", "1056"]),
+                         simulate=True, ignore_hardware=True)
     assert covered.to_json()["speed"]["ungraphed_prompts"] is None
     assert not [n for n in covered.notes if "beyond the CUDA graphs" in n]
     monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.34.0")
@@ -279,27 +287,16 @@ def test_plan_says_when_its_load_runs_prompt_steps_beyond_the_graphs(tmp_path: P
     assert [n for n in newer.notes if "beyond the CUDA graphs" in n and n.endswith("out of the KV cache)")]
 
 
-def _plan_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_NAME", H100_NAME)
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_TOTAL_MIB", "81079")
-    monkeypatch.setenv("LLM_SUPERVISOR_SIM_VLLM_VERSION", "0.26.0")
-
-
-def _with_extra(profile, extra: list[str]):
-    return profile.model_copy(update={"vllm": profile.vllm.model_copy(update={"extra_args": extra})})
-
-
 def test_plan_advises_the_size_among_the_sizes_the_operator_named(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     _plan_env(tmp_path, monkeypatch)
     settings = load_settings(state_dir=tmp_path / "state")
     named = [str(n) for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)]
-    profile = _with_extra(load_profile("4090d-qwen3-4b", PROFILES), ["--cudagraph-capture-sizes", *named])
+    profile = _with_vllm(load_profile("4090d-qwen3-4b", PROFILES), extra_args=["--cudagraph-capture-sizes", *named])
     plan = build_plan(settings, profile, simulate=True, ignore_hardware=True)
     note = [n for n in plan.notes if "beyond the CUDA graphs" in n]
     assert len(note) == 1 and "; adding 1,056 to the CUDA-graph capture sizes in extra_args covers them" in note[0]
-    covered = build_plan(settings, _with_extra(profile, ["--cudagraph-capture-sizes", *named, "1056"]),
+    covered = build_plan(settings, _with_vllm(profile, extra_args=["--cudagraph-capture-sizes", *named, "1056"]),
                          simulate=True, ignore_hardware=True)
     assert not [n for n in covered.notes if "beyond the CUDA graphs" in n]
 
@@ -309,22 +306,21 @@ def test_plan_refuses_capture_arguments_vllm_would_refuse(tmp_path: Path, monkey
     _plan_env(tmp_path, monkeypatch)
     settings = load_settings(state_dir=tmp_path / "state")
     base = load_profile("4090d-qwen3-4b", PROFILES)
-    both = _with_extra(base, ["--max-cudagraph-capture-size", "1024",
-                              "--compilation-config", '{"max_cudagraph_capture_size": 512}'])
+    both = _with_vllm(base, extra_args=["--max-cudagraph-capture-size", "1024",
+                                        "--compilation-config", '{"max_cudagraph_capture_size": 512}'])
     with pytest.raises(PlanRefused) as refused:
         build_plan(settings, both, simulate=True, ignore_hardware=True)
     assert refused.value.problems == [
         "extra_args give both --max-cudagraph-capture-size and the compilation config's max_cudagraph_capture_size, "
         "which vLLM refuses; keep one"]
-    def eager(profile):
-        return profile.model_copy(update={"vllm": profile.vllm.model_copy(update={"enforce_eager": True})})
-
     with pytest.raises(PlanRefused):   # EngineArgs refuses the pair before it looks at enforce_eager
-        build_plan(settings, eager(both), simulate=True, ignore_hardware=True)
-    apart = _with_extra(base, ["--cudagraph-capture-sizes", "8", "640", "--max-cudagraph-capture-size", "1024"])
+        build_plan(settings, _with_vllm(both, enforce_eager=True), simulate=True, ignore_hardware=True)
+    apart = _with_vllm(base, extra_args=["--cudagraph-capture-sizes", "8", "640",
+                                         "--max-cudagraph-capture-size", "1024"])
     with pytest.raises(PlanRefused) as refused:
         build_plan(settings, apart, simulate=True, ignore_hardware=True)
     assert refused.value.problems == [
         "extra_args ask for CUDA graphs up to 1,024 tokens but the largest of the capture sizes is 640, which vLLM "
         "refuses; give only the sizes"]
-    assert build_plan(settings, eager(apart), simulate=True, ignore_hardware=True).args.enforce_eager  # no graphs
+    eager = build_plan(settings, _with_vllm(apart, enforce_eager=True), simulate=True, ignore_hardware=True)
+    assert eager.args.enforce_eager  # no graphs
