@@ -301,26 +301,28 @@ def test_plan_advises_the_size_among_the_sizes_the_operator_named(tmp_path: Path
     assert not [n for n in covered.notes if "beyond the CUDA graphs" in n]
 
 
-def test_plan_refuses_capture_arguments_vllm_would_refuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("extra_args", "problem", "eager_refused"), [
+    # EngineArgs refuses the pair before it looks at enforce_eager
+    (["--max-cudagraph-capture-size", "1024", CC, '{"max_cudagraph_capture_size": 512}'],
+     "extra_args give both --max-cudagraph-capture-size and the compilation config's max_cudagraph_capture_size, "
+     "which vLLM refuses; keep one", True),
+    # eager: no graphs, whose sizes vLLM leaves unchecked
+    (["--cudagraph-capture-sizes", "8", "640", "--max-cudagraph-capture-size", "1024"],
+     "extra_args ask for CUDA graphs up to 1,024 tokens but the largest of the capture sizes is 640, which vLLM "
+     "refuses; give only the sizes", False),
+])
+def test_plan_refuses_capture_arguments_vllm_would_refuse(extra_args: list[str], problem: str, eager_refused: bool,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Caught before a launch that would fail in vLLM's config after loading nothing: one line each."""
     _plan_env(tmp_path, monkeypatch)
     settings = load_settings(state_dir=tmp_path / "state")
-    base = load_profile("4090d-qwen3-4b", PROFILES)
-    both = _with_vllm(base, extra_args=["--max-cudagraph-capture-size", "1024",
-                                        "--compilation-config", '{"max_cudagraph_capture_size": 512}'])
+    profile = _with_vllm(load_profile("4090d-qwen3-4b", PROFILES), extra_args=extra_args)
     with pytest.raises(PlanRefused) as refused:
-        build_plan(settings, both, simulate=True, ignore_hardware=True)
-    assert refused.value.problems == [
-        "extra_args give both --max-cudagraph-capture-size and the compilation config's max_cudagraph_capture_size, "
-        "which vLLM refuses; keep one"]
-    with pytest.raises(PlanRefused):   # EngineArgs refuses the pair before it looks at enforce_eager
-        build_plan(settings, _with_vllm(both, enforce_eager=True), simulate=True, ignore_hardware=True)
-    apart = _with_vllm(base, extra_args=["--cudagraph-capture-sizes", "8", "640",
-                                         "--max-cudagraph-capture-size", "1024"])
-    with pytest.raises(PlanRefused) as refused:
-        build_plan(settings, apart, simulate=True, ignore_hardware=True)
-    assert refused.value.problems == [
-        "extra_args ask for CUDA graphs up to 1,024 tokens but the largest of the capture sizes is 640, which vLLM "
-        "refuses; give only the sizes"]
-    eager = build_plan(settings, _with_vllm(apart, enforce_eager=True), simulate=True, ignore_hardware=True)
-    assert eager.args.enforce_eager  # no graphs
+        build_plan(settings, profile, simulate=True, ignore_hardware=True)
+    assert refused.value.problems == [problem]
+    eager = _with_vllm(profile, enforce_eager=True)
+    if eager_refused:
+        with pytest.raises(PlanRefused):
+            build_plan(settings, eager, simulate=True, ignore_hardware=True)
+    else:
+        assert build_plan(settings, eager, simulate=True, ignore_hardware=True).args.enforce_eager
