@@ -26,6 +26,7 @@ from llm_supervisor.host.tenants import Tenant
 from llm_supervisor.planning import launch
 from llm_supervisor.planning.launch import build_plan
 from llm_supervisor.runtime.commands import Command
+from llm_supervisor.store.calibration import Calibration
 from llm_supervisor.vllm import engine_args, lowmem, speed
 from llm_supervisor.vllm.calibration import Observation
 from llm_supervisor.vllm.failures import Failure, FailureKind
@@ -243,6 +244,36 @@ def test_plan_says_does_not_fit_and_with_what_offload_it_would(tmp_path: Path, c
     assert data["low_memory"]["offload_gib"] == 42 and data["low_memory"]["allowed"] is True
     assert data["predicted"]["cpu_offload_gib"] >= 42 and data["predicted"]["fits"] is True
     assert data["speed"]["points"][0]["per_user_tokens_per_s"] < 1
+
+
+def test_what_this_host_measured_sets_the_offload_plans_speed(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The planned decode rate of an offload depends on the host's PCIe reads (real vLLM 0.26 with
+    42.44 GiB offloaded: 0.80 tokens/s on an H200's host, 1.10 on an H100's): once `bench
+    --find-capacity` has measured this model on this GPU, the low-memory line and the speed lines
+    give that host's rate, the same figure."""
+    monkeypatch.setenv("LLM_SUPERVISOR_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_GPU_DIR", str(tmp_path / "gpu"))
+    monkeypatch.setenv("LLM_SUPERVISOR_SIM_HOST_AVAILABLE_GIB", "100")
+    argv = ["plan", "--profile", "4090d-qwen3-4b", "--model", "Qwen/Qwen3-32B", "--simulate",
+            "--set", "recovery.max_cpu_offload_gb=48", "--json"]
+
+    def plan() -> dict[str, Any]:
+        with pytest.raises(SystemExit) as done:
+            cli.main(argv)
+        assert done.value.code == 0
+        return json.loads(capsys.readouterr().out)
+
+    before = plan()
+    assert before["low_memory"]["tokens_per_s"] == pytest.approx(0.38, abs=0.01)
+    assert not before["speed"]["calibrated"]
+    Calibration.in_state_dir(tmp_path / "state").record_speed(
+        "Qwen/Qwen3-32B", before["vllm_version"], D4090, 1, [speed.MeasuredPoint(1, 1024, 256, 0.55)], now=1.0)
+    after = plan()
+    assert after["speed"]["calibrated"]
+    assert after["low_memory"]["tokens_per_s"] == pytest.approx(0.55, rel=0.05)
+    assert after["speed"]["points"][0]["per_user_tokens_per_s"] == pytest.approx(0.55, rel=0.05)
+    assert "about 0.55 tokens/s" in after["low_memory"]["summary"]
+    assert after["low_memory"]["offload_gib"] == before["low_memory"]["offload_gib"] == 42
 
 
 # ---------------------------------------------------------------- the daemon, in-process

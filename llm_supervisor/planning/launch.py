@@ -352,6 +352,8 @@ def build_plan(
     target_fit: TargetFit | None = None
     low: LowMemoryPlan | None = None
     free = None
+    # what `bench --find-capacity` measured on this host (and where): calibrates every speed the plan gives
+    measured: tuple[list[speed.MeasuredPoint], str] = ([], "")
     if chosen and not gpu_memory_gib:
         own = own_engine_mib(inventory, chosen, daemon_pid) if daemon_pid else {}
         free = min(g.memory_free_mib + own.get(g.index, 0) for g in chosen) / 1024
@@ -363,7 +365,8 @@ def build_plan(
                           tensor_parallel=args.tensor_parallel_size, vllm_version=engine.version,
                           # the host's RAM matters only when planning for this host's GPUs
                           host_available_gib=hostmem.available_gib(simulate) if free is not None else None)
-        low = plan_low_memory(fit, args, free_gib=free)
+        measured = calibration.speed_points(fit.model, fit.vllm_version, fit.gpu_name, args.tensor_parallel_size)
+        low = plan_low_memory(fit, args, free_gib=free, measured=measured[0])
         if low is not None and low.usable_now:
             if profile.recovery.plan_first_launch:
                 args = low.args
@@ -410,7 +413,7 @@ def build_plan(
 
     model = None
     if fit is not None and prediction is not None:
-        model = plan_speed(fit, args, prediction, calibration)
+        model = speed.speed_model(fit, args, prediction, *measured)
         if model is None:
             notes.append(f"no speed prediction: {gpu_name or 'this GPU'} is not in the GPU table (vllm/gpuspecs.py)")
         elif (dip := ungraphed_note(model, fit, args)) is not None:
@@ -429,19 +432,6 @@ def build_plan(
         engine_port=free_loopback_port(supervisor_ports(settings, profile)) if profile.frontdoor.enabled else None,
         speed=model, target_fit=target_fit, low_memory=low,
     )
-
-
-def plan_speed(fit: FitContext, args: VllmArgs, prediction: Prediction,
-               calibration: Calibration | None) -> speed.SpeedModel | None:
-    """The speed model of this launch, calibrated with what `bench --find-capacity` measured on
-    this host for the same model, GPU and tensor parallel size."""
-    model = speed.speed_model(fit, args, prediction)
-    if model is None or calibration is None:
-        return model
-    points, source = calibration.speed_points(fit.model, fit.vllm_version, fit.gpu_name, args.tensor_parallel_size)
-    if not points:
-        return model
-    return model.with_calibration(speed.fit_calibration(model, points, source))
 
 
 def ungraphed_note(model: speed.SpeedModel, fit: FitContext, args: VllmArgs) -> str | None:

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 from llm_supervisor.config.profile import VllmArgs
 from llm_supervisor.vllm.fit import FitContext, Prediction, decoder_gib_per_stage, predict_args
 from llm_supervisor.vllm.gpuspecs import find_gpu
-from llm_supervisor.vllm.speed import SpeedCalibration, speed_model
+from llm_supervisor.vllm.speed import MeasuredPoint, speed_model
 from llm_supervisor.vllm.target import hundredths, utilization_ceiling
 
 SWAP_SPACE_DEFAULT_GIB = 4.0   # vLLM's --swap-space default
@@ -166,9 +166,10 @@ def _lever_text(old: VllmArgs, new: VllmArgs) -> list[str]:
 
 
 def plan_low_memory(ctx: FitContext, args: VllmArgs, *, free_gib: float | None = None,
-                    calibration: SpeedCalibration | None = None) -> LowMemoryPlan | None:
+                    measured: Sequence[MeasuredPoint] = ()) -> LowMemoryPlan | None:
     """None when a usable context fits with `args` as they are; else the levers that make it fit
-    (see the module docstring), whether the profile allows them, and their cost."""
+    (see the module docstring), whether the profile allows them, and their cost (its decode rate
+    calibrated with `measured`, what `bench --find-capacity` measured on this host)."""
     first = predict_args(ctx, args)
     if fits(first, ctx):
         return None
@@ -203,7 +204,7 @@ def plan_low_memory(ctx: FitContext, args: VllmArgs, *, free_gib: float | None =
             if p.max_model_len < (args.max_model_len or ctx.shape.context_limit):
                 levers.append(f"max_model_len {_fmt_int(p.max_model_len)}")
             plan = LowMemoryPlan(new, p, True, 0.0, True, headline, levers, _changes(args, new))
-            plan.tokens_per_s = _rate(ctx, new, p, calibration)
+            plan.tokens_per_s = _rate(ctx, new, p, measured)
             return plan
 
     # CPU offload, with the levers that lower it; uncalibrated, with a margin (module docstring)
@@ -238,7 +239,7 @@ def plan_low_memory(ctx: FitContext, args: VllmArgs, *, free_gib: float | None =
     plan = LowMemoryPlan(new, p, True, float(x), True, headline, levers, _changes(args, new))
     plan.host_ram_gib = world * (x + swap)
     plan.host_available_gib = ctx.host_available_gib
-    plan.tokens_per_s = _rate(ctx, new, p, calibration)
+    plan.tokens_per_s = _rate(ctx, new, p, measured)
     if x > rec.max_cpu_offload_gb:
         plan.allowed = False
         plan.problems.append(f"recovery.max_cpu_offload_gb is {rec.max_cpu_offload_gb:g}"
@@ -253,8 +254,8 @@ def plan_low_memory(ctx: FitContext, args: VllmArgs, *, free_gib: float | None =
     return plan
 
 
-def _rate(ctx: FitContext, args: VllmArgs, p: Prediction, calibration: SpeedCalibration | None) -> float | None:
-    model = speed_model(ctx, args, p, calibration)
+def _rate(ctx: FitContext, args: VllmArgs, p: Prediction, measured: Sequence[MeasuredPoint]) -> float | None:
+    model = speed_model(ctx, args, p, measured)
     return None if model is None else model.at(1).per_user_tokens_per_s
 
 

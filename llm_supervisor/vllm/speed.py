@@ -461,13 +461,16 @@ def step_cost(ctx: FitContext, args: VllmArgs, prediction: Prediction) -> StepCo
     )
 
 
-def speed_model(ctx: FitContext, args: VllmArgs, prediction: Prediction,
-                calibration: SpeedCalibration | None = None, gpu: GpuSpec | None = None) -> SpeedModel | None:
-    """The speed model of a planned launch; None when the GPU is not in the table (gpuspecs.py)."""
+def speed_model(ctx: FitContext, args: VllmArgs, prediction: Prediction, measured: Sequence[MeasuredPoint] = (),
+                source: str = "", gpu: GpuSpec | None = None) -> SpeedModel | None:
+    """The speed model of a planned launch, calibrated with what `bench --find-capacity` measured
+    on this host (`measured`, for the same model, GPU and tensor parallel size); None when the GPU
+    is not in the table (gpuspecs.py)."""
     spec = gpu or find_gpu(ctx.gpu_name)
     if spec is None:
         return None
-    return SpeedModel(step_cost(ctx, args, prediction), spec, calibration or SpeedCalibration())
+    model = SpeedModel(step_cost(ctx, args, prediction), spec)
+    return model.with_calibration(fit_calibration(model, measured, source)) if measured else model
 
 
 # ---------------------------------------------------------------- calibration from measured runs
