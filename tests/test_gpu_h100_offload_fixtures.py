@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from llm_supervisor.config.profile import Recovery, VllmArgs
+from llm_supervisor.store.calibration import CALIBRATION_FILE as CALIBRATION_NAME, Calibration
 from llm_supervisor.host.modelfiles import load_shape
 from llm_supervisor.vllm import speed
 from llm_supervisor.vllm.fit import FitContext
@@ -28,6 +29,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 H100_LOG = FIXTURES / "vllm-0.26.0-h100" / "h100-offload-fp8-planned-ready-first-launch.log"
 H200_LOG = FIXTURES / "vllm-0.26.0" / "offload-fp8-planned-ready-first-launch.log"
 RECORD = json.loads((FIXTURES / "vllm-0.26.0-h100" / "h100-offload.json").read_text())
+# the same scenario again, then `bench --find-capacity` on the running engine: its record and the
+# calibration file the daemon and the search wrote
+CALIBRATED = json.loads((FIXTURES / "vllm-0.26.0-h100" / "h100-offload-calibrated.json").read_text())
+CALIBRATION_FILE = FIXTURES / "vllm-0.26.0-h100" / "h100-offload-calibrated.calibration.json"
 H100_TOTAL = 79.18  # GiB as torch sees an H100 80GB HBM3 (the engine log's "/79.18 GiB")
 UTIL = 0.27         # 21.38 GiB of it, the 24 GB budget
 BENCH = speed.Workload(512, 16)   # the scenario's `bench --users 1 --requests 2 --max-tokens 16`
@@ -106,3 +111,25 @@ def test_the_planned_decode_rate_is_below_what_either_host_reached() -> None:
     assert calibrated is not None and calibrated.at(1, BENCH).per_user_tokens_per_s == pytest.approx(1.1, rel=0.05)
     again = plan_low_memory(ctx, VllmArgs(gpu_memory_utilization=UTIL, max_model_len=8192), measured=measured)
     assert again is not None and again.args == low.args and "about 1.1 tokens/s" in again.summary()
+
+
+def test_the_search_the_real_engine_answered_calibrates_the_next_plan_to_this_host(tmp_path: Path) -> None:
+    """A second run: the same plan and KV cache, one user at 1.04 tokens/s, then a short `bench
+    --find-capacity` (8-token replies, 1.05 tokens/s for one user and for each of two); the
+    calibration file it left makes the low-memory line give this host's rate, as `plan` beside the
+    running engine did (1.05 against 0.75 before)."""
+    assert (CALIBRATED["attempt"], CALIBRATED["kv_cache_tokens"], CALIBRATED["argv_offload"]) == (1, 7552, "42")
+    after = CALIBRATED["after_find_capacity"]
+    assert after["speed_calibrated"] and after["tokens_per_s"] == 1.05 and CALIBRATED["ok"]
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / CALIBRATION_NAME).write_text(CALIBRATION_FILE.read_text())
+    points, source = Calibration.in_state_dir(state, readonly=True).speed_points(
+        "/tmp/models/qwen3-32b", "0.26.0", "NVIDIA H100 80GB HBM3", 1)
+    assert [(p.users, p.per_user_tokens_per_s) for p in points] == [(1, 1.05), (2, 1.05)]
+    assert source.startswith("bench --find-capacity")
+    ctx, low = h100_plan()
+    again = plan_low_memory(ctx, VllmArgs(gpu_memory_utilization=UTIL, max_model_len=8192), measured=points)
+    assert again is not None and again.args == low.args
+    assert low.tokens_per_s == pytest.approx(0.75, abs=0.01)
+    assert again.tokens_per_s == pytest.approx(CALIBRATED["measured_decode_tokens_per_s"], rel=0.05)
