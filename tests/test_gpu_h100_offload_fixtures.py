@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from llm_supervisor.config.profile import Recovery, VllmArgs
-from llm_supervisor.store.calibration import CALIBRATION_FILE as CALIBRATION_NAME, Calibration
+from llm_supervisor.host.logfiles import parse_log_file
 from llm_supervisor.host.modelfiles import load_shape
+from llm_supervisor.store.calibration import CALIBRATION_FILE as CALIBRATION_NAME, Calibration
 from llm_supervisor.vllm import speed
 from llm_supervisor.vllm.fit import FitContext
-from llm_supervisor.vllm.logparse import LogParser, StartupFacts
+from llm_supervisor.vllm.logparse import StartupFacts
 from llm_supervisor.vllm.lowmem import LowMemoryPlan, plan_low_memory
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -40,20 +41,18 @@ GENERATION = re.compile(r"Avg generation throughput: ([\d.]+) tokens/s, Running:
 
 
 def facts(path: Path) -> StartupFacts:
-    parser = LogParser()
-    for line in path.read_text().splitlines():
-        parser.feed(line)
-    return parser.facts
+    return parse_log_file(path).facts
 
 
-def h100_plan() -> tuple[FitContext, LowMemoryPlan]:
+def h100_plan(measured: list[speed.MeasuredPoint] | None = None) -> tuple[FitContext, LowMemoryPlan]:
     """The plan for the scenario's profile: util 0.27 and 8,192 tokens asked, offload up to 48 GiB,
-    no calibration yet (a fresh state directory), the host's 125 GiB of free RAM."""
+    the host's 125 GiB of free RAM; its speed calibrated with `measured` (none: a fresh state
+    directory)."""
     ctx = FitContext.of(load_shape("Qwen/Qwen3-32B"), H100_TOTAL, 1, vllm_version="0.26.0", model="Qwen/Qwen3-32B",
                         gpu_name="NVIDIA H100 80GB HBM3", host_available_gib=125,
                         recovery=Recovery(max_cpu_offload_gb=48, min_max_model_len=2048,
                                           min_gpu_memory_utilization=0.1, max_gpu_memory_utilization=UTIL))
-    low = plan_low_memory(ctx, VllmArgs(gpu_memory_utilization=UTIL, max_model_len=8192))
+    low = plan_low_memory(ctx, VllmArgs(gpu_memory_utilization=UTIL, max_model_len=8192), measured=measured or ())
     assert low is not None and low.usable_now
     return ctx, low
 
@@ -109,8 +108,8 @@ def test_the_planned_decode_rate_is_below_what_either_host_reached() -> None:
     measured = [speed.MeasuredPoint(1, BENCH.prompt_tokens, BENCH.output_tokens, RECORD["measured_decode_tokens_per_s"])]
     calibrated = speed.speed_model(ctx, low.args, low.prediction, measured)
     assert calibrated is not None and calibrated.at(1, BENCH).per_user_tokens_per_s == pytest.approx(1.1, rel=0.05)
-    again = plan_low_memory(ctx, VllmArgs(gpu_memory_utilization=UTIL, max_model_len=8192), measured=measured)
-    assert again is not None and again.args == low.args and "about 1.1 tokens/s" in again.summary()
+    _, again = h100_plan(measured)
+    assert again.args == low.args and "about 1.1 tokens/s" in again.summary()
 
 
 def test_the_search_the_real_engine_answered_calibrates_the_next_plan_to_this_host(tmp_path: Path) -> None:
@@ -128,8 +127,7 @@ def test_the_search_the_real_engine_answered_calibrates_the_next_plan_to_this_ho
         "/tmp/models/qwen3-32b", "0.26.0", "NVIDIA H100 80GB HBM3", 1)
     assert [(p.users, p.per_user_tokens_per_s) for p in points] == [(1, 1.05), (2, 1.05)]
     assert source.startswith("bench --find-capacity")
-    ctx, low = h100_plan()
-    again = plan_low_memory(ctx, VllmArgs(gpu_memory_utilization=UTIL, max_model_len=8192), measured=points)
-    assert again is not None and again.args == low.args
+    (_, low), (_, again) = h100_plan(), h100_plan(points)
+    assert again.args == low.args
     assert low.tokens_per_s == pytest.approx(0.75, abs=0.01)
     assert again.tokens_per_s == pytest.approx(CALIBRATED["measured_decode_tokens_per_s"], rel=0.05)
