@@ -464,12 +464,12 @@ def _bench_capacity(settings: Settings, slo_text: str | None, find: bool, *, url
     options = capacity.SearchOptions(max_users=max_users, rounds=rounds, max_seconds=max_seconds)
     result = capacity.find_capacity(settings, slo, work, url=url, model=model, api_key=api_key, options=options,
                                     progress=not as_json)
-    if (asked := capacity.nothing_succeeded(result)) is not None:
+    if (why := capacity.nothing_measured(result)) is not None:
         if as_json:
             _print_json(result)
         else:
             out.print(capacity.format_capacity(result))
-        raise RuntimeFailure(f"bench --find-capacity: none of {asked} requests succeeded; nothing was kept")
+        raise RuntimeFailure(f"bench --find-capacity: {why}; nothing was kept")
     key = capacity.engine_key(result)
     target = plot or settings.state_dir / "capacity" / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".svg")
     try:

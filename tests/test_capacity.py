@@ -11,6 +11,7 @@ on a virtual clock (exact figures, in milliseconds), and the bundled simulator (
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import random
@@ -225,6 +226,65 @@ def test_a_tpot_limit_is_met_by_the_users_the_step_law_allows_exactly(tmp_path: 
     points = capacity.calibration_points(result, Workload.synthetic("16", "16"))
     four = next(p for p in points if p.users == 4)
     assert four.output_tokens == 16 and 1 / four.per_user_tokens_per_s == pytest.approx(result["capacity"]["tpot_s"]["mean"], rel=0.05)
+
+
+def test_a_level_the_time_budget_cuts_off_is_not_a_failure(tmp_path: Path) -> None:
+    """Steps of 0.25 s + 0.25 s per running request, 8-token replies: one user's level takes 32 s
+    (8 requests × 8 steps of 0.5 s). With 52 s in all, the 2-user level (steps of 0.75 s) starts
+    and the budget ends it after 4 of its 8 requests: they met the SLO, so the level is unfinished
+    (not a 2-user failure), its partial figures calibrate nothing, and the summary says why."""
+    result, _, clock = search(tmp_path, "tpot_p95=1s", Workload.synthetic("16", "8"),
+                              options=capacity.SearchOptions(max_seconds=52), step_s=0.25, per_seq_s=0.25, max_seqs=16)
+    assert clock.now == pytest.approx(52)
+    assert result["capacity_users"] == 1 and result["first_failing_users"] is None
+    one, two = result["levels"]
+    assert one["ok"] and not one["unfinished"] and one["duration_s"] == pytest.approx(32)
+    assert (two["users"], two["ok"], two["unfinished"], two["violations"], two["requests"]) == (2, False, True, [], 4)
+    assert result["search"]["stopped"] == "time_budget"
+    assert result["search"]["unmeasured"] == {"users": 2, "cut_off": True, "measured": 4, "of": 8}
+    assert result["summary"].startswith("1 concurrent users meet tpot_p95=1s (the time budget (--max-seconds) ended"
+                                        " the search during the 2-user level, 4 of its 8 requests measured): ")
+    assert [p.users for p in capacity.calibration_points(result, Workload.synthetic("16", "8"))] == [1]
+    assert "cut off" in _text(capacity.format_capacity(result)) and "capacity 1" in capacity.render_svg(result)
+
+
+def test_a_cut_off_level_whose_requests_already_miss_the_slo_failed(tmp_path: Path) -> None:
+    """The same engine and budget, TPOT ≤ 600 ms: the 2-user level's 4 requests ran at 714 ms."""
+    result, _, _ = search(tmp_path, "tpot_p95=600ms", Workload.synthetic("16", "8"),
+                          options=capacity.SearchOptions(max_seconds=52), step_s=0.25, per_seq_s=0.25, max_seqs=16)
+    assert result["capacity_users"] == 1 and result["first_failing_users"] == 2
+    two = result["levels"][1]
+    assert not two["ok"] and not two["unfinished"]
+    assert two["violations"] == ["tpot_p95 714 ms > 600 ms", "the time budget cut the level off after 4 measured requests"]
+    assert result["summary"].startswith("1 concurrent users meet tpot_p95=600ms; 2 users did not: ")
+
+
+def test_a_level_that_cannot_finish_in_the_time_left_is_not_started(tmp_path: Path) -> None:
+    """A fixed 0.5 s step: one user's round (a request) took 4 s, so a 2-user level (4 rounds)
+    takes at least 16 s; with 15 s left the search ends at once instead of starting it."""
+    result, eng, clock = search(tmp_path, "tpot_p95=1s", Workload.synthetic("16", "8"),
+                                options=capacity.SearchOptions(max_seconds=47), step_s=0.5, max_seqs=16)
+    assert clock.now == pytest.approx(32) and eng.arrivals == 8
+    assert [s["users"] for s in result["levels"]] == [1] and result["capacity_users"] == 1
+    assert result["search"]["unmeasured"] == {"users": 2, "cut_off": False, "needed_s": 16.0, "left_s": 15.0}
+    assert "(the time budget (--max-seconds) ended the search: a 2-user level takes at least 16 s, 15 s were left)" \
+        in result["summary"]
+
+
+def test_a_budget_shorter_than_one_request_measures_nothing(tmp_path: Path) -> None:
+    result, _, _ = search(tmp_path, "tpot_p95=1s", Workload.synthetic("16", "8"),
+                          options=capacity.SearchOptions(max_seconds=3), step_s=0.5, max_seqs=16)
+    assert result["capacity_users"] == 0 and result["levels"][0]["unfinished"]
+    assert result["summary"] == ("No level finished: the time budget (--max-seconds) ended the search during the"
+                                 " 1-user level, 0 of its 8 requests measured.")
+    assert capacity.nothing_measured(result) == "no request finished within the time budget (--max-seconds)"
+
+
+def _text(renderable: Any) -> str:
+    from rich.console import Console
+    console = Console(width=200, record=True, color_system=None, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
 
 
 # ---------------------------------------------------------------- against the simulator

@@ -9,7 +9,11 @@ Requests/s is U / mean latency (Little's law for U closed loops), tokens/s that 
 output. The search doubles U from 1 until a level
 misses the SLO (or `max_users`, or the time budget), then bisects between the last level that met
 it and the first that did not, to within `resolution` (10 %) or one user, in at most `max_levels`
-levels. The result names the largest level that met the SLO (`capacity_users`) with its
+levels. A level the time budget cuts off before it measured its requests is neither met nor
+missed (unless the requests it did measure already miss the SLO): the search ends there and says
+so, and a level is not started at all when the time left is shorter than the least it can take
+(the fastest round seen so far at no more users, × its rounds). The result names the largest level
+that met the SLO (`capacity_users`) with its
 requests/s, tokens/s and TTFT/TPOT/latency percentiles, and where the engine saturated, read from
 its /metrics: the first level with requests waiting in the engine, because the KV cache was full
 (usage ≥ 95 %, or preemptions) or because of its batch limits (max_num_seqs or the token budget).
@@ -316,6 +320,18 @@ class Level:
     timed_out: bool = False
     ok: bool = False
     violations: list[str] = field(default_factory=list)
+    unfinished: bool = False      # cut off by the time budget before its verdict: neither met nor missed
+
+    def judge(self, slo: Slo) -> None:
+        """Met, missed, or unfinished: cut off by the time budget while what it measured (if
+        anything) still met the SLO."""
+        self.violations = check(slo, self)
+        if self.timed_out:
+            if self.results and self.violations:
+                self.violations.append(f"the time budget cut the level off after {len(self.results)} measured requests")
+            else:
+                self.violations, self.unfinished = [], True
+        self.ok = not self.violations and not self.unfinished
 
     def measured(self) -> list[tuple[RequestResult, float, float]]:
         return list(zip(self.results, self.started, self.ended))
@@ -345,7 +361,7 @@ class Level:
             "engine_waiting_peak": None if self.live.waiting_peak is None else int(self.live.waiting_peak),
             "kv_cache_usage_peak": None if self.live.kv_usage_peak is None else round(self.live.kv_usage_peak, 3),
             "preemptions": None if pre is None else int(pre[1] - pre[0]),
-            "duration_s": round(self.duration_s, 2), "timed_out": self.timed_out,
+            "duration_s": round(self.duration_s, 2), "timed_out": self.timed_out, "unfinished": self.unfinished,
         }
 
 
@@ -361,8 +377,6 @@ def check(slo: Slo, level: Level) -> list[str]:
     rows = level.measured()
     ok = [r for r, _s, _e in rows if r.ok]
     out: list[str] = []
-    if level.timed_out:
-        out.append(f"the level did not finish within its time limit ({level.duration_s:.0f} s)")
     rate = len(ok) / len(rows) if rows else 0.0
     if rate + 1e-9 < slo.success_rate:
         errors: dict[str, int] = {}
@@ -409,6 +423,11 @@ async def _drained(link: Link, url: str, api_key: str | None, limit_s: float = D
             await link.clock.sleep(0.05)
 
 
+def measured_requests(users: int, rounds: int) -> int:
+    """How many requests a level of `users` measures."""
+    return max(MIN_MEASURED, rounds * users)
+
+
 async def run_level(url: str, api_key: str | None, users: int, specs: Iterator[RequestSpec], *, rounds: int,
                     stagger_s: float, timeout_s: float, limit_s: float,
                     on_done: Callable[[int, int], None] | None = None, link: Link | None = None) -> Level:
@@ -418,7 +437,7 @@ async def run_level(url: str, api_key: str | None, users: int, specs: Iterator[R
     link = link or Link()
     await _drained(link, url, api_key)
     live = _Live()
-    want = max(MIN_MEASURED, rounds * users)
+    want = measured_requests(users, rounds)
     full_at = stagger_s * (users - 1) / users if users > 1 else 0.0
     measured: list[tuple[RequestResult, float, float]] = []
     sent_in_window = 0
@@ -523,24 +542,37 @@ def find_capacity(
     t_start = link.clock.monotonic()
     stopped = "resolution"
     ok_users, fail_users = 0, None
+    unmeasured: dict[str, Any] | None = None  # the level the time budget left without a verdict
     stagger = 0.0
 
     def seen() -> str:
         return " ".join(f"{u}{'✓' if levels[u].ok else '✗'}" for u in sorted(levels))
 
-    def out_of_budget() -> str | None:
-        """Why no further level may run, if one may not."""
+    def least_seconds(users: int) -> float:
+        """The least a level of `users` can take: the fastest round (a finished level's duration
+        over its requests per user) seen at no more users, × this level's rounds; steps only
+        lengthen as more requests run at once."""
+        rounds = [lv.duration_s * lv.users / measured_requests(lv.users, opts.rounds)
+                  for lv in levels.values() if lv.users <= users and not lv.timed_out]
+        return min(rounds) * measured_requests(users, opts.rounds) / users if rounds else 0.0
+
+    def out_of_budget(users: int) -> str | None:
+        """Why the level of `users` may not run, if it may not."""
+        nonlocal unmeasured
         if len(order) >= opts.max_levels:
             return "max_levels"
-        if link.clock.monotonic() - t_start >= opts.max_seconds:
+        left = opts.max_seconds - (link.clock.monotonic() - t_start)
+        need = least_seconds(users)
+        if left <= 0 or need > left:
+            unmeasured = {"users": users, "cut_off": False, "needed_s": round(need, 1), "left_s": round(max(left, 0.0), 1)}
             return "time_budget"
         return None
 
     def run(users: int) -> Level:
-        nonlocal stagger
+        nonlocal stagger, unmeasured
         left = opts.max_seconds - (link.clock.monotonic() - t_start)
+        want = measured_requests(users, opts.rounds)
         if bar is not None and task is not None:
-            want = max(MIN_MEASURED, opts.rounds * users)
             bar.update(task, users=users, total=want, completed=0, seen=seen())
 
         def done(n: int, want: int) -> None:
@@ -548,9 +580,10 @@ def find_capacity(
                 bar.update(task, completed=n)
 
         level = asyncio.run(run_level(url, api_key, users, specs, rounds=opts.rounds, stagger_s=stagger,
-                                      timeout_s=opts.timeout_s, limit_s=max(left, 1.0), on_done=done, link=link))
-        level.violations = check(slo, level)
-        level.ok = not level.violations
+                                      timeout_s=opts.timeout_s, limit_s=left, on_done=done, link=link))
+        level.judge(slo)
+        if level.unfinished:
+            unmeasured = {"users": users, "cut_off": True, "measured": len(level.results), "of": want}
         levels[users] = level
         order.append(users)
         lat = [r.latency_s for r in level.results if r.ok and r.latency_s]
@@ -563,10 +596,13 @@ def find_capacity(
             bar.start()
         users = opts.start_users
         while True:  # ramp: double until a level misses the SLO
-            if (why := out_of_budget()) is not None:
+            if (why := out_of_budget(users)) is not None:
                 stopped = why
                 break
             level = run(users)
+            if level.unfinished:
+                stopped = "time_budget"
+                break
             if not level.ok:
                 fail_users = users
                 break
@@ -579,10 +615,14 @@ def find_capacity(
             probe = next_probe(ok_users, fail_users, opts.resolution)
             if probe is None:
                 break
-            if (why := out_of_budget()) is not None:
+            if (why := out_of_budget(probe)) is not None:
                 stopped = why
                 break
-            if run(probe).ok:
+            level = run(probe)
+            if level.unfinished:
+                stopped = "time_budget"
+                break
+            if level.ok:
                 ok_users = probe
             else:
                 fail_users = probe
@@ -590,7 +630,7 @@ def find_capacity(
         if bar is not None:
             bar.stop()
     return report(url, model, slo, workload, levels, order, ok_users, fail_users, stopped,
-                  link.clock.monotonic() - t_start, status, link.clock.time())
+                  link.clock.monotonic() - t_start, status, link.clock.time(), unmeasured)
 
 
 def _saturation(levels: dict[int, Level]) -> dict[str, Any] | None:
@@ -620,11 +660,20 @@ def _saturation(levels: dict[int, Level]) -> dict[str, Any] | None:
 
 def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int, Level], order: list[int],
            ok_users: int, fail_users: int | None, stopped: str, duration: float,
-           status: dict[str, Any] | None, now: float) -> dict[str, Any]:
+           status: dict[str, Any] | None, now: float, unmeasured: dict[str, Any] | None = None) -> dict[str, Any]:
     summaries = {u: levels[u].summary() for u in order}
     best = summaries.get(ok_users) if ok_users else None
     sat = _saturation(levels)
-    if ok_users == 0:
+    budget = "the time budget (--max-seconds) ended the search"
+    if unmeasured and unmeasured["cut_off"]:
+        budget += (f" during the {unmeasured['users']}-user level, {unmeasured['measured']} of its"
+                   f" {unmeasured['of']} requests measured")
+    elif unmeasured and unmeasured["left_s"] > 0:
+        budget += (f": a {unmeasured['users']}-user level takes at least {unmeasured['needed_s']:g} s,"
+                   f" {unmeasured['left_s']:g} s were left")
+    if ok_users == 0 and fail_users is None and stopped == "time_budget":
+        sentence = f"No level finished: {budget}."
+    elif ok_users == 0:
         first = summaries[order[0]] if order else None
         why = "; ".join(first["violations"]) if first else "no level ran"
         sentence = f"Even 1 user misses the SLO ({why})."
@@ -632,7 +681,7 @@ def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int,
         tail = {"resolution": f"; {fail_users} users did not",
                 "max_users": " (the search stopped at --max-users)",
                 "max_levels": f" (stopped after {len(order)} levels{f'; {fail_users} did not' if fail_users else ''})",
-                "time_budget": f" (the time budget ended the search{f'; {fail_users} did not' if fail_users else ''})"}[stopped]
+                "time_budget": f" ({budget}{f'; {fail_users} users did not meet it' if fail_users else ''})"}[stopped]
         assert best is not None
         sentence = (f"{ok_users} concurrent users meet {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
                     f" {best['tokens_per_s']:,.0f} tokens/s, TTFT p95 {_fmt_s(best['ttft_s']['p95'])},"
@@ -653,7 +702,8 @@ def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int,
         "capacity": best,
         "saturation": sat,
         "levels": [summaries[u] for u in order],
-        "search": {"levels": len(order), "stopped": stopped, "duration_s": round(duration, 1)},
+        "search": {"levels": len(order), "stopped": stopped, "duration_s": round(duration, 1),
+                   "unmeasured": unmeasured},
         "engine": engine,
         "measured_at": now,
         "summary": sentence,
@@ -665,13 +715,13 @@ def _fmt_s(x: float | None) -> str:
 
 
 def calibration_points(result: dict[str, Any], workload: Workload) -> list[MeasuredPoint]:
-    """The levels as speed-model calibration points (synthetic workloads only: the lengths are
-    known), each with the engine's running peak and whether requests queued."""
+    """The finished levels as speed-model calibration points (synthetic workloads only: the
+    lengths are known), each with the engine's running peak and whether requests queued."""
     if workload.records:
         return []
     out = []
     for s in result["levels"]:
-        if not s["succeeded"] or not s["per_user_tokens_per_s"]:
+        if not s["succeeded"] or not s["per_user_tokens_per_s"] or s.get("unfinished"):
             continue
         out.append(MeasuredPoint(
             users=s["users"], prompt_tokens=round(workload.prompt.mean), output_tokens=round(workload.output.mean),
@@ -680,11 +730,14 @@ def calibration_points(result: dict[str, Any], workload: Workload) -> list[Measu
     return out
 
 
-def nothing_succeeded(result: dict[str, Any]) -> int | None:
-    """How many requests the search sent when none of them succeeded (an endpoint that never
-    answered: no capacity to keep, plot or learn speed from); None when something was measured."""
-    asked = sum(level["requests"] for level in result["levels"])
-    return asked if asked and not any(level["succeeded"] for level in result["levels"]) else None
+def nothing_measured(result: dict[str, Any]) -> str | None:
+    """Why the search measured nothing to keep, plot or learn speed from (an endpoint that never
+    answered, or a time budget shorter than one request); None when something was measured."""
+    if any(level["succeeded"] for level in result["levels"]):
+        return None
+    if asked := sum(level["requests"] for level in result["levels"]):
+        return f"none of {asked} requests succeeded"
+    return "no request finished within the time budget (--max-seconds)"
 
 
 def engine_key(result: dict[str, Any]) -> str:
@@ -709,15 +762,16 @@ def format_capacity(result: dict[str, Any]) -> "Any":
     missed = []
     for s in sorted(result["levels"], key=lambda s: s["users"]):
         kv = s["kv_cache_usage_peak"]
+        verdict = ("met", "green") if s["ok"] else ("cut off", "yellow") if s.get("unfinished") else ("missed", "red")
         table.add_row(
-            str(s["users"]), Text("met" if s["ok"] else "missed", style="green" if s["ok"] else "red"),
+            str(s["users"]), Text(verdict[0], style=verdict[1]),
             f"{s['requests_per_s']:g}", f"{s['tokens_per_s']:,.0f}",
             "–" if s["per_user_tokens_per_s"] is None else f"{s['per_user_tokens_per_s']:.1f}",
             _fmt_s(s["ttft_s"]["p95"]), _fmt_s(s["tpot_s"]["p95"]),
             f"{'–' if s['engine_running_peak'] is None else s['engine_running_peak']}/"
             f"{'–' if s['engine_waiting_peak'] is None else s['engine_waiting_peak']}",
             "–" if kv is None else f"{kv:.0%}")
-        if not s["ok"]:
+        if s["violations"]:
             missed.append(f"{s['users']} users: " + "; ".join(s["violations"]))
     lines = [table, *(Text(m, style="red") for m in missed), Text(result["summary"], style="bold")]
     if result.get("plot"):
@@ -728,7 +782,7 @@ def format_capacity(result: dict[str, Any]) -> "Any":
 def render_svg(result: dict[str, Any], width: int = 720, height: int = 520) -> str:
     """Latency (TTFT and TPOT p95) and throughput against users, as an SVG document: two panels
     sharing the users axis, the SLO's limits dashed, the capacity marked."""
-    rows = sorted(result["levels"], key=lambda s: s["users"])
+    rows = sorted((s for s in result["levels"] if not s.get("unfinished")), key=lambda s: s["users"])
     users = [s["users"] for s in rows] or [1]
     left, right, top, gap, bottom = 70, 30, 40, 50, 50
     panel_h = (height - top - gap - bottom) / 2
