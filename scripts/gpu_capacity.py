@@ -304,7 +304,7 @@ def capacity_runs(ctx: Ctx, d: Daemon, r: dict[str, Any], model: speed.SpeedMode
         cal = model.with_calibration(speed.fit_calibration(model, points, "the other SLO's levels")) if model else None
         r["searches"].append({
             "slo": res["slo"]["text"], "capacity_users": res["capacity_users"], "summary": res["summary"],
-            "saturation": res["saturation"], "levels": res["levels"], "plot": res.get("plot"),
+            "search": res["search"], "saturation": res["saturation"], "levels": res["levels"], "plot": res.get("plot"),
             "calibration": cal.calibration.to_json() if cal else None, "compare": compare(model, cal, res)})
     r["ok"] = all(s["capacity_users"] > 0 for s in r["searches"])
 
@@ -635,7 +635,10 @@ def summary_table(results: dict[str, Any]) -> str:
             figures.append(f"utilization {r.get('gpu_memory_utilization')}, {fmt(r.get('requests_of_32768'))}"
                            " requests of 32,768")
         for s in r.get("searches") or []:
-            figures.append(f"{s['slo']}: {s['capacity_users']} users")
+            search = s.get("search") or {}
+            cut = search.get("unmeasured")
+            end = f", budget ended it {'during' if cut['cut_off'] else 'before'} {cut['users']} users" if cut else ""
+            figures.append(f"{s['slo']}: {s['capacity_users']} users (stopped: {search.get('stopped')}{end})")
         if r.get("cuda_graph_sizes"):
             figures.append(f"CUDA graphs {fmt(r.get('cuda_graph_gib'))} GiB for {r['cuda_graph_sizes']} sizes up to"
                            f" {r.get('cuda_graph_max')}")
