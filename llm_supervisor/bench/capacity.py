@@ -494,6 +494,15 @@ class SearchOptions:
     start_users: int = 1
 
 
+def least_level_seconds(finished: Sequence[tuple[int, float]], users: int, rounds: int) -> float:
+    """The least a level of `users` can take, from the levels that finished, as (users, seconds):
+    the fastest round (a level's seconds over its requests per user) seen at no more users, × this
+    level's requests per user; engine steps only lengthen as more requests run at once. 0 with
+    nothing to go by."""
+    per_round = [seconds * u / measured_requests(u, rounds) for u, seconds in finished if u <= users]
+    return min(per_round) * measured_requests(users, rounds) / users if per_round else 0.0
+
+
 def next_probe(ok: int, fail: int | None, resolution: float) -> int | None:
     """The next user count to try between the largest that met the SLO and the smallest that
     did not; None when they are close enough (one user, or `resolution` of the passing one)."""
@@ -548,21 +557,14 @@ def find_capacity(
     def seen() -> str:
         return " ".join(f"{u}{'✓' if levels[u].ok else '✗'}" for u in sorted(levels))
 
-    def least_seconds(users: int) -> float:
-        """The least a level of `users` can take: the fastest round (a finished level's duration
-        over its requests per user) seen at no more users, × this level's rounds; steps only
-        lengthen as more requests run at once."""
-        rounds = [lv.duration_s * lv.users / measured_requests(lv.users, opts.rounds)
-                  for lv in levels.values() if lv.users <= users and not lv.timed_out]
-        return min(rounds) * measured_requests(users, opts.rounds) / users if rounds else 0.0
-
     def out_of_budget(users: int) -> str | None:
         """Why the level of `users` may not run, if it may not."""
         nonlocal unmeasured
         if len(order) >= opts.max_levels:
             return "max_levels"
         left = opts.max_seconds - (link.clock.monotonic() - t_start)
-        need = least_seconds(users)
+        need = least_level_seconds([(lv.users, lv.duration_s) for lv in levels.values() if not lv.timed_out],
+                                   users, opts.rounds)
         if left <= 0 or need > left:
             unmeasured = {"users": users, "cut_off": False, "needed_s": round(need, 1), "left_s": round(max(left, 0.0), 1)}
             return "time_budget"
