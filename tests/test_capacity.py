@@ -242,7 +242,7 @@ def test_a_level_the_time_budget_cuts_off_is_not_a_failure(tmp_path: Path) -> No
     assert (two["users"], two["ok"], two["unfinished"], two["violations"], two["requests"]) == (2, False, True, [], 4)
     assert result["search"]["stopped"] == "time_budget"
     assert result["search"]["unmeasured"] == {"users": 2, "cut_off": True, "measured": 4, "of": 8}
-    assert result["summary"].startswith("1 concurrent users meet tpot_p95=1s (the time budget (--max-seconds) ended"
+    assert result["summary"].startswith("1 concurrent user meets tpot_p95=1s (the time budget (--max-seconds) ended"
                                         " the search during the 2-user level, 4 of its 8 requests measured): ")
     assert [p.users for p in capacity.calibration_points(result, Workload.synthetic("16", "8"))] == [1]
     assert "cut off" in _text(capacity.format_capacity(result)) and "capacity 1" in capacity.render_svg(result)
@@ -256,7 +256,7 @@ def test_a_cut_off_level_whose_requests_already_miss_the_slo_failed(tmp_path: Pa
     two = result["levels"][1]
     assert not two["ok"] and not two["unfinished"]
     assert two["violations"] == ["tpot_p95 714 ms > 600 ms", "the time budget cut the level off after 4 measured requests"]
-    assert result["summary"].startswith("1 concurrent users meet tpot_p95=600ms; 2 users did not: ")
+    assert result["summary"].startswith("1 concurrent user meets tpot_p95=600ms; 2 users did not: ")
 
 
 def test_a_level_that_cannot_finish_in_the_time_left_is_not_started(tmp_path: Path) -> None:
@@ -449,3 +449,5 @@ def test_status_text_shows_capacity() -> None:
                                                                "saturation": "kv_cache_full", "saturated_at_users": 16}}))
     text = console.export_text()
     assert "12 users meet ttft_p95=2s: 900 tokens/s; saturated at 16 users (kv cache full)" in text
+    console.print(format_status({"state": "ready", "capacity": {"users": 1, "slo": "tpot_p95=100ms", "tokens_per_s": 20.0}}))
+    assert "1 user meets tpot_p95=100ms: 20 tokens/s" in console.export_text()

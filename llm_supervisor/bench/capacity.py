@@ -685,7 +685,7 @@ def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int,
                 "max_levels": f" (stopped after {len(order)} levels{f'; {fail_users} did not' if fail_users else ''})",
                 "time_budget": f" ({budget}{f'; {fail_users} users did not meet it' if fail_users else ''})"}[stopped]
         assert best is not None
-        sentence = (f"{ok_users} concurrent users meet {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
+        sentence = (f"{ok_users} concurrent {'user meets' if ok_users == 1 else 'users meet'} {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
                     f" {best['tokens_per_s']:,.0f} tokens/s, TTFT p95 {_fmt_s(best['ttft_s']['p95'])},"
                     f" TPOT p95 {_fmt_s(best['tpot_s']['p95'])}.")
     if sat:
@@ -810,7 +810,8 @@ def render_svg(result: dict[str, Any], width: int = 720, height: int = 520) -> s
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="{left}" y="22" font-size="14" font-weight="bold">{_esc(result["model"])}: '
-           f'{result["capacity_users"]} users meet {_esc(result["slo"]["text"])}</text>']
+           f'{result["capacity_users"]} {"user meets" if result["capacity_users"] == 1 else "users meet"} '
+           f'{_esc(result["slo"]["text"])}</text>']
 
     def panel(y0: float, vmax: float, lines: list[tuple[str, str, list[tuple[float, float]]]], unit: str,
               marks: dict[str, float]) -> None:
