@@ -685,7 +685,8 @@ def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int,
                 "max_levels": f" (stopped after {len(order)} levels{f'; {fail_users} did not' if fail_users else ''})",
                 "time_budget": f" ({budget}{f'; {fail_users} users did not meet it' if fail_users else ''})"}[stopped]
         assert best is not None
-        sentence = (f"{ok_users} concurrent {'user meets' if ok_users == 1 else 'users meet'} {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
+        meet = "user meets" if ok_users == 1 else "users meet"
+        sentence = (f"{ok_users} concurrent {meet} {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
                     f" {best['tokens_per_s']:,.0f} tokens/s, TTFT p95 {_fmt_s(best['ttft_s']['p95'])},"
                     f" TPOT p95 {_fmt_s(best['tpot_s']['p95'])}.")
     if sat:
