@@ -122,11 +122,11 @@ def test_the_operators_compilation_config_is_kept_and_merged() -> None:
 def test_the_simulator_fuses_where_vllm_does() -> None:
     new, old = Dialect("0.26.0"), Dialect("0.11.0")
     assert _fused_allreduce(new, "NVIDIA H200", 2, None)
-    assert _fused_allreduce(new, "NVIDIA H100 80GB HBM3", 4, '{"level": 3}')
+    assert _fused_allreduce(new, "NVIDIA H100 80GB HBM3", 4, {"level": 3})
     assert not _fused_allreduce(new, "NVIDIA H200", 1, None)
     assert not _fused_allreduce(new, "NVIDIA GeForce RTX 3080", 2, None)
     assert not _fused_allreduce(old, "NVIDIA H200", 2, None)
-    assert not _fused_allreduce(new, "NVIDIA H200", 2, OFF)
+    assert not _fused_allreduce(new, "NVIDIA H200", 2, json.loads(OFF))
 
 
 def test_the_daemon_recovers_a_tp2_start_in_one_relaunch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -390,7 +390,8 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
     huge = dialect.large_gpu_batch_default and gpu.total_mib / 1024 >= 160
     batched = ns.max_num_batched_tokens or (16384 if huge else 8192 if big else 2048)
     seqs = ns.max_num_seqs or (1024 if big else 256)
-    graph_sizes = _graph_sizes(ns, seqs, None if ns.enforce_eager else batched)
+    compilation = _compilation_config(ns.compilation_config)
+    graph_sizes = _graph_sizes(ns, seqs, None if ns.enforce_eager else batched, compilation)
     keys = tuple(ns.api_key or ()) or ((os.environ["VLLM_API_KEY"],) if os.environ.get("VLLM_API_KEY") else ())
     return SimConfig(
         dialect=dialect, model=model, served_names=tuple(ns.served_model_name or [model]),
@@ -419,17 +420,21 @@ def resolve(ns: Any, dialect: Dialect) -> SimConfig:
         # the V1 model runner estimates the graphs into the budget from 0.21; the V2 runner from 0.30
         graph_estimate=(dialect.estimates_graphs or (not v2_runner and dialect.at_least(0, 21))) and not extensible,
         util_given=util_given,
-        fused_allreduce=_fused_allreduce(dialect, gpu.name, tp, ns.compilation_config))
+        fused_allreduce=_fused_allreduce(dialect, gpu.name, tp, compilation))
 
 
-def _graph_sizes(ns: Any, seqs: int, batched: int | None) -> tuple[int, ...]:
+def _compilation_config(text: str | None) -> Any:
+    """The parsed --compilation-config (None when absent or not JSON)."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def _graph_sizes(ns: Any, seqs: int, batched: int | None, config: Any) -> tuple[int, ...]:
     """The sizes vLLM captures (batched None: eager, none): the flags merged into the compilation
     config, which may not give the same key twice (EngineArgs.create_engine_config, eager or not)
     nor a largest size other than the sizes' (VllmConfig._set_cudagraph_sizes, a pydantic error)."""
-    try:
-        config = json.loads(ns.compilation_config) if ns.compilation_config else None
-    except ValueError:
-        config = None
     ask = cudagraphs.merged_ask(ns.max_cudagraph_capture_size, ns.cudagraph_capture_sizes, config)
     errors = ask.vllm_errors(batched)
     if ask.both_given:
@@ -442,17 +447,14 @@ def _graph_sizes(ns: Any, seqs: int, batched: int | None) -> tuple[int, ...]:
 _HOPPER_OR_BLACKWELL = ("h100", "h200", "h800", "h20", "gh200", "b100", "b200", "gb200", "b300")
 
 
-def _fused_allreduce(dialect: Dialect, gpu_name: str, tp: int, compilation_config: str | None) -> bool:
+def _fused_allreduce(dialect: Dialect, gpu_name: str, tp: int, compilation_config: Any) -> bool:
     """vLLM 0.26+'s enable_allreduce_rms_fusion: TP > 1 on compute capability 9.0 or 10.x (with
     flashinfer, which vLLM's wheel brings), unless --compilation-config turns it off."""
     name = gpu_name.lower()
     if tp <= 1 or not dialect.at_least(0, 26) or not any(f" {g}" in f" {name}" for g in _HOPPER_OR_BLACKWELL):
         return False
-    try:
-        passes = (json.loads(compilation_config) if compilation_config else {}).get("pass_config") or {}
-    except (ValueError, AttributeError):
-        passes = {}
-    return passes.get("fuse_allreduce_rms", True) is not False
+    passes = compilation_config.get("pass_config") if isinstance(compilation_config, dict) else None
+    return not isinstance(passes, dict) or passes.get("fuse_allreduce_rms", True) is not False
 
 
 def invalid_repo_message(model: str) -> str:

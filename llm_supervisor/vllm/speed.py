@@ -333,7 +333,7 @@ class SpeedModel:
         dp = max(1, self.cost.data_parallel)
         slots, cap = self.slots(w)
         per_replica = math.ceil(users / dp)
-        running = self.running(users, w)
+        running = min(per_replica, slots)
         if running <= 0:
             return LoadPoint(users, 0, 0.0, 0.0, 0.0, math.inf, math.inf, cap if users else None)
         cal = self.calibration
