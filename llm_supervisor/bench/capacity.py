@@ -557,12 +557,15 @@ def find_capacity(
     def seen() -> str:
         return " ".join(f"{u}{'✓' if levels[u].ok else '✗'}" for u in sorted(levels))
 
+    def time_left() -> float:
+        return opts.max_seconds - (link.clock.monotonic() - t_start)
+
     def out_of_budget(users: int) -> str | None:
         """Why the level of `users` may not run, if it may not."""
         nonlocal unmeasured
         if len(order) >= opts.max_levels:
             return "max_levels"
-        left = opts.max_seconds - (link.clock.monotonic() - t_start)
+        left = time_left()
         need = least_level_seconds([(lv.users, lv.duration_s) for lv in levels.values() if not lv.timed_out],
                                    users, opts.rounds)
         if left <= 0 or need > left:
@@ -572,7 +575,6 @@ def find_capacity(
 
     def run(users: int) -> Level:
         nonlocal stagger, unmeasured
-        left = opts.max_seconds - (link.clock.monotonic() - t_start)
         want = measured_requests(users, opts.rounds)
         if bar is not None and task is not None:
             bar.update(task, users=users, total=want, completed=0, seen=seen())
@@ -582,7 +584,7 @@ def find_capacity(
                 bar.update(task, completed=n)
 
         level = asyncio.run(run_level(url, api_key, users, specs, rounds=opts.rounds, stagger_s=stagger,
-                                      timeout_s=opts.timeout_s, limit_s=left, on_done=done, link=link))
+                                      timeout_s=opts.timeout_s, limit_s=time_left(), on_done=done, link=link))
         level.judge(slo)
         if level.unfinished:
             unmeasured = {"users": users, "cut_off": True, "measured": len(level.results), "of": want}
@@ -685,8 +687,7 @@ def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int,
                 "max_levels": f" (stopped after {len(order)} levels{f'; {fail_users} did not' if fail_users else ''})",
                 "time_budget": f" ({budget}{f'; {fail_users} users did not meet it' if fail_users else ''})"}[stopped]
         assert best is not None
-        meet = "user meets" if ok_users == 1 else "users meet"
-        sentence = (f"{ok_users} concurrent {meet} {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
+        sentence = (f"{ok_users} concurrent {_users_meet(ok_users)} {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
                     f" {best['tokens_per_s']:,.0f} tokens/s, TTFT p95 {_fmt_s(best['ttft_s']['p95'])},"
                     f" TPOT p95 {_fmt_s(best['tpot_s']['p95'])}.")
     if sat:
@@ -711,6 +712,10 @@ def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int,
         "measured_at": now,
         "summary": sentence,
     }
+
+
+def _users_meet(users: int) -> str:
+    return "user meets" if users == 1 else "users meet"
 
 
 def _fmt_s(x: float | None) -> str:
@@ -811,7 +816,7 @@ def render_svg(result: dict[str, Any], width: int = 720, height: int = 520) -> s
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="{left}" y="22" font-size="14" font-weight="bold">{_esc(result["model"])}: '
-           f'{result["capacity_users"]} {"user meets" if result["capacity_users"] == 1 else "users meet"} '
+           f'{result["capacity_users"]} {_users_meet(result["capacity_users"])} '
            f'{_esc(result["slo"]["text"])}</text>']
 
     def panel(y0: float, vmax: float, lines: list[tuple[str, str, list[tuple[float, float]]]], unit: str,
