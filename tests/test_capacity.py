@@ -440,14 +440,10 @@ def test_status_shows_the_capacity_a_bench_kept(tmp_path: Path, monkeypatch) -> 
 
 
 def test_status_text_shows_capacity() -> None:
-    from rich.console import Console
-
     from llm_supervisor.api.client import format_status
 
-    console = Console(record=True, width=160)
-    console.print(format_status({"state": "ready", "capacity": {"users": 12, "slo": "ttft_p95=2s", "tokens_per_s": 900.0,
-                                                               "saturation": "kv_cache_full", "saturated_at_users": 16}}))
-    text = console.export_text()
+    text = _text(format_status({"state": "ready", "capacity": {"users": 12, "slo": "ttft_p95=2s", "tokens_per_s": 900.0,
+                                                              "saturation": "kv_cache_full", "saturated_at_users": 16}}))
     assert "12 users meet ttft_p95=2s: 900 tokens/s; saturated at 16 users (kv cache full)" in text
-    console.print(format_status({"state": "ready", "capacity": {"users": 1, "slo": "tpot_p95=100ms", "tokens_per_s": 20.0}}))
-    assert "1 user meets tpot_p95=100ms: 20 tokens/s" in console.export_text()
+    text = _text(format_status({"state": "ready", "capacity": {"users": 1, "slo": "tpot_p95=100ms", "tokens_per_s": 20.0}}))
+    assert "1 user meets tpot_p95=100ms: 20 tokens/s" in text
