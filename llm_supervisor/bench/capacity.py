@@ -573,8 +573,13 @@ def find_capacity(
             return "time_budget"
         return None
 
-    def run(users: int) -> Level:
-        nonlocal stagger, unmeasured
+    def run(users: int) -> Level | None:
+        """The level of `users`, measured and judged; None when the search ends before it or
+        during it (`stopped` says why)."""
+        nonlocal stagger, unmeasured, stopped
+        if (why := out_of_budget(users)) is not None:
+            stopped = why
+            return None
         want = measured_requests(users, opts.rounds)
         if bar is not None and task is not None:
             bar.update(task, users=users, total=want, completed=0, seen=seen())
@@ -586,13 +591,15 @@ def find_capacity(
         level = asyncio.run(run_level(url, api_key, users, specs, rounds=opts.rounds, stagger_s=stagger,
                                       timeout_s=opts.timeout_s, limit_s=time_left(), on_done=done, link=link))
         level.judge(slo)
-        if level.unfinished:
-            unmeasured = {"users": users, "cut_off": True, "measured": len(level.results), "of": want}
         levels[users] = level
         order.append(users)
         lat = [r.latency_s for r in level.results if r.ok and r.latency_s]
         if lat:
             stagger = min(MAX_STAGGER_S, statistics.fmean(lat))
+        if level.unfinished:
+            unmeasured = {"users": users, "cut_off": True, "measured": len(level.results), "of": want}
+            stopped = "time_budget"
+            return None
         return level
 
     try:
@@ -600,12 +607,7 @@ def find_capacity(
             bar.start()
         users = opts.start_users
         while True:  # ramp: double until a level misses the SLO
-            if (why := out_of_budget(users)) is not None:
-                stopped = why
-                break
-            level = run(users)
-            if level.unfinished:
-                stopped = "time_budget"
+            if (level := run(users)) is None:
                 break
             if not level.ok:
                 fail_users = users
@@ -619,12 +621,7 @@ def find_capacity(
             probe = next_probe(ok_users, fail_users, opts.resolution)
             if probe is None:
                 break
-            if (why := out_of_budget(probe)) is not None:
-                stopped = why
-                break
-            level = run(probe)
-            if level.unfinished:
-                stopped = "time_budget"
+            if (level := run(probe)) is None:
                 break
             if level.ok:
                 ok_users = probe
