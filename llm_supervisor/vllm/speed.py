@@ -322,18 +322,22 @@ class SpeedModel:
             return kv, "kv_cache"
         return self.cost.max_num_seqs, "max_num_seqs"
 
-    def running(self, users: int, workload: Workload) -> int:
-        """Requests one replica runs at once for `users` concurrent users, spread over the data
-        parallel replicas (the rest queue)."""
-        return min(math.ceil(users / max(1, self.cost.data_parallel)), self.slots(workload)[0])
+    def per_replica(self, users: int) -> int:
+        """Users one replica serves: `users` concurrent users spread over the data parallel replicas."""
+        return math.ceil(users / max(1, self.cost.data_parallel))
+
+    def running(self, users: int, workload: Workload, slots: int | None = None) -> int:
+        """Requests one replica runs at once for `users` concurrent users (the rest queue); `slots`:
+        the replica's slots for this workload, where the caller has them."""
+        return min(self.per_replica(users), self.slots(workload)[0] if slots is None else slots)
 
     def at(self, users: int, workload: Workload | None = None) -> LoadPoint:
         """Per-user and total speed for `users` concurrent users (all replicas)."""
         w = workload or Workload()
         dp = max(1, self.cost.data_parallel)
         slots, cap = self.slots(w)
-        per_replica = math.ceil(users / dp)
-        running = min(per_replica, slots)
+        per_replica = self.per_replica(users)
+        running = self.running(users, w, slots)
         if running <= 0:
             return LoadPoint(users, 0, 0.0, 0.0, 0.0, math.inf, math.inf, cap if users else None)
         cal = self.calibration
