@@ -174,6 +174,11 @@ def _logs_refused(resp: httpx.Response, base: str) -> None:
 # --------------------------------------------------------------------------- rendering
 
 
+def users_meet(users: Any) -> str:
+    """The capacity line's verb, for `users` who meet an SLO (in `status` and bench's report)."""
+    return "user meets" if users == 1 else "users meet"
+
+
 def _int(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return "?"
@@ -396,7 +401,7 @@ def format_status(status: dict) -> RenderableType:
         row("target", ", ".join(f"{k}={v}" for k, v in status["target"].items()))
     cap = status.get("capacity")
     if isinstance(cap, dict) and cap.get("users") is not None:
-        line = f"{_int(cap['users'])} {'user meets' if cap['users'] == 1 else 'users meet'} {cap.get('slo') or 'the SLO'}"
+        line = f"{_int(cap['users'])} {users_meet(cap['users'])} {cap.get('slo') or 'the SLO'}"
         if isinstance(cap.get("tokens_per_s"), (int, float)):
             line += f": {cap['tokens_per_s']:,.0f} tokens/s"
         if cap.get("saturation"):

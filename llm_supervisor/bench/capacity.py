@@ -53,6 +53,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import httpx
 
+from llm_supervisor.api.client import users_meet
 from llm_supervisor.bench.run import (
     Link, RequestResult, RequestSpec, _daemon_status, _Live, _one_request, _poll_metrics, _probe, bench_target,
     percentile, summarize,
@@ -684,7 +685,7 @@ def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int,
                 "max_levels": f" (stopped after {len(order)} levels{f'; {fail_users} did not' if fail_users else ''})",
                 "time_budget": f" ({budget}{f'; {fail_users} users did not meet it' if fail_users else ''})"}[stopped]
         assert best is not None
-        sentence = (f"{ok_users} concurrent {_users_meet(ok_users)} {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
+        sentence = (f"{ok_users} concurrent {users_meet(ok_users)} {slo.text}{tail}: {best['requests_per_s']:g} requests/s,"
                     f" {best['tokens_per_s']:,.0f} tokens/s, TTFT p95 {_fmt_s(best['ttft_s']['p95'])},"
                     f" TPOT p95 {_fmt_s(best['tpot_s']['p95'])}.")
     if sat:
@@ -709,10 +710,6 @@ def report(url: str, model: str, slo: Slo, workload: Workload, levels: dict[int,
         "measured_at": now,
         "summary": sentence,
     }
-
-
-def _users_meet(users: int) -> str:
-    return "user meets" if users == 1 else "users meet"
 
 
 def _fmt_s(x: float | None) -> str:
@@ -813,7 +810,7 @@ def render_svg(result: dict[str, Any], width: int = 720, height: int = 520) -> s
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
            '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="{left}" y="22" font-size="14" font-weight="bold">{_esc(result["model"])}: '
-           f'{result["capacity_users"]} {_users_meet(result["capacity_users"])} '
+           f'{result["capacity_users"]} {users_meet(result["capacity_users"])} '
            f'{_esc(result["slo"]["text"])}</text>']
 
     def panel(y0: float, vmax: float, lines: list[tuple[str, str, list[tuple[float, float]]]], unit: str,
